@@ -1,0 +1,157 @@
+# epmoe build.  Everything goes under build/ (build/san/ with SAN=1).
+#
+#   make            build all binaries into build/bin
+#   make run        install missing Debian packages, build, start a router
+#                   with two local workers on 127.0.0.1:8080
+#   make test       install, build, run the Check suites and the
+#                   integration tests (SAN=1: under ASan + UBSan)
+#   make bench      print the benchmark tables
+#   make deps       install the missing Debian packages (apt-get; sudo when
+#                   not root) and say what it installs
+#   make clean      remove build/
+
+SAN ?= 0
+ifeq ($(SAN),1)
+B := build/san
+else
+B := build
+endif
+
+CC ?= cc
+ARCH ?= native
+PYTHON ?= /usr/bin/python3
+
+# Debian packages the build, the tests and `make run` need.
+DEB_PKGS := build-essential pkg-config libuv1-dev libnng-dev libopenblas-dev \
+	libprotobuf-c-dev protobuf-c-compiler check libcjson-dev \
+	libhttp-parser-dev libpcre2-dev curl
+# pkg-config modules; nng (CMake config only) and http-parser (no .pc) are
+# linked directly.  Recursively expanded so they are read after `deps`.
+PKGS := libuv openblas libprotobuf-c check libcjson libpcre2-8
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS))
+PKG_LIBS = $(shell pkg-config --libs $(PKGS)) -lnng -lhttp_parser -lm -lpthread
+
+WARN := -Wall -Wextra -Werror -Wno-unused-parameter -Wshadow -Wpointer-arith \
+	-Wstrict-prototypes -Wmissing-prototypes
+OPT := -O2 -g -march=$(ARCH) -fno-strict-aliasing
+ifeq ($(SAN),1)
+OPT := -O1 -g -march=$(ARCH) -fno-omit-frame-pointer -fno-strict-aliasing \
+	-fsanitize=address,undefined -fno-sanitize-recover=undefined \
+	-fno-sanitize=alignment
+SAN_LD := -fsanitize=address,undefined
+endif
+CPPFLAGS_ALL = -Icommon -Iserver -Iworker -Iclient -I$(B)/gen $(PKG_CFLAGS) \
+	-D_GNU_SOURCE -MMD -MP
+CFLAGS_ALL = -std=gnu11 $(OPT) $(WARN) $(CFLAGS)
+LDFLAGS_ALL = $(SAN_LD) $(LDFLAGS)
+
+GEN_C := $(B)/gen/epmoe.pb-c.c
+GEN_H := $(B)/gen/epmoe.pb-c.h
+
+COMMON_SRC := $(wildcard common/*.c)
+SERVER_SRC := $(filter-out server/main.c,$(wildcard server/*.c))
+WORKER_SRC := $(filter-out worker/main.c,$(wildcard worker/*.c))
+CLIENT_SRC := $(filter-out client/main.c,$(wildcard client/*.c))
+TEST_SRC := $(wildcard tests/unit/test_*.c)
+TEST_SUPPORT := $(filter-out $(TEST_SRC),$(wildcard tests/unit/*.c))
+
+obj = $(patsubst %.c,$(B)/obj/%.o,$(1))
+
+LIB_COMMON := $(B)/lib/libepmoe.a
+LIB_SERVER := $(B)/lib/libepmoe-server.a
+LIB_WORKER := $(B)/lib/libepmoe-worker.a
+LIB_CLIENT := $(B)/lib/libepmoe-client.a
+LIBS_ALL := $(LIB_SERVER) $(LIB_WORKER) $(LIB_CLIENT) $(LIB_COMMON)
+
+BINS := $(B)/bin/epmoe $(B)/bin/epmoe-router $(B)/bin/epmoe-worker
+TESTS := $(patsubst tests/unit/%.c,$(B)/tests/%,$(TEST_SRC))
+
+.PHONY: all deps run test test-only bench bench-only clean check-deps train
+.DEFAULT_GOAL := all
+.SECONDARY:
+
+all: $(BINS) $(TESTS)
+
+deps:
+	@missing=""; \
+	for p in $(DEB_PKGS); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ]; then \
+		echo "deps: all $(words $(DEB_PKGS)) Debian packages are installed"; \
+	else \
+		if [ "$$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi; \
+		echo "deps: installing missing Debian packages:$$missing"; \
+		$$sudo apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+# protoc-c writes next to the proto's relative path; keep generated code in build/.
+$(GEN_C) $(GEN_H): proto/epmoe.proto
+	@mkdir -p $(B)/gen
+	protoc-c --proto_path=proto --c_out=$(B)/gen proto/epmoe.proto
+
+$(B)/obj/$(GEN_C:.c=.o): $(GEN_C)
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu11 $(OPT) -I$(B)/gen $(PKG_CFLAGS) -c $< -o $@
+
+$(B)/obj/%.o: %.c $(GEN_H)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -c $< -o $@
+
+$(LIB_COMMON): $(call obj,$(COMMON_SRC)) $(B)/obj/$(GEN_C:.c=.o)
+	@mkdir -p $(dir $@)
+	@rm -f $@
+	ar rcs $@ $^
+$(LIB_SERVER): $(call obj,$(SERVER_SRC))
+	@mkdir -p $(dir $@)
+	@rm -f $@
+	ar rcs $@ $^
+$(LIB_WORKER): $(call obj,$(WORKER_SRC))
+	@mkdir -p $(dir $@)
+	@rm -f $@
+	ar rcs $@ $^
+$(LIB_CLIENT): $(call obj,$(CLIENT_SRC))
+	@mkdir -p $(dir $@)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(B)/bin/epmoe: $(B)/obj/client/main.o $(LIBS_ALL)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $< $(LIBS_ALL) $(PKG_LIBS)
+$(B)/bin/epmoe-router: $(B)/obj/server/main.o $(LIBS_ALL)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $< $(LIBS_ALL) $(PKG_LIBS)
+$(B)/bin/epmoe-worker: $(B)/obj/worker/main.o $(LIBS_ALL)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $< $(LIBS_ALL) $(PKG_LIBS)
+
+$(B)/tests/%: $(B)/obj/tests/unit/%.o $(call obj,$(TEST_SUPPORT)) $(LIBS_ALL)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $< $(call obj,$(TEST_SUPPORT)) $(LIBS_ALL) $(PKG_LIBS)
+
+# The public targets install what is missing first, then re-enter make so the
+# pkg-config flags are read with the packages present.
+run: deps
+	@$(MAKE) --no-print-directory $(BINS)
+	@EPMOE_BUILD=$(B) sh deploy/run-local.sh
+
+test: deps
+	@$(MAKE) --no-print-directory test-only
+
+test-only: all
+	@EPMOE_BUILD=$(B) SAN=$(SAN) sh tests/run.sh
+
+bench: deps
+	@$(MAKE) --no-print-directory bench-only
+
+bench-only: $(BINS)
+	@EPMOE_BUILD=$(B) sh client/bench/run.sh
+
+train:
+	$(MAKE) -C train
+
+clean:
+	rm -rf build
+
+-include $(shell find $(B)/obj -name '*.d' 2>/dev/null)

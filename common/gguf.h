@@ -1,0 +1,235 @@
+/* GGUF files: a validating reader (mmap, versions 2 and 3) and a writer.
+ *
+ * The reader maps the file read-only and checks everything it reads before
+ * trusting it: magic, version, counts, string lengths, value types, tensor
+ * dimensions, shape-product overflow, tensor types, alignment, and that
+ * every tensor's data lies inside the file.  A malformed file gives
+ * EPMOE_EFORMAT (or EPMOE_ENOTSUP for an unknown tensor type) and a message
+ * naming the file and the problem; it never crashes.
+ *
+ * Strings read from the file point into the mapping (not NUL-terminated);
+ * they live as long as the gguf_file.
+ *
+ * Tensor data conversion to float32 (F32, F16, BF16, Q8_0) lives in
+ * ggml_row_to_f32(); the reader itself never copies tensor data.
+ */
+#ifndef EPMOE_GGUF_H
+#define EPMOE_GGUF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define GGUF_MAGIC 0x46554747u /* "GGUF" little-endian */
+#define GGUF_DEFAULT_ALIGNMENT 32
+#define GGUF_MAX_DIMS 4
+
+/* Metadata value types (numbering of the GGUF spec). */
+enum gguf_type {
+	GGUF_TYPE_UINT8 = 0,
+	GGUF_TYPE_INT8 = 1,
+	GGUF_TYPE_UINT16 = 2,
+	GGUF_TYPE_INT16 = 3,
+	GGUF_TYPE_UINT32 = 4,
+	GGUF_TYPE_INT32 = 5,
+	GGUF_TYPE_FLOAT32 = 6,
+	GGUF_TYPE_BOOL = 7,
+	GGUF_TYPE_STRING = 8,
+	GGUF_TYPE_ARRAY = 9,
+	GGUF_TYPE_UINT64 = 10,
+	GGUF_TYPE_INT64 = 11,
+	GGUF_TYPE_FLOAT64 = 12,
+	GGUF_TYPE_COUNT
+};
+
+/* Tensor types (ggml numbering).  Only those with a conversion are
+ * "supported"; the others are recognised so error messages can name them. */
+enum ggml_type {
+	GGML_TYPE_F32 = 0,
+	GGML_TYPE_F16 = 1,
+	GGML_TYPE_Q4_0 = 2,
+	GGML_TYPE_Q4_1 = 3,
+	GGML_TYPE_Q5_0 = 6,
+	GGML_TYPE_Q5_1 = 7,
+	GGML_TYPE_Q8_0 = 8,
+	GGML_TYPE_Q8_1 = 9,
+	GGML_TYPE_Q2_K = 10,
+	GGML_TYPE_Q3_K = 11,
+	GGML_TYPE_Q4_K = 12,
+	GGML_TYPE_Q5_K = 13,
+	GGML_TYPE_Q6_K = 14,
+	GGML_TYPE_Q8_K = 15,
+	GGML_TYPE_BF16 = 30,
+	GGML_TYPE_COUNT = 40
+};
+
+#define QK8_0 32 /* Q8_0 block: one f16 scale + 32 int8 */
+
+/* A string inside the mapped file (or inside writer memory). */
+struct gguf_str {
+	uint64_t len;
+	const char *ptr; /* not NUL-terminated */
+};
+
+struct gguf_kv {
+	struct gguf_str key;
+	enum gguf_type type;
+	union {
+		uint64_t u64; /* UINT8..UINT64 (zero-extended) and BOOL */
+		int64_t i64;  /* INT8..INT64 (sign-extended) */
+		double f64;   /* FLOAT32 and FLOAT64 */
+		struct gguf_str str;
+		struct {
+			enum gguf_type type; /* element type, never ARRAY */
+			uint64_t n;
+			/* Numeric elements: pointer to the packed little-endian
+			 * values in the mapping (possibly unaligned: read with
+			 * the gguf_arr_* helpers).  STRING elements: strs[i]. */
+			const void *data;
+			struct gguf_str *strs; /* owned by the gguf_file */
+		} arr;
+	} v;
+};
+
+struct gguf_tensor {
+	struct gguf_str name;
+	uint32_t n_dims;
+	uint64_t ne[GGUF_MAX_DIMS]; /* ne[0] is the innermost (row) length;
+	                               unused dims are 1 */
+	enum ggml_type type;
+	uint64_t offset;     /* relative to the data section */
+	uint64_t n_elements; /* product of ne[] (checked for overflow) */
+	size_t size;         /* bytes of data */
+	const void *data;    /* inside the mapping */
+};
+
+struct gguf_file {
+	char *path;
+	uint32_t version;
+	uint64_t n_kv;
+	struct gguf_kv *kv;
+	uint64_t n_tensors;
+	struct gguf_tensor *tensors;
+	uint32_t alignment;
+	uint64_t data_offset; /* start of the tensor data section */
+	const uint8_t *base;  /* the mapping */
+	size_t file_size;
+};
+
+/* Opens and validates path.  On success *out is the caller's; release with
+ * gguf_close().  On failure, when err is not NULL, a one-line message
+ * naming the file and the problem is written to err (err_len bytes). */
+int gguf_open(struct gguf_file **out, const char *path, char *err,
+        size_t err_len);
+void gguf_close(struct gguf_file *g);
+
+/* Lookups; NULL when absent.  Borrowed from g. */
+const struct gguf_kv *gguf_find_kv(const struct gguf_file *g, const char *key);
+const struct gguf_tensor *gguf_find_tensor(const struct gguf_file *g,
+        const char *name);
+
+/* Typed getters: 0 on success, EPMOE_ENOENT when the key is absent,
+ * EPMOE_EFORMAT when the type does not fit (integers convert between
+ * widths when the value is in range; float getters accept any numeric). */
+int gguf_get_u32(const struct gguf_file *g, const char *key, uint32_t *out);
+int gguf_get_u64(const struct gguf_file *g, const char *key, uint64_t *out);
+int gguf_get_i64(const struct gguf_file *g, const char *key, int64_t *out);
+int gguf_get_f32(const struct gguf_file *g, const char *key, float *out);
+int gguf_get_bool(const struct gguf_file *g, const char *key, bool *out);
+/* *out points into g (not NUL-terminated). */
+int gguf_get_str(const struct gguf_file *g, const char *key,
+        struct gguf_str *out);
+/* Copies a string value into buf (NUL-terminated); EPMOE_ERANGE if it does
+ * not fit. */
+int gguf_get_strcpy(const struct gguf_file *g, const char *key, char *buf,
+        size_t buf_len);
+/* The array value of key; EPMOE_EFORMAT if it is not an array of
+ * elem_type (pass GGUF_TYPE_COUNT to accept any element type). */
+int gguf_get_arr(const struct gguf_file *g, const char *key,
+        enum gguf_type elem_type, const struct gguf_kv **out);
+
+/* Element i of a numeric array kv (no bounds check beyond an assert). */
+float gguf_arr_f32(const struct gguf_kv *kv, uint64_t i);
+int64_t gguf_arr_i64(const struct gguf_kv *kv, uint64_t i);
+
+/* Returns 1 if s equals the NUL-terminated c. */
+int gguf_str_eq(struct gguf_str s, const char *c);
+
+const char *gguf_type_name(enum gguf_type t);
+/* Name of a tensor type ("f32", "q8_0", ...) or "type<N>" (static buffer
+ * for unknown numbers: not thread-safe for those). */
+const char *ggml_type_name(enum ggml_type t);
+/* Parses "f32", "f16", "bf16", "q8_0"; returns 0 or EPMOE_EINVAL. */
+int ggml_type_parse(const char *s, enum ggml_type *out);
+
+/* 1 if epmoe can convert this type to f32. */
+int ggml_type_supported(enum ggml_type t);
+/* Elements per block (1 for float types, 32 for Q8_0). */
+uint32_t ggml_blck_size(enum ggml_type t);
+/* Bytes per block. 0 for unknown types. */
+size_t ggml_type_size(enum ggml_type t);
+/* Bytes of a row of n elements (n a multiple of the block size). */
+size_t ggml_row_size(enum ggml_type t, uint64_t n);
+
+/* Converts n elements (n a multiple of the block size) starting at src to
+ * float32.  EPMOE_ENOTSUP for types without a conversion. */
+int ggml_row_to_f32(enum ggml_type t, const void *src, float *dst, size_t n);
+/* The reverse, used by the writer and the trainer's exporter:
+ * f32 -> t for F32, F16, BF16, Q8_0. */
+int ggml_row_from_f32(enum ggml_type t, const float *src, void *dst, size_t n);
+
+/* Scalar half/bfloat conversions (round to nearest even). */
+float fp16_to_f32(uint16_t h);
+uint16_t f32_to_fp16(float f);
+float bf16_to_f32(uint16_t h);
+uint16_t f32_to_bf16(float f);
+
+/* ---- writer ---- */
+
+struct gguf_writer;
+
+/* Fills dst (size bytes) with the data of a tensor being written; called
+ * once per tensor, in order, while writing.  Returns 0 or an error. */
+typedef int (*gguf_fill_fn)(void *ctx, void *dst, size_t size);
+
+int gguf_writer_new(struct gguf_writer **out, uint32_t version);
+void gguf_writer_free(struct gguf_writer *w);
+
+/* Metadata setters copy key and value.  Keys must be unique (EPMOE_EINVAL
+ * on a repeat). */
+int gguf_writer_set_u8(struct gguf_writer *w, const char *key, uint8_t v);
+int gguf_writer_set_i8(struct gguf_writer *w, const char *key, int8_t v);
+int gguf_writer_set_u16(struct gguf_writer *w, const char *key, uint16_t v);
+int gguf_writer_set_i16(struct gguf_writer *w, const char *key, int16_t v);
+int gguf_writer_set_u32(struct gguf_writer *w, const char *key, uint32_t v);
+int gguf_writer_set_i32(struct gguf_writer *w, const char *key, int32_t v);
+int gguf_writer_set_u64(struct gguf_writer *w, const char *key, uint64_t v);
+int gguf_writer_set_i64(struct gguf_writer *w, const char *key, int64_t v);
+int gguf_writer_set_f32(struct gguf_writer *w, const char *key, float v);
+int gguf_writer_set_f64(struct gguf_writer *w, const char *key, double v);
+int gguf_writer_set_bool(struct gguf_writer *w, const char *key, bool v);
+int gguf_writer_set_str(struct gguf_writer *w, const char *key, const char *v);
+/* Numeric array: n elements of elem_type packed little-endian at data. */
+int gguf_writer_set_arr(struct gguf_writer *w, const char *key,
+        enum gguf_type elem_type, const void *data, uint64_t n);
+/* String array: n NUL-terminated strings. */
+int gguf_writer_set_arr_str(struct gguf_writer *w, const char *key,
+        const char *const *strs, uint64_t n);
+/* Sets general.alignment (default 32). */
+int gguf_writer_set_alignment(struct gguf_writer *w, uint32_t alignment);
+
+/* Adds a tensor whose bytes are copied now. */
+int gguf_writer_add_tensor(struct gguf_writer *w, const char *name,
+        enum ggml_type type, uint32_t n_dims, const uint64_t *ne,
+        const void *data, size_t size);
+/* Adds a tensor whose bytes are produced by fill(ctx, dst, size) during
+ * gguf_writer_write (so multi-GB models need not sit in memory). */
+int gguf_writer_add_tensor_fn(struct gguf_writer *w, const char *name,
+        enum ggml_type type, uint32_t n_dims, const uint64_t *ne,
+        gguf_fill_fn fill, void *ctx);
+
+/* Writes the file (to path.tmp, then renames).  err as for gguf_open. */
+int gguf_writer_write(struct gguf_writer *w, const char *path, char *err,
+        size_t err_len);
+
+#endif
