@@ -1,11 +1,191 @@
-/* epmoe perplexity: placeholder until its issue lands. */
+/* epmoe perplexity: perplexity of a text file, in process.
+ *
+ * Protocol (the trainer in train/ evaluates the same way, so the numbers
+ * agree): the whole file is tokenized once without BOS; the token stream is
+ * cut into consecutive, non-overlapping windows of ctx-1 tokens; each
+ * window is fed as [BOS] + window (a fresh sequence), and every window token
+ * is scored given its prefix.  PPL = exp(mean negative log-likelihood) over
+ * all scored tokens.  The last window may be shorter. */
+#include <getopt.h>
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
 
+#include "cli.h"
 #include "cmd.h"
+#include "engine.h"
+#include "err.h"
+#include "model.h"
+#include "tok.h"
+
+static void
+usage(FILE *f)
+{
+	fprintf(f,
+	        "usage: epmoe perplexity --model M --file TEXT [options]\n"
+	        "  -m, --model M      GGUF model (env EPMOE_MODEL)\n"
+	        "  -f, --file F       text to score\n"
+	        "  -c, --ctx N        window length in tokens, BOS included (default 512)\n"
+	        "      --max-windows N  score at most N windows (default: all)\n"
+	        "  -t, --threads N    threads (env EPMOE_THREADS; default: all cores)\n"
+	        "      --routing P    routing policy spec (default native)\n"
+	        "      --json         print the result as one JSON object\n");
+}
+
+static double
+now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* -log softmax(row)[id] in double */
+static double
+nll(const float *row, uint32_t V, int32_t id)
+{
+	float mx = row[0];
+	double s = 0;
+	for (uint32_t i = 1; i < V; i++)
+		if (row[i] > mx)
+			mx = row[i];
+	for (uint32_t i = 0; i < V; i++)
+		s += exp((double)row[i] - mx);
+	return log(s) + mx - row[id];
+}
 
 int
 cmd_perplexity(int argc, char **argv)
 {
-	fprintf(stderr, "epmoe perplexity: not implemented yet\n");
-	return 2;
+	static const struct option opts[] = {
+		{ "model", required_argument, NULL, 'm' },
+		{ "file", required_argument, NULL, 'f' },
+		{ "ctx", required_argument, NULL, 'c' },
+		{ "max-windows", required_argument, NULL, 'W' },
+		{ "threads", required_argument, NULL, 't' },
+		{ "routing", required_argument, NULL, 'r' },
+		{ "json", no_argument, NULL, 'J' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 }
+	};
+	const char *model = cli_env("EPMOE_MODEL", NULL), *file = NULL;
+	const char *routing = NULL;
+	long ctx = 512, threads = 0, max_windows = -1;
+	int json = 0, c, rc = 1;
+	char *text = NULL, err[512];
+	size_t text_len, n_ids = 0;
+	int32_t *ids = NULL, *win = NULL;
+	struct model *m = NULL;
+	struct engine *e = NULL;
+	struct tok *tk = NULL;
+	struct eng_seq *s = NULL;
+	float *logits = NULL;
+
+	if (cli_env("EPMOE_THREADS", NULL))
+		cli_long(getenv("EPMOE_THREADS"), 0, 1024, &threads);
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "m:f:c:t:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'm': model = optarg; break;
+		case 'f': file = optarg; break;
+		case 'r': routing = optarg; break;
+		case 'J': json = 1; break;
+		case 'c':
+			if (cli_long(optarg, 2, 1 << 20, &ctx))
+				return cli_bad("perplexity", "--ctx", "expects an integer >= 2");
+			break;
+		case 'W':
+			if (cli_long(optarg, 1, 1L << 40, &max_windows))
+				return cli_bad("perplexity", "--max-windows", "expects an integer >= 1");
+			break;
+		case 't':
+			if (cli_long(optarg, 0, 1024, &threads))
+				return cli_bad("perplexity", "--threads", "expects 0..1024");
+			break;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (!model || !file) {
+		usage(stderr);
+		return 2;
+	}
+	if (cli_read_file(file, &text, &text_len)) {
+		fprintf(stderr, "epmoe perplexity: cannot read %s\n", file);
+		return 1;
+	}
+	if (cli_load("perplexity", model, (int)threads, routing, &m, &e))
+		goto done;
+	if ((uint64_t)ctx > engine_n_ctx(e)) {
+		fprintf(stderr, "epmoe perplexity: --ctx %ld exceeds the model's context %u\n",
+		        ctx, engine_n_ctx(e));
+		goto done;
+	}
+	if (tok_load(&tk, m->gguf, err, sizeof(err)) != 0) {
+		fprintf(stderr, "epmoe perplexity: %s\n", err);
+		goto done;
+	}
+	if (tok_bos(tk) == TOK_ID_NONE) {
+		fprintf(stderr, "epmoe perplexity: the model has no BOS token\n");
+		goto done;
+	}
+	if (tok_encode(tk, text, text_len, 0, &ids, &n_ids) != 0 || n_ids == 0) {
+		fprintf(stderr, "epmoe perplexity: cannot tokenize %s (empty?)\n", file);
+		goto done;
+	}
+	uint32_t V = m->hp.n_vocab;
+	if ((logits = malloc((size_t)ctx * V * sizeof(float))) == NULL ||
+	        (win = malloc((size_t)ctx * sizeof(int32_t))) == NULL ||
+	        eng_seq_new(e, &s) != 0) {
+		fprintf(stderr, "epmoe perplexity: out of memory\n");
+		goto done;
+	}
+	double sum = 0, t0 = now_s();
+	size_t scored = 0, windows = 0;
+	for (size_t at = 0; at < n_ids; at += (size_t)ctx - 1) {
+		size_t n = n_ids - at < (size_t)ctx - 1 ? n_ids - at : (size_t)ctx - 1;
+		if (max_windows > 0 && windows == (size_t)max_windows)
+			break;
+		win[0] = tok_bos(tk);
+		memcpy(win + 1, ids + at, n * sizeof(int32_t));
+		eng_seq_truncate(s, 0);
+		/* the last position predicts nothing inside the window */
+		struct eng_item it = { .seq = s, .tokens = win, .n_tokens = (uint32_t)n + 1,
+			.logits = ENG_LOGITS_ALL, .out = logits };
+		if ((rc = engine_step(e, &it, 1)) != 0) {
+			fprintf(stderr, "epmoe perplexity: %s\n", epmoe_strerror(rc));
+			rc = 1;
+			goto done;
+		}
+		for (size_t i = 0; i < n; i++)
+			sum += nll(logits + i * V, V, win[i + 1]);
+		scored += n;
+		windows++;
+		if (!json && (windows % 10 == 0))
+			fprintf(stderr, "[%zu windows] ppl %.4f\n", windows, exp(sum / scored));
+	}
+	double dt = now_s() - t0, ppl = exp(sum / (double)scored);
+	if (json)
+		printf("{\"model\":\"%s\",\"file\":\"%s\",\"routing\":\"%s\",\"ctx\":%ld,"
+		       "\"windows\":%zu,\"tokens\":%zu,\"nll\":%.6f,\"perplexity\":%.6f,"
+		       "\"seconds\":%.3f,\"tokens_per_s\":%.1f}\n",
+		        model, file, routing ? routing : "native", ctx, windows, scored,
+		        sum / scored, ppl, dt, (scored + windows) / dt);
+	else
+		printf("perplexity %.4f over %zu tokens (%zu windows of %ld, routing %s) in %.1f s (%.1f tok/s)\n",
+		        ppl, scored, windows, ctx, routing ? routing : "native", dt,
+		        (scored + windows) / dt);
+	rc = 0;
+done:
+	free(text);
+	free(ids);
+	free(win);
+	free(logits);
+	eng_seq_free(s);
+	tok_free(tk);
+	engine_free(e);
+	model_free(m);
+	return rc ? 1 : 0;
 }

@@ -1,0 +1,775 @@
+/* The forward pass over a batch of sequences.  See engine.h.
+ *
+ * Layout of a step: the tokens of all items are concatenated into T rows.
+ * Per layer:
+ *   xn = RMSNorm(x) · attn_norm                     [T, d]
+ *   q, k, v = xn · W{q,k,v}ᵀ (+ bias)               [T, nh·hd], [T, nkv·hd] x2
+ *   (olmoe / qwen3moe: RMSNorm on q and k)
+ *   RoPE(q, k) at each token's position; k, v appended to its sequence's cache
+ *   a = softmax(q·Kᵀ/√hd, causal) · V per head      [T, nh·hd]
+ *   x += a · Woᵀ
+ *   xn = RMSNorm(x) · ffn_norm;  S = xn · Wgateᵀ     [T, E]
+ *   routing policy(S, groups) -> (token, expert, weight)
+ *   x += experts(xn) (+ sigmoid(xn·g_sh) · shared(xn) for qwen2moe)
+ * then RMSNorm · output_norm and the LM head for the rows that want logits.
+ */
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine.h"
+#include "err.h"
+#include "log.h"
+
+/* One routing call of a step: a group of rows under one policy. */
+struct route_run {
+	struct route_policy *p;
+	uint32_t start, n;
+	enum route_group_kind kind;
+};
+
+struct engine {
+	const struct model *m;
+	struct pool *pool;
+	struct moe_backend *local;
+	struct moe_backend *experts;
+	struct route_policy *policy;
+	uint32_t n_ctx;
+	uint64_t n_steps;
+	struct engine_timing timing;
+
+	/* per-step scratch, grown to the largest step seen */
+	uint32_t cap_t;
+	float *x, *xn, *q, *k, *v, *att, *tmp, *gate, *moe;
+	float *sh_g, *sh_u;
+	int32_t *pos;       /* [T] position of each row */
+	uint32_t *row_item; /* [T] item of each row */
+	uint32_t cap_rows_out;
+	float *head_in, *head_out;
+	struct route_out rout;
+	struct route_run *runs;  /* [n_items] routing runs of a step */
+	uint32_t cap_runs;
+	uint32_t *pair_lo, *pair_hi; /* [T] pair range of each permuted row */
+	int32_t *perm;      /* [T] rows reordered so groups are contiguous */
+	float *gate_perm;
+	uint32_t *off_perm;
+	int32_t *exp_perm;
+	float *w_perm;
+	size_t cap_pairs;
+	/* attention scratch per thread: [OP_ATT_QCHUNK, n_ctx] */
+	float **att_s;
+	size_t att_cap;
+};
+
+static double
+now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+int
+engine_new(struct engine **out, const struct model *m,
+        const struct engine_opts *o, char *err, size_t err_len)
+{
+	struct engine *e;
+	int n_threads = o && o->n_threads > 0 ? o->n_threads :
+	        (int)sysconf(_SC_NPROCESSORS_ONLN);
+	int rc;
+
+	if (n_threads < 1)
+		n_threads = 1;
+	op_blas_init();
+	if ((e = calloc(1, sizeof(*e))) == NULL)
+		return EPMOE_ENOMEM;
+	e->m = m;
+	e->n_ctx = o && o->n_ctx ? o->n_ctx : m->hp.n_ctx_train;
+	if (e->n_ctx == 0)
+		e->n_ctx = 4096;
+	if ((rc = pool_new(&e->pool, n_threads)) != 0)
+		goto fail;
+	if ((rc = moe_local_new(&e->local, m, e->pool)) != 0)
+		goto fail;
+	e->experts = e->local;
+	if ((rc = route_policy_new(&e->policy, o && o->routing ? o->routing : "native",
+	             m->hp.n_expert, m->hp.n_expert_used, m->hp.expert_weights_norm,
+	             m->hp.n_layer, err, err_len)) != 0)
+		goto fail;
+	if ((e->att_s = calloc((size_t)n_threads, sizeof(float *))) == NULL) {
+		rc = EPMOE_ENOMEM;
+		goto fail;
+	}
+	*out = e;
+	return 0;
+fail:
+	if (rc == EPMOE_ENOMEM && err && err_len)
+		snprintf(err, err_len, "out of memory creating the engine");
+	engine_free(e);
+	return rc;
+}
+
+void
+engine_free(struct engine *e)
+{
+	if (e == NULL)
+		return;
+	if (e->local)
+		e->local->free(e->local);
+	route_policy_free(e->policy);
+	route_out_fini(&e->rout);
+	if (e->att_s) {
+		for (int i = 0; i < pool_size(e->pool); i++)
+			free(e->att_s[i]);
+		free(e->att_s);
+	}
+	pool_free(e->pool);
+	free(e->x);
+	free(e->xn);
+	free(e->q);
+	free(e->k);
+	free(e->v);
+	free(e->att);
+	free(e->tmp);
+	free(e->gate);
+	free(e->moe);
+	free(e->sh_g);
+	free(e->sh_u);
+	free(e->pos);
+	free(e->row_item);
+	free(e->head_in);
+	free(e->head_out);
+	free(e->runs);
+	free(e->pair_lo);
+	free(e->pair_hi);
+	free(e->perm);
+	free(e->gate_perm);
+	free(e->off_perm);
+	free(e->exp_perm);
+	free(e->w_perm);
+	free(e);
+}
+
+void
+engine_set_experts(struct engine *e, struct moe_backend *be)
+{
+	e->experts = be ? be : e->local;
+}
+
+struct pool *
+engine_pool(struct engine *e)
+{
+	return e->pool;
+}
+
+const struct model *
+engine_model(const struct engine *e)
+{
+	return e->m;
+}
+
+uint32_t
+engine_n_ctx(const struct engine *e)
+{
+	return e->n_ctx;
+}
+
+struct route_policy *
+engine_policy(struct engine *e)
+{
+	return e->policy;
+}
+
+const struct engine_timing *
+engine_timing(const struct engine *e)
+{
+	return &e->timing;
+}
+
+void
+engine_timing_reset(struct engine *e)
+{
+	memset(&e->timing, 0, sizeof(e->timing));
+}
+
+/* ---- sequences ---- */
+
+int
+eng_seq_new(struct engine *e, struct eng_seq **out)
+{
+	struct eng_seq *s;
+	uint32_t L = e->m->hp.n_layer;
+
+	if ((s = calloc(1, sizeof(*s))) == NULL)
+		return EPMOE_ENOMEM;
+	s->n_layer = L;
+	s->k = calloc(L, sizeof(float *));
+	s->v = calloc(L, sizeof(float *));
+	if (!s->k || !s->v) {
+		eng_seq_free(s);
+		return EPMOE_ENOMEM;
+	}
+	*out = s;
+	return 0;
+}
+
+void
+eng_seq_free(struct eng_seq *s)
+{
+	if (s == NULL)
+		return;
+	for (uint32_t i = 0; s->k && s->v && i < s->n_layer; i++) {
+		free(s->k[i]);
+		free(s->v[i]);
+	}
+	free(s->k);
+	free(s->v);
+	free(s);
+}
+
+size_t
+engine_kv_bytes(const struct engine *e, uint32_t n_pos)
+{
+	const struct model_hparams *hp = &e->m->hp;
+	return (size_t)2 * hp->n_layer * n_pos * hp->n_head_kv * hp->head_dim *
+	        sizeof(float);
+}
+
+int
+eng_seq_reserve(struct engine *e, struct eng_seq *s, uint32_t n_pos)
+{
+	const struct model_hparams *hp = &e->m->hp;
+	size_t row = (size_t)hp->n_head_kv * hp->head_dim;
+	uint32_t cap;
+
+	if (n_pos <= s->cap)
+		return 0;
+	if (n_pos > e->n_ctx)
+		return EPMOE_ERANGE;
+	cap = s->cap ? s->cap : 64;
+	while (cap < n_pos)
+		cap *= 2;
+	if (cap > e->n_ctx)
+		cap = e->n_ctx;
+	for (uint32_t i = 0; i < s->n_layer; i++) {
+		float *k = realloc(s->k[i], cap * row * sizeof(float));
+		if (k == NULL)
+			return EPMOE_ENOMEM;
+		s->k[i] = k;
+		float *v = realloc(s->v[i], cap * row * sizeof(float));
+		if (v == NULL)
+			return EPMOE_ENOMEM;
+		s->v[i] = v;
+	}
+	s->cap = cap;
+	return 0;
+}
+
+void
+eng_seq_truncate(struct eng_seq *s, uint32_t n_pos)
+{
+	if (n_pos < s->n_pos)
+		s->n_pos = n_pos;
+}
+
+/* ---- scratch ---- */
+
+static int
+grow_f(float **p, size_t n)
+{
+	float *q = realloc(*p, n * sizeof(float) + 64);
+	if (q == NULL)
+		return EPMOE_ENOMEM;
+	*p = q;
+	return 0;
+}
+
+static int
+grow_step(struct engine *e, uint32_t T, uint32_t n_items)
+{
+	const struct model_hparams *hp = &e->m->hp;
+	size_t d = hp->n_embd, qd = (size_t)hp->n_head * hp->head_dim;
+	size_t kvd = (size_t)hp->n_head_kv * hp->head_dim;
+	size_t fs = hp->n_ff_shexp;
+	int rc;
+
+	if (T > e->cap_t) {
+		size_t big = d > qd ? d : qd;
+		if ((rc = grow_f(&e->x, T * d)) || (rc = grow_f(&e->xn, T * d)) ||
+		        (rc = grow_f(&e->q, T * qd)) || (rc = grow_f(&e->k, T * kvd)) ||
+		        (rc = grow_f(&e->v, T * kvd)) || (rc = grow_f(&e->att, T * qd)) ||
+		        (rc = grow_f(&e->tmp, T * big)) ||
+		        (rc = grow_f(&e->gate, T * hp->n_expert)) ||
+		        (rc = grow_f(&e->gate_perm, T * hp->n_expert)) ||
+		        (rc = grow_f(&e->moe, T * d)))
+			return rc;
+		if (fs && ((rc = grow_f(&e->sh_g, T * fs)) || (rc = grow_f(&e->sh_u, T * fs))))
+			return rc;
+		int32_t *pos = realloc(e->pos, T * sizeof(int32_t));
+		if (pos == NULL)
+			return EPMOE_ENOMEM;
+		e->pos = pos;
+		uint32_t *ri = realloc(e->row_item, T * sizeof(uint32_t));
+		if (ri == NULL)
+			return EPMOE_ENOMEM;
+		e->row_item = ri;
+		int32_t *perm = realloc(e->perm, T * sizeof(int32_t));
+		if (perm == NULL)
+			return EPMOE_ENOMEM;
+		e->perm = perm;
+		uint32_t *op = realloc(e->off_perm, (T + 1) * sizeof(uint32_t));
+		if (op == NULL)
+			return EPMOE_ENOMEM;
+		e->off_perm = op;
+		uint32_t *lo = realloc(e->pair_lo, T * sizeof(uint32_t));
+		if (lo == NULL)
+			return EPMOE_ENOMEM;
+		e->pair_lo = lo;
+		uint32_t *hi = realloc(e->pair_hi, T * sizeof(uint32_t));
+		if (hi == NULL)
+			return EPMOE_ENOMEM;
+		e->pair_hi = hi;
+		e->cap_t = T;
+	}
+	if (n_items > e->cap_runs) {
+		struct route_run *r = realloc(e->runs, n_items * sizeof(*r));
+		if (r == NULL)
+			return EPMOE_ENOMEM;
+		e->runs = r;
+		e->cap_runs = n_items;
+	}
+	return 0;
+}
+
+/* ---- attention ---- */
+
+struct att_job {
+	struct engine *e;
+	struct eng_item *items;
+	uint32_t n_items;
+	const uint32_t *item_row0; /* first row of each item */
+	uint32_t layer;
+	int rc;
+};
+
+/* Attention of one item's rows for one head (see op_attn_head). */
+static int
+att_head(struct engine *e, const struct eng_item *it, uint32_t row0,
+        uint32_t layer, uint32_t h, float *s_buf)
+{
+	const struct model_hparams *hp = &e->m->hp;
+	uint32_t hd = hp->head_dim, nh = hp->n_head, nkv = hp->n_head_kv;
+	uint32_t g = h / (nh / nkv);
+	size_t qs = (size_t)nh * hd, ks = (size_t)nkv * hd;
+
+	op_attn_head(e->q + (size_t)row0 * qs + (size_t)h * hd, (int)qs,
+	        it->seq->k[layer] + (size_t)g * hd, it->seq->v[layer] + (size_t)g * hd,
+	        (int)ks, (int)it->n_tokens, (int)it->seq->n_pos, (int)hd,
+	        e->att + (size_t)row0 * qs + (size_t)h * hd, (int)qs, s_buf);
+	return 0;
+}
+
+static void
+att_worker(void *ctx, int ith, int nth)
+{
+	struct att_job *j = ctx;
+	struct engine *e = j->e;
+	uint32_t nh = e->m->hp.n_head;
+	uint32_t n_tasks = j->n_items * nh;
+	float *s_buf = e->att_s[ith];
+
+	for (uint32_t t = (uint32_t)ith; t < n_tasks; t += (uint32_t)nth) {
+		uint32_t i = t / nh, h = t % nh;
+		int rc = att_head(e, &j->items[i], j->item_row0[i], j->layer, h, s_buf);
+		if (rc)
+			j->rc = rc;
+	}
+}
+
+/* Adds bias b [n] to each of T rows of y (stride n). */
+static void
+add_bias(float *y, const float *b, uint32_t T, size_t n)
+{
+	for (uint32_t t = 0; t < T; t++)
+		for (size_t i = 0; i < n; i++)
+			y[t * n + i] += b[i];
+}
+
+static int
+attention_block(struct engine *e, struct eng_item *items, uint32_t n_items,
+        const uint32_t *item_row0, uint32_t T, uint32_t il)
+{
+	const struct model *m = e->m;
+	const struct model_hparams *hp = &m->hp;
+	const struct model_layer *l = &m->layers[il];
+	uint32_t d = hp->n_embd, hd = hp->head_dim;
+	size_t qd = (size_t)hp->n_head * hd, kvd = (size_t)hp->n_head_kv * hd;
+	struct att_job job;
+	int rc;
+
+	for (uint32_t t = 0; t < T; t++)
+		op_rmsnorm(e->xn + (size_t)t * d, e->x + (size_t)t * d, l->attn_norm,
+		        (int)d, hp->rms_eps);
+	if ((rc = op_matmul(e->pool, &l->wq, e->xn, (int)T, (int)d, e->q, (int)qd)) ||
+	        (rc = op_matmul(e->pool, &l->wk, e->xn, (int)T, (int)d, e->k, (int)kvd)) ||
+	        (rc = op_matmul(e->pool, &l->wv, e->xn, (int)T, (int)d, e->v, (int)kvd)))
+		return rc;
+	if (l->bq)
+		add_bias(e->q, l->bq, T, qd);
+	if (l->bk)
+		add_bias(e->k, l->bk, T, kvd);
+	if (l->bv)
+		add_bias(e->v, l->bv, T, kvd);
+	if (l->q_norm) {
+		for (uint32_t t = 0; t < T; t++) {
+			float *qr = e->q + t * qd, *kr = e->k + t * kvd;
+			if (l->qk_norm_per_head) {
+				for (uint32_t h = 0; h < hp->n_head; h++)
+					op_rmsnorm(qr + h * hd, qr + h * hd, l->q_norm, (int)hd, hp->rms_eps);
+				for (uint32_t h = 0; h < hp->n_head_kv; h++)
+					op_rmsnorm(kr + h * hd, kr + h * hd, l->k_norm, (int)hd, hp->rms_eps);
+			} else {
+				op_rmsnorm(qr, qr, l->q_norm, (int)qd, hp->rms_eps);
+				op_rmsnorm(kr, kr, l->k_norm, (int)kvd, hp->rms_eps);
+			}
+		}
+	}
+	for (uint32_t t = 0; t < T; t++) {
+		op_rope(e->q + t * qd, (int)hp->n_head, (int)hd, (int)hp->n_rot, e->pos[t],
+		        m->rope_freq, hp->rope_neox);
+		op_rope(e->k + t * kvd, (int)hp->n_head_kv, (int)hd, (int)hp->n_rot,
+		        e->pos[t], m->rope_freq, hp->rope_neox);
+	}
+	/* append k, v to each sequence's cache */
+	for (uint32_t i = 0; i < n_items; i++) {
+		struct eng_seq *s = items[i].seq;
+		uint32_t r0 = item_row0[i];
+		memcpy(s->k[il] + (size_t)s->n_pos * kvd, e->k + (size_t)r0 * kvd,
+		        items[i].n_tokens * kvd * sizeof(float));
+		memcpy(s->v[il] + (size_t)s->n_pos * kvd, e->v + (size_t)r0 * kvd,
+		        items[i].n_tokens * kvd * sizeof(float));
+	}
+	job.e = e;
+	job.items = items;
+	job.n_items = n_items;
+	job.item_row0 = item_row0;
+	job.layer = il;
+	job.rc = 0;
+	pool_run(e->pool, att_worker, &job);
+	if (job.rc)
+		return job.rc;
+	if ((rc = op_matmul(e->pool, &l->wo, e->att, (int)T, (int)qd, e->tmp, (int)d)))
+		return rc;
+	for (size_t i = 0; i < (size_t)T * d; i++)
+		e->x[i] += e->tmp[i];
+	return 0;
+}
+
+/* ---- MoE block ---- */
+
+static int
+grow_pairs(struct engine *e, size_t n)
+{
+	if (n <= e->cap_pairs)
+		return 0;
+	int32_t *ex = realloc(e->exp_perm, n * sizeof(int32_t));
+	if (ex == NULL)
+		return EPMOE_ENOMEM;
+	e->exp_perm = ex;
+	float *w = realloc(e->w_perm, n * sizeof(float));
+	if (w == NULL)
+		return EPMOE_ENOMEM;
+	e->w_perm = w;
+	e->cap_pairs = n;
+	return 0;
+}
+
+/* Routes the T rows.  Rows are permuted so that each routing group is
+ * contiguous (every prefill item alone, then the decode rows of each
+ * policy together), the policy runs per group, and the result is mapped
+ * back to a CSR in row order. */
+static int
+route_step(struct engine *e, struct eng_item *items, uint32_t n_items,
+        const uint32_t *item_row0, uint32_t T, uint32_t il, struct moe_assign *a)
+{
+	uint32_t E = e->m->hp.n_expert, np = 0, n_runs = 0;
+	uint32_t *pr0 = e->pair_lo, *pr1 = e->pair_hi, *off = e->off_perm;
+	struct route_run *runs = e->runs;
+	size_t base = 0;
+	int rc;
+
+	for (uint32_t i = 0; i < n_items; i++) {
+		if (items[i].decode)
+			continue;
+		runs[n_runs].p = items[i].policy ? items[i].policy : e->policy;
+		runs[n_runs].start = np;
+		runs[n_runs].n = items[i].n_tokens;
+		runs[n_runs].kind = ROUTE_GROUP_PREFILL;
+		for (uint32_t r = 0; r < items[i].n_tokens; r++)
+			e->perm[np++] = (int32_t)(item_row0[i] + r);
+		n_runs++;
+	}
+	for (uint32_t i = 0; i < n_items; i++) {
+		struct route_policy *p = items[i].policy ? items[i].policy : e->policy;
+		int seen = 0;
+		if (!items[i].decode)
+			continue;
+		for (uint32_t j = 0; j < n_runs && !seen; j++)
+			seen = runs[j].kind == ROUTE_GROUP_DECODE && runs[j].p == p;
+		if (seen)
+			continue;
+		runs[n_runs].p = p;
+		runs[n_runs].start = np;
+		runs[n_runs].kind = ROUTE_GROUP_DECODE;
+		for (uint32_t j = i; j < n_items; j++) {
+			struct route_policy *pj = items[j].policy ? items[j].policy : e->policy;
+			if (!items[j].decode || pj != p)
+				continue;
+			for (uint32_t r = 0; r < items[j].n_tokens; r++)
+				e->perm[np++] = (int32_t)(item_row0[j] + r);
+		}
+		runs[n_runs].n = np - runs[n_runs].start;
+		n_runs++;
+	}
+	/* gate rows in permuted order */
+	for (uint32_t r = 0; r < T; r++)
+		memcpy(e->gate_perm + (size_t)r * E, e->gate + (size_t)e->perm[r] * E,
+		        E * sizeof(float));
+	/* route each run; its pairs go to [base, base + n) of exp/w_perm */
+	for (uint32_t r = 0; r < n_runs; r++) {
+		struct route_group g = { 0, runs[r].n, runs[r].kind };
+		size_t n_pairs;
+		if ((rc = route_run(runs[r].p, il, e->n_steps,
+		             e->gate_perm + (size_t)runs[r].start * E, runs[r].n, &g, 1,
+		             &e->rout)) != 0)
+			return rc;
+		n_pairs = e->rout.off[runs[r].n];
+		if ((rc = grow_pairs(e, base + n_pairs)) != 0)
+			return rc;
+		memcpy(e->exp_perm + base, e->rout.expert, n_pairs * sizeof(int32_t));
+		memcpy(e->w_perm + base, e->rout.weight, n_pairs * sizeof(float));
+		for (uint32_t t = 0; t < runs[r].n; t++) {
+			pr0[runs[r].start + t] = (uint32_t)(base + e->rout.off[t]);
+			pr1[runs[r].start + t] = (uint32_t)(base + e->rout.off[t + 1]);
+		}
+		base += n_pairs;
+	}
+	/* back to row order: CSR by original row, stored after the run data */
+	off[0] = 0;
+	for (uint32_t r = 0; r < T; r++)
+		off[e->perm[r] + 1] = pr1[r] - pr0[r];
+	for (uint32_t r = 0; r < T; r++)
+		off[r + 1] += off[r];
+	if ((rc = grow_pairs(e, 2 * base)) != 0)
+		return rc;
+	for (uint32_t r = 0; r < T; r++) {
+		uint32_t dst = off[e->perm[r]];
+		for (uint32_t p = pr0[r]; p < pr1[r]; p++, dst++) {
+			e->exp_perm[base + dst] = e->exp_perm[p];
+			e->w_perm[base + dst] = e->w_perm[p];
+		}
+	}
+	a->n_tok = T;
+	a->off = off;
+	a->expert = e->exp_perm + base;
+	a->weight = e->w_perm + base;
+	return 0;
+}
+
+static float
+sigmoidf(float z)
+{
+	if (z >= 0)
+		return 1.0f / (1.0f + expf(-z));
+	float ez = expf(z);
+	return ez / (1.0f + ez);
+}
+
+static int
+moe_block(struct engine *e, struct eng_item *items, uint32_t n_items,
+        const uint32_t *item_row0, uint32_t T, uint32_t il)
+{
+	const struct model *m = e->m;
+	const struct model_hparams *hp = &m->hp;
+	const struct model_layer *l = &m->layers[il];
+	uint32_t d = hp->n_embd, E = hp->n_expert;
+	struct moe_assign a;
+	double t0, t1, t2, t3;
+	int rc;
+
+	t0 = now_s();
+	for (uint32_t t = 0; t < T; t++)
+		op_rmsnorm(e->xn + (size_t)t * d, e->x + (size_t)t * d, l->ffn_norm,
+		        (int)d, hp->rms_eps);
+	/* S [T, E] = xn · Wgateᵀ */
+	if ((rc = op_matmul(e->pool, &l->gate_inp, e->xn, (int)T, (int)d, e->gate, (int)E)))
+		return rc;
+	t1 = now_s();
+	if ((rc = route_step(e, items, n_items, item_row0, T, il, &a)) != 0)
+		return rc;
+	t2 = now_s();
+	if ((rc = e->experts->run(e->experts, il, e->xn, &a, e->moe)) != 0)
+		return rc;
+	t3 = now_s();
+	e->timing.gate += t1 - t0;
+	e->timing.route += t2 - t1;
+	e->timing.moe += t3 - t2;
+	if (l->has_shexp) {
+		uint32_t fs = hp->n_ff_shexp;
+		if ((rc = op_matmul(e->pool, &l->gate_shexp, e->xn, (int)T, (int)d, e->sh_g, (int)fs)) ||
+		        (rc = op_matmul(e->pool, &l->up_shexp, e->xn, (int)T, (int)d, e->sh_u, (int)fs)))
+			return rc;
+		op_swiglu(e->sh_g, e->sh_u, (int)((size_t)T * fs));
+		if ((rc = op_matmul(e->pool, &l->down_shexp, e->sh_g, (int)T, (int)fs, e->tmp, (int)d)))
+			return rc;
+		for (uint32_t t = 0; t < T; t++) {
+			float gsh = l->shexp_gate ?
+			        sigmoidf(op_dot(e->xn + (size_t)t * d, l->shexp_gate, (int)d)) : 1.0f;
+			float *y = e->tmp + (size_t)t * d, *mo = e->moe + (size_t)t * d;
+			for (uint32_t c = 0; c < d; c++)
+				mo[c] += gsh * y[c];
+		}
+		e->timing.shexp += now_s() - t3;
+	}
+	for (size_t i = 0; i < (size_t)T * d; i++)
+		e->x[i] += e->moe[i];
+	return 0;
+}
+
+/* ---- the step ---- */
+
+static int
+validate(struct engine *e, struct eng_item *items, uint32_t n_items,
+        uint32_t *T_out)
+{
+	uint64_t T = 0;
+
+	if (n_items == 0)
+		return EPMOE_EINVAL;
+	for (uint32_t i = 0; i < n_items; i++) {
+		const struct eng_item *it = &items[i];
+		if (it->seq == NULL || it->n_tokens == 0 || it->tokens == NULL)
+			return EPMOE_EINVAL;
+		if (it->logits != ENG_LOGITS_NONE && it->out == NULL)
+			return EPMOE_EINVAL;
+		if ((uint64_t)it->seq->n_pos + it->n_tokens > e->n_ctx)
+			return EPMOE_ERANGE;
+		for (uint32_t t = 0; t < it->n_tokens; t++)
+			if (it->tokens[t] < 0 || (uint32_t)it->tokens[t] >= e->m->hp.n_vocab)
+				return EPMOE_EINVAL;
+		for (uint32_t j = 0; j < i; j++)
+			if (items[j].seq == it->seq)
+				return EPMOE_EINVAL;
+		T += it->n_tokens;
+	}
+	if (T > (1u << 20))
+		return EPMOE_ERANGE;
+	*T_out = (uint32_t)T;
+	return 0;
+}
+
+int
+engine_step(struct engine *e, struct eng_item *items, uint32_t n_items)
+{
+	const struct model *m = e->m;
+	const struct model_hparams *hp = &m->hp;
+	uint32_t d = hp->n_embd, V = hp->n_vocab, T, n_out = 0;
+	uint32_t row0_small[64], *item_row0 = row0_small;
+	double t_start = now_s(), t0;
+	int rc;
+
+	if ((rc = validate(e, items, n_items, &T)) != 0)
+		return rc;
+	if ((rc = grow_step(e, T, n_items)) != 0)
+		return rc;
+	if (n_items > 64 && (item_row0 = malloc(n_items * sizeof(uint32_t))) == NULL)
+		return EPMOE_ENOMEM;
+	if (e->att_cap < (size_t)OP_ATT_QCHUNK * e->n_ctx) {
+		size_t need = (size_t)OP_ATT_QCHUNK * e->n_ctx;
+		for (int j = 0; j < pool_size(e->pool); j++) {
+			free(e->att_s[j]);
+			if ((e->att_s[j] = malloc(need * sizeof(float))) == NULL) {
+				e->att_cap = 0;
+				rc = EPMOE_ENOMEM;
+				goto out;
+			}
+		}
+		e->att_cap = need;
+	}
+	for (uint32_t i = 0, r = 0; i < n_items; i++) {
+		struct eng_item *it = &items[i];
+		if ((rc = eng_seq_reserve(e, it->seq, it->seq->n_pos + it->n_tokens)) != 0)
+			goto out;
+		item_row0[i] = r;
+		for (uint32_t t = 0; t < it->n_tokens; t++, r++) {
+			e->pos[r] = (int32_t)(it->seq->n_pos + t);
+			e->row_item[r] = i;
+			if ((rc = model_embed(m, it->tokens[t], e->x + (size_t)r * d)) != 0)
+				goto out;
+		}
+		n_out += it->logits == ENG_LOGITS_ALL ? it->n_tokens :
+		        it->logits == ENG_LOGITS_LAST ? 1 : 0;
+	}
+	for (uint32_t il = 0; il < hp->n_layer; il++) {
+		t0 = now_s();
+		if ((rc = attention_block(e, items, n_items, item_row0, T, il)) != 0)
+			goto out;
+		e->timing.attn += now_s() - t0;
+		if ((rc = moe_block(e, items, n_items, item_row0, T, il)) != 0)
+			goto out;
+	}
+	/* final norm + LM head over the rows that want logits, in one product */
+	t0 = now_s();
+	if (n_out) {
+		if (n_out > e->cap_rows_out) {
+			if ((rc = grow_f(&e->head_in, (size_t)n_out * d)) ||
+			        (rc = grow_f(&e->head_out, (size_t)n_out * V)))
+				goto out;
+			e->cap_rows_out = n_out;
+		}
+		uint32_t o = 0;
+		for (uint32_t i = 0; i < n_items; i++) {
+			const struct eng_item *it = &items[i];
+			uint32_t first = it->logits == ENG_LOGITS_ALL ? 0 : it->n_tokens - 1;
+			if (it->logits == ENG_LOGITS_NONE)
+				continue;
+			for (uint32_t t = first; t < it->n_tokens; t++, o++)
+				op_rmsnorm(e->head_in + (size_t)o * d,
+				        e->x + (size_t)(item_row0[i] + t) * d, m->output_norm,
+				        (int)d, hp->rms_eps);
+		}
+		float *dst = e->head_out;
+		/* a single item: write straight into its buffer */
+		if (n_items == 1)
+			dst = items[0].out;
+		if ((rc = op_matmul(e->pool, &m->output, e->head_in, (int)n_out, (int)d,
+		             dst, (int)V)) != 0)
+			goto out;
+		if (n_items > 1) {
+			o = 0;
+			for (uint32_t i = 0; i < n_items; i++) {
+				const struct eng_item *it = &items[i];
+				uint32_t rows = it->logits == ENG_LOGITS_ALL ? it->n_tokens :
+				        it->logits == ENG_LOGITS_LAST ? 1 : 0;
+				memcpy(it->out, e->head_out + (size_t)o * V,
+				        (size_t)rows * V * sizeof(float));
+				o += rows;
+			}
+		}
+	}
+	e->timing.head += now_s() - t0;
+	for (uint32_t i = 0; i < n_items; i++)
+		items[i].seq->n_pos += items[i].n_tokens;
+	e->n_steps++;
+	e->timing.steps++;
+	e->timing.tokens += T;
+	e->timing.total += now_s() - t_start;
+out:
+	if (item_row0 != row0_small)
+		free(item_row0);
+	return rc;
+}

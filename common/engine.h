@@ -1,0 +1,99 @@
+/* The forward pass of a MoE decoder over a batch of sequences.
+ *
+ * One engine_step() runs any mix of prefill chunks and decode tokens of
+ * different sequences through every layer at once: embeddings, RMSNorm,
+ * attention (RoPE, grouped-query, per-sequence F32 KV cache), router gate,
+ * routing policy, experts (behind struct moe_backend: in process or on
+ * workers), shared expert, final norm and LM head for the rows that want
+ * logits.  The engine never knows where experts run.
+ *
+ * Not thread-safe: one thread drives an engine (the router's engine thread,
+ * or the CLI); the engine's own pool parallelises inside a step.
+ */
+#ifndef EPMOE_ENGINE_H
+#define EPMOE_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model.h"
+#include "moe.h"
+#include "route.h"
+
+struct engine_opts {
+	int n_threads;      /* 0 = number of online CPUs */
+	uint32_t n_ctx;     /* max positions per sequence; 0 = the model's */
+	const char *routing;/* default policy spec; NULL = "native" */
+};
+
+/* Time spent per phase, accumulated over steps (seconds). */
+struct engine_timing {
+	double attn;   /* norms, QKV, RoPE, attention, output projection */
+	double gate;   /* ffn norm + router gate product */
+	double route;  /* routing policy */
+	double moe;    /* expert backend (local compute or scatter/gather) */
+	double shexp;  /* shared expert */
+	double head;   /* final norm + LM head */
+	double total;
+	uint64_t steps;
+	uint64_t tokens;
+};
+
+struct engine;
+
+/* A sequence's state: its KV cache and position. */
+struct eng_seq {
+	uint32_t n_pos;   /* tokens already in the cache */
+	uint32_t cap;     /* positions allocated */
+	float **k, **v;   /* per layer [cap, n_head_kv * head_dim] */
+	uint32_t n_layer;
+};
+
+enum eng_logits { ENG_LOGITS_NONE, ENG_LOGITS_LAST, ENG_LOGITS_ALL };
+
+/* One sequence's part of a step. */
+struct eng_item {
+	struct eng_seq *seq;
+	const int32_t *tokens;  /* borrowed for the call */
+	uint32_t n_tokens;
+	enum eng_logits logits;
+	float *out;     /* [1 or n_tokens, n_vocab], caller's, when logits != NONE */
+	struct route_policy *policy; /* NULL = the engine's default */
+	bool decode;    /* route in the step's decode group (else: as a
+	                   prefill sequence of its own) */
+};
+
+/* Creates an engine for m (borrowed; must outlive it) with in-process
+ * experts.  err gets a message on failure.  Free with engine_free(). */
+int engine_new(struct engine **out, const struct model *m,
+        const struct engine_opts *o, char *err, size_t err_len);
+void engine_free(struct engine *e);
+
+/* Replaces the expert backend (borrowed; NULL restores the local one). */
+void engine_set_experts(struct engine *e, struct moe_backend *be);
+struct pool *engine_pool(struct engine *e);
+const struct model *engine_model(const struct engine *e);
+uint32_t engine_n_ctx(const struct engine *e);
+/* The default routing policy (owned by the engine). */
+struct route_policy *engine_policy(struct engine *e);
+
+/* Runs one step.  Validates every item first (token ids, context length):
+ * EPMOE_EINVAL / EPMOE_ERANGE with nothing changed.  On a backend failure
+ * the sequences' positions are left as they were (the step is undone). */
+int engine_step(struct engine *e, struct eng_item *items, uint32_t n_items);
+
+/* Sequences.  eng_seq_new allocates nothing for the cache until needed. */
+int eng_seq_new(struct engine *e, struct eng_seq **out);
+void eng_seq_free(struct eng_seq *s);
+/* Makes room for n_pos positions (EPMOE_ENOMEM / EPMOE_ERANGE). */
+int eng_seq_reserve(struct engine *e, struct eng_seq *s, uint32_t n_pos);
+/* Forgets positions >= n_pos (to reuse a sequence). */
+void eng_seq_truncate(struct eng_seq *s, uint32_t n_pos);
+/* KV cache bytes for n_pos positions. */
+size_t engine_kv_bytes(const struct engine *e, uint32_t n_pos);
+
+const struct engine_timing *engine_timing(const struct engine *e);
+void engine_timing_reset(struct engine *e);
+
+#endif

@@ -1,0 +1,343 @@
+/* Forward-pass kernels.  See ops.h for the shapes and the strategy.
+ * Must not allocate per call except the per-thread conversion scratch,
+ * which grows once and is freed when its thread exits. */
+#include <cblas.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#include "err.h"
+#include "ops.h"
+
+/* Below this many token rows, non-F32 weights take the row-at-a-time path
+ * (each weight row converted once into L1 and dotted with every token). */
+#define SMALL_N 12
+/* Weight rows converted per sgemm call on the block path. */
+#define BLOCK_ROWS 128
+
+void openblas_set_num_threads(int num_threads);
+
+void
+op_blas_init(void)
+{
+	openblas_set_num_threads(1);
+}
+
+/* ---- per-thread scratch ---- */
+
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+
+struct scratch {
+	float *p;
+	size_t cap;
+};
+
+static void
+scratch_free(void *s)
+{
+	struct scratch *sc = s;
+	if (sc) {
+		free(sc->p);
+		free(sc);
+	}
+}
+
+static void
+scratch_key_init(void)
+{
+	pthread_key_create(&scratch_key, scratch_free);
+}
+
+/* A thread-local buffer of at least n floats, or NULL. */
+static float *
+scratch_get(size_t n)
+{
+	struct scratch *sc;
+
+	pthread_once(&scratch_once, scratch_key_init);
+	sc = pthread_getspecific(scratch_key);
+	if (sc == NULL) {
+		if ((sc = calloc(1, sizeof(*sc))) == NULL)
+			return NULL;
+		pthread_setspecific(scratch_key, sc);
+	}
+	if (sc->cap < n) {
+		float *p = aligned_alloc(64, ((n * sizeof(float)) + 63) & ~(size_t)63);
+		if (p == NULL)
+			return NULL;
+		free(sc->p);
+		sc->p = p;
+		sc->cap = n;
+	}
+	return sc->p;
+}
+
+/* ---- elementwise ---- */
+
+float
+op_dot(const float *a, const float *b, int n)
+{
+	int i = 0;
+#if defined(__AVX512F__)
+	__m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+	for (; i + 32 <= n; i += 32) {
+		s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+		s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16),
+		        _mm512_loadu_ps(b + i + 16), s1);
+	}
+	for (; i + 16 <= n; i += 16)
+		s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+	float s = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+#elif defined(__AVX2__) && defined(__FMA__)
+	__m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+	for (; i + 16 <= n; i += 16) {
+		s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+		s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8),
+		        _mm256_loadu_ps(b + i + 8), s1);
+	}
+	s0 = _mm256_add_ps(s0, s1);
+	__m128 h = _mm_add_ps(_mm256_castps256_ps128(s0), _mm256_extractf128_ps(s0, 1));
+	h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+	h = _mm_add_ss(h, _mm_movehdup_ps(h));
+	float s = _mm_cvtss_f32(h);
+#else
+	float s = 0.0f;
+#endif
+	for (; i < n; i++)
+		s += a[i] * b[i];
+	return s;
+}
+
+void
+op_rmsnorm(float *y, const float *x, const float *w, int n, float eps)
+{
+	double ss = 0.0;
+	float scale;
+
+	for (int i = 0; i < n; i++)
+		ss += (double)x[i] * x[i];
+	scale = (float)(1.0 / sqrt(ss / n + eps));
+	if (w) {
+		for (int i = 0; i < n; i++)
+			y[i] = x[i] * scale * w[i];
+	} else {
+		for (int i = 0; i < n; i++)
+			y[i] = x[i] * scale;
+	}
+}
+
+void
+op_rope(float *x, int n_heads, int head_dim, int n_rot, int pos,
+        const float *freq, int neox)
+{
+	int half = n_rot / 2;
+	float cs[512], sn[512];
+
+	for (int i = 0; i < half && i < 512; i++) {
+		float th = (float)pos * freq[i];
+		cs[i] = cosf(th);
+		sn[i] = sinf(th);
+	}
+	for (int h = 0; h < n_heads; h++) {
+		float *v = x + (size_t)h * head_dim;
+		for (int i = 0; i < half; i++) {
+			int a = neox ? i : 2 * i;
+			int b = neox ? i + half : 2 * i + 1;
+			float x0 = v[a], x1 = v[b];
+			v[a] = x0 * cs[i] - x1 * sn[i];
+			v[b] = x0 * sn[i] + x1 * cs[i];
+		}
+	}
+}
+
+void
+op_softmax(float *x, int n)
+{
+	float m = -INFINITY;
+	double s = 0.0;
+
+	for (int i = 0; i < n; i++)
+		if (x[i] > m)
+			m = x[i];
+	for (int i = 0; i < n; i++) {
+		x[i] = expf(x[i] - m);
+		s += x[i];
+	}
+	float inv = (float)(1.0 / s);
+	for (int i = 0; i < n; i++)
+		x[i] *= inv;
+}
+
+void
+op_swiglu(float *g, const float *u, int n)
+{
+	for (int i = 0; i < n; i++)
+		g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+/* ---- matrix products ---- */
+
+int
+tmat_row_f32(const struct tmat *m, uint32_t r, float *dst)
+{
+	const uint8_t *row = (const uint8_t *)m->data + (size_t)r * m->row_size;
+	return ggml_row_to_f32(m->type, row, dst, m->n_in);
+}
+
+/* Rows [r0, r1) of W against n token rows: one weight row at a time. */
+static int
+matmul_rows_small(const struct tmat *W, uint32_t r0, uint32_t r1,
+        const float *X, int n, int ldx, float *Y, int ldy)
+{
+	float *buf = NULL;
+
+	if (W->type != GGML_TYPE_F32 && (buf = scratch_get(W->n_in)) == NULL)
+		return EPMOE_ENOMEM;
+	for (uint32_t j = r0; j < r1; j++) {
+		const float *w;
+		if (W->type == GGML_TYPE_F32) {
+			w = (const float *)((const uint8_t *)W->data + (size_t)j * W->row_size);
+		} else {
+			int rc = tmat_row_f32(W, j, buf);
+			if (rc)
+				return rc;
+			w = buf;
+		}
+		for (int r = 0; r < n; r++)
+			Y[(size_t)r * ldy + j] = op_dot(w, X + (size_t)r * ldx, (int)W->n_in);
+	}
+	return 0;
+}
+
+/* Rows [r0, r1) of W against many token rows: convert blocks of weight
+ * rows to f32 and let sgemm do the work. */
+static int
+matmul_rows_block(const struct tmat *W, uint32_t r0, uint32_t r1,
+        const float *X, int n, int ldx, float *Y, int ldy)
+{
+	uint32_t k = W->n_in;
+	float *buf;
+
+	if ((buf = scratch_get((size_t)BLOCK_ROWS * k)) == NULL)
+		return EPMOE_ENOMEM;
+	for (uint32_t j0 = r0; j0 < r1; j0 += BLOCK_ROWS) {
+		uint32_t nb = r1 - j0 < BLOCK_ROWS ? r1 - j0 : BLOCK_ROWS;
+		for (uint32_t j = 0; j < nb; j++) {
+			int rc = tmat_row_f32(W, j0 + j, buf + (size_t)j * k);
+			if (rc)
+				return rc;
+		}
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, (int)nb,
+		        (int)k, 1.0f, X, ldx, buf, (int)k, 0.0f, Y + j0, ldy);
+	}
+	return 0;
+}
+
+int
+op_matmul_rows(const struct tmat *W, uint32_t r0, uint32_t r1,
+        const float *X, int n, int ldx, float *Y, int ldy)
+{
+	if (r1 <= r0 || n <= 0)
+		return 0;
+	if (W->type == GGML_TYPE_F32) {
+		const float *w = (const float *)((const uint8_t *)W->data +
+		        (size_t)r0 * W->row_size);
+		int lw = (int)(W->row_size / sizeof(float));
+		if (n == 1)
+			cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)(r1 - r0),
+			        (int)W->n_in, 1.0f, w, lw, X, 1, 0.0f, Y + r0, 1);
+		else
+			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n,
+			        (int)(r1 - r0), (int)W->n_in, 1.0f, X, ldx, w, lw,
+			        0.0f, Y + r0, ldy);
+		return 0;
+	}
+	if (!ggml_type_supported(W->type))
+		return EPMOE_ENOTSUP;
+	if (n < SMALL_N)
+		return matmul_rows_small(W, r0, r1, X, n, ldx, Y, ldy);
+	return matmul_rows_block(W, r0, r1, X, n, ldx, Y, ldy);
+}
+
+struct matmul_job {
+	const struct tmat *W;
+	const float *X;
+	float *Y;
+	int n, ldx, ldy;
+	int rc[64];
+};
+
+static void
+matmul_worker(void *ctx, int ith, int nth)
+{
+	struct matmul_job *j = ctx;
+	long lo, hi;
+
+	pool_split(j->W->n_out, ith, nth, 16, &lo, &hi);
+	j->rc[ith & 63] = op_matmul_rows(j->W, (uint32_t)lo, (uint32_t)hi, j->X,
+	        j->n, j->ldx, j->Y, j->ldy);
+}
+
+int
+op_matmul(struct pool *pool, const struct tmat *W, const float *X, int n,
+        int ldx, float *Y, int ldy)
+{
+	struct matmul_job j = { .W = W, .X = X, .Y = Y, .n = n, .ldx = ldx,
+		.ldy = ldy };
+	int nth = pool_size(pool);
+
+	if (n <= 0)
+		return 0;
+	/* tiny products are not worth waking the pool */
+	if (nth == 1 || (size_t)W->n_out * W->n_in * (size_t)n < 32768)
+		return op_matmul_rows(W, 0, W->n_out, X, n, ldx, Y, ldy);
+	pool_run(pool, matmul_worker, &j);
+	for (int i = 0; i < nth && i < 64; i++)
+		if (j.rc[i])
+			return j.rc[i];
+	return 0;
+}
+
+void
+op_attn_head(const float *Q, int ldq, const float *K, const float *V, int ldk,
+        int n, int p0, int hd, float *O, int ldo, float *s_buf)
+{
+	float scale = 1.0f / sqrtf((float)hd);
+
+	if (n == 1) {
+		int P = p0 + 1;
+		for (int j = 0; j < P; j++)
+			s_buf[j] = op_dot(Q, K + (size_t)j * ldk, hd) * scale;
+		op_softmax(s_buf, P);
+		memset(O, 0, (size_t)hd * sizeof(float));
+		for (int j = 0; j < P; j++) {
+			const float *vr = V + (size_t)j * ldk;
+			float w = s_buf[j];
+			for (int c = 0; c < hd; c++)
+				O[c] += w * vr[c];
+		}
+		return;
+	}
+	for (int i0 = 0; i0 < n; i0 += OP_ATT_QCHUNK) {
+		int nq = n - i0 < OP_ATT_QCHUNK ? n - i0 : OP_ATT_QCHUNK;
+		int P = p0 + i0 + nq; /* keys visible to the chunk's last row */
+		/* S [nq, P] = Q [nq, hd] · K[0..P)ᵀ · scale */
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, P, hd, scale,
+		        Q + (size_t)i0 * ldq, ldq, K, ldk, 0.0f, s_buf, P);
+		for (int i = 0; i < nq; i++) {
+			float *srow = s_buf + (size_t)i * P;
+			int valid = p0 + i0 + i + 1;
+			op_softmax(srow, valid);
+			memset(srow + valid, 0, (size_t)(P - valid) * sizeof(float));
+		}
+		/* O [nq, hd] = S · V[0..P) */
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hd, P, 1.0f,
+		        s_buf, P, V, ldk, 0.0f, O + (size_t)i0 * ldo, ldo);
+	}
+}

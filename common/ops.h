@@ -1,0 +1,80 @@
+/* The numeric kernels of the forward pass: RMSNorm, RoPE, softmax, SwiGLU,
+ * and the matrix product Y = X · Wᵀ for weights of any supported tensor
+ * type.  Shapes are in the comments; everything is row-major float32
+ * except the weights, which stay in their file type (mmapped, never
+ * copied).
+ *
+ * Matrix products: F32 weights go to OpenBLAS (sgemm/sgemv) directly on the
+ * mapping.  OpenBLAS has no F16/BF16/Q8_0 kernels, so for those a thread
+ * converts a block of weight rows to F32 in a scratch buffer and calls
+ * sgemm on it (prefill), or, for few token rows (decode), converts one row
+ * at a time into L1 and takes dot products with every token row, reading
+ * each weight byte once.
+ */
+#ifndef EPMOE_OPS_H
+#define EPMOE_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gguf.h"
+#include "pool.h"
+
+/* A 2-D weight matrix: n_out rows of n_in elements of type `type`
+ * (GGUF ne0 = n_in, ne1 = n_out).  Borrowed view into the mapping. */
+struct tmat {
+	enum ggml_type type;
+	uint32_t n_in;
+	uint32_t n_out;
+	size_t row_size; /* bytes per row */
+	const void *data;
+};
+
+/* Row r of m as f32 into dst[n_in]. */
+int tmat_row_f32(const struct tmat *m, uint32_t r, float *dst);
+
+/* y[i] = x[i] / sqrt(mean(x²) + eps) * w[i] for one row of n. w may be NULL
+ * (no scale). In place allowed (y == x). */
+void op_rmsnorm(float *y, const float *x, const float *w, int n, float eps);
+
+/* Rotates the first n_rot dims of each of n_heads heads (head_dim apart) of
+ * one token at position pos.  freq[i] = base^(-2i/n_rot), i < n_rot/2.
+ * neox = 0: adjacent pairs (x[2i], x[2i+1]) (llama/Mixtral);
+ * neox = 1: pairs (x[i], x[i + n_rot/2]) (GPT-NeoX; qwen2moe, olmoe). */
+void op_rope(float *x, int n_heads, int head_dim, int n_rot, int pos,
+        const float *freq, int neox);
+
+/* In-place softmax of n values (max-subtracted, sum in double). */
+void op_softmax(float *x, int n);
+
+/* g[i] = silu(g[i]) * u[i] */
+void op_swiglu(float *g, const float *u, int n);
+
+/* dot product of two f32 vectors of length n */
+float op_dot(const float *a, const float *b, int n);
+
+/* Y[n, n_out] (row stride ldy) = X[n, n_in] (row stride ldx) · Wᵀ, run on
+ * all threads of pool.  Returns 0 or EPMOE_ENOTSUP / EPMOE_ENOMEM. */
+int op_matmul(struct pool *pool, const struct tmat *W, const float *X, int n,
+        int ldx, float *Y, int ldy);
+
+/* The same, single-threaded, for the rows [r0, r1) of W only (Y's columns
+ * r0..r1).  Used by callers that parallelise at a higher level. */
+int op_matmul_rows(const struct tmat *W, uint32_t r0, uint32_t r1,
+        const float *X, int n, int ldx, float *Y, int ldy);
+
+/* Query rows processed together by op_attn_head. */
+#define OP_ATT_QCHUNK 64
+
+/* Causal attention of one head for n query rows at positions p0 .. p0+n-1
+ * over keys/values 0 .. p0+n-1:
+ *   O[i] = softmax_j<=p0+i (Q[i]·K[j] / sqrt(hd)) · V
+ * Q: [n, hd] stride ldq; K, V: [p0+n, hd] stride ldk; O: [n, hd] stride
+ * ldo.  s_buf: OP_ATT_QCHUNK * (p0 + n) floats of scratch. */
+void op_attn_head(const float *Q, int ldq, const float *K, const float *V,
+        int ldk, int n, int p0, int hd, float *O, int ldo, float *s_buf);
+
+/* Sets OpenBLAS to one thread (all parallelism is the pool's). */
+void op_blas_init(void);
+
+#endif

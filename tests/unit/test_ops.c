@@ -1,0 +1,296 @@
+/* Kernels against naive reference loops (double accumulation): RMSNorm,
+ * RoPE (both pairings), softmax, causal attention, matrix products for
+ * every weight type and both code paths, and the expert FFN + combine of
+ * the in-process backend.  Tolerances are stated per test. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "err.h"
+#include "model.h"
+#include "moe.h"
+#include "ops.h"
+#include "pool.h"
+#include "testutil.h"
+
+static uint64_t rng = 0x9E3779B97F4A7C15ULL;
+
+static float
+frand(void)
+{
+	rng ^= rng << 13;
+	rng ^= rng >> 7;
+	rng ^= rng << 17;
+	return (float)((rng >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f;
+}
+
+static void
+fill(float *v, size_t n, float scale)
+{
+	for (size_t i = 0; i < n; i++)
+		v[i] = frand() * scale;
+}
+
+START_TEST(rmsnorm_matches_reference)
+{
+	float x[100], w[100], y[100];
+	fill(x, 100, 3.0f);
+	fill(w, 100, 1.0f);
+	double ss = 0;
+	for (int i = 0; i < 100; i++)
+		ss += (double)x[i] * x[i];
+	double sc = 1.0 / sqrt(ss / 100 + 1e-5);
+	op_rmsnorm(y, x, w, 100, 1e-5f);
+	for (int i = 0; i < 100; i++)
+		ck_assert_double_eq_tol(y[i], x[i] * sc * w[i], 1e-5);
+	op_rmsnorm(x, x, NULL, 100, 1e-5f); /* in place, no weight */
+	ss = 0;
+	for (int i = 0; i < 100; i++)
+		ss += (double)x[i] * x[i];
+	ck_assert_double_eq_tol(ss / 100, 1.0, 1e-4);
+}
+END_TEST
+
+/* RoPE, by the definition: angle pos * base^(-2i/n_rot) on pair i. */
+START_TEST(rope_rotates_the_right_pairs)
+{
+	int nh = 3, hd = 16, n_rot = 12, pos = 37;
+	int neox = _i;
+	float base = 10000.0f, freq[8], x[48], y[48];
+	for (int i = 0; i < n_rot / 2; i++)
+		freq[i] = powf(base, -2.0f * i / n_rot);
+	fill(x, 48, 1.0f);
+	memcpy(y, x, sizeof(x));
+	op_rope(y, nh, hd, n_rot, pos, freq, neox);
+	for (int h = 0; h < nh; h++) {
+		float *a = x + h * hd, *b = y + h * hd;
+		for (int i = 0; i < n_rot / 2; i++) {
+			int p = neox ? i : 2 * i, q = neox ? i + n_rot / 2 : 2 * i + 1;
+			double th = pos * pow(base, -2.0 * i / n_rot);
+			ck_assert_double_eq_tol(b[p], a[p] * cos(th) - a[q] * sin(th), 1e-4);
+			ck_assert_double_eq_tol(b[q], a[p] * sin(th) + a[q] * cos(th), 1e-4);
+		}
+		for (int i = n_rot; i < hd; i++) /* dims past n_rot untouched */
+			ck_assert_float_eq(b[i], a[i]);
+	}
+	/* position 0 is the identity */
+	memcpy(y, x, sizeof(x));
+	op_rope(y, nh, hd, n_rot, 0, freq, neox);
+	for (int i = 0; i < 48; i++)
+		ck_assert_float_eq(y[i], x[i]);
+}
+END_TEST
+
+START_TEST(softmax_is_stable_and_normalised)
+{
+	float v[4] = { 1000.0f, 1001.0f, -1000.0f, 999.0f };
+	op_softmax(v, 4);
+	double e1 = exp(-1.0), e2 = exp(-2.0), s = 1 + e1 + e2;
+	ck_assert_double_eq_tol(v[1], 1 / s, 1e-6);
+	ck_assert_double_eq_tol(v[0], e1 / s, 1e-6);
+	ck_assert_double_eq_tol(v[3], e2 / s, 1e-6);
+	ck_assert_float_eq(v[2], 0.0f);
+}
+END_TEST
+
+/* Attention of n query rows at positions p0.. over p0+n keys, naive. */
+START_TEST(attention_matches_reference)
+{
+	int hd = 24, p0 = 5, ld = 40; /* row stride > hd, like a multi-head row */
+	int n = _i == 0 ? 1 : 150; /* decode path; chunked prefill path */
+	int P = p0 + n;
+	float *Q = malloc((size_t)n * ld * 4), *K = malloc((size_t)P * ld * 4);
+	float *V = malloc((size_t)P * ld * 4), *O = calloc((size_t)n * ld, 4);
+	float *s = malloc((size_t)OP_ATT_QCHUNK * P * 4);
+	fill(Q, (size_t)n * ld, 2.0f);
+	fill(K, (size_t)P * ld, 2.0f);
+	fill(V, (size_t)P * ld, 1.0f);
+	op_attn_head(Q, ld, K, V, ld, n, p0, hd, O, ld, s);
+	for (int i = 0; i < n; i++) {
+		int valid = p0 + i + 1;
+		double sc[400], mx = -1e300, sum = 0;
+		for (int j = 0; j < valid; j++) {
+			double d = 0;
+			for (int c = 0; c < hd; c++)
+				d += (double)Q[i * ld + c] * K[j * ld + c];
+			sc[j] = d / sqrt(hd);
+			if (sc[j] > mx)
+				mx = sc[j];
+		}
+		for (int j = 0; j < valid; j++)
+			sum += sc[j] = exp(sc[j] - mx);
+		for (int c = 0; c < hd; c++) {
+			double o = 0;
+			for (int j = 0; j < valid; j++)
+				o += sc[j] / sum * V[j * ld + c];
+			ck_assert_double_eq_tol(O[i * ld + c], o, 1e-5);
+		}
+	}
+	free(Q);
+	free(K);
+	free(V);
+	free(O);
+	free(s);
+}
+END_TEST
+
+/* Y = X · Wᵀ for each weight type, small-n and block paths, 1 and 2
+ * threads, against double loops over the same (converted) weights. */
+START_TEST(matmul_matches_reference_for_every_type)
+{
+	static const enum ggml_type types[] = { GGML_TYPE_F32, GGML_TYPE_F16,
+		GGML_TYPE_BF16, GGML_TYPE_Q8_0 };
+	static const int ns[] = { 1, 3, 11, 12, 40, 130 };
+	uint32_t n_in = 96, n_out = 300;
+	enum ggml_type t = types[_i];
+	struct tmat W = { .type = t, .n_in = n_in, .n_out = n_out };
+	float *wf = malloc((size_t)n_in * n_out * 4), *wc = malloc((size_t)n_in * n_out * 4);
+	struct pool *pool;
+
+	W.row_size = ggml_row_size(t, n_in);
+	void *wd = malloc(W.row_size * n_out);
+	W.data = wd;
+	fill(wf, (size_t)n_in * n_out, 0.5f);
+	for (uint32_t r = 0; r < n_out; r++) {
+		ck_assert_int_eq(ggml_row_from_f32(t, wf + (size_t)r * n_in,
+		                         (uint8_t *)wd + r * W.row_size, n_in), 0);
+		ck_assert_int_eq(tmat_row_f32(&W, r, wc + (size_t)r * n_in), 0);
+	}
+	for (int threads = 1; threads <= 2; threads++) {
+		ck_assert_int_eq(pool_new(&pool, threads), 0);
+		for (size_t k = 0; k < sizeof(ns) / sizeof(ns[0]); k++) {
+			int n = ns[k], ldx = (int)n_in + 3, ldy = (int)n_out + 5;
+			float *X = malloc((size_t)n * ldx * 4), *Y = malloc((size_t)n * ldy * 4);
+			fill(X, (size_t)n * ldx, 1.0f);
+			ck_assert_int_eq(op_matmul(pool, &W, X, n, ldx, Y, ldy), 0);
+			for (int i = 0; i < n; i++)
+				for (uint32_t j = 0; j < n_out; j++) {
+					double ref = 0;
+					for (uint32_t c = 0; c < n_in; c++)
+						ref += (double)X[i * ldx + c] * wc[j * n_in + c];
+					ck_assert_msg(fabs(Y[i * ldy + j] - ref) < 1e-4,
+					        "type %s n %d: [%d,%u] %g vs %g", ggml_type_name(t), n,
+					        i, j, Y[i * ldy + j], ref);
+				}
+			free(X);
+			free(Y);
+		}
+		pool_free(pool);
+	}
+	free(wf);
+	free(wc);
+	free(wd);
+}
+END_TEST
+
+static void
+count_hits(void *ctx, int ith, int nth)
+{
+	if (nth == 4)
+		((int *)ctx)[ith]++;
+}
+
+START_TEST(pool_runs_every_thread_once)
+{
+	struct pool *p;
+	int hits[4];
+
+	ck_assert_int_eq(pool_new(&p, 4), 0);
+	memset(hits, 0, sizeof(hits));
+	for (int r = 0; r < 1000; r++)
+		pool_run(p, count_hits, hits);
+	for (int i = 0; i < 4; i++)
+		ck_assert_int_eq(hits[i], 1000);
+	pool_free(p);
+	long lo, hi, total = 0;
+	for (int i = 0; i < 3; i++) {
+		pool_split(1000, i, 3, 16, &lo, &hi);
+		ck_assert_int_eq(lo % 16, 0);
+		total += hi - lo;
+	}
+	ck_assert_int_eq(total, 1000);
+}
+END_TEST
+
+/* The in-process expert backend against a naive SwiGLU loop, on the
+ * Mixtral test model's layer 1 with hand-made routing. */
+START_TEST(local_experts_match_naive_swiglu)
+{
+	struct model *m;
+	struct moe_backend *be;
+	struct pool *pool;
+	char err[256];
+	ck_assert_msg(model_load(&m, tu_data("mixtral-tiny-f32.gguf"), err, sizeof(err)) == 0, "%s", err);
+	ck_assert_int_eq(pool_new(&pool, 2), 0);
+	ck_assert_int_eq(moe_local_new(&be, m, pool), 0);
+	uint32_t d = m->hp.n_embd, ff = m->hp.n_ff_exp, T = 5;
+	float *x = malloc(T * d * 4), *out = malloc(T * d * 4);
+	uint32_t off[6] = { 0, 2, 3, 3, 5, 8 };
+	int32_t ex[8] = { 1, 6, 6, 0, 7, 2, 6, 1 };
+	float w[8] = { 0.7f, 0.3f, 1.0f, 0.25f, 0.5f, 0.1f, 0.2f, 0.3f };
+	struct moe_assign a = { T, off, ex, w };
+	fill(x, T * d, 1.0f);
+	ck_assert_int_eq(be->run(be, 1, x, &a, out), 0);
+	float *wg = malloc(ff * d * 4), *wu = malloc(ff * d * 4), *wdn = malloc(d * ff * 4);
+	for (uint32_t t = 0; t < T; t++) {
+		double ref[256] = { 0 };
+		for (uint32_t i = off[t]; i < off[t + 1]; i++) {
+			struct tmat g = model_expert(&m->layers[1], &m->hp, MODEL_EXP_GATE, (uint32_t)ex[i]);
+			struct tmat u = model_expert(&m->layers[1], &m->hp, MODEL_EXP_UP, (uint32_t)ex[i]);
+			struct tmat dn = model_expert(&m->layers[1], &m->hp, MODEL_EXP_DOWN, (uint32_t)ex[i]);
+			double h[512];
+			for (uint32_t r = 0; r < ff; r++) {
+				tmat_row_f32(&g, r, wg);
+				tmat_row_f32(&u, r, wu);
+				double gg = 0, uu = 0;
+				for (uint32_t c = 0; c < d; c++) {
+					gg += (double)wg[c] * x[t * d + c];
+					uu += (double)wu[c] * x[t * d + c];
+				}
+				h[r] = gg / (1 + exp(-gg)) * uu;
+			}
+			for (uint32_t r = 0; r < d; r++) {
+				tmat_row_f32(&dn, r, wdn);
+				double y = 0;
+				for (uint32_t c = 0; c < ff; c++)
+					y += wdn[c] * h[c];
+				ref[r] += w[i] * y;
+			}
+		}
+		for (uint32_t r = 0; r < d; r++)
+			ck_assert_double_eq_tol(out[t * d + r], ref[r], 1e-5);
+	}
+	/* token 2 has no experts: its output is zero */
+	for (uint32_t r = 0; r < d; r++)
+		ck_assert_float_eq(out[2 * d + r], 0.0f);
+	/* an expert id out of range is refused */
+	ex[0] = 8;
+	ck_assert_int_eq(be->run(be, 1, x, &a, out), EPMOE_EINVAL);
+	free(wg);
+	free(wu);
+	free(wdn);
+	free(x);
+	free(out);
+	be->free(be);
+	pool_free(pool);
+	model_free(m);
+}
+END_TEST
+
+int
+main(void)
+{
+	Suite *s = suite_create("ops");
+	TCase *tc = tcase_create("kernels");
+
+	op_blas_init();
+	tcase_add_test(tc, rmsnorm_matches_reference);
+	tcase_add_loop_test(tc, rope_rotates_the_right_pairs, 0, 2);
+	tcase_add_test(tc, softmax_is_stable_and_normalised);
+	tcase_add_loop_test(tc, attention_matches_reference, 0, 2);
+	tcase_add_loop_test(tc, matmul_matches_reference_for_every_type, 0, 4);
+	tcase_add_test(tc, pool_runs_every_thread_once);
+	tcase_add_test(tc, local_experts_match_naive_swiglu);
+	suite_add_tcase(s, tc);
+	return tu_run(s);
+}
