@@ -178,6 +178,14 @@ int ggml_row_to_f32(enum ggml_type t, const void *src, float *dst, size_t n);
  * f32 -> t for F32, F16, BF16, Q8_0. */
 int ggml_row_from_f32(enum ggml_type t, const float *src, void *dst, size_t n);
 
+/* The plain scalar loops behind the two functions above (which use
+ * F16C/AVX2/AVX-512 when built for them).  Same results bit for bit; kept
+ * public so tests can compare the two paths. */
+int ggml_row_to_f32_ref(enum ggml_type t, const void *src, float *dst,
+        size_t n);
+int ggml_row_from_f32_ref(enum ggml_type t, const float *src, void *dst,
+        size_t n);
+
 /* Scalar half/bfloat conversions (round to nearest even). */
 float fp16_to_f32(uint16_t h);
 uint16_t f32_to_fp16(float f);
