@@ -8,8 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "err.h"
+#include "gguf.h"
 #include "tok.h"
 #include "tok_int.h"
 
@@ -895,6 +897,337 @@ START_TEST(bad_vocabularies_are_rejected)
 }
 END_TEST
 
+
+/* ---- GGUF metadata ---- */
+
+static const char *const ref_models[] = { "mixtral-tiny-f32",
+	"qwen2moe-tiny-f32", "olmoe-tiny-f32" };
+#define REF_TEXT "Hello world, the quick brown fox"
+
+static char *
+read_file(const char *path, size_t *len)
+{
+	FILE *f = fopen(path, "rb");
+	char *buf;
+	long n;
+
+	ck_assert_msg(f != NULL, "cannot open %s", path);
+	fseek(f, 0, SEEK_END);
+	n = ftell(f);
+	fseek(f, 0, SEEK_SET);
+	buf = malloc((size_t)n + 1);
+	ck_assert_uint_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
+	buf[n] = '\0';
+	fclose(f);
+	if (len)
+		*len = (size_t)n;
+	return buf;
+}
+
+static struct tok *
+load_ref(const char *name, struct gguf_file **gout)
+{
+	const char *dir = getenv("EPMOE_TESTDATA");
+	char path[1024], err[256] = "";
+	struct gguf_file *g = NULL;
+	struct tok *t = NULL;
+	int rc;
+
+	ck_assert_msg(dir != NULL, "EPMOE_TESTDATA is not set");
+	snprintf(path, sizeof(path), "%s/%s.gguf", dir, name);
+	rc = gguf_open(&g, path, err, sizeof(err));
+	ck_assert_msg(rc == 0, "gguf_open: %s", err);
+	rc = tok_load(&t, g, err, sizeof(err));
+	ck_assert_msg(rc == 0, "tok_load %s: %s", name, err);
+	if (gout)
+		*gout = g;
+	else
+		gguf_close(g);
+	return t;
+}
+
+/* Parses comma-separated ids from s (up to the end of the line). */
+static size_t
+parse_ids(const char *s, int32_t *ids, size_t cap)
+{
+	size_t n = 0;
+
+	while (*s && *s != '\n' && n < cap) {
+		char *end;
+
+		ids[n++] = (int32_t)strtol(s, &end, 10);
+		s = *end == ',' ? end + 1 : end;
+	}
+	return n;
+}
+
+START_TEST(testdata_ids_match_llama_cpp)
+{
+	for (size_t m = 0; m < sizeof(ref_models) / sizeof(ref_models[0]); m++) {
+		const char *dir = getenv("EPMOE_TESTDATA");
+		char path[1024], *want_txt, *out;
+		int32_t want[64], *ids;
+		size_t n_want, n;
+		struct tok *t = load_ref(ref_models[m], NULL);
+
+		snprintf(path, sizeof(path), "%s/%s.ids.txt", dir, ref_models[m]);
+		want_txt = read_file(path, NULL);
+		n_want = parse_ids(want_txt, want, 64);
+		ck_assert_uint_gt(n_want, 2);
+		ck_assert_int_eq(tok_encode(t, REF_TEXT, strlen(REF_TEXT),
+		        TOK_ADD_SPECIAL, &ids, &n), 0);
+		ck_assert_msg(n == n_want, "%s: %zu ids, want %zu", ref_models[m],
+		        n, n_want);
+		for (size_t i = 0; i < n; i++)
+			ck_assert_msg(ids[i] == want[i], "%s: id %zu is %d, want %d",
+			        ref_models[m], i, ids[i], want[i]);
+		ck_assert_int_eq(tok_decode(t, ids, n, 0, &out, NULL), 0);
+		ck_assert_str_eq(out, REF_TEXT);
+		ck_assert_int_eq(tok_model(t), TOK_MODEL_SPM);
+		ck_assert_uint_eq(tok_n_vocab(t), 512);
+		ck_assert_int_eq(tok_bos(t), 1);
+		ck_assert_int_eq(tok_eos(t), 2);
+		ck_assert_int_eq(tok_unk(t), 0);
+		ck_assert(tok_add_bos(t) && !tok_add_eos(t));
+		ck_assert(tok_add_space_prefix(t));
+		ck_assert(tok_is_eog(t, 2));
+		free(out);
+		free(ids);
+		free(want_txt);
+		tok_free(t);
+	}
+}
+END_TEST
+
+/* NAME.gen.txt line 2 holds llama.cpp's pieces of the ids on line 1, each
+ * in brackets. */
+START_TEST(testdata_pieces_match_llama_cpp)
+{
+	for (size_t m = 0; m < sizeof(ref_models) / sizeof(ref_models[0]); m++) {
+		const char *dir = getenv("EPMOE_TESTDATA");
+		char path[1024], *gen, *line2, got[1024] = "";
+		int32_t ids[64];
+		size_t n, o = 0;
+		struct tok *t = load_ref(ref_models[m], NULL);
+
+		snprintf(path, sizeof(path), "%s/%s.gen.txt", dir, ref_models[m]);
+		gen = read_file(path, NULL);
+		n = parse_ids(gen, ids, 64);
+		ck_assert_uint_eq(n, 16);
+		line2 = strchr(gen, '\n') + 1;
+		*strchr(line2, '\n') = '\0';
+		for (size_t i = 0; i < n; i++) {
+			int l;
+
+			got[o++] = '[';
+			l = tok_piece(t, ids[i], got + o, sizeof(got) - o - 2, 0);
+			ck_assert_int_ge(l, 0);
+			o += (size_t)l;
+			got[o++] = ']';
+		}
+		got[o] = '\0';
+		ck_assert_msg(strcmp(got, line2) == 0, "%s: pieces '%s', want '%s'",
+		        ref_models[m], got, line2);
+		free(gen);
+		tok_free(t);
+	}
+}
+END_TEST
+
+START_TEST(testdata_round_trips)
+{
+	struct tok *t = load_ref("mixtral-tiny-f32", NULL);
+
+	for (size_t i = 0; i < sizeof(rt_texts) / sizeof(rt_texts[0]); i++)
+		roundtrip(t, rt_texts[i], strlen(rt_texts[i]), TOK_ADD_SPECIAL);
+	/* <s> as text is only BOS when special tokens are parsed */
+	EXPECT(t, "<s>", TOK_PARSE_SPECIAL, 1);
+	tok_free(t);
+}
+END_TEST
+
+/* Writes a GGUF file holding the given metadata (set by fill) into a
+ * temporary directory and opens it. */
+typedef void (*meta_fn)(struct gguf_writer *w);
+
+static struct gguf_file *
+meta_file(meta_fn fill)
+{
+	char dir[] = "/tmp/test_tok.XXXXXX", path[64], err[256] = "";
+	struct gguf_writer *w;
+	struct gguf_file *g = NULL;
+
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/m.gguf", dir);
+	ck_assert_int_eq(gguf_writer_new(&w, 3), 0);
+	fill(w);
+	ck_assert_msg(gguf_writer_write(w, path, err, sizeof(err)) == 0, "%s",
+	        err);
+	gguf_writer_free(w);
+	ck_assert_msg(gguf_open(&g, path, err, sizeof(err)) == 0, "%s", err);
+	unlink(path);
+	rmdir(dir);
+	return g;
+}
+
+static const char *const m_toks[] = { "<unk>", "<s>", "</s>",
+	"<|im_end|>", "\xe2\x96\x81", "a", "b", "ab", "\xe2\x96\x81" "ab" };
+static const float m_scores[] = { 0, 0, 0, 0, -1, -2, -3, -4, -5 };
+static const int32_t m_types[] = { 2, 3, 3, 3, 1, 1, 1, 1, 1 };
+#define M_N 9
+
+static void
+m_tokens(struct gguf_writer *w)
+{
+	ck_assert_int_eq(gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens",
+	        m_toks, M_N), 0);
+}
+
+static void
+m_good(struct gguf_writer *w)
+{
+	gguf_writer_set_str(w, "tokenizer.ggml.model", "llama");
+	m_tokens(w);
+	gguf_writer_set_arr(w, "tokenizer.ggml.scores", GGUF_TYPE_FLOAT32,
+	        m_scores, M_N);
+	gguf_writer_set_arr(w, "tokenizer.ggml.token_type", GGUF_TYPE_INT32,
+	        m_types, M_N);
+	/* out of range: ignored, the default (1) stays */
+	gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", 99);
+	gguf_writer_set_bool(w, "tokenizer.ggml.add_eos_token", true);
+}
+
+static void
+m_no_model(struct gguf_writer *w)
+{
+	m_tokens(w);
+}
+
+static void
+m_bert(struct gguf_writer *w)
+{
+	gguf_writer_set_str(w, "tokenizer.ggml.model", "bert");
+	m_tokens(w);
+}
+
+static void
+m_no_tokens(struct gguf_writer *w)
+{
+	gguf_writer_set_str(w, "tokenizer.ggml.model", "llama");
+}
+
+static void
+m_short_scores(struct gguf_writer *w)
+{
+	gguf_writer_set_str(w, "tokenizer.ggml.model", "llama");
+	m_tokens(w);
+	gguf_writer_set_arr(w, "tokenizer.ggml.scores", GGUF_TYPE_FLOAT32,
+	        m_scores, M_N - 1);
+}
+
+static void
+m_float_types(struct gguf_writer *w)
+{
+	gguf_writer_set_str(w, "tokenizer.ggml.model", "llama");
+	m_tokens(w);
+	gguf_writer_set_arr(w, "tokenizer.ggml.token_type", GGUF_TYPE_FLOAT32,
+	        m_scores, M_N);
+}
+
+static void
+m_gpt2_no_merges(struct gguf_writer *w)
+{
+	gguf_writer_set_str(w, "tokenizer.ggml.model", "gpt2");
+	m_tokens(w);
+}
+
+static void
+m_bad_flag(struct gguf_writer *w)
+{
+	gguf_writer_set_str(w, "tokenizer.ggml.model", "llama");
+	m_tokens(w);
+	gguf_writer_set_u32(w, "tokenizer.ggml.add_bos_token", 1);
+}
+
+static void
+m_gpt2(struct gguf_writer *w)
+{
+	const char *toks[258], *merges[] = { "\xc4\xa0 t", "h e",
+		"\xc4\xa0t he" };
+	char bytes[256][3];
+
+	for (int i = 0; i < 256; i++) {
+		byte_char(i, bytes[i]);
+		toks[i] = bytes[i];
+	}
+	toks[256] = "\xc4\xa0the";
+	toks[257] = "<|endoftext|>";
+	gguf_writer_set_str(w, "tokenizer.ggml.model", "gpt2");
+	gguf_writer_set_str(w, "tokenizer.ggml.pre", "qwen2");
+	gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", toks, 258);
+	gguf_writer_set_arr_str(w, "tokenizer.ggml.merges", merges, 3);
+	gguf_writer_set_u32(w, "tokenizer.ggml.eos_token_id", 257);
+}
+
+static void
+expect_load_error(meta_fn fill, int want_rc, const char *want_msg)
+{
+	struct gguf_file *g = meta_file(fill);
+	struct tok *t = NULL;
+	char err[256] = "";
+
+	ck_assert_int_eq(tok_load(&t, g, err, sizeof(err)), want_rc);
+	ck_assert_ptr_null(t);
+	ck_assert_msg(strstr(err, want_msg) != NULL, "error '%s' does not "
+	        "name '%s'", err, want_msg);
+	gguf_close(g);
+}
+
+START_TEST(metadata_errors_name_the_key)
+{
+	expect_load_error(m_no_model, EPMOE_ENOENT, "tokenizer.ggml.model");
+	expect_load_error(m_bert, EPMOE_ENOTSUP, "bert");
+	expect_load_error(m_no_tokens, EPMOE_ENOENT, "tokenizer.ggml.tokens");
+	expect_load_error(m_short_scores, EPMOE_EFORMAT, "tokenizer.ggml.scores");
+	expect_load_error(m_float_types, EPMOE_EFORMAT,
+	        "tokenizer.ggml.token_type");
+	expect_load_error(m_gpt2_no_merges, EPMOE_ENOENT,
+	        "tokenizer.ggml.merges");
+	expect_load_error(m_bad_flag, EPMOE_EFORMAT,
+	        "tokenizer.ggml.add_bos_token");
+}
+END_TEST
+
+START_TEST(metadata_defaults_and_eot_by_text)
+{
+	struct gguf_file *g = meta_file(m_good);
+	struct tok *t = NULL;
+	char err[256] = "";
+
+	ck_assert_msg(tok_load(&t, g, err, sizeof(err)) == 0, "%s", err);
+	gguf_close(g); /* the tokenizer keeps nothing of the file */
+	ck_assert_int_eq(tok_bos(t), 1);
+	ck_assert_int_eq(tok_eos(t), 2);
+	ck_assert_int_eq(tok_unk(t), 0);
+	ck_assert_int_eq(tok_eot(t), 3); /* <|im_end|> */
+	ck_assert(tok_is_eog(t, 3));
+	ck_assert(tok_add_bos(t) && tok_add_eos(t));
+	/* "▁ab ab": ▁ab (-5)... a b merge to ab (-4) first, then ▁+ab */
+	EXPECT(t, "ab ab", TOK_ADD_SPECIAL, 1, 8, 8, 2);
+	tok_free(t);
+
+	g = meta_file(m_gpt2);
+	ck_assert_msg(tok_load(&t, g, err, sizeof(err)) == 0, "%s", err);
+	gguf_close(g);
+	ck_assert_str_eq(tok_pre_name(t), "qwen2");
+	ck_assert_int_eq(tok_bos(t), TOK_ID_NONE);
+	ck_assert(!tok_add_bos(t));
+	ck_assert_int_eq(tok_eot(t), TOK_ID_NONE); /* <|endoftext|> is EOS */
+	EXPECT(t, "the the", TOK_ADD_SPECIAL, 't', 'h', 'e', 256);
+	tok_free(t);
+}
+END_TEST
+
 /* ---- size ---- */
 
 /* Not a timed assert: prints the rate, checks the round trip. */
@@ -963,6 +1296,7 @@ main(void)
 	Suite *s = suite_create("tok");
 	TCase *spm = tcase_create("spm"), *bpe = tcase_create("bpe");
 	TCase *dec = tcase_create("decode"), *big = tcase_create("size");
+	TCase *gg = tcase_create("gguf");
 	SRunner *sr;
 	int nf;
 
@@ -993,10 +1327,16 @@ main(void)
 	tcase_add_test(dec, stream_strips_the_space_after_bos_only);
 	tcase_add_test(dec, stream_replaces_invalid_bytes);
 	tcase_add_test(dec, stream_matches_decode_on_every_text);
+	tcase_add_test(gg, testdata_ids_match_llama_cpp);
+	tcase_add_test(gg, testdata_pieces_match_llama_cpp);
+	tcase_add_test(gg, testdata_round_trips);
+	tcase_add_test(gg, metadata_errors_name_the_key);
+	tcase_add_test(gg, metadata_defaults_and_eot_by_text);
 	tcase_add_test(big, large_text_encodes_quickly);
 	suite_add_tcase(s, spm);
 	suite_add_tcase(s, bpe);
 	suite_add_tcase(s, dec);
+	suite_add_tcase(s, gg);
 	suite_add_tcase(s, big);
 	sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
