@@ -394,7 +394,9 @@ sampler_next(struct sampler *s, const float *logits, size_t n_vocab,
 	if ((best = argmax(l, n_vocab)) < 0)
 		return EPMOE_EINVAL;
 	maxl = l[best];
-	if (p->temperature == 0 || p->top_k == 1 || maxl == INFINITY) {
+	/* a temperature so small that 1/T overflows is greedy too */
+	inv_t = p->temperature > 0 ? 1.0f / p->temperature : INFINITY;
+	if (isinf(inv_t) || p->top_k == 1 || maxl == INFINITY) {
 		id = (int32_t)best;
 		goto out;
 	}
@@ -402,7 +404,6 @@ sampler_next(struct sampler *s, const float *logits, size_t n_vocab,
 		return rv;
 	idx = s->idx;
 	w = s->prob; /* indexed by id, valid for candidates only */
-	inv_t = 1.0f / p->temperature;
 	/* 1. top-k (any order) */
 	if (p->top_k > 0 && (size_t)p->top_k <= TOPK_INSERT) {
 		n = top_insert(l, n_vocab, (size_t)p->top_k, idx, 1);

@@ -11,8 +11,9 @@
  *   3. top-p: keep the smallest prefix of the tokens sorted by p whose
  *      mass reaches top_p (the token that crosses top_p is kept);
  *   4. min-p: keep tokens with p_i >= min_p * max_j p_j;
- * then draw from what is left, renormalised.  Temperature 0 (or top_k 1)
- * is greedy: argmax, ties to the lower id.
+ * then draw from what is left, renormalised.  Temperature 0 (or so small
+ * that 1/T overflows a float, or top_k 1) is greedy: argmax, ties to the
+ * lower id.
  *
  * NaN logits are never chosen; if any logit is +inf the choice is the
  * lowest-id +inf logit, as in greedy mode.  A row without a single

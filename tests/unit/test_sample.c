@@ -211,6 +211,13 @@ START_TEST(top_k_1_is_greedy_at_any_temperature)
 }
 END_TEST
 
+START_TEST(tiny_temperature_is_greedy)
+{
+	assert_greedy(params(1e-45f, 0, 1, 0, 9)); /* 1/T overflows */
+	assert_greedy(params(1e-30f, 0, 1, 0, 10));
+}
+END_TEST
+
 START_TEST(tiny_top_p_is_greedy)
 {
 	assert_greedy(params(1.0f, 0, 1e-6f, 0, 4));
@@ -756,6 +763,7 @@ main(void)
 	tcase_add_test(tc, same_seed_same_tokens_different_seed_different);
 	tcase_add_test(tc, top_k_1_is_greedy_at_any_temperature);
 	tcase_add_test(tc, tiny_top_p_is_greedy);
+	tcase_add_test(tc, tiny_temperature_is_greedy);
 	tcase_add_test(tc, min_p_1_is_greedy);
 	tcase_add_test(tc, temperature_1_draws_the_softmax);
 	tcase_add_test(tc, temperature_half_draws_squared_probabilities);
