@@ -13,8 +13,8 @@
 #include "err.h"
 #include "sample.h"
 
-/* Nucleus search starts with this many best tokens and grows by 4x. */
-#define TOPP_FIRST 256
+/* Up to this k, top-k is one insertion pass rather than a quickselect. */
+#define TOPK_INSERT 128
 
 void
 sample_params_default(struct sample_params *p)
@@ -202,6 +202,50 @@ select_top(uint32_t *idx, size_t n, size_t k, const float *l)
 	}
 }
 
+/* For small k: one pass keeping the k best seen so far in out[0..k),
+ * sorted; most ids cost one comparison with the current k-th.  Skips NaN
+ * and, with no_neg_inf, -inf.  Returns how many are in out. */
+static size_t
+top_insert(const float *l, size_t n, size_t k, uint32_t *out, int no_neg_inf)
+{
+	size_t have = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		size_t j;
+
+		if (have == k && !before(l, (uint32_t)i, out[k - 1]))
+			continue;
+		if (isnan(l[i]) || (no_neg_inf && l[i] == -INFINITY))
+			continue;
+		j = have < k ? have++ : k - 1;
+		while (j > 0 && before(l, (uint32_t)i, out[j - 1])) {
+			out[j] = out[j - 1];
+			j--;
+		}
+		out[j] = (uint32_t)i;
+	}
+	return have;
+}
+
+size_t
+sample_top_k(const float *logits, size_t n_vocab, size_t k, uint32_t *idx)
+{
+	size_t n = 0;
+
+	if (logits == NULL || n_vocab > UINT32_MAX || k == 0)
+		return 0;
+	if (k <= TOPK_INSERT)
+		return top_insert(logits, n_vocab, k, idx, 0);
+	for (size_t i = 0; i < n_vocab; i++)
+		if (!isnan(logits[i]))
+			idx[n++] = (uint32_t)i;
+	if (k > n)
+		k = n;
+	select_top(idx, n, k, logits);
+	sort_rank(idx, k, logits);
+	return k;
+}
+
 /* Lowest-id largest logit; NaN never wins.  -1 if all are NaN or -inf. */
 static long
 argmax(const float *l, size_t n)
@@ -217,40 +261,118 @@ argmax(const float *l, size_t n)
 	return best;
 }
 
-/* Draws from weights w[0..n) (not normalised, total > 0 in sum). */
+/* Rearranges the candidates idx[0..n) (weights w[id]) so that idx[0..m)
+ * is the top-p nucleus: the shortest prefix in rank order whose mass
+ * reaches want.  Returns m.  A quickselect that carries the mass of the
+ * part known to be in the nucleus, so expected O(n) with no sort: the
+ * nucleus can be most of a flat 150k vocabulary. */
 static size_t
-draw(uint64_t rng[4], const float *w, size_t n, double sum)
+nucleus(uint32_t *idx, size_t n, const float *l, const float *w,
+        double want)
 {
-	double target = rng_uniform(rng) * sum, cum = 0;
-	size_t last = 0;
+	size_t lo = 0, hi = n;
+	double acc = 0; /* mass of idx[0..lo), all in the nucleus */
+	int budget = 8;
 
-	for (size_t i = 0; i < n; i++) {
-		if (w[i] <= 0)
+	for (size_t m = n; m > 1; m >>= 1)
+		budget += 2;
+	while (hi - lo > 16 && budget-- > 0) {
+		size_t mid = lo + (hi - lo) / 2, store = lo;
+		double better = 0;
+		uint32_t p;
+
+		if (before(l, idx[mid], idx[lo]))
+			swap_u32(&idx[mid], &idx[lo]);
+		if (before(l, idx[hi - 1], idx[lo]))
+			swap_u32(&idx[hi - 1], &idx[lo]);
+		if (before(l, idx[mid], idx[hi - 1]))
+			swap_u32(&idx[mid], &idx[hi - 1]);
+		p = idx[hi - 1];
+		for (size_t i = lo; i < hi - 1; i++) {
+			if (before(l, idx[i], p)) {
+				better += w[idx[i]];
+				swap_u32(&idx[i], &idx[store++]);
+			}
+		}
+		swap_u32(&idx[store], &idx[hi - 1]);
+		if (acc + better >= want) {
+			hi = store; /* the nucleus ends before the pivot */
 			continue;
-		cum += w[i];
-		last = i;
-		if (cum > target)
-			return i;
+		}
+		acc += better + w[p];
+		if (acc >= want)
+			return store + 1;
+		lo = store + 1;
 	}
-	return last; /* rounding: the last token with weight */
+	sort_rank(idx + lo, hi - lo, l);
+	for (size_t i = lo; i < hi; i++) {
+		acc += w[idx[i]];
+		if (acc >= want)
+			return i + 1;
+	}
+	return hi; /* rounding: all that is left */
 }
 
-/* Cuts the sorted candidates idx[0..n) (weights w) to the top-p nucleus;
- * returns the new count and its mass in *sum. */
-static size_t
-cut_top_p(const float *w, size_t n, double top_p, double *sum)
+static int
+cmp_u32(const void *pa, const void *pb)
 {
-	double want = top_p * *sum, cum = 0;
+	uint32_t a = *(const uint32_t *)pa, b = *(const uint32_t *)pb;
 
+	return a < b ? -1 : a > b;
+}
+
+/* Draws one of the ids idx[0..n) (ascending) with weights w[id]. */
+static uint32_t
+draw_list(uint64_t rng[4], const uint32_t *idx, size_t n, const float *w)
+{
+	double sum = 0, target, cum = 0;
+
+	for (size_t i = 0; i < n; i++)
+		sum += w[idx[i]];
+	target = rng_uniform(rng) * sum;
 	for (size_t i = 0; i < n; i++) {
+		cum += w[idx[i]];
+		if (w[idx[i]] > 0 && cum > target)
+			return idx[i];
+	}
+	for (size_t i = n; i-- > 1;) /* rounding: the last with weight */
+		if (w[idx[i]] > 0)
+			return idx[i];
+	return idx[0];
+}
+
+/* Whether id i is in a candidate set given by its worst member c (every
+ * id ranked at or before c) and the min-p floor on weights. */
+static int
+in_set(const float *l, const float *w, uint32_t i, uint32_t c, float floor)
+{
+	return !isnan(l[i]) && (i == c || before(l, i, c)) && w[i] >= floor;
+}
+
+/* draw_list over the set {i : in_set(i)} scanned in id order: for sets too
+ * large to sort. */
+static uint32_t
+draw_scan(uint64_t rng[4], const float *l, size_t n_vocab, const float *w,
+        uint32_t c, float floor)
+{
+	double sum = 0, target, cum = 0;
+	uint32_t last = c;
+
+	for (uint32_t i = 0; i < n_vocab; i++)
+		if (in_set(l, w, i, c, floor))
+			sum += w[i];
+	target = rng_uniform(rng) * sum;
+	for (uint32_t i = 0; i < n_vocab; i++) {
+		if (!in_set(l, w, i, c, floor))
+			continue;
 		cum += w[i];
-		if (cum >= want) {
-			*sum = cum;
-			return i + 1;
+		if (w[i] > 0) {
+			last = i;
+			if (cum > target)
+				return i;
 		}
 	}
-	*sum = cum;
-	return n;
+	return last;
 }
 
 int32_t
@@ -260,12 +382,11 @@ sampler_next(struct sampler *s, const float *logits, size_t n_vocab,
 	const struct sample_params *p = &s->p;
 	const float *l = logits;
 	uint32_t *idx;
-	float *w;
-	size_t n = 0, k;
-	double sum = 0, inv_t;
+	float *w, maxl, inv_t, floor;
+	size_t n = 0;
+	double total = 0;
 	long best;
-	float maxl;
-	int sorted = 0, rv;
+	int permuted = 0, rv;
 	int32_t id;
 
 	if (logits == NULL || n_vocab == 0 || n_vocab > INT32_MAX)
@@ -273,72 +394,60 @@ sampler_next(struct sampler *s, const float *logits, size_t n_vocab,
 	if ((best = argmax(l, n_vocab)) < 0)
 		return EPMOE_EINVAL;
 	maxl = l[best];
-	if (p->temperature == 0 || p->top_k == 1 || maxl == INFINITY) {
+	/* a temperature so small that 1/T overflows is greedy too */
+	inv_t = p->temperature > 0 ? 1.0f / p->temperature : INFINITY;
+	if (isinf(inv_t) || p->top_k == 1 || maxl == INFINITY) {
 		id = (int32_t)best;
 		goto out;
 	}
 	if ((rv = grow(s, n_vocab)) != 0)
 		return rv;
 	idx = s->idx;
-	w = s->prob;
-	for (size_t i = 0; i < n_vocab; i++)
-		if (!isnan(l[i]) && l[i] != -INFINITY)
-			idx[n++] = (uint32_t)i;
-	inv_t = 1.0 / p->temperature;
-
-	/* 1. top-k */
-	if (p->top_k > 0 && (size_t)p->top_k < n) {
-		select_top(idx, n, (size_t)p->top_k, l);
-		n = (size_t)p->top_k;
-		sort_rank(idx, n, l);
-		sorted = 1;
-	}
-	/* 2. softmax with temperature (unnormalised: the best weighs 1) */
-	for (size_t i = 0; i < n; i++) {
-		w[i] = (float)exp((double)(l[idx[i]] - maxl) * inv_t);
-		sum += w[i];
-	}
-	/* 3. top-p over the tokens sorted by probability */
-	if (p->top_p < 1) {
-		if (!sorted) {
-			double total = sum;
-
-			k = n < TOPP_FIRST ? n : TOPP_FIRST;
-			for (;;) {
-				double cum = 0;
-
-				select_top(idx, n, k, l);
-				sort_rank(idx, k, l);
-				for (size_t i = 0; i < k; i++) {
-					w[i] = (float)exp((double)(l[idx[i]] -
-					        maxl) * inv_t);
-					cum += w[i];
-				}
-				if (cum >= p->top_p * total || k == n)
-					break;
-				k = n / 4 < k ? n : k * 4;
-			}
-			n = k;
-			sorted = 1;
-			sum = total;
+	w = s->prob; /* indexed by id, valid for candidates only */
+	/* 1. top-k (any order) */
+	if (p->top_k > 0 && (size_t)p->top_k <= TOPK_INSERT) {
+		n = top_insert(l, n_vocab, (size_t)p->top_k, idx, 1);
+		permuted = 1;
+	} else {
+		for (size_t i = 0; i < n_vocab; i++)
+			if (!isnan(l[i]) && l[i] != -INFINITY)
+				idx[n++] = (uint32_t)i;
+		if (p->top_k > 0 && (size_t)p->top_k < n) {
+			select_top(idx, n, (size_t)p->top_k, l);
+			n = (size_t)p->top_k;
+			permuted = 1;
 		}
-		n = cut_top_p(w, n, p->top_p, &sum);
 	}
-	/* 4. min-p: p_i >= min_p * p_max, and p_max has weight 1 */
-	if (p->min_p > 0) {
+	/* 2. softmax with temperature, unnormalised: the best weighs 1 */
+	for (size_t i = 0; i < n; i++) {
+		w[idx[i]] = expf((l[idx[i]] - maxl) * inv_t);
+		total += w[idx[i]];
+	}
+	/* 3. top-p */
+	if (p->top_p < 1) {
+		n = nucleus(idx, n, l, w, p->top_p * total);
+		permuted = 1;
+	}
+	/* 4. min-p: w >= min_p * w_max, and w_max = 1 */
+	floor = p->min_p;
+	/* draw, scanning the survivors in id order */
+	if (!permuted || n <= n_vocab / 8) {
 		size_t m = 0;
 
-		sum = 0;
-		for (size_t i = 0; i < n; i++) {
-			if (w[i] >= p->min_p) {
-				idx[m] = idx[i];
-				w[m++] = w[i];
-				sum += w[i];
-			}
-		}
-		n = m;
+		for (size_t i = 0; i < n; i++)
+			if (w[idx[i]] >= floor)
+				idx[m++] = idx[i];
+		if (permuted)
+			qsort(idx, m, sizeof(*idx), cmp_u32);
+		id = (int32_t)draw_list(s->rng, idx, m, w);
+	} else {
+		uint32_t c = idx[0];
+
+		for (size_t i = 1; i < n; i++)
+			if (before(l, c, idx[i]))
+				c = idx[i];
+		id = (int32_t)draw_scan(s->rng, l, n_vocab, w, c, floor);
 	}
-	id = (int32_t)idx[draw(s->rng, w, n, sum)];
 out:
 	if (logprob != NULL)
 		*logprob = sample_logprob(logits, n_vocab, id);
@@ -399,28 +508,13 @@ size_t
 sample_top_logprobs(const float *logits, size_t n_vocab, size_t n,
         int32_t *ids, float *lps)
 {
-	size_t have = 0, ninf;
+	size_t have, ninf;
 	double lse;
 
 	if (logits == NULL || n == 0 || n_vocab > INT32_MAX)
 		return 0;
-	/* ids[0..have) kept sorted best first */
-	for (size_t i = 0; i < n_vocab; i++) {
-		size_t j;
-
-		if (isnan(logits[i]))
-			continue;
-		if (have == n && !before(logits, (uint32_t)i,
-		        (uint32_t)ids[have - 1]))
-			continue;
-		j = have < n ? have++ : have - 1;
-		while (j > 0 && before(logits, (uint32_t)i,
-		        (uint32_t)ids[j - 1])) {
-			ids[j] = ids[j - 1];
-			j--;
-		}
-		ids[j] = (int32_t)i;
-	}
+	/* int32_t and uint32_t ids share a representation below INT32_MAX */
+	have = top_insert(logits, n_vocab, n, (uint32_t *)ids, 0);
 	lse = log_sum_exp(logits, n_vocab, &ninf);
 	for (size_t j = 0; j < have; j++)
 		lps[j] = logprob_of(logits[ids[j]], lse, ninf);

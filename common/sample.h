@@ -11,17 +11,19 @@
  *   3. top-p: keep the smallest prefix of the tokens sorted by p whose
  *      mass reaches top_p (the token that crosses top_p is kept);
  *   4. min-p: keep tokens with p_i >= min_p * max_j p_j;
- * then draw from what is left, renormalised.  Temperature 0 (or top_k 1)
- * is greedy: argmax, ties to the lower id.
+ * then draw from what is left, renormalised.  Temperature 0 (or so small
+ * that 1/T overflows a float, or top_k 1) is greedy: argmax, ties to the
+ * lower id.
  *
  * NaN logits are never chosen; if any logit is +inf the choice is the
  * lowest-id +inf logit, as in greedy mode.  A row without a single
  * finite or +inf logit is EPMOE_EINVAL.
  *
- * Cost per token: O(n_vocab) (a few passes, one exp per finite logit)
- * plus O(k log k) for top-k, and for top-p without top-k a selection of
- * the best 256, 1024, ... tokens until their mass reaches top_p: the
- * vocabulary is not fully sorted unless the nucleus is most of it.
+ * Cost per token: a few O(n_vocab) passes (one expf per candidate), an
+ * expected-O(n) quickselect for top-k and another, carrying the mass,
+ * for top-p; the vocabulary is never sorted.  The draw walks the
+ * survivors in id order (sorting them when they are few, else scanning
+ * the vocabulary).
  */
 #ifndef EPMOE_SAMPLE_H
 #define EPMOE_SAMPLE_H
@@ -65,6 +67,14 @@ void sampler_fini(struct sampler *s);
  * OpenAI API reports), whatever the sampling parameters. */
 int32_t sampler_next(struct sampler *s, const float *logits, size_t n_vocab,
         float *logprob);
+
+/* Writes into idx[0..) the ids of the k largest logits, best first (ties:
+ * lower id first, NaN skipped), using idx[0..n_vocab) as scratch (it must
+ * hold n_vocab entries).  Returns how many ids lead idx: min(k, number of
+ * non-NaN logits).  O(n_vocab + k log k) expected; the same selection the
+ * sampler uses for top-k and top-p. */
+size_t sample_top_k(const float *logits, size_t n_vocab, size_t k,
+        uint32_t *idx);
 
 /* log softmax of logits at id (temperature 1); NaN logits count as
  * absent.  -INFINITY when id is out of range or its logit is NaN. */

@@ -54,6 +54,19 @@ naive_argmax(const float *l, size_t n)
 	return b;
 }
 
+/* Reference ranking for qsort: larger logit first, then lower id. */
+static const float *ref_l;
+
+static int
+ref_cmp(const void *pa, const void *pb)
+{
+	uint32_t a = *(const uint32_t *)pa, b = *(const uint32_t *)pb;
+
+	if (ref_l[a] != ref_l[b])
+		return ref_l[a] > ref_l[b] ? -1 : 1;
+	return a < b ? -1 : a > b;
+}
+
 START_TEST(defaults_follow_the_openai_api)
 {
 	struct sample_params p;
@@ -198,6 +211,13 @@ START_TEST(top_k_1_is_greedy_at_any_temperature)
 }
 END_TEST
 
+START_TEST(tiny_temperature_is_greedy)
+{
+	assert_greedy(params(1e-45f, 0, 1, 0, 9)); /* 1/T overflows */
+	assert_greedy(params(1e-30f, 0, 1, 0, 10));
+}
+END_TEST
+
 START_TEST(tiny_top_p_is_greedy)
 {
 	assert_greedy(params(1.0f, 0, 1e-6f, 0, 4));
@@ -305,6 +325,70 @@ START_TEST(top_p_keeps_the_nucleus)
 }
 END_TEST
 
+START_TEST(top_p_ends_the_nucleus_at_the_token_reaching_it)
+{
+	/* two equal tokens: the first alone has exactly top_p = 0.5 of the
+	 * mass, so the nucleus is {0} (ties: lower id first) */
+	float l[3] = { 0.0f, 0.0f, -INFINITY };
+	struct sample_params p = params(1, 0, 0.5f, 0, 31);
+	struct sampler s;
+
+	ck_assert_int_eq(sampler_init(&s, &p), 0);
+	for (int d = 0; d < 100; d++)
+		ck_assert_int_eq(sampler_next(&s, l, 3, NULL), 0);
+	sampler_fini(&s);
+}
+END_TEST
+
+START_TEST(top_k_selection_matches_full_sort)
+{
+	static float l[3000];
+	static uint32_t idx[3000], ref[3000];
+	const size_t ks[] = { 1, 2, 3, 16, 17, 40, 255, 256, 1000, 2999,
+		3000, 5000 };
+	for (int row = 0; row < 40; row++) {
+		size_t n = 1 + (size_t)(row * 997 % 3000), m = 0;
+
+		fill_logits(l, n, (uint64_t)row + 900, 1.0f);
+		/* many rows with heavy ties: quantised logits */
+		if (row % 2)
+			for (size_t i = 0; i < n; i++)
+				l[i] = floorf(l[i] * 2);
+		if (row % 5 == 0)
+			l[n / 2] = NAN;
+		for (size_t i = 0; i < n; i++)
+			if (!isnan(l[i]))
+				ref[m++] = (uint32_t)i;
+		ref_l = l;
+		qsort(ref, m, sizeof(*ref), ref_cmp);
+		for (size_t j = 0; j < sizeof(ks) / sizeof(ks[0]); j++) {
+			size_t k = ks[j];
+			size_t got = sample_top_k(l, n, k, idx);
+
+			ck_assert_uint_eq(got, k < m ? k : m);
+			ck_assert_msg(memcmp(idx, ref, got * sizeof(*idx)) == 0,
+			        "row %d n %zu k %zu differs", row, n, k);
+		}
+	}
+	/* presorted and reversed rows (pivot worst cases) */
+	for (size_t i = 0; i < 3000; i++)
+		l[i] = (float)i;
+	ck_assert_uint_eq(sample_top_k(l, 3000, 10, idx), 10);
+	for (size_t j = 0; j < 10; j++)
+		ck_assert_uint_eq(idx[j], 2999 - j);
+	for (size_t i = 0; i < 3000; i++)
+		l[i] = -(float)i;
+	ck_assert_uint_eq(sample_top_k(l, 3000, 10, idx), 10);
+	for (size_t j = 0; j < 10; j++)
+		ck_assert_uint_eq(idx[j], j);
+	for (size_t i = 0; i < 3000; i++)
+		l[i] = 1.0f;
+	ck_assert_uint_eq(sample_top_k(l, 3000, 700, idx), 700);
+	for (size_t j = 0; j < 700; j++)
+		ck_assert_uint_eq(idx[j], j);
+}
+END_TEST
+
 START_TEST(min_p_drops_tokens_below_a_fraction_of_the_best)
 {
 	/* keeps p >= 0.3 * 0.4 = 0.12 */
@@ -349,91 +433,65 @@ ref_uniform(uint64_t s[4])
 	return (double)(r >> 11) * 0x1.0p-53;
 }
 
-static const float *ref_l;
-
-static int
-ref_cmp(const void *pa, const void *pb)
-{
-	uint32_t a = *(const uint32_t *)pa, b = *(const uint32_t *)pb;
-
-	if (ref_l[a] != ref_l[b])
-		return ref_l[a] > ref_l[b] ? -1 : 1;
-	return a < b ? -1 : a > b;
-}
-
-/* The documented algorithm, written plainly: sort everything. */
+/* The documented algorithm, written plainly: sort everything, cut the
+ * sorted list, then draw walking the survivors in id order. */
 static int32_t
 ref_next(uint64_t rng[4], const struct sample_params *p, const float *l,
-        size_t nv, uint32_t *all, float *w)
+        size_t nv, uint32_t *sorted, float *w)
 {
-	uint32_t *sorted = all + nv;
-	uint32_t *c;
 	size_t n = 0;
 	double sum = 0, target, cum = 0;
-	int is_sorted = 0;
-	float maxl;
+	float maxl, inv_t = 1.0f / p->temperature;
+	int32_t last = -1;
 
 	for (size_t i = 0; i < nv; i++)
-		all[i] = (uint32_t)i;
-	memcpy(sorted, all, nv * sizeof(*all));
+		sorted[i] = (uint32_t)i;
 	ref_l = l;
 	qsort(sorted, nv, sizeof(*sorted), ref_cmp);
 	maxl = l[sorted[0]];
 	if (p->temperature == 0 || p->top_k == 1)
 		return (int32_t)sorted[0];
+	for (size_t i = 0; i < nv; i++)
+		w[i] = -1; /* not a candidate */
 	n = nv;
-	c = all;
-	if (p->top_k > 0 && (size_t)p->top_k < nv) {
+	if (p->top_k > 0 && (size_t)p->top_k < nv)
 		n = (size_t)p->top_k;
-		c = sorted;
-		is_sorted = 1;
-	}
 	for (size_t i = 0; i < n; i++) {
-		w[i] = (float)exp((double)(l[c[i]] - maxl) *
-		        (1.0 / p->temperature));
-		sum += w[i];
+		w[sorted[i]] = expf((l[sorted[i]] - maxl) * inv_t);
+		sum += w[sorted[i]];
 	}
 	if (p->top_p < 1) {
 		double want = p->top_p * sum;
 
-		if (!is_sorted) {
-			c = sorted;
-			for (size_t i = 0; i < n; i++)
-				w[i] = (float)exp((double)(l[c[i]] - maxl) *
-				        (1.0 / p->temperature));
-		}
 		for (size_t i = 0; i < n; i++) {
-			cum += w[i];
+			cum += w[sorted[i]];
 			if (cum >= want) {
-				n = i + 1;
+				for (size_t j = i + 1; j < n; j++)
+					w[sorted[j]] = -1;
 				break;
 			}
 		}
-		sum = cum;
 	}
-	if (p->min_p > 0) {
-		size_t m = 0;
-
-		sum = 0;
-		for (size_t i = 0; i < n; i++)
-			if (w[i] >= p->min_p) {
-				c[m] = c[i];
-				w[m++] = w[i];
-				sum += w[i];
-			}
-		n = m;
-	}
+	for (size_t i = 0; i < nv; i++)
+		if (w[i] >= 0 && w[i] < p->min_p)
+			w[i] = -1;
+	sum = 0;
+	for (size_t i = 0; i < nv; i++)
+		if (w[i] >= 0)
+			sum += w[i];
 	target = ref_uniform(rng) * sum;
 	cum = 0;
-	for (size_t i = 0; i < n; i++) {
+	for (size_t i = 0; i < nv; i++) {
+		if (w[i] < 0)
+			continue;
 		cum += w[i];
-		if (w[i] > 0 && cum > target)
-			return (int32_t)c[i];
+		if (w[i] > 0) {
+			last = (int32_t)i;
+			if (cum > target)
+				return (int32_t)i;
+		}
 	}
-	for (size_t i = n; i-- > 0;)
-		if (w[i] > 0)
-			return (int32_t)c[i];
-	return -1;
+	return last;
 }
 
 static void
@@ -441,7 +499,7 @@ assert_matches_reference(struct sample_params p, size_t nv, float sigma,
         int draws)
 {
 	float *l = malloc(nv * sizeof(*l)), *w = malloc(nv * sizeof(*w));
-	uint32_t *scratch = malloc(2 * nv * sizeof(*scratch));
+	uint32_t *scratch = malloc(nv * sizeof(*scratch));
 	uint64_t rng[4], x = p.seed;
 	struct sampler s;
 
@@ -705,6 +763,7 @@ main(void)
 	tcase_add_test(tc, same_seed_same_tokens_different_seed_different);
 	tcase_add_test(tc, top_k_1_is_greedy_at_any_temperature);
 	tcase_add_test(tc, tiny_top_p_is_greedy);
+	tcase_add_test(tc, tiny_temperature_is_greedy);
 	tcase_add_test(tc, min_p_1_is_greedy);
 	tcase_add_test(tc, temperature_1_draws_the_softmax);
 	tcase_add_test(tc, temperature_half_draws_squared_probabilities);
@@ -712,6 +771,8 @@ main(void)
 	tcase_add_test(tc, top_k_truncates_and_renormalises);
 	tcase_add_test(tc, top_p_keeps_the_nucleus);
 	tcase_add_test(tc, min_p_drops_tokens_below_a_fraction_of_the_best);
+	tcase_add_test(tc, top_p_ends_the_nucleus_at_the_token_reaching_it);
+	tcase_add_test(tc, top_k_selection_matches_full_sort);
 	tcase_add_test(tc, large_vocabulary_matches_full_sort_reference);
 	tcase_add_test(tc, logprobs_match_hand_computed_log_softmax);
 	tcase_add_test(tc, top_logprobs_break_ties_to_lower_id_and_skip_nan);

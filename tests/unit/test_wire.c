@@ -110,7 +110,8 @@ make_frame(uint8_t *buf, uint8_t version, uint8_t kind, const void *hdr,
 	at = 16 + hl;
 	while (at % 4 != 0)
 		buf[at++] = 0;
-	memcpy(buf + at, payload, pl);
+	if (pl > 0)
+		memcpy(buf + at, payload, pl);
 	return at + pl;
 }
 
