@@ -30,7 +30,8 @@ struct pool {
 	pool_fn fn;
 	void *ctx;
 	_Atomic unsigned gen;     /* bumped once per job */
-	_Atomic int pending;      /* workers still running the job */
+	_Atomic unsigned pending; /* workers still running the job */
+	_Atomic int caller_sleeping;
 	_Atomic int sleepers;     /* workers blocked in futex_wait */
 	_Atomic int stop;
 	long spin_ns;
@@ -80,7 +81,9 @@ pool_main(void *arg)
 		if (atomic_load(&p->stop))
 			break;
 		p->fn(p->ctx, t->ith, p->n);
-		atomic_fetch_sub(&p->pending, 1);
+		if (atomic_fetch_sub(&p->pending, 1) == 1 &&
+		        atomic_load(&p->caller_sleeping))
+			futex(&p->pending, FUTEX_WAKE_PRIVATE, 1);
 	}
 	return NULL;
 }
@@ -96,7 +99,7 @@ pool_new(struct pool **out, int n_threads)
 	if ((p = calloc(1, sizeof(*p))) == NULL)
 		return EPMOE_ENOMEM;
 	p->n = n_threads;
-	p->spin_ns = 200000;
+	p->spin_ns = 50000;
 	if ((s = getenv("EPMOE_SPIN_US")) != NULL)
 		p->spin_ns = atol(s) * 1000L;
 	if (n_threads > 1) {
@@ -156,8 +159,18 @@ pool_run(struct pool *p, pool_fn fn, void *ctx)
 	if (atomic_load(&p->sleepers) > 0)
 		futex(&p->gen, FUTEX_WAKE_PRIVATE, INT_MAX);
 	fn(ctx, 0, p->n);
-	while (atomic_load(&p->pending) > 0)
+	/* spin a little (the others are usually about done), then sleep so a
+	 * descheduled worker gets the core back */
+	for (int i = 0; i < 2000 && atomic_load(&p->pending) > 0; i++)
 		cpu_relax();
+	for (;;) {
+		unsigned left = atomic_load(&p->pending);
+		if (left == 0)
+			break;
+		atomic_store(&p->caller_sleeping, 1);
+		futex(&p->pending, FUTEX_WAIT_PRIVATE, left);
+		atomic_store(&p->caller_sleeping, 0);
+	}
 }
 
 void
