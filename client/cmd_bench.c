@@ -1,11 +1,37 @@
-/* epmoe bench: placeholder until its issue lands. */
+/* epmoe bench: benchmark modes.  `machine` and `engine` run in process;
+ * `server` (the load generator against a running router) comes with the
+ * serving issue. */
 #include <stdio.h>
+#include <string.h>
 
+#include "bench.h"
 #include "cmd.h"
+
+static void
+usage(FILE *f)
+{
+	fprintf(f, "usage: epmoe bench MODE [options]   (epmoe bench MODE --help)\n"
+	           "modes:\n"
+	           "  machine   OpenBLAS sgemm FLOP rate and memory read bandwidth\n"
+	           "  engine    prefill and decode speed of a model, in process\n");
+}
 
 int
 cmd_bench(int argc, char **argv)
 {
-	fprintf(stderr, "epmoe bench: not implemented yet\n");
+	if (argc < 2) {
+		usage(stderr);
+		return 2;
+	}
+	if (strcmp(argv[1], "machine") == 0)
+		return bench_machine(argc - 1, argv + 1);
+	if (strcmp(argv[1], "engine") == 0)
+		return bench_engine(argc - 1, argv + 1);
+	if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+		usage(stdout);
+		return 0;
+	}
+	fprintf(stderr, "epmoe bench: unknown mode '%s'\n", argv[1]);
+	usage(stderr);
 	return 2;
 }

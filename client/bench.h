@@ -1,0 +1,8 @@
+/* Benchmark modes of `epmoe bench` (one file each). */
+#ifndef EPMOE_BENCH_H
+#define EPMOE_BENCH_H
+
+int bench_machine(int argc, char **argv);
+int bench_engine(int argc, char **argv);
+
+#endif
