@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "err.h"
@@ -1228,6 +1229,60 @@ START_TEST(metadata_defaults_and_eot_by_text)
 }
 END_TEST
 
+/* Runs cmd in a shell; returns its stdout (static) and exit status. */
+static const char *
+run_cmd(const char *cmd, int *status)
+{
+	static char out[4096];
+	FILE *p = popen(cmd, "r");
+	size_t n;
+
+	ck_assert_ptr_nonnull(p);
+	n = fread(out, 1, sizeof(out) - 1, p);
+	out[n] = '\0';
+	*status = pclose(p);
+	return out;
+}
+
+START_TEST(cli_tokenize_prints_ids_and_pieces)
+{
+	const char *bin = getenv("EPMOE_BIN"), *dir = getenv("EPMOE_TESTDATA");
+	char cmd[2048], path[1024], *want;
+	const char *out;
+	int st;
+
+	ck_assert_msg(bin && dir, "EPMOE_BIN and EPMOE_TESTDATA must be set");
+	snprintf(path, sizeof(path), "%s/mixtral-tiny-f32.ids.txt", dir);
+	want = read_file(path, NULL);
+	snprintf(cmd, sizeof(cmd), "'%s/epmoe' tokenize --model "
+	         "'%s/mixtral-tiny-f32.gguf' '" REF_TEXT "'", bin, dir);
+	out = run_cmd(cmd, &st);
+	ck_assert_int_eq(st, 0);
+	ck_assert_int_eq(strncmp(out, want, strcspn(want, "\n")), 0);
+	ck_assert_int_eq(out[strcspn(want, "\n")], '\n');
+	free(want);
+	/* --no-bos --pieces: "▁hi" is a piece (431); "\n" is byte 0x0A (13) */
+	snprintf(cmd, sizeof(cmd), "printf 'hi\\n' | '%s/epmoe' tokenize "
+	         "--no-bos --pieces -m '%s/mixtral-tiny-f32.gguf' -f -", bin,
+	         dir);
+	out = run_cmd(cmd, &st);
+	ck_assert_int_eq(st, 0);
+	ck_assert_str_eq(out, "431,13\n431\t hi\n13\t\\n\n");
+	snprintf(cmd, sizeof(cmd), "'%s/epmoe' tokenize --special -m "
+	         "'%s/mixtral-tiny-f32.gguf' '</s>' 2>&1", bin, dir);
+	out = run_cmd(cmd, &st);
+	ck_assert_int_eq(st, 0);
+	ck_assert_str_eq(out, "1,2\n");
+	snprintf(cmd, sizeof(cmd), "'%s/epmoe' tokenize -m /nonexistent.gguf "
+	         "x 2>/dev/null", bin);
+	run_cmd(cmd, &st);
+	ck_assert_int_eq(WEXITSTATUS(st), 1);
+	snprintf(cmd, sizeof(cmd), "'%s/epmoe' tokenize x 2>/dev/null", bin);
+	run_cmd(cmd, &st);
+	ck_assert_int_eq(WEXITSTATUS(st), 2);
+}
+END_TEST
+
 /* ---- size ---- */
 
 /* Not a timed assert: prints the rate, checks the round trip. */
@@ -1332,6 +1387,7 @@ main(void)
 	tcase_add_test(gg, testdata_round_trips);
 	tcase_add_test(gg, metadata_errors_name_the_key);
 	tcase_add_test(gg, metadata_defaults_and_eot_by_text);
+	tcase_add_test(gg, cli_tokenize_prints_ids_and_pieces);
 	tcase_add_test(big, large_text_encodes_quickly);
 	suite_add_tcase(s, spm);
 	suite_add_tcase(s, bpe);
