@@ -497,6 +497,28 @@ START_TEST(bpe_merges_by_rank)
 }
 END_TEST
 
+START_TEST(bpe_every_byte_maps_to_its_token)
+{
+	struct vb b;
+	struct tok *t = bpe_tiny(&b, "gpt2");
+
+	for (int i = 0; i < 256; i++) {
+		char c = (char)i, buf[4];
+		int32_t *ids;
+		size_t n;
+
+		ck_assert_int_eq(tok_encode(t, &c, 1, 0, &ids, &n), 0);
+		ck_assert_uint_eq(n, 1);
+		ck_assert_int_eq(ids[0], i);
+		ck_assert_int_eq(tok_piece(t, i, buf, sizeof(buf), 0), 1);
+		ck_assert_int_eq((uint8_t)buf[0], i);
+		free(ids);
+	}
+	tok_free(t);
+	vb_free(&b);
+}
+END_TEST
+
 START_TEST(bpe_llama3_takes_whole_words_in_vocab)
 {
 	struct vb b, c;
@@ -1369,6 +1391,7 @@ main(void)
 	tcase_add_test(spm, bos_eos_follow_flags_and_eog);
 	tcase_add_test(spm, bad_vocabularies_are_rejected);
 	tcase_add_test(bpe, bpe_merges_by_rank);
+	tcase_add_test(bpe, bpe_every_byte_maps_to_its_token);
 	tcase_add_test(bpe, bpe_llama3_takes_whole_words_in_vocab);
 	tcase_add_test(bpe, bpe_special_tokens);
 	tcase_add_test(bpe, bpe_round_trips);
