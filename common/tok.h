@@ -162,9 +162,12 @@ size_t tok_max_piece_len(const struct tok *t);
  * free with free(); *out_len its length, may be NULL).  Leading-space rule
  * (SentencePiece with add_space_prefix only): the space the encoder put
  * before the text is removed from the first piece of the sequence and from
- * the piece right after a BOS, so decode(encode(s)) == s.  llama.cpp's
- * llama_detokenize strips the same space when there is no BOS or the BOS is
- * kept in the output.  Bytes are returned as they are (no UTF-8 repair).
+ * the piece right after a BOS, so decode(encode(s)) == s with or without
+ * BOS.  This is what SentencePiece's own decoder does.  llama.cpp's
+ * llama_detokenize differs slightly: it strips one space from the very
+ * first token only, so a sequence starting with a kept BOS keeps the space
+ * (and when it removes the BOS it keeps it too).  Bytes are returned as
+ * they are (no UTF-8 repair).
  * Errors: EPMOE_EINVAL (an id out of range; nothing is written),
  * EPMOE_ENOMEM. */
 int tok_decode(const struct tok *t, const int32_t *ids, size_t n,

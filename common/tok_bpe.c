@@ -205,21 +205,32 @@ tok_bpe_free_re(struct tok *t)
 /* ---- GPT-2's byte <-> unicode alphabet ---- */
 
 /* The code point standing for byte b: printable Latin-1 bytes stand for
- * themselves; the 68 others get 256, 257, ... in byte order. */
+ * themselves; the 68 others (0x00-0x20, 0x7F-0xA0, 0xAD) get 256, 257, ...
+ * in byte order. */
 static uint32_t
 byte_cp(uint8_t b)
 {
-	uint32_t n = 0;
+	if (b <= 0x20)
+		return 256 + b;
+	if (b >= 0x7F && b <= 0xA0)
+		return 256 + 33 + (b - 0x7F);
+	if (b == 0xAD)
+		return 256 + 67;
+	return b;
+}
 
-	if ((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174)
-		return b;
-	/* count the non-printable bytes below b */
-	for (uint32_t c = 0; c < b; c++) {
-		if (!((c >= 33 && c <= 126) || (c >= 161 && c <= 172) ||
-		        c >= 174))
-			n++;
-	}
-	return 256 + n;
+/* The inverse of byte_cp, or -1 for a code point outside the alphabet. */
+static int
+cp_byte(uint32_t cp)
+{
+	if (cp < 256)
+		return cp <= 0x20 || (cp >= 0x7F && cp <= 0xA0) || cp == 0xAD ?
+		        -1 : (int)cp;
+	if (cp < 256 + 33)
+		return (int)(cp - 256);
+	if (cp < 256 + 67)
+		return (int)(cp - 256 - 33 + 0x7F);
+	return cp == 256 + 67 ? 0xAD : -1;
 }
 
 size_t
@@ -239,46 +250,30 @@ tok_bpe_byte_utf8(uint8_t b, char buf[2])
 size_t
 tok_bpe_unmap(const char *s, size_t len, char *dst)
 {
-	/* inverse of byte_cp for code points below 324 (all two bytes at
-	 * most), built on first use; -1 for code points not in the alphabet */
-	static int16_t inv[324];
-	static int inv_ready;
 	size_t o = 0;
 
-	if (!__atomic_load_n(&inv_ready, __ATOMIC_ACQUIRE)) {
-		int16_t tmp[324];
-
-		for (int i = 0; i < 324; i++)
-			tmp[i] = -1;
-		for (int b = 0; b < 256; b++)
-			tmp[byte_cp((uint8_t)b)] = (int16_t)b;
-		/* every thread computes the same table: a racing copy is
-		 * harmless, the flag orders it for readers */
-		memcpy(inv, tmp, sizeof(inv));
-		__atomic_store_n(&inv_ready, 1, __ATOMIC_RELEASE);
-	}
 	for (size_t i = 0; i < len;) {
 		uint8_t c = (uint8_t)s[i];
-		uint32_t cp;
+		size_t n = 1;
+		uint32_t cp = c;
+		int b;
 
-		if (c < 0x80) {
-			cp = c;
-		} else if ((c & 0xE0) == 0xC0 && i + 1 < len &&
+		/* the alphabet is below U+0144: one or two bytes */
+		if ((c & 0xE0) == 0xC0 && i + 1 < len &&
 		        ((uint8_t)s[i + 1] & 0xC0) == 0x80) {
 			cp = ((uint32_t)(c & 0x1F) << 6) | ((uint8_t)s[i + 1] & 0x3F);
-		} else {
-			dst[o++] = (char)c; /* not in the alphabet: as is */
-			i++;
-			continue;
+			n = 2;
+		} else if (c >= 0x80) {
+			cp = UINT32_MAX; /* not in the alphabet */
 		}
-		if (cp < 324 && inv[cp] >= 0) {
-			dst[o++] = (char)inv[cp];
+		if ((b = cp_byte(cp)) >= 0) {
+			dst[o++] = (char)b;
 		} else {
-			dst[o++] = s[i];
-			if (c >= 0x80)
-				dst[o++] = s[i + 1];
+			/* not in the alphabet: copied as it is */
+			memcpy(dst + o, s + i, n);
+			o += n;
 		}
-		i += c < 0x80 ? 1 : 2;
+		i += n;
 	}
 	return o;
 }

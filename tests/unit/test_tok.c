@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "err.h"
@@ -491,6 +492,28 @@ START_TEST(bpe_merges_by_rank)
 	/* é is C3 A9: its two byte characters */
 	EXPECT(t, "\xc3\xa9", 0, 0xC3, 0xA9);
 	ck_assert(!tok_add_bos(t));
+	tok_free(t);
+	vb_free(&b);
+}
+END_TEST
+
+START_TEST(bpe_every_byte_maps_to_its_token)
+{
+	struct vb b;
+	struct tok *t = bpe_tiny(&b, "gpt2");
+
+	for (int i = 0; i < 256; i++) {
+		char c = (char)i, buf[4];
+		int32_t *ids;
+		size_t n;
+
+		ck_assert_int_eq(tok_encode(t, &c, 1, 0, &ids, &n), 0);
+		ck_assert_uint_eq(n, 1);
+		ck_assert_int_eq(ids[0], i);
+		ck_assert_int_eq(tok_piece(t, i, buf, sizeof(buf), 0), 1);
+		ck_assert_int_eq((uint8_t)buf[0], i);
+		free(ids);
+	}
 	tok_free(t);
 	vb_free(&b);
 }
@@ -1228,6 +1251,60 @@ START_TEST(metadata_defaults_and_eot_by_text)
 }
 END_TEST
 
+/* Runs cmd in a shell; returns its stdout (static) and exit status. */
+static const char *
+run_cmd(const char *cmd, int *status)
+{
+	static char out[4096];
+	FILE *p = popen(cmd, "r");
+	size_t n;
+
+	ck_assert_ptr_nonnull(p);
+	n = fread(out, 1, sizeof(out) - 1, p);
+	out[n] = '\0';
+	*status = pclose(p);
+	return out;
+}
+
+START_TEST(cli_tokenize_prints_ids_and_pieces)
+{
+	const char *bin = getenv("EPMOE_BIN"), *dir = getenv("EPMOE_TESTDATA");
+	char cmd[2048], path[1024], *want;
+	const char *out;
+	int st;
+
+	ck_assert_msg(bin && dir, "EPMOE_BIN and EPMOE_TESTDATA must be set");
+	snprintf(path, sizeof(path), "%s/mixtral-tiny-f32.ids.txt", dir);
+	want = read_file(path, NULL);
+	snprintf(cmd, sizeof(cmd), "'%s/epmoe' tokenize --model "
+	         "'%s/mixtral-tiny-f32.gguf' '" REF_TEXT "'", bin, dir);
+	out = run_cmd(cmd, &st);
+	ck_assert_int_eq(st, 0);
+	ck_assert_int_eq(strncmp(out, want, strcspn(want, "\n")), 0);
+	ck_assert_int_eq(out[strcspn(want, "\n")], '\n');
+	free(want);
+	/* --no-bos --pieces: "▁hi" is a piece (431); "\n" is byte 0x0A (13) */
+	snprintf(cmd, sizeof(cmd), "printf 'hi\\n' | '%s/epmoe' tokenize "
+	         "--no-bos --pieces -m '%s/mixtral-tiny-f32.gguf' -f -", bin,
+	         dir);
+	out = run_cmd(cmd, &st);
+	ck_assert_int_eq(st, 0);
+	ck_assert_str_eq(out, "431,13\n431\t hi\n13\t\\n\n");
+	snprintf(cmd, sizeof(cmd), "'%s/epmoe' tokenize --special -m "
+	         "'%s/mixtral-tiny-f32.gguf' '</s>' 2>&1", bin, dir);
+	out = run_cmd(cmd, &st);
+	ck_assert_int_eq(st, 0);
+	ck_assert_str_eq(out, "1,2\n");
+	snprintf(cmd, sizeof(cmd), "'%s/epmoe' tokenize -m /nonexistent.gguf "
+	         "x 2>/dev/null", bin);
+	run_cmd(cmd, &st);
+	ck_assert_int_eq(WEXITSTATUS(st), 1);
+	snprintf(cmd, sizeof(cmd), "'%s/epmoe' tokenize x 2>/dev/null", bin);
+	run_cmd(cmd, &st);
+	ck_assert_int_eq(WEXITSTATUS(st), 2);
+}
+END_TEST
+
 /* ---- size ---- */
 
 /* Not a timed assert: prints the rate, checks the round trip. */
@@ -1314,6 +1391,7 @@ main(void)
 	tcase_add_test(spm, bos_eos_follow_flags_and_eog);
 	tcase_add_test(spm, bad_vocabularies_are_rejected);
 	tcase_add_test(bpe, bpe_merges_by_rank);
+	tcase_add_test(bpe, bpe_every_byte_maps_to_its_token);
 	tcase_add_test(bpe, bpe_llama3_takes_whole_words_in_vocab);
 	tcase_add_test(bpe, bpe_special_tokens);
 	tcase_add_test(bpe, bpe_round_trips);
@@ -1332,6 +1410,7 @@ main(void)
 	tcase_add_test(gg, testdata_round_trips);
 	tcase_add_test(gg, metadata_errors_name_the_key);
 	tcase_add_test(gg, metadata_defaults_and_eot_by_text);
+	tcase_add_test(gg, cli_tokenize_prints_ids_and_pieces);
 	tcase_add_test(big, large_text_encodes_quickly);
 	suite_add_tcase(s, spm);
 	suite_add_tcase(s, bpe);
