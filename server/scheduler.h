@@ -16,8 +16,8 @@
  * touches a request until its final event (DONE or ERROR) is delivered,
  * after which the callback owns it and frees it with sched_req_free.
  */
-#ifndef EPMOE_SCHED_H
-#define EPMOE_SCHED_H
+#ifndef EPMOE_SCHEDULER_H
+#define EPMOE_SCHEDULER_H
 
 #include <stdbool.h>
 #include <stddef.h>
