@@ -522,22 +522,55 @@ route_check(const struct route_cfg *cfg, enum route_group_kind kind,
 void
 route_topk(const float *x, int n, int k, int32_t *idx)
 {
+	float v[64], *val = v, thr;
 	int m = 0;
 
+	if (k > 64) {
+		/* rare: a k this large needs no speed */
+		for (int j = 0; j < k; j++) {
+			int best = -1;
+
+			for (int e = 0; e < n; e++) {
+				int used = 0;
+
+				for (int q = 0; q < j && !used; q++)
+					used = idx[q] == e;
+				if (!used && (best < 0 || x[e] > x[best]))
+					best = e;
+			}
+			idx[j] = best;
+		}
+		return;
+	}
 	/* Insertion into a sorted list of size k; a later equal value never
 	 * passes an earlier one, so ties go to the lower index. */
-	for (int e = 0; e < n; e++) {
-		float v = x[e];
-		int j;
+	for (int e = 0; e < k; e++) {
+		float xe = x[e];
+		int j = m++;
 
-		if (m == k && !(v > x[idx[k - 1]]))
-			continue;
-		j = m < k ? m++ : k - 1;
-		while (j > 0 && v > x[idx[j - 1]]) {
+		while (j > 0 && xe > val[j - 1]) {
+			val[j] = val[j - 1];
 			idx[j] = idx[j - 1];
 			j--;
 		}
+		val[j] = xe;
 		idx[j] = e;
+	}
+	thr = val[k - 1];
+	for (int e = k; e < n; e++) {
+		float xe = x[e];
+		int j = k - 1;
+
+		if (!(xe > thr))
+			continue;
+		while (j > 0 && xe > val[j - 1]) {
+			val[j] = val[j - 1];
+			idx[j] = idx[j - 1];
+			j--;
+		}
+		val[j] = xe;
+		idx[j] = e;
+		thr = val[k - 1];
 	}
 }
 

@@ -220,12 +220,15 @@ struct route_ot {
 	float *g;             /* [Ep] column potentials */
 	float *tmp;           /* [max(Tp, Ep) x 4] */
 	size_t cap_k, cap_kt, cap_f, cap_g, cap_tmp;
+	int log_only;         /* 1: skip the scaling fast path (tests) */
+	float kmin, kmax;     /* range of C / xi, set by the solvers */
 };
 
 struct route_ot_result {
 	int iters;            /* full (column, row) iterations done */
 	int converged;        /* residual < tol before the cap */
 	float residual;       /* max_e |column sum - col_mass| / col_mass */
+	int log_domain;       /* 1 if the log-domain iteration was used */
 };
 
 void route_ot_init(struct route_ot *w);
@@ -236,7 +239,10 @@ void route_ot_fini(struct route_ot *w);
  * (T x row_mass must equal E x col_mass).  C is [T, E]; plan receives
  * Pi [T, E].  Stops when the column residual after a row step is below
  * tol x col_mass, or after max_iter iterations (tol = 0: exactly max_iter).
- */
+ * The iterates start from f = g = 0 as in §0.1.  When C/xi spans less
+ * than ~80 the same iteration runs in scaling form (u = e^f, v = e^g,
+ * exp(C/xi - max) precomputed: multiply-adds, no exp per iteration); if a
+ * scaling leaves [1e-30, 1e30] it restarts in the log domain. */
 int route_sinkhorn(struct route_ot *w, const float *C, int T, int E,
     float xi, float row_mass, float col_mass, int max_iter, float tol,
     float *plan, struct route_ot_result *res);

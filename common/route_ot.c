@@ -17,7 +17,14 @@
 #include "err.h"
 #include "route.h"
 
-#define VL 8
+#ifndef ROUTE_VL
+#ifdef __AVX512F__
+#define ROUTE_VL 16
+#else
+#define ROUTE_VL 8
+#endif
+#endif
+#define VL ROUTE_VL
 
 typedef float vf __attribute__((vector_size(VL * sizeof(float))));
 typedef int32_t vi __attribute__((vector_size(VL * sizeof(float))));
@@ -28,7 +35,7 @@ typedef int32_t vi __attribute__((vector_size(VL * sizeof(float))));
 static inline vf
 vsplat(float x)
 {
-	return (vf){ x, x, x, x, x, x, x, x };
+	return (vf){ 0 } + x;
 }
 
 static inline vf
@@ -183,17 +190,32 @@ ot_prepare(struct route_ot *w, const float *C, int T, int E, float xi)
 	    (rc = grow(&w->g, &w->cap_g, Ep)) != 0 ||
 	    (rc = grow(&w->tmp, &w->cap_tmp, 4 * nmax)) != 0)
 		return rc;
-	for (int t = 0; t < T; t++) {
-		float *row = w->K + (size_t)t * Ep;
+	/* Tiles of 16 rows so the transposed writes stay contiguous. */
+	w->kmin = FLT_MAX;
+	w->kmax = -FLT_MAX;
+	for (int t0 = 0; t0 < T; t0 += 16) {
+		int t1 = t0 + 16 < T ? t0 + 16 : T;
 
-		for (int e = 0; e < E; e++) {
-			float v = C[(size_t)t * E + e] * inv;
+		for (int t = t0; t < t1; t++) {
+			float *row = w->K + (size_t)t * Ep;
+			const float *c = C + (size_t)t * E;
 
-			row[e] = v;
-			w->KT[(size_t)e * Tp + t] = v;
+			for (int e = 0; e < E; e++) {
+				float v = c[e] * inv;
+
+				row[e] = v;
+				w->kmin = v < w->kmin ? v : w->kmin;
+				w->kmax = v > w->kmax ? v : w->kmax;
+			}
+			for (size_t e = (size_t)E; e < Ep; e++)
+				row[e] = PAD_VAL;
 		}
-		for (size_t e = (size_t)E; e < Ep; e++)
-			row[e] = PAD_VAL;
+		for (int e = 0; e < E; e++) {
+			float *dst = w->KT + (size_t)e * Tp;
+
+			for (int t = t0; t < t1; t++)
+				dst[t] = w->K[(size_t)t * Ep + e];
+		}
 	}
 	for (int e = 0; e < E; e++)
 		for (size_t t = (size_t)T; t < Tp; t++)
@@ -202,39 +224,153 @@ ot_prepare(struct route_ot *w, const float *C, int T, int E, float xi)
 }
 
 /* out[j] = LSE_i (M[i][j] + y[i]) for every lane j < nj (nj padded).
- * M is [ni, nj] row-major. */
+ * M is [ni, nj] row-major.  shift, if not NULL, is an upper bound of
+ * max_i (M[i][j] + y[i]) per lane known from the previous half step; it
+ * saves the max pass.  A lane whose shifted sum underflows is redone with
+ * its true maximum. */
 static void
-lse_lanes(const float *M, int ni, size_t nj, const float *y, float *out)
+lse_lanes(const float *M, int ni, size_t nj, const float *y,
+    const float *shift, float *out)
 {
-	for (size_t j = 0; j < nj; j += 2 * VL) {
-		int two = j + VL < nj;
-		vf m0 = vsplat(-FLT_MAX), m1 = m0;
-		vf s0 = vsplat(0.0f), s1 = s0;
-		float mb[2 * VL], sb[2 * VL];
+	for (size_t j = 0; j < nj; j += VL) {
+		vf m, s = vsplat(0.0f);
+		float mb[VL], sb[VL];
+		int redo = 0;
 
-		for (int i = 0; i < ni; i++) {
-			const float *r = M + (size_t)i * nj + j;
-			vf yi = vsplat(y[i]);
-
-			m0 = vmax(m0, vload(r) + yi);
-			if (two)
-				m1 = vmax(m1, vload(r + VL) + yi);
+		if (shift != NULL) {
+			m = vload(shift + j);
+			for (int i = 0; i < ni; i++)
+				s += vexp(vload(M + (size_t)i * nj + j) + y[i] -
+				    m);
+			vstore(sb, s);
+			for (int l = 0; l < VL; l++)
+				redo |= !(sb[l] > 1e-20f && sb[l] < 1e30f);
 		}
-		for (int i = 0; i < ni; i++) {
-			const float *r = M + (size_t)i * nj + j;
-			vf yi = vsplat(y[i]);
-
-			s0 += vexp(vload(r) + yi - m0);
-			if (two)
-				s1 += vexp(vload(r + VL) + yi - m1);
+		if (shift == NULL || redo) {
+			m = vsplat(-FLT_MAX);
+			for (int i = 0; i < ni; i++)
+				m = vmax(m, vload(M + (size_t)i * nj + j) + y[i]);
+			s = vsplat(0.0f);
+			for (int i = 0; i < ni; i++)
+				s += vexp(vload(M + (size_t)i * nj + j) + y[i] -
+				    m);
 		}
-		vstore(mb, m0);
-		vstore(sb, s0);
-		vstore(mb + VL, m1);
-		vstore(sb + VL, s1);
-		for (int l = 0; l < (two ? 2 * VL : VL); l++)
+		vstore(mb, m);
+		vstore(sb, s);
+		for (int l = 0; l < VL; l++)
 			out[j + l] = mb[l] + logf(sb[l]);
 	}
+}
+
+/* out[j] = sum_i y[i] M[i][j] for lanes j < nj; four partial sums break
+ * the FMA latency chain. */
+static void
+matvec_lanes(const float *M, int ni, size_t nj, const float *y, float *out)
+{
+	for (size_t j = 0; j < nj; j += VL) {
+		vf a0 = vsplat(0.0f), a1 = a0, a2 = a0, a3 = a0;
+		int i = 0;
+
+		for (; i + 4 <= ni; i += 4) {
+			const float *r = M + (size_t)i * nj + j;
+
+			a0 += y[i] * vload(r);
+			a1 += y[i + 1] * vload(r + nj);
+			a2 += y[i + 2] * vload(r + 2 * nj);
+			a3 += y[i + 3] * vload(r + 3 * nj);
+		}
+		for (; i < ni; i++)
+			a0 += y[i] * vload(M + (size_t)i * nj + j);
+		vstore(out + j, (a0 + a1) + (a2 + a3));
+	}
+}
+
+/* The §0.1 iteration in scaling form: Kx = exp(C/xi - M) with M the
+ * largest entry (a constant shift of f, absorbed by the first column
+ * step, so the iterates equal the log-domain ones), u = e^(f+M), v = e^g.
+ * Returns 1 (nothing written) when the range of C/xi or of a scaling is
+ * too wide for float; the caller then runs the log-domain iteration. */
+static int
+sk_scaling(struct route_ot *w, int T, int E, float row_mass,
+    float col_mass, int max_iter, float tol, float *plan,
+    struct route_ot_result *res)
+{
+	size_t Tp = pad_to((size_t)T), Ep = pad_to((size_t)E);
+	size_t nmax = Tp > Ep ? Tp : Ep;
+	float *u = w->f, *v = w->g, *cacc = w->tmp, *racc = w->tmp + nmax;
+	float *colsum = w->tmp + 2 * nmax;
+	float M = w->kmax, resid = 0.0f;
+	int it = 0, conv = 0;
+
+	if (!(M - w->kmin < 80.0f))
+		return 1;
+	/* K and KT become exp(K - M); padding (PAD_VAL) becomes 0. */
+	for (size_t i = 0; i < (size_t)T * Ep; i += VL)
+		vstore(w->K + i, vexp(vload(w->K + i) - M));
+	for (size_t i = 0; i < (size_t)E * Tp; i += VL)
+		vstore(w->KT + i, vexp(vload(w->KT + i) - M));
+	for (size_t t = 0; t < Tp; t++)
+		u[t] = 1.0f;
+	for (size_t e = 0; e < Ep; e++)
+		v[e] = 1.0f;
+	for (;;) {
+		int bad = 0;
+
+		/* column sums of diag(u) Kx: lanes e */
+		matvec_lanes(w->K, T, Ep, u, cacc);
+		if (it > 0 && tol > 0.0f) {
+			float r = 0.0f;
+
+			for (int e = 0; e < E; e++) {
+				float d = fabsf(v[e] * cacc[e] - col_mass);
+
+				if (!(d <= r))
+					r = d;
+			}
+			if (r < tol * col_mass) {
+				conv = 1;
+				break;
+			}
+		}
+		if (it == max_iter)
+			break;
+		for (int e = 0; e < E; e++) {
+			v[e] = col_mass / cacc[e];
+			bad |= !(v[e] > 1e-30f && v[e] < 1e30f);
+		}
+		matvec_lanes(w->KT, E, Tp, v, racc);
+		for (int t = 0; t < T; t++) {
+			u[t] = row_mass / racc[t];
+			bad |= !(u[t] > 1e-30f && u[t] < 1e30f);
+		}
+		if (bad)
+			return 1;
+		it++;
+	}
+	for (int e = 0; e < E; e++)
+		colsum[e] = 0.0f;
+	for (int t = 0; t < T; t++) {
+		const float *kr = w->K + (size_t)t * Ep;
+		float *pr = plan + (size_t)t * E;
+
+		for (int e = 0; e < E; e++) {
+			pr[e] = u[t] * kr[e] * v[e];
+			colsum[e] += pr[e];
+		}
+	}
+	for (int e = 0; e < E; e++) {
+		float d = fabsf(colsum[e] - col_mass) / col_mass;
+
+		if (!(d <= resid))
+			resid = d;
+	}
+	if (res != NULL) {
+		res->iters = it;
+		res->converged = conv;
+		res->residual = resid;
+		res->log_domain = 0;
+	}
+	return 0;
 }
 
 int
@@ -243,7 +379,7 @@ route_sinkhorn(struct route_ot *w, const float *C, int T, int E, float xi,
     struct route_ot_result *res)
 {
 	size_t Tp, Ep;
-	float la, lb, *clse, *rlse, *colsum;
+	float la, lb, *clse, *rlse, *colsum, *shift;
 	int rc, it = 0, conv = 0;
 	float resid = 0.0f;
 
@@ -252,11 +388,20 @@ route_sinkhorn(struct route_ot *w, const float *C, int T, int E, float xi,
 		return EPMOE_EINVAL;
 	if ((rc = ot_prepare(w, C, T, E, xi)) != 0)
 		return rc;
+	if (!w->log_only) {
+		if (sk_scaling(w, T, E, row_mass, col_mass, max_iter, tol, plan,
+		    res) == 0)
+			return 0;
+		/* out of float range: start over in the log domain */
+		if ((rc = ot_prepare(w, C, T, E, xi)) != 0)
+			return rc;
+	}
 	Tp = pad_to((size_t)T);
 	Ep = pad_to((size_t)E);
 	clse = w->tmp;
 	rlse = w->tmp + (Tp > Ep ? Tp : Ep);
 	colsum = rlse + (Tp > Ep ? Tp : Ep);
+	shift = colsum + (Tp > Ep ? Tp : Ep);
 	la = logf(row_mass);
 	lb = logf(col_mass);
 	memset(w->f, 0, Tp * sizeof(float));
@@ -264,7 +409,10 @@ route_sinkhorn(struct route_ot *w, const float *C, int T, int E, float xi,
 	for (;;) {
 		/* Column step; its LSE also gives the column sums of the plan
 		 * left by the previous row step: exp(clse + g_old). */
-		lse_lanes(w->K, T, Ep, w->f, clse);
+		if (it > 0)
+			for (size_t e = 0; e < Ep; e++)
+				shift[e] = la - w->g[e];
+		lse_lanes(w->K, T, Ep, w->f, it > 0 ? shift : NULL, clse);
 		if (it > 0 && tol > 0.0f) {
 			float r = 0.0f;
 
@@ -283,7 +431,9 @@ route_sinkhorn(struct route_ot *w, const float *C, int T, int E, float xi,
 			break;
 		for (int e = 0; e < E; e++)
 			w->g[e] = lb - clse[e];
-		lse_lanes(w->KT, E, Tp, w->g, rlse);
+		for (size_t t = 0; t < Tp; t++)
+			shift[t] = lb - w->f[t];
+		lse_lanes(w->KT, E, Tp, w->g, shift, rlse);
 		for (int t = 0; t < T; t++)
 			w->f[t] = la - rlse[t];
 		it++;
@@ -318,6 +468,7 @@ route_sinkhorn(struct route_ot *w, const float *C, int T, int E, float xi,
 		res->iters = it;
 		res->converged = conv;
 		res->residual = resid;
+		res->log_domain = 1;
 	}
 	return 0;
 }
@@ -483,6 +634,7 @@ route_sinkhorn_capped(struct route_ot *w, const float *C, int T, int E,
 		res->iters = it;
 		res->converged = conv;
 		res->residual = resid;
+		res->log_domain = 1;
 	}
 	return 0;
 }
