@@ -40,7 +40,8 @@ static const char *const kind_help[ROUTE_N_KINDS] = {
 	"renormalised plan (capped kernel: softmax weights), OT only on "
 	"selected (step, layer)s, plain top-k otherwise (§5)",
 	"Unified Sparse MoE: U = (1-rate)*softmax + rate*(2/E)*sigmoid, the "
-	"top budget*T*k pairs of the group, weights U (§6)",
+	"top budget*T*k pairs of the group, weights U (renorm=1: U divided "
+	"by its row sum, as the USMoE code does for norm_topk_prob) (§6)",
 	"auxiliary-loss-free bias: select by score + bias, weights from the "
 	"score, bias += u*sign(mean - load) after each call (§2.2)"
 };
@@ -85,7 +86,8 @@ static const struct key_desc keys[K_N] = {
 	    "an integer >= 1", "the model's k", "experts per token" },
 	[K_RENORM] = { "renorm", KT_INT, OFF(renorm), 0, 1, 0, NULL,
 	    "0 or 1", "the model's norm_topk_prob",
-	    "1: weights renormalised over the selected experts" },
+	    "1: softmax weights renormalised over the chosen experts, 0: "
+	    "full-softmax probabilities" },
 	[K_FACTOR] = { "factor", KT_FLOAT, OFF(factor), 0, 1e6, 0, NULL,
 	    "a number >= 0", "1.25", "capacity factor; 0 = no capacity" },
 	[K_MIN] = { "min", KT_INT, OFF(min_capacity), 0, 1e9, 0, NULL,
@@ -866,7 +868,9 @@ grow_buf(void **pp, size_t *cap, size_t need, size_t elem)
 	void *q;
 	size_t n;
 
-	if (need <= *cap)
+	if (need == 0)
+		need = 1;       /* never leave a NULL buffer behind */
+	if (need <= *cap && *pp != NULL)
 		return 0;
 	n = *cap ? *cap : 16;
 	while (n < need)
@@ -910,7 +914,7 @@ ensure(struct route_policy *p, uint32_t T)
 	int group = !kind_causal[kind];
 	size_t c;
 
-	if (n <= p->cap_T)
+	if (n <= p->cap_T && p->cap_T > 0)
 		return 0;
 	n = p->cap_T ? p->cap_T : 16;
 	while (n < T)
