@@ -974,12 +974,9 @@ pairs_push(struct route_policy *p, uint32_t tok, int32_t e, float w)
 static const float *
 clean_row(const float *x, int E, float *buf, uint32_t *nf)
 {
-	float mn = FLT_MAX;
-	int bad = 0;
+	float mn = FLT_MAX, mx;
 
-	for (int e = 0; e < E; e++)
-		bad |= !isfinite(x[e]);
-	if (!bad)
+	if (route_row_scan(x, E, &mx))
 		return x;
 	for (int e = 0; e < E; e++)
 		if (isfinite(x[e]) && x[e] < mn)
@@ -1000,11 +997,9 @@ clean_row(const float *x, int E, float *buf, uint32_t *nf)
 static inline float
 row_max(const float *x, int E)
 {
-	float m = x[0];
+	float m;
 
-	for (int e = 1; e < E; e++)
-		if (x[e] > m)
-			m = x[e];
+	route_row_scan(x, E, &m);
 	return m;
 }
 

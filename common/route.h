@@ -265,6 +265,10 @@ void route_topk(const float *x, int n, int k, int32_t *idx);
  * m <= n. */
 void route_select(float *val, int32_t *idx, int n, int m);
 
+/* 1 if every x[0..n-1] is finite (n >= 1); *max gets the largest
+ * value (meaningful when all are finite). */
+int route_row_scan(const float *x, int n, float *max);
+
 /* sum_i exp(x[i] - m) for n >= 0 values (vectorised, double total). */
 double route_sumexp(const float *x, int n, float m);
 

@@ -111,6 +111,41 @@ route_expf(float x)
 	return buf[0];
 }
 
+int
+route_row_scan(const float *x, int n, float *max)
+{
+	vf m = vsplat(-FLT_MAX);
+	vi bad = (vi){ 0 };
+	float mb[VL], mx = -FLT_MAX;
+	int i = 0, ok = 1;
+
+	if (n < VL) {
+		for (; i < n; i++) {
+			ok &= isfinite(x[i]) != 0;
+			mx = x[i] > mx ? x[i] : mx;
+		}
+		*max = mx;
+		return ok;
+	}
+	for (; i + VL <= n; i += VL) {
+		vf v = vload(x + i);
+
+		m = vmax(m, v);
+		bad |= ~((v - v) == 0.0f);  /* NaN - NaN, Inf - Inf: NaN */
+	}
+	vstore(mb, m);
+	for (int l = 0; l < VL; l++) {
+		ok &= bad[l] == 0;
+		mx = mb[l] > mx ? mb[l] : mx;
+	}
+	for (; i < n; i++) {
+		ok &= isfinite(x[i]) != 0;
+		mx = x[i] > mx ? x[i] : mx;
+	}
+	*max = mx;
+	return ok;
+}
+
 double
 route_sumexp(const float *x, int n, float m)
 {
@@ -181,6 +216,7 @@ ot_prepare(struct route_ot *w, const float *C, int T, int E, float xi)
 	size_t nmax = Tp > Ep ? Tp : Ep;
 	size_t kk = Tp * Ep;
 	float inv = 1.0f / xi;
+	vf vmn, vmx;
 	int rc;
 
 	if ((rc = grow(&w->K, &w->cap_k, kk)) != 0 ||
@@ -193,22 +229,32 @@ ot_prepare(struct route_ot *w, const float *C, int T, int E, float xi)
 	/* Tiles of 16 rows so the transposed writes stay contiguous. */
 	w->kmin = FLT_MAX;
 	w->kmax = -FLT_MAX;
+	vmn = vsplat(FLT_MAX);
+	vmx = vsplat(-FLT_MAX);
 	for (int t0 = 0; t0 < T; t0 += 16) {
 		int t1 = t0 + 16 < T ? t0 + 16 : T;
 
 		for (int t = t0; t < t1; t++) {
 			float *row = w->K + (size_t)t * Ep;
 			const float *c = C + (size_t)t * E;
+			int e = 0;
 
-			for (int e = 0; e < E; e++) {
+			for (; e + VL <= E; e += VL) {
+				vf v = vload(c + e) * inv;
+
+				vmn = vmin(vmn, v);
+				vmx = vmax(vmx, v);
+				vstore(row + e, v);
+			}
+			for (; e < E; e++) {
 				float v = c[e] * inv;
 
 				row[e] = v;
 				w->kmin = v < w->kmin ? v : w->kmin;
 				w->kmax = v > w->kmax ? v : w->kmax;
 			}
-			for (size_t e = (size_t)E; e < Ep; e++)
-				row[e] = PAD_VAL;
+			for (size_t q = (size_t)E; q < Ep; q++)
+				row[q] = PAD_VAL;
 		}
 		for (int e = 0; e < E; e++) {
 			float *dst = w->KT + (size_t)e * Tp;
@@ -220,6 +266,16 @@ ot_prepare(struct route_ot *w, const float *C, int T, int E, float xi)
 	for (int e = 0; e < E; e++)
 		for (size_t t = (size_t)T; t < Tp; t++)
 			w->KT[(size_t)e * Tp + t] = PAD_VAL;
+	{
+		float a[VL], b[VL];
+
+		vstore(a, vmn);
+		vstore(b, vmx);
+		for (int l = 0; l < VL; l++) {
+			w->kmin = a[l] < w->kmin ? a[l] : w->kmin;
+			w->kmax = b[l] > w->kmax ? b[l] : w->kmax;
+		}
+	}
 	return 0;
 }
 
@@ -267,7 +323,29 @@ lse_lanes(const float *M, int ni, size_t nj, const float *y,
 static void
 matvec_lanes(const float *M, int ni, size_t nj, const float *y, float *out)
 {
-	for (size_t j = 0; j < nj; j += VL) {
+	size_t j = 0;
+
+	/* Four lane blocks at a time, one row after the other: a single
+	 * contiguous pass over M with four independent accumulators. */
+	for (; j + 4 * VL <= nj; j += 4 * VL) {
+		vf a0 = vsplat(0.0f), a1 = a0, a2 = a0, a3 = a0;
+
+		for (int i = 0; i < ni; i++) {
+			const float *r = M + (size_t)i * nj + j;
+			float yi = y[i];
+
+			a0 += yi * vload(r);
+			a1 += yi * vload(r + VL);
+			a2 += yi * vload(r + 2 * VL);
+			a3 += yi * vload(r + 3 * VL);
+		}
+		vstore(out + j, a0);
+		vstore(out + j + VL, a1);
+		vstore(out + j + 2 * VL, a2);
+		vstore(out + j + 3 * VL, a3);
+	}
+	/* Narrow remainder: four rows at a time break the FMA chain. */
+	for (; j < nj; j += VL) {
 		vf a0 = vsplat(0.0f), a1 = a0, a2 = a0, a3 = a0;
 		int i = 0;
 
