@@ -425,15 +425,26 @@ sk_scaling(struct route_ot *w, int T, int E, float row_mass,
 			return 1;
 		it++;
 	}
-	for (int e = 0; e < E; e++)
+	for (size_t e = 0; e < Ep; e++)
 		colsum[e] = 0.0f;
 	for (int t = 0; t < T; t++) {
 		const float *kr = w->K + (size_t)t * Ep;
 		float *pr = plan + (size_t)t * E;
+		float ut = u[t];
 
-		for (int e = 0; e < E; e++) {
-			pr[e] = u[t] * kr[e] * v[e];
-			colsum[e] += pr[e];
+		for (size_t e = 0; e < Ep; e += VL) {
+			vf pv = ut * vload(kr + e) * vload(v + e);
+
+			vstore(colsum + e, vload(colsum + e) + pv);
+			if ((int)e + VL <= E) {
+				vstore(pr + e, pv);
+			} else {
+				float buf[VL];
+
+				vstore(buf, pv);
+				memcpy(pr + e, buf, (size_t)(E - (int)e) *
+				    sizeof(float));
+			}
 		}
 	}
 	for (int e = 0; e < E; e++) {
