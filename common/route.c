@@ -1631,6 +1631,7 @@ route_run(struct route_policy *p, int layer, uint64_t step, const float *S,
 		in.maxvio = (float)((mx - mean) / mean);
 	}
 	in.experts_per_token = T ? (float)in.n_pairs / (float)T : 0.0f;
+	in.load = out->load;
 	p->st.calls++;
 	p->st.ot_calls += in.ot_ran ? 1 : 0;
 	p->st.ot_groups += in.ot_groups;

@@ -147,6 +147,7 @@ void route_out_fini(struct route_out *o);
 
 /* Per-call statistics (routing.md "Balance metrics"). */
 struct route_info {
+	const uint32_t *load; /* [E] pairs per expert: out->load (borrowed) */
 	uint32_t n_pairs;     /* (token, expert) pairs routed */
 	float maxvio;         /* (max load - mean load) / mean load */
 	float experts_per_token;

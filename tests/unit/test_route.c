@@ -1,8 +1,12 @@
 /* Routing policies: the worked examples of shared/design/routing.md
  * (exact index sets, weights within 1e-4) and properties of every policy,
  * the OT solvers, spec parsing and routing groups. */
+#include <cJSON.h>
 #include <check.h>
 #include <math.h>
+#include <stdio.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -161,6 +165,7 @@ START_TEST(native_matches_8_1_full_softmax_weights)
 	expect_tok(&o, 2, 2, e10, w2);
 	expect_tok(&o, 3, 2, e01, w3);
 	ck_assert_uint_eq(in.n_pairs, 8);
+	ck_assert_ptr_eq(in.load, o.load);
 	ck_assert_uint_eq(o.load[0], 4);
 	ck_assert_uint_eq(o.load[1], 4);
 	ck_assert_uint_eq(o.load[2], 0);
@@ -1534,6 +1539,90 @@ START_TEST(output_buffers_are_reused_once_grown)
 }
 END_TEST
 
+/* ---- epmoe route ------------------------------------------------------------ */
+
+/* Runs the CLI, returns its exit status and (if out) its stdout. */
+static int
+run_cli(const char *args, char *out, size_t len)
+{
+	const char *bin = getenv("EPMOE_BIN");
+	char cmd[1024];
+	FILE *f;
+	size_t n = 0;
+	int st;
+
+	ck_assert_msg(bin != NULL, "EPMOE_BIN is not set");
+	snprintf(cmd, sizeof(cmd), "%s/epmoe route %s 2>/dev/null", bin, args);
+	ck_assert_ptr_nonnull(f = popen(cmd, "r"));
+	if (out != NULL) {
+		n = fread(out, 1, len - 1, f);
+		out[n] = '\0';
+	} else {
+		char sink[4096];
+
+		while (fread(sink, 1, sizeof(sink), f) > 0)
+			;
+	}
+	st = pclose(f);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+START_TEST(cli_prints_the_routing_as_json)
+{
+	char path[] = "/tmp/test_route_XXXXXX", args[512];
+	static char out[1 << 16];
+	int fd = mkstemp(path);
+	cJSON *j, *toks, *t2, *load;
+
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(write(fd, S4, sizeof(S4)), (int)sizeof(S4));
+	close(fd);
+	snprintf(args, sizeof(args), "--policy topk:renorm=1 --logits %s "
+	    "--tokens 4 --experts 3 --k 2", path);
+	ck_assert_int_eq(run_cli(args, out, sizeof(out)), 0);
+	ck_assert_ptr_nonnull(j = cJSON_Parse(out));
+	ck_assert_str_eq(cJSON_GetObjectItem(j, "policy")->valuestring,
+	    "topk:k=2,renorm=1");
+	toks = cJSON_GetObjectItem(j, "tokens");
+	ck_assert_int_eq(cJSON_GetArraySize(toks), 4);
+	t2 = cJSON_GetArrayItem(toks, 2);
+	ck_assert_int_eq(cJSON_GetArraySize(t2), 2);
+	ck_assert_int_eq(cJSON_GetArrayItem(cJSON_GetArrayItem(t2, 0), 0)
+	    ->valueint, 1);
+	ck_assert(fabs(cJSON_GetArrayItem(cJSON_GetArrayItem(t2, 0), 1)
+	    ->valuedouble - .9427) < TOL);
+	load = cJSON_GetObjectItem(j, "load");
+	ck_assert_int_eq(cJSON_GetArrayItem(load, 0)->valueint, 4);
+	ck_assert_int_eq(cJSON_GetArrayItem(load, 2)->valueint, 0);
+	ck_assert(fabs(cJSON_GetObjectItem(j, "maxvio")->valuedouble - 0.5) <
+	    1e-6);
+	ck_assert_ptr_nonnull(cJSON_GetObjectItem(j, "ot_runs"));
+	ck_assert_ptr_nonnull(cJSON_GetObjectItem(j, "iterations"));
+	ck_assert_ptr_nonnull(cJSON_GetObjectItem(j, "nonfinite"));
+	ck_assert_ptr_nonnull(cJSON_GetObjectItem(j, "dropped"));
+	ck_assert_ptr_nonnull(cJSON_GetObjectItem(j, "experts_per_token"));
+	cJSON_Delete(j);
+	/* expert choice over two prefill sequences of 2 tokens */
+	snprintf(args, sizeof(args), "--policy expert_choice:c=1.5 --logits %s "
+	    "--tokens 4 --experts 3 --group-sizes 2,2", path);
+	ck_assert_int_eq(run_cli(args, out, sizeof(out)), 0);
+	ck_assert_ptr_nonnull(j = cJSON_Parse(out));
+	load = cJSON_GetObjectItem(j, "load");
+	for (int e = 0; e < 3; e++)
+		ck_assert_int_eq(cJSON_GetArrayItem(load, e)->valueint, 2);
+	cJSON_Delete(j);
+	/* wrong size, bad policy, missing flags: errors, not crashes */
+	snprintf(args, sizeof(args), "--logits %s --tokens 5 --experts 3", path);
+	ck_assert_int_ne(run_cli(args, NULL, 0), 0);
+	snprintf(args, sizeof(args), "--policy nope --logits %s --tokens 4 "
+	    "--experts 3", path);
+	ck_assert_int_eq(run_cli(args, NULL, 0), 2);
+	ck_assert_int_eq(run_cli("--tokens 4", NULL, 0), 2);
+	ck_assert_int_eq(run_cli("--help", NULL, 0), 0);
+	unlink(path);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -1585,6 +1674,7 @@ main(void)
 	tcase_add_test(tc, policy_table_and_group_checks_follow_routing_md);
 	tcase_add_test(tc, policy_new_checks_k_against_the_model);
 	tcase_add_test(tc, output_buffers_are_reused_once_grown);
+	tcase_add_test(tc, cli_prints_the_routing_as_json);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
