@@ -25,13 +25,6 @@
 #include "err.h"
 #include "log.h"
 
-/* One routing call of a step: a group of rows under one policy. */
-struct route_run {
-	struct route_policy *p;
-	uint32_t start, n;
-	enum route_group_kind kind;
-};
-
 struct engine {
 	const struct model *m;
 	struct pool *pool;
@@ -51,9 +44,12 @@ struct engine {
 	uint32_t cap_rows_out;
 	float *head_in, *head_out;
 	struct route_out rout;
-	struct route_run *runs;  /* [n_items] routing runs of a step */
-	uint32_t cap_runs;
-	uint32_t *pair_lo, *pair_hi; /* [T] pair range of each permuted row */
+	struct route_group *groups;      /* [n_items] */
+	struct route_policy **pols;      /* [n_items] distinct policies of a step */
+	uint32_t cap_items;
+	uint32_t *pair_lo, *pair_hi;     /* [T] pair range of each row */
+	engine_route_fn route_obs;
+	void *route_obs_ud;
 	int32_t *perm;      /* [T] rows reordered so groups are contiguous */
 	float *gate_perm;
 	uint32_t *off_perm;
@@ -96,9 +92,9 @@ engine_new(struct engine **out, const struct model *m,
 	if ((rc = moe_local_new(&e->local, m, e->pool)) != 0)
 		goto fail;
 	e->experts = e->local;
-	if ((rc = route_policy_new(&e->policy, o && o->routing ? o->routing : "native",
-	             m->hp.n_expert, m->hp.n_expert_used, m->hp.expert_weights_norm,
-	             m->hp.n_layer, err, err_len)) != 0)
+	route_out_init(&e->rout);
+	if ((rc = engine_policy_new(e, o && o->routing ? o->routing : "native",
+	             &e->policy, err, err_len)) != 0)
 		goto fail;
 	if ((e->att_s = calloc((size_t)n_threads, sizeof(float *))) == NULL) {
 		rc = EPMOE_ENOMEM;
@@ -143,7 +139,8 @@ engine_free(struct engine *e)
 	free(e->row_item);
 	free(e->head_in);
 	free(e->head_out);
-	free(e->runs);
+	free(e->groups);
+	free(e->pols);
 	free(e->pair_lo);
 	free(e->pair_hi);
 	free(e->perm);
@@ -182,6 +179,29 @@ struct route_policy *
 engine_policy(struct engine *e)
 {
 	return e->policy;
+}
+
+int
+engine_policy_new(const struct engine *e, const char *spec,
+        struct route_policy **out, char *err, size_t err_len)
+{
+	const struct model_hparams *hp = &e->m->hp;
+	struct route_cfg cfg;
+	struct route_model rm = { .n_experts = (int)hp->n_expert,
+		.k = (int)hp->n_expert_used, .renorm = hp->expert_weights_norm,
+		.n_layers = (int)hp->n_layer };
+	int rc;
+
+	if ((rc = route_parse(spec, &cfg, err, err_len)) != 0)
+		return rc;
+	return route_policy_new(out, &cfg, &rm, err, err_len);
+}
+
+void
+engine_set_route_observer(struct engine *e, engine_route_fn fn, void *ud)
+{
+	e->route_obs = fn;
+	e->route_obs_ud = ud;
 }
 
 const struct engine_timing *
@@ -335,12 +355,16 @@ grow_step(struct engine *e, uint32_t T, uint32_t n_items)
 		e->pair_hi = hi;
 		e->cap_t = T;
 	}
-	if (n_items > e->cap_runs) {
-		struct route_run *r = realloc(e->runs, n_items * sizeof(*r));
-		if (r == NULL)
+	if (n_items > e->cap_items) {
+		struct route_group *g = realloc(e->groups, n_items * sizeof(*g));
+		if (g == NULL)
 			return EPMOE_ENOMEM;
-		e->runs = r;
-		e->cap_runs = n_items;
+		e->groups = g;
+		struct route_policy **p = realloc(e->pols, n_items * sizeof(*p));
+		if (p == NULL)
+			return EPMOE_ENOMEM;
+		e->pols = p;
+		e->cap_items = n_items;
 	}
 	return 0;
 }
@@ -488,91 +512,97 @@ grow_pairs(struct engine *e, size_t n)
 	return 0;
 }
 
-/* Routes the T rows.  Rows are permuted so that each routing group is
- * contiguous (every prefill item alone, then the decode rows of each
- * policy together), the policy runs per group, and the result is mapped
- * back to a CSR in row order. */
+/* Calls the policy on rows described by groups (coordinates of S) and
+ * feeds the observer. */
+static int
+route_call(struct engine *e, struct route_policy *p, uint32_t il, const float *S,
+        uint32_t T, const struct route_group *g, int n_groups)
+{
+	struct route_info info;
+	double t0 = now_s();
+	int rc = route_run(p, (int)il, e->n_steps, S, T, g, n_groups, &e->rout, &info);
+
+	if (rc == 0 && e->route_obs)
+		e->route_obs(e->route_obs_ud, p, il, T, &info, now_s() - t0);
+	return rc;
+}
+
+/* Routes the T rows of a step.  Every prefill item is its own routing
+ * group; the decode rows that share a policy form one group.  With one
+ * policy in the step (the usual case) the policy sees the rows in place;
+ * otherwise the rows of each policy are gathered, routed, and the results
+ * put back into one CSR in row order. */
 static int
 route_step(struct engine *e, struct eng_item *items, uint32_t n_items,
         const uint32_t *item_row0, uint32_t T, uint32_t il, struct moe_assign *a)
 {
-	uint32_t E = e->m->hp.n_expert, np = 0, n_runs = 0;
-	uint32_t *pr0 = e->pair_lo, *pr1 = e->pair_hi, *off = e->off_perm;
-	struct route_run *runs = e->runs;
-	size_t base = 0;
+	uint32_t E = e->m->hp.n_expert, n_pol = 0;
+	struct route_group *g = e->groups;
 	int rc;
 
 	for (uint32_t i = 0; i < n_items; i++) {
-		if (items[i].decode)
-			continue;
-		runs[n_runs].p = items[i].policy ? items[i].policy : e->policy;
-		runs[n_runs].start = np;
-		runs[n_runs].n = items[i].n_tokens;
-		runs[n_runs].kind = ROUTE_GROUP_PREFILL;
-		for (uint32_t r = 0; r < items[i].n_tokens; r++)
-			e->perm[np++] = (int32_t)(item_row0[i] + r);
-		n_runs++;
-	}
-	for (uint32_t i = 0; i < n_items; i++) {
 		struct route_policy *p = items[i].policy ? items[i].policy : e->policy;
-		int seen = 0;
-		if (!items[i].decode)
-			continue;
-		for (uint32_t j = 0; j < n_runs && !seen; j++)
-			seen = runs[j].kind == ROUTE_GROUP_DECODE && runs[j].p == p;
-		if (seen)
-			continue;
-		runs[n_runs].p = p;
-		runs[n_runs].start = np;
-		runs[n_runs].kind = ROUTE_GROUP_DECODE;
-		for (uint32_t j = i; j < n_items; j++) {
-			struct route_policy *pj = items[j].policy ? items[j].policy : e->policy;
-			if (!items[j].decode || pj != p)
-				continue;
-			for (uint32_t r = 0; r < items[j].n_tokens; r++)
-				e->perm[np++] = (int32_t)(item_row0[j] + r);
-		}
-		runs[n_runs].n = np - runs[n_runs].start;
-		n_runs++;
+		uint32_t j;
+		for (j = 0; j < n_pol && e->pols[j] != p; j++)
+			;
+		if (j == n_pol)
+			e->pols[n_pol++] = p;
 	}
-	/* gate rows in permuted order */
-	for (uint32_t r = 0; r < T; r++)
-		memcpy(e->gate_perm + (size_t)r * E, e->gate + (size_t)e->perm[r] * E,
-		        E * sizeof(float));
-	/* route each run; its pairs go to [base, base + n) of exp/w_perm */
-	for (uint32_t r = 0; r < n_runs; r++) {
-		struct route_group g = { 0, runs[r].n, runs[r].kind };
-		size_t n_pairs;
-		if ((rc = route_run(runs[r].p, il, e->n_steps,
-		             e->gate_perm + (size_t)runs[r].start * E, runs[r].n, &g, 1,
-		             &e->rout)) != 0)
+	if (n_pol == 1) {
+		for (uint32_t i = 0; i < n_items; i++)
+			g[i] = (struct route_group){ item_row0[i], items[i].n_tokens,
+				items[i].decode ? ROUTE_GROUP_DECODE : ROUTE_GROUP_PREFILL };
+		if ((rc = route_call(e, e->pols[0], il, e->gate, T, g, (int)n_items)) != 0)
 			return rc;
-		n_pairs = e->rout.off[runs[r].n];
+		a->n_tok = T;
+		a->off = e->rout.off;
+		a->expert = e->rout.expert;
+		a->weight = e->rout.weight;
+		return 0;
+	}
+	/* several policies: route each policy's rows separately */
+	uint32_t *lo = e->pair_lo, *hi = e->pair_hi, *off = e->off_perm;
+	size_t base = 0;
+	for (uint32_t pi = 0; pi < n_pol; pi++) {
+		uint32_t np = 0, ng = 0;
+		for (uint32_t i = 0; i < n_items; i++) {
+			struct route_policy *p = items[i].policy ? items[i].policy : e->policy;
+			if (p != e->pols[pi])
+				continue;
+			g[ng++] = (struct route_group){ np, items[i].n_tokens,
+				items[i].decode ? ROUTE_GROUP_DECODE : ROUTE_GROUP_PREFILL };
+			for (uint32_t r = 0; r < items[i].n_tokens; r++) {
+				uint32_t row = item_row0[i] + r;
+				e->perm[np] = (int32_t)row;
+				memcpy(e->gate_perm + (size_t)np * E, e->gate + (size_t)row * E,
+				        E * sizeof(float));
+				np++;
+			}
+		}
+		if ((rc = route_call(e, e->pols[pi], il, e->gate_perm, np, g, (int)ng)) != 0)
+			return rc;
+		size_t n_pairs = e->rout.off[np];
 		if ((rc = grow_pairs(e, base + n_pairs)) != 0)
 			return rc;
 		memcpy(e->exp_perm + base, e->rout.expert, n_pairs * sizeof(int32_t));
 		memcpy(e->w_perm + base, e->rout.weight, n_pairs * sizeof(float));
-		for (uint32_t t = 0; t < runs[r].n; t++) {
-			pr0[runs[r].start + t] = (uint32_t)(base + e->rout.off[t]);
-			pr1[runs[r].start + t] = (uint32_t)(base + e->rout.off[t + 1]);
+		for (uint32_t t = 0; t < np; t++) {
+			lo[e->perm[t]] = (uint32_t)(base + e->rout.off[t]);
+			hi[e->perm[t]] = (uint32_t)(base + e->rout.off[t + 1]);
 		}
 		base += n_pairs;
 	}
-	/* back to row order: CSR by original row, stored after the run data */
+	/* one CSR in row order, stored after the per-policy results */
 	off[0] = 0;
 	for (uint32_t r = 0; r < T; r++)
-		off[e->perm[r] + 1] = pr1[r] - pr0[r];
-	for (uint32_t r = 0; r < T; r++)
-		off[r + 1] += off[r];
+		off[r + 1] = off[r] + (hi[r] - lo[r]);
 	if ((rc = grow_pairs(e, 2 * base)) != 0)
 		return rc;
-	for (uint32_t r = 0; r < T; r++) {
-		uint32_t dst = off[e->perm[r]];
-		for (uint32_t p = pr0[r]; p < pr1[r]; p++, dst++) {
-			e->exp_perm[base + dst] = e->exp_perm[p];
-			e->w_perm[base + dst] = e->w_perm[p];
+	for (uint32_t r = 0; r < T; r++)
+		for (uint32_t p = lo[r], d = off[r]; p < hi[r]; p++, d++) {
+			e->exp_perm[base + d] = e->exp_perm[p];
+			e->w_perm[base + d] = e->w_perm[p];
 		}
-	}
 	a->n_tok = T;
 	a->off = off;
 	a->expert = e->exp_perm + base;

@@ -77,6 +77,18 @@ const struct model *engine_model(const struct engine *e);
 uint32_t engine_n_ctx(const struct engine *e);
 /* The default routing policy (owned by the engine). */
 struct route_policy *engine_policy(struct engine *e);
+/* Parses spec ("POLICY[:k=v,...]") and creates a policy for the engine's
+ * model (free with route_policy_free).  EPMOE_EINVAL + message on a bad
+ * spec. */
+int engine_policy_new(const struct engine *e, const char *spec,
+        struct route_policy **out, char *err, size_t err_len);
+
+/* Called after every routing call (engine thread): the policy, layer,
+ * tokens routed, the call's statistics and its duration in seconds. */
+typedef void (*engine_route_fn)(void *ud, struct route_policy *p,
+        uint32_t layer, uint32_t n_tok, const struct route_info *info,
+        double seconds);
+void engine_set_route_observer(struct engine *e, engine_route_fn fn, void *ud);
 
 /* Runs one step.  Validates every item first (token ids, context length):
  * EPMOE_EINVAL / EPMOE_ERANGE with nothing changed.  On a backend failure

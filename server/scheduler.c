@@ -239,7 +239,6 @@ static struct route_policy *
 policy_get(struct sched *s, const char *spec, char *err, size_t err_len)
 {
 	struct policy_ent *pe;
-	const struct model *m = engine_model(s->e);
 	struct route_policy *p;
 
 	if (spec == NULL)
@@ -247,8 +246,7 @@ policy_get(struct sched *s, const char *spec, char *err, size_t err_len)
 	for (pe = s->policies; pe; pe = pe->next)
 		if (strcmp(pe->spec, spec) == 0)
 			return pe->p;
-	if (route_policy_new(&p, spec, m->hp.n_expert, m->hp.n_expert_used,
-	            m->hp.expert_weights_norm, m->hp.n_layer, err, err_len) != 0)
+	if (engine_policy_new(s->e, spec, &p, err, err_len) != 0)
 		return NULL;
 	if ((pe = calloc(1, sizeof(*pe))) == NULL || (pe->spec = strdup(spec)) == NULL) {
 		free(pe);
@@ -859,16 +857,19 @@ sched_req_free(struct sched_req *r)
 int
 sched_check_routing(struct sched *s, const char *spec, char *err, size_t err_len)
 {
-	const struct model *m = engine_model(s->e);
 	struct route_policy *p;
+	int rc;
 
 	if (spec == NULL)
 		return 0;
-	if (route_policy_new(&p, spec, m->hp.n_expert, m->hp.n_expert_used,
-	            m->hp.expert_weights_norm, m->hp.n_layer, err, err_len) != 0)
+	if (engine_policy_new(s->e, spec, &p, err, err_len) != 0)
 		return EPMOE_EINVAL;
+	/* a generation routes its prompt (prefill) and its tokens (decode) */
+	rc = route_check(route_policy_cfg(p), ROUTE_GROUP_PREFILL, err, err_len);
+	if (rc == 0)
+		rc = route_check(route_policy_cfg(p), ROUTE_GROUP_DECODE, err, err_len);
 	route_policy_free(p);
-	return 0;
+	return rc ? EPMOE_EINVAL : 0;
 }
 
 int
