@@ -38,7 +38,8 @@ struct cJSON;
 struct http_server;
 
 struct http_config {
-	size_t max_header_size;      /* request line + headers; 16 KiB; -> 431 */
+	size_t max_header_size;      /* request line + headers; 16 KiB; -> 431
+	                              * (http-parser itself caps it at 80 KiB) */
 	size_t max_body_size;        /* decoded body; 8 MiB; -> 413 */
 	uint32_t max_connections;    /* open client connections; 1024; -> 503 */
 	uint64_t idle_timeout_ms;    /* a connection with no request in progress
