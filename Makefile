@@ -24,10 +24,10 @@ PYTHON ?= /usr/bin/python3
 # Debian packages the build, the tests and `make run` need.
 DEB_PKGS := build-essential pkg-config libuv1-dev libnng-dev libopenblas-dev \
 	libprotobuf-c-dev protobuf-c-compiler check libcjson-dev \
-	libhttp-parser-dev libpcre2-dev curl
+	libhttp-parser-dev libpcre2-dev libcurl4-openssl-dev curl
 # pkg-config modules; nng (CMake config only) and http-parser (no .pc) are
 # linked directly.  Recursively expanded so they are read after `deps`.
-PKGS := libuv openblas libprotobuf-c check libcjson libpcre2-8
+PKGS := libuv openblas libprotobuf-c check libcjson libpcre2-8 libcurl
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS))
 PKG_LIBS = $(shell pkg-config --libs $(PKGS)) -lnng -lhttp_parser -lm -lpthread
 
@@ -77,6 +77,8 @@ deps:
 	for p in $(DEB_PKGS); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
 	done; \
+	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
 	if [ -z "$$missing" ]; then \
 		echo "deps: all $(words $(DEB_PKGS)) Debian packages are installed"; \
 	else \
