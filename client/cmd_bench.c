@@ -1,6 +1,6 @@
 /* epmoe bench: benchmark modes.  `machine` and `engine` run in process;
- * `server` (the load generator against a running router) comes with the
- * serving issue. */
+ * `server` is the load generator against a running router
+ * (bench_server.c). */
 #include <stdio.h>
 #include <string.h>
 
@@ -13,7 +13,10 @@ usage(FILE *f)
 	fprintf(f, "usage: epmoe bench MODE [options]   (epmoe bench MODE --help)\n"
 	           "modes:\n"
 	           "  machine   OpenBLAS sgemm FLOP rate and memory read bandwidth\n"
-	           "  engine    prefill and decode speed of a model, in process\n");
+	           "  engine    prefill and decode speed of a model, in process\n"
+	           "  server    load generator against a running router: TTFT, "
+	           "TPOT, ITL,\n"
+	           "            E2E latency and throughput\n");
 }
 
 int
@@ -27,6 +30,8 @@ cmd_bench(int argc, char **argv)
 		return bench_machine(argc - 1, argv + 1);
 	if (strcmp(argv[1], "engine") == 0)
 		return bench_engine(argc - 1, argv + 1);
+	if (strcmp(argv[1], "server") == 0)
+		return bench_server(argc - 1, argv + 1);
 	if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
 		usage(stdout);
 		return 0;
