@@ -236,10 +236,7 @@ on_signal(uv_signal_t *h, int signum)
 	log_info("signal %d: shutting down", signum);
 	r->stopping = true;
 	api_stop(r);
-	if (r->nngapi) {
-		nngapi_stop(r->nngapi);
-		r->nngapi = NULL;
-	}
+	nngapi_stop(r->nngapi);
 	/* fails what is pending; the events go out on this loop iteration */
 	sched_stop(r->sched);
 	glue_stop(r);
@@ -308,6 +305,7 @@ main(int argc, char **argv)
 		goto out;
 	if (r.cfg.nng_url && r.cfg.nng_url[0] && (rc = nngapi_start(&r, &r.nngapi)) != 0)
 		goto out;
+	r.boot_id = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
 	log_info("serving %s (%s, %u layers, %u experts top-%u, vocab %u, ctx %u) on http://%s%s%s,"
 	         " experts %s, routing %s, %d threads, step budget %u tokens, max running %u,"
 	         " wait queue %u, KV budget %zu MiB",
@@ -333,14 +331,13 @@ main(int argc, char **argv)
 out:
 	if (status != 0 && r.http)
 		api_stop(&r);
-	if (r.nngapi)
-		nngapi_stop(r.nngapi);
-	if (r.sched) {
+	nngapi_stop(r.nngapi);
+	if (r.sched)
 		sched_stop(r.sched);
-		uv_walk(r.loop, close_walk, NULL);
-		uv_run(r.loop, UV_RUN_DEFAULT);
-		sched_free(r.sched);
-	}
+	uv_walk(r.loop, close_walk, NULL);
+	uv_run(r.loop, UV_RUN_DEFAULT);
+	nngapi_free(r.nngapi);
+	sched_free(r.sched);
 	if (r.metrics)
 		stats_fini(&r);
 	glue_stop(&r);

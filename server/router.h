@@ -114,7 +114,11 @@ void glue_export_metrics(struct router *r);
 
 /* nngapi.c: the NNG client API (REQ/REP), when cfg.nng_url is set. */
 int nngapi_start(struct router *r, struct nngapi **out);
+/* Stops serving (closes the socket and the loop handles). */
 void nngapi_stop(struct nngapi *n);
+/* After the scheduler delivered its last events and the loop closed the
+ * handles. */
+void nngapi_free(struct nngapi *n);
 
 /* Shared by both front ends: turns a prompt (text or ids) into ids. */
 int router_tokenize(struct router *r, const char *text, size_t len,
