@@ -432,7 +432,7 @@ handle_complete(struct nctx *c, const Epmoe__CompletionRequest *cr)
 			p.stop[p.n_stop++] = strdup(cr->stop[i]);
 	p.routing = cr->routing_policy && cr->routing_policy[0] ? cr->routing_policy :
 	        r->cfg.routing;
-	p.logprobs = -1;
+	p.logprobs = 0; /* the token ids come back with each token */
 	p.ignore_eos = cr->ignore_eos;
 	p.cb = on_event;
 	p.ud = q;
@@ -443,7 +443,6 @@ handle_complete(struct nctx *c, const Epmoe__CompletionRequest *cr)
 		        EPMOE__STATUS__STATUS_INVALID, err, rc == EPMOE_EBUSY ? 1000 : 0);
 		return;
 	}
-	/* logprobs over NNG: the ids come back with each token */
 	q->next = n->reqs;
 	n->reqs = q;
 	if (q->stream) {
