@@ -45,10 +45,16 @@ start_local(const char *model)
 	        "router did not become healthy; log: %s", R.log);
 }
 
+/* Stops the router and checks it exits cleanly (under ASan, leaks and
+ * errors make the exit status non-zero). */
 static void
 stop_router(void)
 {
-	tu_router_stop(&R);
+	char path[128];
+	snprintf(path, sizeof(path), "%s", R.logpath);
+	tu_router_log(&R);
+	int st = tu_router_stop(&R);
+	ck_assert_msg(st == 0, "router exit status %d; log: %s", st, R.log);
 }
 
 /* Local greedy generation, detokenized the way the server streams. */
