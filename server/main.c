@@ -297,6 +297,11 @@ main(int argc, char **argv)
 		log_error("cannot start the scheduler: %s", epmoe_strerror(rc));
 		goto out;
 	}
+	if (r.cfg.routing && (rc = sched_check_routing(r.sched, r.cfg.routing, true, err,
+	                              sizeof(err))) != 0) {
+		log_error("--routing %s: %s", r.cfg.routing, err);
+		goto out;
+	}
 	if ((rc = stats_init(&r)) != 0) {
 		log_error("cannot set up metrics: %s", epmoe_strerror(rc));
 		goto out;

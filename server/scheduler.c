@@ -866,7 +866,8 @@ sched_req_free(struct sched_req *r)
 }
 
 int
-sched_check_routing(struct sched *s, const char *spec, char *err, size_t err_len)
+sched_check_routing(struct sched *s, const char *spec, bool decode, char *err,
+        size_t err_len)
 {
 	struct route_policy *p;
 	int rc;
@@ -875,10 +876,16 @@ sched_check_routing(struct sched *s, const char *spec, char *err, size_t err_len
 		return 0;
 	if (engine_policy_new(s->e, spec, &p, err, err_len) != 0)
 		return EPMOE_EINVAL;
-	/* a generation routes its prompt (prefill) and its tokens (decode) */
+	/* a request routes its prompt (prefill) and, when it generates, its
+	 * tokens (decode) */
 	rc = route_check(route_policy_cfg(p), ROUTE_GROUP_PREFILL, err, err_len);
-	if (rc == 0)
-		rc = route_check(route_policy_cfg(p), ROUTE_GROUP_DECODE, err, err_len);
+	if (rc == 0 && decode &&
+	        (rc = route_check(route_policy_cfg(p), ROUTE_GROUP_DECODE, err, err_len)) != 0) {
+		size_t l = strlen(err);
+		snprintf(err + l, err_len - l,
+		        "; it routes whole prompts only: use it with max_tokens 0 (scoring with"
+		        " echo and logprobs), or pick a policy that routes decode steps");
+	}
 	route_policy_free(p);
 	return rc ? EPMOE_EINVAL : 0;
 }
@@ -916,7 +923,7 @@ sched_submit(struct sched *s, struct sched_req_params *p, struct sched_req **out
 	}
 	if (p->logprobs > SCHED_MAX_TOP)
 		p->logprobs = SCHED_MAX_TOP;
-	if ((rc = sched_check_routing(s, p->routing, err, err_len)) != 0) {
+	if ((rc = sched_check_routing(s, p->routing, p->max_tokens > 0, err, err_len)) != 0) {
 		params_free(p);
 		return rc;
 	}

@@ -282,6 +282,9 @@ START_TEST(bad_requests_get_errors_and_the_server_keeps_serving)
 		{ "/v1/completions", "{\"prompt\":\"x\",\"temperature\":\"hot\"}", 400, "temperature" },
 		{ "/v1/completions", "{\"prompt\":[1,2,99999]}", 400, NULL },
 		{ "/v1/completions", "{\"prompt\":\"x\",\"routing\":\"nosuch\"}", 400, "routing" },
+		/* a whole-prompt policy on a request that generates */
+		{ "/v1/completions", "{\"prompt\":\"x\",\"max_tokens\":4,\"routing\":\"usmoe\"}", 400, "max_tokens 0" },
+		{ "/v1/completions", "{\"prompt\":\"x\",\"max_tokens\":4,\"routing\":{\"policy\":\"expert_choice\",\"c\":2}}", 400, "decode" },
 		{ "/v1/chat/completions", "{\"messages\":[]}", 400, "messages" },
 		{ "/v1/chat/completions", "{\"messages\":[{\"role\":\"pirate\",\"content\":\"x\"}]}", 400, NULL },
 		{ "/v1/nothing", "{}", 404, NULL },
@@ -328,6 +331,67 @@ START_TEST(bad_requests_get_errors_and_the_server_keeps_serving)
 	resp = NULL;
 	ck_assert_int_eq(tu_http(&R, "GET", "/health", NULL, &status, &resp), 0);
 	ck_assert_int_eq(status, 200);
+	free(resp);
+	stop_router();
+}
+END_TEST
+
+/* Every routing policy serves a request: the ones that route decode steps
+ * generate, the whole-prompt ones score a prompt (max_tokens 0), and the
+ * statistics name each policy that ran. */
+START_TEST(every_routing_policy_serves_a_request)
+{
+	static const char *const gen[] = { "native", "topk:k=1", "capacity:factor=1.25",
+		"sinkhorn", "sinkhorn:kernel=capped", "ssr:p=0.5", "ssr:lambda=1.0",
+		"lossfree:u=0.01" };
+	static const char *const score[] = { "expert_choice:c=2", "usmoe:budget=0.75" };
+	char body[512], *resp;
+	long status;
+
+	start_local(models[1]);
+	for (size_t i = 0; i < sizeof(gen) / sizeof(gen[0]); i++) {
+		snprintf(body, sizeof(body), "{\"prompt\":\"Hello world, the quick brown fox\","
+		        "\"max_tokens\":6,\"temperature\":0,\"routing\":\"%s\"}", gen[i]);
+		resp = NULL;
+		ck_assert_int_eq(tu_http(&R, "POST", "/v1/completions", body, &status, &resp), 0);
+		ck_assert_msg(status == 200, "%s: %ld %s", gen[i], status, resp);
+		cJSON *j = cJSON_Parse(resp);
+		cJSON *u = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "usage"), "completion_tokens");
+		ck_assert_int_eq(u->valueint, 6);
+		cJSON_Delete(j);
+		free(resp);
+	}
+	for (size_t i = 0; i < sizeof(score) / sizeof(score[0]); i++) {
+		snprintf(body, sizeof(body), "{\"prompt\":\"Hello world, the quick brown fox\","
+		        "\"max_tokens\":0,\"echo\":true,\"logprobs\":0,\"routing\":\"%s\"}",
+		        score[i]);
+		resp = NULL;
+		ck_assert_int_eq(tu_http(&R, "POST", "/v1/completions", body, &status, &resp), 0);
+		ck_assert_msg(status == 200, "%s: %ld %s", score[i], status, resp);
+		ck_assert_ptr_nonnull(strstr(resp, "token_logprobs"));
+		free(resp);
+	}
+	resp = NULL;
+	ck_assert_int_eq(tu_http(&R, "GET", "/v1/stats", NULL, &status, &resp), 0);
+	cJSON *j = cJSON_Parse(resp);
+	cJSON *rt = cJSON_GetObjectItem(j, "routing");
+	ck_assert_int_ge(cJSON_GetArraySize(rt), 8);
+	int saw_ot = 0;
+	cJSON *p;
+	cJSON_ArrayForEach(p, rt)
+	{
+		ck_assert(cJSON_GetObjectItem(p, "tokens_routed")->valuedouble > 0);
+		if (strncmp(p->string, "ssr", 3) == 0 || strncmp(p->string, "sinkhorn", 8) == 0)
+			saw_ot += cJSON_GetObjectItem(p, "ot_runs")->valuedouble > 0;
+	}
+	ck_assert_int_ge(saw_ot, 2);
+	cJSON_Delete(j);
+	free(resp);
+	resp = NULL;
+	ck_assert_int_eq(tu_http(&R, "GET", "/metrics", NULL, &status, &resp), 0);
+	ck_assert_ptr_nonnull(strstr(resp, "epmoe_routing_tokens_total{policy=\"usmoe"));
+	ck_assert_ptr_nonnull(strstr(resp, "epmoe_expert_tokens_total{layer=\"1\",expert=\"7\"}"));
+	ck_assert_ptr_nonnull(strstr(resp, "epmoe_time_to_first_token_seconds_bucket"));
 	free(resp);
 	stop_router();
 }
@@ -459,6 +523,7 @@ main(void)
 	tcase_add_test(tc, sixteen_concurrent_streams_complete);
 	tcase_add_test(tc, bad_requests_get_errors_and_the_server_keeps_serving);
 	tcase_add_test(tc, nng_api_completes_and_rejects_garbage);
+	tcase_add_test(tc, every_routing_policy_serves_a_request);
 	suite_add_tcase(s, tc);
 	int rc = tu_run(s);
 	curl_global_cleanup();
