@@ -136,7 +136,7 @@ $(B)/tests/%: $(B)/obj/tests/unit/%.o $(call obj,$(TEST_SUPPORT)) $(LIBS_ALL)
 # pkg-config flags are read with the packages present.
 run: deps
 	@$(MAKE) --no-print-directory $(BINS)
-	@EPMOE_BUILD=$(B) sh deploy/run-local.sh
+	@EPMOE_BUILD=$(B) MODEL="$(MODEL)" sh deploy/run-local.sh
 
 test: deps
 	@$(MAKE) --no-print-directory test-only

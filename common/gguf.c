@@ -22,10 +22,12 @@
 #include "err.h"
 #include "gguf.h"
 
-/* Smallest possible encodings, used to bound counts before allocating:
- * a kv is key length (8) + type (4) + at least one value byte; a tensor
- * info is name length (8) + n_dims (4) + one dim (8) + type (4) +
- * offset (8). */
+/* Smallest possible encodings, used to bound allocations by the bytes
+ * actually present: a kv is key length (8) + type (4) + at least one value
+ * byte; a tensor info is name length (8) + n_dims (4) + one dim (8) +
+ * type (4) + offset (8).  With R bytes left, at most R / min entries can
+ * be complete, so a count of 2^60 costs no more memory than a real one:
+ * parsing runs out of bytes and reports the entry that was cut. */
 #define KV_MIN_BYTES 13
 #define TINFO_MIN_BYTES 32
 /* Indices are uint32_t; no real file comes near this. */
@@ -35,6 +37,8 @@
  * private part.  Hash tables: open addressing, slot holds index + 1. */
 struct gguf_priv {
 	struct gguf_file f;
+	uint64_t kv_alloc; /* entries allocated in f.kv / f.tensors; less */
+	uint64_t t_alloc;  /* than the counts while a bad file is parsed */
 	uint32_t *kv_slots;
 	uint64_t kv_mask;
 	uint32_t *t_slots;
@@ -345,6 +349,11 @@ parse_kvs(struct parse *ps, struct gguf_priv *g)
 		uint32_t t;
 		uint64_t slot;
 
+		if (i >= g->kv_alloc) /* cannot happen: bytes ran out first */
+			return fail(ps, EPMOE_EFORMAT,
+			        "truncated: key-value pair %" PRIu64 " of %" PRIu64
+			        " extends past end of file (size %zu)",
+			        i + 1, f->n_kv, ps->size);
 		snprintf(what, sizeof(what), "key-value pair %" PRIu64
 		        " of %" PRIu64, i + 1, f->n_kv);
 		if (rd_str(ps, &kv->key))
@@ -399,6 +408,26 @@ read_alignment(struct parse *ps, struct gguf_priv *g)
 		        "general.alignment %" PRIu64
 		        " is not a power of two in 1..2^30", a);
 	g->f.alignment = (uint32_t)a;
+	return 0;
+}
+
+/* Allocates room for min(count, remaining / min_bytes + 1) entries and a
+ * name table for them (see KV_MIN_BYTES). */
+static int
+alloc_entries(struct parse *ps, void **arr, size_t elem, uint64_t count,
+        uint64_t min_bytes, uint64_t *n_alloc, uint32_t **slots,
+        uint64_t *mask, const char *what)
+{
+	uint64_t n = rem(ps) / min_bytes + 1;
+
+	if (n > count)
+		n = count;
+	if (n > MAX_COUNT)
+		return fail(ps, EPMOE_ERANGE, "more than %u %s", MAX_COUNT, what);
+	if ((*arr = calloc(n ? n : 1, elem)) == NULL ||
+	        table_new(slots, mask, n) != 0)
+		return fail(ps, EPMOE_ENOMEM, "out of memory");
+	*n_alloc = n;
 	return 0;
 }
 
@@ -481,8 +510,13 @@ parse_tensors(struct parse *ps, struct gguf_priv *g)
 	uint64_t avail;
 	int rc;
 
+	if ((rc = alloc_entries(ps, (void **)&f->tensors, sizeof(*f->tensors),
+	             f->n_tensors, TINFO_MIN_BYTES, &g->t_alloc, &g->t_slots,
+	             &g->t_mask, "tensors")) != 0)
+		return rc;
 	for (uint64_t i = 0; i < f->n_tensors; i++) {
-		if ((rc = parse_tensor_info(ps, g, i)) == TRUNC)
+		if (i >= g->t_alloc ||
+		        (rc = parse_tensor_info(ps, g, i)) == TRUNC)
 			return fail(ps, EPMOE_EFORMAT,
 			        "truncated: tensor info %" PRIu64 " of %" PRIu64
 			        " extends past end of file (size %zu)",
@@ -554,23 +588,10 @@ parse_header(struct parse *ps, struct gguf_priv *g)
 	}
 	if (rd_u64(ps, &f->n_tensors) || rd_u64(ps, &f->n_kv))
 		goto trunc;
-	if (f->n_kv > rem(ps) / KV_MIN_BYTES || f->n_kv > MAX_COUNT)
-		return fail(ps, EPMOE_EFORMAT,
-		        "truncated: header claims %" PRIu64
-		        " key-value pairs, more than the file can hold (size %zu)",
-		        f->n_kv, ps->size);
-	if (f->n_tensors > (rem(ps) - f->n_kv * KV_MIN_BYTES) / TINFO_MIN_BYTES ||
-	        f->n_tensors > MAX_COUNT)
-		return fail(ps, EPMOE_EFORMAT,
-		        "truncated: header claims %" PRIu64
-		        " tensors, more than the file can hold (size %zu)",
-		        f->n_tensors, ps->size);
-	if ((f->kv = calloc(f->n_kv ? f->n_kv : 1, sizeof(*f->kv))) == NULL ||
-	        (f->tensors = calloc(f->n_tensors ? f->n_tensors : 1,
-	                 sizeof(*f->tensors))) == NULL ||
-	        table_new(&g->kv_slots, &g->kv_mask, f->n_kv) != 0 ||
-	        table_new(&g->t_slots, &g->t_mask, f->n_tensors) != 0)
-		return fail(ps, EPMOE_ENOMEM, "out of memory");
+	if ((rc = alloc_entries(ps, (void **)&f->kv, sizeof(*f->kv), f->n_kv,
+	             KV_MIN_BYTES, &g->kv_alloc, &g->kv_slots, &g->kv_mask,
+	             "key-value pairs")) != 0)
+		return rc;
 	if ((rc = parse_kvs(ps, g)) != 0)
 		return rc;
 	return parse_tensors(ps, g);
@@ -645,7 +666,7 @@ gguf_close(struct gguf_file *f)
 	if (f == NULL)
 		return;
 	if (f->kv != NULL) {
-		for (uint64_t i = 0; i < f->n_kv; i++) {
+		for (uint64_t i = 0; i < g->kv_alloc; i++) {
 			if (f->kv[i].type == GGUF_TYPE_ARRAY)
 				free(f->kv[i].v.arr.strs);
 		}

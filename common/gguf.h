@@ -8,7 +8,8 @@
  * naming the file and the problem; it never crashes.
  *
  * Strings read from the file point into the mapping (not NUL-terminated);
- * they live as long as the gguf_file.
+ * they live as long as the gguf_file.  An open gguf_file is read-only and
+ * may be shared between threads.
  *
  * Tensor data conversion to float32 (F32, F16, BF16, Q8_0) lives in
  * ggml_row_to_f32(); the reader itself never copies tensor data.
@@ -196,8 +197,11 @@ uint16_t f32_to_bf16(float f);
 
 struct gguf_writer;
 
-/* Fills dst (size bytes) with the data of a tensor being written; called
- * once per tensor, in order, while writing.  Returns 0 or an error. */
+/* Fills dst (size bytes, the tensor's whole data, zeroed beforehand) with
+ * the data of a tensor being written; called once per tensor, in order,
+ * while writing.  Returns 0 or an error code (the write then fails and
+ * names the tensor).  The writer reuses one buffer the size of the largest
+ * such tensor, so peak memory is one tensor, not the model. */
 typedef int (*gguf_fill_fn)(void *ctx, void *dst, size_t size);
 
 int gguf_writer_new(struct gguf_writer **out, uint32_t version);
@@ -236,7 +240,10 @@ int gguf_writer_add_tensor_fn(struct gguf_writer *w, const char *name,
         enum ggml_type type, uint32_t n_dims, const uint64_t *ne,
         gguf_fill_fn fill, void *ctx);
 
-/* Writes the file (to path.tmp, then renames).  err as for gguf_open. */
+/* Writes the file (to path.tmp, then renames; on failure path.tmp is
+ * removed and path is untouched).  Not fsync'd.  err as for gguf_open.
+ * Tensor names longer than 63 bytes are refused at add time (EINVAL), as
+ * llama.cpp cannot load them. */
 int gguf_writer_write(struct gguf_writer *w, const char *path, char *err,
         size_t err_len);
 

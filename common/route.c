@@ -50,8 +50,13 @@ static const char *const kind_help[ROUTE_N_KINDS] = {
  * the table at the top of routing.md. */
 static const int kind_causal[ROUTE_N_KINDS] = { 1, 1, 1, 0, 0, 0, 0, 1 };
 #define GK_BOTH ((1 << ROUTE_GROUP_PREFILL) | (1 << ROUTE_GROUP_DECODE))
+#define GK_PREFILL (1 << ROUTE_GROUP_PREFILL)
+/* expert_choice and usmoe are whole-sequence methods in their papers
+ * (routing.md §3, §6.3: neither defines a per-step decode variant), so
+ * epmoe serves them for prompts only: a request that generates tokens
+ * with them is refused.  sinkhorn and ssr balance the decode step too. */
 static const int kind_groups[ROUTE_N_KINDS] = {
-	GK_BOTH, GK_BOTH, GK_BOTH, GK_BOTH, GK_BOTH, GK_BOTH, GK_BOTH, GK_BOTH
+	GK_BOTH, GK_BOTH, GK_BOTH, GK_PREFILL, GK_BOTH, GK_BOTH, GK_PREFILL, GK_BOTH
 };
 
 enum key_type { KT_INT, KT_FLOAT, KT_U64, KT_ENUM };

@@ -319,9 +319,11 @@ wire_unpack(const void *buf, size_t len, int expected_kind,
 		return rv;
 	}
 	*hdr_out = m;
-	*rows_out = f.payload_len > 0 ?
-	        (const float *)(const void *)(p + rows_at) : NULL;
-	*n_floats_out = f.payload_len / sizeof(float);
+	if (rows_out)
+		*rows_out = f.payload_len > 0 ?
+		        (const float *)(const void *)(p + rows_at) : NULL;
+	if (n_floats_out)
+		*n_floats_out = f.payload_len / sizeof(float);
 	return 0;
 }
 

@@ -25,7 +25,8 @@ wire_nng_new(nng_msg **out, int kind, const ProtobufCMessage *hdr,
 		return rv;
 	}
 	*out = m;
-	*rows_out = rows;
+	if (rows_out)
+		*rows_out = rows;
 	return 0;
 }
 

@@ -453,19 +453,23 @@ sample_and_emit(struct sched *s, struct sched_req *r, const float *row)
 	}
 	bool last = r->n_gen >= r->p.max_tokens;
 	if (last) {
-		/* the end: release what the detokenizer holds back */
+		/* the end: release what the detokenizer holds back (piece is
+		 * borrowed from the stream: copy it before the flush) */
 		const char *tail;
 		size_t tl;
-		char *joined = NULL;
-		if (tok_stream_flush(&r->ts, &tail, &tl) == 0 && tl) {
-			joined = malloc(plen + tl + 1);
-			if (joined) {
-				memcpy(joined, piece, plen);
-				memcpy(joined + plen, tail, tl);
-				piece = joined;
+		char *joined = malloc(plen + 1);
+		if (joined)
+			memcpy(joined, piece, plen);
+		if (joined && tok_stream_flush(&r->ts, &tail, &tl) == 0 && tl) {
+			char *j2 = realloc(joined, plen + tl + 1);
+			if (j2) {
+				memcpy(j2 + plen, tail, tl);
+				joined = j2;
 				plen += tl;
 			}
 		}
+		if (joined)
+			piece = joined;
 		stopped = sample_stop_push(&r->stop, piece, plen, &out, &olen);
 		free(joined);
 	} else {
@@ -476,16 +480,23 @@ sample_and_emit(struct sched *s, struct sched_req *r, const float *row)
 		finish(s, r, 500, NULL, "out of memory");
 		return 1;
 	}
-	size_t hold_len = 0;
-	const char *flushed = NULL;
-	if (stopped == 0 && last)
-		sample_stop_flush(&r->stop, &flushed, &hold_len);
-	if ((ev->text = malloc(olen + hold_len + 1)) != NULL) {
+	/* out is borrowed from the stop filter: copy it before the flush */
+	if ((ev->text = malloc(olen + 1)) != NULL) {
 		memcpy(ev->text, out, olen);
-		if (hold_len)
-			memcpy(ev->text + olen, flushed, hold_len);
-		ev->text_len = olen + hold_len;
-		ev->text[ev->text_len] = '\0';
+		ev->text_len = olen;
+		ev->text[olen] = '\0';
+	}
+	if (stopped == 0 && last) {
+		const char *flushed;
+		size_t hold_len;
+		sample_stop_flush(&r->stop, &flushed, &hold_len);
+		char *nt = ev->text ? realloc(ev->text, olen + hold_len + 1) : NULL;
+		if (nt) {
+			memcpy(nt + olen, flushed, hold_len);
+			ev->text = nt;
+			ev->text_len = olen + hold_len;
+			nt[ev->text_len] = '\0';
+		}
 	}
 	if (r->p.logprobs >= 0 && (ev->toks = calloc(1, sizeof(*ev->toks))) != NULL) {
 		ev->n_toks = 1;
@@ -855,7 +866,8 @@ sched_req_free(struct sched_req *r)
 }
 
 int
-sched_check_routing(struct sched *s, const char *spec, char *err, size_t err_len)
+sched_check_routing(struct sched *s, const char *spec, bool decode, char *err,
+        size_t err_len)
 {
 	struct route_policy *p;
 	int rc;
@@ -864,10 +876,16 @@ sched_check_routing(struct sched *s, const char *spec, char *err, size_t err_len
 		return 0;
 	if (engine_policy_new(s->e, spec, &p, err, err_len) != 0)
 		return EPMOE_EINVAL;
-	/* a generation routes its prompt (prefill) and its tokens (decode) */
+	/* a request routes its prompt (prefill) and, when it generates, its
+	 * tokens (decode) */
 	rc = route_check(route_policy_cfg(p), ROUTE_GROUP_PREFILL, err, err_len);
-	if (rc == 0)
-		rc = route_check(route_policy_cfg(p), ROUTE_GROUP_DECODE, err, err_len);
+	if (rc == 0 && decode &&
+	        (rc = route_check(route_policy_cfg(p), ROUTE_GROUP_DECODE, err, err_len)) != 0) {
+		size_t l = strlen(err);
+		snprintf(err + l, err_len - l,
+		        "; it routes whole prompts only: use it with max_tokens 0 (scoring with"
+		        " echo and logprobs), or pick a policy that routes decode steps");
+	}
 	route_policy_free(p);
 	return rc ? EPMOE_EINVAL : 0;
 }
@@ -905,7 +923,7 @@ sched_submit(struct sched *s, struct sched_req_params *p, struct sched_req **out
 	}
 	if (p->logprobs > SCHED_MAX_TOP)
 		p->logprobs = SCHED_MAX_TOP;
-	if ((rc = sched_check_routing(s, p->routing, err, err_len)) != 0) {
+	if ((rc = sched_check_routing(s, p->routing, p->max_tokens > 0, err, err_len)) != 0) {
 		params_free(p);
 		return rc;
 	}

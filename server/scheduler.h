@@ -151,9 +151,9 @@ struct sched_observer {
 };
 void sched_set_observer(struct sched *s, const struct sched_observer *o);
 
-/* Validates a routing spec for a request kind (prefill + decode) without
- * submitting: 0 or EPMOE_EINVAL with a message. */
-int sched_check_routing(struct sched *s, const char *spec, char *err,
-        size_t err_len);
+/* Validates a routing spec for a request that routes its prompt and, when
+ * decode is true, generates tokens: 0 or EPMOE_EINVAL with a message. */
+int sched_check_routing(struct sched *s, const char *spec, bool decode,
+        char *err, size_t err_len);
 
 #endif

@@ -1468,12 +1468,18 @@ START_TEST(policy_table_and_group_checks_follow_routing_md)
 		ck_assert_int_eq(route_policy_causal(k), causal[k]);
 		route_cfg_default(&c, k);
 		ck_assert_str_eq(route_kind_name(k), names[k]);
-		/* the table: every policy routes prefill sequences and the
-		 * decode step (non-causal ones across the step) */
+		/* every policy routes prefill sequences; the whole-sequence
+		 * methods (expert_choice, usmoe) refuse the decode step */
 		ck_assert_int_eq(route_check(&c, ROUTE_GROUP_PREFILL, err, 128),
 		    0);
-		ck_assert_int_eq(route_check(&c, ROUTE_GROUP_DECODE, err, 128),
-		    0);
+		if (k == ROUTE_EXPERT_CHOICE || k == ROUTE_USMOE) {
+			ck_assert_int_eq(route_check(&c, ROUTE_GROUP_DECODE, err,
+			    128), EPMOE_ENOTSUP);
+			ck_assert_ptr_nonnull(strstr(err, "decode"));
+		} else {
+			ck_assert_int_eq(route_check(&c, ROUTE_GROUP_DECODE, err,
+			    128), 0);
+		}
 		ck_assert_int_eq(route_check(&c, (enum route_group_kind)5, err,
 		    128), EPMOE_EINVAL);
 		ck_assert_ptr_nonnull(strstr(err, "group kind"));

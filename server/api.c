@@ -1,0 +1,842 @@
+/* The OpenAI-compatible HTTP front end: routes requests, turns parsed
+ * requests (oai.c) into scheduler requests, and scheduler events into JSON
+ * responses or Server-Sent Events.  Runs on the libuv loop thread only. */
+#include <cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "chat.h"
+#include "err.h"
+#include "http.h"
+#include "log.h"
+#include "oai.h"
+#include "router.h"
+
+enum api_kind { API_COMPLETION, API_CHAT };
+
+/* One token's logprob record kept for a non-streamed response. */
+struct api_lp {
+	char *text;
+	size_t text_len;
+	float lp;
+	int has;
+	struct oai_top_logprob *top;
+	size_t n_top;
+	char *top_text; /* storage of the top texts */
+};
+
+/* A generation request in flight: the HTTP request, the scheduler request
+ * and what the response needs. */
+struct api_req {
+	struct router *r;
+	struct http_req *http;
+	struct sched_req *sreq;
+	enum api_kind kind;
+	bool stream, include_usage, echo, want_lps, role_sent, http_gone;
+	int32_t n_top;
+	char id[64];
+	int64_t created;
+	char *model;
+	/* non-streamed: the whole text and logprobs */
+	char *text;
+	size_t len, cap;
+	struct api_lp *lps;
+	size_t n_lps, cap_lps;
+	size_t text_offset; /* characters of output so far (completions) */
+	size_t first_offset;
+	char *prompt_text;  /* echo */
+	size_t prompt_len;
+};
+
+static const char *
+served_model(const struct router *r)
+{
+	return r->cfg.model_name;
+}
+
+static void
+oai_cfg(const struct router *r, struct oai_config *c, const char **models)
+{
+	models[0] = served_model(r);
+	c->models = models;
+	c->n_models = 1;
+	c->max_tokens_limit = (int32_t)r->cfg.max_tokens_limit;
+	c->n_vocab = (int32_t)r->model->hp.n_vocab;
+	c->model_optional = 1;
+}
+
+static void
+respond_error(struct http_req *req, const struct oai_error *e)
+{
+	cJSON *body = oai_error_body(e);
+	const char *hdr = e->status == 429 ? "Retry-After: 1\r\n" :
+	        e->status == 503 ? "Retry-After: 2\r\n" : NULL;
+
+	if (body) {
+		http_respond_json(req, e->status, body, hdr);
+		cJSON_Delete(body);
+	} else {
+		http_respond(req, 500, "text/plain", "out of memory", 13, NULL);
+	}
+}
+
+static void
+respond_simple_error(struct http_req *req, int status, const char *param,
+        const char *msg)
+{
+	struct oai_error e;
+	oai_error_set(&e, status, param, "%s", msg);
+	respond_error(req, &e);
+}
+
+/* UTF-8 code points in s[0..n) (continuation bytes not counted). */
+static size_t
+utf8_chars(const char *s, size_t n)
+{
+	size_t c = 0;
+	for (size_t i = 0; i < n; i++)
+		c += ((unsigned char)s[i] & 0xC0) != 0x80;
+	return c;
+}
+
+/* ---- request lifecycle ---- */
+
+static void
+api_req_free(struct api_req *a)
+{
+	if (a == NULL)
+		return;
+	for (size_t i = 0; i < a->n_lps; i++) {
+		free(a->lps[i].text);
+		free(a->lps[i].top);
+		free(a->lps[i].top_text);
+	}
+	free(a->lps);
+	free(a->text);
+	free(a->model);
+	free(a->prompt_text);
+	free(a);
+}
+
+static int
+append_text(struct api_req *a, const char *t, size_t n)
+{
+	if (a->len + n + 1 > a->cap) {
+		size_t nc = (a->len + n + 1) * 2;
+		char *nt = realloc(a->text, nc);
+		if (nt == NULL)
+			return EPMOE_ENOMEM;
+		a->text = nt;
+		a->cap = nc;
+	}
+	memcpy(a->text + a->len, t, n);
+	a->len += n;
+	a->text[a->len] = '\0';
+	return 0;
+}
+
+/* Copies a scheduler token into a logprob record. */
+static int
+keep_lp(struct api_lp *l, const struct sched_tok *t)
+{
+	memset(l, 0, sizeof(*l));
+	l->lp = t->logprob;
+	l->has = !isnan(t->logprob);
+	if ((l->text = malloc(t->text_len + 1)) == NULL)
+		return EPMOE_ENOMEM;
+	memcpy(l->text, t->text ? t->text : "", t->text_len);
+	l->text[t->text_len] = '\0';
+	l->text_len = t->text_len;
+	if (t->n_top) {
+		l->top = calloc(t->n_top, sizeof(*l->top));
+		l->top_text = malloc((size_t)t->n_top * 48);
+		if (!l->top || !l->top_text)
+			return EPMOE_ENOMEM;
+		for (uint32_t i = 0; i < t->n_top; i++) {
+			memcpy(l->top_text + i * 48, t->top[i].text, t->top[i].text_len);
+			l->top[i].text = l->top_text + i * 48;
+			l->top[i].text_len = t->top[i].text_len;
+			l->top[i].logprob = t->top[i].logprob;
+		}
+		l->n_top = t->n_top;
+	}
+	return 0;
+}
+
+static int
+push_lps(struct api_req *a, const struct sched_tok *toks, size_t n)
+{
+	if (a->n_lps + n > a->cap_lps) {
+		size_t nc = (a->n_lps + n) * 2;
+		struct api_lp *nl = realloc(a->lps, nc * sizeof(*nl));
+		if (nl == NULL)
+			return EPMOE_ENOMEM;
+		a->lps = nl;
+		a->cap_lps = nc;
+	}
+	for (size_t i = 0; i < n; i++) {
+		int rc = keep_lp(&a->lps[a->n_lps], &toks[i]);
+		a->n_lps++;
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
+/* Views of records as the builders want them. */
+static struct oai_token_logprob *
+lp_views(const struct api_lp *l, size_t n)
+{
+	struct oai_token_logprob *v = calloc(n ? n : 1, sizeof(*v));
+	if (v == NULL)
+		return NULL;
+	for (size_t i = 0; i < n; i++) {
+		v[i].text = l[i].text;
+		v[i].text_len = l[i].text_len;
+		v[i].logprob = l[i].lp;
+		v[i].has_logprob = l[i].has;
+		v[i].top = l[i].top;
+		v[i].n_top = l[i].n_top;
+	}
+	return v;
+}
+
+static int
+sse_send(struct api_req *a, cJSON *j)
+{
+	char *buf;
+	size_t len;
+	int rc;
+
+	if (j == NULL)
+		return EPMOE_ENOMEM;
+	rc = oai_sse_frame(j, &buf, &len);
+	cJSON_Delete(j);
+	if (rc)
+		return rc;
+	rc = http_stream_write(a->http, buf, len);
+	free(buf);
+	return rc;
+}
+
+static void
+stream_chunk(struct api_req *a, const char *text, size_t len,
+        const struct api_lp *lps, size_t n_lps, const char *finish)
+{
+	struct oai_choice ch = { .text = text, .text_len = len, .finish_reason = finish };
+	struct oai_token_logprob *v = NULL;
+	cJSON *j;
+
+	if (a->want_lps && n_lps) {
+		v = lp_views(lps, n_lps);
+		ch.lps = v;
+		ch.n_lps = n_lps;
+		ch.text_offset = a->text_offset;
+	}
+	if (a->kind == API_COMPLETION) {
+		j = oai_completion_chunk(a->id, a->model, a->created, &ch, a->include_usage);
+	} else {
+		if (text == NULL && finish == NULL)
+			ch.text = "";
+		j = oai_chat_chunk(a->id, a->model, a->created,
+		        a->role_sent ? NULL : "assistant", &ch, a->include_usage);
+		a->role_sent = true;
+	}
+	sse_send(a, j);
+	free(v);
+}
+
+/* The final answer of a non-streamed request. */
+static void
+respond_whole(struct api_req *a, const char *finish, const struct oai_usage *u)
+{
+	struct oai_choice ch = { .finish_reason = finish };
+	struct oai_token_logprob *v = NULL;
+	char *full = NULL;
+	cJSON *j;
+
+	if (a->kind == API_COMPLETION && a->echo) {
+		full = malloc(a->prompt_len + a->len + 1);
+		if (full) {
+			memcpy(full, a->prompt_text, a->prompt_len);
+			memcpy(full + a->prompt_len, a->text ? a->text : "", a->len);
+			full[a->prompt_len + a->len] = '\0';
+			ch.text = full;
+			ch.text_len = a->prompt_len + a->len;
+		}
+	} else {
+		ch.text = a->text ? a->text : "";
+		ch.text_len = a->len;
+	}
+	if (a->want_lps) {
+		v = lp_views(a->lps, a->n_lps);
+		ch.lps = v;
+		ch.n_lps = a->n_lps;
+		ch.text_offset = a->first_offset;
+	}
+	j = a->kind == API_COMPLETION ?
+	        oai_completion_response(a->id, a->model, a->created, &ch, u) :
+	        oai_chat_response(a->id, a->model, a->created, &ch, u);
+	if (j) {
+		http_respond_json(a->http, 200, j, NULL);
+		cJSON_Delete(j);
+	} else {
+		respond_simple_error(a->http, 500, NULL, "out of memory");
+	}
+	free(v);
+	free(full);
+}
+
+static void
+on_sched_event(const struct sched_event *ev, void *ud)
+{
+	struct api_req *a = ud;
+
+	switch (ev->kind) {
+	case SCHED_EV_PROMPT:
+		if (a->http_gone)
+			break;
+		/* echo: the prompt text comes first; its logprobs (the first has
+		 * none) lead the token list */
+		if (a->stream) {
+			struct api_lp *tmp = NULL;
+			if (a->want_lps && ev->n_toks) {
+				tmp = calloc(ev->n_toks, sizeof(*tmp));
+				for (size_t i = 0; tmp && i < ev->n_toks; i++)
+					keep_lp(&tmp[i], &ev->toks[i]);
+			}
+			stream_chunk(a, a->prompt_text, a->prompt_len, tmp,
+			        tmp ? ev->n_toks : 0, NULL);
+			for (size_t i = 0; tmp && i < ev->n_toks; i++) {
+				free(tmp[i].text);
+				free(tmp[i].top);
+				free(tmp[i].top_text);
+			}
+			free(tmp);
+		} else if (a->want_lps) {
+			push_lps(a, ev->toks, ev->n_toks);
+		}
+		a->text_offset += utf8_chars(a->prompt_text, a->prompt_len);
+		break;
+	case SCHED_EV_TOKEN:
+		if (a->http_gone)
+			break;
+		if (a->stream) {
+			struct api_lp one;
+			int have = a->want_lps && ev->n_toks && keep_lp(&one, &ev->toks[0]) == 0;
+			if (ev->text_len || have)
+				stream_chunk(a, ev->text ? ev->text : "", ev->text_len,
+				        have ? &one : NULL, have ? 1 : 0, NULL);
+			if (have) {
+				free(one.text);
+				free(one.top);
+				free(one.top_text);
+			}
+		} else {
+			if (ev->text_len)
+				append_text(a, ev->text, ev->text_len);
+			if (a->want_lps && ev->n_toks)
+				push_lps(a, ev->toks, ev->n_toks);
+		}
+		a->text_offset += utf8_chars(ev->text ? ev->text : "", ev->text_len);
+		break;
+	case SCHED_EV_DONE: {
+		struct oai_usage u = { (int32_t)ev->prompt_tokens, (int32_t)ev->completion_tokens };
+		if (!a->http_gone) {
+			if (a->stream) {
+				stream_chunk(a, a->kind == API_CHAT ? NULL : "", 0, NULL, 0,
+				        ev->finish_reason);
+				if (a->include_usage)
+					sse_send(a, oai_usage_chunk(a->id, a->model, a->created,
+					        a->kind == API_CHAT, &u));
+				http_stream_write(a->http, OAI_SSE_DONE, strlen(OAI_SSE_DONE));
+				http_stream_end(a->http);
+			} else {
+				respond_whole(a, ev->finish_reason, &u);
+			}
+		}
+		http_req_release(a->http);
+		sched_req_free(a->sreq);
+		api_req_free(a);
+		break;
+	}
+	case SCHED_EV_ERROR:
+		if (!a->http_gone) {
+			struct oai_error e;
+			oai_error_set(&e, ev->status == 499 ? 400 : ev->status, NULL, "%s",
+			        ev->message);
+			if (a->stream) {
+				/* the status line is gone: an error event ends the stream */
+				sse_send(a, oai_error_body(&e));
+				http_stream_write(a->http, OAI_SSE_DONE, strlen(OAI_SSE_DONE));
+				http_stream_end(a->http);
+			} else {
+				respond_error(a->http, &e);
+			}
+		}
+		http_req_release(a->http);
+		sched_req_free(a->sreq);
+		api_req_free(a);
+		break;
+	}
+}
+
+static void
+on_http_close(struct http_req *req, void *ud)
+{
+	struct api_req *a = ud;
+
+	/* the client went away: stop generating; the final event frees */
+	a->http_gone = true;
+	sched_cancel(a->sreq);
+}
+
+/* Submits prompt ids for a parsed request; answers errors itself. */
+static void
+submit(struct router *r, struct http_req *req, struct api_req *a,
+        int32_t *ids, size_t n_ids, const struct oai_gen *g, int32_t max_tokens,
+        int32_t logprobs)
+{
+	struct sched_req_params p = { 0 };
+	char err[320] = "";
+	int rc;
+
+	p.prompt = ids;
+	p.n_prompt = n_ids;
+	if (max_tokens < 0) {
+		/* chat without a limit: up to the server default, within context */
+		uint32_t room = engine_n_ctx(r->engine) > n_ids ?
+		        engine_n_ctx(r->engine) - (uint32_t)n_ids : 0;
+		max_tokens = (int32_t)(r->cfg.max_tokens_default < room ?
+		        r->cfg.max_tokens_default : room);
+	}
+	p.max_tokens = (uint32_t)max_tokens;
+	p.sample = g->sample;
+	if (!g->has_seed)
+		p.sample.seed = (uint64_t)time(NULL) ^ ((uint64_t)(uintptr_t)a << 16);
+	for (size_t i = 0; i < g->n_stop && i < SCHED_MAX_STOP; i++)
+		p.stop[p.n_stop++] = strdup(g->stop[i]);
+	p.routing = g->routing ? g->routing : r->cfg.routing;
+	p.echo = a->echo;
+	p.logprobs = logprobs;
+	p.cb = on_sched_event;
+	p.ud = a;
+	rc = sched_submit(r->sched, &p, &a->sreq, err, sizeof(err));
+	if (rc) {
+		int status = rc == EPMOE_EBUSY ? 429 : rc == EPMOE_ENOMEM ? 500 : 400;
+		respond_simple_error(req, status,
+		        rc == EPMOE_ERANGE ? "max_tokens" :
+		        (rc == EPMOE_EINVAL && g->routing && strstr(err, "outing")) ? "routing" : NULL,
+		        err[0] ? err : epmoe_strerror(rc));
+		http_req_release(req);
+		api_req_free(a);
+		return;
+	}
+	if (a->stream) {
+		http_stream_begin(req, 200, OAI_SSE_CONTENT_TYPE,
+		        "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n");
+	}
+	http_req_on_close(req, on_http_close, a);
+}
+
+static struct api_req *
+api_req_new(struct router *r, struct http_req *req, enum api_kind kind,
+        const char *model, const struct oai_gen *g)
+{
+	struct api_req *a = calloc(1, sizeof(*a));
+
+	if (a == NULL)
+		return NULL;
+	a->r = r;
+	a->http = req;
+	a->kind = kind;
+	a->stream = g->stream;
+	a->include_usage = g->include_usage;
+	a->created = (int64_t)time(NULL);
+	oai_make_id(a->id, sizeof(a->id), kind == API_COMPLETION ? "cmpl-" : "chatcmpl-");
+	a->model = strdup(model ? model : served_model(r));
+	if (a->model == NULL) {
+		free(a);
+		return NULL;
+	}
+	return a;
+}
+
+static void
+handle_completion(struct router *r, struct http_req *req)
+{
+	struct oai_completion_req c;
+	struct oai_config cfg;
+	struct oai_error e;
+	const char *models[1];
+	struct api_req *a;
+	int32_t *ids = NULL;
+	size_t n = 0;
+
+	oai_cfg(r, &cfg, models);
+	if (oai_parse_completion(req->body, req->body_len, &cfg, &c, &e) != 0) {
+		respond_error(req, &e);
+		http_req_release(req);
+		return;
+	}
+	if ((a = api_req_new(r, req, API_COMPLETION, c.model, &c.gen)) == NULL)
+		goto oom;
+	a->echo = c.echo;
+	a->want_lps = c.logprobs >= 0;
+	if (c.prompt_tokens) {
+		ids = c.prompt_tokens;
+		n = c.n_prompt_tokens;
+		c.prompt_tokens = NULL;
+		if (a->echo && tok_decode(r->tok, ids, n, 0, &a->prompt_text, &a->prompt_len) != 0)
+			goto oom;
+	} else {
+		if (router_tokenize(r, c.prompt, c.prompt_len, true, false, &ids, &n) != 0)
+			goto oom;
+		if (a->echo) {
+			a->prompt_text = c.prompt;
+			a->prompt_len = c.prompt_len;
+			c.prompt = NULL;
+		}
+	}
+	if (n == 0) {
+		free(ids);
+		respond_simple_error(req, 400, "prompt", "the prompt is empty");
+		http_req_release(req);
+		api_req_free(a);
+		oai_completion_req_fini(&c);
+		return;
+	}
+	if (!a->echo)
+		a->text_offset = 0;
+	a->first_offset = 0;
+	submit(r, req, a, ids, n, &c.gen, c.gen.max_tokens, c.logprobs);
+	oai_completion_req_fini(&c);
+	return;
+oom:
+	free(ids);
+	api_req_free(a);
+	oai_completion_req_fini(&c);
+	respond_simple_error(req, 500, NULL, "out of memory");
+	http_req_release(req);
+}
+
+static void
+handle_chat(struct router *r, struct http_req *req)
+{
+	struct oai_chat_req c;
+	struct oai_config cfg;
+	struct oai_error e;
+	const char *models[1];
+	const char **roles = NULL, **contents = NULL;
+	struct api_req *a;
+	int32_t *ids = NULL;
+	size_t n = 0;
+	static const char *const role_names[] = { "system", "user", "assistant" };
+
+	oai_cfg(r, &cfg, models);
+	if (oai_parse_chat(req->body, req->body_len, &cfg, &c, &e) != 0) {
+		respond_error(req, &e);
+		http_req_release(req);
+		return;
+	}
+	roles = calloc(c.n_messages, sizeof(*roles));
+	contents = calloc(c.n_messages, sizeof(*contents));
+	if (!roles || !contents)
+		goto oom;
+	for (size_t i = 0; i < c.n_messages; i++) {
+		roles[i] = role_names[c.messages[i].role];
+		contents[i] = c.messages[i].content;
+	}
+	if (router_chat_prompt(r, roles, contents, c.n_messages, &ids, &n) != 0)
+		goto oom;
+	if ((a = api_req_new(r, req, API_CHAT, c.model, &c.gen)) == NULL)
+		goto oom;
+	a->want_lps = c.logprobs;
+	submit(r, req, a, ids, n, &c.gen, c.gen.max_tokens,
+	        c.logprobs ? c.top_logprobs : -1);
+	free(roles);
+	free(contents);
+	oai_chat_req_fini(&c);
+	return;
+oom:
+	free(ids);
+	free(roles);
+	free(contents);
+	oai_chat_req_fini(&c);
+	respond_simple_error(req, 500, NULL, "out of memory");
+	http_req_release(req);
+}
+
+static void
+handle_tokenize(struct router *r, struct http_req *req)
+{
+	struct oai_tokenize_req t;
+	struct oai_config cfg;
+	struct oai_error e;
+	const char *models[1];
+	int32_t *ids = NULL;
+	size_t n = 0;
+	cJSON *j;
+
+	oai_cfg(r, &cfg, models);
+	if (oai_parse_tokenize(req->body, req->body_len, &cfg, &t, &e) != 0) {
+		respond_error(req, &e);
+		return;
+	}
+	if (router_tokenize(r, t.text, t.text_len, t.add_special, false, &ids, &n) != 0) {
+		respond_simple_error(req, 500, NULL, "tokenization failed");
+	} else if ((j = oai_tokenize_response(ids, n, (int32_t)engine_n_ctx(r->engine))) != NULL) {
+		http_respond_json(req, 200, j, NULL);
+		cJSON_Delete(j);
+	} else {
+		respond_simple_error(req, 500, NULL, "out of memory");
+	}
+	free(ids);
+	oai_tokenize_req_fini(&t);
+}
+
+static void
+handle_detokenize(struct router *r, struct http_req *req)
+{
+	struct oai_detokenize_req t;
+	struct oai_config cfg;
+	struct oai_error e;
+	const char *models[1];
+	char *text = NULL;
+	size_t len = 0;
+	cJSON *j;
+
+	oai_cfg(r, &cfg, models);
+	if (oai_parse_detokenize(req->body, req->body_len, &cfg, &t, &e) != 0) {
+		respond_error(req, &e);
+		return;
+	}
+	if (tok_decode(r->tok, t.tokens, t.n_tokens, 0, &text, &len) != 0) {
+		respond_simple_error(req, 400, "tokens", "a token id is outside the vocabulary");
+	} else if ((j = oai_detokenize_response(text, len)) != NULL) {
+		http_respond_json(req, 200, j, NULL);
+		cJSON_Delete(j);
+	} else {
+		respond_simple_error(req, 500, NULL, "out of memory");
+	}
+	free(text);
+	oai_detokenize_req_fini(&t);
+}
+
+static void
+respond_cjson(struct http_req *req, int status, cJSON *j)
+{
+	if (j) {
+		http_respond_json(req, status, j, NULL);
+		cJSON_Delete(j);
+	} else {
+		respond_simple_error(req, 500, NULL, "out of memory");
+	}
+}
+
+static void
+handle_health(struct router *r, struct http_req *req)
+{
+	cJSON *j = cJSON_CreateObject();
+	struct sched_stats st;
+	bool ok = router_ready(r) && !r->stopping;
+
+	sched_get_stats(r->sched, &st);
+	if (j) {
+		cJSON_AddStringToObject(j, "status", r->stopping ? "stopping" : ok ? "ok" : "loading");
+		cJSON_AddStringToObject(j, "model", served_model(r));
+		cJSON_AddStringToObject(j, "mode", r->cluster ? "distributed" : "local");
+		cJSON_AddNumberToObject(j, "requests_running", st.running);
+		cJSON_AddNumberToObject(j, "requests_waiting", st.waiting);
+		if (r->cluster) {
+			cJSON *pl = stats_placement_json(r);
+			if (pl)
+				cJSON_AddItemToObject(j, "cluster", pl);
+		}
+	}
+	respond_cjson(req, ok ? 200 : 503, j);
+}
+
+static void
+handle_metrics(struct router *r, struct http_req *req)
+{
+	char *text;
+	size_t len;
+
+	if (stats_render_metrics(r, &text, &len) != 0) {
+		respond_simple_error(req, 500, NULL, "out of memory");
+		return;
+	}
+	http_respond(req, 200, "text/plain; version=0.0.4; charset=utf-8", text, len, NULL);
+	free(text);
+}
+
+static bool
+method_is(const struct http_req *req, const char *m)
+{
+	return strcmp(req->method, m) == 0 ||
+	        (strcmp(m, "GET") == 0 && strcmp(req->method, "HEAD") == 0);
+}
+
+/* Answers 405 unless the method matches.  Returns true when it answered. */
+static bool
+wrong_method(struct http_req *req, const char *want)
+{
+	if (method_is(req, want))
+		return false;
+	char msg[96];
+	snprintf(msg, sizeof(msg), "method %s not allowed here; use %s", req->method, want);
+	struct oai_error e;
+	oai_error_set(&e, 405, NULL, "%s", msg);
+	cJSON *body = oai_error_body(&e);
+	char hdr[64];
+	snprintf(hdr, sizeof(hdr), "Allow: %s\r\n", want);
+	http_respond_json(req, 405, body, hdr);
+	cJSON_Delete(body);
+	http_req_release(req);
+	return true;
+}
+
+static void
+on_http(struct http_req *req, void *ud)
+{
+	struct router *r = ud;
+	const char *p = req->path;
+
+	if (strcmp(p, "/v1/completions") == 0) {
+		if (!wrong_method(req, "POST"))
+			handle_completion(r, req);
+		return;
+	}
+	if (strcmp(p, "/v1/chat/completions") == 0) {
+		if (!wrong_method(req, "POST"))
+			handle_chat(r, req);
+		return;
+	}
+	if (strcmp(p, "/health") == 0 || strcmp(p, "/v1/health") == 0) {
+		if (!wrong_method(req, "GET")) {
+			handle_health(r, req);
+			http_req_release(req);
+		}
+		return;
+	}
+	if (strcmp(p, "/v1/models") == 0) {
+		if (!wrong_method(req, "GET")) {
+			const char *models[1] = { served_model(r) };
+			respond_cjson(req, 200, oai_models_response(models, 1, r->created, "epmoe"));
+			http_req_release(req);
+		}
+		return;
+	}
+	if (strcmp(p, "/metrics") == 0) {
+		if (!wrong_method(req, "GET")) {
+			handle_metrics(r, req);
+			http_req_release(req);
+		}
+		return;
+	}
+	if (strcmp(p, "/tokenize") == 0 || strcmp(p, "/v1/tokenize") == 0) {
+		if (!wrong_method(req, "POST")) {
+			handle_tokenize(r, req);
+			http_req_release(req);
+		}
+		return;
+	}
+	if (strcmp(p, "/detokenize") == 0 || strcmp(p, "/v1/detokenize") == 0) {
+		if (!wrong_method(req, "POST")) {
+			handle_detokenize(r, req);
+			http_req_release(req);
+		}
+		return;
+	}
+	if (strcmp(p, "/v1/stats") == 0) {
+		if (!wrong_method(req, "GET")) {
+			respond_cjson(req, 200, stats_json(r));
+			http_req_release(req);
+		}
+		return;
+	}
+	if (strcmp(p, "/v1/placement") == 0) {
+		if (!wrong_method(req, "GET")) {
+			respond_cjson(req, 200, stats_placement_json(r));
+			http_req_release(req);
+		}
+		return;
+	}
+	char msg[160];
+	snprintf(msg, sizeof(msg), "no route for %s %.100s", req->method, p);
+	respond_simple_error(req, 404, NULL, msg);
+	http_req_release(req);
+}
+
+int
+api_start(struct router *r)
+{
+	struct http_config cfg;
+	int rc;
+
+	http_config_default(&cfg);
+	rc = http_server_start(&r->http, r->loop, r->cfg.http_addr, &cfg, on_http, r);
+	if (rc)
+		log_error("cannot listen on http://%s: %s", r->cfg.http_addr, epmoe_strerror(rc));
+	return rc;
+}
+
+static void
+on_http_closed(void *ud)
+{
+	(void)ud;
+}
+
+void
+api_stop(struct router *r)
+{
+	if (r->http) {
+		http_server_close(r->http, on_http_closed);
+		r->http = NULL;
+	}
+}
+
+int
+router_tokenize(struct router *r, const char *text, size_t len,
+        bool add_special, bool parse_special, int32_t **ids, size_t *n)
+{
+	unsigned flags = (add_special ? TOK_ADD_BOS : 0) |
+	        (parse_special ? TOK_PARSE_SPECIAL : 0);
+	return tok_encode(r->tok, text, len, flags, ids, n);
+}
+
+int
+router_chat_prompt(struct router *r, const char *const *roles,
+        const char *const *contents, size_t n, int32_t **ids, size_t *n_ids)
+{
+	struct chat_msg *msgs = calloc(n ? n : 1, sizeof(*msgs));
+	char *text = NULL;
+	int rc;
+
+	if (msgs == NULL)
+		return EPMOE_ENOMEM;
+	for (size_t i = 0; i < n; i++) {
+		msgs[i].role = roles[i];
+		msgs[i].content = contents[i];
+	}
+	rc = chat_apply(r->chat_template, msgs, n, true, &text);
+	free(msgs);
+	if (rc)
+		return rc;
+	/* the template writes the special tokens as text: parse them; BOS
+	 * comes from the tokenizer's own rule unless the template wrote it */
+	bool has_bos = false;
+	int32_t bos = tok_bos(r->tok);
+	if (bos != TOK_ID_NONE) {
+		size_t bl;
+		const char *bt = tok_token_text(r->tok, bos, &bl);
+		has_bos = bt && bl && strncmp(text, bt, bl) == 0;
+	}
+	rc = router_tokenize(r, text, strlen(text), !has_bos, true, ids, n_ids);
+	free(text);
+	return rc;
+}
