@@ -201,9 +201,10 @@ cmd_chat(int argc, char **argv)
 		fputc('\n', stdout);
 		fflush(stdout);
 		if (!quiet)
-			fprintf(stderr, "[%s; %u completion tokens; %.0f ms]\n",
-			        r.finish_reason[0] ? r.finish_reason : "done",
-			        r.completion_tokens, r.total_s * 1e3);
+			fprintf(stderr, "[%s; %u prompt + %u completion tokens; "
+			        "%.0f ms]\n", r.finish_reason[0] ? r.finish_reason :
+			        "done", r.prompt_tokens, r.completion_tokens,
+			        r.total_s * 1e3);
 		rc = hist_add(&h, "assistant", r.text, r.text_len);
 		epmoe_completion_fini(&r);
 		if (rc != 0)

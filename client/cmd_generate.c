@@ -206,9 +206,14 @@ cmd_generate(int argc, char **argv)
 			        r.prompt_tokens, r.completion_tokens);
 		fprintf(stderr, "; first text %.0f ms, total %.0f ms", r.ttft_s * 1e3,
 		        r.total_s * 1e3);
-		if (r.has_usage && r.completion_tokens > 1 && r.total_s > r.ttft_s)
+		/* streamed: the decode rate after the first text; else the
+		 * whole request's rate */
+		if (r.has_usage && r.n_chunks > 1 && r.completion_tokens > 1 &&
+		        r.total_s > r.ttft_s)
 			fprintf(stderr, ", %.1f tok/s after the first",
 			        (r.completion_tokens - 1) / (r.total_s - r.ttft_s));
+		else if (r.has_usage && r.completion_tokens > 0 && r.total_s > 0)
+			fprintf(stderr, ", %.1f tok/s", r.completion_tokens / r.total_s);
 		fprintf(stderr, "]\n");
 	}
 	epmoe_completion_fini(&r);
