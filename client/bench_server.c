@@ -945,10 +945,12 @@ usage(FILE *f)
 	           "(default 32)\n"
 	           "  -d, --duration S     start no request after S seconds "
 	           "(default 300)\n"
-	           "      --timeout S      seconds one request may take (default "
-	           "60)\n"
+	           "      --timeout S      seconds one request may take (env "
+	           "EPMOE_TIMEOUT;\n"
+	           "                       default 60)\n"
 	           "      --stream         stream the output (default)\n"
-	           "      --no-stream      whole answers (TTFT = E2E, no TPOT/ITL)\n"
+	           "      --no-stream      whole answers (E2E only: no TTFT, TPOT, "
+	           "ITL)\n"
 	           "      --no-ignore-eos  let requests stop at end-of-sequence "
 	           "(default:\n"
 	           "                       ask for ignore_eos, fixed output "
@@ -998,7 +1000,8 @@ bench_server(int argc, char **argv)
 	g.p.max_tokens = 32;
 	g.p.stream = 1;
 	g.p.ignore_eos = 1;
-	g.timeout_s = 60;
+	if (cli_env("EPMOE_TIMEOUT", NULL) == NULL)
+		g.timeout_s = 60;
 	cfg.concurrency = 4;
 	cfg.requests = 64;
 	cfg.prompt_tokens = 32;
