@@ -4,5 +4,6 @@
 
 int bench_machine(int argc, char **argv);
 int bench_engine(int argc, char **argv);
+int bench_route(int argc, char **argv);
 
 #endif

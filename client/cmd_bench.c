@@ -13,7 +13,8 @@ usage(FILE *f)
 	fprintf(f, "usage: epmoe bench MODE [options]   (epmoe bench MODE --help)\n"
 	           "modes:\n"
 	           "  machine   OpenBLAS sgemm FLOP rate and memory read bandwidth\n"
-	           "  engine    prefill and decode speed of a model, in process\n");
+	           "  engine    prefill and decode speed of a model, in process\n"
+	           "  route     routing policy cost against one MoE layer\n");
 }
 
 int
@@ -27,6 +28,8 @@ cmd_bench(int argc, char **argv)
 		return bench_machine(argc - 1, argv + 1);
 	if (strcmp(argv[1], "engine") == 0)
 		return bench_engine(argc - 1, argv + 1);
+	if (strcmp(argv[1], "route") == 0)
+		return bench_route(argc - 1, argv + 1);
 	if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
 		usage(stdout);
 		return 0;
