@@ -4,6 +4,7 @@
 
 int bench_machine(int argc, char **argv);
 int bench_engine(int argc, char **argv);
+int bench_route(int argc, char **argv);
 int bench_server(int argc, char **argv);
 
 #endif

@@ -1,5 +1,5 @@
-/* epmoe bench: benchmark modes.  `machine` and `engine` run in process;
- * `server` is the load generator against a running router
+/* epmoe bench: benchmark modes.  `machine`, `engine` and `route` run in
+ * process; `server` is the load generator against a running router
  * (bench_server.c). */
 #include <stdio.h>
 #include <string.h>
@@ -14,6 +14,7 @@ usage(FILE *f)
 	           "modes:\n"
 	           "  machine   OpenBLAS sgemm FLOP rate and memory read bandwidth\n"
 	           "  engine    prefill and decode speed of a model, in process\n"
+	           "  route     routing policy cost against one MoE layer\n"
 	           "  server    load generator against a running router: TTFT, "
 	           "TPOT, ITL,\n"
 	           "            E2E latency and throughput\n");
@@ -30,6 +31,8 @@ cmd_bench(int argc, char **argv)
 		return bench_machine(argc - 1, argv + 1);
 	if (strcmp(argv[1], "engine") == 0)
 		return bench_engine(argc - 1, argv + 1);
+	if (strcmp(argv[1], "route") == 0)
+		return bench_route(argc - 1, argv + 1);
 	if (strcmp(argv[1], "server") == 0)
 		return bench_server(argc - 1, argv + 1);
 	if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {

@@ -18,7 +18,42 @@
 #include "engine.h"
 #include "err.h"
 #include "model.h"
+#include "route.h"
 #include "tok.h"
+
+/* Balance statistics of the policy over the run (engine route observer). */
+struct route_acc {
+	uint32_t n_expert, n_workers;
+	uint64_t calls, tokens, pairs, ot_runs;
+	double maxvio_sum, worker_ratio_sum, seconds;
+};
+
+static void
+on_route(void *ud, struct route_policy *p, uint32_t layer, uint32_t n_tok,
+        const struct route_info *info, double seconds)
+{
+	struct route_acc *a = ud;
+	double w[256] = { 0 }, sum = 0, mx = 0;
+	uint32_t W = a->n_workers, E = a->n_expert;
+
+	a->calls++;
+	a->tokens += n_tok;
+	a->pairs += info->n_pairs;
+	a->ot_runs += info->ot_ran ? 1 : 0;
+	a->seconds += seconds;
+	if (isfinite(info->maxvio))
+		a->maxvio_sum += info->maxvio;
+	/* busiest of W workers holding contiguous blocks of experts */
+	for (uint32_t e = 0; e < E; e++)
+		w[(uint64_t)e * W / E] += info->load[e];
+	for (uint32_t i = 0; i < W; i++) {
+		sum += w[i];
+		if (w[i] > mx)
+			mx = w[i];
+	}
+	if (sum > 0)
+		a->worker_ratio_sum += mx / (sum / W);
+}
 
 static void
 usage(FILE *f)
@@ -31,6 +66,8 @@ usage(FILE *f)
 	        "      --max-windows N  score at most N windows (default: all)\n"
 	        "  -t, --threads N    threads (env EPMOE_THREADS; default: all cores)\n"
 	        "      --routing P    routing policy spec (default native)\n"
+	        "      --workers W    report worker balance as if W workers held\n"
+	        "                     contiguous blocks of experts (default 4)\n"
 	        "      --json         print the result as one JSON object\n");
 }
 
@@ -67,12 +104,13 @@ cmd_perplexity(int argc, char **argv)
 		{ "threads", required_argument, NULL, 't' },
 		{ "routing", required_argument, NULL, 'r' },
 		{ "json", no_argument, NULL, 'J' },
+		{ "workers", required_argument, NULL, 'w' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 }
 	};
 	const char *model = cli_env("EPMOE_MODEL", NULL), *file = NULL;
 	const char *routing = NULL;
-	long ctx = 512, threads = 0, max_windows = -1;
+	long ctx = 512, threads = 0, max_windows = -1, workers = 4;
 	int json = 0, c, rc = 1;
 	char *text = NULL, err[512];
 	size_t text_len, n_ids = 0;
@@ -92,6 +130,10 @@ cmd_perplexity(int argc, char **argv)
 		case 'f': file = optarg; break;
 		case 'r': routing = optarg; break;
 		case 'J': json = 1; break;
+		case 'w':
+			if (cli_long(optarg, 1, 256, &workers))
+				return cli_bad("perplexity", "--workers", "expects 1..256");
+			break;
 		case 'c':
 			if (cli_long(optarg, 2, 1 << 20, &ctx))
 				return cli_bad("perplexity", "--ctx", "expects an integer >= 2");
@@ -118,6 +160,10 @@ cmd_perplexity(int argc, char **argv)
 	}
 	if (cli_load("perplexity", model, (int)threads, routing, &m, &e))
 		goto done;
+	struct route_acc acc = { .n_expert = m->hp.n_expert, .n_workers = (uint32_t)workers };
+	if (acc.n_workers > acc.n_expert)
+		acc.n_workers = acc.n_expert;
+	engine_set_route_observer(e, on_route, &acc);
 	if ((uint64_t)ctx > engine_n_ctx(e)) {
 		fprintf(stderr, "epmoe perplexity: --ctx %ld exceeds the model's context %u\n",
 		        ctx, engine_n_ctx(e));
@@ -167,16 +213,30 @@ cmd_perplexity(int argc, char **argv)
 			fprintf(stderr, "[%zu windows] ppl %.4f\n", windows, exp(sum / scored));
 	}
 	double dt = now_s() - t0, ppl = exp(sum / (double)scored);
+	const struct engine_timing *tm = engine_timing(e);
+	double calls = acc.calls ? (double)acc.calls : 1;
 	if (json)
 		printf("{\"model\":\"%s\",\"file\":\"%s\",\"routing\":\"%s\",\"ctx\":%ld,"
 		       "\"windows\":%zu,\"tokens\":%zu,\"nll\":%.6f,\"perplexity\":%.6f,"
-		       "\"seconds\":%.3f,\"tokens_per_s\":%.1f}\n",
+		       "\"seconds\":%.3f,\"tokens_per_s\":%.1f,\"maxvio\":%.4f,"
+		       "\"worker_max_over_mean\":%.4f,\"workers\":%u,\"experts_per_token\":%.4f,"
+		       "\"ot_runs\":%llu,\"route_calls\":%llu,\"route_s\":%.4f,\"moe_s\":%.4f,"
+		       "\"route_over_moe\":%.5f}\n",
 		        model, file, routing ? routing : "native", ctx, windows, scored,
-		        sum / scored, ppl, dt, (scored + windows) / dt);
+		        sum / scored, ppl, dt, (scored + windows) / dt, acc.maxvio_sum / calls,
+		        acc.worker_ratio_sum / calls, acc.n_workers,
+		        acc.tokens ? (double)acc.pairs / acc.tokens : 0,
+		        (unsigned long long)acc.ot_runs, (unsigned long long)acc.calls,
+		        acc.seconds, tm->moe, tm->moe > 0 ? acc.seconds / tm->moe : 0);
 	else
-		printf("perplexity %.4f over %zu tokens (%zu windows of %ld, routing %s) in %.1f s (%.1f tok/s)\n",
+		printf("perplexity %.4f over %zu tokens (%zu windows of %ld, routing %s) in %.1f s"
+		       " (%.1f tok/s); MaxVio %.3f, worker max/mean %.3f (%u workers),"
+		       " experts/token %.3f, OT runs %llu/%llu\n",
 		        ppl, scored, windows, ctx, routing ? routing : "native", dt,
-		        (scored + windows) / dt);
+		        (scored + windows) / dt, acc.maxvio_sum / calls,
+		        acc.worker_ratio_sum / calls, acc.n_workers,
+		        acc.tokens ? (double)acc.pairs / acc.tokens : 0,
+		        (unsigned long long)acc.ot_runs, (unsigned long long)acc.calls);
 	rc = 0;
 done:
 	free(text);

@@ -421,6 +421,7 @@ submit(struct router *r, struct http_req *req, struct api_req *a,
 		p.stop[p.n_stop++] = strdup(g->stop[i]);
 	p.routing = g->routing ? g->routing : r->cfg.routing;
 	p.echo = a->echo;
+	p.ignore_eos = g->ignore_eos;
 	p.logprobs = logprobs;
 	p.cb = on_sched_event;
 	p.ud = a;

@@ -478,6 +478,9 @@ get_gen(const cJSON *root, const struct oai_config *cfg, int chat,
 		return rc;
 	if ((rc = get_bool(root, "stream", &g->stream, err)) < 0)
 		return rc;
+	/* extension (as vLLM has it): keep generating past end-of-sequence */
+	if ((rc = get_bool(root, "ignore_eos", &g->ignore_eos, err)) < 0)
+		return rc;
 	if ((v = opt(root, "stream_options")) != NULL) {
 		if (!cJSON_IsObject(v)) {
 			oai_error_set(err, 400, "stream_options",

@@ -62,6 +62,7 @@ struct oai_gen {
 	size_t n_stop;
 	int stream;
 	int include_usage;           /* stream_options.include_usage */
+	int ignore_eos;              /* extension: generate past EOS */
 	char *routing;               /* "policy[:key=value,...]" or NULL (the
 	                              * server's default), owned */
 };

@@ -397,6 +397,97 @@ START_TEST(every_routing_policy_serves_a_request)
 }
 END_TEST
 
+struct burst_job {
+	long status;
+	char *resp;
+};
+
+static void *
+burst_one(void *arg)
+{
+	struct burst_job *j = arg;
+	tu_http(&R, "POST", "/v1/completions",
+	        "{\"prompt\":\"Hello world\",\"max_tokens\":200,\"temperature\":0,"
+	        "\"ignore_eos\":true}", &j->status, &j->resp);
+	return NULL;
+}
+
+/* With one running sequence and a wait queue of one, a burst of requests
+ * gets 429s (with the OpenAI error envelope), and the admitted ones
+ * complete. */
+START_TEST(a_full_wait_queue_answers_429)
+{
+	const char *args[] = { "--local", "--max-running", "1", "--max-waiting", "1", NULL };
+	pthread_t th[8];
+	struct burst_job jobs[8];
+	int n429 = 0, n200 = 0;
+
+	ck_assert_msg(tu_router_start(&R, tu_data(models[0]), args) == 0, "%s", R.log);
+	for (int i = 0; i < 8; i++) {
+		jobs[i] = (struct burst_job){ 0 };
+		pthread_create(&th[i], NULL, burst_one, &jobs[i]);
+	}
+	for (int i = 0; i < 8; i++) {
+		pthread_join(th[i], NULL);
+		if (jobs[i].status == 429) {
+			n429++;
+			ck_assert_ptr_nonnull(strstr(jobs[i].resp, "rate_limit_error"));
+		} else if (jobs[i].status == 200) {
+			n200++;
+		}
+		free(jobs[i].resp);
+	}
+	ck_assert_int_ge(n429, 1);
+	ck_assert_int_ge(n200, 1);
+	ck_assert_int_eq(n429 + n200, 8);
+	stop_router();
+}
+END_TEST
+
+static size_t
+abort_after_two(char *d, size_t sz, size_t nm, void *ud)
+{
+	int *chunks = ud;
+	return ++*chunks >= 2 ? 0 : sz * nm; /* 0: curl aborts the transfer */
+}
+
+/* A client that disconnects mid-stream cancels its request at the next
+ * step: the scheduler counts it as cancelled and nothing keeps running. */
+START_TEST(client_disconnect_cancels_the_request)
+{
+	char url[128], *resp;
+	long status;
+	int chunks = 0;
+
+	start_local(models[0]);
+	CURL *c = curl_easy_init();
+	snprintf(url, sizeof(url), "http://%s/v1/completions", R.http);
+	curl_easy_setopt(c, CURLOPT_URL, url);
+	curl_easy_setopt(c, CURLOPT_POSTFIELDS,
+	        "{\"prompt\":\"Hello\",\"max_tokens\":3000,\"stream\":true,\"ignore_eos\":true}");
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, abort_after_two);
+	curl_easy_setopt(c, CURLOPT_WRITEDATA, &chunks);
+	curl_easy_setopt(c, CURLOPT_TIMEOUT, 60L);
+	ck_assert_int_eq(curl_easy_perform(c), CURLE_WRITE_ERROR);
+	curl_easy_cleanup(c);
+	int cancelled = 0;
+	for (int i = 0; i < 100 && !cancelled; i++) {
+		resp = NULL;
+		ck_assert_int_eq(tu_http(&R, "GET", "/v1/stats", NULL, &status, &resp), 0);
+		cJSON *j = cJSON_Parse(resp);
+		cJSON *s = cJSON_GetObjectItem(j, "scheduler");
+		cancelled = cJSON_GetObjectItem(s, "requests_cancelled")->valueint == 1 &&
+		        cJSON_GetObjectItem(s, "running")->valueint == 0;
+		cJSON_Delete(j);
+		free(resp);
+		if (!cancelled)
+			usleep(50000);
+	}
+	ck_assert_msg(cancelled, "the request was not cancelled");
+	stop_router();
+}
+END_TEST
+
 /* Sends raw bytes over a REQ socket; returns the reply (or NULL). */
 static nng_msg *
 nng_raw(const char *url, const void *data, size_t len)
@@ -524,6 +615,8 @@ main(void)
 	tcase_add_test(tc, bad_requests_get_errors_and_the_server_keeps_serving);
 	tcase_add_test(tc, nng_api_completes_and_rejects_garbage);
 	tcase_add_test(tc, every_routing_policy_serves_a_request);
+	tcase_add_test(tc, a_full_wait_queue_answers_429);
+	tcase_add_test(tc, client_disconnect_cancels_the_request);
 	suite_add_tcase(s, tc);
 	int rc = tu_run(s);
 	curl_global_cleanup();
