@@ -40,6 +40,8 @@ const double cluster_hist_bounds_s[CLUSTER_HIST_BUCKETS] = {
 enum wstate { W_NEVER = 0, W_UP, W_DOWN };
 
 struct cl_worker {
+	struct cluster *c;     /* back-pointers for the pipe callback */
+	uint32_t index;
 	enum wstate state;
 	char id[ID_MAX];
 	char node[ID_MAX];
@@ -182,6 +184,10 @@ cluster_new(struct cluster **out, const struct cluster_cfg *cfg, char *err,
 		cluster_free(c);
 		return EPMOE_ENOMEM;
 	}
+	for (uint32_t i = 0; i < c->W; i++) {
+		c->w[i].c = c;
+		c->w[i].index = i;
+	}
 	*out = c;
 	return 0;
 }
@@ -231,9 +237,18 @@ cluster_free(struct cluster *c)
 	if (c->pl_refs != 0)
 		log_error("cluster: freed while %u placement references are held",
 		        c->pl_refs);
-	for (uint32_t i = 0; c->w && i < c->W; i++)
-		if (c->w[i].sock_open)
-			nng_close(c->w[i].sock);
+	for (uint32_t i = 0; c->w && i < c->W; i++) {
+		nng_socket s = c->w[i].sock;
+		bool open;
+
+		/* closed first so the pipe callback ignores the closing */
+		pthread_mutex_lock(&c->mu);
+		open = c->w[i].sock_open;
+		c->w[i].sock_open = false;
+		pthread_mutex_unlock(&c->mu);
+		if (open)
+			nng_close(s);
+	}
 	free(c->w);
 	placement_free(c->pl);
 	pthread_mutex_destroy(&c->mu);
@@ -424,6 +439,25 @@ bad_name(const char *s)
 	return s == NULL || *s == '\0' || strlen(s) >= ID_MAX;
 }
 
+/* A data connection to a worker closed (NNG reaper thread; takes only
+ * the cluster mutex, whose holders never block): the worker is down at
+ * once, so the next layer call fails fast instead of waiting for its
+ * deadline.  Events of a socket already replaced are ignored.  nng_close
+ * of a socket waits for its pipe callbacks, so none runs after it. */
+static void
+on_pipe_rem(nng_pipe pipe, nng_pipe_ev ev, void *arg)
+{
+	struct cl_worker *w = arg;
+	struct cluster *c = w->c;
+
+	(void)ev;
+	pthread_mutex_lock(&c->mu);
+	if (w->sock_open &&
+	        nng_socket_id(nng_pipe_socket(pipe)) == nng_socket_id(w->sock))
+		mark_down(c, w->index, "data connection lost");
+	pthread_mutex_unlock(&c->mu);
+}
+
 static void
 on_hello(struct cluster *c, const Epmoe__WorkerHello *h, struct reply *r)
 {
@@ -490,6 +524,8 @@ on_hello(struct cluster *c, const Epmoe__WorkerHello *h, struct reply *r)
 		        h->data_url, epmoe_strerror(rc));
 		goto refused;
 	}
+	if (need_sock)
+		nng_pipe_notify(sock, NNG_PIPE_EV_REM_POST, on_pipe_rem, &c->w[wi]);
 	if ((rc = reply_order(r, c, wi)) != 0) {
 		if (need_sock)
 			nng_close(sock);

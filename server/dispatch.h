@@ -57,9 +57,12 @@ struct dispatch_stats {
 	uint64_t rows_sent;   /* token rows sent (a token once per worker) */
 	uint64_t bytes_sent;  /* request frame bytes (nng message bodies) */
 	uint64_t bytes_recv;  /* reply frame bytes */
-	/* wall time of successful calls, seconds: total = pack + wait +
-	 * combine, wait split into compute (the slowest worker's reported
-	 * compute time) and wire (the rest: transport, queueing, decode) */
+	/* wall time of successful calls, seconds: total = pack + wire +
+	 * compute + combine.  pack: routing maps, protobuf headers, row
+	 * copies into the messages; compute: the slowest worker's reported
+	 * expert compute; wire: the rest of the wait for the replies
+	 * (nng sends and receives, loopback/network, worker decode and
+	 * queueing, reply decode) */
 	double t_pack;
 	double t_wire;
 	double t_compute;

@@ -681,7 +681,7 @@ do_hello(struct worker *w, bool *logged_wait)
 	req.msg_case = EPMOE__CONTROL_MSG__MSG_HELLO;
 	req.hello = &h;
 	if ((rc = ctl_call(w, &req, &rep, w->rpc_timeout_ms)) != 0) {
-		if (!*logged_wait)
+		if (!*logged_wait && !stopping(w))
 			log_info("waiting for the router at %s (%s)", w->router_url,
 			        epmoe_strerror(rc));
 		*logged_wait = true;
@@ -870,7 +870,15 @@ worker_serve(struct worker *w, const volatile sig_atomic_t *stop)
 	        w->m->hp.n_layer, w->m->hp.n_expert, w->n_threads);
 	data_loop(w);
 	atomic_store(&w->quit, 1);
+	/* a hello waiting for an unreachable router need not run out its
+	 * deadline; once registered, the control thread's calls are short
+	 * and it must be left to send Leave */
+	pthread_mutex_lock(&w->mu);
+	if (!w->registered)
+		nng_aio_cancel(w->ctl_aio);
+	pthread_mutex_unlock(&w->mu);
 	pthread_join(th, NULL);
+	log_info("worker %s stopped", w->id);
 	return w->fatal;
 }
 

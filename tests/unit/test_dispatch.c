@@ -869,6 +869,49 @@ START_TEST(silent_worker_times_out_within_the_deadline)
 }
 END_TEST
 
+START_TEST(worker_registers_again_when_the_router_restarts)
+{
+	struct model *m = load_model(models[2]);
+	struct cluster_cfg cc = { .control_url = "tcp://127.0.0.1:0", .model = m,
+		.n_workers = 1, .heartbeat_ms = 100, .heartbeat_timeout_ms = 5000 };
+	struct cluster *c;
+	struct moe_backend *be;
+	struct wthread w;
+	struct worker_stats ws;
+	struct routing r;
+	char err[256], url[128];
+	uint32_t T = 9, d = m->hp.n_embd;
+	float *x = random_rows(T, d, 2), *got = malloc((size_t)T * d * 4);
+	float *want = malloc((size_t)T * d * 4);
+
+	ck_assert_msg(cluster_new(&c, &cc, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_int_eq(cluster_start(c), 0);
+	snprintf(url, sizeof(url), "%s", cluster_control_url(c));
+	wthread_start(&w, url, m, "phoenix");
+	wait_ready(c, true);
+	cluster_free(c);
+	/* a new router (new boot id) on the same address */
+	cc.control_url = url;
+	ck_assert_msg(cluster_new(&c, &cc, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_int_eq(cluster_start(c), 0);
+	wait_ready(c, true);
+	worker_get_stats(w.w, &ws);
+	ck_assert_uint_eq(ws.registrations, 2);
+	ck_assert_int_eq(dispatch_new(&be, c, m, NULL), 0);
+	make_routing(&r, T, m->hp.n_expert, 4);
+	local_layer(m, 1, x, &r.a, want);
+	ck_assert_int_eq(be->run(be, 1, x, &r.a, got), 0);
+	ck_assert_float_le(max_diff(got, want, (size_t)T * d), TOL_LAYER);
+	be->free(be);
+	wthread_stop(&w);
+	cluster_free(c);
+	free(x);
+	free(got);
+	free(want);
+	model_free(m);
+}
+END_TEST
+
 /* ---- numbers ---- */
 
 static void
@@ -990,6 +1033,7 @@ suite(void)
 	tcase_add_test(tf, stopped_worker_makes_run_unavailable_until_it_returns);
 	tcase_add_test(tf, killed_worker_process_fails_the_layer_then_is_restarted);
 	tcase_add_test(tf, silent_worker_times_out_within_the_deadline);
+	tcase_add_test(tf, worker_registers_again_when_the_router_restarts);
 	tcase_add_test(tb, layer_round_trip_benchmark_prints_numbers);
 	suite_add_tcase(s, tn);
 	suite_add_tcase(s, tw);
