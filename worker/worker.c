@@ -476,6 +476,19 @@ serve_one(struct worker *w, nng_msg *msg, uint64_t t_recv)
 		        NULL, 0, 0, 0);
 		goto reply;
 	}
+	for (size_t g = 0; g < b->n_groups; g++)
+		n_entries += b->groups[g]->n_tokens;
+	/* output rows nobody adds into are pointless: bounding them by the
+	 * entries keeps a small frame from asking for a huge buffer */
+	if (b->n_rows_out > n_entries && b->n_rows_out > b->n_rows_in) {
+		snprintf(why, sizeof(why), "%u output rows for %zu entries",
+		        b->n_rows_out, n_entries);
+		log_warn("data: rejected batch %" PRIu64 ": %s", b->batch_id, why);
+		count_reject(w, false);
+		rc = pack_result(w, &msg, b, EPMOE__STATUS__STATUS_INVALID, why,
+		        NULL, 0, 0, 0);
+		goto reply;
+	}
 	if (b->dim != hp->n_embd) {
 		snprintf(why, sizeof(why), "batch dim %u, the model's is %u", b->dim,
 		        hp->n_embd);
@@ -506,8 +519,6 @@ serve_one(struct worker *w, nng_msg *msg, uint64_t t_recv)
 		        why, NULL, 0, 0, 0);
 		goto reply;
 	}
-	for (size_t g = 0; g < b->n_groups; g++)
-		n_entries += b->groups[g]->n_tokens;
 	pthread_mutex_lock(&w->mu);
 	w->st.batches++;
 	w->st.tokens += n_entries;

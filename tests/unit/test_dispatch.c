@@ -40,6 +40,7 @@
 #include "mkmodel.h"
 #include "model.h"
 #include "moe.h"
+#include "placement.h"
 #include "pool.h"
 #include "spawn.h"
 #include "testutil.h"
@@ -141,11 +142,16 @@ struct fix {
 	struct moe_backend *be;
 };
 
+/* placement_file / experts_per_worker may be NULL (contiguous over W). */
 static void
-fix_start(struct fix *f, const char *model, uint32_t W, uint32_t deadline_ms)
+fix_start_placed(struct fix *f, const char *model, uint32_t W,
+        uint32_t deadline_ms, const char *placement_file,
+        const char *experts_per_worker)
 {
 	struct cluster_cfg cc = { .control_url = "tcp://127.0.0.1:0",
-		.n_workers = W, .heartbeat_ms = 200, .heartbeat_timeout_ms = 5000 };
+		.n_workers = W, .heartbeat_ms = 200, .heartbeat_timeout_ms = 5000,
+		.placement_file = placement_file,
+		.experts_per_worker = experts_per_worker };
 	struct dispatch_cfg dc = { .deadline_ms = deadline_ms };
 	char err[256], id[32];
 
@@ -161,6 +167,12 @@ fix_start(struct fix *f, const char *model, uint32_t W, uint32_t deadline_ms)
 	}
 	wait_ready(f->c, true);
 	ck_assert_int_eq(dispatch_new(&f->be, f->c, f->m, &dc), 0);
+}
+
+static void
+fix_start(struct fix *f, const char *model, uint32_t W, uint32_t deadline_ms)
+{
+	fix_start_placed(f, model, W, deadline_ms, NULL, NULL);
 }
 
 static void
@@ -304,7 +316,24 @@ START_TEST(layer_output_matches_local_experts)
 	ck_assert_uint_eq(st.failures, 0);
 	ck_assert_uint_eq(st.msgs, 2 * f.m->hp.n_layer * W);
 	ck_assert_uint_eq(st.pairs, 2 * f.m->hp.n_layer * r.off[T]);
-	ck_assert_uint_le(st.rows_sent, st.pairs);
+	/* a token is sent once to each worker hosting any of its experts */
+	{
+		const struct placement *pl = cluster_placement_acquire(f.c);
+		uint64_t rows = 0;
+		for (uint32_t l = 0; l < f.m->hp.n_layer; l++) {
+			for (uint32_t t = 0; t < T; t++) {
+				bool on[MAX_W] = { false };
+				for (uint32_t i = r.off[t]; i < r.off[t + 1]; i++)
+					on[placement_slot_worker(pl, l, (uint32_t)
+					        placement_expert_slot(pl, l, (uint32_t)r.expert[i], 0))] = true;
+				for (uint32_t w = 0; w < W; w++)
+					rows += on[w];
+			}
+		}
+		cluster_placement_release(f.c, pl);
+		ck_assert_uint_eq(st.rows_sent, 2 * rows);
+		ck_assert_uint_lt(st.rows_sent, st.pairs);
+	}
 	ck_assert_uint_gt(st.bytes_sent, st.rows_sent * d * 4);
 	/* no pairs: nothing sent, zeros out */
 	{
@@ -325,6 +354,68 @@ START_TEST(layer_output_matches_local_experts)
 	free(want);
 	free(got);
 	free(again);
+	fix_stop(&f);
+}
+END_TEST
+
+START_TEST(replicas_and_uneven_blocks_serve_the_same_numbers)
+{
+	char path[] = "/tmp/epmoe-placement-XXXXXX";
+	const char *js = "{\"layers\": [[[0, 1], [1, 0], [0, 1], [0, 1], "
+	        "[0, 1], [0, 1], [0, 1], [1, 0]]]}";
+	struct fix f;
+	struct routing r;
+	uint32_t T = 24;
+	int fd = mkstemp(path);
+
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(write(fd, js, strlen(js)), (int)strlen(js));
+	close(fd);
+	/* every expert on both workers: one worker is enough */
+	fix_start_placed(&f, models[1], 2, 3000, path, NULL);
+	uint32_t d = f.m->hp.n_embd;
+	float *x = random_rows(T, d, 21), *want = malloc((size_t)T * d * 4);
+	float *got = malloc((size_t)T * d * 4);
+	struct dispatch_stats st;
+
+	make_routing(&r, T, f.m->hp.n_expert, 17);
+	for (int pass = 0; pass < 2; pass++) {
+		for (uint32_t l = 0; l < f.m->hp.n_layer; l++) {
+			local_layer(f.m, l, x, &r.a, want);
+			ck_assert_int_eq(f.be->run(f.be, l, x, &r.a, got), 0);
+			ck_assert_float_le(max_diff(got, want, (size_t)T * d), TOL_LAYER);
+		}
+		dispatch_stats(f.be, &st);
+		/* the first copy is on worker 0 (slots are in worker order): only
+		 * worker 0 is used while it lives, only worker 1 after */
+		ck_assert_uint_eq(st.msgs, f.m->hp.n_layer);
+		dispatch_stats_reset(f.be);
+		if (pass == 0) {
+			wthread_stop(&f.w[0]);
+			ck_assert(cluster_ready(f.c));
+			ck_assert_uint_eq(cluster_n_live(f.c), 1);
+		}
+	}
+	free(x);
+	free(want);
+	free(got);
+	fix_stop(&f);
+	unlink(path);
+
+	/* uneven explicit blocks: 1 expert on worker 0, 7 on worker 1 */
+	fix_start_placed(&f, models[2], 2, 3000, NULL, "1,7");
+	d = f.m->hp.n_embd;
+	x = random_rows(T, d, 22);
+	want = malloc((size_t)T * d * 4);
+	got = malloc((size_t)T * d * 4);
+	for (uint32_t l = 0; l < f.m->hp.n_layer; l++) {
+		local_layer(f.m, l, x, &r.a, want);
+		ck_assert_int_eq(f.be->run(f.be, l, x, &r.a, got), 0);
+		ck_assert_float_le(max_diff(got, want, (size_t)T * d), TOL_LAYER);
+	}
+	free(x);
+	free(want);
+	free(got);
 	fix_stop(&f);
 }
 END_TEST
@@ -608,6 +699,10 @@ START_TEST(worker_combines_and_rejects_bad_batches)
 	t.weights[1] = NAN;
 	ck_assert_int_eq(wire_nng_pack(&m, WIRE_BATCH, &t.b.base, x, 3 * d), 0);
 	ck_assert_int_eq(send_status(s, m, "finite"), EPMOE__STATUS__STATUS_INVALID);
+	batch_init(&t, 1, d);
+	t.b.n_rows_out = 1000000;
+	ck_assert_int_eq(wire_nng_pack(&m, WIRE_BATCH, &t.b.base, x, 3 * d), 0);
+	ck_assert_int_eq(send_status(s, m, "output rows"), EPMOE__STATUS__STATUS_INVALID);
 	batch_init(&t, 1, d / 2);
 	ck_assert_int_eq(wire_nng_pack(&m, WIRE_BATCH, &t.b.base, x, 3 * (d / 2)), 0);
 	ck_assert_int_eq(send_status(s, m, "dim"), EPMOE__STATUS__STATUS_INVALID);
@@ -662,7 +757,7 @@ START_TEST(worker_combines_and_rejects_bad_batches)
 	ck_assert(ws.registered);
 	ck_assert_uint_eq(ws.batches, 1);
 	ck_assert_uint_eq(ws.tokens, 4);
-	ck_assert_uint_eq(ws.rejected, 10);
+	ck_assert_uint_eq(ws.rejected, 11);
 	ck_assert_uint_eq(ws.stale, 2);
 	ck_assert_uint_eq(ws.n_slots, 16);
 	free(scratch);
@@ -1028,6 +1123,7 @@ suite(void)
 	TCase *tb = tcase_create("bench");
 
 	tcase_add_loop_test(tn, layer_output_matches_local_experts, 0, MAX_W);
+	tcase_add_test(tn, replicas_and_uneven_blocks_serve_the_same_numbers);
 	tcase_add_loop_test(tn, engine_logits_with_workers_match_local, 0, 3);
 	tcase_add_test(tw, worker_combines_and_rejects_bad_batches);
 	tcase_add_test(tf, stopped_worker_makes_run_unavailable_until_it_returns);
