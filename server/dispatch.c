@@ -378,6 +378,8 @@ plan(struct dispatch *ds, const struct placement *pl, uint32_t layer,
 	size_t n_pairs = a->off[T];
 	int rc;
 
+	if (a->off[0] != 0)
+		return EPMOE_EINVAL;
 	if ((rc = reserve_pairs(ds, n_pairs, S)) != 0)
 		return rc;
 	for (uint32_t w = 0; w < ds->W; w++) {

@@ -26,7 +26,9 @@
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/rep.h>
@@ -964,6 +966,160 @@ START_TEST(silent_worker_times_out_within_the_deadline)
 }
 END_TEST
 
+/* A fake data endpoint that takes one request and hangs up. */
+struct hangup {
+	nng_socket rep;
+	int got;
+};
+
+static void *
+hangup_main(void *arg)
+{
+	struct hangup *h = arg;
+	nng_msg *m;
+
+	if (nng_recvmsg(h->rep, &m, 0) == 0) {
+		h->got = 1;
+		nng_msg_free(m);
+	}
+	nng_close(h->rep);
+	return NULL;
+}
+
+/* Registers a fake worker by hand (index wanted) with data URL url. */
+static void
+fake_register(struct cluster *c, const struct model *m, const char *id,
+        const char *url, uint32_t want_index, nng_socket *ctl)
+{
+	Epmoe__ControlMsg req = EPMOE__CONTROL_MSG__INIT;
+	Epmoe__WorkerHello h = EPMOE__WORKER_HELLO__INIT;
+	ProtobufCMessage *hdr;
+	const float *rows;
+	size_t nf;
+	nng_msg *msg;
+
+	h.version = EPMOE_PROTO_VERSION;
+	h.worker_id = (char *)id;
+	h.boot_id = 1;
+	h.model_hash = m->identity;
+	h.data_url = (char *)url;
+	req.version = EPMOE_PROTO_VERSION;
+	req.msg_case = EPMOE__CONTROL_MSG__MSG_HELLO;
+	req.hello = &h;
+	ck_assert_int_eq(nng_req0_open(ctl), 0);
+	ck_assert_int_eq(nng_socket_set_ms(*ctl, NNG_OPT_RECVTIMEO, 3000), 0);
+	ck_assert_int_eq(nng_dial(*ctl, cluster_control_url(c), NULL, 0), 0);
+	ck_assert_int_eq(wire_nng_pack(&msg, WIRE_CONTROL, &req.base, NULL, 0), 0);
+	ck_assert_int_eq(nng_sendmsg(*ctl, msg, 0), 0);
+	ck_assert_int_eq(nng_recvmsg(*ctl, &msg, 0), 0);
+	ck_assert_int_eq(wire_nng_unpack(msg, WIRE_CONTROL, NULL, &hdr, &rows, &nf), 0);
+	ck_assert(((Epmoe__ControlMsg *)hdr)->hello_reply->accepted);
+	ck_assert_uint_eq(((Epmoe__ControlMsg *)hdr)->hello_reply->worker_index,
+	        want_index);
+	protobuf_c_message_free_unpacked(hdr, NULL);
+	nng_msg_free(msg);
+}
+
+START_TEST(worker_hanging_up_mid_request_fails_the_layer_fast)
+{
+	struct model *m = load_model(models[0]);
+	struct cluster_cfg cc = { .control_url = "tcp://127.0.0.1:0", .model = m,
+		.n_workers = 2, .heartbeat_ms = 200, .heartbeat_timeout_ms = 60000 };
+	struct dispatch_cfg dc = { .deadline_ms = 5000 };
+	struct cluster *c;
+	struct moe_backend *be;
+	struct wthread real;
+	struct hangup h = { 0 };
+	nng_socket ctl;
+	nng_listener lst;
+	pthread_t th;
+	char url[64], err[256];
+	int port;
+	uint32_t T = 8, d = m->hp.n_embd;
+	float *x = random_rows(T, d, 1), *got = malloc((size_t)T * d * 4);
+	struct routing r;
+	double t0, dt;
+
+	ck_assert_msg(cluster_new(&c, &cc, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_int_eq(cluster_start(c), 0);
+	wthread_start(&real, cluster_control_url(c), m, "real");
+	for (int i = 0; i < 500 && cluster_n_live(c) < 1; i++)
+		nng_msleep(10);
+	ck_assert_int_eq(nng_rep0_open(&h.rep), 0);
+	ck_assert_int_eq(nng_listen(h.rep, "tcp://127.0.0.1:0", &lst, 0), 0);
+	ck_assert_int_eq(nng_listener_get_int(lst, NNG_OPT_TCP_BOUND_PORT, &port), 0);
+	snprintf(url, sizeof(url), "tcp://127.0.0.1:%d", port);
+	fake_register(c, m, "quitter", url, 1, &ctl);
+	wait_ready(c, true);
+	ck_assert_int_eq(pthread_create(&th, NULL, hangup_main, &h), 0);
+	ck_assert_int_eq(dispatch_new(&be, c, m, &dc), 0);
+	make_routing(&r, T, m->hp.n_expert, 2);
+	t0 = now_s();
+	ck_assert_int_eq(be->run(be, 0, x, &r.a, got), EPMOE_EUNAVAIL);
+	dt = now_s() - t0;
+	pthread_join(th, NULL);
+	ck_assert_int_eq(h.got, 1);
+	/* the disconnect, not the 5 s deadline, ended the call */
+	ck_assert_msg(dt < 2.5, "failed after %.3f s", dt);
+	ck_assert(!cluster_ready(c));
+	be->free(be);
+	nng_close(ctl);
+	wthread_stop(&real);
+	cluster_free(c);
+	free(x);
+	free(got);
+	model_free(m);
+}
+END_TEST
+
+/* The test process adopts orphans (subreaper), a child process starts
+ * two workers and dies without stopping them: PR_SET_PDEATHSIG must
+ * make them exit, cleanly. */
+START_TEST(spawned_workers_die_with_the_router)
+{
+	int fds[2], status;
+	pid_t router, pids[2];
+	struct spawn_cfg sc = { .worker_bin = tu_bin("epmoe-worker"),
+		.router_url = "tcp://127.0.0.1:1", .n_workers = 2, .threads = 1,
+		.id_prefix = "orphan" };
+
+	sc.model_path = tu_data("mixtral-tiny-f32.gguf");
+	ck_assert_int_eq(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+	ck_assert_int_eq(pipe(fds), 0);
+	router = fork();
+	ck_assert_int_ge(router, 0);
+	if (router == 0) {
+		struct spawn *sp;
+		pid_t p[2];
+		if (spawn_start(&sp, &sc) != 0)
+			_exit(3);
+		p[0] = spawn_pid(sp, 0);
+		p[1] = spawn_pid(sp, 1);
+		if (write(fds[1], p, sizeof(p)) != (ssize_t)sizeof(p))
+			_exit(4);
+		nng_msleep(300);
+		_exit(0); /* no spawn_stop: the workers are orphaned */
+	}
+	close(fds[1]);
+	ck_assert_int_eq(read(fds[0], pids, sizeof(pids)), (int)sizeof(pids));
+	close(fds[0]);
+	ck_assert_int_eq(waitpid(router, &status, 0), router);
+	ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	for (int i = 0; i < 2; i++) {
+		pid_t r = 0;
+		for (int k = 0; k < 1000 && r == 0; k++) {
+			r = waitpid(pids[i], &status, WNOHANG);
+			if (r == 0)
+				nng_msleep(10);
+		}
+		ck_assert_msg(r == pids[i], "worker %d (pid %ld) still running 10 s after its router died",
+		        i, (long)pids[i]);
+		ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+		        "worker %d: status %#x", i, status);
+	}
+}
+END_TEST
+
 START_TEST(worker_registers_again_when_the_router_restarts)
 {
 	struct model *m = load_model(models[2]);
@@ -1130,6 +1286,8 @@ suite(void)
 	tcase_add_test(tf, killed_worker_process_fails_the_layer_then_is_restarted);
 	tcase_add_test(tf, silent_worker_times_out_within_the_deadline);
 	tcase_add_test(tf, worker_registers_again_when_the_router_restarts);
+	tcase_add_test(tf, worker_hanging_up_mid_request_fails_the_layer_fast);
+	tcase_add_test(tf, spawned_workers_die_with_the_router);
 	tcase_add_test(tb, layer_round_trip_benchmark_prints_numbers);
 	suite_add_tcase(s, tn);
 	suite_add_tcase(s, tw);
