@@ -37,7 +37,11 @@ const double cluster_hist_bounds_s[CLUSTER_HIST_BUCKETS] = {
 	50e-3, 100e-3, 250e-3, 1.0, __builtin_inf()
 };
 
-enum wstate { W_NEVER = 0, W_UP, W_DOWN };
+/* NEVER -> JOINING (hello accepted, order sent) -> UP (the worker's first
+ * LoadReport with the placement epoch: it holds its slots, so batches
+ * sent from now on will not be refused as stale) -> DOWN (left, silent,
+ * connection lost, request failed) -> JOINING (hello again) ... */
+enum wstate { W_NEVER = 0, W_JOINING, W_UP, W_DOWN };
 
 struct cl_worker {
 	struct cluster *c;     /* back-pointers for the pipe callback */
@@ -47,6 +51,7 @@ struct cl_worker {
 	char node[ID_MAX];
 	char url[512];
 	char down_reason[192];
+	char join_reason[64];  /* event reason once the join is confirmed */
 	uint64_t boot_id;
 	uint32_t threads;
 	uint64_t ram_bytes;
@@ -337,12 +342,14 @@ static void
 mark_down(struct cluster *c, uint32_t wi, const char *reason)
 {
 	struct cl_worker *w = &c->w[wi];
+	bool was_up = w->state == W_UP;
 
-	if (w->state != W_UP)
+	if (w->state != W_UP && w->state != W_JOINING)
 		return;
 	w->state = W_DOWN;
 	snprintf(w->down_reason, sizeof(w->down_reason), "%s", reason);
-	push_event(c, wi, false, reason);
+	if (was_up) /* a joining worker had no "up" event */
+		push_event(c, wi, false, reason);
 	log_warn("cluster: worker %u (%s) down: %s", wi, w->id, reason);
 }
 
@@ -553,13 +560,13 @@ on_hello(struct cluster *c, const Epmoe__WorkerHello *h, struct reply *r)
 	w->last_hb_ns = now_ns();
 	w->gen++;
 	w->registrations++;
-	w->state = W_UP;
+	w->state = W_JOINING;
 	if (takeover)
 		snprintf(why, sizeof(why), "took the place of %.40s", was);
 	else
 		snprintf(why, sizeof(why), "%s", restart ? "restarted" :
 		        w->registrations == 1 ? "registered" : "registered again");
-	push_event(c, wi, true, why);
+	snprintf(w->join_reason, sizeof(w->join_reason), "%s", why);
 	pthread_mutex_unlock(&c->mu);
 	if (close_old)
 		nng_close(old);
@@ -602,8 +609,14 @@ on_report(struct cluster *c, const Epmoe__LoadReport *lr, struct reply *r)
 		r->hr.accepted = true;
 		r->hr.status = EPMOE__STATUS__STATUS_OK;
 		r->hr.worker_index = wi;
-		if (lr->epoch != c->pl->epoch)
+		if (lr->epoch != c->pl->epoch) {
 			rc = reply_order(r, c, wi);
+		} else if (w->state == W_JOINING) {
+			/* it holds the slots of this epoch: routable from now */
+			w->state = W_UP;
+			push_event(c, wi, true, w->join_reason);
+			log_debug("cluster: worker %u (%s) live", wi, w->id);
+		}
 	}
 	pthread_mutex_unlock(&c->mu);
 	if (rc != 0)
@@ -701,7 +714,8 @@ check_timeouts(struct cluster *c)
 	pthread_mutex_lock(&c->mu);
 	for (uint32_t i = 0; i < c->W; i++) {
 		struct cl_worker *w = &c->w[i];
-		if (w->state == W_UP && now - w->last_hb_ns > lim) {
+		if ((w->state == W_UP || w->state == W_JOINING) &&
+		        now - w->last_hb_ns > lim) {
 			snprintf(why, sizeof(why), "no heartbeat for %" PRIu64 " ms",
 			        (now - w->last_hb_ns) / 1000000u);
 			mark_down(c, i, why);
@@ -782,7 +796,8 @@ cluster_n_live(struct cluster *c)
 static const char *
 state_name(enum wstate s)
 {
-	return s == W_UP ? "up" : s == W_DOWN ? "down" : "never";
+	return s == W_UP ? "up" : s == W_JOINING ? "joining" :
+	        s == W_DOWN ? "down" : "never";
 }
 
 int

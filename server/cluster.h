@@ -13,8 +13,11 @@
  * registered); a new id takes the lowest index never used, else the lowest
  * index whose worker is down; else it is refused (BUSY).  A hello whose
  * model identity differs from the router's model is refused (INVALID,
- * with the reason).  A worker marked down is told to register again at
- * its next heartbeat.
+ * with the reason).  An accepted worker is "joining" until its first
+ * LoadReport carrying the placement epoch (sent right after it applied
+ * the slot order of the hello reply); only then is it routable ("up"), so
+ * no batch reaches a worker that does not hold its slots yet.  A worker
+ * marked down is told to register again at its next heartbeat.
  *
  * Placement (server/placement.h): contiguous blocks over n_workers, or
  * --experts-per-worker counts, or a placement file; epoch 1.  Static for
@@ -87,7 +90,8 @@ int cluster_placement_json(struct cluster *c, cJSON **out);
 
 /* GET /v1/stats part: {"ready", "epoch", "n_workers", "workers_live",
  * "control_url", "control_bad_messages", "workers": [{index, id, node,
- * data_url, alive, state ("up" | "down" | "never"), down_reason, boot_id,
+ * data_url, alive, state ("up" | "joining" | "down" | "never"),
+ * down_reason, boot_id,
  * registrations, threads, slots, last_heartbeat_age_ms (-1: never),
  * batches, tokens, errors, latency_mean_us, latency_p99_us (recent 512
  * requests), reported {tokens, batches, compute_us, ram_free_bytes}}]}. */

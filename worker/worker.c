@@ -817,6 +817,7 @@ ctl_main(void *arg)
 {
 	struct worker *w = arg;
 	bool registered = false, logged_wait = false, logged_lost = false;
+	bool report_now = false;
 	uint32_t backoff = 100;
 
 	while (!stopping(w)) {
@@ -837,13 +838,18 @@ ctl_main(void *arg)
 			}
 			registered = true;
 			backoff = 100;
+			/* confirms the order: the router routes to us after it */
+			report_now = true;
 		}
-		pthread_mutex_lock(&w->mu);
-		hb = w->heartbeat_ms;
-		pthread_mutex_unlock(&w->mu);
-		nap(w, hb);
-		if (stopping(w))
-			break;
+		if (!report_now) {
+			pthread_mutex_lock(&w->mu);
+			hb = w->heartbeat_ms;
+			pthread_mutex_unlock(&w->mu);
+			nap(w, hb);
+			if (stopping(w))
+				break;
+		}
+		report_now = false;
 		rc = do_report(w);
 		if (rc == EPMOE_ENOENT) {
 			pthread_mutex_lock(&w->mu);

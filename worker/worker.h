@@ -17,6 +17,9 @@
  *        refused: status INVALID (wrong model or protocol: fatal, the
  *        worker stops), BUSY (no free worker place: retried), other
  *        (retried).
+ *        Once the order is applied the worker sends a LoadReport at once
+ *        (not after a period): the router routes batches to it only after
+ *        a report that carries the order's epoch.
  *   -> ControlMsg{load_report}     <- ControlMsg{hello_reply} as an ack;
  *        accepted=false with status NOT_FOUND means the router does not
  *        know this (index, boot id): it restarted or marked the worker

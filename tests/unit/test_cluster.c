@@ -463,6 +463,9 @@ START_TEST(hello_with_wrong_model_is_refused_with_a_reason)
 	r = hello(&f, "w-good", 8, m->identity);
 	ck_assert(r->hello_reply->accepted);
 	free_msg(r);
+	/* joining: routable only once a report confirms the epoch */
+	ck_assert_uint_eq(cluster_n_live(c), 0);
+	free_msg(report(&f, 1));
 	ck_assert_uint_eq(cluster_n_live(c), 1);
 	nng_close(f.s);
 	cluster_free(c);
@@ -499,12 +502,21 @@ START_TEST(registration_assigns_indices_and_slot_orders)
 		ck_assert_uint_eq(hr->order->slots[i]->slot, hr->order->slots[i]->expert);
 	}
 	free_msg(r);
+	free_msg(report(&a, 1));
 	ck_assert(!cluster_ready(c));
 	r = hello(&b, "beta", 200, m->identity);
 	ck_assert(r->hello_reply->accepted);
 	ck_assert_uint_eq(r->hello_reply->worker_index, 1);
 	ck_assert_uint_ge(r->hello_reply->order->slots[0]->expert, 4);
 	free_msg(r);
+	ck_assert(!cluster_ready(c));
+	/* a report with an old epoch gets the order again, still joining */
+	r = report(&b, 0);
+	ck_assert(r->hello_reply->accepted);
+	ck_assert_ptr_nonnull(r->hello_reply->order);
+	free_msg(r);
+	ck_assert(!cluster_ready(c));
+	free_msg(report(&b, 1));
 	ck_assert(cluster_ready(c));
 	ck_assert_uint_eq(cluster_n_live(c), 2);
 
@@ -536,6 +548,9 @@ START_TEST(registration_assigns_indices_and_slot_orders)
 	ck_assert(r->hello_reply->accepted);
 	ck_assert_uint_eq(r->hello_reply->worker_index, 0);
 	free_msg(r);
+	ck_assert(!cluster_ready(c));
+	free_msg(report(&a, 1));
+	ck_assert(cluster_ready(c));
 	/* beta leaves: not ready; its heartbeat is refused; gamma takes the place */
 	r = leave(&b);
 	ck_assert(r->hello_reply->accepted);
@@ -549,6 +564,7 @@ START_TEST(registration_assigns_indices_and_slot_orders)
 	ck_assert(r->hello_reply->accepted);
 	ck_assert_uint_eq(r->hello_reply->worker_index, 1);
 	free_msg(r);
+	free_msg(report(&x, 1));
 	ck_assert(cluster_ready(c));
 
 	wait_events(&l, 5);
@@ -593,6 +609,7 @@ START_TEST(silent_worker_is_marked_down_after_the_heartbeat_timeout)
 
 	fake_open(&a, cluster_control_url(c));
 	free_msg(hello(&a, "solo", 5, m->identity));
+	free_msg(report(&a, 1));
 	ck_assert(cluster_ready(c));
 	/* heartbeats keep it alive past the timeout */
 	for (i = 0; i < 4; i++) {
@@ -617,6 +634,7 @@ START_TEST(silent_worker_is_marked_down_after_the_heartbeat_timeout)
 	free_msg(r);
 	/* registering again brings it back */
 	free_msg(hello(&a, "solo", 5, m->identity));
+	free_msg(report(&a, 1));
 	ck_assert(cluster_ready(c));
 	nng_close(a.s);
 	cluster_free(c);
