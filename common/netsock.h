@@ -1,0 +1,51 @@
+/* NNG sockets with epmoe's options set explicitly (reliability.md §8.2),
+ * shared by the router's control plane / dispatcher and the worker:
+ *
+ *   - NNG_OPT_RECVMAXSZ on the socket and on every listener and dialer
+ *     (NNG 1.5.2 defaults to unlimited);
+ *   - dialers reconnect after 100 ms, backing off to 2 s;
+ *   - TCP keepalive on (tcp:// only; liveness still comes from heartbeats
+ *     and aio deadlines);
+ *   - REQ automatic resend disabled (NNG_DURATION_INFINITE): a request
+ *     whose peer disconnects fails with NNG_ECONNRESET instead of being
+ *     silently resent, and every request carries its own aio deadline.
+ *
+ * Also a buffer-reusing variant of wire_nng_new for hot paths.  Nothing
+ * here sends or receives.
+ */
+#ifndef EPMOE_NETSOCK_H
+#define EPMOE_NETSOCK_H
+
+#include <stddef.h>
+
+#include <nng/nng.h>
+
+#include "wire.h"
+
+#define NETSOCK_DATA_RECV_MAX ((size_t)256 << 20)
+#define NETSOCK_CTL_RECV_MAX ((size_t)16 << 20)
+#define NETSOCK_RECONN_MIN_MS 100
+#define NETSOCK_RECONN_MAX_MS 2000
+
+/* Opens a REQ socket and dials url without blocking (NNG keeps retrying in
+ * the background until the peer listens).  On success *out is the
+ * caller's: nng_close() it.  Returns 0 or an EPMOE_E* code (EPMOE_EINVAL
+ * for a malformed URL or unknown transport). */
+int netsock_req_dial(nng_socket *out, const char *url, size_t recv_max);
+
+/* Opens a REP socket listening on url.  The URL actually bound goes to
+ * bound (a tcp port 0 is replaced by the port the kernel chose).  On
+ * success *out is the caller's.  Returns 0 or an EPMOE_E* code
+ * (EPMOE_EIO when the address is in use). */
+int netsock_rep_listen(nng_socket *out, const char *url, size_t recv_max,
+        char *bound, size_t bound_len);
+
+/* Packs a frame (wire_pack_begin) into *msg, reusing *msg's buffer when it
+ * is not NULL (cleared and resized: no allocation when it is large
+ * enough), else allocating one.  *rows_out is where the n_floats floats
+ * go.  On failure *msg is still the caller's (its content is undefined).
+ * Returns 0 or the wire_nng_new errors. */
+int netsock_msg_pack(nng_msg **msg, int kind, const ProtobufCMessage *hdr,
+        size_t n_floats, float **rows_out);
+
+#endif

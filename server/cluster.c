@@ -1,0 +1,1019 @@
+/* Worker registry and control plane of the router.  See cluster.h.
+ *
+ * One control thread owns the control REP socket and is the only writer of
+ * registrations; the dispatcher (engine thread) and the HTTP loop read
+ * state and report request outcomes through the mutex.  Nothing here
+ * blocks while holding the mutex: sockets are dialed and closed outside
+ * it, and event callbacks run after it is released. */
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <nng/nng.h>
+#include <nng/supplemental/util/platform.h>
+
+#include "cluster.h"
+#include "err.h"
+#include "log.h"
+#include "model.h"
+#include "netsock.h"
+#include "wire.h"
+#include "wire_nng.h"
+
+#define POLL_MS 100        /* control recv timeout: liveness check period */
+#define LAT_RING 512       /* recent latencies kept per worker for p99 */
+#define MAX_EVENTS 256     /* pending up/down events */
+#define ID_MAX 101         /* worker id / node name: up to 100 chars */
+
+const double cluster_hist_bounds_s[CLUSTER_HIST_BUCKETS] = {
+	50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3,
+	50e-3, 100e-3, 250e-3, 1.0, __builtin_inf()
+};
+
+/* NEVER -> JOINING (hello accepted, order sent) -> UP (the worker's first
+ * LoadReport with the placement epoch: it holds its slots, so batches
+ * sent from now on will not be refused as stale) -> DOWN (left, silent,
+ * connection lost, request failed) -> JOINING (hello again) ... */
+enum wstate { W_NEVER = 0, W_JOINING, W_UP, W_DOWN };
+
+struct cl_worker {
+	struct cluster *c;     /* back-pointers for the pipe callback */
+	uint32_t index;
+	enum wstate state;
+	char id[ID_MAX];
+	char node[ID_MAX];
+	char url[512];
+	char down_reason[192];
+	char join_reason[64];  /* event reason once the join is confirmed */
+	uint64_t boot_id;
+	uint32_t threads;
+	uint64_t ram_bytes;
+	uint64_t last_hb_ns;
+	uint32_t gen;
+	bool sock_open;
+	nng_socket sock;
+	uint64_t registrations;
+	/* as reported by the worker */
+	uint64_t rep_tokens, rep_batches, rep_compute_us, rep_ram_free;
+	/* as observed by the dispatcher */
+	uint64_t batches, tokens, errors;
+	struct cluster_hist hist;
+	uint32_t lat_us[LAT_RING];
+	uint32_t lat_n, lat_head;
+};
+
+struct cl_event {
+	uint32_t worker;
+	bool up;
+	char id[ID_MAX];
+	char reason[224];
+};
+
+struct cluster {
+	const struct model *m;
+	struct placement *pl;
+	uint32_t pl_refs;
+	uint32_t W;
+	uint64_t boot_id;
+	uint32_t hb_ms, hb_timeout_ms;
+	char url_in[512];
+	char url[512];
+
+	pthread_mutex_t mu;
+	struct cl_worker *w;
+	struct cl_event ev[MAX_EVENTS];
+	uint32_t ev_head, ev_n;
+	uint64_t bad_msgs;
+	cluster_event_fn ev_fn;
+	void *ev_arg;
+
+	nng_socket ctl;
+	bool ctl_open;
+	pthread_t th;
+	bool started;
+	atomic_int stop;
+};
+
+static uint64_t
+now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- lifecycle ---- */
+
+int
+cluster_new(struct cluster **out, const struct cluster_cfg *cfg, char *err,
+        size_t err_len)
+{
+	struct cluster *c;
+	const struct model_hparams *hp;
+	int rc;
+
+	if (cfg == NULL || cfg->model == NULL) {
+		snprintf(err, err_len, "cluster: no model");
+		return EPMOE_EINVAL;
+	}
+	if (cfg->control_url == NULL || *cfg->control_url == '\0' ||
+	        strlen(cfg->control_url) >= 500) {
+		snprintf(err, err_len, "cluster: no control URL (or longer than 500 bytes)");
+		return EPMOE_EINVAL;
+	}
+	hp = &cfg->model->hp;
+	if ((c = calloc(1, sizeof(*c))) == NULL)
+		return EPMOE_ENOMEM;
+	pthread_mutex_init(&c->mu, NULL);
+	atomic_init(&c->stop, 0);
+	c->m = cfg->model;
+	snprintf(c->url_in, sizeof(c->url_in), "%s", cfg->control_url);
+	snprintf(c->url, sizeof(c->url), "%s", cfg->control_url);
+	c->hb_ms = cfg->heartbeat_ms ? cfg->heartbeat_ms : 1000;
+	c->hb_timeout_ms = cfg->heartbeat_timeout_ms ? cfg->heartbeat_timeout_ms :
+	        3 * c->hb_ms;
+	c->boot_id = cfg->boot_id;
+	if (c->boot_id == 0 &&
+	        getrandom(&c->boot_id, sizeof(c->boot_id), 0) != (ssize_t)sizeof(c->boot_id))
+		c->boot_id = now_ns() ^ (uint64_t)getpid();
+	if (c->boot_id == 0)
+		c->boot_id = 1;
+
+	if (cfg->placement_file && *cfg->placement_file) {
+		rc = placement_load_file(&c->pl, cfg->placement_file, hp->n_layer,
+		        hp->n_expert, err, err_len);
+	} else if (cfg->experts_per_worker && *cfg->experts_per_worker) {
+		uint32_t *counts, n;
+		char why[256] = "";
+		rc = placement_parse_counts(cfg->experts_per_worker, &counts, &n,
+		        why, sizeof(why));
+		if (rc == 0) {
+			if (cfg->n_workers && cfg->n_workers != n) {
+				snprintf(why, sizeof(why), "%u workers but %u experts-per-worker entries",
+				        cfg->n_workers, n);
+				rc = EPMOE_EINVAL;
+			} else {
+				rc = placement_from_counts(&c->pl, hp->n_layer, hp->n_expert,
+				        counts, n, why, sizeof(why));
+			}
+			free(counts);
+		}
+		if (rc != 0)
+			snprintf(err, err_len, "experts-per-worker: %s", why);
+	} else if (cfg->n_workers) {
+		rc = placement_contiguous(&c->pl, hp->n_layer, hp->n_expert,
+		        cfg->n_workers);
+		if (rc == EPMOE_EINVAL)
+			snprintf(err, err_len, "%u workers for a model of %u experts: need 1..%u workers",
+			        cfg->n_workers, hp->n_expert,
+			        hp->n_expert < PLACEMENT_MAX_WORKERS ? hp->n_expert :
+			        PLACEMENT_MAX_WORKERS);
+	} else {
+		snprintf(err, err_len, "no placement: give a worker count, experts per worker or a placement file");
+		rc = EPMOE_EINVAL;
+	}
+	if (rc != 0) {
+		cluster_free(c);
+		return rc;
+	}
+	c->W = c->pl->n_worker;
+	if ((c->w = calloc(c->W, sizeof(*c->w))) == NULL) {
+		cluster_free(c);
+		return EPMOE_ENOMEM;
+	}
+	for (uint32_t i = 0; i < c->W; i++) {
+		c->w[i].c = c;
+		c->w[i].index = i;
+	}
+	*out = c;
+	return 0;
+}
+
+static void *ctl_main(void *arg);
+
+int
+cluster_start(struct cluster *c)
+{
+	int rc;
+
+	if (c->started)
+		return EPMOE_ESTATE;
+	if ((rc = netsock_rep_listen(&c->ctl, c->url_in, NETSOCK_CTL_RECV_MAX,
+	             c->url, sizeof(c->url))) != 0) {
+		log_error("cluster: cannot listen on %s: %s", c->url_in,
+		        epmoe_strerror(rc));
+		return rc;
+	}
+	c->ctl_open = true;
+	nng_socket_set_ms(c->ctl, NNG_OPT_RECVTIMEO, POLL_MS);
+	nng_socket_set_ms(c->ctl, NNG_OPT_SENDTIMEO, 1000);
+	if ((rc = pthread_create(&c->th, NULL, ctl_main, c)) != 0) {
+		nng_close(c->ctl);
+		c->ctl_open = false;
+		return epmoe_err_from_errno(rc);
+	}
+	c->started = true;
+	log_info("cluster: control socket on %s, waiting for %u workers (placement epoch %" PRIu64 ", %u slots per layer)",
+	        c->url, c->W, c->pl->epoch, c->pl->n_slot);
+	return 0;
+}
+
+void
+cluster_free(struct cluster *c)
+{
+	if (c == NULL)
+		return;
+	if (c->started) {
+		atomic_store(&c->stop, 1);
+		nng_close(c->ctl); /* wakes the control thread at once */
+		pthread_join(c->th, NULL);
+		c->ctl_open = false;
+	}
+	if (c->ctl_open)
+		nng_close(c->ctl);
+	if (c->pl_refs != 0)
+		log_error("cluster: freed while %u placement references are held",
+		        c->pl_refs);
+	for (uint32_t i = 0; c->w && i < c->W; i++) {
+		nng_socket s = c->w[i].sock;
+		bool open;
+
+		/* closed first so the pipe callback ignores the closing */
+		pthread_mutex_lock(&c->mu);
+		open = c->w[i].sock_open;
+		c->w[i].sock_open = false;
+		pthread_mutex_unlock(&c->mu);
+		if (open)
+			nng_close(s);
+	}
+	free(c->w);
+	placement_free(c->pl);
+	pthread_mutex_destroy(&c->mu);
+	free(c);
+}
+
+const char *
+cluster_control_url(const struct cluster *c)
+{
+	return c->url;
+}
+
+uint32_t
+cluster_n_workers(const struct cluster *c)
+{
+	return c->W;
+}
+
+uint64_t
+cluster_boot_id(const struct cluster *c)
+{
+	return c->boot_id;
+}
+
+void
+cluster_set_event_cb(struct cluster *c, cluster_event_fn fn, void *arg)
+{
+	pthread_mutex_lock(&c->mu);
+	c->ev_fn = fn;
+	c->ev_arg = arg;
+	pthread_mutex_unlock(&c->mu);
+}
+
+/* ---- events (queued under the lock, delivered by the control thread) ---- */
+
+static void
+push_event(struct cluster *c, uint32_t wi, bool up, const char *reason)
+{
+	struct cl_event *e;
+
+	if (c->ev_n == MAX_EVENTS) {
+		/* drop the oldest: a consumer this far behind sees the
+		 * current state through cluster_stats_json anyway */
+		c->ev_head = (c->ev_head + 1) % MAX_EVENTS;
+		c->ev_n--;
+	}
+	e = &c->ev[(c->ev_head + c->ev_n) % MAX_EVENTS];
+	c->ev_n++;
+	e->worker = wi;
+	e->up = up;
+	snprintf(e->id, sizeof(e->id), "%s", c->w[wi].id);
+	snprintf(e->reason, sizeof(e->reason), "%s", reason);
+}
+
+static void
+fire_events(struct cluster *c)
+{
+	struct cl_event batch[16];
+
+	for (;;) {
+		cluster_event_fn fn;
+		void *arg;
+		uint32_t n = 0;
+
+		pthread_mutex_lock(&c->mu);
+		while (c->ev_n > 0 && n < 16) {
+			batch[n++] = c->ev[c->ev_head];
+			c->ev_head = (c->ev_head + 1) % MAX_EVENTS;
+			c->ev_n--;
+		}
+		fn = c->ev_fn;
+		arg = c->ev_arg;
+		pthread_mutex_unlock(&c->mu);
+		if (n == 0)
+			return;
+		for (uint32_t i = 0; fn && i < n; i++) {
+			struct cluster_event ev = { batch[i].worker, batch[i].up,
+				batch[i].id, batch[i].reason };
+			fn(arg, &ev);
+		}
+	}
+}
+
+/* Marks worker wi down (lock held). */
+static void
+mark_down(struct cluster *c, uint32_t wi, const char *reason)
+{
+	struct cl_worker *w = &c->w[wi];
+	bool was_up = w->state == W_UP;
+
+	if (w->state != W_UP && w->state != W_JOINING)
+		return;
+	w->state = W_DOWN;
+	snprintf(w->down_reason, sizeof(w->down_reason), "%s", reason);
+	if (was_up) /* a joining worker had no "up" event */
+		push_event(c, wi, false, reason);
+	log_warn("cluster: worker %u (%s) down: %s", wi, w->id, reason);
+}
+
+/* ---- control messages ---- */
+
+/* Reply being built: a HelloReply and, for an order, its slot arrays. */
+struct reply {
+	Epmoe__HelloReply hr;
+	Epmoe__SlotOrder order;
+	Epmoe__SlotAssign *assign;
+	Epmoe__SlotAssign **assign_p;
+	char reason[320];
+};
+
+static void
+reply_init(struct reply *r, struct cluster *c)
+{
+	Epmoe__HelloReply hr = EPMOE__HELLO_REPLY__INIT;
+	Epmoe__SlotOrder so = EPMOE__SLOT_ORDER__INIT;
+
+	memset(r, 0, sizeof(*r));
+	r->hr = hr;
+	r->order = so;
+	r->hr.router_boot_id = c->boot_id;
+	r->hr.heartbeat_ms = c->hb_ms;
+	r->hr.placement_epoch = c->pl->epoch;
+	r->hr.reason = r->reason;
+}
+
+static void
+refuse(struct reply *r, Epmoe__Status st, const char *fmt, ...)
+        __attribute__((format(printf, 3, 4)));
+
+static void
+refuse(struct reply *r, Epmoe__Status st, const char *fmt, ...)
+{
+	va_list ap;
+
+	r->hr.accepted = false;
+	r->hr.status = st;
+	va_start(ap, fmt);
+	vsnprintf(r->reason, sizeof(r->reason), fmt, ap);
+	va_end(ap);
+}
+
+/* Attaches worker wi's complete slot set (lock held or placement
+ * immutable: it is). */
+static int
+reply_order(struct reply *r, struct cluster *c, uint32_t wi)
+{
+	const struct placement *p = c->pl;
+	uint32_t n = placement_worker_slots(p, wi), k = 0;
+
+	r->order.order_id = c->pl->epoch;
+	r->order.epoch = c->pl->epoch;
+	if (n > 0) {
+		r->assign = calloc(n, sizeof(*r->assign));
+		r->assign_p = calloc(n, sizeof(*r->assign_p));
+		if (r->assign == NULL || r->assign_p == NULL)
+			return EPMOE_ENOMEM;
+	}
+	for (uint32_t l = 0; l < p->n_layer; l++) {
+		for (uint32_t s = 0; s < p->n_slot; s++) {
+			Epmoe__SlotAssign a = EPMOE__SLOT_ASSIGN__INIT;
+			if (placement_slot_worker(p, l, s) != (int32_t)wi)
+				continue;
+			a.op = EPMOE__SLOT_OP__SLOT_OP_LOAD;
+			a.layer = l;
+			a.slot = s;
+			a.expert = (uint32_t)placement_slot_expert(p, l, s);
+			a.source = EPMOE__WEIGHT_SOURCE__WEIGHT_SOURCE_LOCAL;
+			a.source_url = (char *)"";
+			r->assign[k] = a;
+			r->assign_p[k] = &r->assign[k];
+			k++;
+		}
+	}
+	r->order.n_slots = k;
+	r->order.slots = r->assign_p;
+	r->hr.order = &r->order;
+	return 0;
+}
+
+static void
+reply_fini(struct reply *r)
+{
+	free(r->assign);
+	free(r->assign_p);
+}
+
+static bool
+bad_name(const char *s)
+{
+	return s == NULL || *s == '\0' || strlen(s) >= ID_MAX;
+}
+
+/* A data connection to a worker closed (NNG reaper thread; takes only
+ * the cluster mutex, whose holders never block): the worker is down at
+ * once, so the next layer call fails fast instead of waiting for its
+ * deadline.  Events of a socket already replaced are ignored.  nng_close
+ * of a socket waits for its pipe callbacks, so none runs after it. */
+static void
+on_pipe_rem(nng_pipe pipe, nng_pipe_ev ev, void *arg)
+{
+	struct cl_worker *w = arg;
+	struct cluster *c = w->c;
+
+	(void)ev;
+	pthread_mutex_lock(&c->mu);
+	if (w->sock_open &&
+	        nng_socket_id(nng_pipe_socket(pipe)) == nng_socket_id(w->sock))
+		mark_down(c, w->index, "data connection lost");
+	pthread_mutex_unlock(&c->mu);
+}
+
+static void
+on_hello(struct cluster *c, const Epmoe__WorkerHello *h, struct reply *r)
+{
+	struct cl_worker *w;
+	nng_socket sock, old;
+	bool need_sock, close_old = false, restart, takeover;
+	char was[ID_MAX], why[64];
+	uint32_t wi = UINT32_MAX;
+	int rc;
+
+	if (h->version != EPMOE_PROTO_VERSION) {
+		refuse(r, EPMOE__STATUS__STATUS_PROTOCOL,
+		        "worker speaks protocol %u, router %d", h->version,
+		        EPMOE_PROTO_VERSION);
+		goto refused;
+	}
+	if (h->model_hash != c->m->identity) {
+		refuse(r, EPMOE__STATUS__STATUS_INVALID,
+		        "model identity mismatch: worker has '%.100s' (%016" PRIx64
+		        "), router serves '%.100s' (%016" PRIx64 ")",
+		        h->model_name ? h->model_name : "", h->model_hash,
+		        c->m->name, c->m->identity);
+		goto refused;
+	}
+	if (bad_name(h->worker_id) || (h->node && strlen(h->node) >= ID_MAX)) {
+		refuse(r, EPMOE__STATUS__STATUS_INVALID,
+		        "worker id missing or longer than %d characters", ID_MAX - 1);
+		goto refused;
+	}
+	if (h->data_url == NULL || *h->data_url == '\0' ||
+	        strlen(h->data_url) >= sizeof(w->url)) {
+		refuse(r, EPMOE__STATUS__STATUS_INVALID, "no (or too long a) data URL");
+		goto refused;
+	}
+
+	/* choose the place (only this thread changes registrations) */
+	pthread_mutex_lock(&c->mu);
+	for (uint32_t i = 0; i < c->W && wi == UINT32_MAX; i++)
+		if (c->w[i].state != W_NEVER && strcmp(c->w[i].id, h->worker_id) == 0)
+			wi = i;
+	for (uint32_t i = 0; i < c->W && wi == UINT32_MAX; i++)
+		if (c->w[i].state == W_NEVER)
+			wi = i;
+	for (uint32_t i = 0; i < c->W && wi == UINT32_MAX; i++)
+		if (c->w[i].state == W_DOWN)
+			wi = i;
+	if (wi == UINT32_MAX) {
+		pthread_mutex_unlock(&c->mu);
+		refuse(r, EPMOE__STATUS__STATUS_BUSY,
+		        "all %u worker places are taken by live workers", c->W);
+		goto refused;
+	}
+	w = &c->w[wi];
+	takeover = w->state != W_NEVER && strcmp(w->id, h->worker_id) != 0;
+	restart = w->state != W_NEVER && !takeover && w->boot_id != h->boot_id;
+	need_sock = !w->sock_open || w->boot_id != h->boot_id ||
+	        strcmp(w->url, h->data_url) != 0;
+	snprintf(was, sizeof(was), "%s", w->id);
+	pthread_mutex_unlock(&c->mu);
+
+	if (need_sock &&
+	        (rc = netsock_req_dial(&sock, h->data_url, NETSOCK_DATA_RECV_MAX)) != 0) {
+		refuse(r, EPMOE__STATUS__STATUS_INVALID, "cannot dial data URL %s: %s",
+		        h->data_url, epmoe_strerror(rc));
+		goto refused;
+	}
+	if (need_sock)
+		nng_pipe_notify(sock, NNG_PIPE_EV_REM_POST, on_pipe_rem, &c->w[wi]);
+	if ((rc = reply_order(r, c, wi)) != 0) {
+		if (need_sock)
+			nng_close(sock);
+		refuse(r, EPMOE__STATUS__STATUS_NO_MEMORY, "out of memory");
+		goto refused;
+	}
+
+	pthread_mutex_lock(&c->mu);
+	if (need_sock) {
+		if (w->sock_open) {
+			old = w->sock;
+			close_old = true;
+		}
+		w->sock = sock;
+		w->sock_open = true;
+	}
+	snprintf(w->id, sizeof(w->id), "%s", h->worker_id);
+	snprintf(w->node, sizeof(w->node), "%s", h->node ? h->node : "");
+	snprintf(w->url, sizeof(w->url), "%s", h->data_url);
+	w->down_reason[0] = '\0';
+	w->boot_id = h->boot_id;
+	w->threads = h->threads;
+	w->ram_bytes = h->ram_bytes;
+	w->rep_ram_free = h->ram_free_bytes;
+	w->last_hb_ns = now_ns();
+	w->gen++;
+	w->registrations++;
+	w->state = W_JOINING;
+	if (takeover)
+		snprintf(why, sizeof(why), "took the place of %.40s", was);
+	else
+		snprintf(why, sizeof(why), "%s", restart ? "restarted" :
+		        w->registrations == 1 ? "registered" : "registered again");
+	snprintf(w->join_reason, sizeof(w->join_reason), "%s", why);
+	pthread_mutex_unlock(&c->mu);
+	if (close_old)
+		nng_close(old);
+
+	r->hr.accepted = true;
+	r->hr.status = EPMOE__STATUS__STATUS_OK;
+	r->hr.worker_index = wi;
+	log_info("cluster: worker %u %s: id %s, node %s, data %s, boot %016" PRIx64 ", %u threads, %zu slots",
+	        wi, why, h->worker_id, h->node ? h->node : "", h->data_url,
+	        h->boot_id, h->threads, r->order.n_slots);
+	return;
+refused:
+	log_warn("cluster: refused worker '%.100s' (%.200s): %s",
+	        h->worker_id ? h->worker_id : "", h->data_url ? h->data_url : "",
+	        r->reason);
+}
+
+static void
+on_report(struct cluster *c, const Epmoe__LoadReport *lr, struct reply *r)
+{
+	struct cl_worker *w;
+	uint32_t wi = lr->worker_index;
+	int rc = 0;
+
+	pthread_mutex_lock(&c->mu);
+	w = wi < c->W ? &c->w[wi] : NULL;
+	if (w == NULL || w->state == W_NEVER || w->boot_id != lr->boot_id) {
+		refuse(r, EPMOE__STATUS__STATUS_NOT_FOUND,
+		        "unknown worker (index %u, boot %016" PRIx64 "): register again",
+		        wi, lr->boot_id);
+	} else if (w->state == W_DOWN) {
+		refuse(r, EPMOE__STATUS__STATUS_NOT_FOUND,
+		        "marked down (%s): register again", w->down_reason);
+	} else {
+		w->last_hb_ns = now_ns();
+		w->rep_tokens = lr->tokens_served;
+		w->rep_batches = lr->batches_served;
+		w->rep_compute_us = lr->compute_us;
+		w->rep_ram_free = lr->ram_free_bytes;
+		r->hr.accepted = true;
+		r->hr.status = EPMOE__STATUS__STATUS_OK;
+		r->hr.worker_index = wi;
+		if (lr->epoch != c->pl->epoch) {
+			rc = reply_order(r, c, wi);
+		} else if (w->state == W_JOINING) {
+			/* it holds the slots of this epoch: routable from now */
+			w->state = W_UP;
+			push_event(c, wi, true, w->join_reason);
+			log_debug("cluster: worker %u (%s) live", wi, w->id);
+		}
+	}
+	pthread_mutex_unlock(&c->mu);
+	if (rc != 0)
+		refuse(r, EPMOE__STATUS__STATUS_NO_MEMORY, "out of memory");
+}
+
+static void
+on_leave(struct cluster *c, const Epmoe__Leave *lv, struct reply *r)
+{
+	struct cl_worker *w;
+	uint32_t wi = lv->worker_index;
+	char why[160];
+
+	pthread_mutex_lock(&c->mu);
+	w = wi < c->W ? &c->w[wi] : NULL;
+	if (w == NULL || w->state == W_NEVER || w->boot_id != lv->boot_id) {
+		refuse(r, EPMOE__STATUS__STATUS_NOT_FOUND, "unknown worker");
+	} else {
+		snprintf(why, sizeof(why), "left: %.120s", lv->reason ? lv->reason : "");
+		mark_down(c, wi, why);
+		r->hr.accepted = true;
+		r->hr.status = EPMOE__STATUS__STATUS_OK;
+		r->hr.worker_index = wi;
+	}
+	pthread_mutex_unlock(&c->mu);
+}
+
+/* Handles one control request; consumes m, returns the reply or NULL. */
+static nng_msg *
+handle(struct cluster *c, nng_msg *m)
+{
+	Epmoe__ControlMsg out = EPMOE__CONTROL_MSG__INIT, *in = NULL;
+	ProtobufCMessage *hdr = NULL;
+	const float *rows;
+	struct reply r;
+	size_t nf = 0;
+	float *dst;
+	int rc;
+
+	reply_init(&r, c);
+	rc = wire_nng_unpack(m, WIRE_CONTROL, NULL, &hdr, &rows, &nf);
+	if (rc != 0 || nf != 0) {
+		const char *why = rc ? wire_errmsg() : "control messages carry no rows";
+		pthread_mutex_lock(&c->mu);
+		c->bad_msgs++;
+		pthread_mutex_unlock(&c->mu);
+		log_warn("cluster: malformed control message (%zu bytes): %s",
+		        nng_msg_len(m), why);
+		refuse(&r, EPMOE__STATUS__STATUS_PROTOCOL, "malformed control message: %s", why);
+	} else {
+		in = (Epmoe__ControlMsg *)hdr;
+		out.seq = in->seq;
+		switch (in->msg_case) {
+		case EPMOE__CONTROL_MSG__MSG_HELLO:
+			on_hello(c, in->hello, &r);
+			break;
+		case EPMOE__CONTROL_MSG__MSG_LOAD_REPORT:
+			on_report(c, in->load_report, &r);
+			break;
+		case EPMOE__CONTROL_MSG__MSG_LEAVE:
+			on_leave(c, in->leave, &r);
+			break;
+		default:
+			pthread_mutex_lock(&c->mu);
+			c->bad_msgs++;
+			pthread_mutex_unlock(&c->mu);
+			log_warn("cluster: unexpected control message (case %d)", in->msg_case);
+			refuse(&r, EPMOE__STATUS__STATUS_UNSUPPORTED,
+			        "the router does not take control message %d here",
+			        in->msg_case);
+			break;
+		}
+	}
+	out.version = EPMOE_PROTO_VERSION;
+	out.msg_case = EPMOE__CONTROL_MSG__MSG_HELLO_REPLY;
+	out.hello_reply = &r.hr;
+	rc = netsock_msg_pack(&m, WIRE_CONTROL, &out.base, 0, &dst);
+	reply_fini(&r);
+	if (hdr != NULL)
+		protobuf_c_message_free_unpacked(hdr, NULL);
+	if (rc != 0) {
+		log_error("cluster: cannot build a control reply: %s", epmoe_strerror(rc));
+		nng_msg_free(m);
+		return NULL;
+	}
+	return m;
+}
+
+static void
+check_timeouts(struct cluster *c)
+{
+	uint64_t now = now_ns(), lim = (uint64_t)c->hb_timeout_ms * 1000000u;
+	char why[64];
+
+	pthread_mutex_lock(&c->mu);
+	for (uint32_t i = 0; i < c->W; i++) {
+		struct cl_worker *w = &c->w[i];
+		if ((w->state == W_UP || w->state == W_JOINING) &&
+		        now - w->last_hb_ns > lim) {
+			snprintf(why, sizeof(why), "no heartbeat for %" PRIu64 " ms",
+			        (now - w->last_hb_ns) / 1000000u);
+			mark_down(c, i, why);
+		}
+	}
+	pthread_mutex_unlock(&c->mu);
+}
+
+static void *
+ctl_main(void *arg)
+{
+	struct cluster *c = arg;
+
+	while (!atomic_load(&c->stop)) {
+		nng_msg *m, *rep;
+		int rv = nng_recvmsg(c->ctl, &m, 0);
+
+		if (rv == 0) {
+			if ((rep = handle(c, m)) != NULL &&
+			        nng_sendmsg(c->ctl, rep, 0) != 0)
+				nng_msg_free(rep);
+		} else if (rv == NNG_ECLOSED) {
+			break;
+		} else if (rv != NNG_ETIMEDOUT) {
+			log_warn("cluster: control receive failed: %s", nng_strerror(rv));
+			nng_msleep(10);
+		}
+		check_timeouts(c);
+		fire_events(c);
+	}
+	return NULL;
+}
+
+/* ---- queries ---- */
+
+static bool
+ready_locked(struct cluster *c)
+{
+	const struct placement *p = c->pl;
+
+	for (uint32_t l = 0; l < p->n_layer; l++) {
+		for (uint32_t e = 0; e < p->n_expert; e++) {
+			bool ok = false;
+			for (uint32_t r = 0; !ok && r < placement_expert_copies(p, l, e); r++) {
+				int32_t s = placement_expert_slot(p, l, e, r);
+				ok = c->w[placement_slot_worker(p, l, (uint32_t)s)].state == W_UP;
+			}
+			if (!ok)
+				return false;
+		}
+	}
+	return true;
+}
+
+bool
+cluster_ready(struct cluster *c)
+{
+	bool ok;
+
+	pthread_mutex_lock(&c->mu);
+	ok = ready_locked(c);
+	pthread_mutex_unlock(&c->mu);
+	return ok;
+}
+
+uint32_t
+cluster_n_live(struct cluster *c)
+{
+	uint32_t n = 0;
+
+	pthread_mutex_lock(&c->mu);
+	for (uint32_t i = 0; i < c->W; i++)
+		n += c->w[i].state == W_UP;
+	pthread_mutex_unlock(&c->mu);
+	return n;
+}
+
+static const char *
+state_name(enum wstate s)
+{
+	return s == W_UP ? "up" : s == W_JOINING ? "joining" :
+	        s == W_DOWN ? "down" : "never";
+}
+
+int
+cluster_placement_json(struct cluster *c, cJSON **out)
+{
+	cJSON *root, *ws;
+	int rc;
+
+	if ((rc = placement_to_json(c->pl, &root)) != 0)
+		return rc;
+	if ((ws = cJSON_AddArrayToObject(root, "workers")) == NULL)
+		goto nomem;
+	pthread_mutex_lock(&c->mu);
+	for (uint32_t i = 0; i < c->W; i++) {
+		const struct cl_worker *w = &c->w[i];
+		cJSON *o = cJSON_CreateObject();
+		if (o == NULL) {
+			pthread_mutex_unlock(&c->mu);
+			goto nomem;
+		}
+		cJSON_AddItemToArray(ws, o);
+		if (!cJSON_AddNumberToObject(o, "index", i) ||
+		        !cJSON_AddStringToObject(o, "id", w->id) ||
+		        !cJSON_AddStringToObject(o, "node", w->node) ||
+		        !cJSON_AddBoolToObject(o, "alive", w->state == W_UP) ||
+		        !cJSON_AddStringToObject(o, "data_url", w->url)) {
+			pthread_mutex_unlock(&c->mu);
+			goto nomem;
+		}
+	}
+	pthread_mutex_unlock(&c->mu);
+	*out = root;
+	return 0;
+nomem:
+	cJSON_Delete(root);
+	return EPMOE_ENOMEM;
+}
+
+static int
+cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+static double
+p99_us(const struct cl_worker *w)
+{
+	uint32_t v[LAT_RING], n = w->lat_n;
+	size_t k;
+
+	if (n == 0)
+		return 0;
+	memcpy(v, w->lat_us, n * sizeof(v[0]));
+	qsort(v, n, sizeof(v[0]), cmp_u32);
+	k = ((size_t)n * 99 + 99) / 100;
+	return v[k > 0 ? k - 1 : 0];
+}
+
+static cJSON *
+worker_json(struct cluster *c, uint32_t i, uint64_t now)
+{
+	const struct cl_worker *w = &c->w[i];
+	cJSON *o = cJSON_CreateObject(), *rep;
+	char boot[24];
+
+	if (o == NULL)
+		return NULL;
+	snprintf(boot, sizeof(boot), "%016" PRIx64, w->boot_id);
+	if (!cJSON_AddNumberToObject(o, "index", i) ||
+	        !cJSON_AddStringToObject(o, "id", w->id) ||
+	        !cJSON_AddStringToObject(o, "node", w->node) ||
+	        !cJSON_AddStringToObject(o, "data_url", w->url) ||
+	        !cJSON_AddBoolToObject(o, "alive", w->state == W_UP) ||
+	        !cJSON_AddStringToObject(o, "state", state_name(w->state)) ||
+	        !cJSON_AddStringToObject(o, "down_reason", w->down_reason) ||
+	        !cJSON_AddStringToObject(o, "boot_id", boot) ||
+	        !cJSON_AddNumberToObject(o, "registrations", (double)w->registrations) ||
+	        !cJSON_AddNumberToObject(o, "threads", w->threads) ||
+	        !cJSON_AddNumberToObject(o, "slots", placement_worker_slots(c->pl, i)) ||
+	        !cJSON_AddNumberToObject(o, "last_heartbeat_age_ms",
+	             w->state == W_NEVER ? -1.0 :
+	             (double)((now - w->last_hb_ns) / 1000000u)) ||
+	        !cJSON_AddNumberToObject(o, "batches", (double)w->batches) ||
+	        !cJSON_AddNumberToObject(o, "tokens", (double)w->tokens) ||
+	        !cJSON_AddNumberToObject(o, "errors", (double)w->errors) ||
+	        !cJSON_AddNumberToObject(o, "latency_mean_us", w->hist.count ?
+	             w->hist.sum_s * 1e6 / (double)w->hist.count : 0.0) ||
+	        !cJSON_AddNumberToObject(o, "latency_p99_us", p99_us(w)) ||
+	        (rep = cJSON_AddObjectToObject(o, "reported")) == NULL ||
+	        !cJSON_AddNumberToObject(rep, "tokens", (double)w->rep_tokens) ||
+	        !cJSON_AddNumberToObject(rep, "batches", (double)w->rep_batches) ||
+	        !cJSON_AddNumberToObject(rep, "compute_us", (double)w->rep_compute_us) ||
+	        !cJSON_AddNumberToObject(rep, "ram_free_bytes", (double)w->rep_ram_free)) {
+		cJSON_Delete(o);
+		return NULL;
+	}
+	return o;
+}
+
+int
+cluster_stats_json(struct cluster *c, cJSON **out)
+{
+	cJSON *root = cJSON_CreateObject(), *ws;
+	uint64_t now = now_ns();
+	uint32_t live = 0;
+
+	if (root == NULL)
+		return EPMOE_ENOMEM;
+	pthread_mutex_lock(&c->mu);
+	for (uint32_t i = 0; i < c->W; i++)
+		live += c->w[i].state == W_UP;
+	if (!cJSON_AddBoolToObject(root, "ready", ready_locked(c)) ||
+	        !cJSON_AddNumberToObject(root, "epoch", (double)c->pl->epoch) ||
+	        !cJSON_AddNumberToObject(root, "n_workers", c->W) ||
+	        !cJSON_AddNumberToObject(root, "workers_live", live) ||
+	        !cJSON_AddStringToObject(root, "control_url", c->url) ||
+	        !cJSON_AddNumberToObject(root, "control_bad_messages", (double)c->bad_msgs) ||
+	        (ws = cJSON_AddArrayToObject(root, "workers")) == NULL)
+		goto nomem;
+	for (uint32_t i = 0; i < c->W; i++) {
+		cJSON *o = worker_json(c, i, now);
+		if (o == NULL)
+			goto nomem;
+		cJSON_AddItemToArray(ws, o);
+	}
+	pthread_mutex_unlock(&c->mu);
+	*out = root;
+	return 0;
+nomem:
+	pthread_mutex_unlock(&c->mu);
+	cJSON_Delete(root);
+	return EPMOE_ENOMEM;
+}
+
+int
+cluster_worker_hist(struct cluster *c, uint32_t w, struct cluster_hist *out)
+{
+	if (w >= c->W)
+		return EPMOE_ERANGE;
+	pthread_mutex_lock(&c->mu);
+	*out = c->w[w].hist;
+	pthread_mutex_unlock(&c->mu);
+	return 0;
+}
+
+/* ---- dispatcher side ---- */
+
+const struct placement *
+cluster_placement_acquire(struct cluster *c)
+{
+	const struct placement *p;
+
+	pthread_mutex_lock(&c->mu);
+	p = c->pl;
+	c->pl_refs++;
+	pthread_mutex_unlock(&c->mu);
+	return p;
+}
+
+void
+cluster_placement_release(struct cluster *c, const struct placement *p)
+{
+	if (p == NULL)
+		return;
+	pthread_mutex_lock(&c->mu);
+	/* one placement per cluster today; a re-placement will keep retired
+	 * maps on a list until their count drops to zero */
+	if (c->pl_refs > 0)
+		c->pl_refs--;
+	pthread_mutex_unlock(&c->mu);
+}
+
+void
+cluster_peers(struct cluster *c, struct cluster_peer *out, uint32_t n)
+{
+	pthread_mutex_lock(&c->mu);
+	for (uint32_t i = 0; i < n && i < c->W; i++) {
+		out[i].alive = c->w[i].state == W_UP && c->w[i].sock_open;
+		out[i].sock = c->w[i].sock;
+		out[i].gen = c->w[i].gen;
+	}
+	pthread_mutex_unlock(&c->mu);
+}
+
+void
+cluster_report(struct cluster *c, uint32_t wi, uint32_t gen,
+        uint64_t latency_ns, uint32_t n_tokens, int err, const char *why)
+{
+	struct cl_worker *w;
+	double s = (double)latency_ns * 1e-9;
+	uint64_t us = latency_ns / 1000u;
+
+	if (wi >= c->W)
+		return;
+	pthread_mutex_lock(&c->mu);
+	w = &c->w[wi];
+	w->hist.count++;
+	w->hist.sum_s += s;
+	for (int i = 0; i < CLUSTER_HIST_BUCKETS; i++)
+		if (s <= cluster_hist_bounds_s[i])
+			w->hist.bucket[i]++;
+	w->lat_us[w->lat_head] = us > UINT32_MAX ? UINT32_MAX : (uint32_t)us;
+	w->lat_head = (w->lat_head + 1) % LAT_RING;
+	if (w->lat_n < LAT_RING)
+		w->lat_n++;
+	if (err == 0) {
+		w->batches++;
+		w->tokens += n_tokens;
+	} else {
+		char r[192];
+		w->errors++;
+		snprintf(r, sizeof(r), "request failed: %.160s",
+		        why ? why : epmoe_strerror(err));
+		if (w->gen == gen)
+			mark_down(c, wi, r);
+	}
+	pthread_mutex_unlock(&c->mu);
+}

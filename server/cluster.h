@@ -1,0 +1,158 @@
+/* The router's worker registry and control plane: placement, worker
+ * registration, liveness and per-worker data sockets.
+ *
+ * cluster_start() listens on the control URL (REP) and runs one control
+ * thread of its own (no libuv): it answers WorkerHello / LoadReport /
+ * Leave (protocol in worker/worker.h), assigns worker indices, dials each
+ * registered worker's data URL with a REQ socket of its own
+ * (common/netsock.h options) and marks workers down when heartbeats stop
+ * (heartbeat_timeout_ms) or when the dispatcher reports a failed request.
+ *
+ * Worker indices: a worker id seen before gets its old index back (a
+ * restart: new boot id, same id -> its slots are live again once it has
+ * registered); a new id takes the lowest index never used, else the lowest
+ * index whose worker is down; else it is refused (BUSY).  A hello whose
+ * model identity differs from the router's model is refused (INVALID,
+ * with the reason).  An accepted worker is "joining" until its first
+ * LoadReport carrying the placement epoch (sent right after it applied
+ * the slot order of the hello reply); only then is it routable ("up"), so
+ * no batch reaches a worker that does not hold its slots yet.  A worker
+ * marked down is told to register again at its next heartbeat.
+ *
+ * Placement (server/placement.h): contiguous blocks over n_workers, or
+ * --experts-per-worker counts, or a placement file; epoch 1.  Static for
+ * now; the structures carry replicas and epochs for live re-placement.
+ *
+ * Thread safety: every function below may be called from any thread once
+ * cluster_start() has returned (one internal mutex, never held while
+ * blocking).  Event callbacks run on the cluster's control thread, never
+ * with the cluster lock held; they must not block and must not call
+ * cluster_free().
+ */
+#ifndef EPMOE_CLUSTER_H
+#define EPMOE_CLUSTER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cjson/cJSON.h>
+#include <nng/nng.h>
+
+#include "placement.h"
+
+struct model;
+struct cluster;
+
+struct cluster_cfg {
+	const char *control_url;        /* REP listen URL; tcp port 0 = any
+	                                   (see cluster_control_url) */
+	const struct model *model;      /* borrowed: identity and shape */
+	/* placement source, the first one set wins:
+	 * placement_file, experts_per_worker, n_workers */
+	const char *placement_file;     /* JSON, format in placement.h */
+	const char *experts_per_worker; /* "a,b,..." contiguous blocks */
+	uint32_t n_workers;             /* contiguous, even split */
+	uint32_t heartbeat_ms;          /* period asked of workers; 0 = 1000 */
+	uint32_t heartbeat_timeout_ms;  /* silence -> down; 0 = 3 x period */
+	uint64_t boot_id;               /* 0 = random */
+};
+
+/* Validates cfg and builds the placement; err gets a one-line reason on
+ * failure (EPMOE_EINVAL / EPMOE_EFORMAT / EPMOE_EIO).  Nothing listens
+ * yet.  Free with cluster_free(). */
+int cluster_new(struct cluster **out, const struct cluster_cfg *cfg,
+        char *err, size_t err_len);
+
+/* Listens on the control URL and starts the control thread.  Returns 0 or
+ * an EPMOE_E* code (EPMOE_EIO: address in use). */
+int cluster_start(struct cluster *c);
+
+/* Stops the control thread, closes every socket.  Dispatch backends using
+ * c must be freed first.  NULL is fine. */
+void cluster_free(struct cluster *c);
+
+/* The bound control URL (valid after cluster_start; borrowed). */
+const char *cluster_control_url(const struct cluster *c);
+uint32_t cluster_n_workers(const struct cluster *c);
+uint64_t cluster_boot_id(const struct cluster *c);
+
+/* True when every (layer, expert) has a slot on a live worker (the
+ * router's /health is 503 until then). */
+bool cluster_ready(struct cluster *c);
+
+/* Live workers now. */
+uint32_t cluster_n_live(struct cluster *c);
+
+/* GET /v1/placement: placement_to_json plus "workers": [{index, id, node,
+ * alive, data_url}].  *out is the caller's (cJSON_Delete). */
+int cluster_placement_json(struct cluster *c, cJSON **out);
+
+/* GET /v1/stats part: {"ready", "epoch", "n_workers", "workers_live",
+ * "control_url", "control_bad_messages", "workers": [{index, id, node,
+ * data_url, alive, state ("up" | "joining" | "down" | "never"),
+ * down_reason, boot_id,
+ * registrations, threads, slots, last_heartbeat_age_ms (-1: never),
+ * batches, tokens, errors, latency_mean_us, latency_p99_us (recent 512
+ * requests), reported {tokens, batches, compute_us, ram_free_bytes}}]}. */
+int cluster_stats_json(struct cluster *c, cJSON **out);
+
+/* Per-worker request latency (router-side round trip of a data request,
+ * success or failure), for Prometheus: bucket[i] counts requests with
+ * latency <= cluster_hist_bounds_s[i] (cumulative, `le` semantics; the
+ * last bound is +Inf so bucket[N-1] == count). */
+#define CLUSTER_HIST_BUCKETS 14
+extern const double cluster_hist_bounds_s[CLUSTER_HIST_BUCKETS];
+
+struct cluster_hist {
+	uint64_t count;
+	double sum_s;
+	uint64_t bucket[CLUSTER_HIST_BUCKETS];
+};
+
+/* Copies worker w's histogram; EPMOE_ERANGE for a bad index. */
+int cluster_worker_hist(struct cluster *c, uint32_t w, struct cluster_hist *out);
+
+/* Worker up/down notifications. */
+struct cluster_event {
+	uint32_t worker;     /* index */
+	bool up;             /* registered (again) / went down */
+	const char *id;      /* worker id (valid during the call) */
+	const char *reason;  /* "registered", "restarted", "left: ...",
+	                        "no heartbeat for N ms", "request failed: ..." */
+};
+typedef void (*cluster_event_fn)(void *arg, const struct cluster_event *ev);
+
+/* Sets the callback (call before cluster_start; fn NULL = none).  Called
+ * on the cluster's control thread, without the cluster lock.  Events of a
+ * failure reported by the dispatcher are delivered there too, within
+ * about 100 ms. */
+void cluster_set_event_cb(struct cluster *c, cluster_event_fn fn, void *arg);
+
+/* ---- for the dispatcher (server/dispatch.c) ---- */
+
+/* The committed placement, held until cluster_placement_release (it stays
+ * valid even if a new one is committed meanwhile). */
+const struct placement *cluster_placement_acquire(struct cluster *c);
+void cluster_placement_release(struct cluster *c, const struct placement *p);
+
+/* State of worker w for one request: alive, its data socket (a REQ socket
+ * owned by the cluster: open contexts on it, never close it) and its
+ * registration generation (changes on every registration; pass it back
+ * to cluster_report).  Fills n entries (n <= cluster_n_workers). */
+struct cluster_peer {
+	bool alive;
+	nng_socket sock;
+	uint32_t gen;
+};
+void cluster_peers(struct cluster *c, struct cluster_peer *out, uint32_t n);
+
+/* Outcome of one data request to worker w of registration gen: latency
+ * and tokens for the stats; on failure (err != 0) the worker is marked
+ * down with `why` (unless it re-registered since: gen differs), so
+ * cluster_ready() reflects it at once and the worker registers again at
+ * its next heartbeat if it is still alive. */
+void cluster_report(struct cluster *c, uint32_t w, uint32_t gen,
+        uint64_t latency_ns, uint32_t n_tokens, int err, const char *why);
+
+#endif

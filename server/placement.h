@@ -1,0 +1,121 @@
+/* Placement maps: which worker serves each (layer, expert), as physical
+ * slots (balancing.md §0).
+ *
+ * A slot is one loaded copy of one logical expert on one worker.  Slots are
+ * numbered per layer, in order of (worker, expert), so the slots of a
+ * worker are contiguous and a worker's slots list its experts in ascending
+ * order.  An expert may have several slots (replicas) on distinct workers;
+ * today's maps have exactly one, but every consumer goes through log2phy /
+ * logcnt so replicas need no interface change.
+ *
+ * A placement is immutable once built and tagged with an epoch; it is
+ * shared read-only between threads (the cluster swaps in a new one and
+ * frees the old one when its last user releases it).
+ *
+ * Sources of a placement: contiguous blocks of experts over W workers
+ * (the default), an explicit per-worker count list ("--experts-per-worker
+ * 3,3,2"), or a JSON placement file (format below).  This module does no
+ * I/O besides reading that file and never touches sockets.
+ *
+ * Placement file (JSON):
+ *   { "n_workers": 3,                 optional; default max index + 1
+ *     "layers": [ [0, 0, 1, 1, [2, 0], 2, 2, 1], ... ] }
+ * "layers" holds one entry per layer, or a single entry applied to every
+ * layer.  Entry l lists, for each expert e of the model, the worker index
+ * that serves it, or an array of worker indices (replicas, distinct).
+ * placement_to_json() writes the same format (plus "epoch"), so the map
+ * served at GET /v1/placement can be fed back as a file.
+ */
+#ifndef EPMOE_PLACEMENT_H
+#define EPMOE_PLACEMENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cjson/cJSON.h>
+
+/* Workers a placement may name (indices < this). */
+#define PLACEMENT_MAX_WORKERS 1024
+
+struct placement {
+	uint64_t epoch;
+	uint32_t n_layer;     /* L */
+	uint32_t n_expert;    /* E */
+	uint32_t n_worker;    /* W */
+	uint32_t n_slot;      /* S: slots per layer (max over layers; >= E) */
+	uint32_t max_copies;  /* Rmax: most slots of one expert */
+	int32_t *slot_worker; /* [L][S] worker of slot s, -1 = unused */
+	int32_t *phy2log;     /* [L][S] expert in slot s, -1 = unused */
+	int32_t *log2phy;     /* [L][E][Rmax] slots of e ascending, -1 padded */
+	int32_t *logcnt;      /* [L][E] number of slots of e (>= 1) */
+};
+
+/* Slot s of layer l. */
+static inline int32_t
+placement_slot_worker(const struct placement *p, uint32_t l, uint32_t s)
+{
+	return p->slot_worker[(size_t)l * p->n_slot + s];
+}
+
+static inline int32_t
+placement_slot_expert(const struct placement *p, uint32_t l, uint32_t s)
+{
+	return p->phy2log[(size_t)l * p->n_slot + s];
+}
+
+/* The r-th slot of expert e in layer l (r < logcnt). */
+static inline int32_t
+placement_expert_slot(const struct placement *p, uint32_t l, uint32_t e,
+        uint32_t r)
+{
+	return p->log2phy[((size_t)l * p->n_expert + e) * p->max_copies + r];
+}
+
+static inline uint32_t
+placement_expert_copies(const struct placement *p, uint32_t l, uint32_t e)
+{
+	return (uint32_t)p->logcnt[(size_t)l * p->n_expert + e];
+}
+
+/* Contiguous blocks, the same for every layer: worker w serves experts
+ * [start_w, start_w + n_w) with n_w = E / W, the first E % W workers one
+ * more.  EPMOE_EINVAL when W is 0, exceeds E or PLACEMENT_MAX_WORKERS.
+ * Free with placement_free(). */
+int placement_contiguous(struct placement **out, uint32_t n_layer,
+        uint32_t n_expert, uint32_t n_worker);
+
+/* Contiguous blocks of the given sizes (counts[w] experts for worker w, in
+ * order; zeros allowed); the counts must sum to E (EPMOE_EINVAL and a
+ * message in err otherwise). */
+int placement_from_counts(struct placement **out, uint32_t n_layer,
+        uint32_t n_expert, const uint32_t *counts, uint32_t n_worker,
+        char *err, size_t err_len);
+
+/* Parses "a,b,c" (non-negative integers) into a malloc'd array (free with
+ * free()).  EPMOE_EINVAL with a message on junk, empty items or more than
+ * PLACEMENT_MAX_WORKERS items. */
+int placement_parse_counts(const char *s, uint32_t **counts,
+        uint32_t *n_worker, char *err, size_t err_len);
+
+/* Builds a placement from JSON text in the placement file format for a
+ * model of n_layer layers and n_expert experts.  EPMOE_EFORMAT with a
+ * message naming the problem (not JSON, wrong counts, bad worker index,
+ * duplicate replica...). */
+int placement_from_json(struct placement **out, const char *json,
+        size_t json_len, uint32_t n_layer, uint32_t n_expert, char *err,
+        size_t err_len);
+
+/* placement_from_json of a file's contents (EPMOE_EIO if unreadable). */
+int placement_load_file(struct placement **out, const char *path,
+        uint32_t n_layer, uint32_t n_expert, char *err, size_t err_len);
+
+/* JSON of p in the file format plus "epoch" and "n_slots".  On success
+ * *out is the caller's (cJSON_Delete). */
+int placement_to_json(const struct placement *p, cJSON **out);
+
+/* Number of slots worker w serves over all layers. */
+uint32_t placement_worker_slots(const struct placement *p, uint32_t w);
+
+void placement_free(struct placement *p);
+
+#endif
