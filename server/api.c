@@ -404,6 +404,14 @@ submit(struct router *r, struct http_req *req, struct api_req *a,
 	char err[320] = "";
 	int rc;
 
+	if (!router_ready(r)) {
+		free(ids);
+		respond_simple_error(req, 503, NULL,
+		        "the experts are not all served yet (workers starting or down); retry");
+		http_req_release(req);
+		api_req_free(a);
+		return;
+	}
 	p.prompt = ids;
 	p.n_prompt = n_ids;
 	if (max_tokens < 0) {

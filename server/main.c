@@ -345,7 +345,7 @@ out:
 	sched_free(r.sched);
 	if (r.metrics)
 		stats_fini(&r);
-	glue_stop(&r);
+	glue_free(&r);
 	engine_free(r.engine);
 	tok_free(r.tok);
 	free(r.chat_template);

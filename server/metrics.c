@@ -374,6 +374,16 @@ metrics_observe(struct metrics_series *s, double v)
 	atomic_add_f64(&s->val, v);
 }
 
+void
+metrics_hist_load(struct metrics_series *s, const uint64_t *counts, double sum)
+{
+	if (s == NULL || s->fam->type != METRICS_HISTOGRAM)
+		return;
+	for (size_t b = 0; b <= s->fam->n_buckets; b++)
+		atomic_store_explicit(&s->buckets[b], counts[b], memory_order_relaxed);
+	atomic_store_explicit(&s->val, f2u(sum), memory_order_relaxed);
+}
+
 double
 metrics_value(const struct metrics_series *s)
 {

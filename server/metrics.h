@@ -73,6 +73,11 @@ void metrics_inc(struct metrics_series *s);
 void metrics_add(struct metrics_series *s, double v);
 void metrics_set(struct metrics_series *s, double v);
 void metrics_observe(struct metrics_series *s, double v);
+/* Replaces a histogram series' state with counts kept elsewhere: counts
+ * has n_buckets + 1 entries (per bucket, not cumulative; the last is +Inf)
+ * and sum is the sum of the observations. */
+void metrics_hist_load(struct metrics_series *s, const uint64_t *counts,
+        double sum);
 
 /* Current value of a counter or gauge (a histogram: its sum). */
 double metrics_value(const struct metrics_series *s);

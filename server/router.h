@@ -107,7 +107,10 @@ bool router_ready(struct router *r);
 /* glue.c: the distributed parts (cluster of workers, dispatch backend);
  * the only file that knows the cluster's API. */
 int glue_start(struct router *r);   /* spawn/await workers, set the backend */
+/* Stops the local workers (the engine thread must be stopped). */
 void glue_stop(struct router *r);
+/* Frees the dispatch backend and the cluster (after the engine's last use). */
+void glue_free(struct router *r);
 struct cJSON *glue_workers_json(struct router *r);
 struct cJSON *glue_placement_json(struct router *r);
 void glue_export_metrics(struct router *r);

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cluster.h"
 #include "err.h"
 #include "metrics.h"
 #include "route.h"
@@ -200,7 +201,7 @@ stats_init(struct router *r)
 	             "Tokens computed per (layer, expert)", l_expert, 2, &r->f_expert_tokens)) ||
 	        (rc = metrics_histogram(r->metrics, "epmoe_worker_request_seconds",
 	             "Round trip of one expert batch to a worker", l_worker, 1,
-	             lat_buckets, N_LAT, &r->f_worker_lat)))
+	             cluster_hist_bounds_s, CLUSTER_HIST_BUCKETS - 1, &r->f_worker_lat)))
 		return rc;
 	r->s_expert_tokens = calloc((size_t)hp->n_layer * hp->n_expert, sizeof(*r->s_expert_tokens));
 	if (r->s_expert_tokens == NULL)
