@@ -601,6 +601,175 @@ START_TEST(nng_api_completes_and_rejects_garbage)
 }
 END_TEST
 
+/* ---- distributed: real workers ---- */
+
+/* Greedy completions and prompt logprobs with the experts on 1, 2 and 3
+ * worker processes equal local generation / the local engine. */
+START_TEST(workers_give_the_local_tokens_and_logprobs)
+{
+	static const char *const nw[] = { "1", "2", "3" };
+	const char *args[] = { "--workers", nw[_i % 3], NULL };
+	const char *model = models[_i / 3];
+	const char *prompt = "Hello world, the quick brown fox";
+	char body[256], *resp = NULL;
+	long status;
+
+	ck_assert_msg(tu_router_start(&R, tu_data(model), args) == 0, "%s", R.log);
+	snprintf(body, sizeof(body),
+	        "{\"prompt\":\"%s\",\"max_tokens\":16,\"temperature\":0}", prompt);
+	ck_assert_int_eq(tu_http(&R, "POST", "/v1/completions", body, &status, &resp), 0);
+	ck_assert_msg(status == 200, "status %ld: %s", status, resp);
+	char *got = completion_text(resp);
+	char *want = local_greedy(model, prompt, 16);
+	ck_assert_str_eq(got, want);
+	free(got);
+	free(want);
+	free(resp);
+	/* the placement spreads the experts over all the workers */
+	resp = NULL;
+	ck_assert_int_eq(tu_http(&R, "GET", "/v1/placement", NULL, &status, &resp), 0);
+	cJSON *j = cJSON_Parse(resp);
+	ck_assert_int_eq(cJSON_GetObjectItem(j, "n_workers")->valueint, atoi(nw[_i % 3]));
+	cJSON_Delete(j);
+	free(resp);
+	/* prompt logprobs: within 1e-4 of the local engine (checked by value
+	 * against a local router run of the same request) */
+	snprintf(body, sizeof(body),
+	        "{\"prompt\":\"%s\",\"max_tokens\":0,\"echo\":true,\"logprobs\":0}", prompt);
+	resp = NULL;
+	ck_assert_int_eq(tu_http(&R, "POST", "/v1/completions", body, &status, &resp), 0);
+	ck_assert_int_eq(status, 200);
+	cJSON *dj = cJSON_Parse(resp);
+	free(resp);
+	stop_router();
+	start_local(model);
+	resp = NULL;
+	ck_assert_int_eq(tu_http(&R, "POST", "/v1/completions", body, &status, &resp), 0);
+	cJSON *lj = cJSON_Parse(resp);
+	free(resp);
+	cJSON *dl = cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetArrayItem(
+	        cJSON_GetObjectItem(dj, "choices"), 0), "logprobs"), "token_logprobs");
+	cJSON *ll = cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetArrayItem(
+	        cJSON_GetObjectItem(lj, "choices"), 0), "logprobs"), "token_logprobs");
+	ck_assert_int_eq(cJSON_GetArraySize(dl), cJSON_GetArraySize(ll));
+	for (int i = 1; i < cJSON_GetArraySize(dl); i++)
+		ck_assert_double_eq_tol(cJSON_GetArrayItem(dl, i)->valuedouble,
+		        cJSON_GetArrayItem(ll, i)->valuedouble, 1e-4);
+	cJSON_Delete(dj);
+	cJSON_Delete(lj);
+	stop_router();
+}
+END_TEST
+
+/* Children of pid (from /proc). */
+static int
+children_of(pid_t pid, pid_t *out, int cap)
+{
+	char path[64], buf[512];
+	int n = 0;
+	snprintf(path, sizeof(path), "/proc/%d/task/%d/children", (int)pid, (int)pid);
+	FILE *f = fopen(path, "r");
+	if (f == NULL)
+		return 0;
+	if (fgets(buf, sizeof(buf), f)) {
+		char *p = buf, *end;
+		while (n < cap) {
+			long v = strtol(p, &end, 10);
+			if (end == p)
+				break;
+			out[n++] = (pid_t)v;
+			p = end;
+		}
+	}
+	fclose(f);
+	return n;
+}
+
+struct long_job {
+	long status;
+	char *text;
+	int done_seen;
+	char *raw;
+};
+
+static void *
+long_stream(void *arg)
+{
+	struct long_job *j = arg;
+	tu_http(&R, "POST", "/v1/completions",
+	        "{\"prompt\":\"Hello\",\"max_tokens\":4000,\"stream\":true,\"ignore_eos\":true}",
+	        &j->status, &j->raw);
+	return NULL;
+}
+
+/* Killing a worker mid-request fails that request cleanly (an error event
+ * ends its stream), /health reports the loss, the router restarts the
+ * worker, and the next request is served by it again. */
+START_TEST(a_killed_worker_fails_its_step_and_is_used_again)
+{
+	const char *args[] = { "--workers", "2", "--expert-timeout-ms", "3000", NULL };
+	pthread_t th;
+	struct long_job job = { 0 };
+	pid_t kids[8];
+	char *resp;
+	long status;
+
+	ck_assert_msg(tu_router_start(&R, tu_data(models[0]), args) == 0, "%s", R.log);
+	ck_assert_int_eq(children_of(R.pid, kids, 8), 2);
+	pthread_create(&th, NULL, long_stream, &job);
+	usleep(300000);
+	kill(kids[0], SIGKILL);
+	/* health goes 503, then back to 200 once the worker is restarted */
+	int saw_503 = 0, back = 0;
+	for (int i = 0; i < 400 && !back; i++) {
+		resp = NULL;
+		if (tu_http(&R, "GET", "/health", NULL, &status, &resp) == 0) {
+			if (status == 503)
+				saw_503 = 1;
+			else if (status == 200 && saw_503)
+				back = 1;
+		}
+		free(resp);
+		usleep(25000);
+	}
+	pthread_join(th, NULL);
+	ck_assert_int_eq(job.status, 200);
+	ck_assert_msg(job.raw && strstr(job.raw, "\"error\"") && strstr(job.raw, "worker"),
+	        "the stream did not end with an error event");
+	free(job.raw);
+	ck_assert_msg(saw_503, "health never reported the lost worker");
+	ck_assert_msg(back, "the worker did not come back");
+	/* served again, by both workers */
+	resp = NULL;
+	ck_assert_int_eq(tu_http(&R, "POST", "/v1/completions",
+	                         "{\"prompt\":\"Hello world, the quick brown fox\",\"max_tokens\":16,"
+	                         "\"temperature\":0}", &status, &resp), 0);
+	ck_assert_msg(status == 200, "%ld %s", status, resp);
+	char *got = completion_text(resp);
+	char *want = local_greedy(models[0], "Hello world, the quick brown fox", 16);
+	ck_assert_str_eq(got, want);
+	free(got);
+	free(want);
+	free(resp);
+	resp = NULL;
+	ck_assert_int_eq(tu_http(&R, "GET", "/v1/stats", NULL, &status, &resp), 0);
+	cJSON *j = cJSON_Parse(resp);
+	/* the killed worker registered a second time under its index */
+	cJSON *ws = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "workers"), "workers"), *w;
+	int regs = 0;
+	cJSON_ArrayForEach(w, ws)
+	{
+		regs += cJSON_GetObjectItem(w, "registrations")->valueint;
+		ck_assert(cJSON_IsTrue(cJSON_GetObjectItem(w, "alive")));
+	}
+	ck_assert_int_eq(cJSON_GetArraySize(ws), 2);
+	ck_assert_int_eq(regs, 3);
+	cJSON_Delete(j);
+	free(resp);
+	stop_router();
+}
+END_TEST
+
 int
 main(void)
 {
@@ -618,6 +787,11 @@ main(void)
 	tcase_add_test(tc, a_full_wait_queue_answers_429);
 	tcase_add_test(tc, client_disconnect_cancels_the_request);
 	suite_add_tcase(s, tc);
+	TCase *td = tcase_create("distributed");
+	tcase_set_timeout(td, 180);
+	tcase_add_loop_test(td, workers_give_the_local_tokens_and_logprobs, 0, 9);
+	tcase_add_test(td, a_killed_worker_fails_its_step_and_is_used_again);
+	suite_add_tcase(s, td);
 	int rc = tu_run(s);
 	curl_global_cleanup();
 	return rc;
