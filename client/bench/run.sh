@@ -41,3 +41,65 @@ for dt in f32 f16; do
 		"$(jget "$e" peak_rss_mb)"
 done
 echo "(prefill: one $P-token prompt; decode: batch 1, $G tokens, greedy; targets: prefill/sgemm >= 0.7, decode/bandwidth >= 0.7)"
+
+# ---- serving: local experts vs 2 workers on loopback ----
+free_port() {
+	"$BIN" bench machine --help >/dev/null 2>&1  # (keeps set -e quiet)
+	python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()' 2>/dev/null ||
+		node -e 'const s = require("net").createServer().listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); })'
+}
+SRV_MODEL=${EPMOE_BENCH_SERVE_MODEL:-$MD/small-f16.gguf}
+SG=64; SN1=4; SN16=32
+if [ "${EPMOE_BENCH_QUICK:-0}" = 1 ]; then SG=16; SN1=2; SN16=16; fi
+RPID=
+stop_router() {
+	[ -n "$RPID" ] || return 0
+	kill -TERM "$RPID" 2>/dev/null || true
+	wait "$RPID" 2>/dev/null || true
+	RPID=
+}
+trap stop_router EXIT
+serve() { # serve MODE-ARGS -> sets HURL
+	hp=$(free_port); cp=$(free_port)
+	HURL=http://127.0.0.1:$hp
+	# shellcheck disable=SC2086
+	"$B/bin/epmoe-router" --model "$SRV_MODEL" $1 --http "127.0.0.1:$hp" --nng "" \
+		--control "tcp://127.0.0.1:$cp" >"$B/bench-router.log" 2>&1 &
+	RPID=$!
+	i=0
+	until curl -sf -o /dev/null "$HURL/health"; do
+		i=$((i + 1)); [ $i -lt 600 ] || { echo "bench: router did not start"; tail "$B/bench-router.log"; exit 1; }
+		sleep 0.2
+	done
+}
+echo
+echo "== serving: $SRV_MODEL, decode tok/s (streaming, $SG tokens per request, 32-token prompts)"
+printf '%-26s %12s %12s\n' "experts" "c = 1" "c = 16"
+for mode in local workers; do
+	if [ $mode = local ]; then serve "--local"; else serve "--workers 2"; fi
+	r1=$("$BIN" bench server -s "$HURL" -c 1 -N $SN1 --max-tokens $SG --json -q)
+	r16=$("$BIN" bench server -s "$HURL" -c 16 -N $SN16 --max-tokens $SG --json -q)
+	t1=$(jget "$r1" output_token_throughput); t16=$(jget "$r16" output_token_throughput)
+	if [ $mode = local ]; then l1=$t1; l16=$t16; label="in process (--local)"; else
+		label="2 workers, loopback"
+		st=$(curl -s "$HURL/v1/stats")
+	fi
+	printf '%-26s %12.1f %12.1f\n' "$label" "$t1" "$t16"
+	stop_router
+done
+printf '%-26s %12s %12s   (target >= 0.9 at 16)\n' "distributed / local" "$(ratio "$t1" "$l1")" "$(ratio "$t16" "$l16")"
+# traffic and time split of the distributed run (whole run, both concurrencies)
+layers=$("$BIN" inspect "$SRV_MODEL" 2>/dev/null | sed -n 's/.*block_count.*= *\([0-9]*\).*/\1/p' | head -1)
+dtok=$(jget "$st" tokens_routed); steps=$(jget "$st" steps)
+bs=$(jget "$st" bytes_sent); br=$(jget "$st" bytes_received); msgs=$(jget "$st" messages)
+calls=$(jget "$st" calls)
+echo
+echo "distributed traffic per token per layer (all requests of the run):"
+awk -v bs="$bs" -v br="$br" -v m="$msgs" -v t="$dtok" 'BEGIN {
+	if (t > 0) printf "  %.0f bytes sent + %.0f received, %.3f messages (routed tokens: %d)\n", bs / t, br / t, m / t, t }'
+echo "per-step time split (ms per step, mean over $steps steps):"
+awk -v st="$steps" -v a="$(jget "$st" attention)" -v g="$(jget "$st" gate)" \
+	-v p="$(jget "$st" pack_s)" -v w="$(jget "$st" wire_s)" -v c="$(jget "$st" compute_s)" \
+	-v cb="$(jget "$st" combine_s)" -v h="$(jget "$st" lm_head)" 'BEGIN {
+	if (st > 0) printf "  attention %.2f  gate %.2f  pack %.2f  wire %.2f  expert compute %.2f  combine %.2f  lm head %.2f\n",
+		a * 1e3 / st, g * 1e3 / st, p * 1e3 / st, w * 1e3 / st, c * 1e3 / st, cb * 1e3 / st, h * 1e3 / st }'
