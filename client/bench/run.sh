@@ -103,3 +103,44 @@ awk -v st="$steps" -v a="$(jget "$st" attention)" -v g="$(jget "$st" gate)" \
 	-v cb="$(jget "$st" combine_s)" -v h="$(jget "$st" lm_head)" 'BEGIN {
 	if (st > 0) printf "  attention %.2f  gate %.2f  pack %.2f  wire %.2f  expert compute %.2f  combine %.2f  lm head %.2f\n",
 		a * 1e3 / st, g * 1e3 / st, p * 1e3 / st, w * 1e3 / st, c * 1e3 / st, cb * 1e3 / st, h * 1e3 / st }'
+
+# ---- routing policies: quality, balance, cost ----
+RT_MODEL=${EPMOE_BENCH_ROUTE_MODEL:-}
+RT_TEXT=${EPMOE_BENCH_ROUTE_TEXT:-}
+if [ -z "$RT_MODEL" ]; then
+	for m in models/kjv-moe-best.gguf models/kjv-moe-*.gguf; do
+		[ -f "$m" ] && { RT_MODEL=$m; break; }
+	done
+fi
+[ -n "$RT_MODEL" ] || RT_MODEL=../shared/testdata/mixtral-tiny-f32.gguf
+[ -n "$RT_TEXT" ] || { [ -f models/kjv-test.txt ] && RT_TEXT=models/kjv-test.txt; } || true
+[ -n "$RT_TEXT" ] || RT_TEXT=README.md
+RT_CTX=${EPMOE_BENCH_ROUTE_CTX:-256}
+RT_WIN=""
+[ "${EPMOE_BENCH_QUICK:-0}" = 1 ] && RT_WIN="--max-windows 4"
+echo
+echo "== routing policies on $RT_MODEL, text $RT_TEXT (windows of $RT_CTX tokens, each routed as one prompt)"
+printf '%-34s %10s %8s %12s %10s %8s %10s\n' policy perplexity MaxVio "worker max/" "experts/" "OT runs" "tokens/s"
+printf '%-34s %10s %8s %12s %10s %8s %10s\n' "" "" "" "mean (4 w.)" token "" ""
+for p in native "topk:k=1" "capacity:factor=1.25" "expert_choice:c=2" sinkhorn \
+	"sinkhorn:kernel=capped" "ssr:p=0.01" "ssr:lambda=1.3" usmoe "usmoe:budget=0.75" "lossfree:u=0.001"; do
+	# shellcheck disable=SC2086
+	o=$("$BIN" perplexity --model "$RT_MODEL" --file "$RT_TEXT" --ctx "$RT_CTX" --routing "$p" --workers 4 --json $RT_WIN 2>/dev/null) || {
+		printf '%-34s %10s\n' "$p" "failed"; continue; }
+	printf '%-34s %10.3f %8.3f %12.3f %10.3f %8s %10.1f\n' "$p" "$(jget "$o" perplexity)" \
+		"$(jget "$o" maxvio)" "$(jget "$o" worker_max_over_mean)" "$(jget "$o" experts_per_token)" \
+		"$(jget "$o" ot_runs)" "$(jget "$o" tokens_per_s)"
+done
+echo
+echo "== routing cost at T = 512 tokens: routing time / one MoE layer's time (dim 1024, top-2,"
+echo "   fine-grained experts of ff 22528/E; target <= 0.05 for sinkhorn and ssr)"
+printf '%-6s %-26s %12s %12s %12s %8s\n' E policy "route us" "MoE layer ms" "route/MoE" MaxVio
+RE="8,16,32,64"
+[ "${EPMOE_BENCH_QUICK:-0}" = 1 ] && RE="8,64"
+"$BIN" bench route --experts "$RE" --policies "native,sinkhorn,ssr:lambda=1.3,ssr:lambda=0,sinkhorn:kernel=capped" |
+while IFS= read -r line; do
+	printf '%-6s %-26s %12s %12s %12s %8s\n' "$(jget "$line" experts)" \
+		"$(printf '%s' "$line" | sed -n 's/.*"policy":"\([^"]*\)".*/\1/p')" \
+		"$(jget "$line" route_us)" "$(jget "$line" moe_ms)" "$(jget "$line" route_over_moe)" \
+		"$(jget "$line" maxvio)"
+done
