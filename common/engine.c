@@ -438,10 +438,13 @@ attention_block(struct engine *e, struct eng_item *items, uint32_t n_items,
 	for (uint32_t t = 0; t < T; t++)
 		op_rmsnorm(e->xn + (size_t)t * d, e->x + (size_t)t * d, l->attn_norm,
 		        (int)d, hp->rms_eps);
-	if ((rc = op_matmul(e->pool, &l->wq, e->xn, (int)T, (int)d, e->q, (int)qd)) ||
-	        (rc = op_matmul(e->pool, &l->wk, e->xn, (int)T, (int)d, e->k, (int)kvd)) ||
-	        (rc = op_matmul(e->pool, &l->wv, e->xn, (int)T, (int)d, e->v, (int)kvd)))
-		return rc;
+	{
+		const struct tmat *W[3] = { &l->wq, &l->wk, &l->wv };
+		float *Y[3] = { e->q, e->k, e->v };
+		int ldy[3] = { (int)qd, (int)kvd, (int)kvd };
+		if ((rc = op_matmul_multi(e->pool, 3, W, e->xn, (int)T, (int)d, Y, ldy)) != 0)
+			return rc;
+	}
 	if (l->bq)
 		add_bias(e->q, l->bq, T, qd);
 	if (l->bk)
@@ -650,8 +653,10 @@ moe_block(struct engine *e, struct eng_item *items, uint32_t n_items,
 	e->timing.moe += t3 - t2;
 	if (l->has_shexp) {
 		uint32_t fs = hp->n_ff_shexp;
-		if ((rc = op_matmul(e->pool, &l->gate_shexp, e->xn, (int)T, (int)d, e->sh_g, (int)fs)) ||
-		        (rc = op_matmul(e->pool, &l->up_shexp, e->xn, (int)T, (int)d, e->sh_u, (int)fs)))
+		const struct tmat *W[2] = { &l->gate_shexp, &l->up_shexp };
+		float *Y[2] = { e->sh_g, e->sh_u };
+		int ldy[2] = { (int)fs, (int)fs };
+		if ((rc = op_matmul_multi(e->pool, 2, W, e->xn, (int)T, (int)d, Y, ldy)) != 0)
 			return rc;
 		op_swiglu(e->sh_g, e->sh_u, (int)((size_t)T * fs));
 		if ((rc = op_matmul(e->pool, &l->down_shexp, e->sh_g, (int)T, (int)fs, e->tmp, (int)d)))

@@ -33,9 +33,11 @@ moe_expert_ffn(const struct model *m, struct pool *pool, uint32_t layer,
 	struct tmat wd = model_expert(l, hp, MODEL_EXP_DOWN, expert);
 	int rc;
 
-	/* g, u: [n, ff] = x_e [n, d] · W{g,u}ᵀ */
-	if ((rc = op_matmul(pool, &wg, x_e, (int)n, (int)d, g, (int)ff)) ||
-	        (rc = op_matmul(pool, &wu, x_e, (int)n, (int)d, u, (int)ff)))
+	/* g, u: [n, ff] = x_e [n, d] · W{g,u}ᵀ, in one pool round */
+	const struct tmat *W[2] = { &wg, &wu };
+	float *Y[2] = { g, u };
+	int ldy[2] = { (int)ff, (int)ff };
+	if ((rc = op_matmul_multi(pool, 2, W, x_e, (int)n, (int)d, Y, ldy)) != 0)
 		return rc;
 	op_swiglu(g, u, (int)((size_t)n * ff));
 	/* y_e [n, d] = h [n, ff] · Wdᵀ */

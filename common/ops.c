@@ -388,42 +388,73 @@ op_matmul_rows(const struct tmat *W, uint32_t r0, uint32_t r1,
 }
 
 struct matmul_job {
-	const struct tmat *W;
+	const struct tmat *const *W; /* n_w matrices sharing X */
+	float *const *Y;
+	const int *ldy;
+	int n_w;
 	const float *X;
-	float *Y;
-	int n, ldx, ldy;
+	int n, ldx;
+	long total;                  /* rows of all matrices */
 	int rc[64];
 };
 
+/* Thread ith takes a contiguous range of the concatenated rows of all the
+ * matrices (16-row aligned), so one pool round covers them all. */
 static void
 matmul_worker(void *ctx, int ith, int nth)
 {
 	struct matmul_job *j = ctx;
-	long lo, hi;
+	long lo, hi, base = 0;
+	int rc = 0;
 
-	pool_split(j->W->n_out, ith, nth, 16, &lo, &hi);
-	j->rc[ith & 63] = op_matmul_rows(j->W, (uint32_t)lo, (uint32_t)hi, j->X,
-	        j->n, j->ldx, j->Y, j->ldy);
+	pool_split(j->total, ith, nth, 16, &lo, &hi);
+	for (int m = 0; m < j->n_w && rc == 0 && lo < hi; m++) {
+		long rows = j->W[m]->n_out;
+		long a = lo > base ? lo - base : 0, b = hi - base < rows ? hi - base : rows;
+		if (a < b)
+			rc = op_matmul_rows(j->W[m], (uint32_t)a, (uint32_t)b, j->X, j->n,
+			        j->ldx, j->Y[m], j->ldy[m]);
+		base += rows;
+	}
+	j->rc[ith & 63] = rc;
+}
+
+int
+op_matmul_multi(struct pool *pool, int n_w, const struct tmat *const *W,
+        const float *X, int n, int ldx, float *const *Y, const int *ldy)
+{
+	struct matmul_job j = { .W = W, .Y = Y, .ldy = ldy, .n_w = n_w, .X = X,
+		.n = n, .ldx = ldx };
+	int nth = pool_size(pool);
+	size_t work = 0;
+
+	if (n <= 0)
+		return 0;
+	for (int m = 0; m < n_w; m++) {
+		j.total += W[m]->n_out;
+		work += (size_t)W[m]->n_out * W[m]->n_in;
+	}
+	/* tiny products are not worth waking the pool */
+	if (nth == 1 || work * (size_t)n < 32768) {
+		for (int m = 0; m < n_w; m++) {
+			int rc = op_matmul_rows(W[m], 0, W[m]->n_out, X, n, ldx, Y[m], ldy[m]);
+			if (rc)
+				return rc;
+		}
+		return 0;
+	}
+	pool_run(pool, matmul_worker, &j);
+	for (int i = 0; i < nth && i < 64; i++)
+		if (j.rc[i])
+			return j.rc[i];
+	return 0;
 }
 
 int
 op_matmul(struct pool *pool, const struct tmat *W, const float *X, int n,
         int ldx, float *Y, int ldy)
 {
-	struct matmul_job j = { .W = W, .X = X, .Y = Y, .n = n, .ldx = ldx,
-		.ldy = ldy };
-	int nth = pool_size(pool);
-
-	if (n <= 0)
-		return 0;
-	/* tiny products are not worth waking the pool */
-	if (nth == 1 || (size_t)W->n_out * W->n_in * (size_t)n < 32768)
-		return op_matmul_rows(W, 0, W->n_out, X, n, ldx, Y, ldy);
-	pool_run(pool, matmul_worker, &j);
-	for (int i = 0; i < nth && i < 64; i++)
-		if (j.rc[i])
-			return j.rc[i];
-	return 0;
+	return op_matmul_multi(pool, 1, &W, X, n, ldx, &Y, &ldy);
 }
 
 void

@@ -58,6 +58,10 @@ float op_dot(const float *a, const float *b, int n);
 int op_matmul(struct pool *pool, const struct tmat *W, const float *X, int n,
         int ldx, float *Y, int ldy);
 
+/* Several products sharing X in one pool round: Y[m] = X · W[m]ᵀ. */
+int op_matmul_multi(struct pool *pool, int n_w, const struct tmat *const *W,
+        const float *X, int n, int ldx, float *const *Y, const int *ldy);
+
 /* The same, single-threaded, for the rows [r0, r1) of W only (Y's columns
  * r0..r1).  Used by callers that parallelise at a higher level. */
 int op_matmul_rows(const struct tmat *W, uint32_t r0, uint32_t r1,

@@ -190,6 +190,42 @@ count_hits(void *ctx, int ith, int nth)
 		((int *)ctx)[ith]++;
 }
 
+/* Several matrices in one pool round: row ranges split across matrix
+ * boundaries must land in the right outputs. */
+START_TEST(matmul_multi_equals_separate_products)
+{
+	uint32_t n_in = 64, outs[3] = { 40, 300, 7 };
+	int n = 5;
+	struct tmat W[3];
+	float *wd[3], *Y[3], *R[3];
+	float *X = malloc((size_t)n * n_in * 4);
+	struct pool *pool;
+
+	fill(X, (size_t)n * n_in, 1.0f);
+	for (int m = 0; m < 3; m++) {
+		wd[m] = malloc((size_t)outs[m] * n_in * 4);
+		fill(wd[m], (size_t)outs[m] * n_in, 0.5f);
+		W[m] = (struct tmat){ GGML_TYPE_F32, n_in, outs[m], n_in * 4, wd[m] };
+		Y[m] = malloc((size_t)n * outs[m] * 4);
+		R[m] = malloc((size_t)n * outs[m] * 4);
+	}
+	ck_assert_int_eq(pool_new(&pool, 2), 0);
+	const struct tmat *Wp[3] = { &W[0], &W[1], &W[2] };
+	int ldy[3] = { (int)outs[0], (int)outs[1], (int)outs[2] };
+	ck_assert_int_eq(op_matmul_multi(pool, 3, Wp, X, n, (int)n_in, Y, ldy), 0);
+	for (int m = 0; m < 3; m++) {
+		ck_assert_int_eq(op_matmul_rows(&W[m], 0, outs[m], X, n, (int)n_in, R[m], ldy[m]), 0);
+		for (size_t i = 0; i < (size_t)n * outs[m]; i++)
+			ck_assert_float_eq_tol(Y[m][i], R[m][i], 1e-5);
+		free(wd[m]);
+		free(Y[m]);
+		free(R[m]);
+	}
+	free(X);
+	pool_free(pool);
+}
+END_TEST
+
 START_TEST(pool_runs_every_thread_once)
 {
 	struct pool *p;
@@ -289,6 +325,7 @@ main(void)
 	tcase_add_test(tc, softmax_is_stable_and_normalised);
 	tcase_add_loop_test(tc, attention_matches_reference, 0, 2);
 	tcase_add_loop_test(tc, matmul_matches_reference_for_every_type, 0, 4);
+	tcase_add_test(tc, matmul_multi_equals_separate_products);
 	tcase_add_test(tc, pool_runs_every_thread_once);
 	tcase_add_test(tc, local_experts_match_naive_swiglu);
 	suite_add_tcase(s, tc);
