@@ -174,10 +174,42 @@ op_softmax(float *x, int n)
 		x[i] *= inv;
 }
 
+#if defined(__AVX512F__)
+/* e^x for 16 lanes: x = k·ln2 + r with |r| <= ln2/2, a degree-6 Taylor
+ * polynomial for e^r (relative error < 2e-7) and 2^k by scalef. */
+static inline __m512
+exp512(__m512 x)
+{
+	const __m512 ln2 = _mm512_set1_ps(0.69314718056f);
+	x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0f)), _mm512_set1_ps(-88.0f));
+	__m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504089f)),
+	        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+	__m512 r = _mm512_fnmadd_ps(k, ln2, x);
+	__m512 p = _mm512_set1_ps(1.0f / 720);
+	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+	return _mm512_scalef_ps(p, k);
+}
+#endif
+
 void
 op_swiglu(float *g, const float *u, int n)
 {
-	for (int i = 0; i < n; i++)
+	int i = 0;
+#if defined(__AVX512F__)
+	const __m512 one = _mm512_set1_ps(1.0f);
+	for (; i + 16 <= n; i += 16) {
+		__m512 x = _mm512_loadu_ps(g + i);
+		__m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), x));
+		__m512 y = _mm512_div_ps(x, _mm512_add_ps(one, e));
+		_mm512_storeu_ps(g + i, _mm512_mul_ps(y, _mm512_loadu_ps(u + i)));
+	}
+#endif
+	for (; i < n; i++)
 		g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
