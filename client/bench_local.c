@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "bench.h"
 #include "cli.h"
 #include "engine.h"
@@ -21,14 +22,6 @@
 #include "ops.h"
 #include "pool.h"
 #include "route.h"
-
-static double
-now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* ---- machine ---- */
 
@@ -124,9 +117,9 @@ bench_machine(int argc, char **argv)
 	struct bw_job bj = { .buf = buf, .n = n };
 	double best = 1e30;
 	for (int r = 0; r < 5; r++) {
-		double t0 = now_s();
+		double t0 = clock_now();
 		pool_run(pool, bw_worker, &bj);
-		double dt = now_s() - t0;
+		double dt = clock_now() - t0;
 		if (dt < best)
 			best = dt;
 	}
@@ -154,9 +147,9 @@ bench_machine(int argc, char **argv)
 	pool_run(pool, gemm_worker, &gj); /* warm up */
 	best = 1e30;
 	for (int r = 0; r < 5; r++) {
-		double t0 = now_s();
+		double t0 = clock_now();
 		pool_run(pool, gemm_worker, &gj);
-		double dt = now_s() - t0;
+		double dt = clock_now() - t0;
 		if (dt < best)
 			best = dt;
 	}
@@ -263,12 +256,12 @@ bench_engine(int argc, char **argv)
 		goto fail;
 	eng_seq_truncate(seqs[0], 0);
 	engine_timing_reset(e);
-	double t0 = now_s();
+	double t0 = clock_now();
 	struct eng_item p = { .seq = seqs[0], .tokens = toks, .n_tokens = (uint32_t)n_prompt,
 		.logits = ENG_LOGITS_LAST, .out = logits };
 	if ((rc = engine_step(e, &p, 1)) != 0)
 		goto fail;
-	double t_prefill = now_s() - t0;
+	double t_prefill = clock_now() - t0;
 	struct engine_timing tp = *engine_timing(e);
 	/* decode: batch sequences, each after a short prompt (the first reuses
 	 * the long prefill) */
@@ -283,7 +276,7 @@ bench_engine(int argc, char **argv)
 	for (long i = 0; i < batch; i++)
 		toks[i] = (int32_t)(3 + (i * 40503u) % (V - 3));
 	engine_timing_reset(e);
-	t0 = now_s();
+	t0 = clock_now();
 	for (long g = 0; g < n_gen; g++) {
 		for (long i = 0; i < batch; i++) {
 			items[i] = (struct eng_item){ .seq = seqs[i], .tokens = &toks[i],
@@ -304,7 +297,7 @@ bench_engine(int argc, char **argv)
 			toks[i] = (int32_t)best;
 		}
 	}
-	double t_decode = now_s() - t0;
+	double t_decode = clock_now() - t0;
 	const struct engine_timing *td = engine_timing(e);
 	free(items);
 	struct rusage ru;
@@ -360,7 +353,7 @@ moe_layer_time(struct pool *pool, const float *x, uint32_t T, uint32_t d,
 	float *out = calloc((size_t)T * d, 4);
 	uint32_t *rows = malloc(T * sizeof(uint32_t));
 	float *ws = malloc(T * sizeof(float));
-	double t0 = now_s();
+	double t0 = clock_now();
 
 	for (uint32_t e = 0; e < E; e++) {
 		uint32_t n = 0;
@@ -385,7 +378,7 @@ moe_layer_time(struct pool *pool, const float *x, uint32_t T, uint32_t d,
 			for (uint32_t c = 0; c < d; c++)
 				out[(size_t)rows[i] * d + c] += ws[i] * y[(size_t)i * d + c];
 	}
-	double dt = now_s() - t0;
+	double dt = clock_now() - t0;
 	free(xe);
 	free(g);
 	free(u);
@@ -514,9 +507,9 @@ bench_route(int argc, char **argv)
 			route_run(p, 0, 0, S, (uint32_t)T, NULL, 0, &ro, &info); /* warm */
 			double best = 1e30;
 			for (int r = 0; r < 5; r++) {
-				double t0 = now_s();
+				double t0 = clock_now();
 				route_run(p, 0, (uint64_t)r + 1, S, (uint32_t)T, NULL, 0, &ro, &info);
-				double dt = now_s() - t0;
+				double dt = clock_now() - t0;
 				if (dt < best)
 					best = dt;
 			}

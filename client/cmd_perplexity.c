@@ -13,6 +13,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "cli.h"
 #include "cmd.h"
 #include "engine.h"
@@ -69,14 +70,6 @@ usage(FILE *f)
 	        "      --workers W    report worker balance as if W workers held\n"
 	        "                     contiguous blocks of experts (default 4)\n"
 	        "      --json         print the result as one JSON object\n");
-}
-
-static double
-now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 /* -log softmax(row)[id] in double */
@@ -188,7 +181,7 @@ cmd_perplexity(int argc, char **argv)
 		fprintf(stderr, "epmoe perplexity: out of memory\n");
 		goto done;
 	}
-	double sum = 0, t0 = now_s();
+	double sum = 0, t0 = clock_now();
 	size_t scored = 0, windows = 0;
 	for (size_t at = 0; at < n_ids; at += (size_t)ctx - 1) {
 		size_t n = n_ids - at < (size_t)ctx - 1 ? n_ids - at : (size_t)ctx - 1;
@@ -212,7 +205,7 @@ cmd_perplexity(int argc, char **argv)
 		if (!json && (windows % 10 == 0))
 			fprintf(stderr, "[%zu windows] ppl %.4f\n", windows, exp(sum / scored));
 	}
-	double dt = now_s() - t0, ppl = exp(sum / (double)scored);
+	double dt = clock_now() - t0, ppl = exp(sum / (double)scored);
 	const struct engine_timing *tm = engine_timing(e);
 	double calls = acc.calls ? (double)acc.calls : 1;
 	if (json)

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "cli.h"
 #include "cmd.h"
 #include "engine.h"
@@ -38,14 +39,6 @@ usage(FILE *f)
 	        "      --no-bos       do not add BOS even if the model wants it\n"
 	        "      --ignore-eos   keep generating past end-of-sequence\n",
 	        MAX_STOPS);
-}
-
-static double
-now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 int
@@ -183,7 +176,7 @@ cmd_run(int argc, char **argv)
 	        eng_seq_new(e, &s) != 0)
 		goto done;
 
-	double t0 = now_s(), t1 = t0;
+	double t0 = clock_now(), t1 = t0;
 	struct eng_item it = { .seq = s, .tokens = ids, .n_tokens = (uint32_t)n_ids,
 		.logits = ENG_LOGITS_LAST, .out = logits };
 	long n_gen = 0;
@@ -192,7 +185,7 @@ cmd_run(int argc, char **argv)
 		fprintf(stderr, "epmoe run: %s\n", epmoe_strerror(rc));
 		goto done;
 	}
-	t1 = now_s();
+	t1 = clock_now();
 	while (n_gen < n_predict) {
 		int32_t id = sampler_next(&smp, logits, m->hp.n_vocab, NULL);
 		const char *piece;
@@ -248,7 +241,7 @@ cmd_run(int argc, char **argv)
 			fwrite(tail, 1, tl, stdout);
 	}
 	printf("\n");
-	double t2 = now_s();
+	double t2 = clock_now();
 	fprintf(stderr,
 	        "epmoe run: prompt %zu tokens in %.3f s (%.1f tok/s), generated %ld in %.3f s (%.2f tok/s), stop: %s, seed %ld\n",
 	        n_ids, t1 - t0, n_ids / (t1 - t0), n_gen, t2 - t1,

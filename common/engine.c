@@ -21,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "engine.h"
 #include "err.h"
 #include "log.h"
@@ -60,14 +61,6 @@ struct engine {
 	float **att_s;
 	size_t att_cap;
 };
-
-static double
-now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 int
 engine_new(struct engine **out, const struct model *m,
@@ -522,11 +515,11 @@ route_call(struct engine *e, struct route_policy *p, uint32_t il, const float *S
         uint32_t T, const struct route_group *g, int n_groups)
 {
 	struct route_info info;
-	double t0 = now_s();
+	double t0 = clock_now();
 	int rc = route_run(p, (int)il, e->n_steps, S, T, g, n_groups, &e->rout, &info);
 
 	if (rc == 0 && e->route_obs)
-		e->route_obs(e->route_obs_ud, p, il, T, &info, now_s() - t0);
+		e->route_obs(e->route_obs_ud, p, il, T, &info, clock_now() - t0);
 	return rc;
 }
 
@@ -634,20 +627,20 @@ moe_block(struct engine *e, struct eng_item *items, uint32_t n_items,
 	double t0, t1, t2, t3;
 	int rc;
 
-	t0 = now_s();
+	t0 = clock_now();
 	for (uint32_t t = 0; t < T; t++)
 		op_rmsnorm(e->xn + (size_t)t * d, e->x + (size_t)t * d, l->ffn_norm,
 		        (int)d, hp->rms_eps);
 	/* S [T, E] = xn · Wgateᵀ */
 	if ((rc = op_matmul(e->pool, &l->gate_inp, e->xn, (int)T, (int)d, e->gate, (int)E)))
 		return rc;
-	t1 = now_s();
+	t1 = clock_now();
 	if ((rc = route_step(e, items, n_items, item_row0, T, il, &a)) != 0)
 		return rc;
-	t2 = now_s();
+	t2 = clock_now();
 	if ((rc = e->experts->run(e->experts, il, e->xn, &a, e->moe)) != 0)
 		return rc;
-	t3 = now_s();
+	t3 = clock_now();
 	e->timing.gate += t1 - t0;
 	e->timing.route += t2 - t1;
 	e->timing.moe += t3 - t2;
@@ -668,7 +661,7 @@ moe_block(struct engine *e, struct eng_item *items, uint32_t n_items,
 			for (uint32_t c = 0; c < d; c++)
 				mo[c] += gsh * y[c];
 		}
-		e->timing.shexp += now_s() - t3;
+		e->timing.shexp += clock_now() - t3;
 	}
 	for (size_t i = 0; i < (size_t)T * d; i++)
 		e->x[i] += e->moe[i];
@@ -714,7 +707,7 @@ engine_step(struct engine *e, struct eng_item *items, uint32_t n_items)
 	const struct model_hparams *hp = &m->hp;
 	uint32_t d = hp->n_embd, V = hp->n_vocab, T, n_out = 0;
 	uint32_t row0_small[64], *item_row0 = row0_small;
-	double t_start = now_s(), t0;
+	double t_start = clock_now(), t0;
 	int rc;
 
 	if ((rc = validate(e, items, n_items, &T)) != 0)
@@ -750,15 +743,15 @@ engine_step(struct engine *e, struct eng_item *items, uint32_t n_items)
 		        it->logits == ENG_LOGITS_LAST ? 1 : 0;
 	}
 	for (uint32_t il = 0; il < hp->n_layer; il++) {
-		t0 = now_s();
+		t0 = clock_now();
 		if ((rc = attention_block(e, items, n_items, item_row0, T, il)) != 0)
 			goto out;
-		e->timing.attn += now_s() - t0;
+		e->timing.attn += clock_now() - t0;
 		if ((rc = moe_block(e, items, n_items, item_row0, T, il)) != 0)
 			goto out;
 	}
 	/* final norm + LM head over the rows that want logits, in one product */
-	t0 = now_s();
+	t0 = clock_now();
 	if (n_out) {
 		if (n_out > e->cap_rows_out) {
 			if ((rc = grow_f(&e->head_in, (size_t)n_out * d)) ||
@@ -796,13 +789,13 @@ engine_step(struct engine *e, struct eng_item *items, uint32_t n_items)
 			}
 		}
 	}
-	e->timing.head += now_s() - t0;
+	e->timing.head += clock_now() - t0;
 	for (uint32_t i = 0; i < n_items; i++)
 		items[i].seq->n_pos += items[i].n_tokens;
 	e->n_steps++;
 	e->timing.steps++;
 	e->timing.tokens += T;
-	e->timing.total += now_s() - t_start;
+	e->timing.total += clock_now() - t_start;
 out:
 	if (item_row0 != row0_small)
 		free(item_row0);

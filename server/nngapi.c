@@ -16,6 +16,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "epmoe.pb-c.h"
 #include "err.h"
 #include "log.h"
@@ -80,14 +81,6 @@ struct nngapi {
 	uint64_t next_id;
 	bool closing;
 };
-
-static double
-now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* NNG thread: hand the context to the loop. */
 static void
@@ -227,7 +220,7 @@ answer(struct nctx *c, struct nreq *q)
 		u.prompt_tokens = q->prompt_tokens;
 		u.completion_tokens = (uint32_t)q->n_toks;
 		u.ttft_us = q->t_first > 0 ? (uint64_t)((q->t_first - q->t_submit) * 1e6) : 0;
-		u.total_us = (uint64_t)((now_s() - q->t_submit) * 1e6);
+		u.total_us = (uint64_t)((clock_now() - q->t_submit) * 1e6);
 		cr.usage = &u;
 	}
 	rep.msg_case = EPMOE__CLIENT_REPLY__MSG_COMPLETION;
@@ -303,7 +296,7 @@ on_event(const struct sched_event *ev, void *ud)
 			q->toks[q->n_toks++] = (uint32_t)ev->toks[0].id;
 		}
 		if (q->t_first == 0)
-			q->t_first = now_s();
+			q->t_first = clock_now();
 		break;
 	case SCHED_EV_DONE:
 		q->done = true;
@@ -397,7 +390,7 @@ handle_complete(struct nctx *c, const Epmoe__CompletionRequest *cr)
 		snprintf(q->id, sizeof(q->id), "nng-%llx-%llu", (unsigned long long)r->boot_id,
 		        (unsigned long long)++n->next_id);
 	q->stream = cr->stream;
-	q->t_submit = q->t_last_poll = now_s();
+	q->t_submit = q->t_last_poll = clock_now();
 	p.prompt = ids;
 	p.n_prompt = n_ids;
 	p.max_tokens = cr->max_tokens ? cr->max_tokens : 16;
@@ -474,7 +467,7 @@ handle_poll(struct nctx *c, const Epmoe__PollRequest *pr)
 		        "unknown request id (finished and collected, expired, or never streamed)", 0);
 		return;
 	}
-	q->t_last_poll = now_s();
+	q->t_last_poll = clock_now();
 	c->poll = true;
 	c->tok_off = pr->token_offset;
 	c->text_off = pr->text_offset;
@@ -485,7 +478,7 @@ handle_poll(struct nctx *c, const Epmoe__PollRequest *pr)
 	}
 	c->state = CTX_HELD;
 	c->wait = q;
-	c->deadline = now_s() + (pr->wait_ms > MAX_WAIT_MS ? MAX_WAIT_MS : pr->wait_ms) / 1000.0;
+	c->deadline = clock_now() + (pr->wait_ms > MAX_WAIT_MS ? MAX_WAIT_MS : pr->wait_ms) / 1000.0;
 	c->next_wait = q->waiters;
 	q->waiters = c;
 }
@@ -697,7 +690,7 @@ static void
 on_timer(uv_timer_t *t)
 {
 	struct nngapi *n = t->data;
-	double now = now_s();
+	double now = clock_now();
 
 	for (struct nreq *q = n->reqs, *next; q; q = next) {
 		next = q->next;

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "err.h"
 #include "log.h"
 #include "route.h"
@@ -90,14 +91,6 @@ struct sched {
 	_Atomic uint64_t st_total, st_failed, st_cancelled, st_prompt, st_gen,
 	        st_steps, st_kv;
 };
-
-static double
-now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 void
 sched_cfg_default(struct sched_cfg *c)
@@ -217,7 +210,7 @@ finish(struct sched *s, struct sched_req *r, int status, const char *reason,
 	else if (status)
 		atomic_fetch_add(&s->st_failed, 1);
 	if (status == 0 && s->obs.e2e)
-		s->obs.e2e(s->obs.ud, now_s() - r->t_submit);
+		s->obs.e2e(s->obs.ud, clock_now() - r->t_submit);
 	if (ev == NULL) {
 		/* cannot even say it failed: log; the client times out */
 		log_error("sched: out of memory finishing request %llu",
@@ -287,7 +280,7 @@ admit(struct sched *s, struct sched_req *r)
 	sample_stop_init(&r->stop, (const char *const *)r->p.stop, r->p.n_stop);
 	r->stop_ok = true;
 	r->state = REQ_RUNNING;
-	r->t_admit = now_s();
+	r->t_admit = clock_now();
 	if (s->obs.queue)
 		s->obs.queue(s->obs.ud, r->t_admit - r->t_submit);
 	return 0;
@@ -401,7 +394,7 @@ sample_and_emit(struct sched *s, struct sched_req *r, const float *row)
 	int32_t id = sampler_next(&r->smp, row, s->n_vocab, &lp);
 	const char *piece, *out;
 	size_t plen, olen;
-	double t = now_s();
+	double t = clock_now();
 	int stopped = 0;
 
 	if (id < 0) {
@@ -940,7 +933,7 @@ sched_submit(struct sched *s, struct sched_req_params *p, struct sched_req **out
 	r->p.routing = NULL;
 	memset(p, 0, sizeof(*p));
 	r->s = s;
-	r->t_submit = now_s();
+	r->t_submit = clock_now();
 	pthread_mutex_lock(&s->mu);
 	if (s->stop || s->n_inbox + atomic_load(&s->st_waiting) >= s->cfg.max_waiting) {
 		pthread_mutex_unlock(&s->mu);
