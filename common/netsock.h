@@ -44,6 +44,8 @@ int netsock_req_dial(nng_socket *out, const char *url, size_t recv_max);
  * destroyed mutex; nanomsg/nng#2110 is the same family).  Close a socket
  * only once no other thread uses it; to move a peer, swap dialers. */
 int netsock_req_open(nng_socket *out, size_t recv_max);
+int netsock_dial(nng_socket s, const char *url, size_t recv_max,
+        nng_dialer *out);
 
 /* nng_close(s), but waits at most timeout_ms for it: NNG 1.5.2 can
  * deadlock in nng_close when a peer's message arrives while the socket's
@@ -52,8 +54,6 @@ int netsock_req_open(nng_socket *out, size_t recv_max);
  * logged, so a shutdown never hangs on it.  Returns 0, or EPMOE_ETIMEDOUT
  * when the close was abandoned. */
 int netsock_close_bounded(nng_socket s, uint32_t timeout_ms);
-int netsock_dial(nng_socket s, const char *url, size_t recv_max,
-        nng_dialer *out);
 
 /* Opens a REP socket listening on url.  The URL actually bound goes to
  * bound (a tcp port 0 is replaced by the port the kernel chose).  On
