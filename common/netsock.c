@@ -1,13 +1,19 @@
 /* NNG sockets with explicit options; message buffer reuse.  See netsock.h. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/rep.h>
 #include <nng/protocol/reqrep0/req.h>
 
 #include "err.h"
+#include "log.h"
 #include "netsock.h"
 #include "wire_nng.h"
 
@@ -28,14 +34,11 @@ url_err(int rv)
 }
 
 int
-netsock_req_dial(nng_socket *out, const char *url, size_t recv_max)
+netsock_req_open(nng_socket *out, size_t recv_max)
 {
 	nng_socket s;
-	nng_dialer d;
 	int rv;
 
-	if (url == NULL || *url == '\0')
-		return EPMOE_EINVAL;
 	if ((rv = nng_req0_open(&s)) != 0)
 		return wire_nng_err(rv);
 	if ((rv = nng_socket_set_size(s, NNG_OPT_RECVMAXSZ, recv_max)) != 0 ||
@@ -48,10 +51,20 @@ netsock_req_dial(nng_socket *out, const char *url, size_t recv_max)
 		nng_close(s);
 		return wire_nng_err(rv);
 	}
-	if ((rv = nng_dialer_create(&d, s, url)) != 0) {
-		nng_close(s);
+	*out = s;
+	return 0;
+}
+
+int
+netsock_dial(nng_socket s, const char *url, size_t recv_max, nng_dialer *out)
+{
+	nng_dialer d;
+	int rv;
+
+	if (url == NULL || *url == '\0')
+		return EPMOE_EINVAL;
+	if ((rv = nng_dialer_create(&d, s, url)) != 0)
 		return url_err(rv);
-	}
 	if ((rv = nng_dialer_set_size(d, NNG_OPT_RECVMAXSZ, recv_max)) != 0 ||
 	        (rv = nng_dialer_set_ms(d, NNG_OPT_RECONNMINT,
 	             NETSOCK_RECONN_MIN_MS)) != 0 ||
@@ -60,8 +73,27 @@ netsock_req_dial(nng_socket *out, const char *url, size_t recv_max)
 	        (is_tcp(url) &&
 	             (rv = nng_dialer_set_bool(d, NNG_OPT_TCP_KEEPALIVE, true)) != 0) ||
 	        (rv = nng_dialer_start(d, NNG_FLAG_NONBLOCK)) != 0) {
-		nng_close(s);
+		nng_dialer_close(d);
 		return url_err(rv);
+	}
+	if (out != NULL)
+		*out = d;
+	return 0;
+}
+
+int
+netsock_req_dial(nng_socket *out, const char *url, size_t recv_max)
+{
+	nng_socket s;
+	int rc;
+
+	if (url == NULL || *url == '\0')
+		return EPMOE_EINVAL;
+	if ((rc = netsock_req_open(&s, recv_max)) != 0)
+		return rc;
+	if ((rc = netsock_dial(s, url, recv_max, NULL)) != 0) {
+		nng_close(s);
+		return rc;
 	}
 	*out = s;
 	return 0;
@@ -149,5 +181,97 @@ netsock_msg_pack(nng_msg **msg, int kind, const ProtobufCMessage *hdr,
 	if (rv != 0)
 		return rv;
 	*rows_out = rows;
+	return 0;
+}
+
+/* Shared by netsock_close_bounded and its closer thread; the last of the
+ * two to finish frees it. */
+struct closer {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	nng_socket s;
+	int refs;
+	bool done;
+};
+
+static void
+closer_rele(struct closer *c)
+{
+	int left;
+
+	pthread_mutex_lock(&c->mu);
+	left = --c->refs;
+	pthread_mutex_unlock(&c->mu);
+	if (left == 0) {
+		pthread_cond_destroy(&c->cv);
+		pthread_mutex_destroy(&c->mu);
+		free(c);
+	}
+}
+
+static void *
+closer_main(void *arg)
+{
+	struct closer *c = arg;
+
+	nng_close(c->s);
+	pthread_mutex_lock(&c->mu);
+	c->done = true;
+	pthread_cond_signal(&c->cv);
+	pthread_mutex_unlock(&c->mu);
+	closer_rele(c);
+	return NULL;
+}
+
+int
+netsock_close_bounded(nng_socket s, uint32_t timeout_ms)
+{
+	struct closer *c;
+	struct timespec until;
+	pthread_condattr_t ca;
+	pthread_attr_t ta;
+	pthread_t th;
+	bool done;
+
+	if ((c = calloc(1, sizeof(*c))) == NULL) {
+		nng_close(s);
+		return 0;
+	}
+	pthread_mutex_init(&c->mu, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&c->cv, &ca);
+	pthread_condattr_destroy(&ca);
+	c->s = s;
+	c->refs = 2;
+	pthread_attr_init(&ta);
+	pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
+	if (pthread_create(&th, &ta, closer_main, c) != 0) {
+		pthread_attr_destroy(&ta);
+		c->refs = 1;
+		closer_rele(c);
+		nng_close(s);
+		return 0;
+	}
+	pthread_attr_destroy(&ta);
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_sec += timeout_ms / 1000;
+	until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&c->mu);
+	while (!c->done &&
+	        pthread_cond_timedwait(&c->cv, &c->mu, &until) != ETIMEDOUT)
+		;
+	done = c->done;
+	pthread_mutex_unlock(&c->mu);
+	closer_rele(c);
+	if (!done) {
+		log_warn("nng_close of socket %d did not finish in %u ms (an NNG 1.5.2 close deadlock, nanomsg/nng#1813): left to a background thread",
+		        nng_socket_id(s), timeout_ms);
+		return EPMOE_ETIMEDOUT;
+	}
 	return 0;
 }

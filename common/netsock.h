@@ -17,6 +17,7 @@
 #define EPMOE_NETSOCK_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include <nng/nng.h>
 
@@ -32,6 +33,27 @@
  * caller's: nng_close() it.  Returns 0 or an EPMOE_E* code (EPMOE_EINVAL
  * for a malformed URL or unknown transport). */
 int netsock_req_dial(nng_socket *out, const char *url, size_t recv_max);
+
+/* The two halves of netsock_req_dial: a REQ socket with the options and no
+ * dialer, and a non-blocking dialer with the options on a socket (to
+ * point a long-lived socket at a new address: dial the new one, then
+ * nng_dialer_close the old one).
+ *
+ * NNG 1.5.2 caveat: nng_close() of a socket while another thread is
+ * blocked in an operation on it can crash NNG (a taskq thread locks a
+ * destroyed mutex; nanomsg/nng#2110 is the same family).  Close a socket
+ * only once no other thread uses it; to move a peer, swap dialers. */
+int netsock_req_open(nng_socket *out, size_t recv_max);
+int netsock_dial(nng_socket s, const char *url, size_t recv_max,
+        nng_dialer *out);
+
+/* nng_close(s), but waits at most timeout_ms for it: NNG 1.5.2 can
+ * deadlock in nng_close when a peer's message arrives while the socket's
+ * pipes are torn down (nanomsg/nng#1543, #1813; fixed in NNG 1.8).  After
+ * the timeout the close goes on in a detached thread and a warning is
+ * logged, so a shutdown never hangs on it.  Returns 0, or EPMOE_ETIMEDOUT
+ * when the close was abandoned. */
+int netsock_close_bounded(nng_socket s, uint32_t timeout_ms);
 
 /* Opens a REP socket listening on url.  The URL actually bound goes to
  * bound (a tcp port 0 is replaced by the port the kernel chose).  On

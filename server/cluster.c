@@ -4,7 +4,10 @@
  * registrations; the dispatcher (engine thread) and the HTTP loop read
  * state and report request outcomes through the mutex.  Nothing here
  * blocks while holding the mutex: sockets are dialed and closed outside
- * it, and event callbacks run after it is released. */
+ * it, and event callbacks run after it is released.  No socket is closed
+ * while another thread may be blocked on it (an NNG 1.5.2 crash, see
+ * netsock.h): the control socket after its thread has exited, data
+ * sockets only in cluster_free. */
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -31,6 +34,7 @@
 #define LAT_RING 512       /* recent latencies kept per worker for p99 */
 #define MAX_EVENTS 256     /* pending up/down events */
 #define ID_MAX 101         /* worker id / node name: up to 100 chars */
+#define CLOSE_MS 2000      /* longest wait for one socket close */
 
 const double cluster_hist_bounds_s[CLUSTER_HIST_BUCKETS] = {
 	50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3,
@@ -57,8 +61,13 @@ struct cl_worker {
 	uint64_t ram_bytes;
 	uint64_t last_hb_ns;
 	uint32_t gen;
+	/* one REQ socket per worker place for the cluster's lifetime (NNG
+	 * 1.5.2 must not close a socket the dispatcher may be using: see
+	 * netsock.h); a new registration gets a new dialer on it */
 	bool sock_open;
 	nng_socket sock;
+	bool dialer_open;
+	nng_dialer dialer;
 	uint64_t registrations;
 	/* as reported by the worker */
 	uint64_t rep_tokens, rep_batches, rep_compute_us, rep_ram_free;
@@ -232,13 +241,13 @@ cluster_free(struct cluster *c)
 	if (c == NULL)
 		return;
 	if (c->started) {
+		/* the thread sees the flag within its receive timeout; the
+		 * socket is closed once nothing waits on it */
 		atomic_store(&c->stop, 1);
-		nng_close(c->ctl); /* wakes the control thread at once */
 		pthread_join(c->th, NULL);
-		c->ctl_open = false;
 	}
 	if (c->ctl_open)
-		nng_close(c->ctl);
+		netsock_close_bounded(c->ctl, CLOSE_MS);
 	if (c->pl_refs != 0)
 		log_error("cluster: freed while %u placement references are held",
 		        c->pl_refs);
@@ -246,13 +255,18 @@ cluster_free(struct cluster *c)
 		nng_socket s = c->w[i].sock;
 		bool open;
 
-		/* closed first so the pipe callback ignores the closing */
+		/* marked first so the pipe callback ignores the closing */
 		pthread_mutex_lock(&c->mu);
 		open = c->w[i].sock_open;
 		c->w[i].sock_open = false;
+		c->w[i].dialer_open = false;
 		pthread_mutex_unlock(&c->mu);
-		if (open)
-			nng_close(s);
+		if (open) {
+			/* no callback may outlive c, even if the close is
+			 * abandoned */
+			nng_pipe_notify(s, NNG_PIPE_EV_REM_POST, NULL, NULL);
+			netsock_close_bounded(s, CLOSE_MS);
+		}
 	}
 	free(c->w);
 	placement_free(c->pl);
@@ -449,7 +463,7 @@ bad_name(const char *s)
 /* A data connection to a worker closed (NNG reaper thread; takes only
  * the cluster mutex, whose holders never block): the worker is down at
  * once, so the next layer call fails fast instead of waiting for its
- * deadline.  Events of a socket already replaced are ignored.  nng_close
+ * deadline.  Pipes of a dialer already replaced are ignored.  nng_close
  * of a socket waits for its pipe callbacks, so none runs after it. */
 static void
 on_pipe_rem(nng_pipe pipe, nng_pipe_ev ev, void *arg)
@@ -459,8 +473,8 @@ on_pipe_rem(nng_pipe pipe, nng_pipe_ev ev, void *arg)
 
 	(void)ev;
 	pthread_mutex_lock(&c->mu);
-	if (w->sock_open &&
-	        nng_socket_id(nng_pipe_socket(pipe)) == nng_socket_id(w->sock))
+	if (w->dialer_open &&
+	        nng_dialer_id(nng_pipe_dialer(pipe)) == nng_dialer_id(w->dialer))
 		mark_down(c, w->index, "data connection lost");
 	pthread_mutex_unlock(&c->mu);
 }
@@ -469,8 +483,9 @@ static void
 on_hello(struct cluster *c, const Epmoe__WorkerHello *h, struct reply *r)
 {
 	struct cl_worker *w;
-	nng_socket sock, old;
-	bool need_sock, close_old = false, restart, takeover;
+	nng_socket sock;
+	nng_dialer dialer, old;
+	bool need_dial, open_sock, close_old = false, restart, takeover;
 	char was[ID_MAX], why[64];
 	uint32_t wi = UINT32_MAX;
 	int rc;
@@ -520,34 +535,48 @@ on_hello(struct cluster *c, const Epmoe__WorkerHello *h, struct reply *r)
 	w = &c->w[wi];
 	takeover = w->state != W_NEVER && strcmp(w->id, h->worker_id) != 0;
 	restart = w->state != W_NEVER && !takeover && w->boot_id != h->boot_id;
-	need_sock = !w->sock_open || w->boot_id != h->boot_id ||
+	need_dial = !w->dialer_open || w->boot_id != h->boot_id ||
 	        strcmp(w->url, h->data_url) != 0;
+	open_sock = !w->sock_open;
+	sock = w->sock;
 	snprintf(was, sizeof(was), "%s", w->id);
 	pthread_mutex_unlock(&c->mu);
 
-	if (need_sock &&
-	        (rc = netsock_req_dial(&sock, h->data_url, NETSOCK_DATA_RECV_MAX)) != 0) {
+	if (open_sock) {
+		/* the socket stays for the cluster's life: publish it now */
+		if ((rc = netsock_req_open(&sock, NETSOCK_DATA_RECV_MAX)) != 0) {
+			refuse(r, EPMOE__STATUS__STATUS_INTERNAL, "cannot open a data socket: %s",
+			        epmoe_strerror(rc));
+			goto refused;
+		}
+		nng_pipe_notify(sock, NNG_PIPE_EV_REM_POST, on_pipe_rem, &c->w[wi]);
+		pthread_mutex_lock(&c->mu);
+		w->sock = sock;
+		w->sock_open = true;
+		pthread_mutex_unlock(&c->mu);
+	}
+	if (need_dial &&
+	        (rc = netsock_dial(sock, h->data_url, NETSOCK_DATA_RECV_MAX,
+	             &dialer)) != 0) {
 		refuse(r, EPMOE__STATUS__STATUS_INVALID, "cannot dial data URL %s: %s",
 		        h->data_url, epmoe_strerror(rc));
 		goto refused;
 	}
-	if (need_sock)
-		nng_pipe_notify(sock, NNG_PIPE_EV_REM_POST, on_pipe_rem, &c->w[wi]);
 	if ((rc = reply_order(r, c, wi)) != 0) {
-		if (need_sock)
-			nng_close(sock);
+		if (need_dial)
+			nng_dialer_close(dialer);
 		refuse(r, EPMOE__STATUS__STATUS_NO_MEMORY, "out of memory");
 		goto refused;
 	}
 
 	pthread_mutex_lock(&c->mu);
-	if (need_sock) {
-		if (w->sock_open) {
-			old = w->sock;
+	if (need_dial) {
+		if (w->dialer_open) {
+			old = w->dialer;
 			close_old = true;
 		}
-		w->sock = sock;
-		w->sock_open = true;
+		w->dialer = dialer;
+		w->dialer_open = true;
 	}
 	snprintf(w->id, sizeof(w->id), "%s", h->worker_id);
 	snprintf(w->node, sizeof(w->node), "%s", h->node ? h->node : "");
@@ -569,7 +598,7 @@ on_hello(struct cluster *c, const Epmoe__WorkerHello *h, struct reply *r)
 	snprintf(w->join_reason, sizeof(w->join_reason), "%s", why);
 	pthread_mutex_unlock(&c->mu);
 	if (close_old)
-		nng_close(old);
+		nng_dialer_close(old); /* its pipes' callbacks are now ignored */
 
 	r->hr.accepted = true;
 	r->hr.status = EPMOE__STATUS__STATUS_OK;

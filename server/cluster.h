@@ -5,8 +5,11 @@
  * thread of its own (no libuv): it answers WorkerHello / LoadReport /
  * Leave (protocol in worker/worker.h), assigns worker indices, dials each
  * registered worker's data URL with a REQ socket of its own
- * (common/netsock.h options) and marks workers down when heartbeats stop
- * (heartbeat_timeout_ms) or when the dispatcher reports a failed request.
+ * (common/netsock.h options; one socket per worker index for the
+ * cluster's life, re-pointed with a new dialer when a worker comes back
+ * at another address) and marks workers down when heartbeats stop
+ * (heartbeat_timeout_ms), when the data connection closes (pipe event),
+ * or when the dispatcher reports a failed request.
  *
  * Worker indices: a worker id seen before gets its old index back (a
  * restart: new boot id, same id -> its slots are live again once it has

@@ -11,6 +11,9 @@
  * zombies.  Children inherit stdout/stderr (their log lines go where the
  * router's go) and start with an empty signal mask and default handlers.
  *
+ * Router shutdown order: free the dispatch backends, spawn_stop (the
+ * workers send Leave and exit 0), then cluster_free.
+ *
  * Not thread-safe: one thread owns a struct spawn.
  */
 #ifndef EPMOE_SPAWN_H

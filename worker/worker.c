@@ -239,9 +239,9 @@ worker_free(struct worker *w)
 		nng_aio_free(w->ctl_aio);
 	}
 	if (w->ctl_open)
-		nng_close(w->ctl);
+		netsock_close_bounded(w->ctl, 2000);
 	if (w->data_open)
-		nng_close(w->data);
+		netsock_close_bounded(w->data, 2000);
 	pool_free(w->pool);
 	model_free(w->own);
 	free(w->slots.expert);

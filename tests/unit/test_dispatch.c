@@ -1093,7 +1093,8 @@ START_TEST(spawned_workers_die_with_the_router)
 		p[1] = spawn_pid(sp, 1);
 		if (write(fds[1], p, sizeof(p)) != (ssize_t)sizeof(p))
 			_exit(4);
-		nng_msleep(300);
+		/* no NNG calls in this child: NNG state does not survive fork */
+		usleep(300 * 1000);
 		_exit(0); /* no spawn_stop: the workers are orphaned */
 	}
 	close(fds[1]);
@@ -1116,34 +1117,82 @@ START_TEST(spawned_workers_die_with_the_router)
 }
 END_TEST
 
+/* Helper mode of this binary (see main): a router that registers workers
+ * until it is killed, in a process of its own so it can crash for real. */
+static int
+router_child(const char *model_path)
+{
+	struct model *m;
+	struct cluster *c;
+	struct cluster_cfg cc = { .control_url = "tcp://127.0.0.1:0",
+		.n_workers = 1, .heartbeat_ms = 100, .heartbeat_timeout_ms = 5000 };
+	char err[256];
+
+	if (model_load(&m, model_path, err, sizeof(err)) != 0)
+		return 3;
+	cc.model = m;
+	if (cluster_new(&c, &cc, err, sizeof(err)) != 0 || cluster_start(c) != 0)
+		return 4;
+	printf("%s\n", cluster_control_url(c));
+	fflush(stdout);
+	for (;;)
+		pause(); /* until SIGKILL */
+}
+
 START_TEST(worker_registers_again_when_the_router_restarts)
 {
 	struct model *m = load_model(models[2]);
-	struct cluster_cfg cc = { .control_url = "tcp://127.0.0.1:0", .model = m,
-		.n_workers = 1, .heartbeat_ms = 100, .heartbeat_timeout_ms = 5000 };
+	struct cluster_cfg cc = { .model = m, .n_workers = 1,
+		.heartbeat_ms = 100, .heartbeat_timeout_ms = 5000 };
 	struct cluster *c;
 	struct moe_backend *be;
 	struct wthread w;
 	struct worker_stats ws;
 	struct routing r;
-	char err[256], url[128];
+	char err[256], url[128] = "";
 	uint32_t T = 9, d = m->hp.n_embd;
 	float *x = random_rows(T, d, 2), *got = malloc((size_t)T * d * 4);
 	float *want = malloc((size_t)T * d * 4);
+	int fds[2], status, i;
+	pid_t router;
+	FILE *f;
 
-	ck_assert_msg(cluster_new(&c, &cc, err, sizeof(err)) == 0, "%s", err);
-	ck_assert_int_eq(cluster_start(c), 0);
-	snprintf(url, sizeof(url), "%s", cluster_control_url(c));
+	/* router A: a child process of its own (this binary in helper mode) */
+	ck_assert_int_eq(pipe(fds), 0);
+	router = fork();
+	ck_assert_int_ge(router, 0);
+	if (router == 0) {
+		dup2(fds[1], 1);
+		close(fds[0]);
+		close(fds[1]);
+		execl("/proc/self/exe", "test_dispatch", "--router-child", m->path,
+		        (char *)NULL);
+		_exit(127);
+	}
+	close(fds[1]);
+	f = fdopen(fds[0], "r");
+	ck_assert_ptr_nonnull(fgets(url, sizeof(url), f));
+	fclose(f);
+	url[strcspn(url, "\n")] = '\0';
+	ck_assert_msg(strncmp(url, "tcp://127.0.0.1:", 16) == 0, "router child said '%s'", url);
 	wthread_start(&w, url, m, "phoenix");
-	wait_ready(c, true);
-	cluster_free(c);
-	/* a new router (new boot id) on the same address */
+	for (i = 0; i < 1000; i++) {
+		worker_get_stats(w.w, &ws);
+		if (ws.registered)
+			break;
+		nng_msleep(10);
+	}
+	ck_assert(ws.registered);
+	/* router A crashes; router B (new boot id) comes up on its address */
+	ck_assert_int_eq(kill(router, SIGKILL), 0);
+	ck_assert_int_eq(waitpid(router, &status, 0), router);
 	cc.control_url = url;
 	ck_assert_msg(cluster_new(&c, &cc, err, sizeof(err)) == 0, "%s", err);
 	ck_assert_int_eq(cluster_start(c), 0);
+	ck_assert_str_eq(cluster_control_url(c), url);
 	wait_ready(c, true);
 	/* the router counts the worker up before the worker reads the reply */
-	for (int i = 0; i < 500; i++) {
+	for (i = 0; i < 500; i++) {
 		worker_get_stats(w.w, &ws);
 		if (ws.registrations == 2)
 			break;
@@ -1299,7 +1348,9 @@ suite(void)
 }
 
 int
-main(void)
+main(int argc, char **argv)
 {
+	if (argc == 3 && strcmp(argv[1], "--router-child") == 0)
+		return router_child(argv[2]);
 	return tu_run(suite());
 }
