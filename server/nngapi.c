@@ -20,6 +20,7 @@
 #include "epmoe.pb-c.h"
 #include "err.h"
 #include "log.h"
+#include "netsock.h"
 #include "router.h"
 #include "wire.h"
 #include "wire_nng.h"
@@ -754,7 +755,7 @@ fail_started:
 	return wire_nng_err(rv);
 fail:
 	log_error("nng api: cannot listen on %s: %s", r->cfg.nng_url, nng_strerror(rv));
-	nng_close(n->sock);
+	netsock_close_bounded(n->sock, 2000);
 	pthread_mutex_destroy(&n->mu);
 	free(n);
 	return wire_nng_err(rv);
@@ -769,7 +770,7 @@ nngapi_stop(struct nngapi *n)
 	for (int i = 0; i < N_CTX; i++)
 		if (n->ctxs[i].aio)
 			nng_aio_stop(n->ctxs[i].aio);
-	nng_close(n->sock);
+	netsock_close_bounded(n->sock, 2000);
 	for (int i = 0; i < N_CTX; i++) {
 		if (n->ctxs[i].aio) {
 			if (n->ctxs[i].state == CTX_SEND)
