@@ -156,24 +156,6 @@ op_rope(float *x, int n_heads, int head_dim, int n_rot, int pos,
 	}
 }
 
-void
-op_softmax(float *x, int n)
-{
-	float m = -INFINITY;
-	double s = 0.0;
-
-	for (int i = 0; i < n; i++)
-		if (x[i] > m)
-			m = x[i];
-	for (int i = 0; i < n; i++) {
-		x[i] = expf(x[i] - m);
-		s += x[i];
-	}
-	float inv = (float)(1.0 / s);
-	for (int i = 0; i < n; i++)
-		x[i] *= inv;
-}
-
 #if defined(__AVX512F__)
 /* e^x for 16 lanes: x = k·ln2 + r with |r| <= ln2/2, a degree-6 Taylor
  * polynomial for e^r (relative error < 2e-7) and 2^k by scalef. */
@@ -195,6 +177,34 @@ exp512(__m512 x)
 	return _mm512_scalef_ps(p, k);
 }
 #endif
+
+void
+op_softmax(float *x, int n)
+{
+	float m = -INFINITY;
+	double s = 0.0;
+	int i = 0;
+
+	for (int j = 0; j < n; j++)
+		if (x[j] > m)
+			m = x[j];
+#if defined(__AVX512F__)
+	__m512 mv = _mm512_set1_ps(m), acc = _mm512_setzero_ps();
+	for (; i + 16 <= n; i += 16) {
+		__m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(x + i), mv));
+		_mm512_storeu_ps(x + i, e);
+		acc = _mm512_add_ps(acc, e);
+	}
+	s = _mm512_reduce_add_ps(acc);
+#endif
+	for (; i < n; i++) {
+		x[i] = expf(x[i] - m);
+		s += x[i];
+	}
+	float inv = (float)(1.0 / s);
+	for (int j = 0; j < n; j++)
+		x[j] *= inv;
+}
 
 void
 op_swiglu(float *g, const float *u, int n)

@@ -44,7 +44,8 @@ void op_rmsnorm(float *y, const float *x, const float *w, int n, float eps);
 void op_rope(float *x, int n_heads, int head_dim, int n_rot, int pos,
         const float *freq, int neox);
 
-/* In-place softmax of n values (max-subtracted, sum in double). */
+/* In-place softmax of n values (max-subtracted; vectorised exp, relative
+ * error < 2e-7). */
 void op_softmax(float *x, int n);
 
 /* g[i] = silu(g[i]) * u[i] */
@@ -68,7 +69,7 @@ int op_matmul_rows(const struct tmat *W, uint32_t r0, uint32_t r1,
         const float *X, int n, int ldx, float *Y, int ldy);
 
 /* Query rows processed together by op_attn_head. */
-#define OP_ATT_QCHUNK 64
+#define OP_ATT_QCHUNK 128
 
 /* Causal attention of one head for n query rows at positions p0 .. p0+n-1
  * over keys/values 0 .. p0+n-1:
