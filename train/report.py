@@ -14,12 +14,15 @@ def load(outdir, v):
     d = os.path.join(outdir, v)
     with open(os.path.join(d, 'summary.json')) as f:
         s = json.load(f)
-    evals = []
+    evals, ssr = [], []
     with open(os.path.join(d, 'log.jsonl')) as f:
         for line in f:
             r = json.loads(line)
             if r.get('type') == 'eval':
                 evals.append(r)
+            elif r.get('type') == 'ssr':
+                ssr.append(r)
+    s['ssr_log'] = ssr
     g = None
     p = os.path.join(d, 'gguf_eval.json')
     if os.path.exists(p):
@@ -64,15 +67,22 @@ def main():
              s['tok_per_s'], s['train_time_s'] / 60, s['wall_s'] / 60))
     p('')
     p('Perplexities: F16 weights as exported, plain softmax top-2 routing; MaxVio '
-      'on the validation split, plain top-2.')
+      'on the validation split, plain top-2.  Throughput and times depend on the '
+      'load other jobs put on the machine, not on the routing variant.')
     for v, (s, ev, g) in rows.items():
         if 'val_ppl_with_bias' in s:
             p('%s with its training bias (not exported): val ppl %.2f, MaxVio per layer %s.'
               % (v, s['val_ppl_with_bias'],
                  ' '.join('%.2f' % x for x in s['val_maxvio_with_bias'])))
         if s.get('ssr_events'):
-            p('%s: %d Sinkhorn (step, layer) events out of %d.'
-              % (v, s['ssr_events'], s['steps'] * s['config']['n_layer']))
+            ev = s['ssr_log']
+            p('%s: %d Sinkhorn (step, layer) events out of %d; on those batches '
+              'MaxVio of plain top-2 %.2f, of the plan\'s top-2 %.2f (means); '
+              'largest relative column-marginal error after the iterations %.1e.'
+              % (v, s['ssr_events'], s['steps'] * s['config']['n_layer'],
+                 sum(e['maxvio_plain'] for e in ev) / max(1, len(ev)),
+                 sum(e['maxvio_plan'] for e in ev) / max(1, len(ev)),
+                 max([e['colerr'] for e in ev] or [0])))
     p('')
     steps = sorted({e['step'] for _, ev, _ in rows.values() for e in ev})
     p('Validation perplexity over steps (bf16 evaluation during training):')
