@@ -157,6 +157,18 @@ cmd_perplexity(int argc, char **argv)
 	if (acc.n_workers > acc.n_expert)
 		acc.n_workers = acc.n_expert;
 	engine_set_route_observer(e, on_route, &acc);
+	{
+		/* the same contiguous worker map for the statistics and for the
+		 * policies that balance workers (ssr:lambda) */
+		size_t n = (size_t)m->hp.n_layer * m->hp.n_expert;
+		uint16_t *map = malloc(n * sizeof(*map));
+		if (map == NULL)
+			goto done;
+		for (size_t i = 0; i < n; i++)
+			map[i] = (uint16_t)((i % m->hp.n_expert) * acc.n_workers / m->hp.n_expert);
+		engine_set_worker_map(e, map, (int)acc.n_workers);
+		free(map);
+	}
 	if ((uint64_t)ctx > engine_n_ctx(e)) {
 		fprintf(stderr, "epmoe perplexity: --ctx %ld exceeds the model's context %u\n",
 		        ctx, engine_n_ctx(e));

@@ -51,6 +51,8 @@ struct engine {
 	uint32_t *pair_lo, *pair_hi;     /* [T] pair range of each row */
 	engine_route_fn route_obs;
 	void *route_obs_ud;
+	uint16_t *worker_of;             /* [L * E] expert -> worker, or NULL */
+	int n_workers;
 	int32_t *perm;      /* [T] rows reordered so groups are contiguous */
 	float *gate_perm;
 	uint32_t *off_perm;
@@ -134,6 +136,7 @@ engine_free(struct engine *e)
 	free(e->head_out);
 	free(e->groups);
 	free(e->pols);
+	free(e->worker_of);
 	free(e->pair_lo);
 	free(e->pair_hi);
 	free(e->perm);
@@ -187,7 +190,27 @@ engine_policy_new(const struct engine *e, const char *spec,
 
 	if ((rc = route_parse(spec, &cfg, err, err_len)) != 0)
 		return rc;
-	return route_policy_new(out, &cfg, &rm, err, err_len);
+	if ((rc = route_policy_new(out, &cfg, &rm, err, err_len)) != 0)
+		return rc;
+	if (e->worker_of)
+		route_policy_set_workers(*out, e->worker_of, e->n_workers);
+	return 0;
+}
+
+int
+engine_set_worker_map(struct engine *e, const uint16_t *worker_of, int n_workers)
+{
+	const struct model_hparams *hp = &e->m->hp;
+	size_t n = (size_t)hp->n_layer * hp->n_expert;
+	uint16_t *map = malloc(n * sizeof(*map));
+
+	if (map == NULL)
+		return EPMOE_ENOMEM;
+	memcpy(map, worker_of, n * sizeof(*map));
+	free(e->worker_of);
+	e->worker_of = map;
+	e->n_workers = n_workers;
+	return route_policy_set_workers(e->policy, map, n_workers);
 }
 
 void

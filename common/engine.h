@@ -83,6 +83,12 @@ struct route_policy *engine_policy(struct engine *e);
 int engine_policy_new(const struct engine *e, const char *spec,
         struct route_policy **out, char *err, size_t err_len);
 
+/* The expert -> worker map ([n_layer][n_expert], copied) that policies
+ * balancing workers (ssr:lambda) use: applied to the default policy and
+ * to every policy engine_policy_new creates from now on. */
+int engine_set_worker_map(struct engine *e, const uint16_t *worker_of,
+        int n_workers);
+
 /* Called after every routing call (engine thread): the policy, layer,
  * tokens routed, the call's statistics and its duration in seconds. */
 typedef void (*engine_route_fn)(void *ud, struct route_policy *p,

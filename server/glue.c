@@ -51,7 +51,7 @@ load_worker_map(struct router *r)
 		r->worker_of = map;
 		r->n_workers_map = (int)p->n_worker;
 		pthread_mutex_unlock(&r->stats_mu);
-		route_policy_set_workers(engine_policy(r->engine), map, (int)p->n_worker);
+		engine_set_worker_map(r->engine, map, (int)p->n_worker);
 	}
 	cluster_placement_release(r->cluster, p);
 }
