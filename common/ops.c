@@ -14,9 +14,12 @@
 #include "err.h"
 #include "ops.h"
 
-/* Below this many token rows, non-F32 weights take the row-at-a-time path
- * (each weight row converted once into L1 and dotted with every token). */
-#define SMALL_N 12
+/* Below this many token rows products take the row-at-a-time path (each
+ * weight row read once, converted in registers, dotted with every token;
+ * measured faster than OpenBLAS sgemv/sgemm here up to about 32 rows, for
+ * F32 too); from it on, sgemm (after converting blocks of rows for
+ * F16/BF16/Q8_0). */
+#define SMALL_N 32
 /* Weight rows converted per sgemm call on the block path. */
 #define BLOCK_ROWS 128
 
@@ -232,148 +235,114 @@ tmat_row_f32(const struct tmat *m, uint32_t r, float *dst)
 	return ggml_row_to_f32(m->type, row, dst, m->n_in);
 }
 
-/* ---- fused dot kernels: y[r] = W[row r] · x for up to 4 rows, converting
- * the weights in registers (the decode path: every weight byte is read
- * from memory once per step and the rows stay in L1 across tokens). ---- */
+/* ---- fused dot kernels: one weight row, converted in registers, dotted
+ * with one token row.  Rows are walked one after the other, so each thread
+ * reads its weights as one sequential stream (what the hardware
+ * prefetchers follow best; interleaving several short rows measured at a
+ * third of the bandwidth), and a row stays in L1 for the next tokens. ---- */
 
 #if defined(__AVX512F__)
-static inline float
-hsum512(__m512 v)
-{
-	return _mm512_reduce_add_ps(v);
-}
+#define DOT_ROW_FN(NAME, LOADW)                                                \
+	static int NAME(const uint8_t *w, const float *x, int n, float *y)    \
+	{                                                                      \
+		__m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();    \
+		__m512 a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();    \
+		int c = 0;                                                     \
+		for (; c + 64 <= n; c += 64) {                                 \
+			a0 = _mm512_fmadd_ps(LOADW(w, c), _mm512_loadu_ps(x + c), a0); \
+			a1 = _mm512_fmadd_ps(LOADW(w, c + 16), _mm512_loadu_ps(x + c + 16), a1); \
+			a2 = _mm512_fmadd_ps(LOADW(w, c + 32), _mm512_loadu_ps(x + c + 32), a2); \
+			a3 = _mm512_fmadd_ps(LOADW(w, c + 48), _mm512_loadu_ps(x + c + 48), a3); \
+		}                                                              \
+		for (; c + 16 <= n; c += 16)                                   \
+			a0 = _mm512_fmadd_ps(LOADW(w, c), _mm512_loadu_ps(x + c), a0); \
+		*y = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1),  \
+		        _mm512_add_ps(a2, a3)));                               \
+		return c;                                                      \
+	}
 
-#define DOT_ROWS_BODY(LOAD_W, STEP)                                            \
-	__m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();            \
-	__m512 a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();            \
-	int c = 0;                                                             \
-	for (; c + STEP <= n; c += STEP) {                                     \
-		__m512 xv = _mm512_loadu_ps(x + c);                            \
-		a0 = _mm512_fmadd_ps(LOAD_W(0), xv, a0);                       \
-		if (nr > 1) a1 = _mm512_fmadd_ps(LOAD_W(1), xv, a1);           \
-		if (nr > 2) a2 = _mm512_fmadd_ps(LOAD_W(2), xv, a2);           \
-		if (nr > 3) a3 = _mm512_fmadd_ps(LOAD_W(3), xv, a3);           \
-	}                                                                      \
-	y[0] = hsum512(a0);                                                    \
-	if (nr > 1) y[1] = hsum512(a1);                                        \
-	if (nr > 2) y[2] = hsum512(a2);                                        \
-	if (nr > 3) y[3] = hsum512(a3);
+#define LW_F16(p, c) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((p) + 2 * (size_t)(c))))
+#define LW_BF16(p, c) _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32( \
+	_mm256_loadu_si256((const __m256i *)((p) + 2 * (size_t)(c)))), 16))
+#define LW_F32(p, c) _mm512_loadu_ps((const float *)(const void *)(p) + (c))
 
-static int
-dot_rows_f16(const uint8_t *w, size_t rs, int nr, const float *x, int n,
-        float *y)
-{
-#define LW(i) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + (i) * rs + 2 * (size_t)c)))
-	DOT_ROWS_BODY(LW, 16)
-#undef LW
-	return c;
-}
-
-static int
-dot_rows_bf16(const uint8_t *w, size_t rs, int nr, const float *x, int n,
-        float *y)
-{
-#define LW(i) _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32( \
-		_mm256_loadu_si256((const __m256i *)(w + (i) * rs + 2 * (size_t)c))), 16))
-	DOT_ROWS_BODY(LW, 16)
-#undef LW
-	return c;
-}
-
-static int
-dot_rows_f32(const uint8_t *w, size_t rs, int nr, const float *x, int n,
-        float *y)
-{
-#define LW(i) _mm512_loadu_ps((const float *)(w + (i) * rs) + c)
-	DOT_ROWS_BODY(LW, 16)
-#undef LW
-	return c;
-}
+DOT_ROW_FN(dot_row_f16, LW_F16)
+DOT_ROW_FN(dot_row_bf16, LW_BF16)
+DOT_ROW_FN(dot_row_f32, LW_F32)
 
 /* Q8_0: 34-byte blocks of an f16 scale and 32 int8. */
 static int
-dot_rows_q8_0(const uint8_t *w, size_t rs, int nr, const float *x, int n,
-        float *y)
+dot_row_q8_0(const uint8_t *w, const float *x, int n, float *y)
 {
-	__m512 acc[4] = { _mm512_setzero_ps(), _mm512_setzero_ps(),
-		_mm512_setzero_ps(), _mm512_setzero_ps() };
+	__m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
 	int c = 0;
+
 	for (; c + 32 <= n; c += 32) {
-		__m512 x0 = _mm512_loadu_ps(x + c), x1 = _mm512_loadu_ps(x + c + 16);
-		for (int i = 0; i < nr; i++) {
-			const uint8_t *b = w + (size_t)i * rs + (size_t)(c / 32) * 34;
-			uint16_t dh;
-			memcpy(&dh, b, 2);
-			__m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
-			        _mm_loadu_si128((const __m128i *)(b + 2))));
-			__m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
-			        _mm_loadu_si128((const __m128i *)(b + 18))));
-			__m512 p = _mm512_fmadd_ps(q1, x1, _mm512_mul_ps(q0, x0));
-			acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(fp16_to_f32(dh)), p, acc[i]);
-		}
+		const uint8_t *b = w + (size_t)(c / 32) * 34;
+		uint16_t dh;
+		memcpy(&dh, b, 2);
+		__m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+		        _mm_loadu_si128((const __m128i *)(b + 2))));
+		__m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+		        _mm_loadu_si128((const __m128i *)(b + 18))));
+		__m512 d = _mm512_set1_ps(fp16_to_f32(dh));
+		a0 = _mm512_fmadd_ps(_mm512_mul_ps(q0, d), _mm512_loadu_ps(x + c), a0);
+		a1 = _mm512_fmadd_ps(_mm512_mul_ps(q1, d), _mm512_loadu_ps(x + c + 16), a1);
 	}
-	for (int i = 0; i < nr; i++)
-		y[i] = hsum512(acc[i]);
+	*y = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
 	return c;
 }
 #endif
 
-/* y[0..nr) = rows j..j+nr of W · x.  Falls back to convert-then-dot for
- * the tail the vector kernel did not cover and for builds without
- * AVX-512. */
+/* *y = row j of W · x.  The part the vector kernel did not cover (all of
+ * it without AVX-512) goes through a conversion into buf. */
 static int
-dot_rows(const struct tmat *W, uint32_t j, int nr, const float *x, float *y,
-        float *buf)
+dot_row(const struct tmat *W, uint32_t j, const float *x, float *y, float *buf)
 {
 	const uint8_t *w = (const uint8_t *)W->data + (size_t)j * W->row_size;
 	int n = (int)W->n_in, done = 0;
+	float s = 0.0f;
+	int rc;
 
 #if defined(__AVX512F__)
 	switch (W->type) {
-	case GGML_TYPE_F16: done = dot_rows_f16(w, W->row_size, nr, x, n, y); break;
-	case GGML_TYPE_BF16: done = dot_rows_bf16(w, W->row_size, nr, x, n, y); break;
-	case GGML_TYPE_F32: done = dot_rows_f32(w, W->row_size, nr, x, n, y); break;
-	case GGML_TYPE_Q8_0: done = dot_rows_q8_0(w, W->row_size, nr, x, n, y); break;
+	case GGML_TYPE_F16: done = dot_row_f16(w, x, n, &s); break;
+	case GGML_TYPE_BF16: done = dot_row_bf16(w, x, n, &s); break;
+	case GGML_TYPE_F32: done = dot_row_f32(w, x, n, &s); break;
+	case GGML_TYPE_Q8_0: done = dot_row_q8_0(w, x, n, &s); break;
 	default: break;
 	}
 #endif
-	if (done == n)
-		return 0;
-	for (int i = 0; i < nr; i++) {
-		float s = done ? y[i] : 0.0f;
-		int rc;
+	if (done < n) {
 		if (W->type == GGML_TYPE_F32) {
-			const float *wr = (const float *)(w + (size_t)i * W->row_size);
+			const float *wr = (const float *)(const void *)w;
 			for (int c = done; c < n; c++)
 				s += wr[c] * x[c];
 		} else {
 			/* whole row (block-aligned), then the uncovered part */
-			if ((rc = tmat_row_f32(W, j + (uint32_t)i, buf)) != 0)
+			if ((rc = tmat_row_f32(W, j, buf)) != 0)
 				return rc;
 			s += op_dot(buf + done, x + done, n - done);
 		}
-		y[i] = s;
 	}
+	*y = s;
 	return 0;
 }
 
-/* Rows [r0, r1) of W against n token rows, 4 weight rows at a time. */
+/* Rows [r0, r1) of W against n token rows, one weight row at a time. */
 static int
 matmul_rows_small(const struct tmat *W, uint32_t r0, uint32_t r1,
         const float *X, int n, int ldx, float *Y, int ldy)
 {
-	float *buf = scratch_get(W->n_in), y[4];
+	float *buf = scratch_get(W->n_in);
 
 	if (buf == NULL)
 		return EPMOE_ENOMEM;
-	for (uint32_t j = r0; j < r1; j += 4) {
-		int nr = r1 - j < 4 ? (int)(r1 - j) : 4;
+	for (uint32_t j = r0; j < r1; j++) {
 		for (int r = 0; r < n; r++) {
-			int rc = dot_rows(W, j, nr, X + (size_t)r * ldx, y, buf);
+			int rc = dot_row(W, j, X + (size_t)r * ldx, &Y[(size_t)r * ldy + j], buf);
 			if (rc)
 				return rc;
-			for (int i = 0; i < nr; i++)
-				Y[(size_t)r * ldy + j + (uint32_t)i] = y[i];
 		}
 	}
 	return 0;
@@ -409,7 +378,7 @@ op_matmul_rows(const struct tmat *W, uint32_t r0, uint32_t r1,
 {
 	if (r1 <= r0 || n <= 0)
 		return 0;
-	if (W->type == GGML_TYPE_F32) {
+	if (W->type == GGML_TYPE_F32 && n >= SMALL_N) {
 		const float *w = (const float *)((const uint8_t *)W->data +
 		        (size_t)r0 * W->row_size);
 		int lw = (int)(W->row_size / sizeof(float));

@@ -4,12 +4,15 @@
  * except the weights, which stay in their file type (mmapped, never
  * copied).
  *
- * Matrix products: F32 weights go to OpenBLAS (sgemm/sgemv) directly on the
- * mapping.  OpenBLAS has no F16/BF16/Q8_0 kernels, so for those a thread
- * converts a block of weight rows to F32 in a scratch buffer and calls
- * sgemm on it (prefill), or, for few token rows (decode), converts one row
- * at a time into L1 and takes dot products with every token row, reading
- * each weight byte once.
+ * Matrix products: with many token rows (prefill) F32 weights go to
+ * OpenBLAS sgemm directly on the mapping; OpenBLAS has no F16/BF16/Q8_0
+ * kernels, so for those a thread converts a block of weight rows to F32 in
+ * a scratch buffer and calls sgemm on it.  With few token rows (decode)
+ * each thread walks its weight rows one after the other, converting in
+ * registers and dotting each row with every token row: one sequential
+ * stream per thread, every weight byte read once (measured 22 GB/s against
+ * 17 GB/s for OpenBLAS sgemv on F32, 21 against 11 for interleaved rows on
+ * F16, 2 threads, 30 GB/s peak).
  */
 #ifndef EPMOE_OPS_H
 #define EPMOE_OPS_H
