@@ -413,18 +413,35 @@ att_head(struct engine *e, const struct eng_item *it, uint32_t row0,
 	return 0;
 }
 
+/* Decode items take one task per (item, kv head): the query heads sharing
+ * that kv head in one product; prefill items one task per (item, head). */
 static void
 att_worker(void *ctx, int ith, int nth)
 {
 	struct att_job *j = ctx;
 	struct engine *e = j->e;
-	uint32_t nh = e->m->hp.n_head;
-	uint32_t n_tasks = j->n_items * nh;
+	const struct model_hparams *hp = &e->m->hp;
+	uint32_t nh = hp->n_head, nkv = hp->n_head_kv, rep = nh / nkv, hd = hp->head_dim;
+	uint32_t per_item = nh; /* tasks per item: the max of the two kinds */
+	uint32_t n_tasks = j->n_items * per_item;
 	float *s_buf = e->att_s[ith];
 
 	for (uint32_t t = (uint32_t)ith; t < n_tasks; t += (uint32_t)nth) {
-		uint32_t i = t / nh, h = t % nh;
-		int rc = att_head(e, &j->items[i], j->item_row0[i], j->layer, h, s_buf);
+		uint32_t i = t / per_item, h = t % per_item;
+		const struct eng_item *it = &j->items[i];
+		if (it->n_tokens == 1) {
+			if (h >= nkv)
+				continue;
+			size_t qs = (size_t)nh * hd, ks = (size_t)nkv * hd;
+			uint32_t row = j->item_row0[i];
+			op_attn_decode_group(e->q + (size_t)row * qs + (size_t)h * rep * hd, (int)rep,
+			        it->seq->k[j->layer] + (size_t)h * hd,
+			        it->seq->v[j->layer] + (size_t)h * hd, (int)ks,
+			        (int)it->seq->n_pos + 1, (int)hd,
+			        e->att + (size_t)row * qs + (size_t)h * rep * hd, s_buf);
+			continue;
+		}
+		int rc = att_head(e, it, j->item_row0[i], j->layer, h, s_buf);
 		if (rc)
 			j->rc = rc;
 	}
@@ -739,8 +756,10 @@ engine_step(struct engine *e, struct eng_item *items, uint32_t n_items)
 		return rc;
 	if (n_items > 64 && (item_row0 = malloc(n_items * sizeof(uint32_t))) == NULL)
 		return EPMOE_ENOMEM;
-	if (e->att_cap < (size_t)OP_ATT_QCHUNK * e->n_ctx) {
-		size_t need = (size_t)OP_ATT_QCHUNK * e->n_ctx;
+	size_t att_rows = OP_ATT_QCHUNK > hp->n_head / hp->n_head_kv ?
+	        OP_ATT_QCHUNK : hp->n_head / hp->n_head_kv;
+	if (e->att_cap < att_rows * e->n_ctx) {
+		size_t need = att_rows * e->n_ctx;
 		for (int j = 0; j < pool_size(e->pool); j++) {
 			free(e->att_s[j]);
 			if ((e->att_s[j] = malloc(need * sizeof(float))) == NULL) {

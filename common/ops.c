@@ -469,6 +469,23 @@ op_matmul(struct pool *pool, const struct tmat *W, const float *X, int n,
 }
 
 void
+op_attn_decode_group(const float *Q, int n_rep, const float *K, const float *V,
+        int ldk, int P, int hd, float *O, float *s_buf)
+{
+	float scale = 1.0f / sqrtf((float)hd);
+
+	/* S [n_rep, P] = Q [n_rep, hd] · K[0..P)ᵀ · scale: K read once for all
+	 * the query heads that share it */
+	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n_rep, P, hd, scale, Q, hd,
+	        K, ldk, 0.0f, s_buf, P);
+	for (int r = 0; r < n_rep; r++)
+		op_softmax(s_buf + (size_t)r * P, P);
+	/* O [n_rep, hd] = S · V[0..P) */
+	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n_rep, hd, P, 1.0f, s_buf, P,
+	        V, ldk, 0.0f, O, hd);
+}
+
+void
 op_attn_head(const float *Q, int ldq, const float *K, const float *V, int ldk,
         int n, int p0, int hd, float *O, int ldo, float *s_buf)
 {
@@ -476,16 +493,12 @@ op_attn_head(const float *Q, int ldq, const float *K, const float *V, int ldk,
 
 	if (n == 1) {
 		int P = p0 + 1;
-		for (int j = 0; j < P; j++)
-			s_buf[j] = op_dot(Q, K + (size_t)j * ldk, hd) * scale;
+		/* s [P] = K[0..P) · q · scale;  O = V[0..P)ᵀ · softmax(s) */
+		cblas_sgemv(CblasRowMajor, CblasNoTrans, P, hd, scale, K, ldk, Q, 1, 0.0f,
+		        s_buf, 1);
 		op_softmax(s_buf, P);
-		memset(O, 0, (size_t)hd * sizeof(float));
-		for (int j = 0; j < P; j++) {
-			const float *vr = V + (size_t)j * ldk;
-			float w = s_buf[j];
-			for (int c = 0; c < hd; c++)
-				O[c] += w * vr[c];
-		}
+		cblas_sgemv(CblasRowMajor, CblasTrans, P, hd, 1.0f, V, ldk, s_buf, 1, 0.0f,
+		        O, 1);
 		return;
 	}
 	for (int i0 = 0; i0 < n; i0 += OP_ATT_QCHUNK) {

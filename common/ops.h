@@ -82,6 +82,13 @@ int op_matmul_rows(const struct tmat *W, uint32_t r0, uint32_t r1,
 void op_attn_head(const float *Q, int ldq, const float *K, const float *V,
         int ldk, int n, int p0, int hd, float *O, int ldo, float *s_buf);
 
+/* Decode attention (one query row at position P-1) of n_rep query heads
+ * that share one key/value head (grouped-query attention): Q [n_rep, hd]
+ * contiguous, K and V [P, hd] with row stride ldk, O [n_rep, hd]
+ * contiguous.  s_buf: n_rep * P floats. */
+void op_attn_decode_group(const float *Q, int n_rep, const float *K,
+        const float *V, int ldk, int P, int hd, float *O, float *s_buf);
+
 /* Sets OpenBLAS to one thread (all parallelism is the pool's). */
 void op_blas_init(void);
 
