@@ -379,16 +379,17 @@ op_matmul_rows(const struct tmat *W, uint32_t r0, uint32_t r1,
 	if (r1 <= r0 || n <= 0)
 		return 0;
 	if (W->type == GGML_TYPE_F32 && n >= SMALL_N) {
-		const float *w = (const float *)((const uint8_t *)W->data +
-		        (size_t)r0 * W->row_size);
+		/* in blocks of weight rows, as the converted types do: OpenBLAS
+		 * measured faster on 256-row blocks than on a whole slice */
 		int lw = (int)(W->row_size / sizeof(float));
-		if (n == 1)
-			cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)(r1 - r0),
-			        (int)W->n_in, 1.0f, w, lw, X, 1, 0.0f, Y + r0, 1);
-		else
-			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n,
-			        (int)(r1 - r0), (int)W->n_in, 1.0f, X, ldx, w, lw,
-			        0.0f, Y + r0, ldy);
+		uint32_t blk = BLOCK_ROWS;
+		for (uint32_t j0 = r0; j0 < r1; j0 += blk) {
+			uint32_t nb = r1 - j0 < blk ? r1 - j0 : blk;
+			const float *w = (const float *)((const uint8_t *)W->data +
+			        (size_t)j0 * W->row_size);
+			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, (int)nb,
+			        (int)W->n_in, 1.0f, X, ldx, w, lw, 0.0f, Y + j0, ldy);
+		}
 		return 0;
 	}
 	if (!ggml_type_supported(W->type))
