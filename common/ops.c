@@ -21,7 +21,7 @@
  * F16/BF16/Q8_0). */
 #define SMALL_N 32
 /* Weight rows converted per sgemm call on the block path. */
-#define BLOCK_ROWS 128
+#define BLOCK_ROWS 256u
 
 void openblas_set_num_threads(int num_threads);
 
