@@ -2,6 +2,7 @@
  * expert's SwiGLU FFN as three matrix products over its group, and adds the
  * weighted results back per token.  Experts are visited in id order so the
  * summation order is fixed. */
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -76,6 +77,61 @@ grow(struct moe_local *ml, size_t pairs, size_t rows)
 	return 0;
 }
 
+/* All experts of a layer in two pool rounds: pairs are in expert-major
+ * order (ml->tok, ml->w); rows go to xe [n_pairs, d], gate/up to
+ * h [2][n_pairs, ff], outputs to ye [n_pairs, d]. */
+static int
+run_fused(struct moe_local *ml, uint32_t layer, const float *x, size_t n_pairs,
+        float *out)
+{
+	const struct model_hparams *hp = &ml->m->hp;
+	const struct model_layer *l = &ml->m->layers[layer];
+	uint32_t E = hp->n_expert, d = hp->n_embd, ff = hp->n_ff_exp;
+	float *g = ml->h, *u = ml->h + n_pairs * ff;
+	struct op_mm mm[2 * 256];
+	struct tmat mats[3 * 256];
+	int n_mm = 0, rc;
+
+	if (E > 256)
+		return EPMOE_ENOTSUP;
+	for (size_t i = 0; i < n_pairs; i++)
+		memcpy(ml->xe + i * d, x + (size_t)ml->tok[i] * d, d * sizeof(float));
+	for (uint32_t e = 0; e < E; e++) {
+		uint32_t n = ml->count[e], s = ml->start[e];
+		if (n == 0)
+			continue;
+		mats[3 * e] = model_expert(l, hp, MODEL_EXP_GATE, e);
+		mats[3 * e + 1] = model_expert(l, hp, MODEL_EXP_UP, e);
+		mats[3 * e + 2] = model_expert(l, hp, MODEL_EXP_DOWN, e);
+		mm[n_mm++] = (struct op_mm){ &mats[3 * e], ml->xe + (size_t)s * d, (int)n,
+			(int)d, g + (size_t)s * ff, (int)ff };
+		mm[n_mm++] = (struct op_mm){ &mats[3 * e + 1], ml->xe + (size_t)s * d, (int)n,
+			(int)d, u + (size_t)s * ff, (int)ff };
+	}
+	if ((rc = op_matmul_batch(ml->pool, n_mm, mm)) != 0)
+		return rc;
+	op_swiglu(g, u, (int)(n_pairs * ff));
+	n_mm = 0;
+	for (uint32_t e = 0; e < E; e++) {
+		uint32_t n = ml->count[e], s = ml->start[e];
+		if (n == 0)
+			continue;
+		mm[n_mm++] = (struct op_mm){ &mats[3 * e + 2], g + (size_t)s * ff, (int)n,
+			(int)ff, ml->ye + (size_t)s * d, (int)d };
+	}
+	if ((rc = op_matmul_batch(ml->pool, n_mm, mm)) != 0)
+		return rc;
+	/* combine in expert order, as the expert-by-expert path does */
+	for (size_t i = 0; i < n_pairs; i++) {
+		float *o = out + (size_t)ml->tok[i] * d;
+		const float *y = ml->ye + i * d;
+		float w = ml->w[i];
+		for (uint32_t j = 0; j < d; j++)
+			o[j] += w * y[j];
+	}
+	return 0;
+}
+
 static int
 local_run(struct moe_backend *be, uint32_t layer, const float *x,
         const struct moe_assign *a, float *out)
@@ -102,7 +158,11 @@ local_run(struct moe_backend *be, uint32_t layer, const float *x,
 		if (ml->count[e] > max_rows)
 			max_rows = ml->count[e];
 	}
-	if ((rc = grow(ml, n_pairs, max_rows)) != 0)
+	/* few rows per expert (decode): every expert's rows gathered at once,
+	 * all gate/up products in one pool round, all down products in
+	 * another; else expert by expert */
+	bool fused = max_rows < 32;
+	if ((rc = grow(ml, n_pairs, fused ? n_pairs : max_rows)) != 0)
 		return rc;
 	{
 		uint32_t fill[4096];
@@ -119,6 +179,8 @@ local_run(struct moe_backend *be, uint32_t layer, const float *x,
 			}
 		}
 	}
+	if (fused)
+		return run_fused(ml, layer, x, n_pairs, out);
 	for (uint32_t e = 0; e < E; e++) {
 		uint32_t n = ml->count[e], s = ml->start[e];
 		if (n == 0)

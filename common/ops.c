@@ -400,18 +400,14 @@ op_matmul_rows(const struct tmat *W, uint32_t r0, uint32_t r1,
 }
 
 struct matmul_job {
-	const struct tmat *const *W; /* n_w matrices sharing X */
-	float *const *Y;
-	const int *ldy;
-	int n_w;
-	const float *X;
-	int n, ldx;
-	long total;                  /* rows of all matrices */
+	const struct op_mm *mm;  /* n_mm products */
+	int n_mm;
+	long total;              /* weight rows of all products */
 	int rc[64];
 };
 
-/* Thread ith takes a contiguous range of the concatenated rows of all the
- * matrices (16-row aligned), so one pool round covers them all. */
+/* Thread ith takes a contiguous range of the concatenated weight rows of
+ * all the products (16-row aligned), so one pool round covers them all. */
 static void
 matmul_worker(void *ctx, int ith, int nth)
 {
@@ -420,36 +416,36 @@ matmul_worker(void *ctx, int ith, int nth)
 	int rc = 0;
 
 	pool_split(j->total, ith, nth, 16, &lo, &hi);
-	for (int m = 0; m < j->n_w && rc == 0 && lo < hi; m++) {
-		long rows = j->W[m]->n_out;
+	for (int m = 0; m < j->n_mm && rc == 0 && lo < hi; m++) {
+		const struct op_mm *p = &j->mm[m];
+		long rows = p->W->n_out;
 		long a = lo > base ? lo - base : 0, b = hi - base < rows ? hi - base : rows;
-		if (a < b)
-			rc = op_matmul_rows(j->W[m], (uint32_t)a, (uint32_t)b, j->X, j->n,
-			        j->ldx, j->Y[m], j->ldy[m]);
+		if (a < b && p->n > 0)
+			rc = op_matmul_rows(p->W, (uint32_t)a, (uint32_t)b, p->X, p->n,
+			        p->ldx, p->Y, p->ldy);
 		base += rows;
 	}
 	j->rc[ith & 63] = rc;
 }
 
 int
-op_matmul_multi(struct pool *pool, int n_w, const struct tmat *const *W,
-        const float *X, int n, int ldx, float *const *Y, const int *ldy)
+op_matmul_batch(struct pool *pool, int n_mm, const struct op_mm *mm)
 {
-	struct matmul_job j = { .W = W, .Y = Y, .ldy = ldy, .n_w = n_w, .X = X,
-		.n = n, .ldx = ldx };
+	struct matmul_job j = { .mm = mm, .n_mm = n_mm };
 	int nth = pool_size(pool);
 	size_t work = 0;
 
-	if (n <= 0)
-		return 0;
-	for (int m = 0; m < n_w; m++) {
-		j.total += W[m]->n_out;
-		work += (size_t)W[m]->n_out * W[m]->n_in;
+	for (int m = 0; m < n_mm; m++) {
+		j.total += mm[m].W->n_out;
+		work += (size_t)mm[m].W->n_out * mm[m].W->n_in * (size_t)(mm[m].n > 0 ? mm[m].n : 0);
 	}
+	if (work == 0)
+		return 0;
 	/* tiny products are not worth waking the pool */
-	if (nth == 1 || work * (size_t)n < 32768) {
-		for (int m = 0; m < n_w; m++) {
-			int rc = op_matmul_rows(W[m], 0, W[m]->n_out, X, n, ldx, Y[m], ldy[m]);
+	if (nth == 1 || work < 32768) {
+		for (int m = 0; m < n_mm; m++) {
+			int rc = op_matmul_rows(mm[m].W, 0, mm[m].W->n_out, mm[m].X, mm[m].n,
+			        mm[m].ldx, mm[m].Y, mm[m].ldy);
 			if (rc)
 				return rc;
 		}
@@ -463,10 +459,24 @@ op_matmul_multi(struct pool *pool, int n_w, const struct tmat *const *W,
 }
 
 int
+op_matmul_multi(struct pool *pool, int n_w, const struct tmat *const *W,
+        const float *X, int n, int ldx, float *const *Y, const int *ldy)
+{
+	struct op_mm mm[8];
+
+	if (n_w > 8)
+		return EPMOE_EINVAL;
+	for (int m = 0; m < n_w; m++)
+		mm[m] = (struct op_mm){ W[m], X, n, ldx, Y[m], ldy[m] };
+	return op_matmul_batch(pool, n_w, mm);
+}
+
+int
 op_matmul(struct pool *pool, const struct tmat *W, const float *X, int n,
         int ldx, float *Y, int ldy)
 {
-	return op_matmul_multi(pool, 1, &W, X, n, ldx, &Y, &ldy);
+	struct op_mm mm = { W, X, n, ldx, Y, ldy };
+	return op_matmul_batch(pool, 1, &mm);
 }
 
 void

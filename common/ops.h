@@ -62,7 +62,21 @@ float op_dot(const float *a, const float *b, int n);
 int op_matmul(struct pool *pool, const struct tmat *W, const float *X, int n,
         int ldx, float *Y, int ldy);
 
-/* Several products sharing X in one pool round: Y[m] = X · W[m]ᵀ. */
+/* One product Y [n, W.n_out] = X [n, W.n_in] · Wᵀ of a batch. */
+struct op_mm {
+	const struct tmat *W;
+	const float *X;
+	int n, ldx;
+	float *Y;
+	int ldy;
+};
+
+/* Several products in one pool round (the threads split the weight rows of
+ * all of them; meant for few token rows, where the rows are the work). */
+int op_matmul_batch(struct pool *pool, int n_mm, const struct op_mm *mm);
+
+/* Several products sharing X in one pool round (n_w <= 8):
+ * Y[m] = X · W[m]ᵀ. */
 int op_matmul_multi(struct pool *pool, int n_w, const struct tmat *const *W,
         const float *X, int n, int ldx, float *const *Y, const int *ldy);
 
