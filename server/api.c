@@ -710,69 +710,57 @@ wrong_method(struct http_req *req, const char *want)
 }
 
 static void
+handle_models(struct router *r, struct http_req *req)
+{
+	const char *models[1] = { served_model(r) };
+	respond_cjson(req, 200, oai_models_response(models, 1, r->created, "epmoe"));
+}
+
+static void
+handle_stats(struct router *r, struct http_req *req)
+{
+	respond_cjson(req, 200, stats_json(r));
+}
+
+static void
+handle_placement(struct router *r, struct http_req *req)
+{
+	respond_cjson(req, 200, stats_placement_json(r));
+}
+
+/* The routes.  A handler either answers at once (the request is released
+ * here) or, for generations, owns the request until its final event. */
+static const struct route_ent {
+	const char *path, *alias, *method;
+	void (*fn)(struct router *r, struct http_req *req);
+	bool owns;
+} routes[] = {
+	{ "/v1/completions", NULL, "POST", handle_completion, true },
+	{ "/v1/chat/completions", NULL, "POST", handle_chat, true },
+	{ "/health", "/v1/health", "GET", handle_health, false },
+	{ "/v1/models", NULL, "GET", handle_models, false },
+	{ "/metrics", NULL, "GET", handle_metrics, false },
+	{ "/tokenize", "/v1/tokenize", "POST", handle_tokenize, false },
+	{ "/detokenize", "/v1/detokenize", "POST", handle_detokenize, false },
+	{ "/v1/stats", NULL, "GET", handle_stats, false },
+	{ "/v1/placement", NULL, "GET", handle_placement, false },
+};
+
+static void
 on_http(struct http_req *req, void *ud)
 {
 	struct router *r = ud;
 	const char *p = req->path;
 
-	if (strcmp(p, "/v1/completions") == 0) {
-		if (!wrong_method(req, "POST"))
-			handle_completion(r, req);
-		return;
-	}
-	if (strcmp(p, "/v1/chat/completions") == 0) {
-		if (!wrong_method(req, "POST"))
-			handle_chat(r, req);
-		return;
-	}
-	if (strcmp(p, "/health") == 0 || strcmp(p, "/v1/health") == 0) {
-		if (!wrong_method(req, "GET")) {
-			handle_health(r, req);
+	for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
+		const struct route_ent *e = &routes[i];
+		if (strcmp(p, e->path) != 0 && (e->alias == NULL || strcmp(p, e->alias) != 0))
+			continue;
+		if (wrong_method(req, e->method))
+			return;
+		e->fn(r, req);
+		if (!e->owns)
 			http_req_release(req);
-		}
-		return;
-	}
-	if (strcmp(p, "/v1/models") == 0) {
-		if (!wrong_method(req, "GET")) {
-			const char *models[1] = { served_model(r) };
-			respond_cjson(req, 200, oai_models_response(models, 1, r->created, "epmoe"));
-			http_req_release(req);
-		}
-		return;
-	}
-	if (strcmp(p, "/metrics") == 0) {
-		if (!wrong_method(req, "GET")) {
-			handle_metrics(r, req);
-			http_req_release(req);
-		}
-		return;
-	}
-	if (strcmp(p, "/tokenize") == 0 || strcmp(p, "/v1/tokenize") == 0) {
-		if (!wrong_method(req, "POST")) {
-			handle_tokenize(r, req);
-			http_req_release(req);
-		}
-		return;
-	}
-	if (strcmp(p, "/detokenize") == 0 || strcmp(p, "/v1/detokenize") == 0) {
-		if (!wrong_method(req, "POST")) {
-			handle_detokenize(r, req);
-			http_req_release(req);
-		}
-		return;
-	}
-	if (strcmp(p, "/v1/stats") == 0) {
-		if (!wrong_method(req, "GET")) {
-			respond_cjson(req, 200, stats_json(r));
-			http_req_release(req);
-		}
-		return;
-	}
-	if (strcmp(p, "/v1/placement") == 0) {
-		if (!wrong_method(req, "GET")) {
-			respond_cjson(req, 200, stats_placement_json(r));
-			http_req_release(req);
-		}
 		return;
 	}
 	char msg[160];
