@@ -376,9 +376,9 @@ moe_layer_time(struct pool *pool, const float *x, uint32_t T, uint32_t d,
 			continue;
 		for (uint32_t i = 0; i < n; i++)
 			memcpy(xe + (size_t)i * d, x + (size_t)rows[i] * d, d * 4);
-		struct tmat G = { GGML_TYPE_F32, d, ff, d * 4, wg + (size_t)e * ff * d };
-		struct tmat U = { GGML_TYPE_F32, d, ff, d * 4, wu + (size_t)e * ff * d };
-		struct tmat D = { GGML_TYPE_F32, ff, d, ff * 4, wd + (size_t)e * ff * d };
+		struct tmat G = { DTYPE_F32, d, ff, d * 4, wg + (size_t)e * ff * d };
+		struct tmat U = { DTYPE_F32, d, ff, d * 4, wu + (size_t)e * ff * d };
+		struct tmat D = { DTYPE_F32, ff, d, ff * 4, wd + (size_t)e * ff * d };
 		op_matmul(pool, &G, xe, (int)n, (int)d, g, (int)ff);
 		op_matmul(pool, &U, xe, (int)n, (int)d, u, (int)ff);
 		op_swiglu(g, u, (int)(n * ff));

@@ -172,7 +172,7 @@ print_tensors(const struct gguf_file *g)
 		printf("  %5" PRIu64 "  %-*.*s  %-5s  %-22s  %12" PRIu64
 		       "  %12zu\n",
 		        i, w, (int)t->name.len, t->name.ptr,
-		        ggml_type_name(t->type), shape, t->offset, t->size);
+		        dtype_name(t->type), shape, t->offset, t->size);
 		total_bytes += t->size;
 		total_elems += t->n_elements;
 	}

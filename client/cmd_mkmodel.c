@@ -197,7 +197,7 @@ build_cfg(const struct flags *fl, struct mkmodel_cfg *cfg)
 	        !fl->set[OPT_KV_HEADS - OPT_LAYERS])
 		cfg->n_head_kv = cfg->n_head;
 	if (fl->dtype != NULL &&
-	        (ggml_type_parse(fl->dtype, &cfg->dtype) != 0)) {
+	        (dtype_parse(fl->dtype, &cfg->dtype) != 0)) {
 		fprintf(stderr, "epmoe mkmodel: unknown --dtype '%s' (f32, f16, "
 		                "bf16, q8_0)\n", fl->dtype);
 		return EPMOE_EINVAL;
@@ -246,7 +246,7 @@ cmd_mkmodel(int argc, char **argv)
 		       "ff %u, vocab %u, %s, %.1f MiB of tensors in %.2f s\n",
 		        fl.out, mkmodel_arch_name(cfg.arch), cfg.n_layer,
 		        cfg.n_embd, cfg.n_expert, cfg.n_expert_used, cfg.n_ff,
-		        cfg.n_vocab, ggml_type_name(cfg.dtype),
+		        cfg.n_vocab, dtype_name(cfg.dtype),
 		        (double)mkmodel_data_size(&cfg) / (1024.0 * 1024.0),
 		        (double)(t1.tv_sec - t0.tv_sec) +
 		                (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9);

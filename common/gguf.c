@@ -439,7 +439,7 @@ unsupported_type(struct parse *ps, const char *what, uint32_t t)
 	return fail(ps, EPMOE_ENOTSUP,
 	        "%s has tensor type %s, which is not supported "
 	        "(supported: f32, f16, bf16, q8_0)",
-	        what, ggml_type_name((enum ggml_type)t));
+	        what, dtype_name((enum dtype)t));
 }
 
 static int
@@ -485,16 +485,16 @@ parse_tensor_info(struct parse *ps, struct gguf_priv *g, uint64_t i)
 			        "%s: element count overflows", what);
 	}
 	t->n_elements = n;
-	if (!ggml_type_supported((enum ggml_type)type))
+	if (!dtype_supported((enum dtype)type))
 		return unsupported_type(ps, what, type);
-	t->type = (enum ggml_type)type;
-	blk = ggml_blck_size(t->type);
+	t->type = (enum dtype)type;
+	blk = dtype_block_elems(t->type);
 	if (t->ne[0] % blk != 0)
 		return fail(ps, EPMOE_EFORMAT,
 		        "%s: row length %" PRIu64
 		        " is not a multiple of the %s block size %zu",
-		        what, t->ne[0], ggml_type_name(t->type), blk);
-	if (__builtin_mul_overflow(n / blk, (uint64_t)ggml_type_size(t->type),
+		        what, t->ne[0], dtype_name(t->type), blk);
+	if (__builtin_mul_overflow(n / blk, (uint64_t)dtype_block_size(t->type),
 	            &n) ||
 	        n > SIZE_MAX)
 		return fail(ps, EPMOE_EFORMAT, "%s: byte size overflows", what);
@@ -904,7 +904,7 @@ gguf_type_name(enum gguf_type t)
 
 /* ggml's numbering, including types epmoe cannot convert, so messages can
  * name them. */
-static const char *const ggml_names[] = {
+static const char *const dtype_names[] = {
 	[0] = "f32", [1] = "f16", [2] = "q4_0", [3] = "q4_1", [6] = "q5_0",
 	[7] = "q5_1", [8] = "q8_0", [9] = "q8_1", [10] = "q2_K",
 	[11] = "q3_K", [12] = "q4_K", [13] = "q5_K", [14] = "q6_K",
@@ -916,25 +916,25 @@ static const char *const ggml_names[] = {
 };
 
 const char *
-ggml_type_name(enum ggml_type t)
+dtype_name(enum dtype t)
 {
 	static __thread char buf[24];
 
-	if ((unsigned)t < sizeof(ggml_names) / sizeof(ggml_names[0]) &&
-	        ggml_names[t] != NULL)
-		return ggml_names[t];
+	if ((unsigned)t < sizeof(dtype_names) / sizeof(dtype_names[0]) &&
+	        dtype_names[t] != NULL)
+		return dtype_names[t];
 	snprintf(buf, sizeof(buf), "type%u", (unsigned)t);
 	return buf;
 }
 
 int
-ggml_type_parse(const char *s, enum ggml_type *out)
+dtype_parse(const char *s, enum dtype *out)
 {
-	static const enum ggml_type ok[] = { GGML_TYPE_F32, GGML_TYPE_F16,
-		GGML_TYPE_BF16, GGML_TYPE_Q8_0 };
+	static const enum dtype ok[] = { DTYPE_F32, DTYPE_F16,
+		DTYPE_BF16, DTYPE_Q8_0 };
 
 	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
-		if (strcasecmp(s, ggml_names[ok[i]]) == 0) {
+		if (strcasecmp(s, dtype_names[ok[i]]) == 0) {
 			*out = ok[i];
 			return 0;
 		}
@@ -943,33 +943,33 @@ ggml_type_parse(const char *s, enum ggml_type *out)
 }
 
 int
-ggml_type_supported(enum ggml_type t)
+dtype_supported(enum dtype t)
 {
-	return t == GGML_TYPE_F32 || t == GGML_TYPE_F16 ||
-	        t == GGML_TYPE_BF16 || t == GGML_TYPE_Q8_0;
+	return t == DTYPE_F32 || t == DTYPE_F16 ||
+	        t == DTYPE_BF16 || t == DTYPE_Q8_0;
 }
 
 uint32_t
-ggml_blck_size(enum ggml_type t)
+dtype_block_elems(enum dtype t)
 {
-	return t == GGML_TYPE_Q8_0 ? QK8_0 : 1;
+	return t == DTYPE_Q8_0 ? QK8_0 : 1;
 }
 
 size_t
-ggml_type_size(enum ggml_type t)
+dtype_block_size(enum dtype t)
 {
 	switch (t) {
-	case GGML_TYPE_F32: return 4;
-	case GGML_TYPE_F16:
-	case GGML_TYPE_BF16: return 2;
-	case GGML_TYPE_Q8_0: return 2 + QK8_0;
+	case DTYPE_F32: return 4;
+	case DTYPE_F16:
+	case DTYPE_BF16: return 2;
+	case DTYPE_Q8_0: return 2 + QK8_0;
 	default: return 0;
 	}
 }
 
 size_t
-ggml_row_size(enum ggml_type t, uint64_t n)
+dtype_row_size(enum dtype t, uint64_t n)
 {
-	assert(n % ggml_blck_size(t) == 0);
-	return (size_t)(n / ggml_blck_size(t)) * ggml_type_size(t);
+	assert(n % dtype_block_elems(t) == 0);
+	return (size_t)(n / dtype_block_elems(t)) * dtype_block_size(t);
 }

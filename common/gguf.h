@@ -12,7 +12,7 @@
  * may be shared between threads.
  *
  * Tensor data conversion to float32 (F32, F16, BF16, Q8_0) lives in
- * ggml_row_to_f32(); the reader itself never copies tensor data.
+ * dtype_row_to_f32(); the reader itself never copies tensor data.
  */
 #ifndef EPMOE_GGUF_H
 #define EPMOE_GGUF_H
@@ -45,23 +45,23 @@ enum gguf_type {
 
 /* Tensor types (ggml numbering).  Only those with a conversion are
  * "supported"; the others are recognised so error messages can name them. */
-enum ggml_type {
-	GGML_TYPE_F32 = 0,
-	GGML_TYPE_F16 = 1,
-	GGML_TYPE_Q4_0 = 2,
-	GGML_TYPE_Q4_1 = 3,
-	GGML_TYPE_Q5_0 = 6,
-	GGML_TYPE_Q5_1 = 7,
-	GGML_TYPE_Q8_0 = 8,
-	GGML_TYPE_Q8_1 = 9,
-	GGML_TYPE_Q2_K = 10,
-	GGML_TYPE_Q3_K = 11,
-	GGML_TYPE_Q4_K = 12,
-	GGML_TYPE_Q5_K = 13,
-	GGML_TYPE_Q6_K = 14,
-	GGML_TYPE_Q8_K = 15,
-	GGML_TYPE_BF16 = 30,
-	GGML_TYPE_COUNT = 40
+enum dtype {
+	DTYPE_F32 = 0,
+	DTYPE_F16 = 1,
+	DTYPE_Q4_0 = 2,
+	DTYPE_Q4_1 = 3,
+	DTYPE_Q5_0 = 6,
+	DTYPE_Q5_1 = 7,
+	DTYPE_Q8_0 = 8,
+	DTYPE_Q8_1 = 9,
+	DTYPE_Q2_K = 10,
+	DTYPE_Q3_K = 11,
+	DTYPE_Q4_K = 12,
+	DTYPE_Q5_K = 13,
+	DTYPE_Q6_K = 14,
+	DTYPE_Q8_K = 15,
+	DTYPE_BF16 = 30,
+	DTYPE_COUNT = 40
 };
 
 #define QK8_0 32 /* Q8_0 block: one f16 scale + 32 int8 */
@@ -97,7 +97,7 @@ struct gguf_tensor {
 	uint32_t n_dims;
 	uint64_t ne[GGUF_MAX_DIMS]; /* ne[0] is the innermost (row) length;
 	                               unused dims are 1 */
-	enum ggml_type type;
+	enum dtype type;
 	uint64_t offset;     /* relative to the data section */
 	uint64_t n_elements; /* product of ne[] (checked for overflow) */
 	size_t size;         /* bytes of data */
@@ -159,32 +159,32 @@ int gguf_str_eq(struct gguf_str s, const char *c);
 const char *gguf_type_name(enum gguf_type t);
 /* Name of a tensor type ("f32", "q8_0", ...) or "type<N>" (static buffer
  * for unknown numbers: not thread-safe for those). */
-const char *ggml_type_name(enum ggml_type t);
+const char *dtype_name(enum dtype t);
 /* Parses "f32", "f16", "bf16", "q8_0"; returns 0 or EPMOE_EINVAL. */
-int ggml_type_parse(const char *s, enum ggml_type *out);
+int dtype_parse(const char *s, enum dtype *out);
 
 /* 1 if epmoe can convert this type to f32. */
-int ggml_type_supported(enum ggml_type t);
+int dtype_supported(enum dtype t);
 /* Elements per block (1 for float types, 32 for Q8_0). */
-uint32_t ggml_blck_size(enum ggml_type t);
+uint32_t dtype_block_elems(enum dtype t);
 /* Bytes per block. 0 for unknown types. */
-size_t ggml_type_size(enum ggml_type t);
+size_t dtype_block_size(enum dtype t);
 /* Bytes of a row of n elements (n a multiple of the block size). */
-size_t ggml_row_size(enum ggml_type t, uint64_t n);
+size_t dtype_row_size(enum dtype t, uint64_t n);
 
 /* Converts n elements (n a multiple of the block size) starting at src to
  * float32.  EPMOE_ENOTSUP for types without a conversion. */
-int ggml_row_to_f32(enum ggml_type t, const void *src, float *dst, size_t n);
+int dtype_row_to_f32(enum dtype t, const void *src, float *dst, size_t n);
 /* The reverse, used by the writer and the trainer's exporter:
  * f32 -> t for F32, F16, BF16, Q8_0. */
-int ggml_row_from_f32(enum ggml_type t, const float *src, void *dst, size_t n);
+int dtype_row_from_f32(enum dtype t, const float *src, void *dst, size_t n);
 
 /* The plain scalar loops behind the two functions above (which use
  * F16C/AVX2/AVX-512 when built for them).  Same results bit for bit; kept
  * public so tests can compare the two paths. */
-int ggml_row_to_f32_ref(enum ggml_type t, const void *src, float *dst,
+int dtype_row_to_f32_ref(enum dtype t, const void *src, float *dst,
         size_t n);
-int ggml_row_from_f32_ref(enum ggml_type t, const float *src, void *dst,
+int dtype_row_from_f32_ref(enum dtype t, const float *src, void *dst,
         size_t n);
 
 /* Scalar half/bfloat conversions (round to nearest even). */
@@ -232,12 +232,12 @@ int gguf_writer_set_alignment(struct gguf_writer *w, uint32_t alignment);
 
 /* Adds a tensor whose bytes are copied now. */
 int gguf_writer_add_tensor(struct gguf_writer *w, const char *name,
-        enum ggml_type type, uint32_t n_dims, const uint64_t *ne,
+        enum dtype type, uint32_t n_dims, const uint64_t *ne,
         const void *data, size_t size);
 /* Adds a tensor whose bytes are produced by fill(ctx, dst, size) during
  * gguf_writer_write (so multi-GB models need not sit in memory). */
 int gguf_writer_add_tensor_fn(struct gguf_writer *w, const char *name,
-        enum ggml_type type, uint32_t n_dims, const uint64_t *ne,
+        enum dtype type, uint32_t n_dims, const uint64_t *ne,
         gguf_fill_fn fill, void *ctx);
 
 /* Writes the file (to path.tmp, then renames; on failure path.tmp is

@@ -154,17 +154,17 @@ q8_0_block_from_f32(const float *src, uint8_t *b)
 }
 
 static int
-row_check(enum ggml_type t, size_t n)
+row_check(enum dtype t, size_t n)
 {
-	if (!ggml_type_supported(t))
+	if (!dtype_supported(t))
 		return EPMOE_ENOTSUP;
-	if (n % ggml_blck_size(t) != 0)
+	if (n % dtype_block_elems(t) != 0)
 		return EPMOE_EINVAL;
 	return 0;
 }
 
 int
-ggml_row_to_f32_ref(enum ggml_type t, const void *src, float *dst, size_t n)
+dtype_row_to_f32_ref(enum dtype t, const void *src, float *dst, size_t n)
 {
 	const uint8_t *s = src;
 	uint16_t h;
@@ -173,22 +173,22 @@ ggml_row_to_f32_ref(enum ggml_type t, const void *src, float *dst, size_t n)
 	if ((rc = row_check(t, n)) != 0)
 		return rc;
 	switch (t) {
-	case GGML_TYPE_F32:
+	case DTYPE_F32:
 		memmove(dst, src, n * 4);
 		break;
-	case GGML_TYPE_F16:
+	case DTYPE_F16:
 		for (size_t i = 0; i < n; i++) {
 			memcpy(&h, s + 2 * i, 2);
 			dst[i] = fp16_to_f32(h);
 		}
 		break;
-	case GGML_TYPE_BF16:
+	case DTYPE_BF16:
 		for (size_t i = 0; i < n; i++) {
 			memcpy(&h, s + 2 * i, 2);
 			dst[i] = bf16_to_f32(h);
 		}
 		break;
-	case GGML_TYPE_Q8_0:
+	case DTYPE_Q8_0:
 		for (size_t i = 0; i < n / QK8_0; i++)
 			q8_0_block_to_f32(s + i * Q8_0_BYTES, dst + i * QK8_0);
 		break;
@@ -199,7 +199,7 @@ ggml_row_to_f32_ref(enum ggml_type t, const void *src, float *dst, size_t n)
 }
 
 int
-ggml_row_from_f32_ref(enum ggml_type t, const float *src, void *dst,
+dtype_row_from_f32_ref(enum dtype t, const float *src, void *dst,
         size_t n)
 {
 	uint8_t *d = dst;
@@ -209,22 +209,22 @@ ggml_row_from_f32_ref(enum ggml_type t, const float *src, void *dst,
 	if ((rc = row_check(t, n)) != 0)
 		return rc;
 	switch (t) {
-	case GGML_TYPE_F32:
+	case DTYPE_F32:
 		memmove(dst, src, n * 4);
 		break;
-	case GGML_TYPE_F16:
+	case DTYPE_F16:
 		for (size_t i = 0; i < n; i++) {
 			h = f32_to_fp16(src[i]);
 			memcpy(d + 2 * i, &h, 2);
 		}
 		break;
-	case GGML_TYPE_BF16:
+	case DTYPE_BF16:
 		for (size_t i = 0; i < n; i++) {
 			h = f32_to_bf16(src[i]);
 			memcpy(d + 2 * i, &h, 2);
 		}
 		break;
-	case GGML_TYPE_Q8_0:
+	case DTYPE_Q8_0:
 		for (size_t i = 0; i < n / QK8_0; i++)
 			q8_0_block_from_f32(src + i * QK8_0, d + i * Q8_0_BYTES);
 		break;
@@ -364,7 +364,7 @@ q8_0_to_f32_vec(const uint8_t *s, float *d, size_t n)
 }
 
 int
-ggml_row_to_f32(enum ggml_type t, const void *src, float *dst, size_t n)
+dtype_row_to_f32(enum dtype t, const void *src, float *dst, size_t n)
 {
 	const uint8_t *s = src;
 	size_t i;
@@ -373,23 +373,23 @@ ggml_row_to_f32(enum ggml_type t, const void *src, float *dst, size_t n)
 	if ((rc = row_check(t, n)) != 0)
 		return rc;
 	switch (t) {
-	case GGML_TYPE_F16:
+	case DTYPE_F16:
 		i = f16_to_f32_vec(s, dst, n);
-		return ggml_row_to_f32_ref(t, s + 2 * i, dst + i, n - i);
-	case GGML_TYPE_BF16:
+		return dtype_row_to_f32_ref(t, s + 2 * i, dst + i, n - i);
+	case DTYPE_BF16:
 		i = bf16_to_f32_vec(s, dst, n);
-		return ggml_row_to_f32_ref(t, s + 2 * i, dst + i, n - i);
-	case GGML_TYPE_Q8_0:
+		return dtype_row_to_f32_ref(t, s + 2 * i, dst + i, n - i);
+	case DTYPE_Q8_0:
 		i = q8_0_to_f32_vec(s, dst, n);
-		return ggml_row_to_f32_ref(t, s + (i / QK8_0) * Q8_0_BYTES,
+		return dtype_row_to_f32_ref(t, s + (i / QK8_0) * Q8_0_BYTES,
 		        dst + i, n - i);
 	default:
-		return ggml_row_to_f32_ref(t, src, dst, n);
+		return dtype_row_to_f32_ref(t, src, dst, n);
 	}
 }
 
 int
-ggml_row_from_f32(enum ggml_type t, const float *src, void *dst, size_t n)
+dtype_row_from_f32(enum dtype t, const float *src, void *dst, size_t n)
 {
 	uint8_t *d = dst;
 	size_t i;
@@ -398,13 +398,13 @@ ggml_row_from_f32(enum ggml_type t, const float *src, void *dst, size_t n)
 	if ((rc = row_check(t, n)) != 0)
 		return rc;
 	switch (t) {
-	case GGML_TYPE_F16:
+	case DTYPE_F16:
 		i = f32_to_f16_vec(src, d, n);
-		return ggml_row_from_f32_ref(t, src + i, d + 2 * i, n - i);
-	case GGML_TYPE_BF16:
+		return dtype_row_from_f32_ref(t, src + i, d + 2 * i, n - i);
+	case DTYPE_BF16:
 		i = f32_to_bf16_vec(src, d, n);
-		return ggml_row_from_f32_ref(t, src + i, d + 2 * i, n - i);
+		return dtype_row_from_f32_ref(t, src + i, d + 2 * i, n - i);
 	default:
-		return ggml_row_from_f32_ref(t, src, dst, n);
+		return dtype_row_from_f32_ref(t, src, dst, n);
 	}
 }

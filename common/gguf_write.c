@@ -31,7 +31,7 @@ struct bytes {
 
 struct wtensor {
 	char *name;
-	enum ggml_type type;
+	enum dtype type;
 	uint32_t n_dims;
 	uint64_t ne[GGUF_MAX_DIMS];
 	size_t size;
@@ -343,7 +343,7 @@ gguf_writer_set_alignment(struct gguf_writer *w, uint32_t alignment)
 
 /* Validates a tensor description and appends it (without data). */
 static int
-tensor_add(struct gguf_writer *w, const char *name, enum ggml_type type,
+tensor_add(struct gguf_writer *w, const char *name, enum dtype type,
         uint32_t n_dims, const uint64_t *ne, struct wtensor **out)
 {
 	struct wtensor *t;
@@ -351,7 +351,7 @@ tensor_add(struct gguf_writer *w, const char *name, enum ggml_type type,
 
 	if (name == NULL || name[0] == '\0' || strlen(name) > MAX_NAME ||
 	        n_dims == 0 || n_dims > GGUF_MAX_DIMS || ne == NULL ||
-	        !ggml_type_supported(type))
+	        !dtype_supported(type))
 		return EPMOE_EINVAL;
 	for (uint32_t d = 0; d < n_dims; d++) {
 		if (ne[d] == 0 || ne[d] > (uint64_t)INT64_MAX)
@@ -360,10 +360,10 @@ tensor_add(struct gguf_writer *w, const char *name, enum ggml_type type,
 		        n > (uint64_t)INT64_MAX)
 			return EPMOE_ERANGE;
 	}
-	if (ne[0] % ggml_blck_size(type) != 0)
+	if (ne[0] % dtype_block_elems(type) != 0)
 		return EPMOE_EINVAL;
-	if (__builtin_mul_overflow(n / ggml_blck_size(type),
-	            (uint64_t)ggml_type_size(type), &bytes) ||
+	if (__builtin_mul_overflow(n / dtype_block_elems(type),
+	            (uint64_t)dtype_block_size(type), &bytes) ||
 	        bytes > SIZE_MAX - 4096)
 		return EPMOE_ERANGE;
 	for (uint64_t i = 0; i < w->n_t; i++) {
@@ -394,7 +394,7 @@ tensor_add(struct gguf_writer *w, const char *name, enum ggml_type type,
 
 int
 gguf_writer_add_tensor(struct gguf_writer *w, const char *name,
-        enum ggml_type type, uint32_t n_dims, const uint64_t *ne,
+        enum dtype type, uint32_t n_dims, const uint64_t *ne,
         const void *data, size_t size)
 {
 	struct wtensor *t;
@@ -419,7 +419,7 @@ gguf_writer_add_tensor(struct gguf_writer *w, const char *name,
 
 int
 gguf_writer_add_tensor_fn(struct gguf_writer *w, const char *name,
-        enum ggml_type type, uint32_t n_dims, const uint64_t *ne,
+        enum dtype type, uint32_t n_dims, const uint64_t *ne,
         gguf_fill_fn fill, void *ctx)
 {
 	struct wtensor *t;

@@ -61,7 +61,7 @@ mkmodel_preset(struct mkmodel_cfg *cfg, enum mkmodel_arch arch,
 		.n_ctx = 4096,
 		.rope_base = 10000.0f,
 		.rms_eps = 1e-5f,
-		.dtype = GGML_TYPE_F32,
+		.dtype = DTYPE_F32,
 		.seed = 1,
 		.n_expert = 8,
 		.n_expert_used = 2,
@@ -162,12 +162,12 @@ mkmodel_validate(const struct mkmodel_cfg *c, char *err, size_t err_len)
 		        "olmoe needs kv-heads == heads (its k norm spans the "
 		        "full width): got heads %u, kv-heads %u",
 		        c->n_head, c->n_head_kv);
-	if (c->dtype != GGML_TYPE_F32 && c->dtype != GGML_TYPE_F16 &&
-	        c->dtype != GGML_TYPE_BF16 && c->dtype != GGML_TYPE_Q8_0)
+	if (c->dtype != DTYPE_F32 && c->dtype != DTYPE_F16 &&
+	        c->dtype != DTYPE_BF16 && c->dtype != DTYPE_Q8_0)
 		return verr(err, err_len,
 		        "dtype %s not supported (f32, f16, bf16, q8_0)",
-		        ggml_type_name(c->dtype));
-	if (c->dtype == GGML_TYPE_Q8_0 &&
+		        dtype_name(c->dtype));
+	if (c->dtype == DTYPE_Q8_0 &&
 	        (c->n_embd % QK8_0 != 0 || c->n_ff % QK8_0 != 0 ||
 	                (c->arch == MKMODEL_QWEN2MOE &&
 	                        c->n_ff_shexp % QK8_0 != 0)))
@@ -196,7 +196,7 @@ struct tspec {
 	char name[64];
 	uint32_t n_dims;
 	uint64_t ne[GGUF_MAX_DIMS];
-	enum ggml_type type;
+	enum dtype type;
 	enum init init;
 	float std;
 	/* filled at write time */
@@ -211,7 +211,7 @@ struct tlist {
 };
 
 static int
-tl_add(struct tlist *l, enum ggml_type type, enum init init, float std,
+tl_add(struct tlist *l, enum dtype type, enum init init, float std,
         uint32_t n_dims, uint64_t ne0, uint64_t ne1, uint64_t ne2,
         const char *fmt, ...)
 {
@@ -249,7 +249,7 @@ tl_add(struct tlist *l, enum ggml_type type, enum init init, float std,
 static int
 build_tensors(const struct mkmodel_cfg *c, struct tlist *l)
 {
-	const enum ggml_type F = GGML_TYPE_F32, D = c->dtype;
+	const enum dtype F = DTYPE_F32, D = c->dtype;
 	const uint64_t e = c->n_embd, ff = c->n_ff, sh = c->n_ff_shexp;
 	const uint64_t kv = e / c->n_head * c->n_head_kv, ne = c->n_expert;
 	const float se = 1.0f / sqrtf((float)e), sf = 1.0f / sqrtf((float)ff);
@@ -326,7 +326,7 @@ mkmodel_data_size(const struct mkmodel_cfg *c)
 
 	if (build_tensors(c, &l) == 0) {
 		for (uint32_t i = 0; i < l.n; i++)
-			total += (ggml_row_size(l.t[i].type, tspec_elems(&l.t[i])) +
+			total += (dtype_row_size(l.t[i].type, tspec_elems(&l.t[i])) +
 			                 GGUF_DEFAULT_ALIGNMENT - 1) &
 			        ~(uint64_t)(GGUF_DEFAULT_ALIGNMENT - 1);
 	}
@@ -414,7 +414,7 @@ gen_chunk(const struct fill_job *j, uint64_t c, float *tmp)
 	const struct tspec *t = j->t;
 	uint64_t start = c * CHUNK;
 	size_t n = (size_t)(j->n - start < CHUNK ? j->n - start : CHUNK);
-	float *out = t->type == GGML_TYPE_F32 ?
+	float *out = t->type == DTYPE_F32 ?
 	        (float *)(void *)(j->dst + start * 4) : tmp;
 	uint64_t sm = t->seed ^ (c * 0xd1b54a32d192ed03ull);
 	struct xoshiro x;
@@ -430,9 +430,9 @@ gen_chunk(const struct fill_job *j, uint64_t c, float *tmp)
 	}
 	/* CHUNK is a multiple of the Q8_0 block and every row length is
 	 * too, so chunk boundaries fall on block boundaries. */
-	if (t->type != GGML_TYPE_F32)
-		ggml_row_from_f32(t->type, tmp,
-		        j->dst + ggml_row_size(t->type, start), n);
+	if (t->type != DTYPE_F32)
+		dtype_row_from_f32(t->type, tmp,
+		        j->dst + dtype_row_size(t->type, start), n);
 }
 
 static void *
@@ -442,7 +442,7 @@ fill_worker(void *arg)
 	float *tmp = NULL;
 	uint64_t c;
 
-	if (j->t->type != GGML_TYPE_F32 &&
+	if (j->t->type != DTYPE_F32 &&
 	        (tmp = malloc(CHUNK * sizeof(float))) == NULL) {
 		atomic_store(&j->failed, 1);
 		return NULL;
@@ -461,7 +461,7 @@ fill_tensor(void *ctx, void *dst, size_t size)
 	pthread_t th[MAX_THREADS];
 	uint32_t n_th, started = 0;
 
-	if (size != ggml_row_size(t->type, j.n))
+	if (size != dtype_row_size(t->type, j.n))
 		return EPMOE_EINTERNAL;
 	j.n_chunks = (j.n + CHUNK - 1) / CHUNK;
 	atomic_init(&j.next, 0);
@@ -831,13 +831,13 @@ out:
 /* ---- writing ---- */
 
 static uint32_t
-file_type(enum ggml_type t)
+file_type(enum dtype t)
 {
 	/* llama.cpp's LLAMA_FTYPE_* */
 	switch (t) {
-	case GGML_TYPE_F16: return 1;
-	case GGML_TYPE_Q8_0: return 7;
-	case GGML_TYPE_BF16: return 32;
+	case DTYPE_F16: return 1;
+	case DTYPE_Q8_0: return 7;
+	case DTYPE_BF16: return 32;
 	default: return 0;
 	}
 }

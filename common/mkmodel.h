@@ -42,7 +42,7 @@ struct mkmodel_cfg {
 	uint32_t n_ctx;       /* context_length metadata (4096) */
 	float rope_base;      /* 10000 */
 	float rms_eps;        /* 1e-5 */
-	enum ggml_type dtype; /* matrices: f32, f16, bf16 or q8_0 */
+	enum dtype dtype; /* matrices: f32, f16, bf16 or q8_0 */
 	uint64_t seed;
 	uint32_t n_threads;   /* 0: online CPUs; never changes the output */
 	char name[64];        /* general.name; "" derives one from the shape */

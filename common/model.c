@@ -104,14 +104,14 @@ check_shape(struct loader *L, const struct gguf_tensor *t, uint64_t ne0,
 	if (t->ne[3] != 1)
 		return fail(L, EPMOE_EFORMAT, "tensor %.*s has 4 dimensions",
 		        (int)t->name.len, t->name.ptr);
-	if (!ggml_type_supported(t->type))
+	if (!dtype_supported(t->type))
 		return fail(L, EPMOE_ENOTSUP,
 		        "tensor %.*s has type %s; supported tensor types: f32, f16, bf16, q8_0",
-		        (int)t->name.len, t->name.ptr, ggml_type_name(t->type));
-	if (t->ne[0] % ggml_blck_size(t->type) != 0)
+		        (int)t->name.len, t->name.ptr, dtype_name(t->type));
+	if (t->ne[0] % dtype_block_elems(t->type) != 0)
 		return fail(L, EPMOE_EFORMAT, "tensor %.*s: row length %llu is not a multiple of the %s block",
 		        (int)t->name.len, t->name.ptr, (unsigned long long)t->ne[0],
-		        ggml_type_name(t->type));
+		        dtype_name(t->type));
 	return 0;
 }
 
@@ -133,7 +133,7 @@ load_mat(struct loader *L, struct tmat *out, const char *name, uint64_t ne0,
 	out->type = t->type;
 	out->n_in = (uint32_t)ne0;
 	out->n_out = (uint32_t)(t->ne[1] * t->ne[2]);
-	out->row_size = ggml_row_size(t->type, ne0);
+	out->row_size = dtype_row_size(t->type, ne0);
 	out->data = t->data;
 	L->m->weight_bytes += t->size;
 	return 0;
@@ -157,7 +157,7 @@ load_vec(struct loader *L, float **out, const char *name, uint64_t n,
 		return rc;
 	if ((v = malloc(n * sizeof(float))) == NULL)
 		return EPMOE_ENOMEM;
-	if ((rc = ggml_row_to_f32(t->type, t->data, v, n)) != 0) {
+	if ((rc = dtype_row_to_f32(t->type, t->data, v, n)) != 0) {
 		free(v);
 		return fail(L, rc, "cannot convert tensor %s", name);
 	}

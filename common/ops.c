@@ -232,7 +232,7 @@ int
 tmat_row_f32(const struct tmat *m, uint32_t r, float *dst)
 {
 	const uint8_t *row = (const uint8_t *)m->data + (size_t)r * m->row_size;
-	return ggml_row_to_f32(m->type, row, dst, m->n_in);
+	return dtype_row_to_f32(m->type, row, dst, m->n_in);
 }
 
 /* ---- fused dot kernels: one weight row, converted in registers, dotted
@@ -306,15 +306,15 @@ dot_row(const struct tmat *W, uint32_t j, const float *x, float *y, float *buf)
 
 #if defined(__AVX512F__)
 	switch (W->type) {
-	case GGML_TYPE_F16: done = dot_row_f16(w, x, n, &s); break;
-	case GGML_TYPE_BF16: done = dot_row_bf16(w, x, n, &s); break;
-	case GGML_TYPE_F32: done = dot_row_f32(w, x, n, &s); break;
-	case GGML_TYPE_Q8_0: done = dot_row_q8_0(w, x, n, &s); break;
+	case DTYPE_F16: done = dot_row_f16(w, x, n, &s); break;
+	case DTYPE_BF16: done = dot_row_bf16(w, x, n, &s); break;
+	case DTYPE_F32: done = dot_row_f32(w, x, n, &s); break;
+	case DTYPE_Q8_0: done = dot_row_q8_0(w, x, n, &s); break;
 	default: break;
 	}
 #endif
 	if (done < n) {
-		if (W->type == GGML_TYPE_F32) {
+		if (W->type == DTYPE_F32) {
 			const float *wr = (const float *)(const void *)w;
 			for (int c = done; c < n; c++)
 				s += wr[c] * x[c];
@@ -378,7 +378,7 @@ op_matmul_rows(const struct tmat *W, uint32_t r0, uint32_t r1,
 {
 	if (r1 <= r0 || n <= 0)
 		return 0;
-	if (W->type == GGML_TYPE_F32 && n >= SMALL_N) {
+	if (W->type == DTYPE_F32 && n >= SMALL_N) {
 		/* in blocks of weight rows, as the converted types do: OpenBLAS
 		 * measured faster on 256-row blocks than on a whole slice */
 		int lw = (int)(W->row_size / sizeof(float));
@@ -392,7 +392,7 @@ op_matmul_rows(const struct tmat *W, uint32_t r0, uint32_t r1,
 		}
 		return 0;
 	}
-	if (!ggml_type_supported(W->type))
+	if (!dtype_supported(W->type))
 		return EPMOE_ENOTSUP;
 	if (n < SMALL_N)
 		return matmul_rows_small(W, r0, r1, X, n, ldx, Y, ldy);

@@ -26,7 +26,7 @@
 /* A 2-D weight matrix: n_out rows of n_in elements of type `type`
  * (GGUF ne0 = n_in, ne1 = n_out).  Borrowed view into the mapping. */
 struct tmat {
-	enum ggml_type type;
+	enum dtype type;
 	uint32_t n_in;
 	uint32_t n_out;
 	size_t row_size; /* bytes per row */

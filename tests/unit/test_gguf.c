@@ -164,9 +164,9 @@ build_good(struct bld *b, struct good *g)
 		uint32_t type;
 		uint64_t off;
 	} ts[3] = {
-		{ "t.f32", 2, { 4, 2 }, GGML_TYPE_F32, 0 },
-		{ "t.f16", 1, { 8, 1 }, GGML_TYPE_F16, 32 },
-		{ "t.q8_", 2, { 32, 2 }, GGML_TYPE_Q8_0, 64 },
+		{ "t.f32", 2, { 4, 2 }, DTYPE_F32, 0 },
+		{ "t.f16", 1, { 8, 1 }, DTYPE_F16, 32 },
+		{ "t.q8_", 2, { 32, 2 }, DTYPE_Q8_0, 64 },
 	};
 
 	memset(b, 0, sizeof(*b));
@@ -311,7 +311,7 @@ START_TEST(reads_every_testdata_model)
 		ck_assert_uint_eq(t->n_dims, 2);
 		ck_assert_uint_eq(t->ne[0], 64);
 		ck_assert_uint_eq(t->ne[1], 512);
-		ck_assert_int_eq(t->type, GGML_TYPE_F32);
+		ck_assert_int_eq(t->type, DTYPE_F32);
 		ck_assert_uint_eq(t->size, 64 * 512 * 4);
 		t = gguf_find_tensor(g, "blk.1.ffn_gate_exps.weight");
 		ck_assert_ptr_nonnull(t);
@@ -447,16 +447,16 @@ START_TEST(roundtrips_every_value_and_tensor_type)
 		ck_assert_int_eq(gguf_writer_set_arr_str(w, "a.emptystr", NULL, 0),
 		        0);
 		ck_assert_int_eq(gguf_writer_set_alignment(w, 64), 0);
-		ck_assert_int_eq(gguf_writer_add_tensor(w, "f32", GGML_TYPE_F32, 2,
+		ck_assert_int_eq(gguf_writer_add_tensor(w, "f32", DTYPE_F32, 2,
 		                         ne_f32, f32d, sizeof(f32d)), 0);
-		ck_assert_int_eq(gguf_writer_add_tensor(w, "f16", GGML_TYPE_F16, 1,
+		ck_assert_int_eq(gguf_writer_add_tensor(w, "f16", DTYPE_F16, 1,
 		                         ne_f16, f16d, sizeof(f16d)), 0);
 		ck_assert_int_eq(gguf_writer_add_tensor_fn(w, "fill",
-		                         GGML_TYPE_F32, 1, ne_f16, fill_ramp,
+		                         DTYPE_F32, 1, ne_f16, fill_ramp,
 		                         &calls), 0);
-		ck_assert_int_eq(gguf_writer_add_tensor(w, "bf16", GGML_TYPE_BF16,
+		ck_assert_int_eq(gguf_writer_add_tensor(w, "bf16", DTYPE_BF16,
 		                         3, ne_bf16, bf16d, sizeof(bf16d)), 0);
-		ck_assert_int_eq(gguf_writer_add_tensor(w, "q8", GGML_TYPE_Q8_0, 4,
+		ck_assert_int_eq(gguf_writer_add_tensor(w, "q8", DTYPE_Q8_0, 4,
 		                         ne_q8, q8d, sizeof(q8d)), 0);
 		ck_assert_int_eq(gguf_writer_write(w, path, err, sizeof(err)), 0);
 		gguf_writer_free(w);
@@ -541,7 +541,7 @@ START_TEST(roundtrips_every_value_and_tensor_type)
 		ck_assert_uint_eq(t->ne[2], 1);
 		ck_assert_int_eq(memcmp(t->data, f32d, sizeof(f32d)), 0);
 		t = gguf_find_tensor(g, "f16");
-		ck_assert_int_eq(t->type, GGML_TYPE_F16);
+		ck_assert_int_eq(t->type, DTYPE_F16);
 		ck_assert_uint_eq(t->size, sizeof(f16d));
 		ck_assert_int_eq(memcmp(t->data, f16d, sizeof(f16d)), 0);
 		t = gguf_find_tensor(g, "fill");
@@ -664,21 +664,21 @@ START_TEST(writer_rejects_bad_input_and_leaves_no_partial_file)
 	        EPMOE_EINVAL);
 	ck_assert_int_eq(gguf_writer_set_alignment(w, 0), EPMOE_EINVAL);
 	ck_assert_int_eq(gguf_writer_set_alignment(w, 48), EPMOE_EINVAL);
-	ck_assert_int_eq(gguf_writer_add_tensor(w, "t", GGML_TYPE_F32, 2, ne,
+	ck_assert_int_eq(gguf_writer_add_tensor(w, "t", DTYPE_F32, 2, ne,
 	                         d, sizeof(d)), 0);
-	ck_assert_int_eq(gguf_writer_add_tensor(w, "t", GGML_TYPE_F32, 2, ne,
+	ck_assert_int_eq(gguf_writer_add_tensor(w, "t", DTYPE_F32, 2, ne,
 	                         d, sizeof(d)), EPMOE_EINVAL);
-	ck_assert_int_eq(gguf_writer_add_tensor(w, "u", GGML_TYPE_F32, 2, ne,
+	ck_assert_int_eq(gguf_writer_add_tensor(w, "u", DTYPE_F32, 2, ne,
 	                         d, sizeof(d) - 4), EPMOE_EINVAL);
-	ck_assert_int_eq(gguf_writer_add_tensor(w, "u", GGML_TYPE_F32, 2, ne0,
+	ck_assert_int_eq(gguf_writer_add_tensor(w, "u", DTYPE_F32, 2, ne0,
 	                         d, 0), EPMOE_EINVAL);
-	ck_assert_int_eq(gguf_writer_add_tensor(w, "u", GGML_TYPE_F32, 5, ne,
+	ck_assert_int_eq(gguf_writer_add_tensor(w, "u", DTYPE_F32, 5, ne,
 	                         d, sizeof(d)), EPMOE_EINVAL);
-	ck_assert_int_eq(gguf_writer_add_tensor(w, "u", GGML_TYPE_Q4_K, 2, ne,
+	ck_assert_int_eq(gguf_writer_add_tensor(w, "u", DTYPE_Q4_K, 2, ne,
 	                         d, sizeof(d)), EPMOE_EINVAL);
-	ck_assert_int_eq(gguf_writer_add_tensor(w, "u", GGML_TYPE_Q8_0, 1, neq,
+	ck_assert_int_eq(gguf_writer_add_tensor(w, "u", DTYPE_Q8_0, 1, neq,
 	                         d, 18), EPMOE_EINVAL);
-	ck_assert_int_eq(gguf_writer_add_tensor_fn(w, "v", GGML_TYPE_F32, 2,
+	ck_assert_int_eq(gguf_writer_add_tensor_fn(w, "v", DTYPE_F32, 2,
 	                         ne, fill_fail, NULL), 0);
 
 	/* a failing fill names the tensor and leaves nothing behind */
@@ -892,9 +892,9 @@ START_TEST(bad_tensor_infos_are_rejected)
 	expect_fail(&b, b.len, EPMOE_ENOTSUP,
 	        "type99, which is not supported (supported: f32, f16, bf16, "
 	        "q8_0)");
-	patch_u32(&b, o.ti_type[0], GGML_TYPE_Q4_K);
+	patch_u32(&b, o.ti_type[0], DTYPE_Q4_K);
 	expect_fail(&b, b.len, EPMOE_ENOTSUP, "has tensor type q4_K");
-	patch_u32(&b, o.ti_type[0], GGML_TYPE_F32);
+	patch_u32(&b, o.ti_type[0], DTYPE_F32);
 
 	patch_u64(&b, o.ti_ne[2], 16);
 	expect_fail(&b, b.len, EPMOE_EFORMAT,
@@ -1190,7 +1190,7 @@ START_TEST(q8_0_dequantises_and_quantises_like_ggml)
 	blk[35] = 0xc0;
 	for (int j = 0; j < 32; j++)
 		blk[36 + j] = (uint8_t)(j == 0 ? 0x80 : 127); /* -128 first */
-	ck_assert_int_eq(ggml_row_to_f32(GGML_TYPE_Q8_0, blk, out, 64), 0);
+	ck_assert_int_eq(dtype_row_to_f32(DTYPE_Q8_0, blk, out, 64), 0);
 	for (int j = 0; j < 32; j++)
 		ck_assert_float_eq(out[j], 0.5f * (float)(j - 16));
 	ck_assert_float_eq(out[32], 256.0f);
@@ -1202,7 +1202,7 @@ START_TEST(q8_0_dequantises_and_quantises_like_ggml)
 		x[j] = (j == 5) ? -12.7f : 0.26f * (float)(j - 16) / 4.0f;
 	for (int j = 32; j < 64; j++)
 		x[j] = 0.0f; /* all-zero block: d = 0, q = 0 */
-	ck_assert_int_eq(ggml_row_from_f32(GGML_TYPE_Q8_0, x, blk, 64), 0);
+	ck_assert_int_eq(dtype_row_from_f32(DTYPE_Q8_0, x, blk, 64), 0);
 	{
 		uint16_t dh;
 		float d = 12.7f / 127.0f;
@@ -1218,18 +1218,18 @@ START_TEST(q8_0_dequantises_and_quantises_like_ggml)
 		for (int j = 0; j < 32; j++)
 			ck_assert_int_eq(blk[36 + j], 0);
 	}
-	ck_assert_int_eq(ggml_row_to_f32(GGML_TYPE_Q8_0, blk, out, 64), 0);
+	ck_assert_int_eq(dtype_row_to_f32(DTYPE_Q8_0, blk, out, 64), 0);
 	for (int j = 0; j < 64; j++)
 		/* half a quantum (0.05) plus the f16 error of the scale
 		 * times |q| <= 127 */
 		ck_assert_float_eq_tol(out[j], x[j],
 		        0.05f + 127 * 0.1f * ldexpf(1, -11) + 1e-4f);
 	/* rows that are not whole blocks, and unsupported types */
-	ck_assert_int_eq(ggml_row_to_f32(GGML_TYPE_Q8_0, blk, out, 40),
+	ck_assert_int_eq(dtype_row_to_f32(DTYPE_Q8_0, blk, out, 40),
 	        EPMOE_EINVAL);
-	ck_assert_int_eq(ggml_row_to_f32(GGML_TYPE_Q4_K, blk, out, 32),
+	ck_assert_int_eq(dtype_row_to_f32(DTYPE_Q4_K, blk, out, 32),
 	        EPMOE_ENOTSUP);
-	ck_assert_int_eq(ggml_row_from_f32(GGML_TYPE_Q4_0, x, blk, 32),
+	ck_assert_int_eq(dtype_row_from_f32(DTYPE_Q4_0, x, blk, 32),
 	        EPMOE_ENOTSUP);
 }
 END_TEST
@@ -1253,15 +1253,15 @@ START_TEST(vector_rows_equal_scalar_rows_bit_for_bit)
 
 			memcpy(src + 1 + 2 * i, &h, 2);
 		}
-		ck_assert_int_eq(ggml_row_to_f32(GGML_TYPE_F16, src + 1, fa, len),
+		ck_assert_int_eq(dtype_row_to_f32(DTYPE_F16, src + 1, fa, len),
 		        0);
-		ck_assert_int_eq(ggml_row_to_f32_ref(GGML_TYPE_F16, src + 1, fb,
+		ck_assert_int_eq(dtype_row_to_f32_ref(DTYPE_F16, src + 1, fb,
 		                         len), 0);
 		ck_assert_int_eq(memcmp(fa, fb, len * 4), 0);
 		/* bf16 -> f32 */
-		ck_assert_int_eq(ggml_row_to_f32(GGML_TYPE_BF16, src + 1, fa, len),
+		ck_assert_int_eq(dtype_row_to_f32(DTYPE_BF16, src + 1, fa, len),
 		        0);
-		ck_assert_int_eq(ggml_row_to_f32_ref(GGML_TYPE_BF16, src + 1, fb,
+		ck_assert_int_eq(dtype_row_to_f32_ref(DTYPE_BF16, src + 1, fb,
 		                         len), 0);
 		ck_assert_int_eq(memcmp(fa, fb, len * 4), 0);
 		/* f32 -> f16 / bf16 from random bit patterns, NaNs, subnormals,
@@ -1281,17 +1281,17 @@ START_TEST(vector_rows_equal_scalar_rows_bit_for_bit)
 			}
 			memcpy((uint8_t *)fs + 4 + 4 * i, &u, 4);
 		}
-		ck_assert_int_eq(ggml_row_from_f32(GGML_TYPE_F16,
+		ck_assert_int_eq(dtype_row_from_f32(DTYPE_F16,
 		                         (float *)((uint8_t *)fs + 4), a + 1, len),
 		        0);
-		ck_assert_int_eq(ggml_row_from_f32_ref(GGML_TYPE_F16,
+		ck_assert_int_eq(dtype_row_from_f32_ref(DTYPE_F16,
 		                         (float *)((uint8_t *)fs + 4), b + 1, len),
 		        0);
 		ck_assert_int_eq(memcmp(a + 1, b + 1, len * 2), 0);
-		ck_assert_int_eq(ggml_row_from_f32(GGML_TYPE_BF16,
+		ck_assert_int_eq(dtype_row_from_f32(DTYPE_BF16,
 		                         (float *)((uint8_t *)fs + 4), a + 1, len),
 		        0);
-		ck_assert_int_eq(ggml_row_from_f32_ref(GGML_TYPE_BF16,
+		ck_assert_int_eq(dtype_row_from_f32_ref(DTYPE_BF16,
 		                         (float *)((uint8_t *)fs + 4), b + 1, len),
 		        0);
 		ck_assert_int_eq(memcmp(a + 1, b + 1, len * 2), 0);
@@ -1304,14 +1304,14 @@ START_TEST(vector_rows_equal_scalar_rows_bit_for_bit)
 			s = s * 6364136223846793005ull + 1442695040888963407ull;
 			src[3 + i] = (uint8_t)(s >> 40);
 		}
-		ck_assert_int_eq(ggml_row_to_f32(GGML_TYPE_Q8_0, src + 3, fa, len),
+		ck_assert_int_eq(dtype_row_to_f32(DTYPE_Q8_0, src + 3, fa, len),
 		        0);
-		ck_assert_int_eq(ggml_row_to_f32_ref(GGML_TYPE_Q8_0, src + 3, fb,
+		ck_assert_int_eq(dtype_row_to_f32_ref(DTYPE_Q8_0, src + 3, fb,
 		                         len), 0);
 		ck_assert_int_eq(memcmp(fa, fb, len * 4), 0);
 	}
 	/* f32 rows are copied */
-	ck_assert_int_eq(ggml_row_to_f32(GGML_TYPE_F32, fs, fa, 100), 0);
+	ck_assert_int_eq(dtype_row_to_f32(DTYPE_F32, fs, fa, 100), 0);
 	ck_assert_int_eq(memcmp(fa, fs, 400), 0);
 	free(src);
 	free(a);
@@ -1324,27 +1324,27 @@ END_TEST
 
 START_TEST(type_tables_name_sizes_and_parse)
 {
-	enum ggml_type t;
+	enum dtype t;
 
-	ck_assert_str_eq(ggml_type_name(GGML_TYPE_F32), "f32");
-	ck_assert_str_eq(ggml_type_name(GGML_TYPE_Q8_0), "q8_0");
-	ck_assert_str_eq(ggml_type_name(GGML_TYPE_BF16), "bf16");
-	ck_assert_str_eq(ggml_type_name(GGML_TYPE_Q4_K), "q4_K");
-	ck_assert_str_eq(ggml_type_name((enum ggml_type)99), "type99");
+	ck_assert_str_eq(dtype_name(DTYPE_F32), "f32");
+	ck_assert_str_eq(dtype_name(DTYPE_Q8_0), "q8_0");
+	ck_assert_str_eq(dtype_name(DTYPE_BF16), "bf16");
+	ck_assert_str_eq(dtype_name(DTYPE_Q4_K), "q4_K");
+	ck_assert_str_eq(dtype_name((enum dtype)99), "type99");
 	ck_assert_str_eq(gguf_type_name(GGUF_TYPE_FLOAT64), "f64");
 	ck_assert_str_eq(gguf_type_name(GGUF_TYPE_COUNT), "unknown");
-	ck_assert_int_eq(ggml_type_parse("bf16", &t), 0);
-	ck_assert_int_eq(t, GGML_TYPE_BF16);
-	ck_assert_int_eq(ggml_type_parse("Q8_0", &t), 0);
-	ck_assert_int_eq(t, GGML_TYPE_Q8_0);
-	ck_assert_int_eq(ggml_type_parse("q4_k", &t), EPMOE_EINVAL);
-	ck_assert(ggml_type_supported(GGML_TYPE_F16));
-	ck_assert(!ggml_type_supported(GGML_TYPE_Q4_0));
-	ck_assert_uint_eq(ggml_type_size(GGML_TYPE_Q8_0), 34);
-	ck_assert_uint_eq(ggml_blck_size(GGML_TYPE_Q8_0), 32);
-	ck_assert_uint_eq(ggml_row_size(GGML_TYPE_Q8_0, 64), 68);
-	ck_assert_uint_eq(ggml_row_size(GGML_TYPE_F16, 7), 14);
-	ck_assert_uint_eq(ggml_type_size(GGML_TYPE_Q4_K), 0);
+	ck_assert_int_eq(dtype_parse("bf16", &t), 0);
+	ck_assert_int_eq(t, DTYPE_BF16);
+	ck_assert_int_eq(dtype_parse("Q8_0", &t), 0);
+	ck_assert_int_eq(t, DTYPE_Q8_0);
+	ck_assert_int_eq(dtype_parse("q4_k", &t), EPMOE_EINVAL);
+	ck_assert(dtype_supported(DTYPE_F16));
+	ck_assert(!dtype_supported(DTYPE_Q4_0));
+	ck_assert_uint_eq(dtype_block_size(DTYPE_Q8_0), 34);
+	ck_assert_uint_eq(dtype_block_elems(DTYPE_Q8_0), 32);
+	ck_assert_uint_eq(dtype_row_size(DTYPE_Q8_0, 64), 68);
+	ck_assert_uint_eq(dtype_row_size(DTYPE_F16, 7), 14);
+	ck_assert_uint_eq(dtype_block_size(DTYPE_Q4_K), 0);
 }
 END_TEST
 

@@ -265,7 +265,7 @@ stats(const struct gguf_file *g, const char *name, double *mean, double *std)
 
 	ck_assert_msg(t != NULL, "no tensor %s", name);
 	v = malloc(t->n_elements * sizeof(float));
-	ck_assert_int_eq(ggml_row_to_f32(t->type, t->data, v, t->n_elements), 0);
+	ck_assert_int_eq(dtype_row_to_f32(t->type, t->data, v, t->n_elements), 0);
 	for (uint64_t i = 0; i < t->n_elements; i++)
 		s += v[i];
 	*mean = s / (double)t->n_elements;
@@ -330,8 +330,8 @@ name_ends(struct gguf_str s, const char *suffix)
 
 START_TEST(f16_bf16_q8_0_models_quantise_the_same_weights)
 {
-	static const enum ggml_type types[] = { GGML_TYPE_F16, GGML_TYPE_BF16,
-		GGML_TYPE_Q8_0 };
+	static const enum dtype types[] = { DTYPE_F16, DTYPE_BF16,
+		DTYPE_Q8_0 };
 	static const uint32_t ftype[] = { 1, 32, 7 };
 	struct mkmodel_cfg c;
 	struct gguf_file *gf, *gq;
@@ -357,18 +357,18 @@ START_TEST(f16_bf16_q8_0_models_quantise_the_same_weights)
 			int keep_f32 = t->n_dims == 1 ||
 			        name_ends(t->name, "ffn_gate_inp.weight");
 
-			ck_assert_msg(t->type == (keep_f32 ? GGML_TYPE_F32 : types[k]),
+			ck_assert_msg(t->type == (keep_f32 ? DTYPE_F32 : types[k]),
 			        "%.*s has type %s", (int)t->name.len, t->name.ptr,
-			        ggml_type_name(t->type));
+			        dtype_name(t->type));
 		}
 		/* the generator draws the same floats before converting */
 		tf = gguf_find_tensor(gf, "blk.1.ffn_down_exps.weight");
 		tq = gguf_find_tensor(gq, "blk.1.ffn_down_exps.weight");
 		ref = malloc(tf->n_elements * 4);
 		q = malloc(tf->n_elements * 4);
-		ck_assert_int_eq(ggml_row_to_f32(tf->type, tf->data, ref,
+		ck_assert_int_eq(dtype_row_to_f32(tf->type, tf->data, ref,
 		                         tf->n_elements), 0);
-		ck_assert_int_eq(ggml_row_to_f32(tq->type, tq->data, q,
+		ck_assert_int_eq(dtype_row_to_f32(tq->type, tq->data, q,
 		                         tq->n_elements), 0);
 		for (uint64_t i = 0; i < tf->n_elements; i++) {
 			/* f16: 2^-11 relative; bf16: 2^-8; q8_0: half a step
@@ -548,7 +548,7 @@ START_TEST(presets_have_the_documented_shapes)
 	ck_assert_uint_eq(c.n_expert_used, 2);
 	ck_assert_uint_eq(c.n_ff, 128);
 	ck_assert_uint_eq(c.n_ff_shexp, 192);
-	ck_assert_int_eq(c.dtype, GGML_TYPE_F32);
+	ck_assert_int_eq(c.dtype, DTYPE_F32);
 	ck_assert_int_eq(mkmodel_preset(&c, MKMODEL_OLMOE, "tiny"), 0);
 	ck_assert_uint_eq(c.n_head_kv, 4);
 	ck_assert_int_eq(mkmodel_preset(&c, MKMODEL_LLAMA, "small"), 0);
@@ -596,9 +596,9 @@ START_TEST(validation_rejects_inconsistent_shapes)
 	expect_invalid(&c, "layers is 0");
 	c = b, c.n_embd = 60, c.n_head = 4; /* head dim 15: odd */
 	expect_invalid(&c, "must be even");
-	c = b, c.dtype = GGML_TYPE_Q8_0, c.n_ff = 100;
+	c = b, c.dtype = DTYPE_Q8_0, c.n_ff = 100;
 	expect_invalid(&c, "multiples of 32");
-	c = b, c.dtype = GGML_TYPE_Q4_K;
+	c = b, c.dtype = DTYPE_Q4_K;
 	expect_invalid(&c, "dtype q4_K not supported");
 	ck_assert_int_eq(mkmodel_preset(&b, MKMODEL_OLMOE, "tiny"), 0);
 	c = b, c.n_head_kv = 2;
@@ -679,7 +679,7 @@ START_TEST(mkmodel_command_writes_the_library_model)
 		ck_assert_int_eq(run_cmd(cmd_mkmodel, argv, log), 0);
 	}
 	ck_assert_int_eq(mkmodel_preset(&c, MKMODEL_QWEN2MOE, "tiny"), 0);
-	c.dtype = GGML_TYPE_F16;
+	c.dtype = DTYPE_F16;
 	c.seed = 77;
 	c.n_layer = 3;
 	c.n_expert = 4;

@@ -159,21 +159,21 @@ END_TEST
  * threads, against double loops over the same (converted) weights. */
 START_TEST(matmul_matches_reference_for_every_type)
 {
-	static const enum ggml_type types[] = { GGML_TYPE_F32, GGML_TYPE_F16,
-		GGML_TYPE_BF16, GGML_TYPE_Q8_0 };
+	static const enum dtype types[] = { DTYPE_F32, DTYPE_F16,
+		DTYPE_BF16, DTYPE_Q8_0 };
 	static const int ns[] = { 1, 3, 11, 12, 40, 130 };
 	uint32_t n_in = 96, n_out = 300;
-	enum ggml_type t = types[_i];
+	enum dtype t = types[_i];
 	struct tmat W = { .type = t, .n_in = n_in, .n_out = n_out };
 	float *wf = malloc((size_t)n_in * n_out * 4), *wc = malloc((size_t)n_in * n_out * 4);
 	struct pool *pool;
 
-	W.row_size = ggml_row_size(t, n_in);
+	W.row_size = dtype_row_size(t, n_in);
 	void *wd = malloc(W.row_size * n_out);
 	W.data = wd;
 	fill(wf, (size_t)n_in * n_out, 0.5f);
 	for (uint32_t r = 0; r < n_out; r++) {
-		ck_assert_int_eq(ggml_row_from_f32(t, wf + (size_t)r * n_in,
+		ck_assert_int_eq(dtype_row_from_f32(t, wf + (size_t)r * n_in,
 		                         (uint8_t *)wd + r * W.row_size, n_in), 0);
 		ck_assert_int_eq(tmat_row_f32(&W, r, wc + (size_t)r * n_in), 0);
 	}
@@ -190,7 +190,7 @@ START_TEST(matmul_matches_reference_for_every_type)
 					for (uint32_t c = 0; c < n_in; c++)
 						ref += (double)X[i * ldx + c] * wc[j * n_in + c];
 					ck_assert_msg(fabs(Y[i * ldy + j] - ref) < 1e-4,
-					        "type %s n %d: [%d,%u] %g vs %g", ggml_type_name(t), n,
+					        "type %s n %d: [%d,%u] %g vs %g", dtype_name(t), n,
 					        i, j, Y[i * ldy + j], ref);
 				}
 			free(X);
@@ -226,7 +226,7 @@ START_TEST(matmul_multi_equals_separate_products)
 	for (int m = 0; m < 3; m++) {
 		wd[m] = malloc((size_t)outs[m] * n_in * 4);
 		fill(wd[m], (size_t)outs[m] * n_in, 0.5f);
-		W[m] = (struct tmat){ GGML_TYPE_F32, n_in, outs[m], n_in * 4, wd[m] };
+		W[m] = (struct tmat){ DTYPE_F32, n_in, outs[m], n_in * 4, wd[m] };
 		Y[m] = malloc((size_t)n * outs[m] * 4);
 		R[m] = malloc((size_t)n * outs[m] * 4);
 	}
