@@ -26,6 +26,7 @@
 #include <nng/protocol/reqrep0/req.h>
 
 #include "cl_oai.h"
+#include "clock.h"
 #include "epmoe_client.h"
 #include "err.h"
 #include "sse.h"
@@ -49,15 +50,6 @@ struct epmoe_client {
 	int sock_open;
 	char *url;
 };
-
-static double
-now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static int set_err(struct epmoe_client *c, int code, int status,
         const char *fmt, ...) __attribute__((format(printf, 4, 5)));
@@ -401,7 +393,7 @@ acc_init(struct acc *a, struct epmoe_client *c, epmoe_chunk_fn cb, void *ud)
 	a->c = c;
 	a->cb = cb;
 	a->ud = ud;
-	a->t0 = now_s();
+	a->t0 = clock_now();
 }
 
 static int
@@ -456,7 +448,7 @@ acc_add(struct acc *a, const char *text, size_t len, const uint32_t *toks,
 		return 0;
 	if (len > 0 || n > 0) {
 		if (a->r.n_chunks == 0)
-			a->r.ttft_s = now_s() - a->t0;
+			a->r.ttft_s = clock_now() - a->t0;
 		a->r.n_chunks++;
 	}
 	if (finish != NULL) {
@@ -496,7 +488,7 @@ acc_finish(struct acc *a, struct epmoe_completion *out)
 		epmoe_completion_fini(&a->r);
 		return set_err(a->c, rc, 0, "out of memory");
 	}
-	a->r.total_s = now_s() - a->t0;
+	a->r.total_s = clock_now() - a->t0;
 	if (a->r.n_chunks == 0)
 		a->r.ttft_s = a->r.total_s;
 	if (out != NULL)
@@ -966,7 +958,7 @@ nng_cancel(struct epmoe_client *c, const char *id)
 static uint32_t
 remaining_ms(double deadline)
 {
-	double r = (deadline - now_s()) * 1000.0;
+	double r = (deadline - clock_now()) * 1000.0;
 
 	return r <= 0 ? 0 : r > 4e9 ? 4000000000u : (uint32_t)r;
 }

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "err.h"
+#include "hash.h"
 #include "model.h"
 
 static const char *const arch_names[] = { "llama", "qwen2moe", "olmoe",
@@ -297,16 +298,6 @@ load_layer(struct loader *L, uint32_t il)
 	return 0;
 }
 
-static uint64_t
-fnv1a(const uint8_t *p, size_t n, uint64_t h)
-{
-	for (size_t i = 0; i < n; i++) {
-		h ^= p[i];
-		h *= 0x100000001b3ULL;
-	}
-	return h;
-}
-
 int
 model_load(struct model **out, const char *path, char *err, size_t err_len)
 {
@@ -356,8 +347,8 @@ model_load(struct model **out, const char *path, char *err, size_t err_len)
 	}
 	for (uint32_t i = 0; i < hp->n_rot / 2; i++)
 		m->rope_freq[i] = powf(hp->rope_base, -2.0f * (float)i / (float)hp->n_rot);
-	m->identity = fnv1a(m->gguf->base, m->gguf->data_offset, 0xcbf29ce484222325ULL);
-	m->identity = fnv1a((const uint8_t *)&m->gguf->file_size,
+	m->identity = hash_fnv1a(m->gguf->base, m->gguf->data_offset, HASH_FNV1A_INIT);
+	m->identity = hash_fnv1a(&m->gguf->file_size,
 	        sizeof(m->gguf->file_size), m->identity);
 	*out = m;
 	return 0;

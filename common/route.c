@@ -17,6 +17,8 @@
 #include <string.h>
 
 #include "err.h"
+#include "fmath.h"
+#include "rng.h"
 #include "route.h"
 
 /* ---- names, keys, defaults ------------------------------------------- */
@@ -201,18 +203,6 @@ route_cfg_default(struct route_cfg *cfg, enum route_kind kind)
 }
 
 static void
-seterr(char *err, size_t err_len, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err == NULL || err_len == 0)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, err_len, fmt, ap);
-	va_end(ap);
-}
-
-static void
 list_keys(enum route_kind kind, char *buf, size_t len)
 {
 	size_t n = 0;
@@ -307,11 +297,11 @@ route_parse(const char *spec, struct route_cfg *out, char *err,
 	char range[160], klist[160];
 
 	if (spec == NULL || *spec == '\0') {
-		seterr(err, err_len, "empty routing policy");
+		epmoe_set_err(err, err_len, "empty routing policy");
 		return EPMOE_EINVAL;
 	}
 	if (strlen(spec) >= sizeof(buf)) {
-		seterr(err, err_len, "routing policy spec too long");
+		epmoe_set_err(err, err_len, "routing policy spec too long");
 		return EPMOE_EINVAL;
 	}
 	strcpy(buf, spec);
@@ -323,7 +313,7 @@ route_parse(const char *spec, struct route_cfg *out, char *err,
 		if (strcmp(name, kind_names[i]) == 0)
 			kind = i;
 	if (kind < 0) {
-		seterr(err, err_len, "unknown routing policy '%s' (policies: "
+		epmoe_set_err(err, err_len, "unknown routing policy '%s' (policies: "
 		    "native, topk, capacity, expert_choice, sinkhorn, ssr, "
 		    "usmoe, lossfree)", name);
 		return EPMOE_EINVAL;
@@ -335,7 +325,7 @@ route_parse(const char *spec, struct route_cfg *out, char *err,
 	}
 	list_keys((enum route_kind)kind, klist, sizeof(klist));
 	if (*rest == '\0') {
-		seterr(err, err_len, "%s: nothing after ':'", name);
+		epmoe_set_err(err, err_len, "%s: nothing after ':'", name);
 		return EPMOE_EINVAL;
 	}
 	for (item = strtok_r(rest, ",", &save); item != NULL;
@@ -345,7 +335,7 @@ route_parse(const char *spec, struct route_cfg *out, char *err,
 		int id = -1;
 
 		if (eq == NULL) {
-			seterr(err, err_len, "%s: expected key=value, got '%s'",
+			epmoe_set_err(err, err_len, "%s: expected key=value, got '%s'",
 			    name, item);
 			return EPMOE_EINVAL;
 		}
@@ -355,34 +345,34 @@ route_parse(const char *spec, struct route_cfg *out, char *err,
 				id = *k;
 		if (id < 0) {
 			if (klist[0] == '\0')
-				seterr(err, err_len, "%s: unknown key '%s' (the "
+				epmoe_set_err(err, err_len, "%s: unknown key '%s' (the "
 				    "policy takes no keys)", name, item);
 			else
-				seterr(err, err_len, "%s: unknown key '%s' "
+				epmoe_set_err(err, err_len, "%s: unknown key '%s' "
 				    "(keys: %s)", name, item, klist);
 			return EPMOE_EINVAL;
 		}
 		kd = &keys[id];
 		if (seen[id]) {
-			seterr(err, err_len, "%s: key '%s' given twice", name,
+			epmoe_set_err(err, err_len, "%s: key '%s' given twice", name,
 			    item);
 			return EPMOE_EINVAL;
 		}
 		seen[id] = 1;
 		if (parse_value(kd, eq + 1, &cfg) != 0) {
 			describe_range(kd, range, sizeof(range));
-			seterr(err, err_len, "%s: bad value '%s' for %s (%s)",
+			epmoe_set_err(err, err_len, "%s: bad value '%s' for %s (%s)",
 			    name, eq + 1, kd->name, range);
 			return EPMOE_EINVAL;
 		}
 	}
 	if (seen[K_P] && (seen[K_LAMBDA] || seen[K_WORKERS])) {
-		seterr(err, err_len, "ssr: give either p (random schedule) or "
+		epmoe_set_err(err, err_len, "ssr: give either p (random schedule) or "
 		    "lambda/workers (load schedule), not both");
 		return EPMOE_EINVAL;
 	}
 	if (seen[K_SEED] && !seen[K_P]) {
-		seterr(err, err_len, "ssr: seed belongs to the random schedule; "
+		epmoe_set_err(err, err_len, "ssr: seed belongs to the random schedule; "
 		    "give p as well");
 		return EPMOE_EINVAL;
 	}
@@ -507,16 +497,16 @@ route_check(const struct route_cfg *cfg, enum route_group_kind kind,
     char *err, size_t err_len)
 {
 	if (cfg == NULL || route_kind_name(cfg->kind) == NULL) {
-		seterr(err, err_len, "invalid routing policy");
+		epmoe_set_err(err, err_len, "invalid routing policy");
 		return EPMOE_EINVAL;
 	}
 	if (kind != ROUTE_GROUP_PREFILL && kind != ROUTE_GROUP_DECODE) {
-		seterr(err, err_len, "invalid routing group kind %d",
+		epmoe_set_err(err, err_len, "invalid routing group kind %d",
 		    (int)kind);
 		return EPMOE_EINVAL;
 	}
 	if (!(kind_groups[cfg->kind] & (1 << kind))) {
-		seterr(err, err_len, "routing policy '%s' cannot route %s "
+		epmoe_set_err(err, err_len, "routing policy '%s' cannot route %s "
 		    "tokens", kind_names[cfg->kind],
 		    kind == ROUTE_GROUP_DECODE ? "decode" : "prefill");
 		return EPMOE_ENOTSUP;
@@ -682,15 +672,6 @@ struct route_policy {
 	size_t n_pairs, cap_pairs;
 };
 
-static uint64_t
-mix64(uint64_t x)
-{
-	x += 0x9e3779b97f4a7c15ULL;
-	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-	x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-	return x ^ (x >> 31);
-}
-
 static void
 default_workers(struct route_policy *p)
 {
@@ -715,13 +696,13 @@ route_policy_new(struct route_policy **out, const struct route_cfg *cfg,
 
 	if (cfg == NULL || m == NULL || out == NULL ||
 	    (name = route_kind_name(cfg->kind)) == NULL) {
-		seterr(err, err_len, "invalid routing policy");
+		epmoe_set_err(err, err_len, "invalid routing policy");
 		return EPMOE_EINVAL;
 	}
 	if (m->n_experts < 1 || m->n_experts > 65535 || m->k < 1 ||
 	    m->k > m->n_experts || m->n_layers < 1 ||
 	    (m->renorm != 0 && m->renorm != 1)) {
-		seterr(err, err_len, "invalid model gate: %d experts, k=%d, "
+		epmoe_set_err(err, err_len, "invalid model gate: %d experts, k=%d, "
 		    "%d layers", m->n_experts, m->k, m->n_layers);
 		return EPMOE_EINVAL;
 	}
@@ -733,7 +714,7 @@ route_policy_new(struct route_policy **out, const struct route_cfg *cfg,
 	if (!(c.xi > 0.0f))
 		c.xi = c.kernel == ROUTE_KERNEL_CAPPED ? 0.1f : 1.0f;
 	if (c.k > m->n_experts) {
-		seterr(err, err_len, "%s: k=%d exceeds the model's %d experts",
+		epmoe_set_err(err, err_len, "%s: k=%d exceeds the model's %d experts",
 		    name, c.k, m->n_experts);
 		return EPMOE_EINVAL;
 	}
@@ -761,7 +742,7 @@ route_policy_new(struct route_policy **out, const struct route_cfg *cfg,
 	return 0;
 nomem:
 	route_policy_free(p);
-	seterr(err, err_len, "out of memory");
+	epmoe_set_err(err, err_len, "out of memory");
 	return EPMOE_ENOMEM;
 }
 
@@ -1051,18 +1032,6 @@ softmax_row(const float *x, int E, float *y)
 		y[e] = (float)(y[e] / s);
 }
 
-static inline float
-sigmoidf(float z)
-{
-	if (z >= 0.0f)
-		return 1.0f / (1.0f + expf(-z));
-	else {
-		float ez = expf(z);
-
-		return ez / (1.0f + ez);
-	}
-}
-
 /* Per-token top-k with gate weights for every token of S into p->sel and
  * p->selw ([T, k]). */
 static void
@@ -1296,7 +1265,7 @@ usmoe_group(struct route_policy *p, const float *S, const int32_t *tok,
 
 		softmax_row(x, E, U);
 		for (int e = 0; e < E; e++)
-			U[e] = (1.0f - r) * U[e] + r * se * sigmoidf(x[e]);
+			U[e] = (1.0f - r) * U[e] + r * se * fmath_sigmoid(x[e]);
 	}
 	for (size_t i = 0; i < ne; i++) {
 		p->vals[i] = p->A[i];
@@ -1427,7 +1396,7 @@ ssr_decide(struct route_policy *p, int layer, uint64_t step, const float *S,
 
 	*have_topk = 0;
 	if (c->sched == ROUTE_SSR_P) {
-		uint64_t h = mix64(c->seed ^ mix64(step ^ mix64((uint64_t)layer)));
+		uint64_t h = rng_mix64(c->seed ^ rng_mix64(step ^ rng_mix64((uint64_t)layer)));
 		double uval = (double)(h >> 11) * (1.0 / 9007199254740992.0);
 
 		return uval < (double)c->p;
@@ -1507,7 +1476,7 @@ lossfree_run(struct route_policy *p, int layer, const float *S, uint32_t T,
 			softmax_row(x, E, s);
 		else
 			for (int e = 0; e < E; e++)
-				s[e] = sigmoidf(x[e]);
+				s[e] = fmath_sigmoid(x[e]);
 		/* x may alias q (p->row) from here on: s is complete. */
 		for (int e = 0; e < E; e++)
 			q[e] = s[e] + b[e];

@@ -22,6 +22,7 @@
 #include <nng/nng.h>
 #include <nng/supplemental/util/platform.h>
 
+#include "clock.h"
 #include "cluster.h"
 #include "err.h"
 #include "log.h"
@@ -110,15 +111,6 @@ struct cluster {
 	atomic_int stop;
 };
 
-static uint64_t
-now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 /* ---- lifecycle ---- */
 
 int
@@ -152,7 +144,7 @@ cluster_new(struct cluster **out, const struct cluster_cfg *cfg, char *err,
 	c->boot_id = cfg->boot_id;
 	if (c->boot_id == 0 &&
 	        getrandom(&c->boot_id, sizeof(c->boot_id), 0) != (ssize_t)sizeof(c->boot_id))
-		c->boot_id = now_ns() ^ (uint64_t)getpid();
+		c->boot_id = clock_now_ns() ^ (uint64_t)getpid();
 	if (c->boot_id == 0)
 		c->boot_id = 1;
 
@@ -586,7 +578,7 @@ on_hello(struct cluster *c, const Epmoe__WorkerHello *h, struct reply *r)
 	w->threads = h->threads;
 	w->ram_bytes = h->ram_bytes;
 	w->rep_ram_free = h->ram_free_bytes;
-	w->last_hb_ns = now_ns();
+	w->last_hb_ns = clock_now_ns();
 	w->gen++;
 	w->registrations++;
 	w->state = W_JOINING;
@@ -630,7 +622,7 @@ on_report(struct cluster *c, const Epmoe__LoadReport *lr, struct reply *r)
 		refuse(r, EPMOE__STATUS__STATUS_NOT_FOUND,
 		        "marked down (%s): register again", w->down_reason);
 	} else {
-		w->last_hb_ns = now_ns();
+		w->last_hb_ns = clock_now_ns();
 		w->rep_tokens = lr->tokens_served;
 		w->rep_batches = lr->batches_served;
 		w->rep_compute_us = lr->compute_us;
@@ -737,7 +729,7 @@ handle(struct cluster *c, nng_msg *m)
 static void
 check_timeouts(struct cluster *c)
 {
-	uint64_t now = now_ns(), lim = (uint64_t)c->hb_timeout_ms * 1000000u;
+	uint64_t now = clock_now_ns(), lim = (uint64_t)c->hb_timeout_ms * 1000000u;
 	char why[64];
 
 	pthread_mutex_lock(&c->mu);
@@ -931,7 +923,7 @@ int
 cluster_stats_json(struct cluster *c, cJSON **out)
 {
 	cJSON *root = cJSON_CreateObject(), *ws;
-	uint64_t now = now_ns();
+	uint64_t now = clock_now_ns();
 	uint32_t live = 0;
 
 	if (root == NULL)

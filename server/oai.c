@@ -19,6 +19,7 @@
 
 #include "err.h"
 #include "oai.h"
+#include "rng.h"
 
 /* ---- errors ---- */
 
@@ -1071,22 +1072,13 @@ static pthread_once_t id_once = PTHREAD_ONCE_INIT;
 static uint64_t id_seed;
 static _Atomic uint64_t id_counter;
 
-static uint64_t
-splitmix64(uint64_t x)
-{
-	x += 0x9e3779b97f4a7c15ULL;
-	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-	x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-	return x ^ (x >> 31);
-}
-
 static void
 id_init(void)
 {
 	struct timespec ts;
 
 	clock_gettime(CLOCK_REALTIME, &ts);
-	id_seed = splitmix64((uint64_t)ts.tv_sec * 1000000000ULL +
+	id_seed = rng_mix64((uint64_t)ts.tv_sec * 1000000000ULL +
 	        (uint64_t)ts.tv_nsec) ^ ((uint64_t)getpid() << 32);
 }
 
@@ -1098,8 +1090,8 @@ oai_make_id(char *buf, size_t size, const char *prefix)
 	pthread_once(&id_once, id_init);
 	n = atomic_fetch_add(&id_counter, 1);
 	/* splitmix64 is a bijection: distinct n give distinct a. */
-	a = splitmix64(id_seed + n * 0x9e3779b97f4a7c15ULL);
-	b = splitmix64(a ^ id_seed);
+	a = rng_mix64(id_seed + n * 0x9e3779b97f4a7c15ULL);
+	b = rng_mix64(a ^ id_seed);
 	snprintf(buf, size, "%s%016llx%08llx", prefix ? prefix : "",
 	        (unsigned long long)a, (unsigned long long)(b >> 32));
 }
