@@ -40,7 +40,16 @@ OPT := -O1 -g -march=$(ARCH) -fno-omit-frame-pointer -fno-strict-aliasing \
 	-fno-sanitize=alignment
 SAN_LD := -fsanitize=address,undefined
 endif
-CPPFLAGS_ALL = -Icommon -Iserver -Iworker -Iclient -I$(B)/gen $(PKG_CFLAGS) \
+# Each library sees only the headers it may use: common sees common and the
+# generated proto; worker, server and client see common and their own
+# folder (so an include of server/ from common/ fails to compile); the
+# tests see everything.  The folder is the first component of the source.
+INC_common := -Icommon -I$(B)/gen
+INC_worker := -Icommon -Iworker -I$(B)/gen
+INC_server := -Icommon -Iserver -I$(B)/gen
+INC_client := -Icommon -Iclient -I$(B)/gen
+INC_tests := -Icommon -Iserver -Iworker -Iclient -Itests/unit -I$(B)/gen
+CPPFLAGS_ALL = $(INC_$(firstword $(subst /, ,$<))) $(PKG_CFLAGS) \
 	-D_GNU_SOURCE -MMD -MP
 CFLAGS_ALL = -std=gnu11 $(OPT) $(WARN) $(CFLAGS)
 LDFLAGS_ALL = $(SAN_LD) $(LDFLAGS)
