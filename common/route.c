@@ -897,7 +897,7 @@ ensure(struct route_policy *p, uint32_t T)
 {
 	size_t n = T, k = (size_t)p->cfg.k, ne = (size_t)T * p->E;
 	enum route_kind kind = p->cfg.kind;
-	int group = !kind_causal[kind];
+	int group = !route_policy_causal(kind);
 	size_t c;
 
 	if (n <= p->cap_T && p->cap_T > 0)
