@@ -1,6 +1,7 @@
-/* Routing policies (shared/design/routing.md): spec parsing, the policy
- * object and route_run(), which turns one MoE layer's gate logits into
- * CSR (token -> experts, weights).  The OT solvers are in route_ot.c.
+/* Routing policies (shared/design/routing.md): the policy object and
+ * route_run(), which turns one MoE layer's gate logits into CSR (token ->
+ * experts, weights).  The spec language is in route_spec.c, the OT solvers
+ * in route_ot.c.
  *
  * Every policy is a pure function of the logits, the routing groups and,
  * for lossfree, the layer's bias; route_run() never looks at anything
@@ -199,32 +200,14 @@ route_policy_new(struct route_policy **out, const struct route_cfg *cfg,
 {
 	struct route_policy *p;
 	struct route_cfg c;
-	const char *name;
+	int rc;
 
-	if (cfg == NULL || m == NULL || out == NULL ||
-	    (name = route_kind_name(cfg->kind)) == NULL) {
+	if (out == NULL) {
 		epmoe_set_err(err, err_len, "invalid routing policy");
 		return EPMOE_EINVAL;
 	}
-	if (m->n_experts < 1 || m->n_experts > 65535 || m->k < 1 ||
-	    m->k > m->n_experts || m->n_layers < 1 ||
-	    (m->renorm != 0 && m->renorm != 1)) {
-		epmoe_set_err(err, err_len, "invalid model gate: %d experts, k=%d, "
-		    "%d layers", m->n_experts, m->k, m->n_layers);
-		return EPMOE_EINVAL;
-	}
-	c = *cfg;
-	if (c.kind == ROUTE_NATIVE || c.k == 0)
-		c.k = m->k;
-	if (c.kind == ROUTE_NATIVE || c.renorm < 0)
-		c.renorm = m->renorm;
-	if (!(c.xi > 0.0f))
-		c.xi = c.kernel == ROUTE_KERNEL_CAPPED ? 0.1f : 1.0f;
-	if (c.k > m->n_experts) {
-		epmoe_set_err(err, err_len, "%s: k=%d exceeds the model's %d experts",
-		    name, c.k, m->n_experts);
-		return EPMOE_EINVAL;
-	}
+	if ((rc = route_cfg_resolve(cfg, m, &c, err, err_len)) != 0)
+		return rc;
 	if ((p = calloc(1, sizeof(*p))) == NULL)
 		goto nomem;
 	p->cfg = c;

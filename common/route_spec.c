@@ -505,3 +505,37 @@ route_check(const struct route_cfg *cfg, enum route_group_kind kind,
 	}
 	return 0;
 }
+
+int
+route_cfg_resolve(const struct route_cfg *cfg, const struct route_model *m,
+    struct route_cfg *out, char *err, size_t err_len)
+{
+	struct route_cfg c;
+	const char *name;
+
+	if (cfg == NULL || m == NULL || (name = route_kind_name(cfg->kind)) == NULL) {
+		epmoe_set_err(err, err_len, "invalid routing policy");
+		return EPMOE_EINVAL;
+	}
+	if (m->n_experts < 1 || m->n_experts > 65535 || m->k < 1 ||
+	    m->k > m->n_experts || m->n_layers < 1 ||
+	    (m->renorm != 0 && m->renorm != 1)) {
+		epmoe_set_err(err, err_len, "invalid model gate: %d experts, k=%d, "
+		    "%d layers", m->n_experts, m->k, m->n_layers);
+		return EPMOE_EINVAL;
+	}
+	c = *cfg;
+	if (c.kind == ROUTE_NATIVE || c.k == 0)
+		c.k = m->k;
+	if (c.kind == ROUTE_NATIVE || c.renorm < 0)
+		c.renorm = m->renorm;
+	if (!(c.xi > 0.0f))
+		c.xi = c.kernel == ROUTE_KERNEL_CAPPED ? 0.1f : 1.0f;
+	if (c.k > m->n_experts) {
+		epmoe_set_err(err, err_len, "%s: k=%d exceeds the model's %d experts",
+		    name, c.k, m->n_experts);
+		return EPMOE_EINVAL;
+	}
+	*out = c;
+	return 0;
+}
