@@ -1,10 +1,12 @@
-/* The client library over HTTP (libcurl, one easy handle per client,
- * reused so the connection is kept alive) and NNG (one REQ socket per
- * client).  See epmoe_client.h.
+/* The client library's core: the client object, errors, URLs, parameter
+ * checks, the accumulator both transports feed, and the API, which hands
+ * each call to the transport of the client's URL (client_http.c:
+ * libcurl, one easy handle per client, reused so the connection is kept
+ * alive; client_nng.c: one REQ socket per client).  See epmoe_client.h.
  *
- * Both transports feed the same accumulator (struct acc) so a completion
- * looks the same whichever way it came: pieces to the caller's callback,
- * the whole text, finish reason, usage and client-side timings.
+ * Both transports feed the same accumulator (struct cl_acc) so a
+ * completion looks the same whichever way it came: pieces to the caller's
+ * callback, the whole text, finish reason, usage and client-side timings.
  * Every wait is bounded by the client's timeouts; every loop by a
  * deadline.  Nothing here prints.
  */
@@ -26,6 +28,7 @@
 #include <nng/protocol/reqrep0/req.h>
 
 #include "cl_oai.h"
+#include "client_int.h"
 #include "clock.h"
 #include "epmoe_client.h"
 #include "err.h"
@@ -33,30 +36,9 @@
 #include "wire.h"
 #include "wire_nng.h"
 
-#define MAX_BODY (64u << 20) /* largest non-streamed response accepted */
-#define CANCEL_TIMEOUT_MS 1000
-
-struct epmoe_client {
-	enum epmoe_transport tr;
-	struct epmoe_client_opts o;
-	struct epmoe_error err;
-	/* HTTP */
-	char *base;        /* scheme://host:port[/prefix], no trailing "/" */
-	CURL *curl;
-	char *model;       /* the server's first model, once asked */
-	int model_asked;
-	/* NNG */
-	nng_socket sock;
-	int sock_open;
-	char *url;
-};
-
-static int set_err(struct epmoe_client *c, int code, int status,
-        const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-
 /* Records the failure and returns code. */
-static int
-set_err(struct epmoe_client *c, int code, int status, const char *fmt, ...)
+int
+cl_set_err(struct epmoe_client *c, int code, int status, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -102,25 +84,6 @@ epmoe_status_to_err(int s)
 	return EPMOE_EPROTO;
 }
 
-/* The HTTP status the router's HTTP API would give for an NNG status. */
-static int
-wire_status_http(int st)
-{
-	switch (st) {
-	case EPMOE__STATUS__STATUS_OK: return 200;
-	case EPMOE__STATUS__STATUS_INVALID:
-	case EPMOE__STATUS__STATUS_PROTOCOL:
-	case EPMOE__STATUS__STATUS_UNSUPPORTED: return 400;
-	case EPMOE__STATUS__STATUS_NOT_FOUND: return 404;
-	case EPMOE__STATUS__STATUS_STALE_PLACEMENT: return 409;
-	case EPMOE__STATUS__STATUS_BUSY: return 429;
-	case EPMOE__STATUS__STATUS_CANCELLED: return 499;
-	case EPMOE__STATUS__STATUS_UNAVAILABLE: return 503;
-	case EPMOE__STATUS__STATUS_TIMEOUT: return 504;
-	}
-	return 500;
-}
-
 /* ---- URLs ---- */
 
 static const struct {
@@ -160,83 +123,7 @@ epmoe_url_transport(const char *url, enum epmoe_transport *out)
 	return EPMOE_EINVAL;
 }
 
-/* "http://h:p/", "http://h:p/v1", "http://h:p/v1/" -> "http://h:p". */
-static char *
-http_base(const char *url)
-{
-	size_t n = strlen(url);
-	char *b;
-
-	while (n > 0 && url[n - 1] == '/')
-		n--;
-	if (n >= 3 && memcmp(url + n - 3, "/v1", 3) == 0) {
-		n -= 3;
-		while (n > 0 && url[n - 1] == '/')
-			n--;
-	}
-	if ((b = malloc(n + 1)) == NULL)
-		return NULL;
-	memcpy(b, url, n);
-	b[n] = '\0';
-	return b;
-}
-
 /* ---- lifecycle ---- */
-
-static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
-static CURLcode curl_init_rc;
-
-static void
-curl_init_once(void)
-{
-	curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
-}
-
-static void
-errbuf_set(char *errmsg, size_t size, const char *fmt, ...)
-        __attribute__((format(printf, 3, 4)));
-
-static void
-errbuf_set(char *errmsg, size_t size, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (errmsg == NULL || size == 0)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(errmsg, size, fmt, ap);
-	va_end(ap);
-}
-
-static int
-nng_open(struct epmoe_client *c, const char *url, char *errmsg, size_t size)
-{
-	int rv;
-
-	if ((rv = nng_req0_open(&c->sock)) != 0) {
-		errbuf_set(errmsg, size, "cannot open an NNG REQ socket: %s",
-		        nng_strerror(rv));
-		return wire_nng_err(rv);
-	}
-	c->sock_open = 1;
-	/* A completion can take long: never let REQ resend it behind our
-	 * back (the whole timeout plus a margin is "never" here). */
-	nng_socket_set_ms(c->sock, NNG_OPT_REQ_RESENDTIME,
-	        (nng_duration)c->o.timeout_ms + 60000);
-	nng_socket_set_ms(c->sock, NNG_OPT_RECONNMINT, 50);
-	nng_socket_set_ms(c->sock, NNG_OPT_RECONNMAXT, 1000);
-	nng_socket_set_ms(c->sock, NNG_OPT_SENDTIMEO,
-	        (nng_duration)c->o.connect_timeout_ms);
-	/* a synchronous dial: "connection refused" now, not a timeout later */
-	if ((rv = nng_dial(c->sock, url, NULL, 0)) != 0) {
-		errbuf_set(errmsg, size, "cannot connect to %s: %s", url,
-		        nng_strerror(rv));
-		return rv == NNG_ENOMEM ? EPMOE_ENOMEM :
-		        rv == NNG_EADDRINVAL || rv == NNG_ENOTSUP ? EPMOE_EINVAL :
-		        EPMOE_EIO;
-	}
-	return 0;
-}
 
 int
 epmoe_client_new(struct epmoe_client **out, const char *url,
@@ -247,7 +134,7 @@ epmoe_client_new(struct epmoe_client **out, const char *url,
 	int rc;
 
 	if (epmoe_url_transport(url, &tr) != 0) {
-		errbuf_set(errmsg, errmsg_size,
+		epmoe_set_err(errmsg, errmsg_size,
 		        "bad server URL '%s': expected http://HOST:PORT or an NNG "
 		        "URL (tcp://HOST:PORT, ipc://PATH, inproc://NAME, "
 		        "tls+tcp://HOST:PORT)", url ? url : "(null)");
@@ -268,22 +155,10 @@ epmoe_client_new(struct epmoe_client **out, const char *url,
 		rc = EPMOE_ENOMEM;
 		goto fail;
 	}
-	if (tr == EPMOE_TRANSPORT_HTTP) {
-		pthread_once(&curl_once, curl_init_once);
-		if (curl_init_rc != CURLE_OK) {
-			errbuf_set(errmsg, errmsg_size, "libcurl: %s",
-			        curl_easy_strerror(curl_init_rc));
-			rc = EPMOE_EIO;
-			goto fail;
-		}
-		if ((c->base = http_base(url)) == NULL ||
-		        (c->curl = curl_easy_init()) == NULL) {
-			rc = EPMOE_ENOMEM;
-			goto fail;
-		}
-	} else if ((rc = nng_open(c, url, errmsg, errmsg_size)) != 0) {
+	rc = tr == EPMOE_TRANSPORT_HTTP ? cl_http_open(c, url, errmsg, errmsg_size) :
+	        cl_nng_open(c, url, errmsg, errmsg_size);
+	if (rc != 0)
 		goto fail;
-	}
 	*out = c;
 	return 0;
 fail:
@@ -296,12 +171,8 @@ epmoe_client_free(struct epmoe_client *c)
 {
 	if (c == NULL)
 		return;
-	if (c->curl)
-		curl_easy_cleanup(c->curl);
-	if (c->sock_open)
-		nng_close(c->sock);
-	free(c->base);
-	free(c->model);
+	cl_http_close(c);
+	cl_nng_close(c);
 	free(c->url);
 	free(c);
 }
@@ -369,25 +240,14 @@ epmoe_gen_params_check(const struct epmoe_gen_params *p, char *why,
 			msg = "stop strings must not be empty";
 	if (msg == NULL)
 		return 0;
-	errbuf_set(why, why_size, "%s", msg);
+	epmoe_set_err(why, why_size, "%s", msg);
 	return EPMOE_EINVAL;
 }
 
 /* ---- the accumulator both transports feed ---- */
 
-struct acc {
-	struct epmoe_client *c;
-	epmoe_chunk_fn cb;
-	void *ud;
-	double t0;
-	struct epmoe_completion r;
-	size_t text_cap, tok_cap;
-	int finished;   /* the finish reason was delivered */
-	int done;       /* the stream said it is over */
-};
-
-static void
-acc_init(struct acc *a, struct epmoe_client *c, epmoe_chunk_fn cb, void *ud)
+void
+cl_acc_init(struct cl_acc *a, struct epmoe_client *c, epmoe_chunk_fn cb, void *ud)
 {
 	memset(a, 0, sizeof(*a));
 	a->c = c;
@@ -397,7 +257,7 @@ acc_init(struct acc *a, struct epmoe_client *c, epmoe_chunk_fn cb, void *ud)
 }
 
 static int
-acc_append(struct acc *a, const char *text, size_t len, const uint32_t *toks,
+acc_append(struct cl_acc *a, const char *text, size_t len, const uint32_t *toks,
         size_t n)
 {
 	if (a->r.text_len + len + 1 > a->text_cap) {
@@ -433,8 +293,8 @@ acc_append(struct acc *a, const char *text, size_t len, const uint32_t *toks,
 
 /* New output: appends it, times it and hands it to the callback.
  * finish is NULL or "" while the completion goes on. */
-static int
-acc_add(struct acc *a, const char *text, size_t len, const uint32_t *toks,
+int
+cl_acc_add(struct cl_acc *a, const char *text, size_t len, const uint32_t *toks,
         size_t n, const char *finish)
 {
 	struct epmoe_chunk ch;
@@ -443,7 +303,7 @@ acc_add(struct acc *a, const char *text, size_t len, const uint32_t *toks,
 	if (finish != NULL && (finish[0] == '\0' || a->finished))
 		finish = NULL;
 	if ((rc = acc_append(a, text, len, toks, n)) != 0)
-		return set_err(a->c, rc, 0, "out of memory");
+		return cl_set_err(a->c, rc, 0, "out of memory");
 	if (len == 0 && n == 0 && finish == NULL)
 		return 0;
 	if (len > 0 || n > 0) {
@@ -464,29 +324,29 @@ acc_add(struct acc *a, const char *text, size_t len, const uint32_t *toks,
 	ch.n_tokens = n;
 	ch.finish_reason = finish;
 	if (a->cb(a->ud, &ch) != 0)
-		return set_err(a->c, EPMOE_ECANCELED, 0, "cancelled by the caller");
+		return cl_set_err(a->c, EPMOE_ECANCELED, 0, "cancelled by the caller");
 	return 0;
 }
 
-static int
-acc_set_str(struct acc *a, char **dst, const char *s)
+int
+cl_acc_set_str(struct cl_acc *a, char **dst, const char *s)
 {
 	if (*dst != NULL || s == NULL || s[0] == '\0')
 		return 0;
 	if ((*dst = strdup(s)) == NULL)
-		return set_err(a->c, EPMOE_ENOMEM, 0, "out of memory");
+		return cl_set_err(a->c, EPMOE_ENOMEM, 0, "out of memory");
 	return 0;
 }
 
 /* Hands the finished result to the caller (or drops it). */
-static int
-acc_finish(struct acc *a, struct epmoe_completion *out)
+int
+cl_acc_finish(struct cl_acc *a, struct epmoe_completion *out)
 {
 	int rc;
 
 	if ((rc = acc_append(a, NULL, 0, NULL, 0)) != 0) { /* text != NULL */
 		epmoe_completion_fini(&a->r);
-		return set_err(a->c, rc, 0, "out of memory");
+		return cl_set_err(a->c, rc, 0, "out of memory");
 	}
 	a->r.total_s = clock_now() - a->t0;
 	if (a->r.n_chunks == 0)
@@ -500,9 +360,68 @@ acc_finish(struct acc *a, struct epmoe_completion *out)
 
 /* ---- HTTP ---- */
 
+#define MAX_BODY (64u << 20) /* largest non-streamed response accepted */
+
+/* "http://h:p/", "http://h:p/v1", "http://h:p/v1/" -> "http://h:p". */
+static char *
+http_base(const char *url)
+{
+	size_t n = strlen(url);
+	char *b;
+
+	while (n > 0 && url[n - 1] == '/')
+		n--;
+	if (n >= 3 && memcmp(url + n - 3, "/v1", 3) == 0) {
+		n -= 3;
+		while (n > 0 && url[n - 1] == '/')
+			n--;
+	}
+	if ((b = malloc(n + 1)) == NULL)
+		return NULL;
+	memcpy(b, url, n);
+	b[n] = '\0';
+	return b;
+}
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static CURLcode curl_init_rc;
+
+static void
+curl_init_once(void)
+{
+	curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+int
+cl_http_open(struct epmoe_client *c, const char *url, char *errmsg,
+        size_t errmsg_size)
+{
+	pthread_once(&curl_once, curl_init_once);
+	if (curl_init_rc != CURLE_OK) {
+		epmoe_set_err(errmsg, errmsg_size, "libcurl: %s",
+		        curl_easy_strerror(curl_init_rc));
+		return EPMOE_EIO;
+	}
+	if ((c->base = http_base(url)) == NULL ||
+	        (c->curl = curl_easy_init()) == NULL)
+		return EPMOE_ENOMEM;
+	return 0;
+}
+
+void
+cl_http_close(struct epmoe_client *c)
+{
+	if (c->curl)
+		curl_easy_cleanup(c->curl);
+	c->curl = NULL;
+	free(c->base);
+	free(c->model);
+	c->base = c->model = NULL;
+}
+
 struct xfer {
 	struct epmoe_client *c;
-	struct acc *acc;        /* streaming completion, else NULL */
+	struct cl_acc *acc;        /* streaming completion, else NULL */
 	long status;
 	int mode;               /* 0: nothing yet, 1: body, 2: SSE */
 	char *body;
@@ -563,7 +482,7 @@ on_write(char *buf, size_t size, size_t nmemb, void *ud)
 	if (x->mode == 2) {
 		if ((rc = sse_feed(&x->sse, buf, n)) != 0) {
 			if (x->rc == 0)
-				x->rc = set_err(x->c, rc == EPMOE_ERANGE ? EPMOE_EPROTO : rc,
+				x->rc = cl_set_err(x->c, rc == EPMOE_ERANGE ? EPMOE_EPROTO : rc,
 				        0, "bad event stream: %s", epmoe_strerror(rc));
 			return 0;
 		}
@@ -575,7 +494,7 @@ on_write(char *buf, size_t size, size_t nmemb, void *ud)
 		while (cap < x->len + n + 1)
 			cap *= 2;
 		if (cap > MAX_BODY || (nb = realloc(x->body, cap)) == NULL) {
-			x->rc = set_err(x->c, cap > MAX_BODY ? EPMOE_ERANGE : EPMOE_ENOMEM,
+			x->rc = cl_set_err(x->c, cap > MAX_BODY ? EPMOE_ERANGE : EPMOE_ENOMEM,
 			        0, "response body too large");
 			return 0;
 		}
@@ -593,7 +512,7 @@ static int
 on_sse_event(void *ud, const char *type, const char *data, size_t len)
 {
 	struct xfer *x = ud;
-	struct acc *a = x->acc;
+	struct cl_acc *a = x->acc;
 	struct cl_oai_delta d;
 	int rc;
 
@@ -604,15 +523,15 @@ on_sse_event(void *ud, const char *type, const char *data, size_t len)
 		return 0;
 	}
 	if ((rc = cl_oai_parse(data, len, &d)) != 0)
-		return x->rc = set_err(x->c, rc, 0,
+		return x->rc = cl_set_err(x->c, rc, 0,
 		        "bad stream chunk from the server: %.100s", data);
 	if (d.is_error) {
-		x->rc = set_err(x->c, EPMOE_EINTERNAL, 500, "%s", d.error);
+		x->rc = cl_set_err(x->c, EPMOE_EINTERNAL, 500, "%s", d.error);
 		cl_oai_delta_fini(&d);
 		return x->rc;
 	}
-	if ((rc = acc_set_str(a, &a->r.id, d.id)) != 0 ||
-	        (rc = acc_set_str(a, &a->r.model, d.model)) != 0) {
+	if ((rc = cl_acc_set_str(a, &a->r.id, d.id)) != 0 ||
+	        (rc = cl_acc_set_str(a, &a->r.model, d.model)) != 0) {
 		cl_oai_delta_fini(&d);
 		return x->rc = rc;
 	}
@@ -621,7 +540,7 @@ on_sse_event(void *ud, const char *type, const char *data, size_t len)
 		a->r.prompt_tokens = d.prompt_tokens;
 		a->r.completion_tokens = d.completion_tokens;
 	}
-	rc = acc_add(a, d.text, d.text_len, NULL, 0, d.finish_reason);
+	rc = cl_acc_add(a, d.text, d.text_len, NULL, 0, d.finish_reason);
 	cl_oai_delta_fini(&d);
 	if (rc != 0)
 		x->rc = rc;
@@ -652,7 +571,7 @@ http_perform(struct epmoe_client *c, const char *path, const char *body,
 	if (x->acc != NULL)
 		sse_parser_init(&x->sse, on_sse_event, x);
 	if ((size_t)snprintf(url, sizeof(url), "%s%s", c->base, path) >= sizeof(url))
-		return set_err(c, EPMOE_EINVAL, 0, "server URL too long");
+		return cl_set_err(c, EPMOE_EINVAL, 0, "server URL too long");
 	curl_easy_reset(e);
 	if (body != NULL) {
 		if ((h = curl_slist_append(hdrs, "Content-Type: application/json")) == NULL)
@@ -688,10 +607,10 @@ http_perform(struct epmoe_client *c, const char *path, const char *body,
 	if (x->rc != 0) {
 		rc = x->rc; /* the callback's failure (set_err done) */
 	} else if (res == CURLE_OPERATION_TIMEDOUT) {
-		rc = set_err(c, EPMOE_ETIMEDOUT, 0, "%s: %s", url,
+		rc = cl_set_err(c, EPMOE_ETIMEDOUT, 0, "%s: %s", url,
 		        errbuf[0] ? errbuf : curl_easy_strerror(res));
 	} else if (res != CURLE_OK) {
-		rc = set_err(c, res == CURLE_OUT_OF_MEMORY ? EPMOE_ENOMEM : EPMOE_EIO,
+		rc = cl_set_err(c, res == CURLE_OUT_OF_MEMORY ? EPMOE_ENOMEM : EPMOE_EIO,
 		        0, "%s: %s", url, errbuf[0] ? errbuf : curl_easy_strerror(res));
 	} else {
 		curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &x->status);
@@ -703,7 +622,7 @@ http_perform(struct epmoe_client *c, const char *path, const char *body,
 	return rc;
 nomem:
 	curl_slist_free_all(hdrs);
-	return set_err(c, EPMOE_ENOMEM, 0, "out of memory");
+	return cl_set_err(c, EPMOE_ENOMEM, 0, "out of memory");
 }
 
 /* A non-2xx answer becomes the error; returns its code or 0. */
@@ -740,7 +659,7 @@ http_json(struct epmoe_client *c, const char *path, const char *body,
 		goto out;
 	rc = 0;
 	if ((*json = cJSON_ParseWithLength(x.body ? x.body : "", x.len)) == NULL)
-		rc = set_err(c, EPMOE_EPROTO, (int)x.status,
+		rc = cl_set_err(c, EPMOE_EPROTO, (int)x.status,
 		        "%s: the answer is not JSON", path);
 out:
 	xfer_fini(&x);
@@ -768,10 +687,10 @@ http_model(struct epmoe_client *c, const struct epmoe_gen_params *p)
 	return c->model;
 }
 
-static int
-http_completion(struct epmoe_client *c, const char *prompt,
+int
+cl_http_completion(struct epmoe_client *c, const char *prompt,
         const struct epmoe_chat_msg *msgs, size_t n_msgs,
-        const struct epmoe_gen_params *p, struct acc *a)
+        const struct epmoe_gen_params *p, struct cl_acc *a)
 {
 	struct xfer x;
 	struct cl_oai_delta d;
@@ -781,7 +700,7 @@ http_completion(struct epmoe_client *c, const char *prompt,
 	memset(&x, 0, sizeof(x));
 	rc = cl_oai_request(http_model(c, p), prompt, msgs, n_msgs, p, &body);
 	if (rc != 0)
-		return set_err(c, rc, 0, "cannot build the request: %s",
+		return cl_set_err(c, rc, 0, "cannot build the request: %s",
 		        epmoe_strerror(rc));
 	x.acc = p->stream ? a : NULL;
 	if ((rc = http_perform(c, msgs ? "/v1/chat/completions" :
@@ -791,26 +710,26 @@ http_completion(struct epmoe_client *c, const char *prompt,
 		goto out;
 	if (x.mode == 2) {
 		if (!a->done && !a->finished)
-			rc = set_err(c, EPMOE_EIO, (int)x.status,
+			rc = cl_set_err(c, EPMOE_EIO, (int)x.status,
 			        "the stream ended before the completion did");
 		goto out;
 	}
 	/* a whole JSON answer (asked for, or the server would not stream) */
 	if ((rc = cl_oai_parse(x.body ? x.body : "", x.len, &d)) != 0) {
-		rc = set_err(c, rc, (int)x.status,
+		rc = cl_set_err(c, rc, (int)x.status,
 		        "the server's answer is not a completion");
 		goto out;
 	}
 	if (d.is_error) {
-		rc = set_err(c, EPMOE_EINTERNAL, (int)x.status, "%s", d.error);
-	} else if ((rc = acc_set_str(a, &a->r.id, d.id)) == 0 &&
-	        (rc = acc_set_str(a, &a->r.model, d.model)) == 0) {
+		rc = cl_set_err(c, EPMOE_EINTERNAL, (int)x.status, "%s", d.error);
+	} else if ((rc = cl_acc_set_str(a, &a->r.id, d.id)) == 0 &&
+	        (rc = cl_acc_set_str(a, &a->r.model, d.model)) == 0) {
 		if (d.has_usage) {
 			a->r.has_usage = 1;
 			a->r.prompt_tokens = d.prompt_tokens;
 			a->r.completion_tokens = d.completion_tokens;
 		}
-		rc = acc_add(a, d.text, d.text_len, NULL, 0,
+		rc = cl_acc_add(a, d.text, d.text_len, NULL, 0,
 		        d.finish_reason[0] ? d.finish_reason : "stop");
 	}
 	cl_oai_delta_fini(&d);
@@ -820,7 +739,190 @@ out:
 	return rc;
 }
 
+int
+cl_http_models(struct epmoe_client *c, char ***ids, size_t *n_ids)
+{
+	struct xfer x;
+	int rc;
+
+	memset(&x, 0, sizeof(x));
+	if ((rc = http_perform(c, "/v1/models", NULL, &x)) == 0 &&
+	        (rc = http_status_err(c, &x)) == 0 &&
+	        (rc = cl_oai_parse_models(x.body ? x.body : "", x.len, ids,
+	                n_ids)) != 0)
+		cl_set_err(c, rc, (int)x.status, "/v1/models: unexpected answer");
+	xfer_fini(&x);
+	return rc;
+}
+
+int
+cl_http_health(struct epmoe_client *c, struct epmoe_health *h)
+{
+	cJSON *j = NULL;
+	const cJSON *s;
+	long status = 0;
+	int rc;
+
+	if ((rc = http_json(c, "/health", NULL, &j, &status)) != 0)
+		return rc;
+	h->ok = status == 200;
+	s = cJSON_GetObjectItemCaseSensitive(j, "status");
+	snprintf(h->status, sizeof(h->status), "%s", cJSON_IsString(s) ?
+	        s->valuestring : h->ok ? "ok" : "unavailable");
+	cJSON_Delete(j);
+	return 0;
+}
+
+int
+cl_http_tokenize(struct epmoe_client *c, const char *text, int add_special,
+        uint32_t **tokens, size_t *n_tokens)
+{
+	cJSON *req, *j = NULL;
+	const cJSON *a, *t;
+	uint32_t *v = NULL;
+	size_t n = 0;
+	char *body;
+	int rc;
+
+	if ((req = cJSON_CreateObject()) == NULL ||
+	        !cJSON_AddStringToObject(req, "prompt", text) ||
+	        !cJSON_AddBoolToObject(req, "add_special", add_special != 0) ||
+	        (body = cJSON_PrintUnformatted(req)) == NULL) {
+		cJSON_Delete(req);
+		return cl_set_err(c, EPMOE_ENOMEM, 0, "out of memory");
+	}
+	cJSON_Delete(req);
+	rc = http_json(c, "/tokenize", body, &j, NULL);
+	free(body);
+	if (rc != 0)
+		return rc;
+	a = cJSON_GetObjectItemCaseSensitive(j, "tokens");
+	if (!cJSON_IsArray(a)) {
+		cJSON_Delete(j);
+		return cl_set_err(c, EPMOE_EPROTO, 0, "/tokenize: no token list");
+	}
+	if (cJSON_GetArraySize(a) > 0 &&
+	        (v = malloc((size_t)cJSON_GetArraySize(a) * sizeof(*v))) == NULL) {
+		cJSON_Delete(j);
+		return cl_set_err(c, EPMOE_ENOMEM, 0, "out of memory");
+	}
+	cJSON_ArrayForEach(t, a) {
+		if (!cJSON_IsNumber(t) || !(t->valuedouble >= 0) ||
+		        t->valuedouble > 4294967295.0) {
+			free(v);
+			cJSON_Delete(j);
+			return cl_set_err(c, EPMOE_EPROTO, 0, "/tokenize: bad token id");
+		}
+		v[n++] = (uint32_t)t->valuedouble;
+	}
+	cJSON_Delete(j);
+	*tokens = v;
+	*n_tokens = n;
+	return 0;
+}
+
+int
+cl_http_detokenize(struct epmoe_client *c, const uint32_t *tokens,
+        size_t n_tokens, char **text)
+{
+	cJSON *req, *a, *j = NULL;
+	const cJSON *p;
+	char *body, *s;
+	int rc;
+
+	if ((req = cJSON_CreateObject()) == NULL ||
+	        (a = cJSON_AddArrayToObject(req, "tokens")) == NULL)
+		goto nomem_req;
+	for (size_t i = 0; i < n_tokens; i++) {
+		cJSON *t = cJSON_CreateNumber(tokens[i]);
+		if (t == NULL || !cJSON_AddItemToArray(a, t)) {
+			cJSON_Delete(t);
+			goto nomem_req;
+		}
+	}
+	if ((body = cJSON_PrintUnformatted(req)) == NULL)
+		goto nomem_req;
+	cJSON_Delete(req);
+	rc = http_json(c, "/detokenize", body, &j, NULL);
+	free(body);
+	if (rc != 0)
+		return rc;
+	p = cJSON_GetObjectItemCaseSensitive(j, "prompt");
+	if (!cJSON_IsString(p)) {
+		cJSON_Delete(j);
+		return cl_set_err(c, EPMOE_EPROTO, 0, "/detokenize: no text");
+	}
+	s = strdup(p->valuestring);
+	cJSON_Delete(j);
+	if (s == NULL)
+		return cl_set_err(c, EPMOE_ENOMEM, 0, "out of memory");
+	*text = s;
+	return 0;
+nomem_req:
+	cJSON_Delete(req);
+	return cl_set_err(c, EPMOE_ENOMEM, 0, "out of memory");
+}
+
 /* ---- NNG ---- */
+
+#define CANCEL_TIMEOUT_MS 1000
+
+/* The HTTP status the router's HTTP API would give for an NNG status. */
+static int
+wire_status_http(int st)
+{
+	switch (st) {
+	case EPMOE__STATUS__STATUS_OK: return 200;
+	case EPMOE__STATUS__STATUS_INVALID:
+	case EPMOE__STATUS__STATUS_PROTOCOL:
+	case EPMOE__STATUS__STATUS_UNSUPPORTED: return 400;
+	case EPMOE__STATUS__STATUS_NOT_FOUND: return 404;
+	case EPMOE__STATUS__STATUS_STALE_PLACEMENT: return 409;
+	case EPMOE__STATUS__STATUS_BUSY: return 429;
+	case EPMOE__STATUS__STATUS_CANCELLED: return 499;
+	case EPMOE__STATUS__STATUS_UNAVAILABLE: return 503;
+	case EPMOE__STATUS__STATUS_TIMEOUT: return 504;
+	}
+	return 500;
+}
+
+int
+cl_nng_open(struct epmoe_client *c, const char *url, char *errmsg, size_t size)
+{
+	int rv;
+
+	if ((rv = nng_req0_open(&c->sock)) != 0) {
+		epmoe_set_err(errmsg, size, "cannot open an NNG REQ socket: %s",
+		        nng_strerror(rv));
+		return wire_nng_err(rv);
+	}
+	c->sock_open = 1;
+	/* A completion can take long: never let REQ resend it behind our
+	 * back (the whole timeout plus a margin is "never" here). */
+	nng_socket_set_ms(c->sock, NNG_OPT_REQ_RESENDTIME,
+	        (nng_duration)c->o.timeout_ms + 60000);
+	nng_socket_set_ms(c->sock, NNG_OPT_RECONNMINT, 50);
+	nng_socket_set_ms(c->sock, NNG_OPT_RECONNMAXT, 1000);
+	nng_socket_set_ms(c->sock, NNG_OPT_SENDTIMEO,
+	        (nng_duration)c->o.connect_timeout_ms);
+	/* a synchronous dial: "connection refused" now, not a timeout later */
+	if ((rv = nng_dial(c->sock, url, NULL, 0)) != 0) {
+		epmoe_set_err(errmsg, size, "cannot connect to %s: %s", url,
+		        nng_strerror(rv));
+		return rv == NNG_ENOMEM ? EPMOE_ENOMEM :
+		        rv == NNG_EADDRINVAL || rv == NNG_ENOTSUP ? EPMOE_EINVAL :
+		        EPMOE_EIO;
+	}
+	return 0;
+}
+
+void
+cl_nng_close(struct epmoe_client *c)
+{
+	if (c->sock_open)
+		nng_close(c->sock);
+	c->sock_open = 0;
+}
 
 /* Sends msg and waits up to timeout_ms for the reply.  An ErrorReply
  * becomes the error.  On success *out is the caller's
@@ -838,23 +940,23 @@ nng_call(struct epmoe_client *c, Epmoe__ClientMsg *msg,
 
 	msg->version = EPMOE_PROTO_VERSION;
 	if ((rc = wire_nng_pack(&m, WIRE_CLIENT, &msg->base, NULL, 0)) != 0)
-		return set_err(c, rc, 0, "cannot pack the request: %s",
+		return cl_set_err(c, rc, 0, "cannot pack the request: %s",
 		        wire_errmsg());
 	nng_socket_set_ms(c->sock, NNG_OPT_RECVTIMEO, (nng_duration)timeout_ms);
 	if ((rv = nng_sendmsg(c->sock, m, 0)) != 0) {
 		nng_msg_free(m);
-		return set_err(c, rv == NNG_ETIMEDOUT ? EPMOE_ETIMEDOUT : EPMOE_EIO,
+		return cl_set_err(c, rv == NNG_ETIMEDOUT ? EPMOE_ETIMEDOUT : EPMOE_EIO,
 		        0, "%s: cannot send: %s", c->url, nng_strerror(rv));
 	}
 	if ((rv = nng_recvmsg(c->sock, &m, 0)) != 0) {
 		if (rv == NNG_ETIMEDOUT)
-			return set_err(c, EPMOE_ETIMEDOUT, 0,
+			return cl_set_err(c, EPMOE_ETIMEDOUT, 0,
 			        "%s: no reply within %u ms", c->url, timeout_ms);
-		return set_err(c, EPMOE_EIO, 0, "%s: %s", c->url, nng_strerror(rv));
+		return cl_set_err(c, EPMOE_EIO, 0, "%s: %s", c->url, nng_strerror(rv));
 	}
 	rc = wire_nng_unpack(m, WIRE_CLIENT_REPLY, NULL, &hdr, &rows, &n_floats);
 	if (rc != 0) {
-		set_err(c, rc == EPMOE_ENOMEM ? rc : EPMOE_EPROTO, 0,
+		cl_set_err(c, rc == EPMOE_ENOMEM ? rc : EPMOE_EPROTO, 0,
 		        "%s: bad reply: %s", c->url, wire_errmsg());
 		nng_msg_free(m);
 		return c->err.code;
@@ -864,7 +966,7 @@ nng_call(struct epmoe_client *c, Epmoe__ClientMsg *msg,
 	if (rep->msg_case == EPMOE__CLIENT_REPLY__MSG_ERROR) {
 		const Epmoe__ErrorReply *er = rep->error;
 		rc = wire_status_to_err(er->status);
-		set_err(c, rc ? rc : EPMOE_EPROTO, wire_status_http(er->status),
+		cl_set_err(c, rc ? rc : EPMOE_EPROTO, wire_status_http(er->status),
 		        "%s", er->message[0] ? er->message : "error without a message");
 		c->err.retry_after_ms = er->retry_after_ms;
 		epmoe__client_reply__free_unpacked(rep, NULL);
@@ -881,7 +983,7 @@ nng_expect(struct epmoe_client *c, Epmoe__ClientReply *rep, int kind)
 	if ((int)rep->msg_case == kind)
 		return 0;
 	epmoe__client_reply__free_unpacked(rep, NULL);
-	return set_err(c, EPMOE_EPROTO, 0, "%s: reply of another kind (%d, "
+	return cl_set_err(c, EPMOE_EPROTO, 0, "%s: reply of another kind (%d, "
 	        "expected %d)", c->url, (int)rep->msg_case, kind);
 }
 
@@ -900,7 +1002,7 @@ finish_name(int f)
 /* Adds what a CompletionResponse holds beyond what a already has.  The
  * offsets make a repeated reply harmless; a gap is a protocol error. */
 static int
-nng_apply(struct epmoe_client *c, struct acc *a,
+nng_apply(struct epmoe_client *c, struct cl_acc *a,
         const Epmoe__CompletionResponse *cr)
 {
 	size_t skip, tskip, tlen;
@@ -909,20 +1011,20 @@ nng_apply(struct epmoe_client *c, struct acc *a,
 
 	if (cr->status != EPMOE__STATUS__STATUS_OK || cr->error[0] != '\0') {
 		rc = wire_status_to_err(cr->status);
-		return set_err(c, rc ? rc : EPMOE_EINTERNAL,
+		return cl_set_err(c, rc ? rc : EPMOE_EINTERNAL,
 		        wire_status_http(cr->status), "%s",
 		        cr->error[0] ? cr->error : "completion failed");
 	}
 	if (cr->token_offset > a->r.n_tokens || cr->text_offset > a->r.text_len)
-		return set_err(c, EPMOE_EPROTO, 0, "%s: reply skips output (offsets "
+		return cl_set_err(c, EPMOE_EPROTO, 0, "%s: reply skips output (offsets "
 		        "%u/%llu, have %zu/%zu)", c->url, cr->token_offset,
 		        (unsigned long long)cr->text_offset, a->r.n_tokens,
 		        a->r.text_len);
 	skip = a->r.n_tokens - cr->token_offset;
 	tskip = a->r.text_len - (size_t)cr->text_offset;
 	tlen = strlen(cr->text);
-	if ((rc = acc_set_str(a, &a->r.id, cr->request_id)) != 0 ||
-	        (rc = acc_set_str(a, &a->r.model, cr->model)) != 0)
+	if ((rc = cl_acc_set_str(a, &a->r.id, cr->request_id)) != 0 ||
+	        (rc = cl_acc_set_str(a, &a->r.model, cr->model)) != 0)
 		return rc;
 	if (cr->usage != NULL && (cr->done ||
 	        cr->finish_reason != EPMOE__FINISH_REASON__FINISH_NONE)) {
@@ -933,7 +1035,7 @@ nng_apply(struct epmoe_client *c, struct acc *a,
 	finish = finish_name(cr->finish_reason);
 	if (finish == NULL && cr->done)
 		finish = "stop";
-	return acc_add(a, tlen > tskip ? cr->text + tskip : NULL,
+	return cl_acc_add(a, tlen > tskip ? cr->text + tskip : NULL,
 	        tlen > tskip ? tlen - tskip : 0,
 	        cr->n_tokens > skip ? cr->tokens + skip : NULL,
 	        cr->n_tokens > skip ? cr->n_tokens - skip : 0, finish);
@@ -963,10 +1065,10 @@ remaining_ms(double deadline)
 	return r <= 0 ? 0 : r > 4e9 ? 4000000000u : (uint32_t)r;
 }
 
-static int
-nng_completion(struct epmoe_client *c, const char *prompt,
+int
+cl_nng_completion(struct epmoe_client *c, const char *prompt,
         const struct epmoe_chat_msg *msgs, size_t n_msgs,
-        const struct epmoe_gen_params *p, struct acc *a)
+        const struct epmoe_gen_params *p, struct cl_acc *a)
 {
 	static atomic_uint_fast64_t seq;
 	Epmoe__ClientMsg msg = EPMOE__CLIENT_MSG__INIT;
@@ -988,13 +1090,13 @@ nng_completion(struct epmoe_client *c, const char *prompt,
 		cm = calloc(n_msgs, sizeof(*cm));
 		cmp = calloc(n_msgs, sizeof(*cmp));
 		if (cm == NULL || cmp == NULL) {
-			rc = set_err(c, EPMOE_ENOMEM, 0, "out of memory");
+			rc = cl_set_err(c, EPMOE_ENOMEM, 0, "out of memory");
 			goto out;
 		}
 		for (size_t i = 0; i < n_msgs; i++) {
 			epmoe__chat_message__init(&cm[i]);
 			if (msgs[i].role == NULL || msgs[i].content == NULL) {
-				rc = set_err(c, EPMOE_EINVAL, 0, "a message without "
+				rc = cl_set_err(c, EPMOE_EINVAL, 0, "a message without "
 				        "role or content");
 				goto out;
 			}
@@ -1045,7 +1147,7 @@ nng_completion(struct epmoe_client *c, const char *prompt,
 		}
 		if (id == NULL && rep->completion->request_id[0] != '\0' &&
 		        (id = strdup(rep->completion->request_id)) == NULL) {
-			rc = set_err(c, EPMOE_ENOMEM, 0, "out of memory");
+			rc = cl_set_err(c, EPMOE_ENOMEM, 0, "out of memory");
 			goto out;
 		}
 		rc = nng_apply(c, a, rep->completion);
@@ -1055,12 +1157,12 @@ nng_completion(struct epmoe_client *c, const char *prompt,
 		if (rc != 0 || done)
 			break;
 		if (id == NULL) {
-			rc = set_err(c, EPMOE_EPROTO, 0, "%s: an unfinished completion "
+			rc = cl_set_err(c, EPMOE_EPROTO, 0, "%s: an unfinished completion "
 			        "without a request id", c->url);
 			break;
 		}
 		if (remaining_ms(deadline) == 0) {
-			rc = set_err(c, EPMOE_ETIMEDOUT, 0, "%s: no end of the "
+			rc = cl_set_err(c, EPMOE_ETIMEDOUT, 0, "%s: no end of the "
 			        "completion within %u ms", c->url, c->o.timeout_ms);
 			break;
 		}
@@ -1087,77 +1189,14 @@ out:
 	return rc;
 }
 
-/* ---- the API ---- */
-
-static int
-completion(struct epmoe_client *c, const char *prompt,
-        const struct epmoe_chat_msg *msgs, size_t n_msgs,
-        const struct epmoe_gen_params *p, epmoe_chunk_fn cb, void *ud,
-        struct epmoe_completion *out)
-{
-	struct epmoe_gen_params dflt;
-	struct acc a;
-	char why[128];
-	int rc;
-
-	if (p == NULL) {
-		epmoe_gen_params_init(&dflt);
-		p = &dflt;
-	}
-	if (epmoe_gen_params_check(p, why, sizeof(why)) != 0)
-		return set_err(c, EPMOE_EINVAL, 0, "%s", why);
-	acc_init(&a, c, cb, ud);
-	if (c->tr == EPMOE_TRANSPORT_HTTP)
-		rc = http_completion(c, prompt, msgs, n_msgs, p, &a);
-	else
-		rc = nng_completion(c, prompt, msgs, n_msgs, p, &a);
-	if (rc != 0) {
-		epmoe_completion_fini(&a.r);
-		return rc;
-	}
-	return acc_finish(&a, out);
-}
-
 int
-epmoe_complete(struct epmoe_client *c, const char *prompt,
-        const struct epmoe_gen_params *p, epmoe_chunk_fn cb, void *ud,
-        struct epmoe_completion *out)
+cl_nng_models(struct epmoe_client *c, char ***ids, size_t *n_ids)
 {
-	if (prompt == NULL)
-		return set_err(c, EPMOE_EINVAL, 0, "no prompt");
-	return completion(c, prompt, NULL, 0, p, cb, ud, out);
-}
-
-int
-epmoe_chat(struct epmoe_client *c, const struct epmoe_chat_msg *msgs,
-        size_t n_msgs, const struct epmoe_gen_params *p, epmoe_chunk_fn cb,
-        void *ud, struct epmoe_completion *out)
-{
-	if (msgs == NULL || n_msgs == 0)
-		return set_err(c, EPMOE_EINVAL, 0, "no messages");
-	return completion(c, NULL, msgs, n_msgs, p, cb, ud, out);
-}
-
-int
-epmoe_models(struct epmoe_client *c, char ***ids, size_t *n_ids)
-{
-	int rc;
-
-	if (c->tr == EPMOE_TRANSPORT_HTTP) {
-		struct xfer x;
-		memset(&x, 0, sizeof(x));
-		if ((rc = http_perform(c, "/v1/models", NULL, &x)) == 0 &&
-		        (rc = http_status_err(c, &x)) == 0 &&
-		        (rc = cl_oai_parse_models(x.body ? x.body : "", x.len, ids,
-		                n_ids)) != 0)
-			set_err(c, rc, (int)x.status, "/v1/models: unexpected answer");
-		xfer_fini(&x);
-		return rc;
-	}
 	Epmoe__ClientMsg msg = EPMOE__CLIENT_MSG__INIT;
 	Epmoe__ModelsRequest mr = EPMOE__MODELS_REQUEST__INIT;
 	Epmoe__ClientReply *rep;
 	char **v;
+	int rc;
 
 	msg.msg_case = EPMOE__CLIENT_MSG__MSG_MODELS;
 	msg.models = &mr;
@@ -1177,164 +1216,69 @@ epmoe_models(struct epmoe_client *c, char ***ids, size_t *n_ids)
 	return 0;
 nomem:
 	epmoe__client_reply__free_unpacked(rep, NULL);
-	return set_err(c, EPMOE_ENOMEM, 0, "out of memory");
+	return cl_set_err(c, EPMOE_ENOMEM, 0, "out of memory");
 }
 
 int
-epmoe_health(struct epmoe_client *c, struct epmoe_health *out)
+cl_nng_health(struct epmoe_client *c, struct epmoe_health *h)
 {
-	struct epmoe_health h;
+	Epmoe__ClientMsg msg = EPMOE__CLIENT_MSG__INIT;
+	Epmoe__HealthRequest hr = EPMOE__HEALTH_REQUEST__INIT;
+	Epmoe__ClientReply *rep;
 	int rc;
 
-	memset(&h, 0, sizeof(h));
-	if (c->tr == EPMOE_TRANSPORT_HTTP) {
-		cJSON *j = NULL;
-		const cJSON *s;
-		long status = 0;
-		if ((rc = http_json(c, "/health", NULL, &j, &status)) != 0)
-			return rc;
-		h.ok = status == 200;
-		s = cJSON_GetObjectItemCaseSensitive(j, "status");
-		snprintf(h.status, sizeof(h.status), "%s", cJSON_IsString(s) ?
-		        s->valuestring : h.ok ? "ok" : "unavailable");
-		cJSON_Delete(j);
-	} else {
-		Epmoe__ClientMsg msg = EPMOE__CLIENT_MSG__INIT;
-		Epmoe__HealthRequest hr = EPMOE__HEALTH_REQUEST__INIT;
-		Epmoe__ClientReply *rep;
-		msg.msg_case = EPMOE__CLIENT_MSG__MSG_HEALTH;
-		msg.health = &hr;
-		if ((rc = nng_call(c, &msg, &rep, c->o.timeout_ms)) != 0 ||
-		        (rc = nng_expect(c, rep, EPMOE__CLIENT_REPLY__MSG_HEALTH)) != 0)
-			return rc;
-		h.ok = rep->health->ok;
-		snprintf(h.status, sizeof(h.status), "%s", rep->health->status[0] ?
-		        rep->health->status : h.ok ? "ok" : "unavailable");
-		epmoe__client_reply__free_unpacked(rep, NULL);
-	}
-	*out = h;
+	msg.msg_case = EPMOE__CLIENT_MSG__MSG_HEALTH;
+	msg.health = &hr;
+	if ((rc = nng_call(c, &msg, &rep, c->o.timeout_ms)) != 0 ||
+	        (rc = nng_expect(c, rep, EPMOE__CLIENT_REPLY__MSG_HEALTH)) != 0)
+		return rc;
+	h->ok = rep->health->ok;
+	snprintf(h->status, sizeof(h->status), "%s", rep->health->status[0] ?
+	        rep->health->status : h->ok ? "ok" : "unavailable");
+	epmoe__client_reply__free_unpacked(rep, NULL);
 	return 0;
 }
 
 int
-epmoe_tokenize(struct epmoe_client *c, const char *text, int add_special,
+cl_nng_tokenize(struct epmoe_client *c, const char *text, int add_special,
         uint32_t **tokens, size_t *n_tokens)
 {
+	Epmoe__ClientMsg msg = EPMOE__CLIENT_MSG__INIT;
+	Epmoe__TokenizeRequest tr = EPMOE__TOKENIZE_REQUEST__INIT;
+	Epmoe__ClientReply *rep;
 	uint32_t *v = NULL;
-	size_t n = 0;
+	size_t n;
 	int rc;
 
-	if (text == NULL)
-		return set_err(c, EPMOE_EINVAL, 0, "no text");
-	if (c->tr == EPMOE_TRANSPORT_HTTP) {
-		cJSON *req, *j = NULL;
-		const cJSON *a, *t;
-		char *body;
-		if ((req = cJSON_CreateObject()) == NULL ||
-		        !cJSON_AddStringToObject(req, "prompt", text) ||
-		        !cJSON_AddBoolToObject(req, "add_special", add_special != 0) ||
-		        (body = cJSON_PrintUnformatted(req)) == NULL) {
-			cJSON_Delete(req);
-			return set_err(c, EPMOE_ENOMEM, 0, "out of memory");
-		}
-		cJSON_Delete(req);
-		rc = http_json(c, "/tokenize", body, &j, NULL);
-		free(body);
-		if (rc != 0)
-			return rc;
-		a = cJSON_GetObjectItemCaseSensitive(j, "tokens");
-		if (!cJSON_IsArray(a)) {
-			cJSON_Delete(j);
-			return set_err(c, EPMOE_EPROTO, 0, "/tokenize: no token list");
-		}
-		if (cJSON_GetArraySize(a) > 0 &&
-		        (v = malloc((size_t)cJSON_GetArraySize(a) * sizeof(*v))) == NULL) {
-			cJSON_Delete(j);
-			return set_err(c, EPMOE_ENOMEM, 0, "out of memory");
-		}
-		cJSON_ArrayForEach(t, a) {
-			if (!cJSON_IsNumber(t) || !(t->valuedouble >= 0) ||
-			        t->valuedouble > 4294967295.0) {
-				free(v);
-				cJSON_Delete(j);
-				return set_err(c, EPMOE_EPROTO, 0, "/tokenize: bad token id");
-			}
-			v[n++] = (uint32_t)t->valuedouble;
-		}
-		cJSON_Delete(j);
-	} else {
-		Epmoe__ClientMsg msg = EPMOE__CLIENT_MSG__INIT;
-		Epmoe__TokenizeRequest tr = EPMOE__TOKENIZE_REQUEST__INIT;
-		Epmoe__ClientReply *rep;
-		tr.text = (char *)text;
-		tr.add_special = add_special != 0;
-		msg.msg_case = EPMOE__CLIENT_MSG__MSG_TOKENIZE;
-		msg.tokenize = &tr;
-		if ((rc = nng_call(c, &msg, &rep, c->o.timeout_ms)) != 0 ||
-		        (rc = nng_expect(c, rep, EPMOE__CLIENT_REPLY__MSG_TOKENIZE)) != 0)
-			return rc;
-		n = rep->tokenize->n_tokens;
-		if (n > 0 && (v = malloc(n * sizeof(*v))) == NULL) {
-			epmoe__client_reply__free_unpacked(rep, NULL);
-			return set_err(c, EPMOE_ENOMEM, 0, "out of memory");
-		}
-		if (n > 0)
-			memcpy(v, rep->tokenize->tokens, n * sizeof(*v));
+	tr.text = (char *)text;
+	tr.add_special = add_special != 0;
+	msg.msg_case = EPMOE__CLIENT_MSG__MSG_TOKENIZE;
+	msg.tokenize = &tr;
+	if ((rc = nng_call(c, &msg, &rep, c->o.timeout_ms)) != 0 ||
+	        (rc = nng_expect(c, rep, EPMOE__CLIENT_REPLY__MSG_TOKENIZE)) != 0)
+		return rc;
+	n = rep->tokenize->n_tokens;
+	if (n > 0 && (v = malloc(n * sizeof(*v))) == NULL) {
 		epmoe__client_reply__free_unpacked(rep, NULL);
+		return cl_set_err(c, EPMOE_ENOMEM, 0, "out of memory");
 	}
+	if (n > 0)
+		memcpy(v, rep->tokenize->tokens, n * sizeof(*v));
+	epmoe__client_reply__free_unpacked(rep, NULL);
 	*tokens = v;
 	*n_tokens = n;
 	return 0;
 }
 
 int
-epmoe_detokenize(struct epmoe_client *c, const uint32_t *tokens,
+cl_nng_detokenize(struct epmoe_client *c, const uint32_t *tokens,
         size_t n_tokens, char **text)
 {
-	char *s;
-	int rc;
-
-	if (tokens == NULL && n_tokens > 0)
-		return set_err(c, EPMOE_EINVAL, 0, "no tokens");
-	if (c->tr == EPMOE_TRANSPORT_HTTP) {
-		cJSON *req, *a, *j = NULL;
-		const cJSON *p;
-		char *body;
-		if ((req = cJSON_CreateObject()) == NULL ||
-		        (a = cJSON_AddArrayToObject(req, "tokens")) == NULL)
-			goto nomem_req;
-		for (size_t i = 0; i < n_tokens; i++) {
-			cJSON *t = cJSON_CreateNumber(tokens[i]);
-			if (t == NULL || !cJSON_AddItemToArray(a, t)) {
-				cJSON_Delete(t);
-				goto nomem_req;
-			}
-		}
-		if ((body = cJSON_PrintUnformatted(req)) == NULL)
-			goto nomem_req;
-		cJSON_Delete(req);
-		rc = http_json(c, "/detokenize", body, &j, NULL);
-		free(body);
-		if (rc != 0)
-			return rc;
-		p = cJSON_GetObjectItemCaseSensitive(j, "prompt");
-		if (!cJSON_IsString(p)) {
-			cJSON_Delete(j);
-			return set_err(c, EPMOE_EPROTO, 0, "/detokenize: no text");
-		}
-		s = strdup(p->valuestring);
-		cJSON_Delete(j);
-		if (s == NULL)
-			return set_err(c, EPMOE_ENOMEM, 0, "out of memory");
-		*text = s;
-		return 0;
-nomem_req:
-		cJSON_Delete(req);
-		return set_err(c, EPMOE_ENOMEM, 0, "out of memory");
-	}
 	Epmoe__ClientMsg msg = EPMOE__CLIENT_MSG__INIT;
 	Epmoe__DetokenizeRequest dr = EPMOE__DETOKENIZE_REQUEST__INIT;
 	Epmoe__ClientReply *rep;
+	char *s;
+	int rc;
 
 	dr.tokens = (uint32_t *)tokens;
 	dr.n_tokens = n_tokens;
@@ -1346,7 +1290,101 @@ nomem_req:
 	s = strdup(rep->detokenize->text);
 	epmoe__client_reply__free_unpacked(rep, NULL);
 	if (s == NULL)
-		return set_err(c, EPMOE_ENOMEM, 0, "out of memory");
+		return cl_set_err(c, EPMOE_ENOMEM, 0, "out of memory");
 	*text = s;
 	return 0;
+}
+
+/* ---- the API ---- */
+
+static int
+completion(struct epmoe_client *c, const char *prompt,
+        const struct epmoe_chat_msg *msgs, size_t n_msgs,
+        const struct epmoe_gen_params *p, epmoe_chunk_fn cb, void *ud,
+        struct epmoe_completion *out)
+{
+	struct epmoe_gen_params dflt;
+	struct cl_acc a;
+	char why[128];
+	int rc;
+
+	if (p == NULL) {
+		epmoe_gen_params_init(&dflt);
+		p = &dflt;
+	}
+	if (epmoe_gen_params_check(p, why, sizeof(why)) != 0)
+		return cl_set_err(c, EPMOE_EINVAL, 0, "%s", why);
+	cl_acc_init(&a, c, cb, ud);
+	if (c->tr == EPMOE_TRANSPORT_HTTP)
+		rc = cl_http_completion(c, prompt, msgs, n_msgs, p, &a);
+	else
+		rc = cl_nng_completion(c, prompt, msgs, n_msgs, p, &a);
+	if (rc != 0) {
+		epmoe_completion_fini(&a.r);
+		return rc;
+	}
+	return cl_acc_finish(&a, out);
+}
+
+int
+epmoe_complete(struct epmoe_client *c, const char *prompt,
+        const struct epmoe_gen_params *p, epmoe_chunk_fn cb, void *ud,
+        struct epmoe_completion *out)
+{
+	if (prompt == NULL)
+		return cl_set_err(c, EPMOE_EINVAL, 0, "no prompt");
+	return completion(c, prompt, NULL, 0, p, cb, ud, out);
+}
+
+int
+epmoe_chat(struct epmoe_client *c, const struct epmoe_chat_msg *msgs,
+        size_t n_msgs, const struct epmoe_gen_params *p, epmoe_chunk_fn cb,
+        void *ud, struct epmoe_completion *out)
+{
+	if (msgs == NULL || n_msgs == 0)
+		return cl_set_err(c, EPMOE_EINVAL, 0, "no messages");
+	return completion(c, NULL, msgs, n_msgs, p, cb, ud, out);
+}
+
+int
+epmoe_models(struct epmoe_client *c, char ***ids, size_t *n_ids)
+{
+	return c->tr == EPMOE_TRANSPORT_HTTP ? cl_http_models(c, ids, n_ids) :
+	        cl_nng_models(c, ids, n_ids);
+}
+
+int
+epmoe_health(struct epmoe_client *c, struct epmoe_health *out)
+{
+	struct epmoe_health h;
+	int rc;
+
+	memset(&h, 0, sizeof(h));
+	rc = c->tr == EPMOE_TRANSPORT_HTTP ? cl_http_health(c, &h) :
+	        cl_nng_health(c, &h);
+	if (rc == 0)
+		*out = h;
+	return rc;
+}
+
+int
+epmoe_tokenize(struct epmoe_client *c, const char *text, int add_special,
+        uint32_t **tokens, size_t *n_tokens)
+{
+	if (text == NULL)
+		return cl_set_err(c, EPMOE_EINVAL, 0, "no text");
+	return c->tr == EPMOE_TRANSPORT_HTTP ?
+	        cl_http_tokenize(c, text, add_special, tokens, n_tokens) :
+	        cl_nng_tokenize(c, text, add_special, tokens, n_tokens);
+}
+
+int
+epmoe_detokenize(struct epmoe_client *c, const uint32_t *tokens,
+        size_t n_tokens, char **text)
+{
+	if (tokens == NULL && n_tokens > 0)
+		return cl_set_err(c, EPMOE_EINVAL, 0, "no tokens");
+	return c->tr == EPMOE_TRANSPORT_HTTP ?
+	        cl_http_detokenize(c, tokens, n_tokens, text) :
+	        cl_nng_detokenize(c, tokens, n_tokens, text);
 }
