@@ -12,29 +12,16 @@
  */
 #include <ctype.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdarg.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <time.h>
-#include <unistd.h>
 
-#include <cJSON.h>
-#include <curl/curl.h>
-#include <nng/nng.h>
-#include <nng/protocol/reqrep0/req.h>
-
-#include "cl_oai.h"
 #include "client_int.h"
 #include "clock.h"
 #include "epmoe_client.h"
 #include "err.h"
-#include "sse.h"
-#include "wire.h"
-#include "wire_nng.h"
 
 /* Records the failure and returns code. */
 int
