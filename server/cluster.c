@@ -24,6 +24,7 @@
 
 #include "clock.h"
 #include "cluster.h"
+#include "cluster_int.h"
 #include "err.h"
 #include "log.h"
 #include "model.h"
@@ -32,83 +33,11 @@
 #include "wire_nng.h"
 
 #define POLL_MS 100        /* control recv timeout: liveness check period */
-#define LAT_RING 512       /* recent latencies kept per worker for p99 */
-#define MAX_EVENTS 256     /* pending up/down events */
-#define ID_MAX 101         /* worker id / node name: up to 100 chars */
 #define CLOSE_MS 2000      /* longest wait for one socket close */
 
 const double cluster_hist_bounds_s[CLUSTER_HIST_BUCKETS] = {
 	50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3,
 	50e-3, 100e-3, 250e-3, 1.0, __builtin_inf()
-};
-
-/* NEVER -> JOINING (hello accepted, order sent) -> UP (the worker's first
- * LoadReport with the placement epoch: it holds its slots, so batches
- * sent from now on will not be refused as stale) -> DOWN (left, silent,
- * connection lost, request failed) -> JOINING (hello again) ... */
-enum wstate { W_NEVER = 0, W_JOINING, W_UP, W_DOWN };
-
-struct cl_worker {
-	struct cluster *c;     /* back-pointers for the pipe callback */
-	uint32_t index;
-	enum wstate state;
-	char id[ID_MAX];
-	char node[ID_MAX];
-	char url[512];
-	char down_reason[192];
-	char join_reason[64];  /* event reason once the join is confirmed */
-	uint64_t boot_id;
-	uint32_t threads;
-	uint64_t ram_bytes;
-	uint64_t last_hb_ns;
-	uint32_t gen;
-	/* one REQ socket per worker place for the cluster's lifetime (NNG
-	 * 1.5.2 must not close a socket the dispatcher may be using: see
-	 * netsock.h); a new registration gets a new dialer on it */
-	bool sock_open;
-	nng_socket sock;
-	bool dialer_open;
-	nng_dialer dialer;
-	uint64_t registrations;
-	/* as reported by the worker */
-	uint64_t rep_tokens, rep_batches, rep_compute_us, rep_ram_free;
-	/* as observed by the dispatcher */
-	uint64_t batches, tokens, errors;
-	struct cluster_hist hist;
-	uint32_t lat_us[LAT_RING];
-	uint32_t lat_n, lat_head;
-};
-
-struct cl_event {
-	uint32_t worker;
-	bool up;
-	char id[ID_MAX];
-	char reason[224];
-};
-
-struct cluster {
-	const struct model *m;
-	struct placement *pl;
-	uint32_t pl_refs;
-	uint32_t W;
-	uint64_t boot_id;
-	uint32_t hb_ms, hb_timeout_ms;
-	char url_in[512];
-	char url[512];
-
-	pthread_mutex_t mu;
-	struct cl_worker *w;
-	struct cl_event ev[MAX_EVENTS];
-	uint32_t ev_head, ev_n;
-	uint64_t bad_msgs;
-	cluster_event_fn ev_fn;
-	void *ev_arg;
-
-	nng_socket ctl;
-	bool ctl_open;
-	pthread_t th;
-	bool started;
-	atomic_int stop;
 };
 
 /* ---- lifecycle ---- */
@@ -772,8 +701,8 @@ ctl_main(void *arg)
 
 /* ---- queries ---- */
 
-static bool
-ready_locked(struct cluster *c)
+bool
+cluster_ready_locked(struct cluster *c)
 {
 	const struct placement *p = c->pl;
 
@@ -797,7 +726,7 @@ cluster_ready(struct cluster *c)
 	bool ok;
 
 	pthread_mutex_lock(&c->mu);
-	ok = ready_locked(c);
+	ok = cluster_ready_locked(c);
 	pthread_mutex_unlock(&c->mu);
 	return ok;
 }
@@ -931,7 +860,7 @@ cluster_stats_json(struct cluster *c, cJSON **out)
 	pthread_mutex_lock(&c->mu);
 	for (uint32_t i = 0; i < c->W; i++)
 		live += c->w[i].state == W_UP;
-	if (!cJSON_AddBoolToObject(root, "ready", ready_locked(c)) ||
+	if (!cJSON_AddBoolToObject(root, "ready", cluster_ready_locked(c)) ||
 	        !cJSON_AddNumberToObject(root, "epoch", (double)c->pl->epoch) ||
 	        !cJSON_AddNumberToObject(root, "n_workers", c->W) ||
 	        !cJSON_AddNumberToObject(root, "workers_live", live) ||
