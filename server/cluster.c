@@ -1,4 +1,5 @@
-/* Worker registry and control plane of the router.  See cluster.h.
+/* Worker registry and control plane of the router (its JSON views are in
+ * cluster_json.c).  See cluster.h.
  *
  * One control thread owns the control REP socket and is the only writer of
  * registrations; the dispatcher (engine thread) and the HTTP loop read
