@@ -10,6 +10,7 @@
 
 #include "chat.h"
 #include "err.h"
+#include "gen.h"
 #include "http.h"
 #include "log.h"
 #include "oai.h"
@@ -57,15 +58,42 @@ served_model(const struct router *r)
 	return r->cfg.model_name;
 }
 
+/* What the JSON parsers check: for generation requests only the types
+ * (gen.c checks the model, the token ids and every range), for
+ * /tokenize and /detokenize the model and the token ids too. */
 static void
-oai_cfg(const struct router *r, struct oai_config *c, const char **models)
+oai_cfg(const struct router *r, struct oai_config *c, const char **models,
+        bool generation)
 {
+	memset(c, 0, sizeof(*c));
 	models[0] = served_model(r);
+	c->model_optional = 1;
+	if (generation)
+		return;
 	c->models = models;
 	c->n_models = 1;
-	c->max_tokens_limit = (int32_t)r->cfg.max_tokens_limit;
 	c->n_vocab = (int32_t)r->model->hp.n_vocab;
-	c->model_optional = 1;
+}
+
+/* The HTTP status of an EPMOE_E* code: the one place the API maps them. */
+static int
+http_status_of(int err)
+{
+	switch (err) {
+	case 0: return 200;
+	case EPMOE_EINVAL:
+	case EPMOE_ERANGE:
+	case EPMOE_ENOTSUP:
+	case EPMOE_EFORMAT:
+	case EPMOE_ECANCELED: return 400;
+	case EPMOE_ENOENT: return 404;
+	case EPMOE_EBUSY: return 429;
+	case EPMOE_EUNAVAIL:
+	case EPMOE_ECLOSED:
+	case EPMOE_ENOMEM: return 503;
+	case EPMOE_ETIMEDOUT: return 504;
+	}
+	return 500;
 }
 
 static void
@@ -366,8 +394,7 @@ on_sched_event(const struct sched_event *ev, void *ud)
 	case SCHED_EV_ERROR:
 		if (!a->http_gone) {
 			struct oai_error e;
-			oai_error_set(&e, ev->status == 499 ? 400 : ev->status, NULL, "%s",
-			        ev->message);
+			oai_error_set(&e, http_status_of(ev->err), NULL, "%s", ev->message);
 			if (a->stream) {
 				/* the status line is gone: an error event ends the stream */
 				sse_send(a, oai_error_body(&e));
@@ -394,61 +421,67 @@ on_http_close(struct http_req *req, void *ud)
 	sched_cancel(a->sreq);
 }
 
-/* Submits prompt ids for a parsed request; answers errors itself. */
+/* Answers a refused generation request: gen's field in the words of the
+ * request (max_key: the max_tokens key it used). */
 static void
-submit(struct router *r, struct http_req *req, struct api_req *a,
-        int32_t *ids, size_t n_ids, const struct oai_gen *g, int32_t max_tokens,
-        int32_t logprobs)
+respond_gen_error(struct http_req *req, const struct gen_err *ge, bool chat,
+        const char *max_key)
 {
-	struct sched_req_params p = { 0 };
-	char err[320] = "";
-	int rc;
+	const char *param = gen_field_name(ge->field);
+	struct oai_error e;
 
-	if (!router_ready(r)) {
-		free(ids);
-		respond_simple_error(req, 503, NULL,
-		        "the experts are not all served yet (workers starting or down); retry");
+	if (ge->field == GEN_F_MAX_TOKENS)
+		param = max_key;
+	else if (ge->field == GEN_F_LOGPROBS && chat)
+		param = "top_logprobs";
+	oai_error_set(&e, http_status_of(ge->code), param, "%s", ge->message);
+	if (ge->code == EPMOE_ENOENT && ge->field == GEN_F_MODEL)
+		e.code = "model_not_found";
+	respond_error(req, &e);
+}
+
+/* The gen request of the fields both endpoints share. */
+static void
+gen_from_oai(struct gen_req *q, const struct oai_gen *g)
+{
+	q->has_max_tokens = g->has_max_tokens;
+	q->max_tokens = g->max_tokens;
+	q->has_temperature = g->has_temperature;
+	q->temperature = g->temperature;
+	q->has_top_p = g->has_top_p;
+	q->top_p = g->top_p;
+	q->has_top_k = g->has_top_k;
+	q->top_k = g->top_k;
+	q->has_min_p = g->has_min_p;
+	q->min_p = g->min_p;
+	q->has_seed = g->has_seed;
+	q->seed = g->seed;
+	q->stop = (const char *const *)g->stop;
+	q->n_stop = g->n_stop;
+	q->routing = g->routing;
+	q->ignore_eos = g->ignore_eos;
+}
+
+/* Submits the request; on success (0) a owns req until its final event,
+ * else the error is answered and both are released. */
+static int
+submit(struct router *r, struct http_req *req, struct api_req *a,
+        const struct gen_req *q, const char *max_key)
+{
+	struct gen_err ge;
+
+	if (gen_submit(r, q, on_sched_event, a, &a->sreq, &ge) != 0) {
+		respond_gen_error(req, &ge, a->kind == API_CHAT, max_key);
 		http_req_release(req);
 		api_req_free(a);
-		return;
-	}
-	p.prompt = ids;
-	p.n_prompt = n_ids;
-	if (max_tokens < 0) {
-		/* chat without a limit: up to the server default, within context */
-		uint32_t room = engine_n_ctx(r->engine) > n_ids ?
-		        engine_n_ctx(r->engine) - (uint32_t)n_ids : 0;
-		max_tokens = (int32_t)(r->cfg.max_tokens_default < room ?
-		        r->cfg.max_tokens_default : room);
-	}
-	p.max_tokens = (uint32_t)max_tokens;
-	p.sample = g->sample;
-	if (!g->has_seed)
-		p.sample.seed = (uint64_t)time(NULL) ^ ((uint64_t)(uintptr_t)a << 16);
-	for (size_t i = 0; i < g->n_stop && i < SCHED_MAX_STOP; i++)
-		p.stop[p.n_stop++] = strdup(g->stop[i]);
-	p.routing = g->routing ? g->routing : r->cfg.routing;
-	p.echo = a->echo;
-	p.ignore_eos = g->ignore_eos;
-	p.logprobs = logprobs;
-	p.cb = on_sched_event;
-	p.ud = a;
-	rc = sched_submit(r->sched, &p, &a->sreq, err, sizeof(err));
-	if (rc) {
-		int status = rc == EPMOE_EBUSY ? 429 : rc == EPMOE_ENOMEM ? 500 : 400;
-		respond_simple_error(req, status,
-		        rc == EPMOE_ERANGE ? "max_tokens" :
-		        (rc == EPMOE_EINVAL && g->routing && strstr(err, "outing")) ? "routing" : NULL,
-		        err[0] ? err : epmoe_strerror(rc));
-		http_req_release(req);
-		api_req_free(a);
-		return;
+		return -1;
 	}
 	if (a->stream) {
 		http_stream_begin(req, 200, OAI_SSE_CONTENT_TYPE,
 		        "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n");
 	}
 	http_req_on_close(req, on_http_close, a);
+	return 0;
 }
 
 static struct api_req *
@@ -480,103 +513,99 @@ handle_completion(struct router *r, struct http_req *req)
 	struct oai_completion_req c;
 	struct oai_config cfg;
 	struct oai_error e;
+	struct gen_req q;
 	const char *models[1];
 	struct api_req *a;
-	int32_t *ids = NULL;
-	size_t n = 0;
 
-	oai_cfg(r, &cfg, models);
+	oai_cfg(r, &cfg, models, true);
 	if (oai_parse_completion(req->body, req->body_len, &cfg, &c, &e) != 0) {
+		stats_count_reject(r, EPMOE_EINVAL);
 		respond_error(req, &e);
 		http_req_release(req);
 		return;
 	}
-	if ((a = api_req_new(r, req, API_COMPLETION, c.model, &c.gen)) == NULL)
-		goto oom;
-	a->echo = c.echo;
-	a->want_lps = c.logprobs >= 0;
+	gen_req_init(&q, GEN_COMPLETION);
+	gen_from_oai(&q, &c.gen);
+	q.model = c.model;
 	if (c.prompt_tokens) {
-		ids = c.prompt_tokens;
-		n = c.n_prompt_tokens;
-		c.prompt_tokens = NULL;
-		if (a->echo && tok_decode(r->tok, ids, n, 0, &a->prompt_text, &a->prompt_len) != 0)
-			goto oom;
+		/* oai checked they are integers in [0, 2^31) */
+		q.ids = (const uint32_t *)c.prompt_tokens;
+		q.n_ids = c.n_prompt_tokens;
 	} else {
-		if (router_tokenize(r, c.prompt, c.prompt_len, true, false, &ids, &n) != 0)
-			goto oom;
-		if (a->echo) {
-			a->prompt_text = c.prompt;
-			a->prompt_len = c.prompt_len;
-			c.prompt = NULL;
-		}
+		q.text = c.prompt;
+		q.text_len = c.prompt_len;
 	}
-	if (n == 0) {
-		free(ids);
-		respond_simple_error(req, 400, "prompt", "the prompt is empty");
-		http_req_release(req);
-		api_req_free(a);
+	q.echo = c.echo;
+	q.has_logprobs = c.has_logprobs;
+	q.logprobs = c.logprobs;
+	if ((a = api_req_new(r, req, API_COMPLETION, c.model, &c.gen)) == NULL) {
 		oai_completion_req_fini(&c);
+		respond_simple_error(req, 503, NULL, "out of memory");
+		http_req_release(req);
 		return;
 	}
-	if (!a->echo)
-		a->text_offset = 0;
-	a->first_offset = 0;
-	submit(r, req, a, ids, n, &c.gen, c.gen.max_tokens, c.logprobs);
+	a->echo = c.echo;
+	a->want_lps = c.has_logprobs;
+	if (a->echo && c.prompt) {
+		a->prompt_text = c.prompt;
+		a->prompt_len = c.prompt_len;
+		c.prompt = NULL;
+		q.text = a->prompt_text;
+	}
+	/* no event comes before the loop runs again: the echo of a prompt
+	 * given as ids can still be decoded (it was checked by now) */
+	if (submit(r, req, a, &q, c.gen.max_tokens_key) == 0 && c.prompt_tokens &&
+	        a->echo && tok_decode(r->tok, c.prompt_tokens, c.n_prompt_tokens, 0, &a->prompt_text,
+	                &a->prompt_len) != 0) {
+		a->prompt_text = NULL;
+		a->prompt_len = 0;
+	}
 	oai_completion_req_fini(&c);
-	return;
-oom:
-	free(ids);
-	api_req_free(a);
-	oai_completion_req_fini(&c);
-	respond_simple_error(req, 500, NULL, "out of memory");
-	http_req_release(req);
 }
 
 static void
 handle_chat(struct router *r, struct http_req *req)
 {
+	static const char *const role_names[] = { "system", "user", "assistant" };
 	struct oai_chat_req c;
 	struct oai_config cfg;
 	struct oai_error e;
+	struct gen_req q;
+	struct gen_msg *msgs;
 	const char *models[1];
-	const char **roles = NULL, **contents = NULL;
 	struct api_req *a;
-	int32_t *ids = NULL;
-	size_t n = 0;
-	static const char *const role_names[] = { "system", "user", "assistant" };
 
-	oai_cfg(r, &cfg, models);
+	oai_cfg(r, &cfg, models, true);
 	if (oai_parse_chat(req->body, req->body_len, &cfg, &c, &e) != 0) {
+		stats_count_reject(r, EPMOE_EINVAL);
 		respond_error(req, &e);
 		http_req_release(req);
 		return;
 	}
-	roles = calloc(c.n_messages, sizeof(*roles));
-	contents = calloc(c.n_messages, sizeof(*contents));
-	if (!roles || !contents)
-		goto oom;
-	for (size_t i = 0; i < c.n_messages; i++) {
-		roles[i] = role_names[c.messages[i].role];
-		contents[i] = c.messages[i].content;
+	msgs = calloc(c.n_messages, sizeof(*msgs));
+	a = msgs ? api_req_new(r, req, API_CHAT, c.model, &c.gen) : NULL;
+	if (a == NULL) {
+		free(msgs);
+		oai_chat_req_fini(&c);
+		respond_simple_error(req, 503, NULL, "out of memory");
+		http_req_release(req);
+		return;
 	}
-	if (router_chat_prompt(r, roles, contents, c.n_messages, &ids, &n) != 0)
-		goto oom;
-	if ((a = api_req_new(r, req, API_CHAT, c.model, &c.gen)) == NULL)
-		goto oom;
+	for (size_t i = 0; i < c.n_messages; i++) {
+		msgs[i].role = role_names[c.messages[i].role];
+		msgs[i].content = c.messages[i].content;
+	}
+	gen_req_init(&q, GEN_CHAT);
+	gen_from_oai(&q, &c.gen);
+	q.model = c.model;
+	q.msgs = msgs;
+	q.n_msgs = c.n_messages;
+	q.has_logprobs = c.logprobs;
+	q.logprobs = c.top_logprobs;
 	a->want_lps = c.logprobs;
-	submit(r, req, a, ids, n, &c.gen, c.gen.max_tokens,
-	        c.logprobs ? c.top_logprobs : -1);
-	free(roles);
-	free(contents);
+	submit(r, req, a, &q, c.gen.max_tokens_key);
+	free(msgs);
 	oai_chat_req_fini(&c);
-	return;
-oom:
-	free(ids);
-	free(roles);
-	free(contents);
-	oai_chat_req_fini(&c);
-	respond_simple_error(req, 500, NULL, "out of memory");
-	http_req_release(req);
 }
 
 static void
@@ -590,7 +619,7 @@ handle_tokenize(struct router *r, struct http_req *req)
 	size_t n = 0;
 	cJSON *j;
 
-	oai_cfg(r, &cfg, models);
+	oai_cfg(r, &cfg, models, false);
 	if (oai_parse_tokenize(req->body, req->body_len, &cfg, &t, &e) != 0) {
 		respond_error(req, &e);
 		return;
@@ -618,7 +647,7 @@ handle_detokenize(struct router *r, struct http_req *req)
 	size_t len = 0;
 	cJSON *j;
 
-	oai_cfg(r, &cfg, models);
+	oai_cfg(r, &cfg, models, false);
 	if (oai_parse_detokenize(req->body, req->body_len, &cfg, &t, &e) != 0) {
 		respond_error(req, &e);
 		return;

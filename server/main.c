@@ -13,6 +13,7 @@
 
 #include "err.h"
 #include "log.h"
+#include "route.h"
 #include "router.h"
 
 static void
@@ -297,10 +298,18 @@ main(int argc, char **argv)
 		log_error("cannot start the scheduler: %s", epmoe_strerror(rc));
 		goto out;
 	}
-	if (r.cfg.routing && (rc = sched_check_routing(r.sched, r.cfg.routing, true, err,
-	                              sizeof(err))) != 0) {
-		log_error("--routing %s: %s", r.cfg.routing, err);
-		goto out;
+	if (r.cfg.routing) {
+		/* the server's default routes prompts and decode steps */
+		const struct model_hparams *hp = &r.model->hp;
+		struct route_model gate = { .n_experts = (int)hp->n_expert,
+			.k = (int)hp->n_expert_used, .renorm = hp->expert_weights_norm,
+			.n_layers = (int)hp->n_layer };
+		struct gen_err ge;
+		if ((rc = gen_check_routing(&gate, r.cfg.routing, true, r.default_routing,
+		             &ge)) != 0) {
+			log_error("--routing %s: %s", r.cfg.routing, ge.message);
+			goto out;
+		}
 	}
 	if ((rc = stats_init(&r)) != 0) {
 		log_error("cannot set up metrics: %s", epmoe_strerror(rc));

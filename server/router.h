@@ -11,6 +11,7 @@
 #include <uv.h>
 
 #include "engine.h"
+#include "gen.h"
 #include "scheduler.h"
 #include "tok.h"
 
@@ -46,9 +47,8 @@ struct router_cfg {
 /* Per routing policy statistics, aggregated on the engine thread (under
  * stats_mu) from the engine's route observer. */
 struct route_agg {
-	char name[96];
-	const void *policy;       /* the route_policy it aggregates */
-	uint64_t calls, tokens, pairs, ot_runs, nonfinite, dropped;
+	char name[96];            /* canonical spec, or "other" */
+	uint64_t calls, tokens, pairs, ot_runs, ot_iters, nonfinite, dropped;
 	double maxvio_sum, maxvio_max;
 	double worker_ratio_sum;  /* busiest worker / mean, per call */
 	uint64_t worker_calls;
@@ -68,6 +68,7 @@ struct router {
 	struct nngapi *nngapi;
 	struct cluster *cluster;  /* NULL in local mode */
 	struct moe_backend *dispatch;
+	char default_routing[GEN_MAX_ROUTING + 1]; /* canonical --routing, or "" */
 	int64_t created;
 	uint64_t boot_id;
 	bool stopping;
@@ -78,7 +79,7 @@ struct router {
 	        *m_req_ok, *m_req_fail, *m_req_cancel, *m_steps, *m_kv;
 	struct metrics_series *h_ttft, *h_itl, *h_e2e, *h_queue, *h_step;
 	struct metrics_family *f_expert_tokens, *f_route_tokens, *f_route_secs,
-	        *f_route_ot, *f_route_maxvio, *f_worker_lat, *f_phase;
+	        *f_route_ot, *f_route_maxvio, *f_worker_lat, *f_phase, *f_rejected;
 	struct metrics_series **s_expert_tokens; /* [L * E] */
 
 	/* routing statistics */
@@ -101,6 +102,9 @@ int stats_render_metrics(struct router *r, char **out, size_t *len);
 /* /v1/stats and /v1/placement bodies (caller cJSON_Delete's). */
 struct cJSON *stats_json(struct router *r);
 struct cJSON *stats_placement_json(struct router *r);
+/* Counts a generation request refused with code (by reason: queue_full,
+ * not_ready, shutting_down, invalid, no_memory). */
+void stats_count_reject(struct router *r, int code);
 /* Whether every expert slot is served (always true in local mode). */
 bool router_ready(struct router *r);
 
@@ -116,6 +120,11 @@ struct cJSON *glue_placement_json(struct router *r);
 void glue_export_metrics(struct router *r);
 
 /* nngapi.c: the NNG client API (REQ/REP), when cfg.nng_url is set. */
+struct Epmoe__CompletionRequest;
+/* The gen request of a CompletionRequest (msgs: room for its messages;
+ * everything borrowed from cr). */
+void nngapi_gen_req(const struct Epmoe__CompletionRequest *cr,
+        struct gen_msg *msgs, struct gen_req *q);
 int nngapi_start(struct router *r, struct nngapi **out);
 /* Stops serving (closes the socket and the loop handles). */
 void nngapi_stop(struct nngapi *n);

@@ -17,6 +17,7 @@
 static const double lat_buckets[] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
 	0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60 };
 #define N_LAT (sizeof(lat_buckets) / sizeof(lat_buckets[0]))
+#define STATS_MAX_POLICIES 64 /* distinct routing policies reported by name */
 
 static void
 obs_ttft(void *ud, double s)
@@ -79,6 +80,33 @@ worker_ratio(const struct router *r, uint32_t layer, const uint32_t *load,
 	return sum > 0 ? mx / (sum / W) : NAN;
 }
 
+/* The aggregate of policy name (stats_mu held): a new one while fewer
+ * than STATS_MAX_POLICIES exist, else the shared "other" one, so the
+ * statistics and the metric labels stay bounded whatever specs clients
+ * send. */
+static struct route_agg *
+route_agg_of(struct router *r, const char *name)
+{
+	struct route_agg *a;
+	uint32_t n = 0;
+
+	for (a = r->route_aggs; a; a = a->next, n++)
+		if (strcmp(a->name, name) == 0)
+			return a;
+	if (n >= STATS_MAX_POLICIES) {
+		name = "other";
+		for (a = r->route_aggs; a; a = a->next)
+			if (strcmp(a->name, name) == 0)
+				return a;
+	}
+	if ((a = calloc(1, sizeof(*a))) == NULL)
+		return NULL;
+	snprintf(a->name, sizeof(a->name), "%s", name);
+	a->next = r->route_aggs;
+	r->route_aggs = a;
+	return a;
+}
+
 static void
 on_route(void *ud, struct route_policy *p, uint32_t layer, uint32_t n_tok,
         const struct route_info *info, double seconds)
@@ -88,21 +116,18 @@ on_route(void *ud, struct route_policy *p, uint32_t layer, uint32_t n_tok,
 	struct route_agg *a;
 	char name[96];
 
+	/* by name, not by policy object: the scheduler frees and creates
+	 * policies as requests come and go */
+	if (route_format(route_policy_cfg(p), name, sizeof(name)) != 0)
+		snprintf(name, sizeof(name), "%s", route_kind_name(route_policy_cfg(p)->kind));
 	pthread_mutex_lock(&r->stats_mu);
-	for (a = r->route_aggs; a && a->policy != p; a = a->next)
-		;
-	if (a == NULL && (a = calloc(1, sizeof(*a))) != NULL) {
-		route_format(route_policy_cfg(p), name, sizeof(name));
-		snprintf(a->name, sizeof(a->name), "%s", name);
-		a->policy = p;
-		a->next = r->route_aggs;
-		r->route_aggs = a;
-	}
+	a = route_agg_of(r, name);
 	if (a) {
 		a->calls++;
 		a->tokens += n_tok;
 		a->pairs += info->n_pairs;
 		a->ot_runs += info->ot_ran ? 1 : 0;
+		a->ot_iters += info->ot_iters;
 		a->nonfinite += info->n_nonfinite;
 		a->dropped += info->n_dropped;
 		a->seconds += seconds;
@@ -153,6 +178,7 @@ stats_init(struct router *r)
 	static const char *const l_phase[] = { "phase" };
 	static const char *const l_expert[] = { "layer", "expert" };
 	static const char *const l_worker[] = { "worker" };
+	static const char *const l_reason[] = { "reason" };
 	static const double vio_buckets[] = { 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8 };
 	struct metrics_family *f;
 	int rc;
@@ -199,6 +225,9 @@ stats_init(struct router *r)
 	             sizeof(vio_buckets) / sizeof(vio_buckets[0]), &r->f_route_maxvio)) ||
 	        (rc = metrics_counter(r->metrics, "epmoe_expert_tokens_total",
 	             "Tokens computed per (layer, expert)", l_expert, 2, &r->f_expert_tokens)) ||
+	        (rc = metrics_counter(r->metrics, "epmoe_requests_rejected_total",
+	             "Generation requests refused, by reason", l_reason, 1,
+	             &r->f_rejected)) ||
 	        (rc = metrics_histogram(r->metrics, "epmoe_worker_request_seconds",
 	             "Round trip of one expert batch to a worker", l_worker, 1,
 	             cluster_hist_bounds_s, CLUSTER_HIST_BUCKETS - 1, &r->f_worker_lat)))
@@ -239,6 +268,23 @@ stats_fini(struct router *r)
 	pthread_mutex_destroy(&r->stats_mu);
 }
 
+
+void
+stats_count_reject(struct router *r, int code)
+{
+	const char *lv[1];
+	struct metrics_series *s;
+
+	switch (code) {
+	case EPMOE_EBUSY: lv[0] = "queue_full"; break;
+	case EPMOE_EUNAVAIL: lv[0] = "not_ready"; break;
+	case EPMOE_ECLOSED: lv[0] = "shutting_down"; break;
+	case EPMOE_ENOMEM: lv[0] = "no_memory"; break;
+	default: lv[0] = "invalid"; break;
+	}
+	if (r->f_rejected && metrics_series(r->f_rejected, lv, &s) == 0)
+		metrics_inc(s);
+}
 
 /* Brings a counter up to v (the scheduler keeps the cumulative counts). */
 static void
@@ -302,8 +348,6 @@ stats_json(struct router *r)
 	o = cJSON_AddObjectToObject(j, "routing");
 	for (struct route_agg *a = r->route_aggs; a; a = a->next) {
 		cJSON *p = cJSON_AddObjectToObject(o, a->name);
-		struct route_stats rs;
-		route_policy_stats((const struct route_policy *)a->policy, &rs);
 		cJSON_AddNumberToObject(p, "calls", (double)a->calls);
 		cJSON_AddNumberToObject(p, "tokens_routed", (double)a->tokens);
 		cJSON_AddNumberToObject(p, "experts_per_token",
@@ -316,7 +360,7 @@ stats_json(struct router *r)
 		else
 			cJSON_AddNullToObject(p, "worker_max_over_mean");
 		cJSON_AddNumberToObject(p, "ot_runs", (double)a->ot_runs);
-		cJSON_AddNumberToObject(p, "ot_iterations", (double)rs.ot_iters);
+		cJSON_AddNumberToObject(p, "ot_iterations", (double)a->ot_iters);
 		cJSON_AddNumberToObject(p, "nonfinite_logits", (double)a->nonfinite);
 		cJSON_AddNumberToObject(p, "dropped_pairs", (double)a->dropped);
 		cJSON_AddNumberToObject(p, "routing_seconds", a->seconds);
