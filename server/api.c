@@ -1,6 +1,4 @@
-/* The OpenAI-compatible HTTP front end: routes requests, turns parsed
- * requests (oai.c) into scheduler requests, and scheduler events into JSON
- * responses or Server-Sent Events.  Runs on the libuv loop thread only. */
+/* The OpenAI-compatible HTTP front end.  See api.h. */
 #include <cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -8,13 +6,14 @@
 #include <string.h>
 #include <time.h>
 
-#include "chat.h"
+#include "api.h"
 #include "err.h"
 #include "gen.h"
 #include "http.h"
 #include "log.h"
 #include "oai.h"
 #include "router.h"
+#include "stats.h"
 
 enum api_kind { API_COMPLETION, API_CHAT };
 
@@ -519,7 +518,7 @@ handle_completion(struct router *r, struct http_req *req)
 
 	oai_cfg(r, &cfg, models, true);
 	if (oai_parse_completion(req->body, req->body_len, &cfg, &c, &e) != 0) {
-		stats_count_reject(r, EPMOE_EINVAL);
+		stats_count_reject(r->stats, EPMOE_EINVAL);
 		respond_error(req, &e);
 		http_req_release(req);
 		return;
@@ -577,7 +576,7 @@ handle_chat(struct router *r, struct http_req *req)
 
 	oai_cfg(r, &cfg, models, true);
 	if (oai_parse_chat(req->body, req->body_len, &cfg, &c, &e) != 0) {
-		stats_count_reject(r, EPMOE_EINVAL);
+		stats_count_reject(r->stats, EPMOE_EINVAL);
 		respond_error(req, &e);
 		http_req_release(req);
 		return;
@@ -678,23 +677,9 @@ respond_cjson(struct http_req *req, int status, cJSON *j)
 static void
 handle_health(struct router *r, struct http_req *req)
 {
-	cJSON *j = cJSON_CreateObject();
-	struct sched_stats st;
-	bool ok = router_ready(r) && !r->stopping;
+	bool ok;
+	cJSON *j = stats_health_json(r, &ok);
 
-	sched_get_stats(r->sched, &st);
-	if (j) {
-		cJSON_AddStringToObject(j, "status", r->stopping ? "stopping" : ok ? "ok" : "loading");
-		cJSON_AddStringToObject(j, "model", served_model(r));
-		cJSON_AddStringToObject(j, "mode", r->cluster ? "distributed" : "local");
-		cJSON_AddNumberToObject(j, "requests_running", st.running);
-		cJSON_AddNumberToObject(j, "requests_waiting", st.waiting);
-		if (r->cluster) {
-			cJSON *pl = stats_placement_json(r);
-			if (pl)
-				cJSON_AddItemToObject(j, "cluster", pl);
-		}
-	}
 	respond_cjson(req, ok ? 200 : 503, j);
 }
 
@@ -704,7 +689,7 @@ handle_metrics(struct router *r, struct http_req *req)
 	char *text;
 	size_t len;
 
-	if (stats_render_metrics(r, &text, &len) != 0) {
+	if (stats_render_metrics(r->stats, &text, &len) != 0) {
 		respond_simple_error(req, 500, NULL, "out of memory");
 		return;
 	}
@@ -748,7 +733,7 @@ handle_models(struct router *r, struct http_req *req)
 static void
 handle_stats(struct router *r, struct http_req *req)
 {
-	respond_cjson(req, 200, stats_json(r));
+	respond_cjson(req, 200, stats_json(r->stats));
 }
 
 static void
@@ -824,45 +809,4 @@ api_stop(struct router *r)
 		http_server_close(r->http, on_http_closed);
 		r->http = NULL;
 	}
-}
-
-int
-router_tokenize(struct router *r, const char *text, size_t len,
-        bool add_special, bool parse_special, int32_t **ids, size_t *n)
-{
-	unsigned flags = (add_special ? TOK_ADD_BOS : 0) |
-	        (parse_special ? TOK_PARSE_SPECIAL : 0);
-	return tok_encode(r->tok, text, len, flags, ids, n);
-}
-
-int
-router_chat_prompt(struct router *r, const char *const *roles,
-        const char *const *contents, size_t n, int32_t **ids, size_t *n_ids)
-{
-	struct chat_msg *msgs = calloc(n ? n : 1, sizeof(*msgs));
-	char *text = NULL;
-	int rc;
-
-	if (msgs == NULL)
-		return EPMOE_ENOMEM;
-	for (size_t i = 0; i < n; i++) {
-		msgs[i].role = roles[i];
-		msgs[i].content = contents[i];
-	}
-	rc = chat_apply(r->chat_template, msgs, n, true, &text);
-	free(msgs);
-	if (rc)
-		return rc;
-	/* the template writes the special tokens as text: parse them; BOS
-	 * comes from the tokenizer's own rule unless the template wrote it */
-	bool has_bos = false;
-	int32_t bos = tok_bos(r->tok);
-	if (bos != TOK_ID_NONE) {
-		size_t bl;
-		const char *bt = tok_token_text(r->tok, bos, &bl);
-		has_bos = bt && bl && strncmp(text, bt, bl) == 0;
-	}
-	rc = router_tokenize(r, text, strlen(text), !has_bos, true, ids, n_ids);
-	free(text);
-	return rc;
 }

@@ -12,6 +12,7 @@
 #include "gen.h"
 #include "rng.h"
 #include "router.h"
+#include "stats.h"
 
 static const char *const field_names[] = {
 	[GEN_F_NONE] = NULL, [GEN_F_MODEL] = "model", [GEN_F_PROMPT] = "prompt",
@@ -377,6 +378,6 @@ gen_submit(struct router *r, const struct gen_req *q, sched_event_fn cb,
 	int rc = submit(r, q, cb, ud, out, err);
 
 	if (rc != 0)
-		stats_count_reject(r, rc);
+		stats_count_reject(r->stats, rc);
 	return rc;
 }

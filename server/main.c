@@ -1,8 +1,7 @@
-/* epmoe-router: the router daemon.  Parses the command line, loads the
- * model's dense part and tokenizer, brings up the experts (in process with
- * --local, else on workers), starts the scheduler's engine thread and the
- * front ends (HTTP, NNG) on one libuv loop, and shuts down cleanly on
- * SIGINT/SIGTERM. */
+/* epmoe-router: the router daemon.  Parses the command line, starts the
+ * router's core (router.c: model, experts, scheduler), the statistics
+ * (stats.c) and the front ends (api.c: HTTP, nngapi.c: NNG) on one libuv
+ * loop, and shuts down cleanly on SIGINT/SIGTERM. */
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -11,10 +10,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "api.h"
 #include "err.h"
 #include "log.h"
-#include "route.h"
+#include "nngapi.h"
 #include "router.h"
+#include "stats.h"
 
 static void
 usage(FILE *f)
@@ -227,6 +228,15 @@ default_name(const char *path)
 	return n;
 }
 
+/* Stops serving; the pending requests fail with their final events. */
+static void
+shutdown_all(struct router *r)
+{
+	api_stop(r);
+	nngapi_stop(r->nngapi);
+	router_stop(r);
+}
+
 static void
 on_signal(uv_signal_t *h, int signum)
 {
@@ -236,11 +246,7 @@ on_signal(uv_signal_t *h, int signum)
 		return;
 	log_info("signal %d: shutting down", signum);
 	r->stopping = true;
-	api_stop(r);
-	nngapi_stop(r->nngapi);
-	/* fails what is pending; the events go out on this loop iteration */
-	sched_stop(r->sched);
-	glue_stop(r);
+	shutdown_all(r);
 	uv_stop(r->loop);
 }
 
@@ -255,7 +261,7 @@ int
 main(int argc, char **argv)
 {
 	struct router r;
-	char err[512] = "", *name = NULL;
+	char *name = NULL;
 	uv_signal_t sig_int, sig_term;
 	int rc, status = 1;
 
@@ -267,51 +273,11 @@ main(int argc, char **argv)
 	log_set_json(r.cfg.log_json);
 	if (r.cfg.model_name == NULL)
 		r.cfg.model_name = name = default_name(r.cfg.model_path);
-	r.created = (int64_t)time(NULL);
 	r.loop = uv_default_loop();
-
-	if ((rc = model_load(&r.model, r.cfg.model_path, err, sizeof(err))) != 0) {
-		log_error("%s", err);
+	/* the core, then beside it the statistics and the front ends */
+	if ((rc = router_start(&r)) != 0)
 		goto out;
-	}
-	if ((rc = tok_load(&r.tok, r.model->gguf, err, sizeof(err))) != 0) {
-		log_error("%s", err);
-		goto out;
-	}
-	{
-		const struct gguf_kv *kv = gguf_find_kv(r.model->gguf, "tokenizer.chat_template");
-		if (kv && kv->type == GGUF_TYPE_STRING &&
-		        (r.chat_template = strndup(kv->v.str.ptr, kv->v.str.len)) == NULL)
-			goto out;
-	}
-	struct engine_opts eo = { .n_threads = r.cfg.threads, .n_ctx = r.cfg.n_ctx,
-		.routing = r.cfg.routing };
-	if ((rc = engine_new(&r.engine, r.model, &eo, err, sizeof(err))) != 0) {
-		log_error("%s", err[0] ? err : epmoe_strerror(rc));
-		goto out;
-	}
-	if (r.cfg.max_tokens_limit == 0)
-		r.cfg.max_tokens_limit = engine_n_ctx(r.engine);
-	if ((rc = glue_start(&r)) != 0)
-		goto out;
-	if ((rc = sched_new(&r.sched, r.loop, r.engine, r.tok, &r.cfg.sched)) != 0) {
-		log_error("cannot start the scheduler: %s", epmoe_strerror(rc));
-		goto out;
-	}
-	if (r.cfg.routing) {
-		/* the server's default routes prompts and decode steps */
-		const struct model_hparams *hp = &r.model->hp;
-		struct route_model gate = { .n_experts = (int)hp->n_expert,
-			.k = (int)hp->n_expert_used, .renorm = hp->expert_weights_norm,
-			.n_layers = (int)hp->n_layer };
-		struct gen_err ge;
-		if ((rc = gen_check_routing(&gate, r.cfg.routing, true, r.default_routing,
-		             &ge)) != 0) {
-			log_error("--routing %s: %s", r.cfg.routing, ge.message);
-			goto out;
-		}
-	}
-	if ((rc = stats_init(&r)) != 0) {
+	if ((rc = stats_new(&r.stats, &r)) != 0) {
 		log_error("cannot set up metrics: %s", epmoe_strerror(rc));
 		goto out;
 	}
@@ -319,7 +285,6 @@ main(int argc, char **argv)
 		goto out;
 	if (r.cfg.nng_url && r.cfg.nng_url[0] && (rc = nngapi_start(&r, &r.nngapi)) != 0)
 		goto out;
-	r.boot_id = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
 	log_info("serving %s (%s, %u layers, %u experts top-%u, vocab %u, ctx %u) on http://%s%s%s,"
 	         " experts %s, routing %s, %d threads, step budget %u tokens, max running %u,"
 	         " wait queue %u, KV budget %zu MiB",
@@ -337,28 +302,16 @@ main(int argc, char **argv)
 	uv_signal_start(&sig_int, on_signal, SIGINT);
 	uv_signal_start(&sig_term, on_signal, SIGTERM);
 	uv_run(r.loop, UV_RUN_DEFAULT);
+	status = 0;
+out:
+	shutdown_all(&r);
 	/* let the final writes and closes finish, then close what is left */
 	uv_run(r.loop, UV_RUN_NOWAIT);
 	uv_walk(r.loop, close_walk, NULL);
 	uv_run(r.loop, UV_RUN_DEFAULT);
-	status = 0;
-out:
-	if (status != 0 && r.http)
-		api_stop(&r);
-	nngapi_stop(r.nngapi);
-	if (r.sched)
-		sched_stop(r.sched);
-	uv_walk(r.loop, close_walk, NULL);
-	uv_run(r.loop, UV_RUN_DEFAULT);
 	nngapi_free(r.nngapi);
-	sched_free(r.sched);
-	if (r.metrics)
-		stats_fini(&r);
-	glue_free(&r);
-	engine_free(r.engine);
-	tok_free(r.tok);
-	free(r.chat_template);
-	model_free(r.model);
+	stats_free(r.stats);
+	router_free(&r);
 	uv_loop_close(r.loop);
 	free(name);
 	log_info("stopped");

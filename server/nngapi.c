@@ -1,5 +1,5 @@
-/* The NNG client API: a REP socket with a pool of contexts, speaking the
- * ClientMsg / ClientReply messages of proto/epmoe.proto (wire-framed).
+/* The NNG client API (see nngapi.h): a REP socket with a pool of
+ * contexts, speaking the wire-framed messages of proto/epmoe.proto.
  *
  * NNG callbacks only move a context to a completion queue and wake the
  * loop with uv_async_send (reliability.md §9); every decision is made on
@@ -22,7 +22,9 @@
 #include "gen.h"
 #include "log.h"
 #include "netsock.h"
+#include "nngapi.h"
 #include "router.h"
+#include "stats.h"
 #include "wire.h"
 #include "wire_nng.h"
 
@@ -430,9 +432,6 @@ on_event(const struct sched_event *ev, void *ud)
 	maybe_forget(n, q);
 }
 
-/* The gen request of a CompletionRequest (msgs: room for its messages).
- * proto3 scalars have no presence: 0 and "" read as "not given" (the
- * server's default), except where the message has a oneof. */
 void
 nngapi_gen_req(const Epmoe__CompletionRequest *cr, struct gen_msg *msgs,
         struct gen_req *q)
@@ -489,7 +488,7 @@ handle_complete(struct nctx *c, const Epmoe__CompletionRequest *cr)
 	if ((q = calloc(1, sizeof(*q))) == NULL ||
 	        (msgs = calloc(cr->n_messages ? cr->n_messages : 1, sizeof(*msgs))) == NULL) {
 		free(q);
-		stats_count_reject(r, EPMOE_ENOMEM);
+		stats_count_reject(r->stats, EPMOE_ENOMEM);
 		reply_error(c, EPMOE__STATUS__STATUS_NO_MEMORY, "out of memory", 0);
 		return;
 	}
@@ -610,19 +609,19 @@ handle_models(struct nctx *c)
 static void
 handle_health(struct nctx *c)
 {
-	struct router *r = c->n->r;
 	Epmoe__ClientReply rep = EPMOE__CLIENT_REPLY__INIT;
-	Epmoe__HealthReply h = EPMOE__HEALTH_REPLY__INIT;
-	struct sched_stats st;
-	bool ok = router_ready(r) && !r->stopping;
+	Epmoe__HealthReply hr = EPMOE__HEALTH_REPLY__INIT;
+	struct stats_health h;
 
-	sched_get_stats(r->sched, &st);
-	h.ok = ok;
-	h.status = r->stopping ? "stopping" : ok ? "ok" : "loading";
-	h.requests_running = st.running;
-	h.requests_queued = st.waiting;
+	stats_health(c->n->r, &h);
+	hr.ok = h.ok;
+	hr.status = (char *)h.status;
+	hr.requests_running = h.running;
+	hr.requests_queued = h.waiting;
+	hr.workers_total = h.workers_total;
+	hr.workers_live = h.workers_live;
 	rep.msg_case = EPMOE__CLIENT_REPLY__MSG_HEALTH;
-	rep.health = &h;
+	rep.health = &hr;
 	ctx_reply(c, &rep);
 }
 
