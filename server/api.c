@@ -26,6 +26,8 @@ struct api_lp {
 	struct oai_top_logprob *top;
 	size_t n_top;
 	char *top_text; /* storage of the top texts */
+	size_t offset;  /* completions: where its text starts in the returned
+	                 * text (prompt + output), in characters */
 };
 
 /* A generation request in flight: the HTTP request, the scheduler request
@@ -45,8 +47,7 @@ struct api_req {
 	size_t len, cap;
 	struct api_lp *lps;
 	size_t n_lps, cap_lps;
-	size_t text_offset; /* characters of output so far (completions) */
-	size_t first_offset;
+	size_t text_offset; /* characters of text returned so far */
 	char *prompt_text;  /* echo */
 	size_t prompt_len;
 };
@@ -132,16 +133,22 @@ utf8_chars(const char *s, size_t n)
 /* ---- request lifecycle ---- */
 
 static void
+lps_free(struct api_lp *l, size_t n)
+{
+	for (size_t i = 0; l && i < n; i++) {
+		free(l[i].text);
+		free(l[i].top);
+		free(l[i].top_text);
+	}
+	free(l);
+}
+
+static void
 api_req_free(struct api_req *a)
 {
 	if (a == NULL)
 		return;
-	for (size_t i = 0; i < a->n_lps; i++) {
-		free(a->lps[i].text);
-		free(a->lps[i].top);
-		free(a->lps[i].top_text);
-	}
-	free(a->lps);
+	lps_free(a->lps, a->n_lps);
 	free(a->text);
 	free(a->model);
 	free(a->prompt_text);
@@ -167,9 +174,10 @@ append_text(struct api_req *a, const char *t, size_t n)
 
 /* Copies a scheduler token into a logprob record. */
 static int
-keep_lp(struct api_lp *l, const struct sched_tok *t)
+keep_lp(struct api_lp *l, const struct sched_tok *t, size_t offset)
 {
 	memset(l, 0, sizeof(*l));
+	l->offset = offset;
 	l->lp = t->logprob;
 	l->has = !isnan(t->logprob);
 	if ((l->text = malloc(t->text_len + 1)) == NULL)
@@ -193,8 +201,10 @@ keep_lp(struct api_lp *l, const struct sched_tok *t)
 	return 0;
 }
 
+/* Keeps n tokens' records, token i's text starting at offsets[i]. */
 static int
-push_lps(struct api_req *a, const struct sched_tok *toks, size_t n)
+push_lps(struct api_req *a, const struct sched_tok *toks, size_t n,
+        const size_t *offsets)
 {
 	if (a->n_lps + n > a->cap_lps) {
 		size_t nc = (a->n_lps + n) * 2;
@@ -205,7 +215,7 @@ push_lps(struct api_req *a, const struct sched_tok *toks, size_t n)
 		a->cap_lps = nc;
 	}
 	for (size_t i = 0; i < n; i++) {
-		int rc = keep_lp(&a->lps[a->n_lps], &toks[i]);
+		int rc = keep_lp(&a->lps[a->n_lps], &toks[i], offsets[i]);
 		a->n_lps++;
 		if (rc)
 			return rc;
@@ -227,6 +237,7 @@ lp_views(const struct api_lp *l, size_t n)
 		v[i].has_logprob = l[i].has;
 		v[i].top = l[i].top;
 		v[i].n_top = l[i].n_top;
+		v[i].text_offset = l[i].offset;
 	}
 	return v;
 }
@@ -261,7 +272,6 @@ stream_chunk(struct api_req *a, const char *text, size_t len,
 		v = lp_views(lps, n_lps);
 		ch.lps = v;
 		ch.n_lps = n_lps;
-		ch.text_offset = a->text_offset;
 	}
 	if (a->kind == API_COMPLETION) {
 		j = oai_completion_chunk(a->id, a->model, a->created, &ch, a->include_usage);
@@ -302,7 +312,6 @@ respond_whole(struct api_req *a, const char *finish, const struct oai_usage *u)
 		v = lp_views(a->lps, a->n_lps);
 		ch.lps = v;
 		ch.n_lps = a->n_lps;
-		ch.text_offset = a->first_offset;
 	}
 	j = a->kind == API_COMPLETION ?
 	        oai_completion_response(a->id, a->model, a->created, &ch, u) :
@@ -317,6 +326,34 @@ respond_whole(struct api_req *a, const char *finish, const struct oai_usage *u)
 	free(full);
 }
 
+/* echo: the prompt's chunk (streamed) or records.  Offsets index into the
+ * returned prompt text (gen_token_offsets), in characters. */
+static void
+on_prompt(struct api_req *a, const struct sched_event *ev)
+{
+	size_t n = ev->n_toks, *off = NULL;
+	struct api_lp *tmp = NULL;
+
+	if (a->want_lps && n && (off = malloc(n * sizeof(*off))) != NULL) {
+		gen_token_offsets(a->prompt_text ? a->prompt_text : "", a->prompt_len,
+		        ev->toks, n, off);
+		for (size_t i = 0; i < n; i++)
+			off[i] = utf8_chars(a->prompt_text, off[i]);
+	}
+	if (!a->stream) {
+		if (off)
+			push_lps(a, ev->toks, n, off);
+		free(off);
+		return;
+	}
+	if (off && (tmp = calloc(n, sizeof(*tmp))) != NULL)
+		for (size_t i = 0; i < n; i++)
+			keep_lp(&tmp[i], &ev->toks[i], off[i]);
+	stream_chunk(a, a->prompt_text, a->prompt_len, tmp, tmp ? n : 0, NULL);
+	lps_free(tmp, tmp ? n : 0);
+	free(off);
+}
+
 static void
 on_sched_event(const struct sched_event *ev, void *ud)
 {
@@ -328,24 +365,7 @@ on_sched_event(const struct sched_event *ev, void *ud)
 			break;
 		/* echo: the prompt text comes first; its logprobs (the first has
 		 * none) lead the token list */
-		if (a->stream) {
-			struct api_lp *tmp = NULL;
-			if (a->want_lps && ev->n_toks) {
-				tmp = calloc(ev->n_toks, sizeof(*tmp));
-				for (size_t i = 0; tmp && i < ev->n_toks; i++)
-					keep_lp(&tmp[i], &ev->toks[i]);
-			}
-			stream_chunk(a, a->prompt_text, a->prompt_len, tmp,
-			        tmp ? ev->n_toks : 0, NULL);
-			for (size_t i = 0; tmp && i < ev->n_toks; i++) {
-				free(tmp[i].text);
-				free(tmp[i].top);
-				free(tmp[i].top_text);
-			}
-			free(tmp);
-		} else if (a->want_lps) {
-			push_lps(a, ev->toks, ev->n_toks);
-		}
+		on_prompt(a, ev);
 		a->text_offset += utf8_chars(a->prompt_text, a->prompt_len);
 		break;
 	case SCHED_EV_TOKEN:
@@ -353,7 +373,8 @@ on_sched_event(const struct sched_event *ev, void *ud)
 			break;
 		if (a->stream) {
 			struct api_lp one;
-			int have = a->want_lps && ev->n_toks && keep_lp(&one, &ev->toks[0]) == 0;
+			int have = a->want_lps && ev->n_toks &&
+			        keep_lp(&one, &ev->toks[0], a->text_offset) == 0;
 			if (ev->text_len || have)
 				stream_chunk(a, ev->text ? ev->text : "", ev->text_len,
 				        have ? &one : NULL, have ? 1 : 0, NULL);
@@ -366,7 +387,7 @@ on_sched_event(const struct sched_event *ev, void *ud)
 			if (ev->text_len)
 				append_text(a, ev->text, ev->text_len);
 			if (a->want_lps && ev->n_toks)
-				push_lps(a, ev->toks, ev->n_toks);
+				push_lps(a, ev->toks, 1, &a->text_offset);
 		}
 		a->text_offset += utf8_chars(ev->text ? ev->text : "", ev->text_len);
 		break;

@@ -1128,7 +1128,6 @@ static int
 add_completion_logprobs(cJSON *choice, const struct oai_choice *c)
 {
 	cJSON *lp, *tokens, *tlps, *tops, *offs;
-	size_t off = c->text_offset;
 
 	if (c->lps == NULL)
 		return cJSON_AddNullToObject(choice, "logprobs") != NULL;
@@ -1178,12 +1177,11 @@ add_completion_logprobs(cJSON *choice, const struct oai_choice *c)
 			cJSON_Delete(top);
 			return 0;
 		}
-		item = cJSON_CreateNumber((double)off);
+		item = cJSON_CreateNumber((double)t->text_offset);
 		if (item == NULL || !cJSON_AddItemToArray(offs, item)) {
 			cJSON_Delete(item);
 			return 0;
 		}
-		off += n_chars;
 	}
 	return 1;
 }

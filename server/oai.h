@@ -179,6 +179,9 @@ struct oai_token_logprob {
 	int has_logprob;
 	const struct oai_top_logprob *top; /* [n_top], borrowed */
 	size_t n_top;
+	size_t text_offset; /* completions: where its text starts in the
+	                     * returned text (prompt + output), in characters
+	                     * (code points), as OpenAI's text_offset */
 };
 
 /* One choice of a response or a chunk (index 0: n is always 1).  Text may
@@ -190,10 +193,6 @@ struct oai_choice {
 	const char *finish_reason;   /* "stop", "length", ... or NULL (null) */
 	const struct oai_token_logprob *lps; /* [n_lps]; NULL: "logprobs": null */
 	size_t n_lps;
-	size_t text_offset;          /* completions: text_offset of lps[0], in
-	                              * characters (code points) from the start
-	                              * of prompt + output; each next token's is
-	                              * the previous plus its length */
 };
 
 struct oai_usage {

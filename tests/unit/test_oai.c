@@ -636,11 +636,11 @@ START_TEST(completion_response_has_openai_fields)
 		{ " world", 6, -0.25f }, { " there", 6, -1.5f }, { " world", 6, -3.0f }
 	};
 	const struct oai_token_logprob lps[] = {
-		{ "Hello", 5, 0, 0, NULL, 0 },
-		{ " world", 6, -0.25f, 1, top1, 3 },
-		{ "\xe2\x82", 2, -INFINITY, 1, NULL, 0 }, /* a split character */
+		{ "Hello", 5, 0, 0, NULL, 0, 0 },
+		{ " world", 6, -0.25f, 1, top1, 3, 5 },
+		{ "\xe2\x82", 2, -INFINITY, 1, NULL, 0, 11 }, /* a split character */
 	};
-	struct oai_choice ch = { "Hello world\xe2\x82", 13, "length", lps, 3, 0 };
+	struct oai_choice ch = { "Hello world\xe2\x82", 13, "length", lps, 3 };
 	struct oai_usage u = { 1, 2 };
 	const cJSON *c, *lp, *a;
 	cJSON *j;
@@ -683,7 +683,7 @@ END_TEST
 
 START_TEST(completion_chunk_and_usage_chunk)
 {
-	struct oai_choice ch = { "tok", 3, NULL, NULL, 0, 0 };
+	struct oai_choice ch = { "tok", 3, NULL, NULL, 0 };
 	struct oai_usage u = { 4, 5 };
 	const cJSON *c;
 	cJSON *j;
@@ -718,9 +718,9 @@ START_TEST(chat_response_and_chunks_have_openai_fields)
 {
 	static const struct oai_top_logprob top[] = { { "Hi", 2, -0.1f },
 		{ "Yo", 2, -2.5f } };
-	const struct oai_token_logprob lps[] = { { "Hi", 2, -0.1f, 1, top, 2 } };
-	struct oai_choice ch = { "Hi", 2, "stop", lps, 1, 0 };
-	struct oai_choice delta = { NULL, 0, NULL, NULL, 0, 0 };
+	const struct oai_token_logprob lps[] = { { "Hi", 2, -0.1f, 1, top, 2, 0 } };
+	struct oai_choice ch = { "Hi", 2, "stop", lps, 1 };
+	struct oai_choice delta = { NULL, 0, NULL, NULL, 0 };
 	struct oai_usage u = { 3, 1 };
 	const cJSON *c, *m, *e;
 	cJSON *j;
@@ -838,7 +838,7 @@ START_TEST(invalid_utf8_is_replaced_in_every_text)
 	 * 4-byte sequences, a NUL byte */
 	const char raw[] = "\xc0\xaf|\xed\xa0\x80|\xf0\x9f\x98|\x80|\xe2\x82\xac|"
 	        "\xf0\x9f\x98\x80|\x00|";
-	struct oai_choice ch = { raw, sizeof(raw) - 1, NULL, NULL, 0, 0 };
+	struct oai_choice ch = { raw, sizeof(raw) - 1, NULL, NULL, 0 };
 	const char *t;
 	cJSON *j;
 
