@@ -271,8 +271,11 @@ main(int argc, char **argv)
 	if (parse_args(argc, argv, &r.cfg) != 0)
 		return 2;
 	log_set_json(r.cfg.log_json);
-	if (r.cfg.model_name == NULL)
-		r.cfg.model_name = name = default_name(r.cfg.model_path);
+	if (r.cfg.model_name == NULL &&
+	        (r.cfg.model_name = name = default_name(r.cfg.model_path)) == NULL) {
+		log_error("out of memory");
+		return 1;
+	}
 	r.loop = uv_default_loop();
 	/* the core, then beside it the statistics and the front ends */
 	if ((rc = router_start(&r)) != 0)

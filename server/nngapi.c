@@ -642,13 +642,14 @@ handle_tokenize(struct nctx *c, const Epmoe__TokenizeRequest *tr)
 	}
 	char **pieces = calloc(n ? n : 1, sizeof(char *));
 	uint32_t *u = malloc((n ? n : 1) * sizeof(uint32_t));
-	if (pieces && u) {
-		for (size_t i = 0; i < n; i++) {
-			char buf[256];
-			int l = tok_piece(r->tok, ids[i], buf, sizeof(buf), TOK_DECODE_SPECIAL);
-			u[i] = (uint32_t)ids[i];
-			pieces[i] = strndup(buf, l < 0 ? 0 : (size_t)l);
-		}
+	bool ok = pieces && u;
+	for (size_t i = 0; ok && i < n; i++) {
+		char buf[256];
+		int l = tok_piece(r->tok, ids[i], buf, sizeof(buf), TOK_DECODE_SPECIAL);
+		u[i] = (uint32_t)ids[i];
+		ok = (pieces[i] = strndup(buf, l < 0 ? 0 : (size_t)l)) != NULL;
+	}
+	if (ok) {
 		t.tokens = u;
 		t.n_tokens = n;
 		t.pieces = pieces;
