@@ -20,6 +20,7 @@
 
 #include "err.h"
 #include "gguf.h"
+#include "testutil.h"
 
 /* ---- helpers ---- */
 
@@ -1356,8 +1357,6 @@ main(void)
 	TCase *wr = tcase_create("write");
 	TCase *bad = tcase_create("malformed");
 	TCase *cv = tcase_create("convert");
-	SRunner *sr;
-	int nf;
 
 	tcase_add_checked_fixture(rd, tmp_setup, tmp_teardown);
 	tcase_add_checked_fixture(wr, tmp_setup, tmp_teardown);
@@ -1385,9 +1384,5 @@ main(void)
 	suite_add_tcase(s, wr);
 	suite_add_tcase(s, bad);
 	suite_add_tcase(s, cv);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	nf = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return nf == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return tu_run(s);
 }

@@ -13,6 +13,7 @@
 
 #include "err.h"
 #include "oai.h"
+#include "testutil.h"
 
 static const char *const models[] = { "tiny-moe", "other" };
 
@@ -856,8 +857,6 @@ main(void)
 {
 	Suite *s = suite_create("oai");
 	TCase *tc = tcase_create("core");
-	SRunner *sr;
-	int nf;
 
 	tcase_add_test(tc, completion_with_every_field_parses);
 	tcase_add_test(tc, completion_absent_and_null_fields_are_not_given);
@@ -880,9 +879,5 @@ main(void)
 	tcase_add_test(tc, ids_have_prefix_and_do_not_repeat);
 	tcase_add_test(tc, invalid_utf8_is_replaced_in_every_text);
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	nf = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return nf == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return tu_run(s);
 }
