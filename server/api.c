@@ -482,6 +482,43 @@ gen_from_oai(struct gen_req *q, const struct oai_gen *g)
 	q->ignore_eos = g->ignore_eos;
 }
 
+void
+api_gen_completion(const struct oai_completion_req *c, struct gen_req *q)
+{
+	gen_req_init(q, GEN_COMPLETION);
+	gen_from_oai(q, &c->gen);
+	q->model = c->model;
+	if (c->prompt_tokens) {
+		/* oai checked they are integers in [0, 2^31) */
+		q->ids = (const uint32_t *)c->prompt_tokens;
+		q->n_ids = c->n_prompt_tokens;
+	} else {
+		q->text = c->prompt ? c->prompt : "";
+		q->text_len = c->prompt_len;
+	}
+	q->echo = c->echo;
+	q->has_logprobs = c->has_logprobs;
+	q->logprobs = c->logprobs;
+}
+
+void
+api_gen_chat(const struct oai_chat_req *c, struct gen_msg *msgs, struct gen_req *q)
+{
+	static const char *const role_names[] = { "system", "user", "assistant" };
+
+	for (size_t i = 0; i < c->n_messages; i++) {
+		msgs[i].role = role_names[c->messages[i].role];
+		msgs[i].content = c->messages[i].content;
+	}
+	gen_req_init(q, GEN_CHAT);
+	gen_from_oai(q, &c->gen);
+	q->model = c->model;
+	q->msgs = msgs;
+	q->n_msgs = c->n_messages;
+	q->has_logprobs = c->logprobs;
+	q->logprobs = c->top_logprobs;
+}
+
 /* Submits the request; on success (0) a owns req until its final event,
  * else the error is answered and both are released. */
 static int
@@ -544,20 +581,7 @@ handle_completion(struct router *r, struct http_req *req)
 		http_req_release(req);
 		return;
 	}
-	gen_req_init(&q, GEN_COMPLETION);
-	gen_from_oai(&q, &c.gen);
-	q.model = c.model;
-	if (c.prompt_tokens) {
-		/* oai checked they are integers in [0, 2^31) */
-		q.ids = (const uint32_t *)c.prompt_tokens;
-		q.n_ids = c.n_prompt_tokens;
-	} else {
-		q.text = c.prompt;
-		q.text_len = c.prompt_len;
-	}
-	q.echo = c.echo;
-	q.has_logprobs = c.has_logprobs;
-	q.logprobs = c.logprobs;
+	api_gen_completion(&c, &q);
 	if ((a = api_req_new(r, req, API_COMPLETION, c.model, &c.gen)) == NULL) {
 		oai_completion_req_fini(&c);
 		respond_simple_error(req, 503, NULL, "out of memory");
@@ -586,7 +610,6 @@ handle_completion(struct router *r, struct http_req *req)
 static void
 handle_chat(struct router *r, struct http_req *req)
 {
-	static const char *const role_names[] = { "system", "user", "assistant" };
 	struct oai_chat_req c;
 	struct oai_config cfg;
 	struct oai_error e;
@@ -611,17 +634,7 @@ handle_chat(struct router *r, struct http_req *req)
 		http_req_release(req);
 		return;
 	}
-	for (size_t i = 0; i < c.n_messages; i++) {
-		msgs[i].role = role_names[c.messages[i].role];
-		msgs[i].content = c.messages[i].content;
-	}
-	gen_req_init(&q, GEN_CHAT);
-	gen_from_oai(&q, &c.gen);
-	q.model = c.model;
-	q.msgs = msgs;
-	q.n_msgs = c.n_messages;
-	q.has_logprobs = c.logprobs;
-	q.logprobs = c.top_logprobs;
+	api_gen_chat(&c, msgs, &q);
 	a->want_lps = c.logprobs;
 	submit(r, req, a, &q, c.gen.max_tokens_key);
 	free(msgs);

@@ -142,7 +142,9 @@ gen_check_routing(const struct route_model *gate, const char *spec, bool decode,
 		return fail(err, EPMOE_EINVAL, GEN_F_ROUTING, "%s; it routes whole prompts "
 		        "only: use it with max_tokens 0 (scoring with echo and logprobs), or "
 		        "pick a policy that routes decode steps", msg);
-	if (route_format(&cfg, canon, GEN_MAX_ROUTING + 1) != 0)
+	/* the resolved configuration is the policy: one spelling for all the
+	 * specs that make the same one ("sinkhorn" = "sinkhorn:xi=1.0") */
+	if (route_format(&resolved, canon, GEN_MAX_ROUTING + 1) != 0)
 		return fail(err, EPMOE_EINVAL, GEN_F_ROUTING, "'routing' is too long");
 	return 0;
 }

@@ -158,9 +158,8 @@ check_default_routing(struct router *r)
 	struct gen_err ge;
 	int rc;
 
-	if (r->cfg.routing == NULL)
-		return 0;
-	if ((rc = gen_check_routing(&gate, r->cfg.routing, true, r->default_routing, &ge)) != 0)
+	if ((rc = gen_check_routing(&gate, r->cfg.routing ? r->cfg.routing : "native", true,
+	             r->default_routing, &ge)) != 0)
 		log_error("--routing %s: %s", r->cfg.routing, ge.message);
 	return rc;
 }

@@ -56,7 +56,7 @@ struct router {
 	struct engine *engine;
 	struct tok *tok;
 	char *chat_template;      /* tokenizer.chat_template or NULL */
-	char default_routing[GEN_MAX_ROUTING + 1]; /* canonical --routing, or "" */
+	char default_routing[GEN_MAX_ROUTING + 1]; /* canonical --routing */
 	struct sched *sched;
 	int64_t created;
 	uint64_t boot_id;
