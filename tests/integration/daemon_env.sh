@@ -6,6 +6,8 @@
 # - `epmoe health`: a router that is not ready (1), ready (0), a worker's
 #   health file (fresh: 0, removed on exit: 1), and the defaults a
 #   container uses ($EPMOE_HTTP with a wildcard host, $EPMOE_HEALTH_FILE);
+# - /metrics: epmoe_worker_up names each worker index's id and node, and
+#   each index has request latencies;
 # - the router's drain on SIGTERM: /health turns 503 "stopping", new
 #   requests get 503, the running stream finishes normally, exit 0.
 set -u
@@ -118,6 +120,18 @@ EPMOE_HEALTH_FILE=/nonexistent EPMOE_HTTP="0.0.0.0:$http_port" "$E" health >"$TM
 "$E" health --file "$TMPD/nope" -q && fail "a missing health file is healthy"
 "$E" health --max-age 0 "$HTTP_URL" 2>/dev/null; [ $? -eq 2 ] || fail "--max-age 0 accepted"
 n=$((n + 3))
+
+# per-worker latency and identity in /metrics
+curl -sf -m 30 "$HTTP_URL/v1/completions" -H 'Content-Type: application/json' \
+	-d '{"prompt": "a b c", "max_tokens": 4}' >/dev/null || fail "a completion failed"
+curl -sf -m 5 "$HTTP_URL/metrics" >"$TMPD/metrics" || fail "/metrics failed"
+for w in 0 1; do
+	grep -Eq "^epmoe_worker_up\{worker=\"$w\",id=\"w$w\",node=\"[^\"]+\"\} 1\$" "$TMPD/metrics" ||
+		fail "no epmoe_worker_up line for w$w: $(grep worker_up "$TMPD/metrics")"
+	grep -Eq "^epmoe_worker_request_seconds_count\{worker=\"$w\"\} [1-9]" "$TMPD/metrics" ||
+		fail "no request latency for worker $w"
+	n=$((n + 2))
+done
 
 # --- drain: a long stream, then SIGTERM
 curl -sN -m 60 "$HTTP_URL/v1/completions" -H 'Content-Type: application/json' \
