@@ -8,7 +8,13 @@
  * $EPMOE_HTTP (the router's own listen address; a wildcard host becomes
  * the loopback address), else http://127.0.0.1:8080.
  *
- * Exit status: 0 ready, 1 not ready or no answer, 2 usage error. */
+ * --live asks less of a router: that it answers at all (also while it
+ * waits for workers or drains).  That is the liveness an orchestrator may
+ * restart on, and what Docker Swarm needs before it publishes a task's
+ * name (workers must reach the router before it can be ready).
+ *
+ * Exit status: 0 ready (or live), 1 not ready or no answer, 2 usage
+ * error. */
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -36,6 +42,8 @@ usage(FILE *f)
 	        "                       (default without URL: $EPMOE_HEALTH_FILE when that\n"
 	        "                       file exists)\n"
 	        "      --max-age S      seconds (default 10)\n"
+	        "      --live           a router only has to answer (it may still wait\n"
+	        "                       for workers, or drain): a liveness check\n"
 	        "      --timeout MS     give up on the router after MS (default 5000)\n"
 	        "  -q, --quiet          print nothing\n"
 	        "exit status: 0 ready, 1 not ready or no answer, 2 usage error\n");
@@ -93,7 +101,7 @@ check_file(const char *path, long max_age, int quiet)
 }
 
 static int
-check_url(const char *url, long timeout_ms, int quiet)
+check_url(const char *url, long timeout_ms, int live, int quiet)
 {
 	struct epmoe_client_opts o = { 0 };
 	struct epmoe_client *cl = NULL;
@@ -115,9 +123,9 @@ check_url(const char *url, long timeout_ms, int quiet)
 		return 1;
 	}
 	if (!quiet)
-		printf("%s: %s\n", h.ok ? "ok" : "not ready", h.status);
+		printf("%s: %s\n", h.ok ? "ok" : live ? "live" : "not ready", h.status);
 	epmoe_client_free(cl);
-	return h.ok ? 0 : 1;
+	return h.ok || live ? 0 : 1;
 }
 
 int
@@ -128,13 +136,14 @@ cmd_health(int argc, char **argv)
 		{ "max-age", required_argument, NULL, 'a' },
 		{ "timeout", required_argument, NULL, 'T' },
 		{ "quiet", no_argument, NULL, 'q' },
+		{ "live", no_argument, NULL, 'l' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 }
 	};
 	const char *file = NULL, *url = NULL, *ev;
 	long max_age = 10, timeout_ms = 5000;
 	char buf[512];
-	int c, quiet = 0;
+	int c, quiet = 0, live = 0;
 	struct stat st;
 
 	opterr = 0;
@@ -150,6 +159,7 @@ cmd_health(int argc, char **argv)
 				return cli_bad("health", "--timeout", "expected ms in 1..3600000");
 			break;
 		case 'q': quiet = 1; break;
+		case 'l': live = 1; break;
 		case 'h': usage(stdout); return 0;
 		case ':': return cli_bad("health", argv[optind - 1], "missing value");
 		default: return cli_bad("health", argv[optind - 1], "unknown option");
@@ -171,5 +181,5 @@ cmd_health(int argc, char **argv)
 		url_of_listen(ev && *ev ? ev : "127.0.0.1:8080", buf, sizeof(buf));
 		url = buf;
 	}
-	return check_url(url, timeout_ms, quiet);
+	return check_url(url, timeout_ms, live, quiet);
 }

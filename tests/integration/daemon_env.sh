@@ -3,7 +3,7 @@
 # - every flag of epmoe-router and epmoe-worker names an EPMOE_* variable
 #   in --help, and each such variable really reaches the parser (all set at
 #   once, --print-config must list every flag as coming from its variable);
-# - `epmoe health`: a router that is not ready (1), ready (0), a worker's
+# - `epmoe health`: a router that is not ready (1; --live: 0), ready (0), a worker's
 #   health file (fresh: 0, removed on exit: 1), and the defaults a
 #   container uses ($EPMOE_HTTP with a wildcard host, $EPMOE_HEALTH_FILE);
 # - /metrics: epmoe_worker_up names each worker index's id and node, and
@@ -107,7 +107,9 @@ grep -q "ok: state=registered index=0" "$TMPD/out" || fail "health file output: 
 EPMOE_HEALTH_FILE="$TMPD/w0.health" "$E" health -q || fail "EPMOE_HEALTH_FILE not used by default"
 "$E" health "$HTTP_URL" >"$TMPD/out"
 [ $? -eq 1 ] && grep -q "not ready: loading" "$TMPD/out" || fail "a router missing a worker is not 'not ready': $(cat "$TMPD/out")"
-n=$((n + 3))
+"$E" health --live "$HTTP_URL" >"$TMPD/out" || fail "a router waiting for a worker is not live: $(cat "$TMPD/out")"
+grep -q "live: loading" "$TMPD/out" || fail "--live output: $(cat "$TMPD/out")"
+n=$((n + 4))
 start_worker 1
 i=0
 until "$E" health -q "$HTTP_URL"; do
