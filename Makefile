@@ -73,13 +73,15 @@ LIB_CLIENT := $(B)/lib/libepmoe-client.a
 LIBS_ALL := $(LIB_SERVER) $(LIB_WORKER) $(LIB_CLIENT) $(LIB_COMMON)
 
 BINS := $(B)/bin/epmoe $(B)/bin/epmoe-router $(B)/bin/epmoe-worker
+# the testbed's delay relay (deploy/testbed/relay.c; not installed)
+RELAY := $(B)/bin/epmoe-relay
 TESTS := $(patsubst tests/unit/%.c,$(B)/tests/%,$(TEST_SRC))
 
 .PHONY: all deps run test test-only bench bench-only clean check-deps train
 .DEFAULT_GOAL := all
 .SECONDARY:
 
-all: $(BINS) $(TESTS)
+all: $(BINS) $(RELAY) $(TESTS)
 
 deps:
 	@missing=""; \
@@ -136,6 +138,10 @@ $(B)/bin/epmoe-router: $(B)/obj/server/main.o $(LIBS_ALL)
 $(B)/bin/epmoe-worker: $(B)/obj/worker/main.o $(LIBS_ALL)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $< $(LIBS_ALL) $(PKG_LIBS)
+
+$(RELAY): $(B)/obj/deploy/testbed/relay.o
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $< $(PKG_LIBS)
 
 $(B)/tests/%: $(B)/obj/tests/unit/%.o $(call obj,$(TEST_SUPPORT)) $(LIBS_ALL)
 	@mkdir -p $(dir $@)
