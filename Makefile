@@ -5,6 +5,9 @@
 #                   with two local workers on 127.0.0.1:8080
 #   make test       install, build, run the Check suites and the
 #                   integration tests (SAN=1: under ASan + UBSan)
+#   make test-deploy  (root) the deployment tests: Kubernetes manifests
+#                   offline, the multi-host testbed (network namespaces),
+#                   the Docker image, compose and a one-node swarm
 #   make bench      print the benchmark tables
 #   make deps       install the missing Debian packages (apt-get; sudo when
 #                   not root) and say what it installs
@@ -25,6 +28,8 @@ PYTHON ?= /usr/bin/python3
 DEB_PKGS := build-essential pkg-config libuv1-dev libnng-dev libopenblas-dev \
 	libprotobuf-c-dev protobuf-c-compiler check libcjson-dev \
 	libhttp-parser-dev libpcre2-dev libcurl4-openssl-dev curl
+# Debian packages of `make test-deploy` only (installed by it).
+DEB_DEPLOY_PKGS := iptables docker.io docker-compose debootstrap python3-yaml
 # pkg-config modules; nng (CMake config only) and http-parser (no .pc) are
 # linked directly.  Recursively expanded so they are read after `deps`.
 PKGS := libuv openblas libprotobuf-c check libcjson libpcre2-8 libcurl
@@ -77,7 +82,7 @@ BINS := $(B)/bin/epmoe $(B)/bin/epmoe-router $(B)/bin/epmoe-worker
 RELAY := $(B)/bin/epmoe-relay
 TESTS := $(patsubst tests/unit/%.c,$(B)/tests/%,$(TEST_SRC))
 
-.PHONY: all deps run test test-only bench bench-only clean check-deps train
+.PHONY: all deps run test test-only test-deploy bench bench-only clean check-deps train
 .DEFAULT_GOAL := all
 .SECONDARY:
 
@@ -158,6 +163,10 @@ test: deps
 
 test-only: all
 	@EPMOE_BUILD=$(B) SAN=$(SAN) sh tests/run.sh
+
+test-deploy: deps
+	@$(MAKE) --no-print-directory all
+	@EPMOE_BUILD=$(B) DEB_DEPLOY_PKGS="$(DEB_DEPLOY_PKGS)" sh tests/deploy/run.sh
 
 bench: deps
 	@$(MAKE) --no-print-directory bench-only
