@@ -31,7 +31,8 @@ DOCKERD_PID= SWARM_INIT= COMPOSE_UP= STACK_UP=
 export PATH
 
 say() { echo "docker: $*"; }
-ok() { passed=$((passed + 1)); say "ok: $*"; }
+T_START=$(date +%s)
+ok() { passed=$((passed + 1)); say "ok [$(( $(date +%s) - T_START )) s]: $*"; }
 fail() {
 	failed=$((failed + 1))
 	say "FAIL: $*"
