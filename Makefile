@@ -8,7 +8,8 @@
 #   make test-deploy  (root) the deployment tests: Kubernetes manifests
 #                   offline, the multi-host testbed (network namespaces),
 #                   the Docker image, compose and a one-node swarm
-#   make bench      print the benchmark tables
+#   make bench      print the benchmark tables (make bench-testbed, root:
+#                   the cost of the testbed's delay relay)
 #   make deps       install the missing Debian packages (apt-get; sudo when
 #                   not root) and say what it installs
 #   make clean      remove build/
@@ -82,7 +83,7 @@ BINS := $(B)/bin/epmoe $(B)/bin/epmoe-router $(B)/bin/epmoe-worker
 RELAY := $(B)/bin/epmoe-relay
 TESTS := $(patsubst tests/unit/%.c,$(B)/tests/%,$(TEST_SRC))
 
-.PHONY: all deps run test test-only test-deploy bench bench-only clean check-deps train
+.PHONY: all deps run test test-only test-deploy bench bench-only bench-testbed clean check-deps train
 .DEFAULT_GOAL := all
 .SECONDARY:
 
@@ -170,6 +171,10 @@ test-deploy: deps
 
 bench: deps
 	@$(MAKE) --no-print-directory bench-only
+
+# (root) the testbed's delay relay against plain links, alternating
+bench-testbed: all
+	@EPMOE_BIN=$(CURDIR)/$(B)/bin sh tests/testbed/bench/relay_cost.sh
 
 bench-only: $(BINS)
 	@EPMOE_BUILD=$(B) sh client/bench/run.sh

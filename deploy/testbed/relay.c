@@ -12,7 +12,7 @@
  * jitter never reorders (a chunk is never released before the one read
  * before it); a chunk waits whole, so a large write arrives in pieces as
  * it was read.  It adds its own copy and wake-up cost: measure it at
- * delay 0 (make bench-testbed prints it).
+ * delay 0 (`make bench-testbed` prints it against plain links).
  *
  * Memory is bounded: a direction stops reading once RELAY_MAX_QUEUED
  * bytes wait, and resumes when half have been written.  Delay and jitter
