@@ -54,6 +54,7 @@ INC_common := -Icommon -I$(B)/gen
 INC_worker := -Icommon -Iworker -I$(B)/gen
 INC_server := -Icommon -Iserver -I$(B)/gen
 INC_client := -Icommon -Iclient -I$(B)/gen
+INC_deploy :=
 INC_tests := -Icommon -Iserver -Iworker -Iclient -Itests/unit -I$(B)/gen
 CPPFLAGS_ALL = $(INC_$(firstword $(subst /, ,$<))) $(PKG_CFLAGS) \
 	-D_GNU_SOURCE -MMD -MP
