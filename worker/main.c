@@ -232,6 +232,14 @@ main(int argc, char **argv)
 	int rc, log_json = 0;
 	bool print = false;
 
+	/* first: a SIGTERM that comes during start-up (a router that dies at
+	 * once takes its local workers along) still ends in a clean exit */
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_signal;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
 	log_set_name("epmoe-worker");
 	if (envargs_init(&ea, env_table, sizeof(env_table) / sizeof(env_table[0]), argc,
 	            argv) != 0) {
@@ -247,13 +255,6 @@ main(int argc, char **argv)
 		return rc < 0 ? 0 : rc;
 	}
 	log_set_json(log_json);
-
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = on_signal;
-	sigemptyset(&sa.sa_mask);
-	sigaction(SIGTERM, &sa, NULL);
-	sigaction(SIGINT, &sa, NULL);
-	signal(SIGPIPE, SIG_IGN);
 
 	if ((rc = worker_new(&w, &cfg, err, sizeof(err))) != 0) {
 		log_error("%s", err[0] ? err : epmoe_strerror(rc));

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Scale-out on hosts with a CPU budget of their own (0.5 core each): the
+# Scale-out on hosts with a CPU budget of their own (a quarter core each): the
 # same closed-loop load against 1, 2 and 4 worker hosts, on a model whose
 # experts carry most of the work (random weights, dim 512, 8 experts of ff
 # 4096, 4 layers, F16; written once into the build folder).  The router
@@ -17,7 +17,7 @@ if [ -z "${EPMOE_TESTBED_MODEL:-}" ]; then
 		fail "mkmodel"
 fi
 
-tb_up 4 --cpu 0.5
+tb_up 4 --cpu 0.25
 base=
 for n in 1 2 4; do
 	: >"$TMPD/router.log"
@@ -41,7 +41,7 @@ for n in 1 2 4; do
 		i=$((i + 1))
 	done
 	[ -n "$base" ] || base=$tps
-	note "$n worker host(s) at 0.5 CPU: $tps tok/s (x$(awk -v a="$tps" -v b="$base" 'BEGIN { printf "%.2f", a / b }') of 1 host)"
+	note "$n worker host(s) at 0.25 CPU: $tps tok/s (x$(awk -v a="$tps" -v b="$base" 'BEGIN { printf "%.2f", a / b }') of 1 host)"
 	# next size: a new router with the new placement, new workers
 	$TB kill h0 TERM
 	pids=$RPID
