@@ -9,7 +9,7 @@
 # throughput of each size as a ratio to one worker.
 TEST_NAME=tb_scaleout
 . "$(dirname "$0")/testbed.inc"
-REQ=${TB_SCALEOUT_REQUESTS:-16}
+REQ=${TB_SCALEOUT_REQUESTS:-10}
 if [ -z "${EPMOE_TESTBED_MODEL:-}" ]; then
 	MODEL=$top/${EPMOE_BUILD:-build}/models/scaleout-ff4096-f16.gguf
 	[ -f "$MODEL" ] || "$B/epmoe" mkmodel --arch llama --out "$MODEL" --dim 512 --ff 4096 \
