@@ -6,7 +6,8 @@
 # the mean expert batch round trip and request time of each round and the
 # ratio relay / plain per round.  Root only.
 TEST_NAME=relay_cost
-. "$(dirname "$0")/../testbed.inc"
+top=$(cd "$(dirname "$0")/../../.." && pwd)
+. "$top/tests/testbed/testbed.inc"
 ROUNDS=${ROUNDS:-3}
 N_REQ=${N_REQ:-10}
 BODY='{"prompt": "And God said, Let there be", "max_tokens": 24, "temperature": 0}'
