@@ -236,6 +236,9 @@ int gguf_writer_set_arr(struct gguf_writer *w, const char *key,
 /* String array: n NUL-terminated strings. */
 int gguf_writer_set_arr_str(struct gguf_writer *w, const char *key,
         const char *const *strs, uint64_t n);
+/* Copies one key-value pair read by gguf_open (any type, strings by
+ * length); EPMOE_EINVAL on a repeated key. */
+int gguf_writer_copy_kv(struct gguf_writer *w, const struct gguf_kv *kv);
 /* Sets general.alignment (default 32). */
 int gguf_writer_set_alignment(struct gguf_writer *w, uint32_t alignment);
 

@@ -288,6 +288,81 @@ requant_sym(const float *x, int n, float f, int qmin, int qmax, int8_t *q)
 		q[i] = (int8_t)(f != 0.0f ? iround(x[i] / f, qmin, qmax) : 0);
 }
 
+/* squared error of group x[n] quantised against scale f and min m */
+static double
+err_asym(const float *x, int n, float f, float m, int qmax)
+{
+	double e = 0;
+
+	for (int i = 0; i < n; i++) {
+		int q = f != 0.0f ? iround((x[i] + m) / f, 0, qmax) : 0;
+		double r = (double)f * q - m - x[i];
+		e += r * r;
+	}
+	return e;
+}
+
+/* The rounded group scale and min are each one of two neighbours of the
+ * fitted values; try the 3 x 3 integers around them against the stored
+ * super-scales and keep the pair with the least error. */
+static void
+refine_asym(const float *x, int n, int qmax, float d, float dm, int smax,
+        int *sc, int *mn)
+{
+	int bs = *sc, bm = *mn;
+	double best = err_asym(x, n, d * (float)bs, dm * (float)bm, qmax);
+
+	for (int a = *sc - 1; a <= *sc + 1; a++) {
+		for (int b = *mn - 1; b <= *mn + 1; b++) {
+			double e;
+			if (a < 0 || a > smax || b < 0 || b > smax || (a == *sc && b == *mn))
+				continue;
+			e = err_asym(x, n, d * (float)a, dm * (float)b, qmax);
+			if (e < best) {
+				best = e;
+				bs = a;
+				bm = b;
+			}
+		}
+	}
+	*sc = bs;
+	*mn = bm;
+}
+
+static double
+err_sym(const float *x, int n, float f, int qmin, int qmax)
+{
+	double e = 0;
+
+	for (int i = 0; i < n; i++) {
+		int q = f != 0.0f ? iround(x[i] / f, qmin, qmax) : 0;
+		double r = (double)f * q - x[i];
+		e += r * r;
+	}
+	return e;
+}
+
+/* as refine_asym for a signed group scale in [slo, shi] */
+static void
+refine_sym(const float *x, int n, int qmin, int qmax, float d, int slo, int shi,
+        int *sc)
+{
+	int bs = *sc;
+	double best = err_sym(x, n, d * (float)bs, qmin, qmax);
+
+	for (int a = *sc - 1; a <= *sc + 1; a += 2) {
+		double e;
+		if (a < slo || a > shi)
+			continue;
+		e = err_sym(x, n, d * (float)a, qmin, qmax);
+		if (e < best) {
+			best = e;
+			bs = a;
+		}
+	}
+	*sc = bs;
+}
+
 void
 quant_make_q2_K(const float *x, void *dst, size_t nb)
 {
@@ -303,6 +378,7 @@ quant_make_q2_K(const float *x, void *dst, size_t nb)
 		d = super_unsigned(a, 16, 15, &y[i].d, sc);
 		dm = super_unsigned(b, 16, 15, &y[i].dmin, mn);
 		for (int g = 0; g < 16; g++) {
+			refine_asym(x + 16 * g, 16, 3, d, dm, 15, &sc[g], &mn[g]);
 			y[i].scales[g] = (uint8_t)(sc[g] | mn[g] << 4);
 			requant_asym(x + 16 * g, 16, d * (float)sc[g], dm * (float)mn[g], 3,
 			        q + 16 * g);
@@ -329,6 +405,7 @@ quant_make_q3_K(const float *x, void *dst, size_t nb)
 		d = super_signed(s, 16, -32, 31, &y[i].d, sc);
 		memset(y[i].scales, 0, sizeof(y[i].scales));
 		for (int g = 0; g < 16; g++) {
+			refine_sym(x + 16 * g, 16, -4, 3, d, -32, 31, &sc[g]);
 			int v = sc[g] + 32; /* 0..63 */
 			if (g < 8)
 				y[i].scales[g] |= (uint8_t)(v & 15);
@@ -361,6 +438,8 @@ make_k45(const float *x, int qmax, uint16_t *d16, uint16_t *dmin16,
 		fit_asym(x + 32 * g, 32, qmax, q + 32 * g, &a[g], &b[g]);
 	d = super_unsigned(a, 8, 63, d16, sc);
 	dm = super_unsigned(b, 8, 63, dmin16, mn);
+	for (int g = 0; g < 8; g++)
+		refine_asym(x + 32 * g, 32, qmax, d, dm, 63, &sc[g], &mn[g]);
 	for (int j = 0; j < 4; j++) {
 		scales[j] = (uint8_t)(sc[j] | (sc[j + 4] >> 4) << 6);
 		scales[j + 4] = (uint8_t)(mn[j] | (mn[j + 4] >> 4) << 6);
@@ -418,6 +497,7 @@ quant_make_q6_K(const float *x, void *dst, size_t nb)
 			s[g] = fit_sym(x + 16 * g, 16, -32, 31, q + 16 * g);
 		d = super_signed(s, 16, -128, 127, &y[i].d, sc);
 		for (int g = 0; g < 16; g++) {
+			refine_sym(x + 16 * g, 16, -32, 31, d, -128, 127, &sc[g]);
 			y[i].scales[g] = (int8_t)sc[g];
 			requant_sym(x + 16 * g, 16, d * (float)sc[g], -32, 31, q + 16 * g);
 		}
