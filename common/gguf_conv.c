@@ -141,7 +141,9 @@ q8_0_block_from_f32(const float *src, uint8_t *b)
 		if (a > amax)
 			amax = a;
 	}
-	d = amax / 127.0f;
+	/* the scale is clamped to the largest finite half (ggml writes inf
+	 * there): huge inputs clip instead of decoding to infinity */
+	d = fminf(amax / 127.0f, 65504.0f);
 	id = d != 0.0f ? 1.0f / d : 0.0f;
 	dh = f32_to_fp16(d);
 	memcpy(b, &dh, 2);

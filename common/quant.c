@@ -44,6 +44,12 @@ quant_act_type(enum dtype t)
 	}
 }
 
+int
+quant_sgemm_ok(enum dtype t)
+{
+	return quant_is_weight(t) && t != DTYPE_Q4_1 && t != DTYPE_Q5_1;
+}
+
 /* ---- one quant of a block, by value index (the layouts of quant.h) ---- */
 
 static inline int
@@ -569,11 +575,13 @@ quant_matmul_rows(enum dtype t, const void *data, size_t row_size,
 {
 	_Alignas(64) uint8_t stack[ACT_STACK];
 	enum dtype at = quant_act_type(t);
-	size_t arow = dtype_row_size(at, n_in), need = arow * (size_t)n;
+	size_t arow, need;
 	uint8_t *A = stack;
 
-	if (at == DTYPE_F32 || n_in % blk_elems(t) != 0)
+	if (at == DTYPE_F32 || n_in % blk_elems(t) != 0 || n < 0)
 		return EPMOE_EINVAL;
+	arow = dtype_row_size(at, n_in);
+	need = arow * (size_t)n;
 	if (need > sizeof(stack) && (A = aligned_alloc(64, (need + 63) & ~(size_t)63)) == NULL)
 		return EPMOE_ENOMEM;
 	for (int r = 0; r < n; r++)

@@ -113,6 +113,12 @@ int quant_is_weight(enum dtype t);
  * are not quantised. */
 enum dtype quant_act_type(enum dtype t);
 
+/* 1 if products with weights of type t may run as sgemm on dequantised
+ * weight blocks and quant_act_round'ed activations and still equal the
+ * integer products: every weight type but Q4_1 and Q5_1, whose Q8_1
+ * activations carry their block sum rounded to f16 on its own. */
+int quant_sgemm_ok(enum dtype t);
+
 /* Rounds one activation row of n values (n a multiple of the block) to at
  * (Q8_0, Q8_1 or Q8_K) into dst (dtype_row_size(at, n) bytes), bit for bit
  * as llama.cpp b4747 does on x86. */

@@ -34,9 +34,13 @@ iround(float v, int lo, int hi)
 	return (int)lrintf(v);
 }
 
+/* stores a scale as f16, clamped to the largest finite half so huge
+ * inputs clip instead of decoding to infinity */
 static inline void
 put16(uint16_t *p, float v)
 {
+	if (!(fabsf(v) <= 65504.0f))
+		v = isnan(v) ? 0.0f : copysignf(65504.0f, v);
 	*p = f32_to_fp16(v);
 }
 
