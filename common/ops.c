@@ -381,7 +381,7 @@ op_matmul_rows(const struct tmat *W, uint32_t r0, uint32_t r1,
 	}
 	if (!dtype_supported(W->type))
 		return EPMOE_ENOTSUP;
-	if (quant_is_weight(W->type) && (n < SMALL_N || !quant_sgemm_ok(W->type)))
+	if (quant_is_weight(W->type) && (n < SMALL_N || !quant_prefill_sgemm(W->type)))
 		return quant_matmul_rows(W->type, W->data, W->row_size, W->n_in, r0, r1,
 		        X, n, ldx, Y, ldy);
 	if (n < SMALL_N)

@@ -113,11 +113,17 @@ int quant_is_weight(enum dtype t);
  * are not quantised. */
 enum dtype quant_act_type(enum dtype t);
 
-/* 1 if products with weights of type t may run as sgemm on dequantised
- * weight blocks and quant_act_round'ed activations and still equal the
- * integer products: every weight type but Q4_1 and Q5_1, whose Q8_1
- * activations carry their block sum rounded to f16 on its own. */
-int quant_sgemm_ok(enum dtype t);
+/* 1 if products with many token rows (ops.c's block path) should run as
+ * sgemm on dequantised weight blocks and quant_act_round'ed activations
+ * rather than as integer dot products.  Both give the same products, up
+ * to float summation, except for Q4_1 and Q5_1 (Q8_1 activations carry
+ * their block sum rounded to f16 on its own): those always take the
+ * integer path.  The legacy formats are faster through sgemm; the
+ * K-quants are too without 512-bit kernels, while the 512-bit
+ * multi-row kernels measured 1.0-1.5x the sgemm path (one core,
+ * [1024 x 1024] weights, 64 to 512 rows), so they take the integer path
+ * at every size there. */
+int quant_prefill_sgemm(enum dtype t);
 
 /* Rounds one activation row of n values (n a multiple of the block) to at
  * (Q8_0, Q8_1 or Q8_K) into dst (dtype_row_size(at, n) bytes), bit for bit
@@ -148,7 +154,8 @@ int quant_row_from_f32(enum dtype t, const float *src, void *dst, size_t n);
 /* Y[n, r1) columns r0.. = X[n, W.n_in] · rows [r0, r1) of the weight
  * matrix (row_size bytes per row, n_in values of type t at data), one
  * thread: rounds the n activation rows once, then dots every weight row
- * with each.  EPMOE_ENOMEM if the rounded rows do not fit. */
+ * with them, up to four at a time (each weight block unpacked once).
+ * EPMOE_ENOMEM if the rounded rows do not fit. */
 int quant_matmul_rows(enum dtype t, const void *data, size_t row_size,
         uint32_t n_in, uint32_t r0, uint32_t r1, const float *X, int n,
         int ldx, float *Y, int ldy);

@@ -32,6 +32,12 @@
 #define QZ 0
 #endif
 
+int
+quant_multi_kernels(void)
+{
+	return QZ;
+}
+
 const char *
 quant_simd_name(void)
 {
@@ -199,52 +205,77 @@ cat256(__m256i lo, __m256i hi)
 }
 #endif
 
-/* wide: pairs of blocks in 512-bit registers where built for it */
-static inline __attribute__((always_inline)) float
-lg_dot(enum dtype t, const uint8_t *w, const uint8_t *a, size_t nb, int wide)
+/* out[k] = weight row w (nb blocks of t) . activation row k (rows as
+ * bytes apart), k < nt; each weight block is unpacked once for all rows.
+ * wide: pairs of blocks in 512-bit registers where built for it. */
+static inline __attribute__((always_inline)) void
+lg_dot_m(enum dtype t, const uint8_t *w, const uint8_t *a, size_t as, int nt,
+        size_t nb, int wide, float *out)
 {
 	const size_t wb = lg_wbytes(t), ab = lg_has_min(t) ? 36 : 34;
 	const size_t aq = lg_has_min(t) ? 4 : 2;
-	__m256 acc = _mm256_setzero_ps();
-	float accm = 0.0f;
+	__m256 acc[4];
+	float accm[4];
 	size_t i = 0;
 
-#if QZ
-	__m512 acc2 = _mm512_setzero_ps();
-	for (; wide && i + 2 <= nb; i += 2) {
-		const uint8_t *w0 = w + i * wb, *a0 = a + i * ab;
-		__m512i q = cat256(lg_quants(t, w0), lg_quants(t, w0 + wb));
-		__m512i y = cat256(ld256(a0 + aq), ld256(a0 + ab + aq));
-		__m512i v;
-		if (lg_signed(t)) {
-			__mmask64 neg = _mm512_movepi8_mask(q);
-			y = _mm512_mask_sub_epi8(y, neg, _mm512_setzero_si512(), y);
-			v = mad512_us(_mm512_setzero_si512(), _mm512_abs_epi8(q), y);
-		} else {
-			v = mad512_us(_mm512_setzero_si512(), q, y);
-		}
-		__m512 dd = _mm512_mask_mov_ps(
-		        _mm512_set1_ps(h2f(rd16(w0)) * h2f(rd16(a0))), 0xff00,
-		        _mm512_set1_ps(h2f(rd16(w0 + wb)) * h2f(rd16(a0 + ab))));
-		acc2 = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(v), acc2);
-		if (lg_has_min(t))
-			accm += h2f(rd16(w0 + 2)) * h2f(rd16(a0 + 2)) +
-			        h2f(rd16(w0 + wb + 2)) * h2f(rd16(a0 + ab + 2));
+	for (int k = 0; k < nt; k++) {
+		acc[k] = _mm256_setzero_ps();
+		accm[k] = 0.0f;
 	}
-	acc = _mm256_add_ps(_mm512_castps512_ps256(acc2),
-	        _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc2), 1)));
+#if QZ
+	__m512 acc2[4];
+	for (int k = 0; k < nt; k++)
+		acc2[k] = _mm512_setzero_ps();
+	for (; wide && i + 2 <= nb; i += 2) {
+		const uint8_t *w0 = w + i * wb;
+		__m512i q = cat256(lg_quants(t, w0), lg_quants(t, w0 + wb));
+		__mmask64 neg = _mm512_movepi8_mask(q);
+		__m512i uq = lg_signed(t) ? _mm512_abs_epi8(q) : q;
+		float dw0 = h2f(rd16(w0)), dw1 = h2f(rd16(w0 + wb));
+		for (int k = 0; k < nt; k++) {
+			const uint8_t *a0 = a + (size_t)k * as + i * ab;
+			__m512i y = cat256(ld256(a0 + aq), ld256(a0 + ab + aq));
+			if (lg_signed(t))
+				y = _mm512_mask_sub_epi8(y, neg, _mm512_setzero_si512(), y);
+			__m512i v = mad512_us(_mm512_setzero_si512(), uq, y);
+			__m512 dd = _mm512_mask_mov_ps(_mm512_set1_ps(dw0 * h2f(rd16(a0))),
+			        0xff00, _mm512_set1_ps(dw1 * h2f(rd16(a0 + ab))));
+			acc2[k] = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(v), acc2[k]);
+			if (lg_has_min(t))
+				accm[k] += h2f(rd16(w0 + 2)) * h2f(rd16(a0 + 2)) +
+				        h2f(rd16(w0 + wb + 2)) * h2f(rd16(a0 + ab + 2));
+		}
+	}
+	for (int k = 0; k < nt; k++)
+		acc[k] = _mm256_add_ps(_mm512_castps512_ps256(acc2[k]), _mm256_castpd_ps(
+		        _mm512_extractf64x4_pd(_mm512_castps_pd(acc2[k]), 1)));
 #endif
 	for (; i < nb; i++) {
-		const uint8_t *w0 = w + i * wb, *a0 = a + i * ab;
-		__m256i q = lg_quants(t, w0), y = ld256(a0 + aq);
-		__m256i v = lg_signed(t) ? mad_ss(_mm256_setzero_si256(), q, y) :
-		        mad_us(_mm256_setzero_si256(), q, y);
-		acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(rd16(w0)) * h2f(rd16(a0))),
-		        _mm256_cvtepi32_ps(v), acc);
-		if (lg_has_min(t))
-			accm += h2f(rd16(w0 + 2)) * h2f(rd16(a0 + 2));
+		const uint8_t *w0 = w + i * wb;
+		__m256i q = lg_quants(t, w0);
+		float dw = h2f(rd16(w0));
+		for (int k = 0; k < nt; k++) {
+			const uint8_t *a0 = a + (size_t)k * as + i * ab;
+			__m256i y = ld256(a0 + aq);
+			__m256i v = lg_signed(t) ? mad_ss(_mm256_setzero_si256(), q, y) :
+			        mad_us(_mm256_setzero_si256(), q, y);
+			acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(dw * h2f(rd16(a0))),
+			        _mm256_cvtepi32_ps(v), acc[k]);
+			if (lg_has_min(t))
+				accm[k] += h2f(rd16(w0 + 2)) * h2f(rd16(a0 + 2));
+		}
 	}
-	return hsum8(acc) + accm;
+	for (int k = 0; k < nt; k++)
+		out[k] = hsum8(acc[k]) + accm[k];
+}
+
+static inline __attribute__((always_inline)) float
+lg_dot(enum dtype t, const uint8_t *w, const uint8_t *a, size_t nb, int wide)
+{
+	float r;
+
+	lg_dot_m(t, w, a, 0, 1, nb, wide, &r);
+	return r;
 }
 
 float
@@ -532,88 +563,81 @@ zbyte2(int b0, int b1)
 	        _mm512_set1_epi8((char)b1));
 }
 
-static float
-dot_q2_K_z(const struct blk_q2_K *w, const struct blk_q8_K *a, size_t nb)
-{
-	const __m512i m3 = _mm512_set1_epi8(3);
-	const __m512i sh01 = zshift2(0, 2), sh23 = zshift2(4, 6);
-	__m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
+/* One K-quant super-block unpacked for the 512-bit kernels: the 256
+ * quants as unsigned bytes in value order (q[j]: values 64 j .. 64 j + 63),
+ * the int16 scale of every maddubs pair (s[j]), and the int16 factors c16
+ * the activations' sums of 16 are multiplied with: the group mins (Q2_K,
+ * Q4_K, Q5_K; subtracted with dmin) or the group scales times the quant
+ * offset 2^shift (Q3_K: 4, Q6_K: 32; subtracted from the integer sum). */
+struct zblk {
+	__m512i q[4], s[4];
+	__m256i c16;
+	float d, dmin;
+	int shift; /* -1: c16 are mins */
+};
 
-	for (size_t i = 0; i < nb; i++) {
-		__m128i s = ld128(w[i].scales);
+static inline __attribute__((always_inline)) void
+zk_unpack(enum dtype t, const uint8_t *b, struct zblk *z)
+{
+	const __m512i m3 = _mm512_set1_epi8(3), m4 = _mm512_set1_epi8(15);
+	const __m512i sh01 = zshift2(0, 2), sh23 = zshift2(4, 6);
+
+	switch (t) {
+	case DTYPE_Q2_K: {
+		const struct blk_q2_K *w = (const void *)b;
+		__m128i s = ld128(w->scales);
 		__m512i sc = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(
 		        _mm_and_si128(s, _mm_set1_epi8(15))));
-		__m256i mn = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s, 4),
+		z->c16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s, 4),
 		        _mm_set1_epi8(15)));
-		__m512i isum = _mm512_setzero_si512();
 		for (int n = 0; n < 2; n++) {
-			__m512i q = _mm512_broadcast_i64x4(ld256(w[i].qs + 32 * n));
-			__m512i q01 = _mm512_and_si512(_mm512_srlv_epi16(q, sh01), m3);
-			__m512i q23 = _mm512_and_si512(_mm512_srlv_epi16(q, sh23), m3);
-			isum = _mm512_add_epi32(isum, zscaled(q01, a[i].qs + 128 * n,
-			        zscale(sc, 8 * n, 8)));
-			isum = _mm512_add_epi32(isum, zscaled(q23, a[i].qs + 128 * n + 64,
-			        zscale(sc, 8 * n + 4, 8)));
+			__m512i q = _mm512_broadcast_i64x4(ld256(w->qs + 32 * n));
+			z->q[2 * n] = _mm512_and_si512(_mm512_srlv_epi16(q, sh01), m3);
+			z->q[2 * n + 1] = _mm512_and_si512(_mm512_srlv_epi16(q, sh23), m3);
 		}
-		float da = a[i].d;
-		__m256i ms = _mm256_madd_epi16(mn, ld256(a[i].bsums));
-		acc = _mm256_fmadd_ps(_mm256_set1_ps(da * h2f(w[i].d)), i2f(zfold(isum)), acc);
-		accm = _mm256_fmadd_ps(_mm256_set1_ps(da * h2f(w[i].dmin)), i2f(ms), accm);
+		for (int j = 0; j < 4; j++)
+			z->s[j] = zscale(sc, 4 * j, 8);
+		z->d = h2f(w->d);
+		z->dmin = h2f(w->dmin);
+		z->shift = -1;
+		break;
 	}
-	return hsum8(acc) - hsum8(accm);
-}
-
-static float
-dot_q3_K_z(const struct blk_q3_K *w, const struct blk_q8_K *a, size_t nb)
-{
-	const __m512i m3 = _mm512_set1_epi8(3), four = _mm512_set1_epi8(4);
-	const __m512i sh01 = zshift2(0, 2), sh23 = zshift2(4, 6);
-	__m256 acc = _mm256_setzero_ps();
-
-	for (size_t i = 0; i < nb; i++) {
-		__m128i sc8 = k3_scales(w[i].scales);
-		__m256i sc16 = _mm256_cvtepi8_epi16(sc8);
+	case DTYPE_Q3_K: {
+		const struct blk_q3_K *w = (const void *)b;
+		const __m512i four = _mm512_set1_epi8(4);
+		__m256i sc16 = _mm256_cvtepi8_epi16(k3_scales(w->scales));
 		__m512i sc = _mm512_castsi256_si512(sc16);
-		__m512i hm = _mm512_broadcast_i64x4(ld256(w[i].hmask));
-		__m512i isum = _mm512_setzero_si512();
+		__m512i hm = _mm512_broadcast_i64x4(ld256(w->hmask));
 		for (int n = 0; n < 2; n++) {
-			__m512i q = _mm512_broadcast_i64x4(ld256(w[i].qs + 32 * n));
-			int b = 4 * n;
+			__m512i q = _mm512_broadcast_i64x4(ld256(w->qs + 32 * n));
+			int sb = 4 * n;
+			/* q + 4 in [0, 7]: the high bit (bit 4n + j of hmask)
+			 * adds 4 */
 			__m512i q01 = _mm512_and_si512(_mm512_srlv_epi16(q, sh01), m3);
 			__m512i q23 = _mm512_and_si512(_mm512_srlv_epi16(q, sh23), m3);
-			q01 = _mm512_mask_add_epi8(q01, _mm512_test_epi8_mask(hm,
-			        zbyte2(1 << b, 2 << b)), q01, four);
-			q23 = _mm512_mask_add_epi8(q23, _mm512_test_epi8_mask(hm,
-			        zbyte2(4 << b, 8 << b)), q23, four);
-			isum = _mm512_add_epi32(isum, zscaled(q01, a[i].qs + 128 * n,
-			        zscale(sc, 8 * n, 8)));
-			isum = _mm512_add_epi32(isum, zscaled(q23, a[i].qs + 128 * n + 64,
-			        zscale(sc, 8 * n + 4, 8)));
+			z->q[2 * n] = _mm512_mask_add_epi8(q01, _mm512_test_epi8_mask(hm,
+			        zbyte2(1 << sb, 2 << sb)), q01, four);
+			z->q[2 * n + 1] = _mm512_mask_add_epi8(q23, _mm512_test_epi8_mask(hm,
+			        zbyte2(4 << sb, 8 << sb)), q23, four);
 		}
-		__m256i off = _mm256_madd_epi16(sc16, ld256(a[i].bsums));
-		__m256i tot = _mm256_sub_epi32(zfold(isum), _mm256_slli_epi32(off, 2));
-		acc = _mm256_fmadd_ps(_mm256_set1_ps(a[i].d * h2f(w[i].d)), i2f(tot), acc);
+		for (int j = 0; j < 4; j++)
+			z->s[j] = zscale(sc, 4 * j, 8);
+		z->c16 = sc16;
+		z->d = h2f(w->d);
+		z->dmin = 0.0f;
+		z->shift = 2;
+		break;
 	}
-	return hsum8(acc);
-}
-
-static inline __attribute__((always_inline)) float
-dot_q45_K_z(const uint8_t *w, size_t wb, int five, const struct blk_q8_K *a,
-        size_t nb)
-{
-	const __m512i m4 = _mm512_set1_epi8(15), sixteen = _mm512_set1_epi8(16);
-	const __m128i pick_m = _mm_set_epi8(15, 15, 14, 14, 13, 13, 12, 12, 11, 11,
-	        10, 10, 9, 9, 8, 8);
-	__m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
-
-	for (size_t i = 0; i < nb; i++) {
-		const uint8_t *b = w + i * wb;
+	case DTYPE_Q4_K: case DTYPE_Q5_K: {
+		const int five = t == DTYPE_Q5_K;
 		const uint8_t *qs = b + (five ? 48 : 16);
+		const __m512i sixteen = _mm512_set1_epi8(16);
+		const __m128i pick_m = _mm_set_epi8(15, 15, 14, 14, 13, 13, 12, 12, 11,
+		        11, 10, 10, 9, 9, 8, 8);
 		__m128i sm = k4_scales(b + 4);
 		__m512i sc = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(sm));
 		__m512i hb = five ? _mm512_broadcast_i64x4(ld256(b + 16)) :
 		        _mm512_setzero_si512();
-		__m512i isum = _mm512_setzero_si512();
 		for (int h = 0; h < 2; h++) {
 			/* 64 bytes = groups 4h .. 4h+3: low nibbles hold 4h and
 			 * 4h+2, high nibbles 4h+1 and 4h+3; regroup to value
@@ -630,58 +654,156 @@ dot_q45_K_z(const uint8_t *w, size_t wb, int five, const struct blk_q8_K *a,
 				g23 = _mm512_mask_add_epi8(g23, _mm512_test_epi8_mask(hb,
 				        zbyte2(4 << g, 8 << g)), g23, sixteen);
 			}
-			isum = _mm512_add_epi32(isum, zscaled(g01, a[i].qs + 128 * h,
-			        zscale(sc, 4 * h, 16)));
-			isum = _mm512_add_epi32(isum, zscaled(g23, a[i].qs + 128 * h + 64,
-			        zscale(sc, 4 * h + 2, 16)));
+			z->q[2 * h] = g01;
+			z->q[2 * h + 1] = g23;
 		}
-		__m256i mdup = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(sm, pick_m));
-		__m256i ms = _mm256_madd_epi16(mdup, ld256(a[i].bsums));
-		float da = a[i].d;
-		acc = _mm256_fmadd_ps(_mm256_set1_ps(da * h2f(rd16(b))), i2f(zfold(isum)), acc);
-		accm = _mm256_fmadd_ps(_mm256_set1_ps(da * h2f(rd16(b + 2))), i2f(ms), accm);
+		for (int j = 0; j < 4; j++)
+			z->s[j] = zscale(sc, 2 * j, 16);
+		/* the min of group g times the two sums of 16 of g */
+		z->c16 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(sm, pick_m));
+		z->d = h2f(rd16(b));
+		z->dmin = h2f(rd16(b + 2));
+		z->shift = -1;
+		break;
 	}
-	return hsum8(acc) - hsum8(accm);
+	default: { /* DTYPE_Q6_K */
+		const struct blk_q6_K *w = (const void *)b;
+		__m256i sc16 = _mm256_cvtepi8_epi16(ld128(w->scales));
+		__m512i sc = _mm512_castsi256_si512(sc16);
+		for (int n = 0; n < 2; n++) {
+			__m512i l = ld512(w->ql + 64 * n);
+			__m512i h = _mm512_broadcast_i64x4(ld256(w->qh + 32 * n));
+			/* q + 32: values 0-63 low nibbles + qh bits 0-1 / 2-3,
+			 * 64-127 high nibbles + bits 4-5 / 6-7 */
+			z->q[2 * n] = _mm512_or_si512(_mm512_and_si512(l, m4),
+			        _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(h, sh01), m3), 4));
+			z->q[2 * n + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4),
+			        _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(h, sh23), m3), 4));
+		}
+		for (int j = 0; j < 4; j++)
+			z->s[j] = zscale(sc, 4 * j, 8);
+		z->c16 = sc16;
+		z->d = h2f(w->d);
+		z->dmin = 0.0f;
+		z->shift = 5;
+		break;
+	}
+	}
 }
 
-static float
-dot_q6_K_z(const struct blk_q6_K *w, const struct blk_q8_K *a, size_t nb)
+/* out[k] = weight row w (nb super-blocks of t) . activation row k (Q8_K
+ * rows as apart), k < nt: each super-block is unpacked once for all the
+ * rows. */
+static inline __attribute__((always_inline)) void
+zk_dot(enum dtype t, const uint8_t *w, const uint8_t *a, size_t as, int nt,
+        size_t nb, float *out)
 {
-	const __m512i m4 = _mm512_set1_epi8(15), m3 = _mm512_set1_epi8(3);
-	const __m512i sh01 = zshift2(0, 2), sh23 = zshift2(4, 6);
-	__m256 acc = _mm256_setzero_ps();
+	const size_t wb = dtype_block_size(t);
+	__m256 acc[4], accm[4];
 
+	for (int k = 0; k < nt; k++)
+		acc[k] = accm[k] = _mm256_setzero_ps();
 	for (size_t i = 0; i < nb; i++) {
-		__m256i sc16 = _mm256_cvtepi8_epi16(ld128(w[i].scales));
-		__m512i sc = _mm512_castsi256_si512(sc16);
-		__m512i isum = _mm512_setzero_si512();
-		for (int n = 0; n < 2; n++) {
-			__m512i l = ld512(w[i].ql + 64 * n);
-			__m512i h = _mm512_broadcast_i64x4(ld256(w[i].qh + 32 * n));
-			/* values 0-63: low nibbles + qh bits 0-1 / 2-3;
-			 * 64-127: high nibbles + bits 4-5 / 6-7 */
-			__m512i q01 = _mm512_or_si512(_mm512_and_si512(l, m4),
-			        _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(h, sh01), m3), 4));
-			__m512i q23 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4),
-			        _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(h, sh23), m3), 4));
-			isum = _mm512_add_epi32(isum, zscaled(q01, a[i].qs + 128 * n,
-			        zscale(sc, 8 * n, 8)));
-			isum = _mm512_add_epi32(isum, zscaled(q23, a[i].qs + 128 * n + 64,
-			        zscale(sc, 8 * n + 4, 8)));
+		struct zblk z;
+		zk_unpack(t, w + i * wb, &z);
+		for (int k = 0; k < nt; k++) {
+			const struct blk_q8_K *ak = (const struct blk_q8_K *)(const void *)
+			        (a + (size_t)k * as) + i;
+			__m512i isum = zscaled(z.q[0], ak->qs, z.s[0]);
+			isum = _mm512_add_epi32(isum, zscaled(z.q[1], ak->qs + 64, z.s[1]));
+			isum = _mm512_add_epi32(isum, zscaled(z.q[2], ak->qs + 128, z.s[2]));
+			isum = _mm512_add_epi32(isum, zscaled(z.q[3], ak->qs + 192, z.s[3]));
+			__m256i tot = zfold(isum);
+			__m256i cb = _mm256_madd_epi16(z.c16, ld256(ak->bsums));
+			if (z.shift >= 0)
+				tot = _mm256_sub_epi32(tot, _mm256_sll_epi32(cb,
+				        _mm_cvtsi32_si128(z.shift)));
+			else
+				accm[k] = _mm256_fmadd_ps(_mm256_set1_ps(ak->d * z.dmin),
+				        i2f(cb), accm[k]);
+			acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(ak->d * z.d), i2f(tot), acc[k]);
 		}
-		__m256i off = _mm256_madd_epi16(sc16, ld256(a[i].bsums));
-		__m256i tot = _mm256_sub_epi32(zfold(isum), _mm256_slli_epi32(off, 5));
-		acc = _mm256_fmadd_ps(_mm256_set1_ps(a[i].d * h2f(w[i].d)), i2f(tot), acc);
 	}
-	return hsum8(acc);
+	for (int k = 0; k < nt; k++)
+		out[k] = (t == DTYPE_Q3_K || t == DTYPE_Q6_K) ? hsum8(acc[k]) :
+		        hsum8(acc[k]) - hsum8(accm[k]);
 }
 #endif /* QZ */
+
+/* 512-bit builds: rows of the block-quantised types against one to
+ * four activation rows */
+#if QZ
+static void
+zk_dot_any(enum dtype t, const uint8_t *w, const uint8_t *a, size_t as, int nt,
+        size_t nb, float *out)
+{
+	/* every (type, row count) pair compiled on its own, constants folded */
+#define ZK(T) \
+	switch (nt) { \
+	case 1: zk_dot(T, w, a, as, 1, nb, out); break; \
+	case 2: zk_dot(T, w, a, as, 2, nb, out); break; \
+	case 3: zk_dot(T, w, a, as, 3, nb, out); break; \
+	default: zk_dot(T, w, a, as, 4, nb, out); break; \
+	}
+	switch (t) {
+	case DTYPE_Q2_K: ZK(DTYPE_Q2_K); break;
+	case DTYPE_Q3_K: ZK(DTYPE_Q3_K); break;
+	case DTYPE_Q4_K: ZK(DTYPE_Q4_K); break;
+	case DTYPE_Q5_K: ZK(DTYPE_Q5_K); break;
+	default: ZK(DTYPE_Q6_K); break;
+	}
+#undef ZK
+}
+
+static void
+lg_dot_any(enum dtype t, const uint8_t *w, const uint8_t *a, size_t as, int nt,
+        size_t nb, float *out)
+{
+#define LG(T) \
+	switch (nt) { \
+	case 1: lg_dot_m(T, w, a, as, 1, nb, 1, out); break; \
+	case 2: lg_dot_m(T, w, a, as, 2, nb, 1, out); break; \
+	case 3: lg_dot_m(T, w, a, as, 3, nb, 1, out); break; \
+	default: lg_dot_m(T, w, a, as, 4, nb, 1, out); break; \
+	}
+	switch (t) {
+	case DTYPE_Q4_0: LG(DTYPE_Q4_0); break;
+	case DTYPE_Q4_1: LG(DTYPE_Q4_1); break;
+	case DTYPE_Q5_0: LG(DTYPE_Q5_0); break;
+	case DTYPE_Q5_1: LG(DTYPE_Q5_1); break;
+	default: LG(DTYPE_Q8_0); break;
+	}
+#undef LG
+}
+#endif
+
+void
+quant_dot_multi(enum dtype t, const void *w, const void *a, size_t a_stride,
+        int nt, size_t n, float *out)
+{
+#if QZ
+	if (dtype_block_elems(t) == QK_K)
+		zk_dot_any(t, w, a, a_stride, nt, n / QK_K, out);
+	else
+		lg_dot_any(t, w, a, a_stride, nt, n / 32, out);
+#else
+	for (int k = 0; k < nt; k++)
+		out[k] = quant_dot(t, w, (const uint8_t *)a + (size_t)k * a_stride, n);
+#endif
+}
+
+#if QZ
+#define ONE_ROW(T, w, a, nb) \
+	float r_; \
+	zk_dot(T, w, a, 0, 1, nb, &r_); \
+	return r_
+#endif
 
 float
 quant_dot_q2_K(const void *w, const void *a, size_t nb)
 {
 #if QZ
-	return dot_q2_K_z(w, a, nb);
+	ONE_ROW(DTYPE_Q2_K, w, a, nb);
 #else
 	return dot_q2_K_y(w, a, nb);
 #endif
@@ -691,7 +813,7 @@ float
 quant_dot_q3_K(const void *w, const void *a, size_t nb)
 {
 #if QZ
-	return dot_q3_K_z(w, a, nb);
+	ONE_ROW(DTYPE_Q3_K, w, a, nb);
 #else
 	return dot_q3_K_y(w, a, nb);
 #endif
@@ -701,7 +823,7 @@ float
 quant_dot_q4_K(const void *w, const void *a, size_t nb)
 {
 #if QZ
-	return dot_q45_K_z(w, sizeof(struct blk_q4_K), 0, a, nb);
+	ONE_ROW(DTYPE_Q4_K, w, a, nb);
 #else
 	return dot_q45_K_y(w, sizeof(struct blk_q4_K), 0, a, nb);
 #endif
@@ -711,7 +833,7 @@ float
 quant_dot_q5_K(const void *w, const void *a, size_t nb)
 {
 #if QZ
-	return dot_q45_K_z(w, sizeof(struct blk_q5_K), 1, a, nb);
+	ONE_ROW(DTYPE_Q5_K, w, a, nb);
 #else
 	return dot_q45_K_y(w, sizeof(struct blk_q5_K), 1, a, nb);
 #endif
@@ -721,7 +843,7 @@ float
 quant_dot_q6_K(const void *w, const void *a, size_t nb)
 {
 #if QZ
-	return dot_q6_K_z(w, a, nb);
+	ONE_ROW(DTYPE_Q6_K, w, a, nb);
 #else
 	return dot_q6_K_y(w, a, nb);
 #endif
@@ -906,6 +1028,14 @@ float
 quant_dot_narrow(enum dtype t, const void *w, const void *a, size_t nb)
 {
 	return dot_ref_nb(t, w, a, nb);
+}
+
+void
+quant_dot_multi(enum dtype t, const void *w, const void *a, size_t a_stride,
+        int nt, size_t n, float *out)
+{
+	for (int k = 0; k < nt; k++)
+		out[k] = quant_dot(t, w, (const uint8_t *)a + (size_t)k * a_stride, n);
 }
 
 size_t

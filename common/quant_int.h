@@ -50,6 +50,15 @@ float quant_dot_q4_K(const void *w, const void *a, size_t nb);
 float quant_dot_q5_K(const void *w, const void *a, size_t nb);
 float quant_dot_q6_K(const void *w, const void *a, size_t nb);
 
+/* out[k] = w . activation row k (rows a_stride bytes apart), k < nt <= 4,
+ * each weight block unpacked once for all rows (512-bit builds; the others
+ * loop over quant_dot).  Equal to quant_dot bit for bit. */
+#define QUANT_MULTI 4
+/* 1 where quant_dot_multi has real multi-row kernels (512-bit builds) */
+int quant_multi_kernels(void);
+void quant_dot_multi(enum dtype t, const void *w, const void *a,
+        size_t a_stride, int nt, size_t n, float *out);
+
 /* The 256-bit kernels (AVX2 code) of any type, also in AVX-512 builds, so
  * tests can hold both vector paths to the reference on one machine; the
  * reference itself in builds without AVX2. */

@@ -62,7 +62,8 @@ fit_sym(const float *x, int n, int qmin, int qmax, int8_t *q)
 			xm = x[i];
 		}
 	}
-	memset(q, 0, (size_t)n);
+	for (int i = 0; i < n; i++)
+		q[i] = 0;
 	if (!(amax > 0.0f) || !isfinite(amax))
 		return 0.0f;
 	/* the largest value on the negative end (one level more) or on the
@@ -83,7 +84,8 @@ fit_sym(const float *x, int n, int qmin, int qmax, int8_t *q)
 			if (e < best_e) {
 				best_e = (float)e;
 				best_s = (float)(xq / qq);
-				memcpy(q, t, (size_t)n);
+				for (int i = 0; i < n; i++)
+					q[i] = t[i];
 			}
 		}
 	}
@@ -102,7 +104,8 @@ fit_asym(const float *x, int n, int qmax, uint8_t *q, float *a_out, float *b_out
 		lo = fminf(lo, x[i]);
 		hi = fmaxf(hi, x[i]);
 	}
-	memset(q, 0, (size_t)n);
+	for (int i = 0; i < n; i++)
+		q[i] = 0;
 	*a_out = 0.0f;
 	*b_out = fmaxf(-lo, 0.0f);
 	if (!(hi > lo) || !isfinite(hi - lo))
@@ -128,7 +131,8 @@ fit_asym(const float *x, int n, int qmax, uint8_t *q, float *a_out, float *b_out
 				best_e = (float)e;
 				best_a = a;
 				best_b = b;
-				memcpy(q, t, (size_t)n);
+				for (int i = 0; i < n; i++)
+					q[i] = t[i];
 			}
 			/* least squares for x ~ a q - b over (a, b) */
 			double det = n * sqq - sq * sq;
