@@ -48,20 +48,6 @@ static const char *const files[] = { "mixtral-q-q2_k", "mixtral-q-q3_k_m",
 	"qwen2moe-q-q4_k_m", "qwen2moe-q-q5_0", "kjv-moe-lossfree-q4_k_m" };
 #define N_FILES (sizeof(files) / sizeof(files[0]))
 
-static size_t
-parse_ids(const char *s, int32_t *out, size_t cap)
-{
-	size_t n = 0;
-	char *end;
-
-	while (*s && *s != '\n' && n < cap) {
-		out[n++] = (int32_t)strtol(s, &end, 10);
-		s = end;
-		if (*s == ',')
-			s++;
-	}
-	return n;
-}
 
 static float *
 read_f32(const char *name, const char *ext, size_t want)
@@ -87,35 +73,12 @@ read_ids(const char *name, const char *ext, int32_t *ids, size_t cap)
 	snprintf(f, sizeof(f), "%s.%s", name, ext);
 	txt = tu_read(tu_data(f), NULL);
 	ck_assert_msg(txt != NULL, "cannot read %s", f);
-	n = parse_ids(txt, ids, cap);
+	n = tu_parse_ids(txt, ids, cap);
 	free(txt);
 	return n;
 }
 
-static int
-argmax(const float *v, size_t n)
-{
-	size_t b = 0;
-	for (size_t i = 1; i < n; i++)
-		if (v[i] > v[b])
-			b = i;
-	return (int)b;
-}
 
-static float
-margin(const float *v, size_t n)
-{
-	float a = -INFINITY, b = -INFINITY;
-	for (size_t i = 0; i < n; i++) {
-		if (v[i] > a) {
-			b = a;
-			a = v[i];
-		} else if (v[i] > b) {
-			b = v[i];
-		}
-	}
-	return a - b;
-}
 
 /* agreement of positions: counts, max |diff|, sums for the relative RMS */
 struct agree {
@@ -139,10 +102,10 @@ cmp_row(struct agree *a, const float *got, const float *want, size_t V,
 	}
 	ck_assert_msg(md <= TOL_FLIP, "%s pos %zu: max |diff| %g > %g", what, pos, md,
 	        TOL_FLIP);
-	if (margin(want, V) > TOL_FLIP)
-		ck_assert_msg(argmax(got, V) == argmax(want, V),
+	if (tu_margin(want, V) > TOL_FLIP)
+		ck_assert_msg(tu_argmax(got, V) == tu_argmax(want, V),
 		        "%s pos %zu: greedy id %d, llama.cpp %d", what, pos,
-		        argmax(got, V), argmax(want, V));
+		        tu_argmax(got, V), tu_argmax(want, V));
 	a->n++;
 	a->close += md <= TOL_NOISE;
 	a->maxd = fmaxf(a->maxd, md);
