@@ -9,13 +9,15 @@
  * Q5_1, Q8_0 for the others - with exactly llama.cpp's scale and rounding
  * rules, then every weight row is dotted with it block by block in integer
  * arithmetic and scaled in float.  So logits agree with llama.cpp's up to
- * float summation order.  With many token rows (prefill) ops.c instead
- * dequantises blocks of weight rows and runs sgemm on activations rounded
- * the same way (quant_act_round): the same products, summed in float.
+ * float summation order.  With many token rows (prefill) ops.c may instead
+ * dequantise blocks of weight rows and run sgemm on activations rounded the
+ * same way (quant_act_round): the same products, summed in float; which
+ * path is faster per type is quant_prefill_sgemm's answer.
  *
  * Weights are read in place from the mapping, one row at a time; nothing is
- * converted at load.  The dot products use AVX-512 (BW, VL, VNNI) or AVX2
- * when the build targets them, else portable C; the *_ref functions are the
+ * converted at load.  The dot products use AVX-512 (F, BW, VL; VNNI when
+ * present; up to four token rows per unpacked weight block) or AVX2 when
+ * the build targets them, else portable C; the *_ref functions are the
  * plain scalar definitions the tests hold the vector code to.
  *
  * Must not know about models or threads: callers hand it rows.

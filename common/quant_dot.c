@@ -3,10 +3,13 @@
  *
  * Three builds, chosen by the compiler's target macros (`make` builds with
  * -march=native): AVX-512 (F, BW, VL; VNNI used when present) works on 64
- * values per instruction, AVX2 on 32, and without either every function
- * falls back to the scalar reference of quant.c.  All compute the same
- * integer sums per block as the reference; only the float summation of the
- * per-block products differs (tests: test_quant.c).
+ * values per instruction and dots each unpacked weight block with up to
+ * four activation rows (quant_dot_multi), AVX2 on 32 values and one row,
+ * and without either every function falls back to the scalar reference of
+ * quant.c.  All compute the same integer sums per block as the reference;
+ * only the float summation of the per-block products differs (tests:
+ * test_quant.c), and the multi-row kernels equal the one-row ones bit for
+ * bit.
  *
  * Integer ranges (why nothing overflows): activations are in [-127, 127];
  * weight quants enter as unsigned bytes of at most 63 (K-quants, offsets
