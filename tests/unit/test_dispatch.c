@@ -154,7 +154,7 @@ fix_start_placed(struct fix *f, const char *model, uint32_t W,
 		.n_workers = W, .heartbeat_ms = 200, .heartbeat_timeout_ms = 5000,
 		.placement_file = placement_file,
 		.experts_per_worker = experts_per_worker };
-	struct dispatch_cfg dc = { .deadline_ms = deadline_ms };
+	struct dispatch_cfg dc = { .timeout_ms = deadline_ms };
 	char err[256], id[32];
 
 	memset(f, 0, sizeof(*f));
@@ -813,7 +813,7 @@ START_TEST(killed_worker_process_fails_the_layer_then_is_restarted)
 	struct model *m = load_model(models[1]);
 	struct cluster_cfg cc = { .control_url = "tcp://127.0.0.1:0", .model = m,
 		.n_workers = 2, .heartbeat_ms = 200, .heartbeat_timeout_ms = 5000 };
-	struct dispatch_cfg dc = { .deadline_ms = 2000 };
+	struct dispatch_cfg dc = { .timeout_ms = 2000 };
 	struct spawn_cfg sc = { .worker_bin = tu_bin("epmoe-worker"),
 		.model_path = m->path, .n_workers = 2, .threads = 1,
 		.id_prefix = "kid", .restart = true };
@@ -883,7 +883,7 @@ START_TEST(silent_worker_times_out_within_the_deadline)
 	struct model *m = load_model(models[0]);
 	struct cluster_cfg cc = { .control_url = "tcp://127.0.0.1:0", .model = m,
 		.n_workers = 2, .heartbeat_ms = 200, .heartbeat_timeout_ms = 60000 };
-	struct dispatch_cfg dc = { .deadline_ms = 1000 };
+	struct dispatch_cfg dc = { .timeout_ms = 1000 };
 	struct cluster *c;
 	struct moe_backend *be;
 	struct wthread real;
@@ -1021,7 +1021,7 @@ START_TEST(worker_hanging_up_mid_request_fails_the_layer_fast)
 	struct model *m = load_model(models[0]);
 	struct cluster_cfg cc = { .control_url = "tcp://127.0.0.1:0", .model = m,
 		.n_workers = 2, .heartbeat_ms = 200, .heartbeat_timeout_ms = 60000 };
-	struct dispatch_cfg dc = { .deadline_ms = 5000 };
+	struct dispatch_cfg dc = { .timeout_ms = 5000 };
 	struct cluster *c;
 	struct moe_backend *be;
 	struct wthread real;
@@ -1266,7 +1266,7 @@ START_TEST(layer_round_trip_benchmark_prints_numbers)
 	struct moe_backend *be;
 	struct cluster_cfg cc = { .control_url = "tcp://127.0.0.1:0",
 		.n_workers = 2, .heartbeat_ms = 1000 };
-	struct dispatch_cfg dc = { .deadline_ms = 10000 };
+	struct dispatch_cfg dc = { .timeout_ms = 10000 };
 	struct spawn_cfg sc = { .worker_bin = tu_bin("epmoe-worker"), .n_workers = 2,
 		.threads = 1, .id_prefix = "bench" };
 	float *x, *out, *want;
