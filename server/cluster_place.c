@@ -141,11 +141,18 @@ retarget(struct cluster *c)
 		return;
 	}
 	if (extra != c->n_extra) {
+		bool any_lost = false, any_up = false;
+		for (uint32_t w = 0; w < c->W; w++) {
+			any_lost |= lost[w];
+			any_up |= up[w];
+		}
 		if (extra > 0)
 			log_warn("cluster: degraded: %u (layer, expert) pairs have no live copy; loading them on live workers",
 			        extra);
-		else if (c->n_extra > 0)
+		else if (!any_lost)
 			log_info("cluster: every worker of the placement is back: restoring it");
+		else if (!any_up)
+			log_warn("cluster: no live worker left to serve the experts");
 	}
 	c->n_extra = extra;
 	if ((rc = mig_set_target(c->mig, t)) != 0)

@@ -53,7 +53,8 @@ cmp_u32(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-/* p99 of bucket b (recomputed after every few new samples). */
+/* p99 of bucket b (sorted again only after new samples: about one sort
+ * of DL_RING values per batch, a few microseconds). */
 static uint32_t
 bucket_p99(struct dl_est *d, uint32_t b)
 {
@@ -63,9 +64,6 @@ bucket_p99(struct dl_est *d, uint32_t b)
 	if (n == 0)
 		return 0;
 	if (d->stale[b] == 0)
-		return d->p99_us[b];
-	/* a fresh bucket is recomputed every sample, a full one every 8 */
-	if (d->p99_us[b] != 0 && d->stale[b] < 8 && n == DL_RING)
 		return d->p99_us[b];
 	memcpy(v, d->lat_us[b], n * sizeof(v[0]));
 	qsort(v, n, sizeof(v[0]), cmp_u32);
