@@ -412,9 +412,9 @@ msg_send(struct dispatch *ds, struct dmsg *m, uint64_t *pack_ns)
 			other |= ds->cand_w[k] != m->worker;
 		m->has_alt = other;
 	}
-	dl_ms = cluster_deadline_ms(ds->c, m->worker, m->n_rows, &ds->dl, &p99);
-	if (!m->has_alt)
-		dl_ms = ds->dl.cap_ms;
+	/* the estimator only matters when there is somewhere else to go */
+	dl_ms = m->has_alt ? cluster_deadline_ms(ds->c, m->worker, m->n_rows, &ds->dl,
+	        &p99) : ds->dl.cap_ms;
 	m->batch_id = ++ds->next_batch_id;
 	m->t_send = t0;
 	m->deadline_ns = t0 + (uint64_t)dl_ms * 1000000u;
