@@ -130,8 +130,7 @@ cluster_new(struct cluster **out, const struct cluster_cfg *cfg, char *err,
 	{
 		/* the committed map starts as a copy of home */
 		struct placement *first;
-		bool keep = false;
-		if ((rc = placement_mix(&first, c->home, c->home, &keep)) != 0 ||
+		if ((rc = placement_dup(&first, c->home)) != 0 ||
 		        (rc = mig_new(&c->mig, first, c->W)) != 0) {
 			cluster_free(c);
 			return rc;
@@ -673,6 +672,7 @@ on_report(struct cluster *c, const Epmoe__LoadReport *lr, struct reply *r)
 			/* it holds every slot the committed map gives it:
 			 * routable from now */
 			w->state = W_UP;
+			w->ever_up = true;
 			atomic_fetch_add(&c->version, 1);
 			cluster_changed_locked(c);
 			push_event(c, wi, true, w->join_reason);

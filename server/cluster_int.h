@@ -57,6 +57,7 @@ struct cl_worker {
 	uint32_t deadline_streak; /* deadline misses without a success between */
 	uint64_t hold_until_ns;   /* re-registration refused until then */
 	bool hung_reported;    /* the "hung" event of this silence went out */
+	bool ever_up;          /* was routable once: not up now means lost */
 	uint64_t refused_boot; /* last refused duplicate (log once per boot) */
 	atomic_uint_fast64_t outstanding; /* tokens in flight (dispatchers) */
 	struct dl_est lat;     /* reply latency by batch size */

@@ -122,15 +122,15 @@ retarget(struct cluster *c)
 	int rc;
 
 	c->target_dirty = false;
-	/* a worker that never registered is not lost: the service is not
-	 * up yet (health says so), nothing to cover */
+	/* a worker that was never up is not lost: the service is not up yet
+	 * (health says so), nothing to cover; one registering again is, until
+	 * it is up */
 	for (uint32_t w = 0; w < c->W; w++) {
 		up[w] = c->w[w].state == W_UP;
-		lost[w] = c->w[w].state == W_DOWN;
+		lost[w] = !up[w] && c->w[w].ever_up;
 	}
 	if (c->degraded_off) {
-		bool keep = false;
-		rc = placement_mix(&t, c->home, c->home, &keep);
+		rc = placement_dup(&t, c->home);
 	} else {
 		rc = placement_cover(&t, c->home, up, lost, prev ? prev : cluster_pl(c),
 		        &extra);

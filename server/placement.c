@@ -597,6 +597,24 @@ placement_mix(struct placement **out, const struct placement *base,
 }
 
 int
+placement_dup(struct placement **out, const struct placement *p)
+{
+	struct plan pl;
+	int rc;
+
+	if ((rc = plan_init(&pl, p->n_layer, p->n_expert, p->n_worker,
+	             p->max_copies)) != 0)
+		return rc;
+	for (uint32_t l = 0; l < p->n_layer; l++)
+		plan_take_layer(&pl, p, l);
+	rc = plan_build(&pl, out);
+	plan_fini(&pl);
+	if (rc == 0)
+		(*out)->epoch = p->epoch;
+	return rc;
+}
+
+int
 placement_cover(struct placement **out, const struct placement *home,
         const bool *up, const bool *lost, const struct placement *prev,
         uint32_t *n_extra)

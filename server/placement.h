@@ -130,6 +130,9 @@ int placement_build(struct placement **out, uint32_t n_layer,
         uint32_t n_expert, uint32_t n_worker, const uint32_t *cnt,
         const int32_t *owners, uint32_t r_cap);
 
+/* A copy of p (epoch included).  Free with placement_free(). */
+int placement_dup(struct placement **out, const struct placement *p);
+
 /* Whether layer l has the same owner lists (same order) in a and b (of
  * the same shape). */
 bool placement_layer_equal(const struct placement *a,

@@ -604,6 +604,19 @@ START_TEST(no_replicas_sigkill_is_served_by_the_survivor_within_5s_then_restored
 	ck_assert_double_gt(worker_tokens("w0"), before);
 	ck_assert_double_ge(failover_num("recoveries"), 1);
 	ck_assert_double_gt(failover_num("last_recovery_s"), 0);
+	/* and /metrics says so */
+	{
+		char *resp = NULL;
+		long st;
+		ck_assert_int_eq(tu_http(&R, "GET", "/metrics", NULL, &st, &resp), 0);
+		ck_assert_int_eq(st, 200);
+		ck_assert_ptr_nonnull(strstr(resp, "epmoe_workers_fenced_total{cause=\"connection\"} 1"));
+		ck_assert_ptr_nonnull(strstr(resp, "epmoe_recoveries_total 1"));
+		ck_assert_ptr_null(strstr(resp, "epmoe_degraded_pairs 0\n"));
+		ck_assert_ptr_nonnull(strstr(resp, "epmoe_unserved_pairs 0\n"));
+		ck_assert_ptr_nonnull(strstr(resp, "epmoe_placement_commits_total"));
+		free(resp);
+	}
 	/* it returns: the original placement comes back, it serves again */
 	w1 = start_worker("w1", log);
 	wait_live(2, 30);
