@@ -53,6 +53,7 @@ struct dmsg {
 	bool inflight;        /* an operation is posted on aio */
 	bool abandon;         /* given up by us: no report, no re-send */
 	bool fenced;          /* its worker was fenced meanwhile */
+	bool local;           /* failed here (memory, context): not the worker's fault */
 	bool is_hedge;
 	int twin;             /* hedge pair, -1 */
 	uint32_t worker, gen, attempt;
@@ -213,6 +214,7 @@ msg_new(struct dispatch *ds)
 	ds->n_msg++;
 	m->state = M_IDLE;
 	m->completed = m->inflight = m->abandon = m->fenced = m->is_hedge = false;
+	m->local = false;
 	m->twin = -1;
 	m->n_grp = m->n_rows = m->n_entries = 0;
 	m->rv = 0;
@@ -444,6 +446,7 @@ msg_send(struct dispatch *ds, struct dmsg *m, uint64_t *pack_ns)
 		if (nm != NULL)
 			nng_msg_free(nm);
 		m->state = M_SEND;
+		m->local = true;
 		fail_msg(ds, m, rc, "cannot pack the request");
 		return;
 	}
@@ -461,6 +464,7 @@ msg_send(struct dispatch *ds, struct dmsg *m, uint64_t *pack_ns)
 	if ((rv = msg_ctx(m, ds->cp[m->worker].sock)) != 0) {
 		nng_msg_free(nm);
 		snprintf(why, sizeof(why), "cannot open a context: %s", nng_strerror(rv));
+		m->local = true;
 		fail_msg(ds, m, wire_nng_err(rv), why);
 		return;
 	}
@@ -546,7 +550,7 @@ fail_msg(struct dispatch *ds, struct dmsg *m, int err, const char *why)
 			return;
 	}
 	ds->bad[m->worker] = true;
-	if (!m->fenced) {
+	if (!m->fenced && !m->local) {
 		cluster_report(ds->c, m->worker, m->gen, clock_now_ns() - m->t_send,
 		        m->n_rows, 0, err, why);
 	}
@@ -1161,8 +1165,6 @@ dispatch_free(struct moe_backend *be)
 		nng_aio_free(m->aio);
 		if (m->ctx_open)
 			nng_ctx_close(m->ctx);
-		if (m->spare)
-			nng_msg_free(m->spare);
 		msg_release(m);
 		if (m->spare)
 			nng_msg_free(m->spare);
