@@ -53,6 +53,7 @@ struct router_cfg {
 	uint64_t replica_seed;
 	uint32_t heartbeat_ms;       /* worker report period (0 = 500) */
 	bool no_degraded;            /* never re-place a lost worker's experts */
+	uint32_t drain_timeout_s; /* SIGTERM: finish requests for up to this */
 	struct sched_cfg sched;
 	bool log_json;
 };
@@ -68,7 +69,7 @@ struct router {
 	struct sched *sched;
 	int64_t created;
 	uint64_t boot_id;
-	bool stopping;
+	bool stopping;            /* SIGTERM seen: draining, then stopping */
 
 	/* the experts on workers (all NULL in local mode) */
 	struct cluster *cluster;
