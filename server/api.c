@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "chat.h"
+#include "dashboard.h"
 #include "err.h"
 #include "http.h"
 #include "log.h"
@@ -744,6 +745,7 @@ static const struct route_ent {
 	{ "/detokenize", "/v1/detokenize", "POST", handle_detokenize, false },
 	{ "/v1/stats", NULL, "GET", handle_stats, false },
 	{ "/v1/placement", NULL, "GET", handle_placement, false },
+	{ "/dashboard", NULL, "GET", dash_handle, false },
 };
 
 static void

@@ -21,6 +21,7 @@ struct metrics_series;
 struct cluster;
 struct nngapi;
 struct cJSON;
+struct dash;
 
 struct router_cfg {
 	const char *model_path;
@@ -87,6 +88,8 @@ struct router {
 	uint64_t *expert_load;   /* [L * E] tokens per (layer, expert) */
 	uint16_t *worker_of;     /* [L * E] expert -> worker map for the ratio, or NULL */
 	int n_workers_map;
+
+	struct dash *dash;       /* the live view (dashboard.h): decisions log */
 };
 
 /* api.c: the HTTP front end.  Starts listening on cfg.http_addr. */

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "cluster.h"
+#include "dashboard.h"
 #include "err.h"
 #include "metrics.h"
 #include "route.h"
@@ -158,6 +159,8 @@ stats_init(struct router *r)
 	int rc;
 
 	pthread_mutex_init(&r->stats_mu, NULL);
+	if ((rc = dash_new(&r->dash)) != 0)
+		return rc;
 	if ((r->expert_load = calloc((size_t)hp->n_layer * hp->n_expert, sizeof(uint64_t))) == NULL)
 		return EPMOE_ENOMEM;
 	if ((rc = metrics_new(&r->metrics)) != 0)
@@ -236,6 +239,8 @@ stats_fini(struct router *r)
 	free(r->s_expert_tokens);
 	free(r->worker_of);
 	metrics_free(r->metrics);
+	dash_free(r->dash);
+	r->dash = NULL;
 	pthread_mutex_destroy(&r->stats_mu);
 }
 
@@ -335,6 +340,7 @@ stats_json(struct router *r)
 		if (w)
 			cJSON_AddItemToObject(j, "workers", w);
 	}
+	dash_stats_json(r, j);
 	return j;
 }
 
