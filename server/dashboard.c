@@ -194,8 +194,8 @@ int_or_null(int32_t v)
 	return v >= 0 ? cJSON_CreateNumber(v) : cJSON_CreateNull();
 }
 
-static void
-add_decisions(struct dash *d, cJSON *stats)
+void
+dash_decisions_json(struct dash *d, cJSON *stats)
 {
 	cJSON *o = cJSON_AddObjectToObject(stats, "decisions"), *arr;
 	struct dash_entry *snap;
@@ -267,5 +267,5 @@ dash_stats_json(struct router *r, cJSON *stats)
 		add_hist(lat, "e2e", r->h_e2e, 0);
 		add_hist(lat, "queue", r->h_queue, 0);
 	}
-	add_decisions(r->dash, stats);
+	dash_decisions_json(r->dash, stats);
 }

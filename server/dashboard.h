@@ -67,6 +67,9 @@ void dash_decision(struct dash *d, const struct dash_decision *x);
 /* Decisions logged since start. */
 uint64_t dash_decisions_total(const struct dash *d);
 
+/* Adds the "decisions" object (above) to stats; d may be NULL (empty). */
+void dash_decisions_json(struct dash *d, struct cJSON *stats);
+
 /* GET /dashboard: answers with the page. */
 void dash_handle(struct router *r, struct http_req *req);
 
