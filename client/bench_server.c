@@ -35,6 +35,9 @@
 #define MAX_POINTS 64
 #define MAX_REPEAT 100
 #define MAX_REQUESTS 1000000
+/* Objectives when --slo does not say: a first token within a second and
+ * at least ten tokens a second after it (faster than people read). */
+#define DEFAULT_SLO "ttft=1s,tpot=100ms"
 
 enum {
 	OPT_CONCURRENCY = CLI_GEN_LAST + 1,
@@ -86,6 +89,7 @@ struct opts {
 	unsigned long long data_seed;
 	int chat;
 	struct lg_slo slo;
+	int slo_default;           /* no --slo: DEFAULT_SLO */
 	long repeat, warmup;
 	int json;
 	const char *json_path;
@@ -158,7 +162,8 @@ usage(FILE *f)
 "                        for ignore_eos, so output lengths are as asked)\n"
 "output:\n"
 "      --slo LIST        goodput objectives, e.g. ttft=500ms,tpot=50ms,e2e=5s\n"
-"                        (--goodput is the same; bare numbers are ms)\n"
+"                        (--goodput is the same; bare numbers are ms;\n"
+"                        default " DEFAULT_SLO "; 'none': no goodput)\n"
 "      --json FILE       the results as JSON into FILE (tables still on\n"
 "                        stdout); '-': JSON alone on stdout\n"
 "      --save-detailed   per-request arrays in the JSON (ttfts, itls, ...)\n"
@@ -309,7 +314,10 @@ parse(struct opts *o, int argc, char **argv)
 		case OPT_NO_STREAM: o->g.p.stream = 0; break;
 		case OPT_NO_IGNORE_EOS: o->g.p.ignore_eos = 0; break;
 		case OPT_SLO:
-			if (lg_slo_parse(optarg, &o->slo, err, sizeof(err)) != 0)
+			o->slo_default = 0;
+			if (strcmp(optarg, "none") == 0)
+				o->slo = (struct lg_slo){ NAN, NAN, NAN };
+			else if (lg_slo_parse(optarg, &o->slo, err, sizeof(err)) != 0)
 				return cli_bad(CMD, "--slo", err);
 			break;
 		case OPT_REPEAT:
@@ -563,6 +571,7 @@ doc_new(const struct opts *o, const char *model, const struct lg_dataset *ds,
 			cJSON_AddNumberToObject(x, "tpot_ms", o->slo.tpot * 1e3);
 		if (!isnan(o->slo.e2el))
 			cJSON_AddNumberToObject(x, "e2el_ms", o->slo.e2el * 1e3);
+		cJSON_AddBoolToObject(x, "default", o->slo_default);
 	}
 	if (cJSON_AddArrayToObject(j, "points") == NULL) {
 		cJSON_Delete(j);
@@ -777,7 +786,9 @@ bench_server(int argc, char **argv)
 	o.input_len = 32;
 	o.output_len = 32;
 	o.repeat = 1;
-	o.slo = (struct lg_slo){ NAN, NAN, NAN };
+	if (lg_slo_parse(DEFAULT_SLO, &o.slo, err, sizeof(err)) != 0)
+		return 1;
+	o.slo_default = 1;
 	if ((rc = parse(&o, argc, argv)) != 0)
 		return rc < 0 ? 0 : rc;
 	memset(&e, 0, sizeof(e));

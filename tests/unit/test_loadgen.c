@@ -894,7 +894,13 @@ START_TEST(errors_are_counted_by_kind)
 	        "--json", out, "-q", NULL), 0);
 	srv_stop(&s);
 	j = read_json(out);
+	/* no --slo: the default objectives, said to be the default */
+	ck_assert(cJSON_IsTrue(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "slo"),
+	        "default")));
+	ck_assert_double_eq_tol(num(cJSON_GetObjectItem(j, "slo"), "tpot_ms"), 100,
+	        1e-9);
 	p = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "points"), 0);
+	ck_assert_int_eq((int)num(p, "good_requests"), 1);
 	ck_assert_int_eq((int)num(p, "completed"), 1);
 	ck_assert_int_eq((int)num(p, "failed"), 3);
 	ek = cJSON_GetObjectItem(p, "errors_by_kind");
