@@ -11,6 +11,7 @@
  */
 #include <getopt.h>
 #include <math.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -804,6 +805,15 @@ bench_server(int argc, char **argv)
 				        "in flight");
 			pts[i].max_inflight = LG_MAX_INFLIGHT_NNG;
 		}
+	{
+		/* up to 1024 connections in flight: lift the soft limit on open
+		 * files to the hard one */
+		struct rlimit rl;
+		if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+			rl.rlim_cur = rl.rlim_max;
+			setrlimit(RLIMIT_NOFILE, &rl);
+		}
+	}
 	if ((rc = cli_gen_connect(&o.g, CMD, &k.c)) != 0)
 		return rc;
 	if (probe(k.c, o.g.p.model, &model) != 0) {

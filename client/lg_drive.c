@@ -20,7 +20,7 @@
 #include "lg_drive.h"
 #include "sse.h"
 
-#define MAX_ERROR_BODY (1u << 20)
+#define MAX_BODY (8u << 20) /* a whole (non-streamed or error) answer */
 
 struct drv {
 	const struct lg_drive_cfg *cfg;
@@ -158,7 +158,7 @@ h_write(char *buf, size_t size, size_t nmemb, void *ud)
 	}
 	if (h->mode == 2)
 		return sse_feed(&h->sse, buf, n) == 0 ? n : 0;
-	if (h->resp_len + n > MAX_ERROR_BODY * 8)
+	if (h->resp_len + n > MAX_BODY)
 		return 0;
 	if ((nb = realloc(h->resp, h->resp_len + n + 1)) == NULL)
 		return 0;

@@ -13,7 +13,7 @@
 #     --rates LIST       open-loop sweep (default 1,2,4,inf)
 #     --concurrency LIST closed-loop sweep instead (e.g. 1,4,16,64)
 #     --requests N       requests per point (default 60)
-#     --slo LIST         goodput objectives (default ttft=500ms,tpot=50ms)
+#     --slo LIST         goodput objectives (default ttft=1s,tpot=100ms)
 #     --out DIR          results and plots (default build/loadtest/DATE)
 #     --server URL       measure one running server (setting "server")
 #                        instead of starting routers
@@ -34,7 +34,7 @@ model=${EPMOE_MODEL:-}
 rates=1,2,4,inf
 conc=
 requests=60
-slo=ttft=500ms,tpot=50ms
+slo=ttft=1s,tpot=100ms
 out=
 server=
 bench_extra=
