@@ -84,8 +84,9 @@ done
 		echo
 		echo "| load | req/s | goodput req/s | output tok/s | TTFT p50 ms | TTFT p99 ms | TPOT p50 ms | ITL p99 ms | E2E p50 ms | failed |"
 		echo "|---|---|---|---|---|---|---|---|---|---|"
-		awk -F '\t' '{ printf "| %s | %.2f | %s | %.1f | %.1f | %.1f | %.2f | %.2f | %.0f | %d |\n",
-			$2, $8, ($9 == "NaN" ? "-" : sprintf("%.2f", $9)), $3, $4, $5, $6, $11, $12, $13 }' \
+		awk -F '\t' 'function f(v, d) { return v == "NaN" ? "-" : sprintf("%." d "f", v) }
+			{ printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %d |\n",
+			$2, f($8, 2), f($9, 2), f($3, 1), f($4, 1), f($5, 1), f($6, 2), f($11, 2), f($12, 0), $13 }' \
 			"$data/$n.points.tsv"
 		echo
 	done
@@ -106,7 +107,8 @@ gp=$data/plots.gp
 	echo "set multiplot layout 1,2 title 'latency against output throughput (labels: load points)'"
 	for panel in ttft tpot; do
 		if [ $panel = ttft ]; then c50=4; c99=5; yl="TTFT (ms)"; else c50=6; c99=7; yl="TPOT (ms)"; fi
-		echo "set xlabel 'output tokens/s'; set ylabel '$yl'; set key inside top left"
+		echo "set xlabel 'output tokens/s'; set ylabel '$yl (log scale)'; set key inside top left"
+		echo "set logscale y"
 		printf 'plot '
 		i=0; sep=""
 		for n in $names; do
@@ -123,6 +125,7 @@ gp=$data/plots.gp
 		echo
 	done
 	echo "unset multiplot"
+	echo "unset logscale y"
 	echo "$TERM_"
 	echo "set key outside right top"
 
@@ -191,17 +194,17 @@ gp=$data/plots.gp
 	i=0; sep=""
 	for n in $names; do
 		if [ -f "$data/$n.worker.ids" ]; then
+			i=$((i + 1))
 			for w in $(cut -f1 "$data/$n.worker.ids" | sort -n); do
 				id=$(awk -F '\t' -v w="$w" '$1 == w { print $2 }' "$data/$n.worker.ids")
 				f=$data/$n.worker.$w.dat
 				if [ -s "$f" ]; then
-					printf "%s'%s' using 1:2 with lines lw 1.5 dt %d lc rgb '%s' title '%s %s'" "$sep" "$f" \
-						$((i % 5 + 1)) "$(color "$w")" "$n" "$id"
+					printf "%s'%s' using 1:2 with lines lw 1.2 dt %d lc rgb '%s' title '%s %s'" "$sep" "$f" \
+						$(((i - 1) % 5 + 1)) "$(color "$w")" "$n" "$id"
 					sep=", "
 				fi
 			done
 		fi
-		i=$((i + 1))
 	done
 	[ -n "$sep" ] || printf "0 with lines title 'no worker samples (local mode, or no --stats-interval)'"
 	echo

@@ -23,6 +23,8 @@
 #   e.g.  deploy/loadtest/sweep.sh local=--local "2 workers=--workers 2"
 #         deploy/loadtest/sweep.sh "ssr=--workers 2 --routing ssr:lambda=1.3" ...
 #
+# Requests may take 300 s (--timeout 300) so that saturated points
+# measure latency rather than the client's patience; --bench overrides it.
 # Setting names become file names (spaces and slashes are replaced by _).
 # Needs the built binaries (EPMOE_BUILD, default build), curl, gnuplot and
 # jq (`make deps-loadtest`).  Every wait is bounded; routers it started are
@@ -116,7 +118,7 @@ run_bench() { # NAME URL
 	echo "sweep.sh: == $1: $load_args, $requests requests per point"
 	# shellcheck disable=SC2086
 	"$BIN/epmoe" bench server --server "$2" $load_args --requests "$requests" \
-		--slo "$slo" --warmup 2 --save-detailed --stats-interval "$interval" --label "$1" \
+		--slo "$slo" --warmup 2 --timeout 300 --save-detailed --stats-interval "$interval" --label "$1" \
 		--json "$out/$1.json" $bench_extra | tee "$out/$1.txt"
 	echo "$1" >>"$out/settings.txt"
 }
