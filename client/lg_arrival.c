@@ -14,33 +14,39 @@ lg_arrival_init(struct lg_arrival *a, double rate, double burstiness,
 		return EPMOE_EINVAL;
 	a->rate = rate;
 	a->burstiness = burstiness;
-	rng_seed(a->rng, seed);
+	a->rng = seed;
 	return 0;
 }
 
 double
-lg_normal(uint64_t s[4])
+lg_uniform(uint64_t *state)
+{
+	return (double)(rng_splitmix64(state) >> 11) * 0x1.0p-53;
+}
+
+double
+lg_normal(uint64_t *s)
 {
 	double u, v, q;
 
 	/* accepts with probability pi/4 per pair: the loop ends */
 	do {
-		u = 2 * rng_uniform(s) - 1;
-		v = 2 * rng_uniform(s) - 1;
+		u = 2 * lg_uniform(s) - 1;
+		v = 2 * lg_uniform(s) - 1;
 		q = u * u + v * v;
 	} while (q >= 1 || q == 0);
 	return u * sqrt(-2 * log(q) / q);
 }
 
 double
-lg_gamma(uint64_t s[4], double shape, double scale)
+lg_gamma(uint64_t *s, double shape, double scale)
 {
 	double boost = 1, d, c, x, v, u;
 
 	if (shape < 1) {
 		/* G(a) = G(a + 1) * U^(1/a) */
 		do
-			u = rng_uniform(s);
+			u = lg_uniform(s);
 		while (u == 0);
 		boost = pow(u, 1 / shape);
 		shape += 1;
@@ -54,7 +60,7 @@ lg_gamma(uint64_t s[4], double shape, double scale)
 			v = 1 + c * x;
 		} while (v <= 0);
 		v = v * v * v;
-		u = rng_uniform(s);
+		u = lg_uniform(s);
 		if (u < 1 - 0.0331 * x * x * x * x)
 			break;
 		if (u > 0 && log(u) < 0.5 * x * x + d * (1 - v + log(v)))
@@ -69,7 +75,7 @@ lg_arrival_gap(struct lg_arrival *a)
 	if (isinf(a->rate))
 		return 0;
 	/* mean = shape * scale = 1 / rate */
-	return lg_gamma(a->rng, a->burstiness, 1 / (a->rate * a->burstiness));
+	return lg_gamma(&a->rng, a->burstiness, 1 / (a->rate * a->burstiness));
 }
 
 void

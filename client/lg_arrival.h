@@ -15,7 +15,7 @@
 struct lg_arrival {
 	double rate;        /* requests per second; INFINITY: no gaps */
 	double burstiness;  /* gamma shape */
-	uint64_t rng[4];
+	uint64_t rng;       /* splitmix64 state */
 };
 
 /* Sets up a (caller's memory).  Returns 0, or EPMOE_EINVAL when rate is
@@ -30,13 +30,19 @@ double lg_arrival_gap(struct lg_arrival *a);
  * into t[0..n): the first at 0, then cumulative gaps. */
 void lg_arrival_schedule(struct lg_arrival *a, double *t, size_t n);
 
-/* A draw from Gamma(shape, scale) (mean shape * scale) with state s;
- * shape and scale > 0.  Marsaglia and Tsang, "A simple method for
- * generating gamma variables", ACM TOMS 26(3), 2000, with their
- * U^(1/shape) boost for shape < 1. */
-double lg_gamma(uint64_t s[4], double shape, double scale);
+/* The draws below advance a splitmix64 state (common/rng.h), whose
+ * stream passes BigCrush (it is Java's SplittableRandom). */
+
+/* Uniform in [0, 1) with 53 random bits. */
+double lg_uniform(uint64_t *state);
+
+/* A draw from Gamma(shape, scale) (mean shape * scale); shape and scale
+ * > 0.  Marsaglia and Tsang, "A simple method for generating gamma
+ * variables", ACM TOMS 26(3), 2000, with their U^(1/shape) boost for
+ * shape < 1. */
+double lg_gamma(uint64_t *state, double shape, double scale);
 
 /* A standard normal draw (Marsaglia's polar method). */
-double lg_normal(uint64_t s[4]);
+double lg_normal(uint64_t *state);
 
 #endif

@@ -13,6 +13,7 @@
 
 #include "cli.h"
 #include "err.h"
+#include "lg_arrival.h"
 #include "lg_dataset.h"
 #include "rng.h"
 
@@ -50,15 +51,14 @@ static const char *const words[] = {
 char *
 lg_words(uint64_t seed, uint64_t idx, uint32_t n_words)
 {
-	uint64_t s[4];
+	uint64_t s = rng_mix64(seed ^ rng_mix64(idx ^ 0x5eed));
 	size_t len = 0;
 	char *p = malloc((size_t)n_words * (MAX_WORD_LEN + 1) + 1);
 
 	if (p == NULL)
 		return NULL;
-	rng_seed(s, seed ^ (idx * 0xbf58476d1ce4e5b9ull) ^ 0x5eed);
 	for (uint32_t i = 0; i < n_words; i++) {
-		const char *w = words[rng_next(s) % N_WORDS];
+		const char *w = words[rng_splitmix64(&s) % N_WORDS];
 		size_t wl = strlen(w);
 		if (i > 0)
 			p[len++] = ' ';
@@ -133,7 +133,7 @@ tokens_of(const struct lg_data_cfg *cfg, const char *text)
 
 /* Uniform integer in [floor(m(1-r)), ceil(m(1+r))], at least 1. */
 static uint32_t
-draw_len(uint64_t s[4], uint32_t mean, double r)
+draw_len(uint64_t *s, uint32_t mean, double r)
 {
 	double lo = floor(mean * (1 - r)), hi = ceil(mean * (1 + r));
 	double v;
@@ -142,7 +142,7 @@ draw_len(uint64_t s[4], uint32_t mean, double r)
 		lo = 1;
 	if (hi < lo)
 		hi = lo;
-	v = lo + floor(rng_uniform(s) * (hi - lo + 1));
+	v = lo + floor(lg_uniform(s) * (hi - lo + 1));
 	return v > hi ? (uint32_t)hi : (uint32_t)v;
 }
 
@@ -169,13 +169,12 @@ static int
 make_random(const struct lg_data_cfg *cfg, struct lg_dataset *d, char *err,
         size_t err_size)
 {
-	uint64_t s[4];
+	uint64_t s = cfg->seed;
 	size_t cap = 0;
 
-	rng_seed(s, cfg->seed);
 	for (size_t i = 0; i < cfg->n; i++) {
-		uint32_t in = draw_len(s, cfg->input_len, cfg->range_ratio);
-		uint32_t out = draw_len(s, cfg->output_len, cfg->range_ratio);
+		uint32_t in = draw_len(&s, cfg->input_len, cfg->range_ratio);
+		uint32_t out = draw_len(&s, cfg->output_len, cfg->range_ratio);
 		long nw = lround((double)in / cfg->tokens_per_word);
 		char *p;
 		if (nw < 1)

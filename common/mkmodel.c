@@ -21,7 +21,6 @@
 #include "err.h"
 #include "gguf.h"
 #include "mkmodel.h"
-#include "rng.h"
 
 #define CHUNK 65536 /* elements per independently seeded chunk (mult. of 32) */
 #define MAX_THREADS 64
@@ -337,9 +336,25 @@ mkmodel_data_size(const struct mkmodel_cfg *c)
 
 /* ---- random numbers ---- */
 
+static uint64_t
+splitmix64(uint64_t *s)
+{
+	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
 struct xoshiro {
 	uint64_t s[4];
 };
+
+static uint64_t
+rotl(uint64_t x, int k)
+{
+	return (x << k) | (x >> (64 - k));
+}
 
 /* xoshiro256+ (Blackman & Vigna, "Scrambled linear pseudorandom number
  * generators", 2018): fast; its weak low bits do not matter here. */
@@ -353,7 +368,7 @@ xo_next(struct xoshiro *x)
 	s[1] ^= s[2];
 	s[0] ^= s[3];
 	s[2] ^= t;
-	s[3] = rng_rotl(s[3], 45);
+	s[3] = rotl(s[3], 45);
 	return r;
 }
 
@@ -405,7 +420,7 @@ gen_chunk(const struct fill_job *j, uint64_t c, float *tmp)
 	struct xoshiro x;
 
 	for (int i = 0; i < 4; i++)
-		x.s[i] = rng_splitmix64(&sm);
+		x.s[i] = splitmix64(&sm);
 	if (t->init == INIT_NORM) {
 		for (size_t i = 0; i < n; i++)
 			out[i] = 1.0f + 0.1f * normalish(&x);
@@ -912,7 +927,7 @@ mkmodel_write(const struct mkmodel_cfg *c, const char *path, char *err,
 		struct tspec *t = &l.t[i];
 		uint64_t s = c->seed ^ name_hash(t->name);
 
-		t->seed = rng_splitmix64(&s);
+		t->seed = splitmix64(&s);
 		t->n_threads = n_th;
 		if ((rc = gguf_writer_add_tensor_fn(w, t->name, t->type,
 		             t->n_dims, t->ne, fill_tensor, t)) != 0)

@@ -11,7 +11,6 @@
 #include <string.h>
 
 #include "err.h"
-#include "rng.h"
 #include "sample.h"
 
 /* Up to this k, top-k is one insertion pass rather than a quickselect. */
@@ -27,16 +26,62 @@ sample_params_default(struct sample_params *p)
 	p->seed = 0;
 }
 
+/* splitmix64 (Steele, Lea, Flood, "Fast splittable pseudorandom number
+ * generators", 2014): expands the seed into the xoshiro state. */
+static uint64_t
+splitmix64(uint64_t *x)
+{
+	uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+static uint64_t
+rotl(uint64_t x, int k)
+{
+	return (x << k) | (x >> (64 - k));
+}
+
+/* xoshiro256** (Blackman, Vigna, "Scrambled linear pseudorandom number
+ * generators", 2018). */
+static uint64_t
+xoshiro_next(uint64_t s[4])
+{
+	uint64_t r = rotl(s[1] * 5, 7) * 9;
+	uint64_t t = s[1] << 17;
+
+	s[2] ^= s[0];
+	s[3] ^= s[1];
+	s[1] ^= s[2];
+	s[0] ^= s[3];
+	s[2] ^= t;
+	s[3] = rotl(s[3], 45);
+	return r;
+}
+
+/* Uniform in [0, 1) with 53 random bits. */
+static double
+rng_uniform(uint64_t s[4])
+{
+	return (double)(xoshiro_next(s) >> 11) * 0x1.0p-53;
+}
+
 int
 sampler_init(struct sampler *s, const struct sample_params *p)
 {
+	uint64_t x;
+
 	if (p == NULL || !isfinite(p->temperature) || p->temperature < 0 ||
 	    !(p->top_p > 0 && p->top_p <= 1) ||
 	    !(p->min_p >= 0 && p->min_p <= 1) || p->top_k < 0)
 		return EPMOE_EINVAL;
 	memset(s, 0, sizeof(*s));
 	s->p = *p;
-	rng_seed(s->rng, p->seed);
+	x = p->seed;
+	for (int i = 0; i < 4; i++)
+		s->rng[i] = splitmix64(&x);
 	return 0;
 }
 

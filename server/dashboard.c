@@ -1,7 +1,7 @@
 /* The router's live view (see dashboard.h): serves the embedded page,
- * adds its sections to /v1/stats, keeps the decisions log.  It reads the
- * router's statistics; it changes nothing the engine or the scheduler
- * use. */
+ * adds its sections to /v1/stats from what the statistics module hands
+ * it, keeps the decisions log.  It knows nothing of the router's
+ * internals and changes nothing the engine or the scheduler use. */
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -15,8 +15,6 @@
 #include "err.h"
 #include "http.h"
 #include "metrics.h"
-#include "model.h"
-#include "router.h"
 
 struct dash_entry {
 	uint64_t seq;
@@ -118,7 +116,7 @@ dash_decisions_total(const struct dash *d)
 void
 dash_handle(struct router *r, struct http_req *req)
 {
-	(void)r;
+	(void)r; /* the route table's handler signature */
 	http_respond(req, 200, "text/html; charset=utf-8", dash_page_html,
 	        dash_page_html_len, PAGE_HEADERS);
 }
@@ -241,31 +239,36 @@ dash_decisions_json(struct dash *d, cJSON *stats)
 }
 
 void
-dash_stats_json(struct router *r, cJSON *stats)
+dash_stats_json(struct dash *d, const struct dash_view *v, cJSON *stats)
 {
 	cJSON *o, *lat;
 	struct timespec ts;
 	double now;
 
-	if (stats == NULL)
+	if (stats == NULL || v == NULL)
 		return;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	now = (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 	if ((o = cJSON_AddObjectToObject(stats, "server")) != NULL) {
-		cJSON_AddStringToObject(o, "model", r->cfg.model_name ?
-		        r->cfg.model_name : "");
-		cJSON_AddStringToObject(o, "mode", r->cluster ? "distributed" :
+		cJSON_AddStringToObject(o, "model", v->model ? v->model : "");
+		cJSON_AddStringToObject(o, "mode", v->distributed ? "distributed" :
 		        "local");
 		cJSON_AddNumberToObject(o, "time_unix", now);
-		cJSON_AddNumberToObject(o, "uptime_s", now - (double)r->created);
-		cJSON_AddNumberToObject(o, "n_layers", r->model->hp.n_layer);
-		cJSON_AddNumberToObject(o, "n_experts", r->model->hp.n_expert);
+		cJSON_AddNumberToObject(o, "uptime_s", now - v->created_unix);
+		cJSON_AddNumberToObject(o, "n_layers", v->n_layers);
+		cJSON_AddNumberToObject(o, "n_experts", v->n_experts);
 	}
 	if ((lat = cJSON_AddObjectToObject(stats, "latency")) != NULL) {
-		add_hist(lat, "ttft", r->h_ttft, 1);
-		add_hist(lat, "itl", r->h_itl, 0);
-		add_hist(lat, "e2e", r->h_e2e, 0);
-		add_hist(lat, "queue", r->h_queue, 0);
+		/* the bounds once, from the first histogram there is */
+		int bounds = 1;
+		const struct metrics_series *h[4] = { v->ttft, v->itl, v->e2e, v->queue };
+		static const char *const names[4] = { "ttft", "itl", "e2e", "queue" };
+		for (int i = 0; i < 4; i++) {
+			if (h[i] == NULL)
+				continue;
+			add_hist(lat, names[i], h[i], bounds);
+			bounds = 0;
+		}
 	}
-	dash_decisions_json(r->dash, stats);
+	dash_decisions_json(d, stats);
 }

@@ -34,6 +34,7 @@ struct dash;
 struct router;
 struct http_req;
 struct cJSON;
+struct metrics_series;
 
 /* Entries kept, and how many /v1/stats shows. */
 #define DASH_DECISIONS_KEPT 256
@@ -73,8 +74,21 @@ void dash_decisions_json(struct dash *d, struct cJSON *stats);
 /* GET /dashboard: answers with the page. */
 void dash_handle(struct router *r, struct http_req *req);
 
-/* Adds "server", "latency" and "decisions" to a /v1/stats object. */
-void dash_stats_json(struct router *r, struct cJSON *stats);
+/* What the live view's sections of /v1/stats are made of: the statistics
+ * module fills it from what it owns (borrowed for the call). */
+struct dash_view {
+	const char *model;         /* the served model id */
+	int distributed;           /* workers host the experts */
+	double created_unix;       /* when the router started */
+	uint32_t n_layers, n_experts;
+	/* the latency histograms (seconds; any may be NULL) */
+	const struct metrics_series *ttft, *itl, *e2e, *queue;
+};
+
+/* Adds "server", "latency" and "decisions" (d may be NULL: an empty log)
+ * to a /v1/stats object. */
+void dash_stats_json(struct dash *d, const struct dash_view *v,
+        struct cJSON *stats);
 
 /* The q-quantile (0..1) of a histogram with per-bucket counts[0..n) (the
  * last bucket is +Inf) and finite upper bounds[0..n-1), interpolating

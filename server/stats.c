@@ -340,7 +340,18 @@ stats_json(struct router *r)
 		if (w)
 			cJSON_AddItemToObject(j, "workers", w);
 	}
-	dash_stats_json(r, j);
+	{
+		struct dash_view v = {
+			.model = r->cfg.model_name,
+			.distributed = r->cluster != NULL,
+			.created_unix = (double)r->created,
+			.n_layers = hp->n_layer,
+			.n_experts = hp->n_expert,
+			.ttft = r->h_ttft, .itl = r->h_itl, .e2e = r->h_e2e,
+			.queue = r->h_queue,
+		};
+		dash_stats_json(r->dash, &v, j);
+	}
 	return j;
 }
 

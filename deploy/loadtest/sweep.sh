@@ -18,6 +18,9 @@
 #     --server URL       measure one running server (setting "server")
 #                        instead of starting routers
 #     --stats-interval S sample /v1/stats every S seconds (default 1)
+#     --alternate        one load point at a time, each setting in turn
+#                        (A B A B ...: slow drift of a shared machine then
+#                        hits every setting alike; a router start per point)
 #     --bench ARGS       more `epmoe bench server` arguments, e.g.
 #                        "--dataset sharegpt --dataset-path F"
 #   e.g.  deploy/loadtest/sweep.sh local=--local "2 workers=--workers 2"
@@ -41,6 +44,7 @@ out=
 server=
 bench_extra=
 interval=1
+alternate=0
 usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
 	case $1 in
@@ -53,6 +57,7 @@ while [ $# -gt 0 ]; do
 	--server) server=$2; shift 2 ;;
 	--bench) bench_extra=$2; shift 2 ;;
 	--stats-interval) interval=$2; shift 2 ;;
+	--alternate) alternate=1; shift ;;
 	-h|--help) usage; exit 0 ;;
 	--*) echo "sweep.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
 	*) break ;;
@@ -114,25 +119,54 @@ start_router() { # NAME ARGS -> URL
 	done
 }
 
-run_bench() { # NAME URL
-	echo "sweep.sh: == $1: $load_args, $requests requests per point"
+run_bench() { # NAME URL LOAD_ARGS JSON
+	echo "sweep.sh: == $1: $3, $requests requests per point"
 	# shellcheck disable=SC2086
-	"$BIN/epmoe" bench server --server "$2" $load_args --requests "$requests" \
+	"$BIN/epmoe" bench server --server "$2" $3 --requests "$requests" \
 		--slo "$slo" --warmup 2 --timeout 300 --save-detailed --stats-interval "$interval" --label "$1" \
-		--json "$out/$1.json" $bench_extra | tee "$out/$1.txt"
-	echo "$1" >>"$out/settings.txt"
+		--json "$4" $bench_extra | tee -a "$out/$1.txt"
 }
 
-if [ -n "$server" ]; then
-	run_bench server "$server"
-fi
+# the settings: names (file names: spaces and slashes become _) and args
 for s in "$@"; do
-	name=$(printf '%s' "${s%%=*}" | tr ' /' '__')
-	args=${s#*=}
-	[ "$args" != "$s" ] || { echo "sweep.sh: '$s' is not NAME=ROUTER_ARGS" >&2; exit 2; }
-	start_router "$name" "$args"
-	run_bench "$name" "$URL"
-	stop_router
+	[ "${s#*=}" != "$s" ] || { echo "sweep.sh: '$s' is not NAME=ROUTER_ARGS" >&2; exit 2; }
 done
+name_of() { printf '%s' "${1%%=*}" | tr ' /' '__'; }
+
+if [ -n "$server" ]; then
+	run_bench server "$server" "$load_args" "$out/server.json"
+	echo server >>"$out/settings.txt"
+fi
+if [ $alternate = 0 ]; then
+	for s in "$@"; do
+		name=$(name_of "$s")
+		start_router "$name" "${s#*=}"
+		run_bench "$name" "$URL" "$load_args" "$out/$name.json"
+		stop_router
+		echo "$name" >>"$out/settings.txt"
+	done
+else
+	# point by point; each setting's points are joined into NAME.json
+	points=$(printf '%s' "${rates:-$conc}" | tr ',' ' ')
+	flag=--rates
+	[ -z "$conc" ] || flag=--concurrency
+	k=0
+	for p in $points; do
+		for s in "$@"; do
+			name=$(name_of "$s")
+			start_router "$name" "${s#*=}"
+			run_bench "$name" "$URL" "$flag $p" "$out/$name.p$k.json"
+			stop_router
+		done
+		k=$((k + 1))
+	done
+	for s in "$@"; do
+		name=$(name_of "$s")
+		# shellcheck disable=SC2046
+		jq -s '.[0] + {points: [.[].points[]]}' $(i=0; while [ $i -lt $k ]; do
+			printf '%s ' "$out/$name.p$i.json"; i=$((i + 1)); done) >"$out/$name.json"
+		echo "$name" >>"$out/settings.txt"
+	done
+fi
 sh "$(dirname "$0")/plot.sh" "$out"
 echo "sweep.sh: results in $out"
