@@ -8,7 +8,8 @@
 #   make bench      print the benchmark tables
 #   make deps       install the missing Debian packages (apt-get; sudo when
 #                   not root) and say what it installs
-#   make deps-test  also the packages only the tests need (Chromium, gnuplot)
+#   make deps-test  also the packages only the tests need (Chromium, gnuplot,
+#                   jq)
 #   make deps-loadtest  the packages of deploy/loadtest/sweep.sh (gnuplot, jq)
 #   make clean      remove build/
 

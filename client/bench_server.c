@@ -491,6 +491,11 @@ probe(struct epmoe_client *c, const char *given_model, char **model)
 		return 1;
 	}
 	if (epmoe_models(c, &ids, &n_ids) != 0) {
+		/* a server without /v1/models will do when --model names one */
+		if (given_model != NULL && epmoe_client_error(c)->status != 0) {
+			*model = strdup(given_model);
+			return *model == NULL ? 1 : 0;
+		}
 		cli_gen_print_error(CMD, c);
 		return 1;
 	}

@@ -363,7 +363,8 @@ lg_summarize(const struct lg_rec *recs, size_t n, int streamed,
 			ttft[n_ttft++] = r->t_first - r->t0;
 			if (r->out_tokens > 1)
 				tpot[n_tpot++] = rec_tpot(r, streamed);
-			memcpy(itl + n_itl, r->gaps, r->n_gaps * sizeof(*itl));
+			if (r->n_gaps > 0)
+				memcpy(itl + n_itl, r->gaps, r->n_gaps * sizeof(*itl));
 			n_itl += r->n_gaps;
 		}
 		if (lg_slo_any(slo) && rec_good(r, streamed, slo))

@@ -605,6 +605,7 @@ struct srv {
 	atomic_int stop;
 	pthread_t conn[SRV_MAX_CONN];
 	int n_conn;
+	int no_models;          /* answer /v1/models with a 404 */
 	atomic_int n_completions;
 };
 
@@ -666,7 +667,7 @@ conn_thread(void *arg)
 			goto out;
 	}
 	body = hdr_end + 4;
-	if (strncmp(req, "GET /v1/models ", 15) == 0) {
+	if (strncmp(req, "GET /v1/models ", 15) == 0 && !s->no_models) {
 		const char *j = "{\"object\":\"list\",\"data\":[{\"id\":\"scripted\","
 		        "\"object\":\"model\"}]}";
 		say(fd, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
@@ -913,6 +914,36 @@ START_TEST(errors_are_counted_by_kind)
 }
 END_TEST
 
+START_TEST(a_server_without_models_list_works_with_model_given)
+{
+	struct srv s;
+	char url[64], out[160];
+	const char text[] = "fast\n";
+	const char *pf;
+	cJSON *j;
+
+	mk_tmpdir();
+	pf = write_tmp("prompts.txt", text, sizeof(text) - 1);
+	snprintf(out, sizeof(out), "%s/r.json", tmpdir);
+	srv_start(&s);
+	s.no_models = 1;
+	snprintf(url, sizeof(url), "http://127.0.0.1:%d", s.port);
+	ck_assert_ptr_nonnull(freopen("/dev/null", "w", stdout));
+	ck_assert_ptr_nonnull(freopen("/dev/null", "w", stderr));
+	/* no model list and no --model: nothing to ask for */
+	ck_assert_int_eq(run_bench("server", "--server", url, "--prompt-file", pf,
+	        "--requests", "2", "-q", NULL), 1);
+	ck_assert_int_eq(run_bench("server", "--server", url, "--prompt-file", pf,
+	        "--requests", "2", "--model", "mine", "--json", out, "-q", NULL), 0);
+	srv_stop(&s);
+	j = read_json(out);
+	ck_assert_str_eq(cJSON_GetObjectItem(j, "model_id")->valuestring, "mine");
+	ck_assert_int_eq((int)num(cJSON_GetArrayItem(cJSON_GetObjectItem(j,
+	        "points"), 0), "completed"), 2);
+	cJSON_Delete(j);
+}
+END_TEST
+
 /* The schema: key, and what it must be. */
 enum jt { J_NUM, J_STR, J_OBJ, J_ARR, J_NUM_OR_NULL, J_NUM_OR_STR };
 
@@ -1074,6 +1105,7 @@ main(void)
 	tcase_add_test(ts, confidence_interval_uses_student_t);
 	tcase_add_test(tr, goodput_on_a_scripted_server_counts_the_fast_half);
 	tcase_add_test(tr, errors_are_counted_by_kind);
+	tcase_add_test(tr, a_server_without_models_list_works_with_model_given);
 	tcase_add_test(tr, json_results_follow_the_schema_for_a_rate_sweep_with_repeats);
 	tcase_add_test(tr, bad_load_options_are_usage_errors);
 	tcase_set_timeout(ta, 120);
