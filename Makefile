@@ -5,12 +5,13 @@
 #                   with two local workers on 127.0.0.1:8080
 #   make test       install, build, run the Check suites and the
 #                   integration tests (SAN=1: under ASan + UBSan)
-#   make bench      print the benchmark tables
+#   make test-deploy  (root) the deployment tests: Kubernetes manifests
+#                   offline, the multi-host testbed (network namespaces),
+#                   the Docker image, compose and a one-node swarm
+#   make bench      print the benchmark tables (make bench-testbed, root:
+#                   the cost of the testbed's delay relay)
 #   make deps       install the missing Debian packages (apt-get; sudo when
 #                   not root) and say what it installs
-#   make deps-test  also the packages only the tests need (Chromium, gnuplot,
-#                   jq)
-#   make deps-loadtest  the packages of deploy/loadtest/sweep.sh (gnuplot, jq)
 #   make clean      remove build/
 
 SAN ?= 0
@@ -24,18 +25,17 @@ CC ?= cc
 ARCH ?= native
 PYTHON ?= /usr/bin/python3
 
-# Debian packages the build, the tests and `make run` need.
+# Debian packages the build, the tests, `make run` and deploy/loadtest need
+# (chromium: the live view's browser test; gnuplot-nox and jq: the load-test
+# scripts and their test).
 DEB_PKGS := build-essential pkg-config libuv1-dev libnng-dev libopenblas-dev \
 	libprotobuf-c-dev protobuf-c-compiler check libcjson-dev \
-	libhttp-parser-dev libpcre2-dev libcurl4-openssl-dev curl
+	libhttp-parser-dev libpcre2-dev libcurl4-openssl-dev curl \
+	chromium gnuplot-nox jq
+# Debian packages of `make test-deploy` only (installed by it).
+DEB_DEPLOY_PKGS := iptables docker.io docker-compose debootstrap python3-yaml
 # pkg-config modules; nng (CMake config only) and http-parser (no .pc) are
 # linked directly.  Recursively expanded so they are read after `deps`.
-# Packages only `make test` needs: the dashboard's browser test and the
-# load-test plotting test (see the README's dependency table for why they
-# are not in DEB_PKGS).
-TEST_PKGS := chromium gnuplot-nox jq
-# Packages deploy/loadtest/sweep.sh needs.
-LOADTEST_PKGS := gnuplot-nox jq
 PKGS := libuv openblas libprotobuf-c check libcjson libpcre2-8 libcurl
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS))
 PKG_LIBS = $(shell pkg-config --libs $(PKGS)) -lnng -lhttp_parser -lm -lpthread
@@ -49,7 +49,17 @@ OPT := -O1 -g -march=$(ARCH) -fno-omit-frame-pointer -fno-strict-aliasing \
 	-fno-sanitize=alignment
 SAN_LD := -fsanitize=address,undefined
 endif
-CPPFLAGS_ALL = -Icommon -Iserver -Iworker -Iclient -I$(B)/gen $(PKG_CFLAGS) \
+# Each library sees only the headers it may use: common sees common and the
+# generated proto; worker, server and client see common and their own
+# folder (so an include of server/ from common/ fails to compile); the
+# tests see everything.  The folder is the first component of the source.
+INC_common := -Icommon -I$(B)/gen
+INC_worker := -Icommon -Iworker -I$(B)/gen
+INC_server := -Icommon -Iserver -I$(B)/gen
+INC_client := -Icommon -Iclient -I$(B)/gen
+INC_deploy :=
+INC_tests := -Icommon -Iserver -Iworker -Iclient -Itests/unit -I$(B)/gen
+CPPFLAGS_ALL = $(INC_$(firstword $(subst /, ,$<))) $(PKG_CFLAGS) \
 	-D_GNU_SOURCE -MMD -MP
 CFLAGS_ALL = -std=gnu11 $(OPT) $(WARN) $(CFLAGS)
 LDFLAGS_ALL = $(SAN_LD) $(LDFLAGS)
@@ -77,41 +87,32 @@ LIB_CLIENT := $(B)/lib/libepmoe-client.a
 LIBS_ALL := $(LIB_SERVER) $(LIB_WORKER) $(LIB_CLIENT) $(LIB_COMMON)
 
 BINS := $(B)/bin/epmoe $(B)/bin/epmoe-router $(B)/bin/epmoe-worker
+# the testbed's delay relay (deploy/testbed/relay.c; not installed)
+RELAY := $(B)/bin/epmoe-relay
 TESTS := $(patsubst tests/unit/%.c,$(B)/tests/%,$(TEST_SRC))
 
-.PHONY: all deps deps-test deps-loadtest run test test-only bench bench-only \
-	clean check-deps train FORCE
+.PHONY: all deps run test test-only test-deploy \
+	bench bench-only bench-testbed clean check-deps train FORCE
 .DEFAULT_GOAL := all
 .SECONDARY:
 
-all: $(BINS) $(TESTS)
+all: $(BINS) $(RELAY) $(TESTS)
 
-# $(call install_missing,PACKAGES): apt-get install what is not installed.
-define install_missing
+deps:
 	@missing=""; \
-	for p in $(1); do \
+	for p in $(DEB_PKGS); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
 	done; \
-	$(2) \
+	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
 	if [ -z "$$missing" ]; then \
-		echo "$@: all $(words $(1)) Debian packages are installed"; \
+		echo "deps: all $(words $(DEB_PKGS)) Debian packages are installed"; \
 	else \
 		if [ "$$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi; \
-		echo "$@: installing missing Debian packages:$$missing"; \
+		echo "deps: installing missing Debian packages:$$missing"; \
 		$$sudo apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q --no-install-recommends $$missing; \
 	fi
-endef
-
-deps:
-	$(call install_missing,$(DEB_PKGS),command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
-	command -v npm >/dev/null 2>&1 || missing="$$missing npm";)
-
-deps-test: deps
-	$(call install_missing,$(TEST_PKGS),)
-
-deps-loadtest:
-	$(call install_missing,$(LOADTEST_PKGS),)
 
 # protoc-c writes next to the proto's relative path; keep generated code in build/.
 $(GEN_C) $(GEN_H): proto/epmoe.proto
@@ -178,6 +179,10 @@ $(B)/bin/epmoe-worker: $(B)/obj/worker/main.o $(LIBS_ALL)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $< $(LIBS_ALL) $(PKG_LIBS)
 
+$(RELAY): $(B)/obj/deploy/testbed/relay.o
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $< $(PKG_LIBS)
+
 $(B)/tests/%: $(B)/obj/tests/unit/%.o $(call obj,$(TEST_SUPPORT)) $(LIBS_ALL)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $< $(call obj,$(TEST_SUPPORT)) $(LIBS_ALL) $(PKG_LIBS)
@@ -188,14 +193,22 @@ run: deps
 	@$(MAKE) --no-print-directory $(BINS)
 	@EPMOE_BUILD=$(B) MODEL="$(MODEL)" sh deploy/run-local.sh
 
-test: deps-test
+test: deps
 	@$(MAKE) --no-print-directory test-only
 
 test-only: all
 	@EPMOE_BUILD=$(B) SAN=$(SAN) sh tests/run.sh
 
+test-deploy: deps
+	@$(MAKE) --no-print-directory all
+	@EPMOE_BUILD=$(B) DEB_DEPLOY_PKGS="$(DEB_DEPLOY_PKGS)" sh tests/deploy/run.sh
+
 bench: deps
 	@$(MAKE) --no-print-directory bench-only
+
+# (root) the testbed's delay relay against plain links, alternating
+bench-testbed: all
+	@EPMOE_BIN=$(CURDIR)/$(B)/bin sh tests/testbed/bench/relay_cost.sh
 
 bench-only: $(BINS)
 	@EPMOE_BUILD=$(B) sh client/bench/run.sh

@@ -14,13 +14,13 @@
 # DIR holds NAME.json per setting and, optionally, settings.txt (the names
 # in the order to draw; default: every *.json).  Writes DIR/data/*.dat,
 # DIR/summary.md (a table per setting) and the PNGs into DIR.  Needs
-# gnuplot and jq (`make deps-loadtest`).
+# gnuplot and jq (`make deps`).
 set -eu
 dir=${1:?usage: plot.sh DIR}
 [ -d "$dir" ] || { echo "plot.sh: no directory $dir" >&2; exit 1; }
 for t in gnuplot jq; do
 	command -v $t >/dev/null 2>&1 || {
-		echo "plot.sh: $t is missing (make deps-loadtest installs gnuplot and jq)" >&2
+		echo "plot.sh: $t is missing (make deps installs gnuplot and jq)" >&2
 		exit 1
 	}
 done

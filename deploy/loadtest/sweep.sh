@@ -30,7 +30,7 @@
 # measure latency rather than the client's patience; --bench overrides it.
 # Setting names become file names (spaces and slashes are replaced by _).
 # Needs the built binaries (EPMOE_BUILD, default build), curl, gnuplot and
-# jq (`make deps-loadtest`).  Every wait is bounded; routers it started are
+# jq (`make deps`).  Every wait is bounded; routers it started are
 # stopped on exit, also on failure or Ctrl-C.
 set -eu
 B=${EPMOE_BUILD:-build}
@@ -66,7 +66,7 @@ done
 [ -n "$server" ] || [ $# -gt 0 ] || { echo "sweep.sh: give at least one NAME=ROUTER_ARGS (or --server URL)" >&2; exit 2; }
 for t in curl gnuplot jq; do
 	command -v $t >/dev/null 2>&1 || {
-		echo "sweep.sh: $t is missing (make deps-loadtest installs gnuplot and jq)" >&2
+		echo "sweep.sh: $t is missing (make deps installs gnuplot and jq)" >&2
 		exit 1
 	}
 done

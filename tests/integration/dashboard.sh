@@ -10,7 +10,7 @@ TEST_NAME=dashboard
 . "$(dirname "$0")/router.inc"
 
 command -v chromium >/dev/null 2>&1 ||
-	fail "chromium is not installed (make deps-test installs it)"
+	fail "chromium is not installed (make deps installs it)"
 command -v node >/dev/null 2>&1 || fail "node is not installed (make deps)"
 OUT=${EPMOE_BUILD:-build}/test-output/dashboard
 rm -rf "$OUT"

@@ -6,13 +6,15 @@
 #     workers) writes results, summary.md and five non-blank PNG plots;
 #   - the Grafana dashboard is valid JSON whose every query names metrics
 #     a live router exports on /metrics, and the Prometheus config scrapes
-#     /metrics.
+#     /metrics; with docker-compose installed (`make test-deploy` installs
+#     it), the monitoring file merges with the deployment's compose files
+#     and every file it mounts exists.
 TEST_NAME=loadtest
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/router.inc"
 
 for t in gnuplot jq node; do
-	command -v $t >/dev/null 2>&1 || fail "$t is not installed (make deps-test installs it)"
+	command -v $t >/dev/null 2>&1 || fail "$t is not installed (make deps installs it)"
 done
 EPMOE=$EPMOE_BIN/epmoe
 LT=$here/../../deploy/loadtest
@@ -47,6 +49,22 @@ for m in $names; do
 done
 grep -q 'metrics_path: /metrics' "$LT/prometheus.yml" || fail "prometheus.yml does not scrape /metrics"
 note "grafana: $(printf '%s\n' "$names" | wc -l) metrics queried, all exported"
+if command -v docker-compose >/dev/null 2>&1; then
+	(cd "$LT/.." && timeout 60 docker-compose -f docker-compose.yml -f docker-compose.override.yml \
+		-f loadtest/docker-compose.monitoring.yml config) >"$TMPD/compose.yml" 2>"$TMPD/compose.err" ||
+		fail "the monitoring compose file does not merge: $(head -c 400 "$TMPD/compose.err")"
+	mounts=$(grep -o '/[^ :]*/loadtest/[^ :]*' "$TMPD/compose.yml")
+	[ "$(printf '%s\n' "$mounts" | grep -c .)" -eq 3 ] ||
+		fail "the monitoring services do not mount loadtest's three files: $mounts"
+	for f in $mounts; do
+		[ -e "$f" ] || fail "the monitoring compose file mounts $f, which does not exist"
+	done
+	grep -q '^  prometheus:' "$TMPD/compose.yml" && grep -q '^  grafana:' "$TMPD/compose.yml" ||
+		fail "prometheus or grafana missing from the merged compose file"
+	note "compose: prometheus and grafana merge with the deployment, mounts present"
+else
+	note "compose check skipped: docker-compose is not installed (make test-deploy installs it)"
+fi
 router_stop
 
 # ---- sweep.sh with two settings ----
