@@ -173,7 +173,8 @@ usage(FILE *f)
 "      --stats-url URL   where /v1/stats is (default: the server's, over HTTP)\n"
 "      --label TEXT      a name for this run in the JSON\n"
 "  -q, --quiet           no progress bar or progress lines\n"
-"server and sampling (as in epmoe generate):\n",
+"server and sampling (as in epmoe generate, but --timeout is 60 s unless\n"
+"EPMOE_TIMEOUT says otherwise):\n",
 	        LG_MAX_INFLIGHT_HTTP, LG_MAX_INFLIGHT_NNG);
 	cli_gen_help(f);
 	fprintf(f, "  (default server: %s)\n", EPMOE_DEFAULT_SERVER);
