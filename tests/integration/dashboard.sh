@@ -26,11 +26,21 @@ browse() { # URL then chromium's own options
 }
 
 router_start
-# load for about 15 s, while both browser runs look
-"$EPMOE_BIN/epmoe" bench server --server "$HTTP_URL" --rate 10 --requests 150 \
-	--duration 15 --max-tokens 16 --input-len 16 -q >"$TMPD/bench.out" 2>&1 &
+# load for about 30 s, while both browser runs look
+"$EPMOE_BIN/epmoe" bench server --server "$HTTP_URL" --rate 5 --requests 150 \
+	--duration 30 --max-tokens 16 --input-len 16 -q >"$TMPD/bench.out" 2>&1 &
 BENCH=$!
-sleep 1
+# the heat map shows the tokens routed while the page watches: start it once
+# they flow (bounded: 60 s), not after a fixed pause a loaded machine outlasts
+i=0
+until curl -s -m 5 "$HTTP_URL/v1/stats" | node -e 'let b = "";
+	process.stdin.on("data", (d) => b += d).on("end", () => {
+		const s = JSON.parse(b);
+		process.exit(s.expert_tokens.flat().some((v) => v > 0) ? 0 : 1); })' 2>/dev/null; do
+	i=$((i + 1))
+	[ $i -lt 120 ] || fail "no tokens routed 60 s into the load"
+	sleep 0.5
+done
 # virtual time: the page's one-second polls run back to back; the page
 # times its samples with the server's clock, so rates stay right
 browse "$HTTP_URL/dashboard" --virtual-time-budget=15000 --dump-dom >"$OUT/dom.html" ||
