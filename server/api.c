@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "api.h"
+#include "dashboard.h"
 #include "err.h"
 #include "gen.h"
 #include "http.h"
@@ -792,6 +793,7 @@ static const struct route_ent {
 	{ "/detokenize", "/v1/detokenize", "POST", handle_detokenize, false },
 	{ "/v1/stats", NULL, "GET", handle_stats, false },
 	{ "/v1/placement", NULL, "GET", handle_placement, false },
+	{ "/dashboard", NULL, "GET", dash_handle, false },
 };
 
 static void

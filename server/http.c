@@ -163,6 +163,19 @@ buf_append(struct buf *b, const void *d, size_t n)
 	return 0;
 }
 
+/* Appends n bytes that start at offset off of b itself: the reserve may
+ * move b->p, so the source is found after it. */
+static int
+buf_append_own(struct buf *b, size_t off, size_t n)
+{
+	if (buf_reserve(b, n) != 0)
+		return EPMOE_ENOMEM;
+	if (n > 0)
+		memmove(b->p + b->len, b->p + off, n);
+	b->len += n;
+	return 0;
+}
+
 static int __attribute__((format(printf, 2, 3)))
 buf_printf(struct buf *b, const char *fmt, ...)
 {
@@ -828,7 +841,7 @@ cb_headers_complete(http_parser *p)
 		return parse_refuse(c, 400, "malformed request URL");
 	path_off = r->head.len;
 	if ((u.field_set & (1 << UF_PATH)) != 0) {
-		if (buf_append(&r->head, r->head.p + u.field_data[UF_PATH].off,
+		if (buf_append_own(&r->head, u.field_data[UF_PATH].off,
 		        u.field_data[UF_PATH].len) != 0)
 			return parse_refuse(c, 500, "out of memory");
 	} else if (buf_append(&r->head, "/", 1) != 0) {
@@ -838,7 +851,7 @@ cb_headers_complete(http_parser *p)
 		return parse_refuse(c, 500, "out of memory");
 	query_off = r->head.len;
 	if ((u.field_set & (1 << UF_QUERY)) != 0 &&
-	    buf_append(&r->head, r->head.p + u.field_data[UF_QUERY].off,
+	    buf_append_own(&r->head, u.field_data[UF_QUERY].off,
 	        u.field_data[UF_QUERY].len) != 0)
 		return parse_refuse(c, 500, "out of memory");
 	if (buf_append(&r->head, "", 1) != 0)

@@ -384,6 +384,25 @@ metrics_hist_load(struct metrics_series *s, const uint64_t *counts, double sum)
 	atomic_store_explicit(&s->val, f2u(sum), memory_order_relaxed);
 }
 
+size_t
+metrics_hist_read(const struct metrics_series *s, uint64_t *counts,
+        size_t cap, const double **bounds, double *sum)
+{
+	struct metrics_series *m = (struct metrics_series *)s;
+	size_t n;
+
+	if (s == NULL || s->fam->type != METRICS_HISTOGRAM)
+		return 0;
+	n = s->fam->n_buckets + 1;
+	for (size_t b = 0; b < n && b < cap; b++)
+		counts[b] = atomic_load_explicit(&m->buckets[b], memory_order_relaxed);
+	if (bounds != NULL)
+		*bounds = s->fam->bounds;
+	if (sum != NULL)
+		*sum = u2f(atomic_load_explicit(&m->val, memory_order_relaxed));
+	return n;
+}
+
 double
 metrics_value(const struct metrics_series *s)
 {

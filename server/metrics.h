@@ -79,6 +79,15 @@ void metrics_observe(struct metrics_series *s, double v);
 void metrics_hist_load(struct metrics_series *s, const uint64_t *counts,
         double sum);
 
+/* Reads a histogram series: up to cap per-bucket counts (not cumulative;
+ * the last is +Inf) into counts, the upper bounds of the finite buckets
+ * into *bounds (borrowed, as long as the registry lives; may be NULL) and
+ * the sum into *sum (may be NULL).  Returns the number of buckets
+ * including +Inf (which may exceed cap), or 0 when s is not a histogram.
+ * Each count is read atomically; together they are a near snapshot. */
+size_t metrics_hist_read(const struct metrics_series *s, uint64_t *counts,
+        size_t cap, const double **bounds, double *sum);
+
 /* Current value of a counter or gauge (a histogram: its sum). */
 double metrics_value(const struct metrics_series *s);
 

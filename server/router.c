@@ -11,6 +11,7 @@
 
 #include "chat.h"
 #include "cluster.h"
+#include "dashboard.h"
 #include "dispatch.h"
 #include "err.h"
 #include "gguf.h"
@@ -228,6 +229,8 @@ router_start(struct router *r)
 
 	r->created = (int64_t)time(NULL);
 	r->boot_id = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+	if ((rc = dash_new(&r->dash)) != 0)
+		return rc;
 	if ((rc = load_model(r)) != 0 || (rc = check_default_routing(r)) != 0)
 		return rc;
 	if (!r->cfg.local && (rc = start_workers(r)) != 0)
@@ -281,6 +284,8 @@ router_free(struct router *r)
 	free(r->chat_template);
 	free(r->worker_of);
 	model_free(r->model);
+	dash_free(r->dash);
+	r->dash = NULL;
 	r->engine = NULL;
 	r->tok = NULL;
 	r->chat_template = NULL;

@@ -26,6 +26,7 @@
 struct cluster;
 struct http_server;
 struct nngapi;
+struct dash;
 struct spawn;
 struct stats;
 
@@ -86,6 +87,10 @@ struct router {
 	uint16_t *worker_of;      /* [L * E] expert -> worker of the placement
 	                           * (first slot), or NULL; set at start */
 	int n_workers_map;
+
+	/* the live view's decisions log (dashboard.h): the balancer and the
+	 * pre-scheduler write to it from any thread */
+	struct dash *dash;
 
 	/* started by main beside the core */
 	struct stats *stats;

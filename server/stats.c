@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cluster.h"
+#include "dashboard.h"
 #include "dispatch.h"
 #include "err.h"
 #include "metrics.h"
@@ -636,6 +637,18 @@ stats_json(struct stats *st)
 		cJSON *w = workers_json(r);
 		if (w)
 			cJSON_AddItemToObject(j, "workers", w);
+	}
+	{
+		struct dash_view v = {
+			.model = r->cfg.model_name,
+			.distributed = r->cluster != NULL,
+			.created_unix = (double)r->created,
+			.n_layers = hp->n_layer,
+			.n_experts = hp->n_expert,
+			.ttft = st->h_ttft, .itl = st->h_itl, .e2e = st->h_e2e,
+			.queue = st->h_queue,
+		};
+		dash_stats_json(r->dash, &v, j);
 	}
 	return j;
 }

@@ -40,8 +40,9 @@ free_port() {
 		node -e 'const s = require("net").createServer().listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); })'
 }
 now() { date +%s.%N; }
-jnum() { printf '%s\n' "$1" | sed -n "s/.*\"$2\":\([^,}]*\).*/\1/p"; }
-itl_max() { printf '%s\n' "$1" | sed -n 's/.*"itl_ms":{[^}]*"max":\([^,}]*\).*/\1/p'; }
+# a field of the bench's one load point (its JSON file)
+jnum() { jq -r ".points[0].$2 // empty" "$1"; }
+itl_max() { jnum "$1" max_itl_ms; }
 experts=$("$BIN" inspect "$M" 2>/dev/null | sed -n 's/.*expert_count.*u32 *\([0-9]*\).*/\1/p' | head -1)
 [ -n "$experts" ] || experts=8
 
@@ -77,8 +78,9 @@ stop() {
 }
 
 load() { # starts 16 streams of 128 tokens in the background
+	rm -f "$TMP/bench.json"
 	"$BIN" bench server -s "$HURL" -c 16 -N 16 --max-tokens 128 --prompt-tokens 16 \
-		--json -q >"$TMP/bench.json" 2>"$TMP/bench.err" &
+		--json "$TMP/bench.json" -q >/dev/null 2>"$TMP/bench.err" &
 	BPID=$!
 }
 
@@ -116,9 +118,9 @@ for W in $W_LIST; do
 		serve "$W" "$mode"
 		t0=$(now); load; wait "$BPID"; BPID=
 		dur=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { print b - a }')
-		j=$(cat "$TMP/bench.json")
+		j=$TMP/bench.json
 		base=$(itl_max "$j")
-		printf '%-8s %-9s %-6s %8s %12.1f %10s %12s\n' "$W" "$mode" none "$(jnum "$j" errors)" "$base" 1.00 -
+		printf '%-8s %-9s %-6s %8s %12.1f %10s %12s\n' "$W" "$mode" none "$(jnum "$j" failed)" "$base" 1.00 -
 		stop
 		for fault in kill hang; do
 			serve "$W" "$mode"
@@ -129,9 +131,9 @@ for W in $W_LIST; do
 			if [ $fault = kill ]; then kill -KILL "$v"; else kill -STOP "$v"; fi
 			rec=$(recover "$t0")
 			wait "$BPID" || true; BPID=
-			j=$(cat "$TMP/bench.json")
+			j=$TMP/bench.json
 			g=$(itl_max "$j")
-			printf '%-8s %-9s %-6s %8s %12s %10s %12s\n' "$W" "$mode" "$fault" "$(jnum "$j" errors)" \
+			printf '%-8s %-9s %-6s %8s %12s %10s %12s\n' "$W" "$mode" "$fault" "$(jnum "$j" failed)" \
 				"$(awk -v g="$g" 'BEGIN { if (g == "" || g == "null") print "-"; else printf "%.1f", g }')" \
 				"$(awk -v g="$g" -v b="$base" 'BEGIN { if (g == "" || g == "null" || b <= 0) print "-"; else printf "%.2f", g / b }')" \
 				"$rec"

@@ -91,9 +91,9 @@ l1=0; l16=0; d1=0; d16=0
 for round in 1 2; do
 	for mode in local workers; do
 		if [ $mode = local ]; then serve "--local"; else serve "--workers 2"; fi
-		r1=$("$BIN" bench server -s "$HURL" -c 1 -N $SN1 --max-tokens $SG --json -q)
-		r16=$("$BIN" bench server -s "$HURL" -c 16 -N $SN16 --max-tokens $SG --json -q)
-		t1=$(jget "$r1" output_token_throughput); t16=$(jget "$r16" output_token_throughput)
+		r1=$("$BIN" bench server -s "$HURL" -c 1 -N $SN1 --max-tokens $SG --json - -q)
+		r16=$("$BIN" bench server -s "$HURL" -c 16 -N $SN16 --max-tokens $SG --json - -q)
+		t1=$(jget "$r1" output_throughput); t16=$(jget "$r16" output_throughput)
 		if [ $mode = local ]; then l1=$(maxf "$l1" "$t1"); l16=$(maxf "$l16" "$t16"); else
 			d1=$(maxf "$d1" "$t1"); d16=$(maxf "$d16" "$t16")
 			[ $round = 2 ] && st=$(curl -s "$HURL/v1/stats")

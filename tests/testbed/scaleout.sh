@@ -30,9 +30,9 @@ for n in 1 2 4; do
 	$TB client "$B/epmoe" bench server --server "$URL" --concurrency 8 --requests "$REQ" \
 		--max-tokens 32 --prompt-tokens 32 --quiet --json="$TMPD/bench$n.json" >"$TMPD/bench$n.txt" 2>&1 ||
 		fail "$n workers: epmoe bench server: $(tail -3 "$TMPD/bench$n.txt")"
-	tps=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%.1f" % d["output_token_throughput"])' "$TMPD/bench$n.json" 2>/dev/null) ||
+	tps=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%.1f" % d["points"][0]["output_throughput"])' "$TMPD/bench$n.json" 2>/dev/null) ||
 		fail "$n workers: no throughput in $(head -c 300 "$TMPD/bench$n.json")"
-	nfail=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["errors"])' "$TMPD/bench$n.json")
+	nfail=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["points"][0]["failed"])' "$TMPD/bench$n.json")
 	[ "$nfail" = 0 ] || fail "$n workers: $nfail requests failed"
 	tb_get /metrics >"$TMPD/metrics" || fail "/metrics"
 	i=0

@@ -607,6 +607,34 @@ START_TEST(keep_alive_serves_requests_in_sequence_on_one_connection)
 }
 END_TEST
 
+START_TEST(heads_of_every_size_keep_their_path_and_query)
+{
+	/* the path and the query are copied inside the head buffer, which
+	 * grows by doubling: walk the head's size across several doublings
+	 * so that one copy lands on each growth (a browser's headers did) */
+	struct client *cl;
+	struct resp r;
+	char req[1400], pad[1100];
+
+	start_server(NULL);
+	cl = client_new();
+	memset(pad, 'p', sizeof(pad));
+	for (int n = 0; n < 1024; n += 3) {
+		pad[n] = '\0';
+		snprintf(req, sizeof(req), "GET /echo?q=%d HTTP/1.1\r\nHost: t\r\n"
+		        "X-Pad: %s\r\n\r\n", n, pad);
+		pad[n] = 'p';
+		client_sends(cl, req);
+		ck_assert_int_eq(client_read(cl, &r, 0), 0);
+		ck_assert_int_eq(r.status, 200);
+		snprintf(req, sizeof(req), "x-query: q=%d", n);
+		ck_assert_msg(has_header(&r, req), "pad %d: no %s", n, req);
+	}
+	client_free(cl);
+	stop_server();
+}
+END_TEST
+
 START_TEST(pipelined_requests_are_answered_in_order)
 {
 	struct client *cl;
@@ -1190,6 +1218,7 @@ main(void)
 	tcase_set_timeout(tc, 30);
 	tcase_add_test(tc, get_returns_body_with_length_and_date);
 	tcase_add_test(tc, keep_alive_serves_requests_in_sequence_on_one_connection);
+	tcase_add_test(tc, heads_of_every_size_keep_their_path_and_query);
 	tcase_add_test(tc, pipelined_requests_are_answered_in_order);
 	tcase_add_test(tc, post_bodies_with_length_and_chunked_arrive_whole);
 	tcase_add_test(tc, body_over_limit_gets_413_and_server_keeps_serving);
