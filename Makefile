@@ -6,16 +6,22 @@
 #   make test       install, build, run the Check suites and the
 #                   integration tests (SAN=1: under ASan + UBSan)
 #   make bench      print the benchmark tables
+#   make fuzz       build the libFuzzer targets (clang) and run each for
+#                   FUZZ_SECONDS (default 30) on its seed corpus
 #   make deps       install the missing Debian packages (apt-get; sudo when
 #                   not root) and say what it installs
 #   make clean      remove build/
 
 SAN ?= 0
-ifeq ($(SAN),1)
+FUZZ ?= 0
+ifeq ($(FUZZ),1)
+B := build/fuzz
+else ifeq ($(SAN),1)
 B := build/san
 else
 B := build
 endif
+FUZZ_SECONDS ?= 30
 
 CC ?= cc
 ARCH ?= native
@@ -24,7 +30,8 @@ PYTHON ?= /usr/bin/python3
 # Debian packages the build, the tests and `make run` need.
 DEB_PKGS := build-essential pkg-config libuv1-dev libnng-dev libopenblas-dev \
 	libprotobuf-c-dev protobuf-c-compiler check libcjson-dev \
-	libhttp-parser-dev libpcre2-dev libcurl4-openssl-dev curl
+	libhttp-parser-dev libpcre2-dev libcurl4-openssl-dev curl openssl \
+	clang libclang-rt-dev llvm
 # pkg-config modules; nng (CMake config only) and http-parser (no .pc) are
 # linked directly.  Recursively expanded so they are read after `deps`.
 PKGS := libuv openblas libprotobuf-c check libcjson libpcre2-8 libcurl
@@ -38,6 +45,15 @@ ifeq ($(SAN),1)
 OPT := -O1 -g -march=$(ARCH) -fno-omit-frame-pointer -fno-strict-aliasing \
 	-fsanitize=address,undefined -fno-sanitize-recover=undefined \
 	-fno-sanitize=alignment
+SAN_LD := -fsanitize=address,undefined
+endif
+# libFuzzer builds: everything compiled by clang with coverage
+# instrumentation and ASan + UBSan; only the targets link libFuzzer.
+ifeq ($(FUZZ),1)
+CC := clang
+OPT := -O1 -g -march=$(ARCH) -fno-omit-frame-pointer -fno-strict-aliasing \
+	-fsanitize=fuzzer-no-link,address,undefined \
+	-fno-sanitize-recover=undefined -fno-sanitize=alignment
 SAN_LD := -fsanitize=address,undefined
 endif
 # Each library sees only the headers it may use: common sees common and the
@@ -62,6 +78,7 @@ SERVER_SRC := $(filter-out server/main.c,$(wildcard server/*.c))
 WORKER_SRC := $(filter-out worker/main.c,$(wildcard worker/*.c))
 CLIENT_SRC := $(filter-out client/main.c,$(wildcard client/*.c))
 TEST_SRC := $(wildcard tests/unit/test_*.c)
+FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 TEST_SUPPORT := $(filter-out $(TEST_SRC),$(wildcard tests/unit/*.c))
 
 obj = $(patsubst %.c,$(B)/obj/%.o,$(1))
@@ -74,8 +91,10 @@ LIBS_ALL := $(LIB_SERVER) $(LIB_WORKER) $(LIB_CLIENT) $(LIB_COMMON)
 
 BINS := $(B)/bin/epmoe $(B)/bin/epmoe-router $(B)/bin/epmoe-worker
 TESTS := $(patsubst tests/unit/%.c,$(B)/tests/%,$(TEST_SRC))
+FUZZERS := $(patsubst tests/fuzz/%.c,$(B)/bin/%,$(FUZZ_SRC))
 
-.PHONY: all deps run test test-only bench bench-only clean check-deps train
+.PHONY: all deps run test test-only bench bench-only clean check-deps train \
+	fuzz fuzz-build fuzz-only fuzz-seeds
 .DEFAULT_GOAL := all
 .SECONDARY:
 
@@ -141,6 +160,10 @@ $(B)/tests/%: $(B)/obj/tests/unit/%.o $(call obj,$(TEST_SUPPORT)) $(LIBS_ALL)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $< $(call obj,$(TEST_SUPPORT)) $(LIBS_ALL) $(PKG_LIBS)
 
+$(B)/bin/fuzz_%: $(B)/obj/tests/fuzz/fuzz_%.o $(LIB_SERVER) $(LIB_COMMON)
+	@mkdir -p $(dir $@)
+	$(CC) -fsanitize=fuzzer,address,undefined $(LDFLAGS) -o $@ $< $(LIB_SERVER) $(LIB_COMMON) $(PKG_LIBS)
+
 # The public targets install what is missing first, then re-enter make so the
 # pkg-config flags are read with the packages present.
 run: deps
@@ -158,6 +181,23 @@ bench: deps
 
 bench-only: $(BINS)
 	@EPMOE_BUILD=$(B) sh client/bench/run.sh
+
+fuzz: deps
+	@$(MAKE) --no-print-directory FUZZ=1 fuzz-only
+
+fuzz-build:
+	@$(MAKE) --no-print-directory FUZZ=1 $(patsubst tests/fuzz/%.c,build/fuzz/bin/%,$(FUZZ_SRC))
+
+# Regenerates the binary seeds (wire frames, small GGUF models) in
+# tests/fuzz/corpus; they are committed.
+fuzz-seeds: $(LIBS_ALL) $(B)/obj/tests/fuzz/mkseeds.o
+	@mkdir -p $(B)/bin
+	$(CC) $(LDFLAGS_ALL) -o $(B)/bin/mkseeds $(B)/obj/tests/fuzz/mkseeds.o $(LIBS_ALL) $(PKG_LIBS)
+	@mkdir -p tests/fuzz/corpus/wire tests/fuzz/corpus/gguf
+	$(B)/bin/mkseeds tests/fuzz/corpus
+
+fuzz-only: $(FUZZERS)
+	@EPMOE_BUILD=$(B) FUZZ_SECONDS=$(FUZZ_SECONDS) sh tests/fuzz/run.sh
 
 train:
 	$(MAKE) -C train
