@@ -47,6 +47,8 @@
 struct model;
 struct cluster;
 
+struct netsock_tls;
+
 struct cluster_cfg {
 	const char *control_url;        /* REP listen URL; tcp port 0 = any
 	                                   (see cluster_control_url) */
@@ -59,6 +61,9 @@ struct cluster_cfg {
 	uint32_t heartbeat_ms;          /* period asked of workers; 0 = 1000 */
 	uint32_t heartbeat_timeout_ms;  /* silence -> down; 0 = 3 x period */
 	uint64_t boot_id;               /* 0 = random */
+	const struct netsock_tls *tls;  /* borrowed, outlives the cluster:
+	                                   mutual TLS on the control listener
+	                                   and every data dialer; NULL = none */
 };
 
 /* Validates cfg and builds the placement; err gets a one-line reason on

@@ -71,6 +71,7 @@ struct cluster {
 	uint64_t boot_id;
 	uint32_t hb_ms, hb_timeout_ms;
 	char url_in[512];
+	const struct netsock_tls *tls; /* borrowed; NULL = plain TCP */
 	char url[512];
 
 	pthread_mutex_t mu;

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "api.h"
+#include "apikey.h"
 #include "err.h"
 #include "log.h"
 #include "nngapi.h"
@@ -49,6 +50,32 @@ usage(FILE *f)
 	        "      --max-tokens N       default max_tokens for chat (default 256)\n"
 	        "      --max-tokens-limit N largest max_tokens accepted (default: context)\n"
 	        "      --expert-timeout-ms N  deadline of one expert batch (default 10000)\n"
+	        "  security:\n"
+	        "      --tls-cert F, --tls-key F, --tls-ca F  mutual TLS with the workers:\n"
+	        "                           this router's certificate, its key and the CA\n"
+	        "                           a worker's certificate must chain to (PEM;\n"
+	        "                           deploy/mkcerts.sh makes them); --control is then\n"
+	        "                           tls+tcp:// (default tls+tcp://127.0.0.1:5556)\n"
+	        "                           (env EPMOE_TLS_CERT, EPMOE_TLS_KEY, EPMOE_TLS_CA)\n"
+	        "      --api-key KEY        require this key (Authorization: Bearer KEY over\n"
+	        "                           HTTP, api_key over NNG); repeatable (env\n"
+	        "                           EPMOE_API_KEY; prefer --api-key-file: arguments\n"
+	        "                           are visible to other users)\n"
+	        "      --api-key-file F     keys, one per line (env EPMOE_API_KEY_FILE)\n"
+	        "      --metrics-auth       /metrics needs a key too (default: open, like\n"
+	        "                           /health; env EPMOE_METRICS_AUTH=1)\n"
+	        "      --http-max-connections N   open HTTP connections (default 1024); at\n"
+	        "                           the cap a new one closes the oldest idle or\n"
+	        "                           half-sent one (env EPMOE_HTTP_MAX_CONNECTIONS)\n"
+	        "      --http-max-per-client N    connections of one client address (default\n"
+	        "                           128, 0 = no cap; env EPMOE_HTTP_MAX_PER_CLIENT)\n"
+	        "      --http-header-timeout-ms N request line and headers must arrive within\n"
+	        "                           this (default 10000; env EPMOE_HTTP_HEADER_TIMEOUT_MS)\n"
+	        "      --http-body-timeout-ms N   the body within this after the headers\n"
+	        "                           (default 30000; env EPMOE_HTTP_BODY_TIMEOUT_MS)\n"
+	        "      --http-idle-timeout-ms N   idle keep-alive connections are closed\n"
+	        "                           after this (default 60000; env\n"
+	        "                           EPMOE_HTTP_IDLE_TIMEOUT_MS)\n"
 	        "      --log-json           log one JSON object per line\n"
 	        "      --log-level L        debug|info|warn|error (default info)\n");
 }
@@ -74,8 +101,30 @@ env(const char *name, const char *dflt)
 	return v ? v : dflt;
 }
 
+/* The keys of --api-key and --api-key-file, gathered while parsing. */
+struct key_args {
+	const char *keys[64];
+	int n_keys;
+	const char *files[8];
+	int n_files;
+};
+
+/* A numeric flag's environment variable: 1 with *v set, 0 when unset,
+ * -1 (after a message) when out of lo..hi. */
 static int
-parse_args(int argc, char **argv, struct router_cfg *c)
+env_num(const char *var, long lo, long hi, long *v)
+{
+	const char *s = getenv(var);
+
+	if (s == NULL || *s == '\0')
+		return 0;
+	if (num(var, s, lo, hi, v) != 0)
+		return -1;
+	return 1;
+}
+
+static int
+parse_args(int argc, char **argv, struct router_cfg *c, struct key_args *ka)
 {
 	static const struct option opts[] = {
 		{ "model", required_argument, NULL, 'm' },
@@ -100,14 +149,56 @@ parse_args(int argc, char **argv, struct router_cfg *c)
 		{ "expert-timeout-ms", required_argument, NULL, 'D' },
 		{ "log-json", no_argument, NULL, 'J' },
 		{ "log-level", required_argument, NULL, 'l' },
+		{ "tls-cert", required_argument, NULL, 1001 },
+		{ "tls-key", required_argument, NULL, 1002 },
+		{ "tls-ca", required_argument, NULL, 1003 },
+		{ "api-key", required_argument, NULL, 1004 },
+		{ "api-key-file", required_argument, NULL, 1005 },
+		{ "metrics-auth", no_argument, NULL, 1006 },
+		{ "http-max-connections", required_argument, NULL, 1007 },
+		{ "http-max-per-client", required_argument, NULL, 1008 },
+		{ "http-header-timeout-ms", required_argument, NULL, 1009 },
+		{ "http-body-timeout-ms", required_argument, NULL, 1010 },
+		{ "http-idle-timeout-ms", required_argument, NULL, 1011 },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 }
 	};
 	long v;
-	int o;
+	int o, k, control_given = getenv("EPMOE_CONTROL") != NULL;
 	enum log_level lvl;
+	const char *s;
 
 	c->model_path = env("EPMOE_MODEL", NULL);
+	c->tls_cert = env("EPMOE_TLS_CERT", NULL);
+	c->tls_key = env("EPMOE_TLS_KEY", NULL);
+	c->tls_ca = env("EPMOE_TLS_CA", NULL);
+	if ((s = getenv("EPMOE_API_KEY")) != NULL && *s)
+		ka->keys[ka->n_keys++] = s;
+	if ((s = getenv("EPMOE_API_KEY_FILE")) != NULL && *s)
+		ka->files[ka->n_files++] = s;
+	s = getenv("EPMOE_METRICS_AUTH");
+	c->metrics_auth = s && *s && strcmp(s, "0") != 0;
+	http_config_default(&c->http);
+	if ((k = env_num("EPMOE_HTTP_MAX_CONNECTIONS", 1, 1 << 20, &v)) < 0)
+		return -1;
+	if (k)
+		c->http.max_connections = (uint32_t)v;
+	if ((k = env_num("EPMOE_HTTP_MAX_PER_CLIENT", 0, 1 << 20, &v)) < 0)
+		return -1;
+	if (k)
+		c->http.max_per_client = (uint32_t)v;
+	if ((k = env_num("EPMOE_HTTP_HEADER_TIMEOUT_MS", 1, 3600000, &v)) < 0)
+		return -1;
+	if (k)
+		c->http.header_timeout_ms = (uint64_t)v;
+	if ((k = env_num("EPMOE_HTTP_BODY_TIMEOUT_MS", 1, 3600000, &v)) < 0)
+		return -1;
+	if (k)
+		c->http.body_timeout_ms = (uint64_t)v;
+	if ((k = env_num("EPMOE_HTTP_IDLE_TIMEOUT_MS", 1, 86400000, &v)) < 0)
+		return -1;
+	if (k)
+		c->http.idle_timeout_ms = (uint64_t)v;
 	c->http_addr = env("EPMOE_HTTP", "127.0.0.1:8080");
 	c->nng_url = env("EPMOE_NNG", "tcp://127.0.0.1:5555");
 	c->control_url = env("EPMOE_CONTROL", "tcp://127.0.0.1:5556");
@@ -128,7 +219,7 @@ parse_args(int argc, char **argv, struct router_cfg *c)
 		case 'L': c->local = true; break;
 		case 'H': c->http_addr = optarg; break;
 		case 'n': c->nng_url = optarg; break;
-		case 'C': c->control_url = optarg; break;
+		case 'C': c->control_url = optarg; control_given = 1; break;
 		case 'E': c->experts_per_worker = optarg; break;
 		case 'P': c->placement = optarg; break;
 		case 'r': c->routing = optarg; break;
@@ -195,6 +286,49 @@ parse_args(int argc, char **argv, struct router_cfg *c)
 				return -1;
 			c->expert_timeout_ms = (uint32_t)v;
 			break;
+		case 1001: c->tls_cert = optarg; break;
+		case 1002: c->tls_key = optarg; break;
+		case 1003: c->tls_ca = optarg; break;
+		case 1004:
+			if (ka->n_keys == (int)(sizeof(ka->keys) / sizeof(ka->keys[0]))) {
+				fprintf(stderr, "epmoe-router: too many --api-key (use --api-key-file)\n");
+				return -1;
+			}
+			ka->keys[ka->n_keys++] = optarg;
+			break;
+		case 1005:
+			if (ka->n_files == (int)(sizeof(ka->files) / sizeof(ka->files[0]))) {
+				fprintf(stderr, "epmoe-router: too many --api-key-file\n");
+				return -1;
+			}
+			ka->files[ka->n_files++] = optarg;
+			break;
+		case 1006: c->metrics_auth = true; break;
+		case 1007:
+			if (num("--http-max-connections", optarg, 1, 1 << 20, &v))
+				return -1;
+			c->http.max_connections = (uint32_t)v;
+			break;
+		case 1008:
+			if (num("--http-max-per-client", optarg, 0, 1 << 20, &v))
+				return -1;
+			c->http.max_per_client = (uint32_t)v;
+			break;
+		case 1009:
+			if (num("--http-header-timeout-ms", optarg, 1, 3600000, &v))
+				return -1;
+			c->http.header_timeout_ms = (uint64_t)v;
+			break;
+		case 1010:
+			if (num("--http-body-timeout-ms", optarg, 1, 3600000, &v))
+				return -1;
+			c->http.body_timeout_ms = (uint64_t)v;
+			break;
+		case 1011:
+			if (num("--http-idle-timeout-ms", optarg, 1, 86400000, &v))
+				return -1;
+			c->http.idle_timeout_ms = (uint64_t)v;
+			break;
 		case 'h': usage(stdout); exit(0);
 		default: usage(stderr); return -1;
 		}
@@ -210,8 +344,42 @@ parse_args(int argc, char **argv, struct router_cfg *c)
 	}
 	if (c->expect_workers < 0)
 		c->expect_workers = c->workers;
+	if ((c->tls_cert || c->tls_key || c->tls_ca) &&
+	        !(c->tls_cert && c->tls_key && c->tls_ca)) {
+		fprintf(stderr, "epmoe-router: mutual TLS needs all three of --tls-cert, --tls-key and --tls-ca\n");
+		return -1;
+	}
+	/* with TLS the default control endpoint speaks it too; a tcp:// URL
+	 * that was asked for is refused later with a message */
+	if (c->tls_cert && !control_given)
+		c->control_url = "tls+tcp://127.0.0.1:5556";
 	if (!c->local && c->expect_workers == 0) {
 		fprintf(stderr, "epmoe-router: no workers: use --local, --workers N or --expect-workers N\n");
+		return -1;
+	}
+	return 0;
+}
+
+/* The API key set of --api-key / --api-key-file (empty: the APIs are
+ * open).  0, or -1 after a message. */
+static int
+load_keys(struct apikeys **out, const struct key_args *ka)
+{
+	char err[512];
+	int rc = 0;
+
+	if (apikeys_new(out) != 0) {
+		fprintf(stderr, "epmoe-router: out of memory\n");
+		return -1;
+	}
+	for (int i = 0; rc == 0 && i < ka->n_keys; i++)
+		rc = apikeys_add(*out, ka->keys[i], err, sizeof(err));
+	for (int i = 0; rc == 0 && i < ka->n_files; i++)
+		rc = apikeys_load_file(*out, ka->files[i], err, sizeof(err));
+	if (rc != 0) {
+		fprintf(stderr, "epmoe-router: %s\n", err);
+		apikeys_free(*out);
+		*out = NULL;
 		return -1;
 	}
 	return 0;
@@ -261,6 +429,7 @@ int
 main(int argc, char **argv)
 {
 	struct router r;
+	struct key_args ka = { 0 };
 	char *name = NULL;
 	uv_signal_t sig_int, sig_term;
 	int rc, status = 1;
@@ -268,7 +437,7 @@ main(int argc, char **argv)
 	memset(&r, 0, sizeof(r));
 	log_set_name("epmoe-router");
 	signal(SIGPIPE, SIG_IGN);
-	if (parse_args(argc, argv, &r.cfg) != 0)
+	if (parse_args(argc, argv, &r.cfg, &ka) != 0 || load_keys(&r.apikeys, &ka) != 0)
 		return 2;
 	log_set_json(r.cfg.log_json);
 	if (r.cfg.model_name == NULL &&
@@ -299,6 +468,12 @@ main(int argc, char **argv)
 	        r.cfg.routing ? r.cfg.routing : "native", pool_size(engine_pool(r.engine)),
 	        r.cfg.sched.max_step_tokens, r.cfg.sched.max_running, r.cfg.sched.max_waiting,
 	        r.cfg.sched.kv_budget_bytes >> 20);
+	log_info("security: %s; client APIs %s (%zu API key%s)%s",
+	        r.tls ? "mutual TLS with the workers" :
+	        r.cluster ? "plain TCP with the workers (no --tls-*)" : "no workers",
+	        apikeys_count(r.apikeys) ? "need a key" : "open", apikeys_count(r.apikeys),
+	        apikeys_count(r.apikeys) == 1 ? "" : "s",
+	        r.cfg.metrics_auth ? ", /metrics keyed" : "");
 	uv_signal_init(r.loop, &sig_int);
 	uv_signal_init(r.loop, &sig_term);
 	sig_int.data = sig_term.data = &r;
@@ -315,6 +490,7 @@ out:
 	nngapi_free(r.nngapi);
 	stats_free(r.stats);
 	router_free(&r);
+	apikeys_free(r.apikeys);
 	uv_loop_close(r.loop);
 	free(name);
 	log_info("stopped");

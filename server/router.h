@@ -19,11 +19,14 @@
 
 #include "engine.h"
 #include "gen.h"
+#include "http.h"
 #include "scheduler.h"
 #include "tok.h"
 
+struct apikeys;
 struct cluster;
 struct http_server;
+struct netsock_tls;
 struct nngapi;
 struct spawn;
 struct stats;
@@ -47,6 +50,11 @@ struct router_cfg {
 	uint32_t expert_timeout_ms;
 	struct sched_cfg sched;
 	bool log_json;
+	struct http_config http;  /* HTTP limits (connections, timeouts) */
+	bool metrics_auth;        /* /metrics needs an API key too */
+	const char *tls_cert;     /* PEM files of mutual TLS with the workers */
+	const char *tls_key;      /* (all three or none; tls+tcp:// URLs) */
+	const char *tls_ca;
 };
 
 struct router {
@@ -64,6 +72,7 @@ struct router {
 
 	/* the experts on workers (all NULL in local mode) */
 	struct cluster *cluster;
+	struct netsock_tls *tls;  /* mutual TLS identity with the workers */
 	struct moe_backend *dispatch;
 	struct spawn *spawned;    /* the local workers of --workers N */
 	uv_timer_t reap_timer;    /* restarts local workers that exit */
@@ -73,6 +82,7 @@ struct router {
 	int n_workers_map;
 
 	/* started by main beside the core */
+	struct apikeys *apikeys;  /* client API keys; NULL or empty: open */
 	struct stats *stats;
 	struct http_server *http;
 	struct nngapi *nngapi;

@@ -41,6 +41,12 @@ usage(FILE *f)
 	        "                       back its place (env EPMOE_WORKER_ID; default host-pid)\n"
 	        "      --node NAME      machine name for placement (env EPMOE_NODE;\n"
 	        "                       default: the host name)\n"
+	        "      --tls-cert F, --tls-key F, --tls-ca F  mutual TLS with the router:\n"
+	        "                       this worker's certificate, its key and the CA the\n"
+	        "                       router's certificate must chain to (PEM; env\n"
+	        "                       EPMOE_TLS_CERT, EPMOE_TLS_KEY, EPMOE_TLS_CA); URLs\n"
+	        "                       are then tls+tcp:// (default listen\n"
+	        "                       tls+tcp://127.0.0.1:0)\n"
 	        "      --log-json       JSON log lines (env EPMOE_LOG_JSON=1)\n"
 	        "      --log-level L    debug, info, warn or error (env EPMOE_LOG_LEVEL;\n"
 	        "                       default info)\n"
@@ -90,6 +96,9 @@ main(int argc, char **argv)
 		{ "node", required_argument, NULL, 'N' },
 		{ "log-json", no_argument, NULL, 'J' },
 		{ "log-level", required_argument, NULL, 'L' },
+		{ "tls-cert", required_argument, NULL, 1001 },
+		{ "tls-key", required_argument, NULL, 1002 },
+		{ "tls-ca", required_argument, NULL, 1003 },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 }
 	};
@@ -107,6 +116,9 @@ main(int argc, char **argv)
 	cfg.advertise_url = env("EPMOE_ADVERTISE");
 	cfg.id = env("EPMOE_WORKER_ID");
 	cfg.node = env("EPMOE_NODE");
+	cfg.tls_cert = env("EPMOE_TLS_CERT");
+	cfg.tls_key = env("EPMOE_TLS_KEY");
+	cfg.tls_ca = env("EPMOE_TLS_CA");
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, ":r:m:l:t:i:h", opts, NULL)) != -1) {
 		switch (c) {
@@ -119,6 +131,9 @@ main(int argc, char **argv)
 		case 'N': cfg.node = optarg; break;
 		case 'J': log_json = 1; break;
 		case 'L': level = optarg; break;
+		case 1001: cfg.tls_cert = optarg; break;
+		case 1002: cfg.tls_key = optarg; break;
+		case 1003: cfg.tls_ca = optarg; break;
 		case 'h':
 			usage(stdout);
 			return 0;
@@ -138,6 +153,9 @@ main(int argc, char **argv)
 		return bad("--threads", "expected an integer in [0, 1024]");
 	if (level && log_parse_level(level, &lvl) != 0)
 		return bad("--log-level", "expected debug, info, warn or error");
+	if ((cfg.tls_cert || cfg.tls_key || cfg.tls_ca) &&
+	        !(cfg.tls_cert && cfg.tls_key && cfg.tls_ca))
+		return bad("--tls-cert/--tls-key/--tls-ca", "give all three or none");
 	if (cfg.id && strlen(cfg.id) > 100)
 		return bad("--id", "longer than 100 characters");
 	log_set_name("epmoe-worker");

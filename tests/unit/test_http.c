@@ -1058,7 +1058,7 @@ START_TEST(slow_request_gets_408)
 	struct resp r;
 
 	http_config_default(&cfg);
-	cfg.request_timeout_ms = 200;
+	cfg.header_timeout_ms = 200;
 	start_server(&cfg);
 	cl = client_new();
 	client_sends(cl, "GET /hello HTTP/1.1\r\n");
