@@ -920,6 +920,12 @@ oai_routing_render(const cJSON *routing, char **out, struct oai_error *err)
 		return EPMOE_EINVAL;
 	}
 	len = (size_t)snprintf(buf, sizeof(buf), "%s", pol->valuestring);
+	if (len >= sizeof(buf)) {
+		/* the appends below index buf + len */
+		oai_error_set(err, 400, "routing",
+		        "'routing' renders to more than %d bytes", OAI_MAX_ROUTING);
+		return EPMOE_EINVAL;
+	}
 	for (c = routing->child; c != NULL; c = c->next) {
 		char val[64], param[64];
 		const char *vs;
