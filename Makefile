@@ -164,6 +164,10 @@ $(B)/bin/fuzz_%: $(B)/obj/tests/fuzz/fuzz_%.o $(LIB_SERVER) $(LIB_COMMON)
 	@mkdir -p $(dir $@)
 	$(CC) -fsanitize=fuzzer,address,undefined $(LDFLAGS) -o $@ $< $(LIB_SERVER) $(LIB_COMMON) $(PKG_LIBS)
 
+# The allocation-failure suite routes the project's allocations through
+# its test allocator.
+$(B)/tests/test_failalloc: LDFLAGS_ALL += -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=strdup,--wrap=strndup
+
 # The public targets install what is missing first, then re-enter make so the
 # pkg-config flags are read with the packages present.
 run: deps

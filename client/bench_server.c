@@ -95,6 +95,8 @@ struct cfg {
 	enum epmoe_transport tr;
 	long concurrency, requests, prompt_tokens;
 	double duration_s, timeout_s;
+	const char *api_key;    /* NULL: none */
+	char *auth_header;      /* HTTP: "Authorization: Bearer KEY" or NULL */
 	char **prompts;         /* [n_prompts], used round-robin */
 	size_t n_prompts;
 	int quiet, progress;
@@ -278,6 +280,11 @@ hreq_new(struct run *run, long i, char *url)
 	if ((l = curl_slist_append(h->hdrs, "Expect:")) == NULL)
 		goto fail;
 	h->hdrs = l;
+	if (cfg->auth_header != NULL) {
+		if ((l = curl_slist_append(h->hdrs, cfg->auth_header)) == NULL)
+			goto fail;
+		h->hdrs = l;
+	}
 	curl_easy_setopt(h->e, CURLOPT_URL, url);
 	curl_easy_setopt(h->e, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(h->e, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
@@ -477,6 +484,7 @@ nng_thread(void *arg)
 	char err[256];
 
 	o.timeout_ms = (uint32_t)(cfg->timeout_s * 1000);
+	o.api_key = cfg->api_key;
 	if (epmoe_client_new(&c, cfg->server, &o, err, sizeof(err)) != 0) {
 		/* count the requests this thread would have made as failed */
 		long i;
@@ -1052,6 +1060,7 @@ bench_server(int argc, char **argv)
 	cfg.server = g.server;
 	cfg.p = g.p;
 	cfg.timeout_s = g.timeout_s;
+	cfg.api_key = g.api_key;
 	cfg.progress = !cfg.quiet && isatty(STDERR_FILENO);
 	if (epmoe_url_transport(cfg.server, &cfg.tr) != 0)
 		return cli_bad(CMD, "--server", "expects http://HOST:PORT or an NNG URL");
@@ -1080,6 +1089,15 @@ bench_server(int argc, char **argv)
 	epmoe_client_free(c);
 	if (rc != 0)
 		goto out;
+	if (cfg.api_key != NULL) {
+		size_t n = strlen(cfg.api_key) + sizeof("Authorization: Bearer ");
+
+		if ((cfg.auth_header = malloc(n)) == NULL) {
+			rc = 1;
+			goto out;
+		}
+		snprintf(cfg.auth_header, n, "Authorization: Bearer %s", cfg.api_key);
+	}
 	run.cfg = &cfg;
 	pthread_mutex_init(&run.mu, NULL);
 	if ((run.recs = calloc((size_t)cfg.requests, sizeof(*run.recs))) == NULL) {
@@ -1107,6 +1125,7 @@ out:
 	for (size_t i = 0; i < cfg.n_prompts; i++)
 		free(cfg.prompts[i]);
 	free(cfg.prompts);
+	free(cfg.auth_header);
 	if (cfg.model != g.p.model)
 		free((char *)cfg.model);
 	return rc;

@@ -60,7 +60,8 @@ struct engine {
 	int32_t *exp_perm;
 	float *w_perm;
 	size_t cap_pairs;
-	/* attention scratch per thread: [OP_ATT_QCHUNK, n_ctx] */
+	/* attention scratch per thread: [OP_ATT_QCHUNK, positions], grown
+	 * to the longest sequence seen (at most n_ctx) */
 	float **att_s;
 	size_t att_cap;
 };
@@ -790,8 +791,19 @@ engine_step(struct engine *e, struct eng_item *items, uint32_t n_items)
 		return EPMOE_ENOMEM;
 	size_t att_rows = OP_ATT_QCHUNK > hp->n_head / hp->n_head_kv ?
 	        OP_ATT_QCHUNK : hp->n_head / hp->n_head_kv;
-	if (e->att_cap < att_rows * e->n_ctx) {
-		size_t need = att_rows * e->n_ctx;
+	/* attention scratch for the longest sequence of this step, grown by
+	 * powers of two up to n_ctx: a long context costs memory only once a
+	 * sequence gets that long */
+	uint32_t max_pos = 1, cap_pos = 64;
+	for (uint32_t i = 0; i < n_items; i++)
+		if (items[i].seq->n_pos + items[i].n_tokens > max_pos)
+			max_pos = items[i].seq->n_pos + items[i].n_tokens;
+	while (cap_pos < max_pos)
+		cap_pos *= 2;
+	if (cap_pos > e->n_ctx)
+		cap_pos = e->n_ctx;
+	if (e->att_cap < att_rows * max_pos) {
+		size_t need = att_rows * cap_pos;
 		for (int j = 0; j < pool_size(e->pool); j++) {
 			free(e->att_s[j]);
 			if ((e->att_s[j] = malloc(need * sizeof(float))) == NULL) {

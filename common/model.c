@@ -323,6 +323,8 @@ model_load_gguf(struct model **out, struct gguf_file *g, char *err,
 	int rc;
 
 	if ((m = calloc(1, sizeof(*m))) == NULL) {
+		epmoe_set_err(err, err_len, "%s: out of memory loading the model",
+		        g->path);
 		gguf_close(g);
 		return EPMOE_ENOMEM;
 	}

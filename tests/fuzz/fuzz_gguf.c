@@ -11,10 +11,12 @@
 
 #include "err.h"
 #include "fuzz_util.h"
+#include "log.h"
 #include "gguf.h"
 #include "model.h"
 #include "tok.h"
 
+int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static void
@@ -57,6 +59,16 @@ walk(const struct gguf_file *g)
 			sink += ((const uint8_t *)t->data)[t->size - 1];
 	}
 	(void)sink;
+}
+
+/* Bad files are expected: their warnings would only slow the run. */
+int
+LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+	(void)argc;
+	(void)argv;
+	log_set_level(LOG_ERROR);
+	return 0;
 }
 
 int

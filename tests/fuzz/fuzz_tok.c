@@ -10,10 +10,12 @@
 
 #include "err.h"
 #include "fuzz_util.h"
+#include "log.h"
 #include "mkmodel.h"
 #include "tok.h"
 #include "tok_int.h"
 
+int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static const char *const pres[] = { "default", "gpt2", "llama3", "qwen2",
@@ -84,6 +86,16 @@ make_bpe(const char *pre)
 	if (tok_new_from_vocab(&t, &v, NULL, 0) != 0)
 		abort();
 	return t;
+}
+
+/* Bad files are expected: their warnings would only slow the run. */
+int
+LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+	(void)argc;
+	(void)argv;
+	log_set_level(LOG_ERROR);
+	return 0;
 }
 
 int
