@@ -140,6 +140,46 @@ fail:
 	return rv == NNG_ENOMEM ? EPMOE_ENOMEM : EPMOE_EINVAL;
 }
 
+/* One handshake with itself over 127.0.0.1: proves that the key matches
+ * the certificate and that the certificate chains to the CA, which every
+ * peer of the cluster will require (NNG loads a mismatched pair without a
+ * word and only handshakes would fail, silently, later). */
+static int
+tls_selftest(const struct netsock_tls *t, char *err, size_t err_len)
+{
+	nng_socket rep, req;
+	char bound[128];
+	nng_msg *m = NULL;
+	int rc, rv;
+
+	if ((rc = netsock_rep_listen(&rep, "tls+tcp://127.0.0.1:0", 1024, t,
+	             bound, sizeof(bound))) != 0) {
+		epmoe_set_err(err, err_len, "TLS self-test: cannot listen on 127.0.0.1: %s",
+		        epmoe_strerror(rc));
+		return rc;
+	}
+	if ((rc = netsock_req_dial(&req, bound, 1024, t)) != 0) {
+		nng_close(rep);
+		epmoe_set_err(err, err_len, "TLS self-test: cannot dial: %s",
+		        epmoe_strerror(rc));
+		return rc;
+	}
+	nng_socket_set_ms(req, NNG_OPT_SENDTIMEO, 3000);
+	nng_socket_set_ms(rep, NNG_OPT_RECVTIMEO, 3000);
+	if ((rv = nng_send(req, "tls?", 4, 0)) == 0 &&
+	        (rv = nng_recvmsg(rep, &m, 0)) == 0)
+		nng_msg_free(m);
+	netsock_close_bounded(req, 2000);
+	netsock_close_bounded(rep, 2000);
+	if (rv != 0) {
+		epmoe_set_err(err, err_len,
+		        "the certificate, key and CA do not work together (a TLS handshake with itself failed: %s): the key must be the certificate's and the certificate signed by the CA (check: openssl verify -CAfile CA CERT)",
+		        nng_strerror(rv));
+		return EPMOE_EINVAL;
+	}
+	return 0;
+}
+
 int
 netsock_tls_new(struct netsock_tls **out, const char *cert_file,
         const char *key_file, const char *ca_file, char *err, size_t err_len)
@@ -174,6 +214,10 @@ netsock_tls_new(struct netsock_tls **out, const char *cert_file,
 	free(cert);
 	if (t == NULL)
 		return rc;
+	if ((rc = tls_selftest(t, err, err_len)) != 0) {
+		netsock_tls_free(t);
+		return rc;
+	}
 	*out = t;
 	return 0;
 }
