@@ -169,9 +169,13 @@ parse_args(int argc, char **argv, struct router_cfg *c, struct key_args *ka)
 	const char *s;
 
 	c->model_path = env("EPMOE_MODEL", NULL);
-	c->tls_cert = env("EPMOE_TLS_CERT", NULL);
-	c->tls_key = env("EPMOE_TLS_KEY", NULL);
-	c->tls_ca = env("EPMOE_TLS_CA", NULL);
+	/* an empty variable is an unset one (compose files pass them through) */
+	if ((s = env("EPMOE_TLS_CERT", NULL)) != NULL && *s)
+		c->tls_cert = s;
+	if ((s = env("EPMOE_TLS_KEY", NULL)) != NULL && *s)
+		c->tls_key = s;
+	if ((s = env("EPMOE_TLS_CA", NULL)) != NULL && *s)
+		c->tls_ca = s;
 	if ((s = getenv("EPMOE_API_KEY")) != NULL && *s)
 		ka->keys[ka->n_keys++] = s;
 	if ((s = getenv("EPMOE_API_KEY_FILE")) != NULL && *s)
