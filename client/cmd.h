@@ -13,5 +13,6 @@ int cmd_route(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_chat(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_health(int argc, char **argv);
 
 #endif

@@ -23,6 +23,7 @@ static const struct subcmd subcmds[] = {
 	{ "bench", cmd_bench, "load generator against a running server" },
 	{ "mkmodel", cmd_mkmodel, "write a random-weight MoE model (GGUF)" },
 	{ "inspect", cmd_inspect, "print a GGUF file's metadata and tensors" },
+	{ "health", cmd_health, "exit 0 when a router (or a worker's health file) is ready" },
 };
 
 static void

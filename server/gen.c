@@ -337,8 +337,9 @@ submit(struct router *r, const struct gen_req *q, sched_event_fn cb, void *ud,
 	if ((rc = gen_check(&lim, q, &pl, err)) != 0)
 		return rc;
 	if (!router_ready(r))
-		return fail(err, EPMOE_EUNAVAIL, GEN_F_NONE, "the experts are not all served "
-		        "yet (workers starting or down); retry");
+		return fail(err, EPMOE_EUNAVAIL, GEN_F_NONE, r->stopping ?
+		        "the server is shutting down; retry on another" :
+		        "the experts are not all served yet (workers starting or down); retry");
 	if ((rc = build_prompt(r, q, &p.prompt, &p.n_prompt, err)) != 0)
 		return rc;
 	if (pl.max_tokens < 0) {

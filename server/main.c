@@ -12,6 +12,7 @@
 
 #include "api.h"
 #include "apikey.h"
+#include "envargs.h"
 #include "err.h"
 #include "log.h"
 #include "nngapi.h"
@@ -23,13 +24,17 @@ usage(FILE *f)
 {
 	fprintf(f,
 	        "usage: epmoe-router --model M [options]\n"
+	        "Every flag can also be set by the EPMOE_* variable named with it;\n"
+	        "a typed flag wins over its variable.\n"
 	        "  -m, --model M            GGUF model (env EPMOE_MODEL)\n"
-	        "      --model-name NAME    id served in the API (default: file name)\n"
-	        "      --local              run the experts in this process\n"
+	        "      --model-name NAME    id served in the API (default: file name;\n"
+	        "                           env EPMOE_MODEL_NAME)\n"
+	        "      --local              run the experts in this process (env EPMOE_LOCAL=1)\n"
 	        "  -w, --workers N          spawn N local worker processes (default 2;\n"
 	        "                           env EPMOE_WORKERS)\n"
 	        "      --expect-workers N   wait for N workers in all, counting remote ones\n"
-	        "                           that dial --control (default: --workers)\n"
+	        "                           that dial --control (default: --workers;\n"
+	        "                           env EPMOE_EXPECT_WORKERS)\n"
 	        "      --http ADDR          HTTP API address (default 127.0.0.1:8080;\n"
 	        "                           env EPMOE_HTTP)\n"
 	        "      --nng URL            NNG client API, \"\" = off (default\n"
@@ -37,19 +42,32 @@ usage(FILE *f)
 	        "      --control URL        worker control endpoint (default\n"
 	        "                           tcp://127.0.0.1:5556; env EPMOE_CONTROL)\n"
 	        "      --experts-per-worker a,b,...  contiguous blocks of these sizes\n"
-	        "      --placement FILE     explicit placement (JSON)\n"
+	        "                           (env EPMOE_EXPERTS_PER_WORKER)\n"
+	        "      --placement FILE     explicit placement (JSON; env EPMOE_PLACEMENT)\n"
 	        "      --routing P          default routing policy (default native;\n"
 	        "                           env EPMOE_ROUTING)\n"
 	        "  -t, --threads N          engine threads (default: all cores;\n"
 	        "                           env EPMOE_THREADS)\n"
-	        "  -c, --ctx N              context length per sequence (default: the model's)\n"
-	        "      --max-running N      sequences decoding at once (default 32)\n"
-	        "      --max-waiting N      wait queue bound, 429 beyond (default 64)\n"
-	        "      --step-tokens N      token budget of one step (default 512)\n"
-	        "      --kv-budget-mb N     KV cache budget in MiB (default 4096)\n"
-	        "      --max-tokens N       default max_tokens for chat (default 256)\n"
-	        "      --max-tokens-limit N largest max_tokens accepted (default: context)\n"
-	        "      --expert-timeout-ms N  deadline of one expert batch (default 10000)\n"
+	        "  -c, --ctx N              context length per sequence (default: the\n"
+	        "                           model's; env EPMOE_CTX)\n"
+	        "      --max-running N      sequences decoding at once (default 32;\n"
+	        "                           env EPMOE_MAX_RUNNING)\n"
+	        "      --max-waiting N      wait queue bound, 429 beyond (default 64;\n"
+	        "                           env EPMOE_MAX_WAITING)\n"
+	        "      --step-tokens N      token budget of one step (default 512;\n"
+	        "                           env EPMOE_STEP_TOKENS)\n"
+	        "      --kv-budget-mb N     KV cache budget in MiB (default 4096;\n"
+	        "                           env EPMOE_KV_BUDGET_MB)\n"
+	        "      --max-tokens N       default max_tokens for chat (default 256;\n"
+	        "                           env EPMOE_MAX_TOKENS)\n"
+	        "      --max-tokens-limit N largest max_tokens accepted (default: context;\n"
+	        "                           env EPMOE_MAX_TOKENS_LIMIT)\n"
+	        "      --expert-timeout-ms N  deadline of one expert batch (default 10000;\n"
+	        "                           env EPMOE_EXPERT_TIMEOUT_MS)\n"
+	        "      --drain-timeout-s N  on SIGTERM, refuse new requests and finish the\n"
+	        "                           running ones for up to N s, then stop (default\n"
+	        "                           30, 0 = stop at once; a second signal stops at\n"
+	        "                           once; env EPMOE_DRAIN_TIMEOUT_S)\n"
 	        "  security:\n"
 	        "      --tls-cert F, --tls-key F, --tls-ca F  mutual TLS with the workers:\n"
 	        "                           this router's certificate, its key and the CA\n"
@@ -76,9 +94,56 @@ usage(FILE *f)
 	        "      --http-idle-timeout-ms N   idle keep-alive connections are closed\n"
 	        "                           after this (default 60000; env\n"
 	        "                           EPMOE_HTTP_IDLE_TIMEOUT_MS)\n"
-	        "      --log-json           log one JSON object per line\n"
-	        "      --log-level L        debug|info|warn|error (default info)\n");
+	        "      --log-json           log one JSON object per line (env EPMOE_LOG_JSON=1)\n"
+	        "      --log-level L        debug|info|warn|error (default info;\n"
+	        "                           env EPMOE_LOG_LEVEL)\n"
+	        "      --print-config       print the arguments as parsed, each with its\n"
+	        "                           source (a flag or an EPMOE_* variable), and exit\n"
+	        "                           (env EPMOE_PRINT_CONFIG=1)\n"
+	        "  -h, --help               this help\n");
 }
+
+/* Flag <- variable table: every flag of parse_args has a row. */
+static const struct envarg env_table[] = {
+	{ "model", "EPMOE_MODEL", false, false },
+	{ "model-name", "EPMOE_MODEL_NAME", false, false },
+	{ "local", "EPMOE_LOCAL", true, false },
+	{ "workers", "EPMOE_WORKERS", false, false },
+	{ "expect-workers", "EPMOE_EXPECT_WORKERS", false, false },
+	{ "http", "EPMOE_HTTP", false, false },
+	{ "nng", "EPMOE_NNG", false, true },
+	{ "control", "EPMOE_CONTROL", false, false },
+	{ "experts-per-worker", "EPMOE_EXPERTS_PER_WORKER", false, false },
+	{ "placement", "EPMOE_PLACEMENT", false, false },
+	{ "routing", "EPMOE_ROUTING", false, false },
+	{ "threads", "EPMOE_THREADS", false, false },
+	{ "ctx", "EPMOE_CTX", false, false },
+	{ "max-running", "EPMOE_MAX_RUNNING", false, false },
+	{ "max-waiting", "EPMOE_MAX_WAITING", false, false },
+	{ "step-tokens", "EPMOE_STEP_TOKENS", false, false },
+	{ "kv-budget-mb", "EPMOE_KV_BUDGET_MB", false, false },
+	{ "max-tokens", "EPMOE_MAX_TOKENS", false, false },
+	{ "max-tokens-limit", "EPMOE_MAX_TOKENS_LIMIT", false, false },
+	{ "expert-timeout-ms", "EPMOE_EXPERT_TIMEOUT_MS", false, false },
+	{ "drain-timeout-s", "EPMOE_DRAIN_TIMEOUT_S", false, false },
+	{ "tls-cert", "EPMOE_TLS_CERT", false, false },
+	{ "tls-key", "EPMOE_TLS_KEY", false, false },
+	{ "tls-ca", "EPMOE_TLS_CA", false, false },
+	{ "api-key", "EPMOE_API_KEY", false, false },
+	{ "api-key-file", "EPMOE_API_KEY_FILE", false, false },
+	{ "metrics-auth", "EPMOE_METRICS_AUTH", true, false },
+	{ "http-max-connections", "EPMOE_HTTP_MAX_CONNECTIONS", false, false },
+	{ "http-max-per-client", "EPMOE_HTTP_MAX_PER_CLIENT", false, false },
+	{ "http-header-timeout-ms", "EPMOE_HTTP_HEADER_TIMEOUT_MS", false, false },
+	{ "http-body-timeout-ms", "EPMOE_HTTP_BODY_TIMEOUT_MS", false, false },
+	{ "http-idle-timeout-ms", "EPMOE_HTTP_IDLE_TIMEOUT_MS", false, false },
+	{ "log-json", "EPMOE_LOG_JSON", true, false },
+	{ "log-level", "EPMOE_LOG_LEVEL", false, false },
+	{ "print-config", "EPMOE_PRINT_CONFIG", true, false },
+};
+
+/* The arguments being parsed, to name a bad value's variable. */
+static const struct envargs *cur_args;
 
 static int
 num(const char *opt, const char *s, long lo, long hi, long *out)
@@ -86,19 +151,13 @@ num(const char *opt, const char *s, long lo, long hi, long *out)
 	char *end;
 	long v = strtol(s, &end, 10);
 	if (*s == '\0' || *end != '\0' || v < lo || v > hi) {
-		fprintf(stderr, "epmoe-router: %s expects an integer in %ld..%ld, got '%s'\n",
-		        opt, lo, hi, s);
+		const char *src = cur_args ? envargs_source(cur_args, optind - 1) : NULL;
+		fprintf(stderr, "epmoe-router: %s%s%s%s expects an integer in %ld..%ld, got '%s'\n",
+		        opt, src ? " (from " : "", src ? src : "", src ? ")" : "", lo, hi, s);
 		return -1;
 	}
 	*out = v;
 	return 0;
-}
-
-static const char *
-env(const char *name, const char *dflt)
-{
-	const char *v = getenv(name);
-	return v ? v : dflt;
 }
 
 /* The keys of --api-key and --api-key-file, gathered while parsing. */
@@ -109,22 +168,9 @@ struct key_args {
 	int n_files;
 };
 
-/* A numeric flag's environment variable: 1 with *v set, 0 when unset,
- * -1 (after a message) when out of lo..hi. */
 static int
-env_num(const char *var, long lo, long hi, long *v)
-{
-	const char *s = getenv(var);
-
-	if (s == NULL || *s == '\0')
-		return 0;
-	if (num(var, s, lo, hi, v) != 0)
-		return -1;
-	return 1;
-}
-
-static int
-parse_args(int argc, char **argv, struct router_cfg *c, struct key_args *ka)
+parse_args(int argc, char **argv, struct router_cfg *c, bool *print,
+        struct key_args *ka)
 {
 	static const struct option opts[] = {
 		{ "model", required_argument, NULL, 'm' },
@@ -147,6 +193,8 @@ parse_args(int argc, char **argv, struct router_cfg *c, struct key_args *ka)
 		{ "max-tokens", required_argument, NULL, 'M' },
 		{ "max-tokens-limit", required_argument, NULL, 'T' },
 		{ "expert-timeout-ms", required_argument, NULL, 'D' },
+		{ "drain-timeout-s", required_argument, NULL, 'G' },
+		{ "print-config", no_argument, NULL, 'p' },
 		{ "log-json", no_argument, NULL, 'J' },
 		{ "log-level", required_argument, NULL, 'l' },
 		{ "tls-cert", required_argument, NULL, 1001 },
@@ -164,58 +212,19 @@ parse_args(int argc, char **argv, struct router_cfg *c, struct key_args *ka)
 		{ 0 }
 	};
 	long v;
-	int o, k, control_given = getenv("EPMOE_CONTROL") != NULL;
+	int o, control_given = 0;
 	enum log_level lvl;
-	const char *s;
 
-	c->model_path = env("EPMOE_MODEL", NULL);
-	/* an empty variable is an unset one (compose files pass them through) */
-	if ((s = env("EPMOE_TLS_CERT", NULL)) != NULL && *s)
-		c->tls_cert = s;
-	if ((s = env("EPMOE_TLS_KEY", NULL)) != NULL && *s)
-		c->tls_key = s;
-	if ((s = env("EPMOE_TLS_CA", NULL)) != NULL && *s)
-		c->tls_ca = s;
-	if ((s = getenv("EPMOE_API_KEY")) != NULL && *s)
-		ka->keys[ka->n_keys++] = s;
-	if ((s = getenv("EPMOE_API_KEY_FILE")) != NULL && *s)
-		ka->files[ka->n_files++] = s;
-	s = getenv("EPMOE_METRICS_AUTH");
-	c->metrics_auth = s && *s && strcmp(s, "0") != 0;
 	http_config_default(&c->http);
-	if ((k = env_num("EPMOE_HTTP_MAX_CONNECTIONS", 1, 1 << 20, &v)) < 0)
-		return -1;
-	if (k)
-		c->http.max_connections = (uint32_t)v;
-	if ((k = env_num("EPMOE_HTTP_MAX_PER_CLIENT", 0, 1 << 20, &v)) < 0)
-		return -1;
-	if (k)
-		c->http.max_per_client = (uint32_t)v;
-	if ((k = env_num("EPMOE_HTTP_HEADER_TIMEOUT_MS", 1, 3600000, &v)) < 0)
-		return -1;
-	if (k)
-		c->http.header_timeout_ms = (uint64_t)v;
-	if ((k = env_num("EPMOE_HTTP_BODY_TIMEOUT_MS", 1, 3600000, &v)) < 0)
-		return -1;
-	if (k)
-		c->http.body_timeout_ms = (uint64_t)v;
-	if ((k = env_num("EPMOE_HTTP_IDLE_TIMEOUT_MS", 1, 86400000, &v)) < 0)
-		return -1;
-	if (k)
-		c->http.idle_timeout_ms = (uint64_t)v;
-	c->http_addr = env("EPMOE_HTTP", "127.0.0.1:8080");
-	c->nng_url = env("EPMOE_NNG", "tcp://127.0.0.1:5555");
-	c->control_url = env("EPMOE_CONTROL", "tcp://127.0.0.1:5556");
-	c->routing = env("EPMOE_ROUTING", NULL);
+	c->http_addr = "127.0.0.1:8080";
+	c->nng_url = "tcp://127.0.0.1:5555";
+	c->control_url = "tcp://127.0.0.1:5556";
 	c->workers = 2;
 	c->expect_workers = -1;
 	c->max_tokens_default = 256;
 	c->expert_timeout_ms = 10000;
+	c->drain_timeout_s = 30;
 	sched_cfg_default(&c->sched);
-	if (getenv("EPMOE_WORKERS") && num("EPMOE_WORKERS", getenv("EPMOE_WORKERS"), 0, 256, &v) == 0)
-		c->workers = (int)v;
-	if (getenv("EPMOE_THREADS") && num("EPMOE_THREADS", getenv("EPMOE_THREADS"), 0, 1024, &v) == 0)
-		c->threads = (int)v;
 	while ((o = getopt_long(argc, argv, "m:w:t:c:h", opts, NULL)) != -1) {
 		switch (o) {
 		case 'm': c->model_path = optarg; break;
@@ -228,6 +237,7 @@ parse_args(int argc, char **argv, struct router_cfg *c, struct key_args *ka)
 		case 'P': c->placement = optarg; break;
 		case 'r': c->routing = optarg; break;
 		case 'J': c->log_json = true; break;
+		case 'p': *print = true; break;
 		case 'l':
 			if (log_parse_level(optarg, &lvl) != 0) {
 				fprintf(stderr, "epmoe-router: --log-level expects debug|info|warn|error\n");
@@ -289,6 +299,11 @@ parse_args(int argc, char **argv, struct router_cfg *c, struct key_args *ka)
 			if (num("--expert-timeout-ms", optarg, 1, 3600000, &v))
 				return -1;
 			c->expert_timeout_ms = (uint32_t)v;
+			break;
+		case 'G':
+			if (num("--drain-timeout-s", optarg, 0, 86400, &v))
+				return -1;
+			c->drain_timeout_s = (uint32_t)v;
 			break;
 		case 1001: c->tls_cert = optarg; break;
 		case 1002: c->tls_key = optarg; break;
@@ -409,17 +424,66 @@ shutdown_all(struct router *r)
 	router_stop(r);
 }
 
+static uv_timer_t drain_timer;
+static uint64_t drain_deadline_ms;
+static bool shut_down;
+
+static void
+shutdown_now(struct router *r)
+{
+	if (shut_down)
+		return;
+	shut_down = true;
+	if (uv_is_active((uv_handle_t *)&drain_timer))
+		uv_timer_stop(&drain_timer);
+	shutdown_all(r);
+	uv_stop(r->loop);
+}
+
+static void
+on_drain_tick(uv_timer_t *t)
+{
+	struct router *r = t->data;
+	struct sched_stats st;
+
+	sched_get_stats(r->sched, &st);
+	if (st.running + st.waiting == 0) {
+		log_info("drained: no request left, stopping");
+		shutdown_now(r);
+	} else if (uv_now(r->loop) >= drain_deadline_ms) {
+		log_warn("drain timeout: stopping with %u running and %u waiting requests",
+		        st.running, st.waiting);
+		shutdown_now(r);
+	}
+}
+
+/* First SIGTERM/SIGINT: refuse new requests (/health answers 503
+ * "stopping", so balancers and orchestrators stop sending), let the
+ * running ones finish for up to --drain-timeout-s, then stop.  A second
+ * signal stops at once. */
 static void
 on_signal(uv_signal_t *h, int signum)
 {
 	struct router *r = h->data;
+	struct sched_stats st;
 
-	if (r->stopping)
+	if (r->stopping) {
+		log_info("signal %d again: stopping now", signum);
+		shutdown_now(r);
 		return;
-	log_info("signal %d: shutting down", signum);
+	}
 	r->stopping = true;
-	shutdown_all(r);
-	uv_stop(r->loop);
+	sched_get_stats(r->sched, &st);
+	if (r->cfg.drain_timeout_s == 0 || st.running + st.waiting == 0) {
+		log_info("signal %d: shutting down", signum);
+		shutdown_now(r);
+		return;
+	}
+	log_info("signal %d: draining %u running and %u waiting requests for up to %u s",
+	        signum, st.running, st.waiting, r->cfg.drain_timeout_s);
+	drain_deadline_ms = uv_now(r->loop) + (uint64_t)r->cfg.drain_timeout_s * 1000;
+	drain_timer.data = r;
+	uv_timer_start(&drain_timer, on_drain_tick, 100, 100);
 }
 
 static void
@@ -436,17 +500,43 @@ main(int argc, char **argv)
 	struct key_args ka = { 0 };
 	char *name = NULL;
 	uv_signal_t sig_int, sig_term;
+	struct envargs ea;
+	bool print = false;
 	int rc, status = 1;
 
 	memset(&r, 0, sizeof(r));
 	log_set_name("epmoe-router");
 	signal(SIGPIPE, SIG_IGN);
-	if (parse_args(argc, argv, &r.cfg, &ka) != 0 || load_keys(&r.apikeys, &ka) != 0)
-		return 2;
+	if (envargs_init(&ea, env_table, sizeof(env_table) / sizeof(env_table[0]), argc,
+	            argv) != 0) {
+		fprintf(stderr, "epmoe-router: out of memory\n");
+		return 1;
+	}
+	cur_args = &ea;
+	rc = parse_args(ea.argc, ea.argv, &r.cfg, &print, &ka);
+	cur_args = NULL;
+	if (rc == 0 && !print && load_keys(&r.apikeys, &ka) != 0)
+		rc = -1;
+	if (rc == 0 && print) {
+		printf("epmoe-router arguments:\n");
+		envargs_print(&ea, stdout);
+	}
+	if (rc != 0 || print) {
+		envargs_fini(&ea);
+		return rc != 0 ? 2 : 0;
+	}
+	/* local workers (--workers) inherit this environment: drop what
+	 * names a single worker (an image may set it for its worker role) */
+	unsetenv("EPMOE_HEALTH_FILE");
+	unsetenv("EPMOE_ADVERTISE");
+	unsetenv("EPMOE_WORKER_ID");
+	unsetenv("EPMOE_NODE");
+	unsetenv("EPMOE_API_KEY"); /* the workers need no key: keep it out of their environment */
 	log_set_json(r.cfg.log_json);
 	if (r.cfg.model_name == NULL &&
 	        (r.cfg.model_name = name = default_name(r.cfg.model_path)) == NULL) {
 		log_error("out of memory");
+		envargs_fini(&ea);
 		return 1;
 	}
 	r.loop = uv_default_loop();
@@ -478,6 +568,7 @@ main(int argc, char **argv)
 	        apikeys_count(r.apikeys) ? "need a key" : "open", apikeys_count(r.apikeys),
 	        apikeys_count(r.apikeys) == 1 ? "" : "s",
 	        r.cfg.metrics_auth ? ", /metrics keyed" : "");
+	uv_timer_init(r.loop, &drain_timer);
 	uv_signal_init(r.loop, &sig_int);
 	uv_signal_init(r.loop, &sig_term);
 	sig_int.data = sig_term.data = &r;
@@ -497,6 +588,7 @@ out:
 	apikeys_free(r.apikeys);
 	uv_loop_close(r.loop);
 	free(name);
+	envargs_fini(&ea);
 	log_info("stopped");
 	return status;
 }

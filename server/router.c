@@ -249,7 +249,7 @@ router_free(struct router *r)
 bool
 router_ready(struct router *r)
 {
-	return r->cluster == NULL || cluster_ready(r->cluster);
+	return !r->stopping && (r->cluster == NULL || cluster_ready(r->cluster));
 }
 
 int

@@ -48,6 +48,7 @@ struct router_cfg {
 	uint32_t max_tokens_default;
 	uint32_t max_tokens_limit;
 	uint32_t expert_timeout_ms;
+	uint32_t drain_timeout_s; /* SIGTERM: finish requests for up to this */
 	struct sched_cfg sched;
 	bool log_json;
 	struct http_config http;  /* HTTP limits (connections, timeouts) */
@@ -68,7 +69,7 @@ struct router {
 	struct sched *sched;
 	int64_t created;
 	uint64_t boot_id;
-	bool stopping;
+	bool stopping;            /* SIGTERM seen: draining, then stopping */
 
 	/* the experts on workers (all NULL in local mode) */
 	struct cluster *cluster;

@@ -37,8 +37,10 @@ struct stats {
 	        *m_http_conns, *m_http_evicted, *m_http_refused, *m_http_timeouts;
 	struct metrics_series *h_ttft, *h_itl, *h_e2e, *h_queue, *h_step;
 	struct metrics_family *f_expert_tokens, *f_route_tokens, *f_route_secs,
-	        *f_route_ot, *f_route_maxvio, *f_worker_lat, *f_phase, *f_rejected;
+	        *f_route_ot, *f_route_maxvio, *f_worker_lat, *f_phase, *f_rejected,
+	        *f_worker_up;
 	struct metrics_series **s_expert_tokens; /* [L * E] */
+	struct metrics_series *worker_up[256]; /* the id holding each index */
 
 	pthread_mutex_t mu;
 	bool mu_ok;
@@ -206,6 +208,7 @@ stats_register(struct stats *st)
 	static const char *const l_phase[] = { "phase" };
 	static const char *const l_expert[] = { "layer", "expert" };
 	static const char *const l_worker[] = { "worker" };
+	static const char *const l_worker_up[] = { "worker", "id", "node" };
 	static const char *const l_reason[] = { "reason" };
 	static const double vio_buckets[] = { 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8 };
 	struct metrics_family *f;
@@ -264,7 +267,11 @@ stats_register(struct stats *st)
 	             &st->f_rejected)) ||
 	        (rc = metrics_histogram(st->metrics, "epmoe_worker_request_seconds",
 	             "Round trip of one expert batch to a worker", l_worker, 1,
-	             cluster_hist_bounds_s, CLUSTER_HIST_BUCKETS - 1, &st->f_worker_lat)))
+	             cluster_hist_bounds_s, CLUSTER_HIST_BUCKETS - 1, &st->f_worker_lat)) ||
+	        (rc = metrics_gauge(st->metrics, "epmoe_worker_up",
+	             "1 while the worker (id: its --id, node: its host or container) that holds "
+	             "this worker index is up, 0 once down or replaced", l_worker_up, 3,
+	             &st->f_worker_up)))
 		return rc;
 	st->s_expert_tokens = calloc((size_t)hp->n_layer * hp->n_expert, sizeof(*st->s_expert_tokens));
 	if (st->s_expert_tokens == NULL)
@@ -375,6 +382,44 @@ export_worker_latency(struct stats *st)
 	}
 }
 
+/* epmoe_worker_up{worker, id, node}: which worker (container, host)
+ * holds each index now; the series of an id that left its index is set
+ * to 0.  Indices from 256 on are not labelled. */
+static void
+export_worker_up(struct stats *st)
+{
+	cJSON *j = NULL;
+	const cJSON *ws, *w;
+
+	if (cluster_stats_json(st->r->cluster, &j) != 0)
+		return;
+	ws = cJSON_GetObjectItemCaseSensitive(j, "workers");
+	cJSON_ArrayForEach(w, ws) {
+		const cJSON *ix = cJSON_GetObjectItemCaseSensitive(w, "index");
+		const cJSON *id = cJSON_GetObjectItemCaseSensitive(w, "id");
+		const cJSON *node = cJSON_GetObjectItemCaseSensitive(w, "node");
+		const cJSON *state = cJSON_GetObjectItemCaseSensitive(w, "state");
+		char lv0[16];
+		const char *lv[3] = { lv0, NULL, NULL };
+		struct metrics_series *s;
+		int i;
+
+		if (!cJSON_IsNumber(ix) || !cJSON_IsString(id) || id->valuestring[0] == '\0' ||
+		        (i = ix->valueint) < 0 || i >= 256)
+			continue;
+		snprintf(lv0, sizeof(lv0), "%d", i);
+		lv[1] = id->valuestring;
+		lv[2] = cJSON_IsString(node) ? node->valuestring : "";
+		if (metrics_series(st->f_worker_up, lv, &s) != 0)
+			continue;
+		if (st->worker_up[i] && st->worker_up[i] != s)
+			metrics_set(st->worker_up[i], 0);
+		st->worker_up[i] = s;
+		metrics_set(s, cJSON_IsString(state) && strcmp(state->valuestring, "up") == 0);
+	}
+	cJSON_Delete(j);
+}
+
 int
 stats_render_metrics(struct stats *st, char **out, size_t *len)
 {
@@ -399,8 +444,10 @@ stats_render_metrics(struct stats *st, char **out, size_t *len)
 		counter_to(st->m_http_refused, (double)hc.refused);
 		counter_to(st->m_http_timeouts, (double)hc.timeouts);
 	}
-	if (st->r->cluster)
+	if (st->r->cluster) {
 		export_worker_latency(st);
+		export_worker_up(st);
+	}
 	return metrics_render(st->metrics, out, len);
 }
 

@@ -67,9 +67,9 @@ for r in $(seq 1 "$ROUNDS"); do
 		stop_router
 	done
 	# shellcheck disable=SC2154
-	q1=$(awk -v a="$tls1" -v b="$plain1" 'BEGIN { printf "%.3f", b > 0 ? a / b : 0 }')
+	q1=$(awk -v a="$tls1" -v b="$plain1" 'BEGIN { printf "%.3f", (b > 0) ? a / b : 0 }')
 	# shellcheck disable=SC2154
-	q16=$(awk -v a="$tls16" -v b="$plain16" 'BEGIN { printf "%.3f", b > 0 ? a / b : 0 }')
+	q16=$(awk -v a="$tls16" -v b="$plain16" 'BEGIN { printf "%.3f", (b > 0) ? a / b : 0 }')
 	printf '%-6s %12.1f %12.1f %12.1f %12.1f %10s %10s\n' "$r" "$plain1" "$tls1" "$plain16" "$tls16" "$q1" "$q16"
 	all1="$all1 $q1"; all16="$all16 $q16"
 done
