@@ -389,13 +389,16 @@ alloc_entries(struct parse *ps, void **arr, size_t elem, uint64_t count,
 
 /* ---- tensor infos ---- */
 
+/* Types whose block size is known open (so `epmoe inspect` shows any
+ * llama.cpp file); whether epmoe can compute with them is the model
+ * loader's question (dtype_supported). */
 static int
 unsupported_type(struct parse *ps, const char *what, uint32_t t)
 {
 	return fail(ps, EPMOE_ENOTSUP,
-	        "%s has tensor type %s, which is not supported "
-	        "(supported: f32, f16, bf16, q8_0)",
-	        what, dtype_name((enum dtype)t));
+	        "%s has tensor type %s, whose layout is not known "
+	        "(supported: %s)",
+	        what, dtype_name((enum dtype)t), dtype_supported_list());
 }
 
 static int
@@ -443,7 +446,7 @@ parse_tensor_info(struct parse *ps, struct gguf_priv *g, uint64_t i)
 			        "%s: element count overflows", what);
 	}
 	t->n_elements = n;
-	if (!dtype_supported((enum dtype)type))
+	if (dtype_block_size((enum dtype)type) == 0)
 		return unsupported_type(ps, what, type);
 	t->type = (enum dtype)type;
 	blk = dtype_block_elems(t->type);
@@ -890,40 +893,83 @@ gguf_type_name(enum gguf_type t)
 	return "unknown";
 }
 
-/* ggml's numbering, including types epmoe cannot convert, so messages can
- * name them. */
-static const char *const dtype_names[] = {
-	[0] = "f32", [1] = "f16", [2] = "q4_0", [3] = "q4_1", [6] = "q5_0",
-	[7] = "q5_1", [8] = "q8_0", [9] = "q8_1", [10] = "q2_K",
-	[11] = "q3_K", [12] = "q4_K", [13] = "q5_K", [14] = "q6_K",
-	[15] = "q8_K", [16] = "iq2_xxs", [17] = "iq2_xs", [18] = "iq3_xxs",
-	[19] = "iq1_s", [20] = "iq4_nl", [21] = "iq3_s", [22] = "iq2_s",
-	[23] = "iq4_xs", [24] = "i8", [25] = "i16", [26] = "i32",
-	[27] = "i64", [28] = "f64", [29] = "iq1_m", [30] = "bf16",
-	[34] = "tq1_0", [35] = "tq2_0",
+/* ggml's numbering (b4747).  Types epmoe cannot compute with keep their
+ * block geometry so files holding them still open and can be inspected;
+ * numbers 31-33 and 36-38 were retired by ggml and stay unknown. */
+static const struct dtype_info {
+	const char *name;
+	uint16_t blk_elems;
+	uint16_t blk_bytes;
+	bool supported;
+} dtype_info[] = {
+	[DTYPE_F32] = { "f32", 1, 4, true },
+	[DTYPE_F16] = { "f16", 1, 2, true },
+	[DTYPE_Q4_0] = { "q4_0", 32, 18, true },
+	[DTYPE_Q4_1] = { "q4_1", 32, 20, true },
+	[DTYPE_Q5_0] = { "q5_0", 32, 22, true },
+	[DTYPE_Q5_1] = { "q5_1", 32, 24, true },
+	[DTYPE_Q8_0] = { "q8_0", 32, 34, true },
+	[DTYPE_Q8_1] = { "q8_1", 32, 36, false },
+	[DTYPE_Q2_K] = { "q2_K", 256, 84, true },
+	[DTYPE_Q3_K] = { "q3_K", 256, 110, true },
+	[DTYPE_Q4_K] = { "q4_K", 256, 144, true },
+	[DTYPE_Q5_K] = { "q5_K", 256, 176, true },
+	[DTYPE_Q6_K] = { "q6_K", 256, 210, true },
+	[DTYPE_Q8_K] = { "q8_K", 256, 292, false },
+	[16] = { "iq2_xxs", 256, 66, false },
+	[17] = { "iq2_xs", 256, 74, false },
+	[18] = { "iq3_xxs", 256, 98, false },
+	[19] = { "iq1_s", 256, 50, false },
+	[20] = { "iq4_nl", 32, 18, false },
+	[21] = { "iq3_s", 256, 110, false },
+	[22] = { "iq2_s", 256, 82, false },
+	[23] = { "iq4_xs", 256, 136, false },
+	[24] = { "i8", 1, 1, false },
+	[25] = { "i16", 1, 2, false },
+	[26] = { "i32", 1, 4, false },
+	[27] = { "i64", 1, 8, false },
+	[28] = { "f64", 1, 8, false },
+	[29] = { "iq1_m", 256, 56, false },
+	[DTYPE_BF16] = { "bf16", 1, 2, true },
+	[34] = { "tq1_0", 256, 54, false },
+	[35] = { "tq2_0", 256, 66, false },
 };
+
+#define N_DTYPE_INFO (sizeof(dtype_info) / sizeof(dtype_info[0]))
+
+static const struct dtype_info *
+info_of(enum dtype t)
+{
+	if ((unsigned)t < N_DTYPE_INFO && dtype_info[t].name != NULL)
+		return &dtype_info[t];
+	return NULL;
+}
 
 const char *
 dtype_name(enum dtype t)
 {
 	static __thread char buf[24];
+	const struct dtype_info *d = info_of(t);
 
-	if ((unsigned)t < sizeof(dtype_names) / sizeof(dtype_names[0]) &&
-	        dtype_names[t] != NULL)
-		return dtype_names[t];
+	if (d != NULL)
+		return d->name;
 	snprintf(buf, sizeof(buf), "type%u", (unsigned)t);
 	return buf;
+}
+
+const char *
+dtype_supported_list(void)
+{
+	return "f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, q2_K, q3_K, "
+	       "q4_K, q5_K, q6_K";
 }
 
 int
 dtype_parse(const char *s, enum dtype *out)
 {
-	static const enum dtype ok[] = { DTYPE_F32, DTYPE_F16,
-		DTYPE_BF16, DTYPE_Q8_0 };
-
-	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
-		if (strcasecmp(s, dtype_names[ok[i]]) == 0) {
-			*out = ok[i];
+	for (unsigned t = 0; t < N_DTYPE_INFO; t++) {
+		if (dtype_info[t].supported && strcasecmp(s, dtype_info[t].name) == 0) {
+			*out = (enum dtype)t;
 			return 0;
 		}
 	}
@@ -933,26 +979,25 @@ dtype_parse(const char *s, enum dtype *out)
 int
 dtype_supported(enum dtype t)
 {
-	return t == DTYPE_F32 || t == DTYPE_F16 ||
-	        t == DTYPE_BF16 || t == DTYPE_Q8_0;
+	const struct dtype_info *d = info_of(t);
+
+	return d != NULL && d->supported;
 }
 
 uint32_t
 dtype_block_elems(enum dtype t)
 {
-	return t == DTYPE_Q8_0 ? QK8_0 : 1;
+	const struct dtype_info *d = info_of(t);
+
+	return d != NULL ? d->blk_elems : 1;
 }
 
 size_t
 dtype_block_size(enum dtype t)
 {
-	switch (t) {
-	case DTYPE_F32: return 4;
-	case DTYPE_F16:
-	case DTYPE_BF16: return 2;
-	case DTYPE_Q8_0: return 2 + QK8_0;
-	default: return 0;
-	}
+	const struct dtype_info *d = info_of(t);
+
+	return d != NULL ? d->blk_bytes : 0;
 }
 
 size_t

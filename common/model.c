@@ -107,8 +107,9 @@ check_shape(struct loader *L, const struct gguf_tensor *t, uint64_t ne0,
 		        (int)t->name.len, t->name.ptr);
 	if (!dtype_supported(t->type))
 		return fail(L, EPMOE_ENOTSUP,
-		        "tensor %.*s has type %s; supported tensor types: f32, f16, bf16, q8_0",
-		        (int)t->name.len, t->name.ptr, dtype_name(t->type));
+		        "tensor %.*s has type %s, which epmoe cannot compute with; supported tensor types: %s",
+		        (int)t->name.len, t->name.ptr, dtype_name(t->type),
+		        dtype_supported_list());
 	if (t->ne[0] % dtype_block_elems(t->type) != 0)
 		return fail(L, EPMOE_EFORMAT, "tensor %.*s: row length %llu is not a multiple of the %s block",
 		        (int)t->name.len, t->name.ptr, (unsigned long long)t->ne[0],

@@ -95,7 +95,7 @@ start_child(struct spawn *s, uint32_t i)
 	if (pid == 0) {
 		/* child: only async-signal-safe calls until exec */
 		struct sigaction dfl;
-		sigset_t none;
+		sigset_t mask;
 		int sigs[] = { SIGTERM, SIGINT, SIGHUP, SIGPIPE, SIGCHLD, SIGUSR1, SIGUSR2 };
 
 		prctl(PR_SET_PDEATHSIG, SIGTERM);
@@ -105,8 +105,13 @@ start_child(struct spawn *s, uint32_t i)
 		dfl.sa_handler = SIG_DFL;
 		for (size_t j = 0; j < sizeof(sigs) / sizeof(sigs[0]); j++)
 			sigaction(sigs[j], &dfl, NULL);
-		sigemptyset(&none);
-		sigprocmask(SIG_SETMASK, &none, NULL);
+		/* SIGTERM stays blocked through exec: a parent-death signal
+		 * that comes before the worker has installed its handler waits
+		 * for it (epmoe-worker unblocks SIGTERM in main) instead of
+		 * killing the worker half-started */
+		sigemptyset(&mask);
+		sigaddset(&mask, SIGTERM);
+		sigprocmask(SIG_SETMASK, &mask, NULL);
 		execv(s->bin, argv);
 		_exit(127);
 	}

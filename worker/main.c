@@ -259,6 +259,12 @@ main(int argc, char **argv)
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
+	/* a router that spawned us starts us with SIGTERM blocked (spawn.c):
+	 * a stop that came early is delivered to the handler now */
+	sigset_t term;
+	sigemptyset(&term);
+	sigaddset(&term, SIGTERM);
+	sigprocmask(SIG_UNBLOCK, &term, NULL);
 	log_set_name("epmoe-worker");
 	if (envargs_init(&ea, env_table, sizeof(env_table) / sizeof(env_table[0]), argc,
 	            argv) != 0) {
