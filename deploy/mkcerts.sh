@@ -19,9 +19,12 @@
 # 127.0.0.1 and whatever EPMOE_CERT_SANS adds ("DNS:a.example,IP:10.0.0.5").
 # Peers trust any certificate the CA signed: keep ca.key off the hosts
 # (only ca.pem is needed there).  EPMOE_CERT_DAYS sets the validity (825).
+# EPMOE_CERT_OWNER=UID[:GID] hands the keys it makes to that user (the
+# deployment image runs as uid 10001: EPMOE_CERT_OWNER=10001 for
+# deploy/docker-compose.tls.yml).
 set -eu
 if [ $# -lt 1 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
-	sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
 	exit 2
 fi
 command -v openssl >/dev/null 2>&1 || {
@@ -89,5 +92,9 @@ EXT
 		-out "$dir/$name.pem" 2>/dev/null
 	chmod 600 "$dir/$name.key"
 	chmod 644 "$dir/$name.pem"
+	if [ -n "${EPMOE_CERT_OWNER:-}" ]; then
+		chown "$EPMOE_CERT_OWNER" "$dir/$name.key" "$dir/$name.pem" ||
+			{ echo "mkcerts: cannot chown to $EPMOE_CERT_OWNER" >&2; exit 1; }
+	fi
 	echo "mkcerts: made $dir/$name.pem ($sans)"
 done
