@@ -186,7 +186,7 @@ compose() { (cd "$top/deploy" && docker-compose -p "$PROJECT" "$@" 2>>"$TMPD/com
 compose down -t 2 -v --remove-orphans >/dev/null 2>&1
 COMPOSE_UP=1
 t0=$(now_ms)
-compose up -d --no-build >"$TMPD/up.log" 2>&1 || { cat "$TMPD/up.log"; fail "docker-compose up"; }
+compose up -d --no-build >"$TMPD/up.log" 2>&1 || { cat "$TMPD/up.log"; tail -5 "$TMPD/compose.err"; fail "docker-compose up"; }
 all_healthy() {
 	n=0
 	for c in $(compose ps -q); do
@@ -300,7 +300,7 @@ EPMOE_CERT_OWNER=10001 sh "$top/deploy/mkcerts.sh" "$TMPD/certs" router worker >
 export EPMOE_CERTS="$TMPD/certs" EPMOE_N_WORKERS=2 \
 	COMPOSE_FILE=docker-compose.yml:docker-compose.override.yml:docker-compose.tls.yml
 t0=$(now_ms)
-compose up -d --no-build >"$TMPD/up-tls.log" 2>&1 || { cat "$TMPD/up-tls.log"; fail "docker-compose up with TLS"; }
+compose up -d --no-build >"$TMPD/up-tls.log" 2>&1 || { cat "$TMPD/up-tls.log"; tail -5 "$TMPD/compose.err"; compose logs --tail 5; fail "docker-compose up with TLS"; }
 wait_http "$URL/health" 200 90 >/dev/null || { compose logs --tail 10; fail "TLS deployment not ready"; }
 t_tls=$(( $(now_ms) - t0 ))
 docker run -d --name "${PROJECT}_rogue" --network "${PROJECT}_backend" -e EPMOE_ROUTER=tcp://router:5556 \
