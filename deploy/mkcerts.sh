@@ -36,7 +36,9 @@ shift
 [ $# -gt 0 ] || set -- router worker
 days=${EPMOE_CERT_DAYS:-825}
 umask 077
-mkdir -p "$dir"
+# a new folder is world-searchable (the files keep their own modes), so a
+# service user such as the image's can reach its own key
+[ -d "$dir" ] || { mkdir -p "$dir" && chmod 755 "$dir"; }
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT INT TERM
 
