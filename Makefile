@@ -10,16 +10,22 @@
 #                   the Docker image, compose and a one-node swarm
 #   make bench      print the benchmark tables (make bench-testbed, root:
 #                   the cost of the testbed's delay relay)
+#   make fuzz       build the libFuzzer targets (clang) and run each for
+#                   FUZZ_SECONDS (default 30) on its seed corpus
 #   make deps       install the missing Debian packages (apt-get; sudo when
 #                   not root) and say what it installs
 #   make clean      remove build/
 
 SAN ?= 0
-ifeq ($(SAN),1)
+FUZZ ?= 0
+ifeq ($(FUZZ),1)
+B := build/fuzz
+else ifeq ($(SAN),1)
 B := build/san
 else
 B := build
 endif
+FUZZ_SECONDS ?= 30
 
 CC ?= cc
 ARCH ?= native
@@ -30,8 +36,8 @@ PYTHON ?= /usr/bin/python3
 # scripts and their test).
 DEB_PKGS := build-essential pkg-config libuv1-dev libnng-dev libopenblas-dev \
 	libprotobuf-c-dev protobuf-c-compiler check libcjson-dev \
-	libhttp-parser-dev libpcre2-dev libcurl4-openssl-dev curl \
-	chromium gnuplot-nox jq
+	libhttp-parser-dev libpcre2-dev libcurl4-openssl-dev curl openssl \
+	clang libclang-rt-dev llvm chromium gnuplot-nox jq
 # Debian packages of `make test-deploy` only (installed by it).
 DEB_DEPLOY_PKGS := iptables docker.io docker-compose debootstrap python3-yaml
 # pkg-config modules; nng (CMake config only) and http-parser (no .pc) are
@@ -47,6 +53,15 @@ ifeq ($(SAN),1)
 OPT := -O1 -g -march=$(ARCH) -fno-omit-frame-pointer -fno-strict-aliasing \
 	-fsanitize=address,undefined -fno-sanitize-recover=undefined \
 	-fno-sanitize=alignment
+SAN_LD := -fsanitize=address,undefined
+endif
+# libFuzzer builds: everything compiled by clang with coverage
+# instrumentation and ASan + UBSan; only the targets link libFuzzer.
+ifeq ($(FUZZ),1)
+CC := clang
+OPT := -O1 -g -march=$(ARCH) -fno-omit-frame-pointer -fno-strict-aliasing \
+	-fsanitize=fuzzer-no-link,address,undefined \
+	-fno-sanitize-recover=undefined -fno-sanitize=alignment
 SAN_LD := -fsanitize=address,undefined
 endif
 # Each library sees only the headers it may use: common sees common and the
@@ -76,6 +91,7 @@ SERVER_SRC := $(filter-out server/main.c,$(wildcard server/*.c))
 WORKER_SRC := $(filter-out worker/main.c,$(wildcard worker/*.c))
 CLIENT_SRC := $(filter-out client/main.c,$(wildcard client/*.c))
 TEST_SRC := $(wildcard tests/unit/test_*.c)
+FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 TEST_SUPPORT := $(filter-out $(TEST_SRC),$(wildcard tests/unit/*.c))
 
 obj = $(patsubst %.c,$(B)/obj/%.o,$(1))
@@ -90,9 +106,11 @@ BINS := $(B)/bin/epmoe $(B)/bin/epmoe-router $(B)/bin/epmoe-worker
 # the testbed's delay relay (deploy/testbed/relay.c; not installed)
 RELAY := $(B)/bin/epmoe-relay
 TESTS := $(patsubst tests/unit/%.c,$(B)/tests/%,$(TEST_SRC))
+FUZZERS := $(patsubst tests/fuzz/%.c,$(B)/bin/%,$(FUZZ_SRC))
 
 .PHONY: all deps run test test-only test-deploy \
-	bench bench-only bench-testbed clean check-deps train FORCE
+	bench bench-only bench-testbed clean check-deps train FORCE \
+	fuzz fuzz-build fuzz-only fuzz-seeds
 .DEFAULT_GOAL := all
 .SECONDARY:
 
@@ -187,6 +205,14 @@ $(B)/tests/%: $(B)/obj/tests/unit/%.o $(call obj,$(TEST_SUPPORT)) $(LIBS_ALL)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $< $(call obj,$(TEST_SUPPORT)) $(LIBS_ALL) $(PKG_LIBS)
 
+$(B)/bin/fuzz_%: $(B)/obj/tests/fuzz/fuzz_%.o $(LIB_SERVER) $(LIB_COMMON)
+	@mkdir -p $(dir $@)
+	$(CC) -fsanitize=fuzzer,address,undefined $(LDFLAGS) -o $@ $< $(LIB_SERVER) $(LIB_COMMON) $(PKG_LIBS)
+
+# The allocation-failure suite routes the project's allocations through
+# its test allocator.
+$(B)/tests/test_failalloc: LDFLAGS_ALL += -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=strdup,--wrap=strndup
+
 # The public targets install what is missing first, then re-enter make so the
 # pkg-config flags are read with the packages present.
 run: deps
@@ -212,6 +238,23 @@ bench-testbed: all
 
 bench-only: $(BINS)
 	@EPMOE_BUILD=$(B) sh client/bench/run.sh
+
+fuzz: deps
+	@$(MAKE) --no-print-directory FUZZ=1 fuzz-only
+
+fuzz-build:
+	@$(MAKE) --no-print-directory FUZZ=1 $(patsubst tests/fuzz/%.c,build/fuzz/bin/%,$(FUZZ_SRC))
+
+# Regenerates the binary seeds (wire frames, small GGUF models) in
+# tests/fuzz/corpus; they are committed.
+fuzz-seeds: $(LIBS_ALL) $(B)/obj/tests/fuzz/mkseeds.o
+	@mkdir -p $(B)/bin
+	$(CC) $(LDFLAGS_ALL) -o $(B)/bin/mkseeds $(B)/obj/tests/fuzz/mkseeds.o $(LIBS_ALL) $(PKG_LIBS)
+	@mkdir -p tests/fuzz/corpus/wire tests/fuzz/corpus/gguf
+	$(B)/bin/mkseeds tests/fuzz/corpus
+
+fuzz-only: $(FUZZERS)
+	@EPMOE_BUILD=$(B) FUZZ_SECONDS=$(FUZZ_SECONDS) sh tests/fuzz/run.sh
 
 train:
 	$(MAKE) -C train

@@ -643,6 +643,7 @@ drive_cfg(const struct env *e, struct lg_drive_cfg *dc, const double *sched,
 	dc->max_inflight = cap;
 	dc->duration_s = e->o->duration_s;
 	dc->timeout_s = e->o->g.timeout_s;
+	dc->api_key = e->o->g.api_key;
 }
 
 static int

@@ -18,6 +18,7 @@ cli_gen_init(struct cli_gen *g, const char *cmd)
 	g->p.max_tokens = CLI_GEN_DEFAULT_MAX_TOKENS;
 	g->p.stop = g->stops;
 	g->timeout_s = 600;
+	g->api_key = cli_env("EPMOE_API_KEY", NULL);
 	if ((t = cli_env("EPMOE_TIMEOUT", NULL)) != NULL &&
 	        cli_float(t, 0.001, 86400, &g->timeout_s) != 0)
 		return cli_bad(cmd, "EPMOE_TIMEOUT", "expects seconds in (0, 86400]");
@@ -95,6 +96,11 @@ cli_gen_opt(struct cli_gen *g, const char *cmd, int c, const char *arg)
 	case CLI_GEN_IGNORE_EOS:
 		g->p.ignore_eos = 1;
 		return 0;
+	case CLI_GEN_API_KEY:
+		if (arg[0] == '\0')
+			return cli_bad(cmd, "--api-key", "expects a key");
+		g->api_key = arg;
+		return 0;
 	}
 	return 1;
 }
@@ -120,7 +126,9 @@ cli_gen_help(FILE *f)
 	        "                       (default: the server's)\n"
 	        "      --ignore-eos     keep generating past end-of-sequence\n"
 	        "      --timeout S      seconds a request may take (env\n"
-	        "                       EPMOE_TIMEOUT; default 600)\n",
+	        "                       EPMOE_TIMEOUT; default 600)\n"
+	        "      --api-key KEY    the router's API key (env EPMOE_API_KEY, which\n"
+	        "                       other users cannot read in the process list)\n",
 	        EPMOE_DEFAULT_SERVER, CLI_GEN_DEFAULT_MAX_TOKENS, EPMOE_MAX_STOP);
 }
 
@@ -133,6 +141,7 @@ cli_gen_connect(const struct cli_gen *g, const char *cmd,
 	int rc;
 
 	o.timeout_ms = (uint32_t)(g->timeout_s * 1000 + 0.5);
+	o.api_key = g->api_key;
 	if (o.timeout_ms == 0)
 		o.timeout_ms = 1;
 	if (o.timeout_ms < 5000)

@@ -24,6 +24,7 @@ enum {
 	CLI_GEN_ROUTING,
 	CLI_GEN_TIMEOUT,
 	CLI_GEN_IGNORE_EOS,
+	CLI_GEN_API_KEY,
 	CLI_GEN_LAST
 };
 
@@ -40,7 +41,8 @@ enum {
 	{ "stop", required_argument, NULL, CLI_GEN_STOP }, \
 	{ "routing", required_argument, NULL, CLI_GEN_ROUTING }, \
 	{ "timeout", required_argument, NULL, CLI_GEN_TIMEOUT }, \
-	{ "ignore-eos", no_argument, NULL, CLI_GEN_IGNORE_EOS }
+	{ "ignore-eos", no_argument, NULL, CLI_GEN_IGNORE_EOS }, \
+	{ "api-key", required_argument, NULL, CLI_GEN_API_KEY }
 
 /* Short options of the shared set, for the getopt string. */
 #define CLI_GEN_SHORT "s:m:n:"
@@ -52,9 +54,10 @@ struct cli_gen {
 	struct epmoe_gen_params p;
 	const char *stops[EPMOE_MAX_STOP];
 	double timeout_s;
+	const char *api_key;              /* NULL: none */
 };
 
-/* Defaults, then EPMOE_SERVER, EPMOE_MODEL, EPMOE_TIMEOUT.  Returns 0,
+/* Defaults, then EPMOE_SERVER, EPMOE_MODEL, EPMOE_TIMEOUT, EPMOE_API_KEY.  Returns 0,
  * or 2 after printing what is wrong with a variable. */
 int cli_gen_init(struct cli_gen *g, const char *cmd);
 

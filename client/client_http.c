@@ -244,6 +244,11 @@ http_perform(struct epmoe_client *c, const char *path, const char *body,
 	        "Accept: application/json")) == NULL)
 		goto nomem;
 	hdrs = h;
+	if (c->auth_header != NULL) {
+		if ((h = curl_slist_append(hdrs, c->auth_header)) == NULL)
+			goto nomem;
+		hdrs = h;
+	}
 	curl_easy_setopt(e, CURLOPT_URL, url);
 	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)c->o.connect_timeout_ms);

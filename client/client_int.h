@@ -14,7 +14,9 @@
 
 struct epmoe_client {
 	enum epmoe_transport tr;
-	struct epmoe_client_opts o;
+	struct epmoe_client_opts o; /* o.api_key points at api_key below */
+	char *api_key;              /* owned copy, wiped on free; or NULL */
+	char *auth_header;          /* "Authorization: Bearer KEY" or NULL */
 	struct epmoe_error err;
 	/* HTTP */
 	char *base;        /* scheme://host:port[/prefix], no trailing "/" */

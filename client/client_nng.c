@@ -94,6 +94,8 @@ nng_call(struct epmoe_client *c, Epmoe__ClientMsg *msg,
 	int rv, rc;
 
 	msg->version = EPMOE_PROTO_VERSION;
+	if (c->api_key != NULL)
+		msg->api_key = c->api_key;
 	if ((rc = wire_nng_pack(&m, WIRE_CLIENT, &msg->base, NULL, 0)) != 0)
 		return cl_set_err(c, rc, 0, "cannot pack the request: %s",
 		        wire_errmsg());

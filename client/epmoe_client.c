@@ -142,6 +142,18 @@ epmoe_client_new(struct epmoe_client **out, const char *url,
 		rc = EPMOE_ENOMEM;
 		goto fail;
 	}
+	c->o.api_key = NULL;
+	if (opts != NULL && opts->api_key != NULL && opts->api_key[0] != '\0') {
+		size_t n = strlen(opts->api_key) + sizeof("Authorization: Bearer ");
+
+		if ((c->api_key = strdup(opts->api_key)) == NULL ||
+		        (c->auth_header = malloc(n)) == NULL) {
+			rc = EPMOE_ENOMEM;
+			goto fail;
+		}
+		snprintf(c->auth_header, n, "Authorization: Bearer %s", c->api_key);
+		c->o.api_key = c->api_key;
+	}
 	rc = tr == EPMOE_TRANSPORT_HTTP ? cl_http_open(c, url, errmsg, errmsg_size) :
 	        cl_nng_open(c, url, errmsg, errmsg_size);
 	if (rc != 0)
@@ -161,6 +173,14 @@ epmoe_client_free(struct epmoe_client *c)
 	cl_http_close(c);
 	cl_nng_close(c);
 	free(c->url);
+	if (c->api_key != NULL) {
+		explicit_bzero(c->api_key, strlen(c->api_key));
+		free(c->api_key);
+	}
+	if (c->auth_header != NULL) {
+		explicit_bzero(c->auth_header, strlen(c->auth_header));
+		free(c->auth_header);
+	}
 	free(c);
 }
 

@@ -46,6 +46,10 @@ struct epmoe_client_opts {
 	                              * 0: 600000 */
 	uint32_t poll_wait_ms;       /* NNG streaming: how long the server may
 	                              * hold each poll; 0: 1000 */
+	const char *api_key;         /* the router's API key, or NULL: sent as
+	                              * "Authorization: Bearer KEY" over HTTP
+	                              * and in ClientMsg.api_key over NNG
+	                              * (copied by epmoe_client_new) */
 };
 
 /* Connects to url (NNG: dials now; HTTP: checks the URL, connects on the

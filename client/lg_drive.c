@@ -30,6 +30,7 @@ struct drv {
 	atomic_long n_done, n_err, n_started;
 	atomic_long n_alive;        /* NNG threads still running */
 	double last_progress;
+	char *auth;                 /* HTTP "Authorization: Bearer KEY", or NULL */
 };
 
 static double
@@ -209,6 +210,11 @@ hreq_new(struct drv *d, long i, const char *url)
 	if ((l = curl_slist_append(h->hdrs, "Expect:")) == NULL)
 		goto fail;
 	h->hdrs = l;
+	if (d->auth != NULL) {
+		if ((l = curl_slist_append(h->hdrs, d->auth)) == NULL)
+			goto fail;
+		h->hdrs = l;
+	}
 	curl_easy_setopt(h->e, CURLOPT_URL, url);
 	curl_easy_setopt(h->e, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(h->e, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
@@ -475,6 +481,7 @@ nng_thread(void *arg)
 	long i;
 
 	o.timeout_ms = (uint32_t)(cfg->timeout_s * 1000);
+	o.api_key = cfg->api_key;
 	if (epmoe_client_new(&c, cfg->server, &o, err, sizeof(err)) != 0)
 		c = NULL;
 	while ((i = atomic_fetch_add(&d->next, 1)) < cfg->n) {
@@ -542,6 +549,7 @@ run_nng(struct drv *d)
 
 struct sampler {
 	const char *url;
+	const char *auth;           /* header line or NULL */
 	double interval, t_start;
 	atomic_int stop;
 	cJSON *samples;
@@ -613,13 +621,20 @@ sampler_thread(void *arg)
 {
 	struct sampler *s = arg;
 	CURL *e = curl_easy_init();
+	struct curl_slist *hdrs = NULL;
 	size_t n = 0;
 
 	if (e == NULL) {
 		s->unavailable = 1;
 		return NULL;
 	}
+	if (s->auth != NULL && (hdrs = curl_slist_append(NULL, s->auth)) == NULL) {
+		curl_easy_cleanup(e);
+		s->unavailable = 1;
+		return NULL;
+	}
 	curl_easy_setopt(e, CURLOPT_URL, s->url);
+	curl_easy_setopt(e, CURLOPT_HTTPHEADER, hdrs);
 	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, 2000L);
 	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 5000L);
@@ -653,6 +668,7 @@ sampler_thread(void *arg)
 			usleep(20000);
 	}
 	curl_easy_cleanup(e);
+	curl_slist_free_all(hdrs);
 	return NULL;
 }
 
@@ -676,18 +692,29 @@ lg_drive(const struct lg_drive_cfg *cfg, struct lg_rec *recs,
 	d.cfg = cfg;
 	d.recs = recs;
 	d.last_progress = -1;
+	if (cfg->api_key != NULL && cfg->api_key[0] != '\0') {
+		size_t n = strlen(cfg->api_key) + sizeof("Authorization: Bearer ");
+
+		if ((d.auth = malloc(n)) == NULL)
+			return EPMOE_ENOMEM;
+		snprintf(d.auth, n, "Authorization: Bearer %s", cfg->api_key);
+	}
 	memset(&s, 0, sizeof(s));
 	if (samples != NULL)
 		*samples = NULL;
 	d.t_start = clock_now();
 	if (cfg->stats_url != NULL && samples != NULL) {
 		s.url = cfg->stats_url;
+		s.auth = d.auth;
 		s.interval = cfg->stats_interval_s > 0.05 ? cfg->stats_interval_s : 0.05;
 		s.t_start = d.t_start;
-		if ((s.samples = cJSON_CreateArray()) == NULL)
+		if ((s.samples = cJSON_CreateArray()) == NULL) {
+			free(d.auth);
 			return EPMOE_ENOMEM;
+		}
 		if (pthread_create(&sth, NULL, sampler_thread, &s) != 0) {
 			cJSON_Delete(s.samples);
+			free(d.auth);
 			return EPMOE_ENOMEM;
 		}
 		sampling = 1;
@@ -706,5 +733,6 @@ lg_drive(const struct lg_drive_cfg *cfg, struct lg_rec *recs,
 		}
 		*samples = s.samples;
 	}
+	free(d.auth);
 	return rc;
 }

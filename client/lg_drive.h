@@ -50,6 +50,7 @@ struct lg_drive_cfg {
 	long n;
 	long max_inflight;             /* >= 1 */
 	double duration_s, timeout_s;
+	const char *api_key;           /* the server's API key; NULL: none */
 	lg_progress_fn progress;       /* may be NULL */
 	void *progress_ud;
 	const char *stats_url;         /* GET each stats_interval_s; NULL: off */

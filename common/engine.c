@@ -60,10 +60,46 @@ struct engine {
 	int32_t *exp_perm;
 	float *w_perm;
 	size_t cap_pairs;
-	/* attention scratch per thread: [OP_ATT_QCHUNK, n_ctx] */
+	/* attention scratch per thread: [OP_ATT_QCHUNK, positions], grown
+	 * to the longest sequence seen (at most n_ctx) */
 	float **att_s;
 	size_t att_cap;
 };
+
+/* Checks that one sequence of n_ctx positions fits the memory budget:
+ * its KV cache (2 x layers x kv heads x head dim floats per position)
+ * plus the per-thread attention scratch ([rows, n_ctx] floats each).
+ * Every size here comes from the model file, so a corrupt or hostile
+ * context_length must be caught before it becomes a malloc. */
+static int
+ctx_fits(const struct model *m, uint32_t n_ctx, bool from_model,
+        int n_threads, uint64_t budget, char *err, size_t err_len)
+{
+	const struct model_hparams *hp = &m->hp;
+	double gib = 1024.0 * 1024.0 * 1024.0;
+	uint64_t att_rows = OP_ATT_QCHUNK > hp->n_head / hp->n_head_kv ?
+	        OP_ATT_QCHUNK : hp->n_head / hp->n_head_kv;
+	/* below 2^64: layers, heads and head_dim are bounded by the loader
+	 * (4096 x 1024 x 1024) and n_ctx by 2^32 */
+	double kv = 2.0 * hp->n_layer * hp->n_head_kv * hp->head_dim * 4.0 * n_ctx;
+	double scratch = (double)att_rows * n_ctx * 4.0 * n_threads;
+
+	if (budget == 0) {
+		long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+
+		budget = pages > 0 && psz > 0 ? (uint64_t)pages * (uint64_t)psz
+		                              : (uint64_t)1 << 34;
+	}
+	if (kv + scratch <= (double)budget)
+		return 0;
+	if (err != NULL && err_len > 0)
+		snprintf(err, err_len,
+		        "context length %u%s needs %.2f GiB for one sequence (KV cache %.2f GiB + attention scratch %.2f GiB), more than the memory budget of %.2f GiB: choose a shorter context (--ctx)",
+		        n_ctx, from_model ? " (the model's context_length)" : "",
+		        (kv + scratch) / gib, kv / gib, scratch / gib,
+		        (double)budget / gib);
+	return EPMOE_ERANGE;
+}
 
 int
 engine_new(struct engine **out, const struct model *m,
@@ -74,15 +110,20 @@ engine_new(struct engine **out, const struct model *m,
 	        (int)sysconf(_SC_NPROCESSORS_ONLN);
 	int rc;
 
+	uint32_t n_ctx = o && o->n_ctx ? o->n_ctx : m->hp.n_ctx_train;
+
 	if (n_threads < 1)
 		n_threads = 1;
+	if (n_ctx == 0)
+		n_ctx = 4096;
+	if ((rc = ctx_fits(m, n_ctx, !(o && o->n_ctx), n_threads,
+	             o ? o->mem_budget : 0, err, err_len)) != 0)
+		return rc;
 	op_blas_init();
 	if ((e = calloc(1, sizeof(*e))) == NULL)
 		return EPMOE_ENOMEM;
 	e->m = m;
-	e->n_ctx = o && o->n_ctx ? o->n_ctx : m->hp.n_ctx_train;
-	if (e->n_ctx == 0)
-		e->n_ctx = 4096;
+	e->n_ctx = n_ctx;
 	if ((rc = pool_new(&e->pool, n_threads)) != 0)
 		goto fail;
 	if ((rc = moe_local_new(&e->local, m, e->pool)) != 0)
@@ -773,8 +814,19 @@ engine_step(struct engine *e, struct eng_item *items, uint32_t n_items)
 		return EPMOE_ENOMEM;
 	size_t att_rows = OP_ATT_QCHUNK > hp->n_head / hp->n_head_kv ?
 	        OP_ATT_QCHUNK : hp->n_head / hp->n_head_kv;
-	if (e->att_cap < att_rows * e->n_ctx) {
-		size_t need = att_rows * e->n_ctx;
+	/* attention scratch for the longest sequence of this step, grown by
+	 * powers of two up to n_ctx: a long context costs memory only once a
+	 * sequence gets that long */
+	uint32_t max_pos = 1, cap_pos = 64;
+	for (uint32_t i = 0; i < n_items; i++)
+		if (items[i].seq->n_pos + items[i].n_tokens > max_pos)
+			max_pos = items[i].seq->n_pos + items[i].n_tokens;
+	while (cap_pos < max_pos)
+		cap_pos *= 2;
+	if (cap_pos > e->n_ctx)
+		cap_pos = e->n_ctx;
+	if (e->att_cap < att_rows * max_pos) {
+		size_t need = att_rows * cap_pos;
 		for (int j = 0; j < pool_size(e->pool); j++) {
 			free(e->att_s[j]);
 			if ((e->att_s[j] = malloc(need * sizeof(float))) == NULL) {

@@ -25,6 +25,11 @@ struct engine_opts {
 	int n_threads;      /* 0 = number of online CPUs */
 	uint32_t n_ctx;     /* max positions per sequence; 0 = the model's */
 	const char *routing;/* default policy spec; NULL = "native" */
+	uint64_t mem_budget;/* bytes one sequence at full context may take
+	                       (its KV cache plus the attention scratch);
+	                       0 = the machine's physical memory.  A context
+	                       length (from the model or n_ctx) beyond it is
+	                       refused with EPMOE_ERANGE before any allocation */
 };
 
 /* Time spent per phase, accumulated over steps (seconds). */

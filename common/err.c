@@ -25,6 +25,7 @@ epmoe_strerror(int err)
 	case EPMOE_ESTATE: return "invalid state";
 	case EPMOE_EUNAVAIL: return "service unavailable";
 	case EPMOE_EINTERNAL: return "internal error";
+	case EPMOE_EAUTH: return "not authorized";
 	}
 	return "unknown error";
 }

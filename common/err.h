@@ -25,7 +25,8 @@ enum {
 	EPMOE_ECANCELED = -12,/* cancelled by the client or shutdown */
 	EPMOE_ESTATE = -13,   /* operation not valid in this state */
 	EPMOE_EUNAVAIL = -14, /* a needed worker/expert is not available */
-	EPMOE_EINTERNAL = -15 /* a bug: an invariant did not hold */
+	EPMOE_EINTERNAL = -15,/* a bug: an invariant did not hold */
+	EPMOE_EAUTH = -16     /* missing or wrong credentials (API key) */
 };
 
 /* Returns a static description of err (never NULL). */

@@ -42,6 +42,7 @@ struct gguf_priv {
 	uint64_t t_alloc;  /* than the counts while a bad file is parsed */
 	struct strmap kv_names;
 	struct strmap t_names;
+	int borrowed; /* base is the caller's buffer (gguf_open_mem): no munmap */
 };
 
 struct parse {
@@ -618,6 +619,38 @@ gguf_open(struct gguf_file **out, const char *path, char *err, size_t err_len)
 	return 0;
 }
 
+int
+gguf_open_mem(struct gguf_file **out, const char *name, const void *data,
+        size_t size, char *err, size_t err_len)
+{
+	struct parse ps = { .path = name ? name : "(memory)", .err = err,
+		.err_len = err_len };
+	struct gguf_priv *g;
+	int rc;
+
+	if (err != NULL && err_len > 0)
+		err[0] = '\0';
+	if (data == NULL || size == 0)
+		return fail(&ps, EPMOE_EFORMAT,
+		        "truncated: header extends past end of file (size 0)");
+	if ((g = calloc(1, sizeof(*g))) == NULL ||
+	        (g->f.path = strdup(ps.path)) == NULL) {
+		free(g);
+		return fail(&ps, EPMOE_ENOMEM, "out of memory");
+	}
+	g->borrowed = 1;
+	g->f.base = data;
+	g->f.file_size = size;
+	ps.base = data;
+	ps.size = size;
+	if ((rc = parse_header(&ps, g)) != 0) {
+		gguf_close(&g->f);
+		return rc;
+	}
+	*out = &g->f;
+	return 0;
+}
+
 void
 gguf_close(struct gguf_file *f)
 {
@@ -635,7 +668,7 @@ gguf_close(struct gguf_file *f)
 	free(f->tensors);
 	strmap_fini(&g->kv_names);
 	strmap_fini(&g->t_names);
-	if (f->base != NULL)
+	if (f->base != NULL && !g->borrowed)
 		munmap((void *)f->base, f->file_size);
 	free(f->path);
 	free(g);

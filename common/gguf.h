@@ -128,6 +128,15 @@ int gguf_open(struct gguf_file **out, const char *path, char *err,
         size_t err_len);
 void gguf_close(struct gguf_file *g);
 
+/* As gguf_open over size bytes at data (a file read into memory, a fuzzer's
+ * input): data is borrowed and must stay unchanged until gguf_close(), which
+ * does not free it.  name stands for the path in messages (NULL:
+ * "(memory)").  Tensor data pointers point into data; they are aligned as
+ * the file asks only when data is (a malloc'd buffer is, for the usual
+ * alignments up to 16). */
+int gguf_open_mem(struct gguf_file **out, const char *name, const void *data,
+        size_t size, char *err, size_t err_len);
+
 /* Lookups; NULL when absent.  Borrowed from g. */
 const struct gguf_kv *gguf_find_kv(const struct gguf_file *g, const char *key);
 const struct gguf_tensor *gguf_find_tensor(const struct gguf_file *g,

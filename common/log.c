@@ -7,6 +7,7 @@
 
 #include "err.h"
 #include "log.h"
+#include "utf8.h"
 
 static const char *log_name = "epmoe";
 static int log_json;
@@ -44,12 +45,27 @@ log_parse_level(const char *s, enum log_level *out)
 	return EPMOE_EINVAL;
 }
 
-/* Appends s to buf as a JSON string body (no quotes). */
+/* Appends s to buf as a JSON string body (no quotes); a byte that is not
+ * part of valid UTF-8 (request bytes quoted in a message) becomes '?', so
+ * every line stays valid JSON. */
 static size_t
 json_escape(char *buf, size_t cap, size_t n, const char *s)
 {
 	for (; *s && n + 7 < cap; s++) {
 		unsigned char c = (unsigned char)*s;
+		size_t k;
+
+		if (c >= 0x80) {
+			k = utf8_seq((const unsigned char *)s, strnlen(s, 4));
+			if (k == 0 || n + k + 7 >= cap) {
+				buf[n++] = '?';
+			} else {
+				memcpy(buf + n, s, k);
+				n += k;
+				s += k - 1;
+			}
+			continue;
+		}
 		if (c == '"' || c == '\\') {
 			buf[n++] = '\\';
 			buf[n++] = (char)c;
@@ -102,4 +118,44 @@ log_msg(enum log_level lvl, const char *fmt, ...)
 	if (write(STDERR_FILENO, line, n) < 0) {
 		/* nowhere left to report it */
 	}
+}
+
+void
+log_msg_limited(struct log_limit *l, enum log_level lvl, const char *fmt, ...)
+{
+	struct timespec ts;
+	uint64_t now, dropped = 0;
+	char msg[2048];
+	va_list ap;
+	int allow;
+
+	if (lvl < log_min)
+		return;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	pthread_mutex_lock(&l->mu);
+	if (l->n_window == 0 || now - l->window_start_ms >= LOG_LIMIT_WINDOW_MS) {
+		l->window_start_ms = now;
+		l->n_window = 0;
+	}
+	allow = l->n_window < LOG_LIMIT_BURST;
+	if (allow) {
+		l->n_window++;
+		dropped = l->suppressed;
+		l->suppressed = 0;
+	} else {
+		l->suppressed++;
+		l->total_suppressed++;
+	}
+	pthread_mutex_unlock(&l->mu);
+	if (!allow)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (dropped > 0)
+		log_msg(lvl, "%s (%llu similar messages were not logged)", msg,
+		        (unsigned long long)dropped);
+	else
+		log_msg(lvl, "%s", msg);
 }

@@ -202,6 +202,10 @@ load_hparams(struct loader *L)
 	        (rc = get_f32(L, "attention.layer_norm_rms_epsilon", &hp->rms_eps, 1e-5f)) ||
 	        (rc = get_f32(L, "rope.freq_base", &hp->rope_base, 10000.0f)))
 		return rc;
+	if (hp->n_ctx_train > MODEL_MAX_CTX)
+		return fail(L, EPMOE_EFORMAT,
+		        "context_length %u is beyond any model (at most %u)",
+		        hp->n_ctx_train, MODEL_MAX_CTX);
 	if (hp->n_expert < 1 || hp->n_expert_used < 1)
 		return fail(L, EPMOE_ENOTSUP,
 		        "not a mixture-of-experts model (%s.expert_count / expert_used_count missing or 0)",
@@ -302,24 +306,36 @@ load_layer(struct loader *L, uint32_t il)
 int
 model_load(struct model **out, const char *path, char *err, size_t err_len)
 {
+	struct gguf_file *g;
+	int rc;
+
+	if ((rc = gguf_open(&g, path, err, err_len)) != 0)
+		return rc;
+	return model_load_gguf(out, g, err, err_len);
+}
+
+int
+model_load_gguf(struct model **out, struct gguf_file *g, char *err,
+        size_t err_len)
+{
 	struct model *m;
 	struct loader L;
 	const struct model_hparams *hp;
 	int rc;
 
-	if ((m = calloc(1, sizeof(*m))) == NULL)
+	if ((m = calloc(1, sizeof(*m))) == NULL) {
+		epmoe_set_err(err, err_len, "%s: out of memory loading the model",
+		        g->path);
+		gguf_close(g);
 		return EPMOE_ENOMEM;
+	}
+	m->gguf = g;
 	L.m = m;
 	L.err = err;
 	L.err_len = err_len;
-	if ((m->path = strdup(path)) == NULL) {
-		free(m);
-		return EPMOE_ENOMEM;
-	}
-	if ((rc = gguf_open(&m->gguf, path, err, err_len)) != 0) {
-		free(m->path);
-		free(m);
-		return rc;
+	if ((m->path = strdup(g->path)) == NULL) {
+		rc = EPMOE_ENOMEM;
+		goto out;
 	}
 	if ((rc = load_hparams(&L)) != 0)
 		goto out;
@@ -354,6 +370,8 @@ model_load(struct model **out, const char *path, char *err, size_t err_len)
 	*out = m;
 	return 0;
 out:
+	if (rc == EPMOE_ENOMEM && err != NULL && err_len > 0)
+		snprintf(err, err_len, "%s: out of memory loading the model", g->path);
 	model_free(m);
 	return rc;
 }

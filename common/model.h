@@ -25,6 +25,10 @@ enum model_arch {
 	MODEL_ARCH_QWEN3MOE,
 };
 
+/* Sanity bound on a file's context_length (2^24 positions); the engine
+ * also checks the context against its memory budget. */
+#define MODEL_MAX_CTX (UINT32_C(1) << 24)
+
 struct model_hparams {
 	enum model_arch arch;
 	uint32_t n_vocab;
@@ -79,6 +83,10 @@ struct model {
 /* Loads and validates the model at path.  On failure writes a one-line
  * message to err.  Free with model_free(). */
 int model_load(struct model **out, const char *path, char *err, size_t err_len);
+/* As model_load from an opened file; takes ownership of g whatever the
+ * result (model_free closes it). */
+int model_load_gguf(struct model **out, struct gguf_file *g, char *err,
+        size_t err_len);
 void model_free(struct model *m);
 
 /* Which expert matrix of a layer. */

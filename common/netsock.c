@@ -11,18 +11,231 @@
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/rep.h>
 #include <nng/protocol/reqrep0/req.h>
+#include <nng/supplemental/tls/tls.h>
 
 #include "err.h"
 #include "log.h"
 #include "netsock.h"
 #include "wire_nng.h"
 
+/* PEM files are small; a larger one is not a certificate or a key. */
+#define PEM_MAX ((size_t)1 << 20)
+
+/* Two configurations with the same identity: NNG's mbedTLS engine has one
+ * mode per configuration (dialers are TLS clients, listeners servers). */
+struct netsock_tls {
+	nng_tls_config *client;
+	nng_tls_config *server;
+};
+
 static int
-is_tcp(const char *url)
+is_plain_tcp(const char *url)
 {
 	return strncmp(url, "tcp://", 6) == 0 || strncmp(url, "tcp4://", 7) == 0 ||
 	        strncmp(url, "tcp6://", 7) == 0;
 }
+
+int
+netsock_url_is_tls(const char *url)
+{
+	return url != NULL && (strncmp(url, "tls+tcp://", 10) == 0 ||
+	        strncmp(url, "tls+tcp4://", 11) == 0 ||
+	        strncmp(url, "tls+tcp6://", 11) == 0);
+}
+
+/* TCP below: the keepalive and bound-port options apply. */
+static int
+is_tcp(const char *url)
+{
+	return is_plain_tcp(url) || netsock_url_is_tls(url);
+}
+
+int
+netsock_url_check(const char *url, const struct netsock_tls *tls, char *err,
+        size_t err_len)
+{
+	if (url == NULL || *url == '\0') {
+		epmoe_set_err(err, err_len, "empty URL");
+		return EPMOE_EINVAL;
+	}
+	if (tls != NULL && is_plain_tcp(url)) {
+		epmoe_set_err(err, err_len,
+		        "%.200s: TLS is configured, so TCP URLs must be tls+tcp://", url);
+		return EPMOE_EINVAL;
+	}
+	if (tls == NULL && netsock_url_is_tls(url)) {
+		epmoe_set_err(err, err_len,
+		        "%.200s: a tls+tcp:// URL needs --tls-cert, --tls-key and --tls-ca",
+		        url);
+		return EPMOE_EINVAL;
+	}
+	return 0;
+}
+
+/* Reads a whole PEM file, NUL-terminated (mbedTLS wants the NUL counted). */
+static int
+pem_read(const char *path, char **out, char *err, size_t err_len)
+{
+	FILE *f;
+	char *buf;
+	size_t n;
+	int bad;
+
+	if ((f = fopen(path, "re")) == NULL) {
+		epmoe_set_err(err, err_len, "%s: %s", path, strerror(errno));
+		return EPMOE_EIO;
+	}
+	if ((buf = malloc(PEM_MAX + 1)) == NULL) {
+		fclose(f);
+		epmoe_set_err(err, err_len, "out of memory");
+		return EPMOE_ENOMEM;
+	}
+	n = fread(buf, 1, PEM_MAX + 1, f);
+	bad = ferror(f);
+	fclose(f);
+	if (bad || n > PEM_MAX || n == 0) {
+		epmoe_set_err(err, err_len, "%s: %s", path, bad ? "read error" :
+		        n == 0 ? "empty file" : "larger than 1 MiB, not a PEM file");
+		free(buf);
+		return bad ? EPMOE_EIO : EPMOE_EINVAL;
+	}
+	buf[n] = '\0';
+	*out = buf;
+	return 0;
+}
+
+static int
+tls_config(nng_tls_config **out, nng_tls_mode mode, const char *cert,
+        const char *key, const char *ca_file, const char *cert_file,
+        const char *key_file, char *err, size_t err_len)
+{
+	nng_tls_config *c;
+	int rv;
+
+	if ((rv = nng_tls_config_alloc(&c, mode)) != 0) {
+		epmoe_set_err(err, err_len, "TLS: %s (is NNG built with TLS?)",
+		        nng_strerror(rv));
+		return rv == NNG_ENOMEM ? EPMOE_ENOMEM : EPMOE_ENOTSUP;
+	}
+	if ((rv = nng_tls_config_ca_file(c, ca_file)) != 0) {
+		epmoe_set_err(err, err_len, "%s: not a usable CA certificate file (%s)",
+		        ca_file, nng_strerror(rv));
+		goto fail;
+	}
+	if ((rv = nng_tls_config_own_cert(c, cert, key, NULL)) != 0) {
+		epmoe_set_err(err, err_len,
+		        "%s / %s: not a usable certificate and matching private key (%s)",
+		        cert_file, key_file, nng_strerror(rv));
+		goto fail;
+	}
+	if ((rv = nng_tls_config_auth_mode(c, NNG_TLS_AUTH_MODE_REQUIRED)) != 0 ||
+	        (rv = nng_tls_config_version(c, NNG_TLS_1_2, NNG_TLS_1_2)) != 0) {
+		epmoe_set_err(err, err_len, "TLS: %s", nng_strerror(rv));
+		goto fail;
+	}
+	*out = c;
+	return 0;
+fail:
+	nng_tls_config_free(c);
+	return rv == NNG_ENOMEM ? EPMOE_ENOMEM : EPMOE_EINVAL;
+}
+
+/* One handshake with itself over 127.0.0.1: proves that the key matches
+ * the certificate and that the certificate chains to the CA, which every
+ * peer of the cluster will require (NNG loads a mismatched pair without a
+ * word and only handshakes would fail, silently, later). */
+static int
+tls_selftest(const struct netsock_tls *t, char *err, size_t err_len)
+{
+	nng_socket rep, req;
+	char bound[128];
+	nng_msg *m = NULL;
+	int rc, rv;
+
+	if ((rc = netsock_rep_listen(&rep, "tls+tcp://127.0.0.1:0", 1024, t,
+	             bound, sizeof(bound))) != 0) {
+		epmoe_set_err(err, err_len, "TLS self-test: cannot listen on 127.0.0.1: %s",
+		        epmoe_strerror(rc));
+		return rc;
+	}
+	if ((rc = netsock_req_dial(&req, bound, 1024, t)) != 0) {
+		nng_close(rep);
+		epmoe_set_err(err, err_len, "TLS self-test: cannot dial: %s",
+		        epmoe_strerror(rc));
+		return rc;
+	}
+	nng_socket_set_ms(req, NNG_OPT_SENDTIMEO, 3000);
+	nng_socket_set_ms(rep, NNG_OPT_RECVTIMEO, 3000);
+	if ((rv = nng_send(req, "tls?", 4, 0)) == 0 &&
+	        (rv = nng_recvmsg(rep, &m, 0)) == 0)
+		nng_msg_free(m);
+	netsock_close_bounded(req, 2000);
+	netsock_close_bounded(rep, 2000);
+	if (rv != 0) {
+		epmoe_set_err(err, err_len,
+		        "the certificate, key and CA do not work together (a TLS handshake with itself failed: %s): the key must be the certificate's and the certificate signed by the CA (check: openssl verify -CAfile CA CERT)",
+		        nng_strerror(rv));
+		return EPMOE_EINVAL;
+	}
+	return 0;
+}
+
+int
+netsock_tls_new(struct netsock_tls **out, const char *cert_file,
+        const char *key_file, const char *ca_file, char *err, size_t err_len)
+{
+	struct netsock_tls *t;
+	char *cert = NULL, *key = NULL;
+	int rc;
+
+	if (cert_file == NULL || key_file == NULL || ca_file == NULL ||
+	        !*cert_file || !*key_file || !*ca_file) {
+		epmoe_set_err(err, err_len,
+		        "TLS needs all three of --tls-cert, --tls-key and --tls-ca");
+		return EPMOE_EINVAL;
+	}
+	if ((t = calloc(1, sizeof(*t))) == NULL) {
+		epmoe_set_err(err, err_len, "out of memory");
+		return EPMOE_ENOMEM;
+	}
+	if ((rc = pem_read(cert_file, &cert, err, err_len)) != 0 ||
+	        (rc = pem_read(key_file, &key, err, err_len)) != 0 ||
+	        (rc = tls_config(&t->client, NNG_TLS_MODE_CLIENT, cert, key,
+	             ca_file, cert_file, key_file, err, err_len)) != 0 ||
+	        (rc = tls_config(&t->server, NNG_TLS_MODE_SERVER, cert, key,
+	             ca_file, cert_file, key_file, err, err_len)) != 0) {
+		netsock_tls_free(t);
+		t = NULL;
+	}
+	if (key != NULL) {
+		explicit_bzero(key, strlen(key));
+		free(key);
+	}
+	free(cert);
+	if (t == NULL)
+		return rc;
+	if ((rc = tls_selftest(t, err, err_len)) != 0) {
+		netsock_tls_free(t);
+		return rc;
+	}
+	*out = t;
+	return 0;
+}
+
+void
+netsock_tls_free(struct netsock_tls *t)
+{
+	if (t == NULL)
+		return;
+	if (t->client != NULL)
+		nng_tls_config_free(t->client);
+	if (t->server != NULL)
+		nng_tls_config_free(t->server);
+	free(t);
+}
+
+/* a peer can announce URLs: their refusals are rate-limited */
+static struct log_limit url_lim = LOG_LIMIT_INIT;
 
 /* NNG_EADDRINVAL / NNG_ENOTSUP from dialer/listener creation are bad URLs. */
 static int
@@ -56,16 +269,22 @@ netsock_req_open(nng_socket *out, size_t recv_max)
 }
 
 int
-netsock_dial(nng_socket s, const char *url, size_t recv_max, nng_dialer *out)
+netsock_dial(nng_socket s, const char *url, size_t recv_max,
+        const struct netsock_tls *tls, nng_dialer *out)
 {
 	nng_dialer d;
+	char why[256];
 	int rv;
 
-	if (url == NULL || *url == '\0')
+	if (netsock_url_check(url, tls, why, sizeof(why)) != 0) {
+		log_warn_limited(&url_lim, "%s", why);
 		return EPMOE_EINVAL;
+	}
 	if ((rv = nng_dialer_create(&d, s, url)) != 0)
 		return url_err(rv);
-	if ((rv = nng_dialer_set_size(d, NNG_OPT_RECVMAXSZ, recv_max)) != 0 ||
+	if ((netsock_url_is_tls(url) &&
+	             (rv = nng_dialer_set_ptr(d, NNG_OPT_TLS_CONFIG, tls->client)) != 0) ||
+	        (rv = nng_dialer_set_size(d, NNG_OPT_RECVMAXSZ, recv_max)) != 0 ||
 	        (rv = nng_dialer_set_ms(d, NNG_OPT_RECONNMINT,
 	             NETSOCK_RECONN_MIN_MS)) != 0 ||
 	        (rv = nng_dialer_set_ms(d, NNG_OPT_RECONNMAXT,
@@ -82,7 +301,8 @@ netsock_dial(nng_socket s, const char *url, size_t recv_max, nng_dialer *out)
 }
 
 int
-netsock_req_dial(nng_socket *out, const char *url, size_t recv_max)
+netsock_req_dial(nng_socket *out, const char *url, size_t recv_max,
+        const struct netsock_tls *tls)
 {
 	nng_socket s;
 	int rc;
@@ -91,7 +311,7 @@ netsock_req_dial(nng_socket *out, const char *url, size_t recv_max)
 		return EPMOE_EINVAL;
 	if ((rc = netsock_req_open(&s, recv_max)) != 0)
 		return rc;
-	if ((rc = netsock_dial(s, url, recv_max, NULL)) != 0) {
+	if ((rc = netsock_dial(s, url, recv_max, tls, NULL)) != 0) {
 		nng_close(s);
 		return rc;
 	}
@@ -101,14 +321,17 @@ netsock_req_dial(nng_socket *out, const char *url, size_t recv_max)
 
 int
 netsock_rep_listen(nng_socket *out, const char *url, size_t recv_max,
-        char *bound, size_t bound_len)
+        const struct netsock_tls *tls, char *bound, size_t bound_len)
 {
 	nng_socket s;
 	nng_listener l;
+	char why[256];
 	int rv, port = -1;
 
-	if (url == NULL || *url == '\0')
+	if (netsock_url_check(url, tls, why, sizeof(why)) != 0) {
+		log_warn_limited(&url_lim, "%s", why);
 		return EPMOE_EINVAL;
+	}
 	if ((rv = nng_rep0_open(&s)) != 0)
 		return wire_nng_err(rv);
 	if ((rv = nng_socket_set_size(s, NNG_OPT_RECVMAXSZ, recv_max)) != 0) {
@@ -119,7 +342,9 @@ netsock_rep_listen(nng_socket *out, const char *url, size_t recv_max,
 		nng_close(s);
 		return url_err(rv);
 	}
-	if ((rv = nng_listener_set_size(l, NNG_OPT_RECVMAXSZ, recv_max)) != 0 ||
+	if ((netsock_url_is_tls(url) &&
+	             (rv = nng_listener_set_ptr(l, NNG_OPT_TLS_CONFIG, tls->server)) != 0) ||
+	        (rv = nng_listener_set_size(l, NNG_OPT_RECVMAXSZ, recv_max)) != 0 ||
 	        (is_tcp(url) &&
 	             (rv = nng_listener_set_bool(l, NNG_OPT_TCP_KEEPALIVE, true)) != 0) ||
 	        (rv = nng_listener_start(l, 0)) != 0) {

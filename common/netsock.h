@@ -10,6 +10,16 @@
  *     whose peer disconnects fails with NNG_ECONNRESET instead of being
  *     silently resent, and every request carries its own aio deadline.
  *
+ * Mutual TLS (netsock_tls_new): every dial and listen takes the
+ * process's TLS identity or NULL.  With one, a URL must be tls+tcp://
+ * (a plain tcp:// URL is refused, so no socket of a secured cluster
+ * speaks in the clear by mistake; ipc:// and inproc:// stay allowed: they
+ * never leave the machine) and the peer must present a certificate that
+ * chains to the CA, both ways: a listener refuses a dialer without one, a
+ * dialer refuses a listener without one.  Names in certificates are not
+ * checked: the CA is the cluster's own (deploy/mkcerts.sh) and any
+ * certificate it signed is a member.  Without one, tls+tcp:// is refused.
+ *
  * Also a buffer-reusing variant of wire_nng_new for hot paths.  Nothing
  * here sends or receives.
  */
@@ -28,11 +38,33 @@
 #define NETSOCK_RECONN_MIN_MS 100
 #define NETSOCK_RECONN_MAX_MS 2000
 
+struct netsock_tls;
+
+/* Loads a TLS identity: cert_file (PEM, the certificate and optionally its
+ * chain), key_file (PEM private key, unencrypted) and ca_file (PEM, the
+ * CA(s) a peer's certificate must chain to).  On success *out is the
+ * caller's (netsock_tls_free) and may be shared by any number of sockets
+ * and threads.  Returns 0 or EPMOE_EINVAL / EPMOE_EIO / EPMOE_ENOMEM with
+ * a one-line reason naming the file in err. */
+int netsock_tls_new(struct netsock_tls **out, const char *cert_file,
+        const char *key_file, const char *ca_file, char *err, size_t err_len);
+void netsock_tls_free(struct netsock_tls *t);
+
+/* Whether url is tls+tcp:// (or tls+tcp4/6). */
+int netsock_url_is_tls(const char *url);
+
+/* Checks that url fits tls (see the file comment): 0, or EPMOE_EINVAL with
+ * a reason in err. */
+int netsock_url_check(const char *url, const struct netsock_tls *tls,
+        char *err, size_t err_len);
+
 /* Opens a REQ socket and dials url without blocking (NNG keeps retrying in
  * the background until the peer listens).  On success *out is the
  * caller's: nng_close() it.  Returns 0 or an EPMOE_E* code (EPMOE_EINVAL
- * for a malformed URL or unknown transport). */
-int netsock_req_dial(nng_socket *out, const char *url, size_t recv_max);
+ * for a malformed URL, an unknown transport or a URL that does not fit
+ * tls, see netsock_url_check). */
+int netsock_req_dial(nng_socket *out, const char *url, size_t recv_max,
+        const struct netsock_tls *tls);
 
 /* The two halves of netsock_req_dial: a REQ socket with the options and no
  * dialer, and a non-blocking dialer with the options on a socket (to
@@ -45,7 +77,7 @@ int netsock_req_dial(nng_socket *out, const char *url, size_t recv_max);
  * only once no other thread uses it; to move a peer, swap dialers. */
 int netsock_req_open(nng_socket *out, size_t recv_max);
 int netsock_dial(nng_socket s, const char *url, size_t recv_max,
-        nng_dialer *out);
+        const struct netsock_tls *tls, nng_dialer *out);
 
 /* nng_close(s), but waits at most timeout_ms for it: NNG 1.5.2 can
  * deadlock in nng_close when a peer's message arrives while the socket's
@@ -60,7 +92,7 @@ int netsock_close_bounded(nng_socket s, uint32_t timeout_ms);
  * success *out is the caller's.  Returns 0 or an EPMOE_E* code
  * (EPMOE_EIO when the address is in use). */
 int netsock_rep_listen(nng_socket *out, const char *url, size_t recv_max,
-        char *bound, size_t bound_len);
+        const struct netsock_tls *tls, char *bound, size_t bound_len);
 
 /* Packs a frame (wire_pack_begin) into *msg, reusing *msg's buffer when it
  * is not NULL (cleared and resized: no allocation when it is large

@@ -231,13 +231,19 @@ parse_value(const struct key_desc *kd, const char *v, struct route_cfg *cfg)
 	}
 	case KT_FLOAT: {
 		double x;
+		float f;
 
 		errno = 0;
 		x = strtod(v, &end);
 		if (errno || *end != '\0' || !isfinite(x) || x < kd->min ||
 		    x > kd->max || (kd->min_open && x <= kd->min))
 			return -1;
-		*(float *)dst = (float)x;
+		/* checked again as stored: a tiny positive double rounds to
+		 * float 0 ("budget=1e-300"), which an open minimum excludes */
+		f = (float)x;
+		if (f < kd->min || (kd->min_open && f <= kd->min))
+			return -1;
+		*(float *)dst = f;
 		return 0;
 	}
 	case KT_U64: {

@@ -112,7 +112,7 @@ get_flag(const struct gguf_file *g, const char *key, int *out, char *err,
 static const char *const eot_texts[] = {
 	"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>",
 	"<|endoftext|>", "<|end_of_text|>", "<EOT>", "<|EOT|>",
-	"<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>",
+	"<\xef\xbd\x9c\x65nd\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>",
 };
 
 int

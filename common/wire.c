@@ -9,6 +9,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "err.h"
@@ -266,6 +267,32 @@ wire_peek(const void *buf, size_t len, struct wire_frame *out)
 	return 0;
 }
 
+/* protobuf-c allocates through these, so an allocation failure can be told
+ * from bad bytes (both make protobuf_c_message_unpack return NULL) and the
+ * process's malloc sees every allocation.  Their blocks are plain malloc
+ * blocks: callers free messages with the default allocator (NULL). */
+static _Thread_local int pb_alloc_failed;
+
+static void *
+pb_alloc(void *data, size_t size)
+{
+	void *p = malloc(size);
+
+	(void)data;
+	if (p == NULL)
+		pb_alloc_failed = 1;
+	return p;
+}
+
+static void
+pb_free(void *data, void *p)
+{
+	(void)data;
+	free(p);
+}
+
+static ProtobufCAllocator pb_allocator = { pb_alloc, pb_free, NULL };
+
 int
 wire_unpack(const void *buf, size_t len, int expected_kind,
         const ProtobufCMessageDescriptor *desc, ProtobufCMessage **hdr_out,
@@ -305,8 +332,12 @@ wire_unpack(const void *buf, size_t len, int expected_kind,
 	if (f.payload_len > 0 && ((uintptr_t)p & 3) != 0)
 		return seterr(EPMOE_EINVAL, "frame buffer %p is not 4-byte "
 		        "aligned: rows would be misaligned", buf);
-	m = protobuf_c_message_unpack(desc, NULL, f.header_len,
+	pb_alloc_failed = 0;
+	m = protobuf_c_message_unpack(desc, &pb_allocator, f.header_len,
 	        p + WIRE_FIXED_LEN);
+	if (m == NULL && pb_alloc_failed)
+		return seterr(EPMOE_ENOMEM, "out of memory decoding %s",
+		        desc->name);
 	if (m == NULL)
 		return seterr(EPMOE_EPROTO, "%u header bytes do not decode as "
 		        "%s", f.header_len, desc->name);
@@ -443,6 +474,7 @@ wire_status_to_err(int status)
 	case EPMOE__STATUS__STATUS_PROTOCOL: return EPMOE_EPROTO;
 	case EPMOE__STATUS__STATUS_NO_MEMORY: return EPMOE_ENOMEM;
 	case EPMOE__STATUS__STATUS_INTERNAL: return EPMOE_EINTERNAL;
+	case EPMOE__STATUS__STATUS_UNAUTHORIZED: return EPMOE_EAUTH;
 	}
 	return EPMOE_EPROTO;
 }
@@ -465,6 +497,7 @@ wire_err_to_status(int err)
 	case EPMOE_ENOTSUP: return EPMOE__STATUS__STATUS_UNSUPPORTED;
 	case EPMOE_EPROTO: return EPMOE__STATUS__STATUS_PROTOCOL;
 	case EPMOE_ENOMEM: return EPMOE__STATUS__STATUS_NO_MEMORY;
+	case EPMOE_EAUTH: return EPMOE__STATUS__STATUS_UNAUTHORIZED;
 	}
 	return EPMOE__STATUS__STATUS_INTERNAL;
 }

@@ -8,6 +8,7 @@
 
 #include "api.h"
 #include "dashboard.h"
+#include "apikey.h"
 #include "err.h"
 #include "gen.h"
 #include "http.h"
@@ -796,11 +797,58 @@ static const struct route_ent {
 	{ "/dashboard", NULL, "GET", dash_handle, false },
 };
 
+/* Routes that answer without an API key: liveness for load balancers and
+ * orchestrators, and the metrics unless --metrics-auth. */
+static bool
+route_open(const struct router *r, const char *p)
+{
+	return strcmp(p, "/health") == 0 || strcmp(p, "/v1/health") == 0 ||
+	        (!r->cfg.metrics_auth && strcmp(p, "/metrics") == 0);
+}
+
+/* With API keys configured, every other route (unknown ones too: no
+ * probing without a key) needs "Authorization: Bearer KEY".  Answers 401
+ * in OpenAI's envelope and returns true when the request is refused. */
+static bool
+refuse_unauthorized(struct router *r, struct http_req *req)
+{
+	static struct log_limit lim = LOG_LIMIT_INIT;
+	const char *auth;
+	struct oai_error e;
+	cJSON *body;
+
+	if (apikeys_count(r->apikeys) == 0 || route_open(r, req->path))
+		return false;
+	auth = http_req_header(req, "Authorization");
+	if (apikeys_check_bearer(r->apikeys, auth) == 0)
+		return false;
+	log_warn_limited(&lim, "http: %s %.100s from %s refused: %s API key",
+	        req->method, req->path, req->peer, auth ? "wrong" : "no");
+	stats_count_reject(r->stats, EPMOE_EAUTH);
+	if (auth == NULL)
+		oai_error_set(&e, 401, NULL,
+		        "You didn't provide an API key. Send it in the Authorization header as 'Bearer KEY'.");
+	else
+		oai_error_set(&e, 401, NULL, "Incorrect API key provided.");
+	e.code = "invalid_api_key";
+	if ((body = oai_error_body(&e)) != NULL) {
+		http_respond_json(req, 401, body, "WWW-Authenticate: Bearer\r\n");
+		cJSON_Delete(body);
+	} else {
+		http_respond(req, 500, "text/plain", "out of memory", 13, NULL);
+	}
+	http_req_release(req);
+	return true;
+}
+
 static void
 on_http(struct http_req *req, void *ud)
 {
 	struct router *r = ud;
 	const char *p = req->path;
+
+	if (refuse_unauthorized(r, req))
+		return;
 
 	for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
 		const struct route_ent *e = &routes[i];
@@ -825,7 +873,10 @@ api_start(struct router *r)
 	struct http_config cfg;
 	int rc;
 
-	http_config_default(&cfg);
+	if (r->cfg.http.max_connections != 0)
+		cfg = r->cfg.http;
+	else
+		http_config_default(&cfg);
 	rc = http_server_start(&r->http, r->loop, r->cfg.http_addr, &cfg, on_http, r);
 	if (rc)
 		log_error("cannot listen on http://%s: %s", r->cfg.http_addr, epmoe_strerror(rc));

@@ -73,6 +73,7 @@ cluster_new(struct cluster **out, const struct cluster_cfg *cfg, char *err,
 	atomic_init(&c->stop, 0);
 	c->m = cfg->model;
 	snprintf(c->url_in, sizeof(c->url_in), "%s", cfg->control_url);
+	c->tls = cfg->tls;
 	snprintf(c->url, sizeof(c->url), "%s", cfg->control_url);
 	c->hb_ms = cfg->heartbeat_ms ? cfg->heartbeat_ms : 500;
 	c->degraded_off = cfg->no_degraded;
@@ -160,7 +161,7 @@ cluster_start(struct cluster *c)
 	if (c->started)
 		return EPMOE_ESTATE;
 	if ((rc = netsock_rep_listen(&c->ctl, c->url_in, NETSOCK_CTL_RECV_MAX,
-	             c->url, sizeof(c->url))) != 0) {
+	             c->tls, c->url, sizeof(c->url))) != 0) {
 		log_error("cluster: cannot listen on %s: %s", c->url_in,
 		        epmoe_strerror(rc));
 		return rc;
@@ -552,7 +553,7 @@ on_hello(struct cluster *c, const Epmoe__WorkerHello *h, struct reply *r)
 	}
 	if (need_dial &&
 	        (rc = netsock_dial(sock, h->data_url, NETSOCK_DATA_RECV_MAX,
-	             &dialer)) != 0) {
+	             c->tls, &dialer)) != 0) {
 		refuse(r, EPMOE__STATUS__STATUS_INVALID, "cannot dial data URL %s: %s",
 		        h->data_url, epmoe_strerror(rc));
 		goto refused;
@@ -725,11 +726,12 @@ handle(struct cluster *c, nng_msg *m)
 	reply_init(&r, c);
 	rc = wire_nng_unpack(m, WIRE_CONTROL, NULL, &hdr, &rows, &nf);
 	if (rc != 0 || nf != 0) {
+		static struct log_limit lim = LOG_LIMIT_INIT;
 		const char *why = rc ? wire_errmsg() : "control messages carry no rows";
 		pthread_mutex_lock(&c->mu);
 		c->bad_msgs++;
 		pthread_mutex_unlock(&c->mu);
-		log_warn("cluster: malformed control message (%zu bytes): %s",
+		log_warn_limited(&lim, "cluster: malformed control message (%zu bytes): %s",
 		        nng_msg_len(m), why);
 		refuse(&r, EPMOE__STATUS__STATUS_PROTOCOL, "malformed control message: %s", why);
 	} else {

@@ -66,6 +66,8 @@
 struct model;
 struct cluster;
 
+struct netsock_tls;
+
 struct cluster_cfg {
 	const char *control_url;        /* REP listen URL; tcp port 0 = any
 	                                   (see cluster_control_url) */
@@ -80,6 +82,9 @@ struct cluster_cfg {
 	uint64_t boot_id;               /* 0 = random */
 	bool no_degraded;               /* never re-place a lost worker's
 	                                   experts (wait for it instead) */
+	const struct netsock_tls *tls;  /* borrowed, outlives the cluster:
+	                                   mutual TLS on the control listener
+	                                   and every data dialer; NULL = none */
 };
 
 /* Validates cfg and builds the placement; err gets a one-line reason on

@@ -101,6 +101,7 @@ struct cluster {
 	uint32_t hb_ms, hb_timeout_ms;
 	bool degraded_off;
 	char url_in[512];
+	const struct netsock_tls *tls; /* borrowed; NULL = plain TCP */
 	char url[512];
 	char node[ID_MAX];        /* this host: workers on it are "near" */
 

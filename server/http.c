@@ -98,6 +98,8 @@ struct http_conn {
 	int eof;                 /* the peer sent FIN */
 	uint64_t id, n_reqs;
 	char peer[64];
+	char host[48];           /* the peer's address without the port: the
+	                          * key of the per-client cap */
 };
 
 struct http_server {
@@ -112,6 +114,7 @@ struct http_server {
 	struct http_conn *conns;
 	size_t n_conns;
 	uint64_t next_conn_id;
+	struct http_counters counters;
 	int port;
 	http_parser_settings settings;
 	time_t date_sec;
@@ -152,6 +155,7 @@ buf_reserve(struct buf *b, size_t extra)
 	return 0;
 }
 
+/* d must not point into b (see buf_append_own). */
 static int
 buf_append(struct buf *b, const void *d, size_t n)
 {
@@ -226,8 +230,10 @@ http_config_default(struct http_config *cfg)
 	cfg->max_header_size = 16 * 1024;
 	cfg->max_body_size = 8 * 1024 * 1024;
 	cfg->max_connections = 1024;
+	cfg->max_per_client = 128;
 	cfg->idle_timeout_ms = 60000;
-	cfg->request_timeout_ms = 30000;
+	cfg->header_timeout_ms = 10000;
+	cfg->body_timeout_ms = 30000;
 	cfg->max_write_queue = 64 * 1024 * 1024;
 	cfg->backlog = 511;
 }
@@ -543,7 +549,10 @@ on_timer(uv_timer_t *t)
 		} else if (c->active != NULL) {
 			/* the handler has it: no timeout applies */
 		} else if (c->cur != NULL) {
-			conn_fail(c, 408, "the request did not arrive in time");
+			c->srv->counters.timeouts++;
+			conn_fail(c, 408, c->cur->headers_done
+			        ? "the request body did not arrive in time"
+			        : "the request headers did not arrive in time");
 		} else {
 			conn_close(c); /* idle keep-alive connection */
 		}
@@ -740,7 +749,7 @@ cb_message_begin(http_parser *p)
 	req_free(c->cur);
 	c->cur = r;
 	c->idle_armed = 0;
-	conn_arm(c, c->srv->cfg.request_timeout_ms);
+	conn_arm(c, c->srv->cfg.header_timeout_ms);
 	return 0;
 }
 
@@ -882,6 +891,8 @@ cb_headers_complete(http_parser *p)
 		    buf_reserve(&r->body, (size_t)p->content_length + 1) != 0)
 			return parse_refuse(c, 500, "out of memory");
 	}
+	if (body_expected)
+		conn_arm(c, srv->cfg.body_timeout_ms);
 	if ((expect = http_req_header(&r->pub, "Expect")) != NULL) {
 		if (strcasecmp(expect, "100-continue") != 0)
 			return parse_refuse(c, 417, "unsupported Expect header");
@@ -935,24 +946,15 @@ cb_message_complete(http_parser *p)
 
 /* ---- server ---- */
 
-static void
-on_connection(uv_stream_t *l, int status)
+/* A new connection on the server's list; NULL when out of memory. */
+static struct http_conn *
+conn_new(struct http_server *srv)
 {
-	struct http_server *srv = l->data;
-	struct sockaddr_storage ss;
-	int len = sizeof(ss);
 	struct http_conn *c;
-	char host[48] = "?";
 
-	if (status < 0) {
-		log_warn("http: accept: %s", uv_strerror(status));
-		return;
-	}
-	if (srv->closing)
-		return;
 	if ((c = calloc(1, sizeof(*c))) == NULL) {
 		log_error("http: out of memory accepting a connection");
-		return;
+		return NULL;
 	}
 	c->srv = srv;
 	c->id = ++srv->next_conn_id;
@@ -966,46 +968,163 @@ on_connection(uv_stream_t *l, int status)
 		srv->conns->prev = c;
 	srv->conns = c;
 	srv->n_conns++;
-	if (uv_accept(l, (uv_stream_t *)&c->tcp) < 0) {
-		conn_close(c);
-		return;
+	return c;
+}
+
+/* The oldest open connection other than c that has no request with the
+ * handler (idle, or still sending one), among those of c's address when
+ * same_host; also counts in *n_host the open connections of c's address.
+ * The list runs newest first. */
+static struct http_conn *
+conn_victim(struct http_conn *c, int same_host, size_t *n_host)
+{
+	struct http_conn *v = NULL;
+
+	*n_host = 0;
+	for (struct http_conn *o = c->srv->conns; o != NULL; o = o->next) {
+		int mine = strcmp(o->host, c->host) == 0;
+
+		if (o->state != CS_OPEN)
+			continue;
+		*n_host += mine;
+		if (o != c && o->active == NULL && o->ready == NULL &&
+		        (!same_host || mine))
+			v = o;
 	}
+	return v;
+}
+
+/* Applies the caps to the new connection c: closes an idle or slow one to
+ * make room when it can.  Returns 0 to serve c, else c was refused. */
+static int
+conn_admit(struct http_conn *c)
+{
+	struct http_server *srv = c->srv;
+	struct http_conn *v;
+	size_t n_host, n_open = 0;
+	const char *why = NULL;
+
+	for (struct http_conn *o = srv->conns; o != NULL; o = o->next)
+		n_open += o->state == CS_OPEN;
+	if (srv->cfg.max_per_client > 0) {
+		v = conn_victim(c, 1, &n_host);
+		if (n_host > srv->cfg.max_per_client) {
+			if (v == NULL)
+				why = "too many connections from this client";
+			else {
+				log_debug("http: %s: closing its idle connection %llu (per-client cap %u)",
+				        c->host, (unsigned long long)v->id,
+				        srv->cfg.max_per_client);
+				srv->counters.evicted++;
+				conn_close(v);
+				n_open--;
+			}
+		}
+	}
+	if (why == NULL && n_open > srv->cfg.max_connections) {
+		if ((v = conn_victim(c, 0, &n_host)) == NULL)
+			why = "too many connections";
+		else {
+			log_debug("http: closing idle connection %llu (%s) for %s (cap %u)",
+			        (unsigned long long)v->id, v->peer, c->peer,
+			        srv->cfg.max_connections);
+			srv->counters.evicted++;
+			conn_close(v);
+		}
+	}
+	if (why == NULL)
+		return 0;
+	srv->counters.refused++;
+	if (srv->n_conns > (size_t)srv->cfg.max_connections + REFUSE_SLACK) {
+		conn_close(c);
+		return -1;
+	}
+	log_debug("http: refusing %s: %s", c->peer, why);
+	if (conn_send_error(c, 503, why, "Retry-After: 1\r\n") != 0) {
+		conn_close(c);
+		return -1;
+	}
+	conn_shutdown(c);
+	return -1;
+}
+
+/* Names the peer, applies the caps and starts reading. */
+static void
+conn_begin(struct http_conn *c)
+{
+	struct http_server *srv = c->srv;
+	struct sockaddr_storage ss;
+	int len = sizeof(ss);
+
 	if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
 		if (ss.ss_family == AF_INET6) {
 			struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
 
-			uv_ip6_name(a, host, sizeof(host));
-			snprintf(c->peer, sizeof(c->peer), "[%s]:%d", host,
+			uv_ip6_name(a, c->host, sizeof(c->host));
+			snprintf(c->peer, sizeof(c->peer), "[%s]:%d", c->host,
 			        ntohs(a->sin6_port));
-		} else {
+		} else if (ss.ss_family == AF_INET) {
 			struct sockaddr_in *a = (struct sockaddr_in *)&ss;
 
-			uv_ip4_name(a, host, sizeof(host));
-			snprintf(c->peer, sizeof(c->peer), "%s:%d", host,
+			uv_ip4_name(a, c->host, sizeof(c->host));
+			snprintf(c->peer, sizeof(c->peer), "%s:%d", c->host,
 			        ntohs(a->sin_port));
 		}
 	}
-	uv_tcp_nodelay(&c->tcp, 1);
-	if (srv->n_conns > srv->cfg.max_connections) {
-		if (srv->n_conns > (size_t)srv->cfg.max_connections + REFUSE_SLACK) {
-			conn_close(c);
-			return;
-		}
-		log_debug("http: refusing %s: %zu connections", c->peer,
-		        srv->n_conns);
-		if (conn_send_error(c, 503, "too many connections",
-		        "Retry-After: 1\r\n") != 0) {
-			conn_close(c);
-			return;
-		}
-		conn_shutdown(c);
-		return;
+	if (c->host[0] == '\0') { /* a UNIX socket or an unknown family */
+		snprintf(c->host, sizeof(c->host), "local");
+		snprintf(c->peer, sizeof(c->peer), "local");
 	}
+	uv_tcp_nodelay(&c->tcp, 1);
+	if (conn_admit(c) != 0)
+		return;
 	http_parser_init(&c->parser, HTTP_REQUEST);
 	c->parser.data = c;
 	c->idle_armed = 1;
 	conn_arm(c, srv->cfg.idle_timeout_ms);
 	conn_read_start(c);
+}
+
+static void
+on_connection(uv_stream_t *l, int status)
+{
+	struct http_server *srv = l->data;
+	struct http_conn *c;
+
+	if (status < 0) {
+		log_warn("http: accept: %s", uv_strerror(status));
+		return;
+	}
+	if (srv->closing || (c = conn_new(srv)) == NULL)
+		return;
+	if (uv_accept(l, (uv_stream_t *)&c->tcp) < 0) {
+		conn_close(c);
+		return;
+	}
+	conn_begin(c);
+}
+
+int
+http_server_adopt(struct http_server *srv, uv_os_sock_t fd)
+{
+	struct http_conn *c;
+
+	if (srv == NULL || srv->closing)
+		return EPMOE_ESTATE;
+	if ((c = conn_new(srv)) == NULL)
+		return EPMOE_ENOMEM;
+	if (uv_tcp_open(&c->tcp, fd) < 0) {
+		conn_close(c); /* the handle holds no socket: fd stays the caller's */
+		return EPMOE_EIO;
+	}
+	conn_begin(c);
+	return 0;
+}
+
+void
+http_server_get_counters(const struct http_server *srv, struct http_counters *out)
+{
+	*out = srv->counters;
 }
 
 static void
@@ -1079,7 +1198,8 @@ http_server_start(struct http_server **out, uv_loop_t *loop, const char *addr,
 		return EPMOE_EINVAL;
 	if (cfg != NULL && (cfg->max_header_size == 0 ||
 	    cfg->max_connections == 0 || cfg->idle_timeout_ms == 0 ||
-	    cfg->request_timeout_ms == 0 || cfg->max_write_queue == 0 ||
+	    cfg->header_timeout_ms == 0 || cfg->body_timeout_ms == 0 ||
+	    cfg->max_write_queue == 0 ||
 	    cfg->backlog <= 0))
 		return EPMOE_EINVAL;
 	if ((srv = calloc(1, sizeof(*srv))) == NULL)

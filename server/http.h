@@ -4,14 +4,16 @@
  * connection parses its next request only once the current one is
  * answered), Content-Length and chunked request bodies, Expect:
  * 100-continue, HEAD, plain and chunked (streamed) responses.  Limits
- * (header and body size, connections, idle and request timeouts, unsent
- * bytes per client) come from struct http_config; a violation gets its
- * status (400, 408, 413, 417, 431, 503) with a small JSON error body, then
- * the connection is closed.  It knows nothing of the API on top: one
+ * (header and body size, connections in all and per client address,
+ * idle, header and body timeouts, unsent bytes per client) come from
+ * struct http_config; a violation gets its status (400, 408, 413, 417,
+ * 431, 503) with a small JSON error body, then the connection is closed.  It knows nothing of the API on top: one
  * handler gets every request.
  *
  * Threads: every function here must be called on the loop thread, and
  * every callback runs there.  Nothing blocks.
+ *
+ * Evictions, 503s and timeouts are counted (http_server_get_counters).
  *
  * Request ownership.  The handler receives a request it must release
  * exactly once with http_req_release(), whether or not it answered and
@@ -41,11 +43,21 @@ struct http_config {
 	size_t max_header_size;      /* request line + headers; 16 KiB; -> 431
 	                              * (http-parser itself caps it at 80 KiB) */
 	size_t max_body_size;        /* decoded body; 8 MiB; -> 413 */
-	uint32_t max_connections;    /* open client connections; 1024; -> 503 */
+	uint32_t max_connections;    /* open client connections; 1024.  At the
+	                              * cap a new connection closes the oldest
+	                              * one that has no request with the handler
+	                              * (idle, or still sending its request); when
+	                              * every one has, the new one gets 503 */
+	uint32_t max_per_client;     /* connections of one client address; 128;
+	                              * the same rule within that address; 0 =
+	                              * no per-client cap */
 	uint64_t idle_timeout_ms;    /* a connection with no request in progress
 	                              * is closed after this; 60 s */
-	uint64_t request_timeout_ms; /* a request must arrive whole within this
-	                              * of its first byte; 30 s; -> 408 */
+	uint64_t header_timeout_ms;  /* request line and headers must arrive
+	                              * within this of the request's first byte;
+	                              * 10 s; -> 408 */
+	uint64_t body_timeout_ms;    /* the body must arrive within this of the
+	                              * end of the headers; 30 s; -> 408 */
 	size_t max_write_queue;      /* unsent response bytes per connection
 	                              * before the client is dropped; 64 MiB */
 	int backlog;                 /* listen(2) backlog; 511 */
@@ -95,6 +107,22 @@ int http_server_port(const struct http_server *srv);
 
 /* Open client connections (including ones being refused or closing). */
 size_t http_server_n_connections(const struct http_server *srv);
+
+/* What the limits did since the start. */
+struct http_counters {
+	uint64_t evicted;       /* connections closed to make room (cap) */
+	uint64_t refused;       /* connections answered 503 (cap, all busy) */
+	uint64_t timeouts;      /* requests answered 408 */
+};
+void http_server_get_counters(const struct http_server *srv,
+        struct http_counters *out);
+
+/* Serves fd, an already connected stream socket (a socketpair end, an
+ * accepted or inherited socket), as if the listener had accepted it: the
+ * server owns and closes it.  The connection caps apply.  Returns 0,
+ * EPMOE_ESTATE (server closing), EPMOE_EIO or EPMOE_ENOMEM (fd is then
+ * still the caller's). */
+int http_server_adopt(struct http_server *srv, uv_os_sock_t fd);
 
 /* Stops accepting, drops every connection (their in-flight requests get
  * their close hooks) and, once every libuv handle is closed, frees the

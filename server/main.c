@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "api.h"
+#include "apikey.h"
 #include "envargs.h"
 #include "err.h"
 #include "log.h"
@@ -90,6 +91,34 @@ usage(FILE *f)
 	        "                           running ones for up to N s, then stop (default\n"
 	        "                           30, 0 = stop at once; a second signal stops at\n"
 	        "                           once; env EPMOE_DRAIN_TIMEOUT_S)\n"
+	        "  security:\n"
+	        "      --tls-cert F         mutual TLS with the workers: this router's\n"
+	        "                           certificate (PEM; deploy/mkcerts.sh makes them;\n"
+	        "                           env EPMOE_TLS_CERT); with the key and the CA\n"
+	        "                           the control URL is tls+tcp:// (default\n"
+	        "                           tls+tcp://127.0.0.1:5556)\n"
+	        "      --tls-key F          its private key (env EPMOE_TLS_KEY)\n"
+	        "      --tls-ca F           the CA a worker's certificate must chain to\n"
+	        "                           (env EPMOE_TLS_CA)\n"
+	        "      --api-key KEY        require this key (Authorization: Bearer KEY over\n"
+	        "                           HTTP, api_key over NNG); repeatable (env\n"
+	        "                           EPMOE_API_KEY; prefer --api-key-file: arguments\n"
+	        "                           are visible to other users)\n"
+	        "      --api-key-file F     keys, one per line (env EPMOE_API_KEY_FILE)\n"
+	        "      --metrics-auth       /metrics needs a key too (default: open, like\n"
+	        "                           /health; env EPMOE_METRICS_AUTH=1)\n"
+	        "      --http-max-connections N   open HTTP connections (default 1024); at\n"
+	        "                           the cap a new one closes the oldest idle or\n"
+	        "                           half-sent one (env EPMOE_HTTP_MAX_CONNECTIONS)\n"
+	        "      --http-max-per-client N    connections of one client address (default\n"
+	        "                           128, 0 = no cap; env EPMOE_HTTP_MAX_PER_CLIENT)\n"
+	        "      --http-header-timeout-ms N request line and headers must arrive within\n"
+	        "                           this (default 10000; env EPMOE_HTTP_HEADER_TIMEOUT_MS)\n"
+	        "      --http-body-timeout-ms N   the body within this after the headers\n"
+	        "                           (default 30000; env EPMOE_HTTP_BODY_TIMEOUT_MS)\n"
+	        "      --http-idle-timeout-ms N   idle keep-alive connections are closed\n"
+	        "                           after this (default 60000; env\n"
+	        "                           EPMOE_HTTP_IDLE_TIMEOUT_MS)\n"
 	        "      --log-json           log one JSON object per line (env EPMOE_LOG_JSON=1)\n"
 	        "      --log-level L        debug|info|warn|error (default info;\n"
 	        "                           env EPMOE_LOG_LEVEL)\n"
@@ -129,6 +158,17 @@ static const struct envarg env_table[] = {
 	{ "heartbeat-ms", "EPMOE_HEARTBEAT_MS", false, false },
 	{ "no-degraded", "EPMOE_NO_DEGRADED", true, false },
 	{ "drain-timeout-s", "EPMOE_DRAIN_TIMEOUT_S", false, false },
+	{ "tls-cert", "EPMOE_TLS_CERT", false, false },
+	{ "tls-key", "EPMOE_TLS_KEY", false, false },
+	{ "tls-ca", "EPMOE_TLS_CA", false, false },
+	{ "api-key", "EPMOE_API_KEY", false, false },
+	{ "api-key-file", "EPMOE_API_KEY_FILE", false, false },
+	{ "metrics-auth", "EPMOE_METRICS_AUTH", true, false },
+	{ "http-max-connections", "EPMOE_HTTP_MAX_CONNECTIONS", false, false },
+	{ "http-max-per-client", "EPMOE_HTTP_MAX_PER_CLIENT", false, false },
+	{ "http-header-timeout-ms", "EPMOE_HTTP_HEADER_TIMEOUT_MS", false, false },
+	{ "http-body-timeout-ms", "EPMOE_HTTP_BODY_TIMEOUT_MS", false, false },
+	{ "http-idle-timeout-ms", "EPMOE_HTTP_IDLE_TIMEOUT_MS", false, false },
 	{ "log-json", "EPMOE_LOG_JSON", true, false },
 	{ "log-level", "EPMOE_LOG_LEVEL", false, false },
 	{ "print-config", "EPMOE_PRINT_CONFIG", true, false },
@@ -152,6 +192,14 @@ num(const char *opt, const char *s, long lo, long hi, long *out)
 	return 0;
 }
 
+/* The keys of --api-key and --api-key-file, gathered while parsing. */
+struct key_args {
+	const char *keys[64];
+	int n_keys;
+	const char *files[8];
+	int n_files;
+};
+
 static int
 numf(const char *opt, const char *s, double lo, double hi, double *out)
 {
@@ -168,7 +216,8 @@ numf(const char *opt, const char *s, double lo, double hi, double *out)
 }
 
 static int
-parse_args(int argc, char **argv, struct router_cfg *c, bool *print)
+parse_args(int argc, char **argv, struct router_cfg *c, bool *print,
+        struct key_args *ka)
 {
 	static const struct option opts[] = {
 		{ "model", required_argument, NULL, 'm' },
@@ -202,13 +251,25 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print)
 		{ "print-config", no_argument, NULL, 'p' },
 		{ "log-json", no_argument, NULL, 'J' },
 		{ "log-level", required_argument, NULL, 'l' },
+		{ "tls-cert", required_argument, NULL, 1101 },
+		{ "tls-key", required_argument, NULL, 1102 },
+		{ "tls-ca", required_argument, NULL, 1103 },
+		{ "api-key", required_argument, NULL, 1104 },
+		{ "api-key-file", required_argument, NULL, 1105 },
+		{ "metrics-auth", no_argument, NULL, 1106 },
+		{ "http-max-connections", required_argument, NULL, 1107 },
+		{ "http-max-per-client", required_argument, NULL, 1108 },
+		{ "http-header-timeout-ms", required_argument, NULL, 1109 },
+		{ "http-body-timeout-ms", required_argument, NULL, 1110 },
+		{ "http-idle-timeout-ms", required_argument, NULL, 1111 },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 }
 	};
 	long v;
-	int o;
+	int o, control_given = 0;
 	enum log_level lvl;
 
+	http_config_default(&c->http);
 	c->http_addr = "127.0.0.1:8080";
 	c->nng_url = "tcp://127.0.0.1:5555";
 	c->control_url = "tcp://127.0.0.1:5556";
@@ -225,7 +286,7 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print)
 		case 'L': c->local = true; break;
 		case 'H': c->http_addr = optarg; break;
 		case 'n': c->nng_url = optarg; break;
-		case 'C': c->control_url = optarg; break;
+		case 'C': c->control_url = optarg; control_given = 1; break;
 		case 'E': c->experts_per_worker = optarg; break;
 		case 'P': c->placement = optarg; break;
 		case 'r': c->routing = optarg; break;
@@ -330,6 +391,49 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print)
 				return -1;
 			c->drain_timeout_s = (uint32_t)v;
 			break;
+		case 1101: c->tls_cert = optarg; break;
+		case 1102: c->tls_key = optarg; break;
+		case 1103: c->tls_ca = optarg; break;
+		case 1104:
+			if (ka->n_keys == (int)(sizeof(ka->keys) / sizeof(ka->keys[0]))) {
+				fprintf(stderr, "epmoe-router: too many --api-key (use --api-key-file)\n");
+				return -1;
+			}
+			ka->keys[ka->n_keys++] = optarg;
+			break;
+		case 1105:
+			if (ka->n_files == (int)(sizeof(ka->files) / sizeof(ka->files[0]))) {
+				fprintf(stderr, "epmoe-router: too many --api-key-file\n");
+				return -1;
+			}
+			ka->files[ka->n_files++] = optarg;
+			break;
+		case 1106: c->metrics_auth = true; break;
+		case 1107:
+			if (num("--http-max-connections", optarg, 1, 1 << 20, &v))
+				return -1;
+			c->http.max_connections = (uint32_t)v;
+			break;
+		case 1108:
+			if (num("--http-max-per-client", optarg, 0, 1 << 20, &v))
+				return -1;
+			c->http.max_per_client = (uint32_t)v;
+			break;
+		case 1109:
+			if (num("--http-header-timeout-ms", optarg, 1, 3600000, &v))
+				return -1;
+			c->http.header_timeout_ms = (uint64_t)v;
+			break;
+		case 1110:
+			if (num("--http-body-timeout-ms", optarg, 1, 3600000, &v))
+				return -1;
+			c->http.body_timeout_ms = (uint64_t)v;
+			break;
+		case 1111:
+			if (num("--http-idle-timeout-ms", optarg, 1, 86400000, &v))
+				return -1;
+			c->http.idle_timeout_ms = (uint64_t)v;
+			break;
 		case 'h': usage(stdout); exit(0);
 		default: usage(stderr); return -1;
 		}
@@ -345,8 +449,42 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print)
 	}
 	if (c->expect_workers < 0)
 		c->expect_workers = c->workers;
+	if ((c->tls_cert || c->tls_key || c->tls_ca) &&
+	        !(c->tls_cert && c->tls_key && c->tls_ca)) {
+		fprintf(stderr, "epmoe-router: mutual TLS needs all three of --tls-cert, --tls-key and --tls-ca\n");
+		return -1;
+	}
+	/* with TLS the default control endpoint speaks it too; a tcp:// URL
+	 * that was asked for is refused later with a message */
+	if (c->tls_cert && !control_given)
+		c->control_url = "tls+tcp://127.0.0.1:5556";
 	if (!c->local && c->expect_workers == 0) {
 		fprintf(stderr, "epmoe-router: no workers: use --local, --workers N or --expect-workers N\n");
+		return -1;
+	}
+	return 0;
+}
+
+/* The API key set of --api-key / --api-key-file (empty: the APIs are
+ * open).  0, or -1 after a message. */
+static int
+load_keys(struct apikeys **out, const struct key_args *ka)
+{
+	char err[512];
+	int rc = 0;
+
+	if (apikeys_new(out) != 0) {
+		fprintf(stderr, "epmoe-router: out of memory\n");
+		return -1;
+	}
+	for (int i = 0; rc == 0 && i < ka->n_keys; i++)
+		rc = apikeys_add(*out, ka->keys[i], err, sizeof(err));
+	for (int i = 0; rc == 0 && i < ka->n_files; i++)
+		rc = apikeys_load_file(*out, ka->files[i], err, sizeof(err));
+	if (rc != 0) {
+		fprintf(stderr, "epmoe-router: %s\n", err);
+		apikeys_free(*out);
+		*out = NULL;
 		return -1;
 	}
 	return 0;
@@ -445,6 +583,7 @@ int
 main(int argc, char **argv)
 {
 	struct router r;
+	struct key_args ka = { 0 };
 	char *name = NULL;
 	uv_signal_t sig_int, sig_term;
 	struct envargs ea;
@@ -460,8 +599,10 @@ main(int argc, char **argv)
 		return 1;
 	}
 	cur_args = &ea;
-	rc = parse_args(ea.argc, ea.argv, &r.cfg, &print);
+	rc = parse_args(ea.argc, ea.argv, &r.cfg, &print, &ka);
 	cur_args = NULL;
+	if (rc == 0 && !print && load_keys(&r.apikeys, &ka) != 0)
+		rc = -1;
 	if (rc == 0 && print) {
 		printf("epmoe-router arguments:\n");
 		envargs_print(&ea, stdout);
@@ -476,6 +617,7 @@ main(int argc, char **argv)
 	unsetenv("EPMOE_ADVERTISE");
 	unsetenv("EPMOE_WORKER_ID");
 	unsetenv("EPMOE_NODE");
+	unsetenv("EPMOE_API_KEY"); /* the workers need no key: keep it out of their environment */
 	log_set_json(r.cfg.log_json);
 	if (r.cfg.model_name == NULL &&
 	        (r.cfg.model_name = name = default_name(r.cfg.model_path)) == NULL) {
@@ -506,6 +648,12 @@ main(int argc, char **argv)
 	        r.cfg.routing ? r.cfg.routing : "native", pool_size(engine_pool(r.engine)),
 	        r.cfg.sched.max_step_tokens, r.cfg.sched.max_running, r.cfg.sched.max_waiting,
 	        r.cfg.sched.kv_budget_bytes >> 20);
+	log_info("security: %s; client APIs %s (%zu API key%s)%s",
+	        r.tls ? "mutual TLS with the workers" :
+	        r.cluster ? "plain TCP with the workers (no --tls-*)" : "no workers",
+	        apikeys_count(r.apikeys) ? "need a key" : "open", apikeys_count(r.apikeys),
+	        apikeys_count(r.apikeys) == 1 ? "" : "s",
+	        r.cfg.metrics_auth ? ", /metrics keyed" : "");
 	uv_timer_init(r.loop, &drain_timer);
 	uv_signal_init(r.loop, &sig_int);
 	uv_signal_init(r.loop, &sig_term);
@@ -523,6 +671,7 @@ out:
 	nngapi_free(r.nngapi);
 	stats_free(r.stats);
 	router_free(&r);
+	apikeys_free(r.apikeys);
 	uv_loop_close(r.loop);
 	free(name);
 	envargs_fini(&ea);

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "apikey.h"
 #include "clock.h"
 #include "epmoe.pb-c.h"
 #include "err.h"
@@ -704,16 +705,32 @@ handle_msg(struct nctx *c, nng_msg *m)
 	Epmoe__ClientMsg *cm;
 	int rc;
 
+	static struct log_limit bad_lim = LOG_LIMIT_INIT, key_lim = LOG_LIMIT_INIT;
+	struct router *r = c->n->r;
+
 	rc = wire_nng_unpack(m, WIRE_CLIENT, &epmoe__client_msg__descriptor, &hdr, NULL, NULL);
 	if (rc) {
 		char msg[200];
 		snprintf(msg, sizeof(msg), "malformed request: %s", wire_errmsg());
+		log_warn_limited(&bad_lim, "nng api: %s (%zu bytes)", msg, nng_msg_len(m));
 		nng_msg_free(m);
 		reply_error(c, rc == EPMOE_EPROTO ? EPMOE__STATUS__STATUS_PROTOCOL :
 		        EPMOE__STATUS__STATUS_INVALID, msg, 0);
 		return;
 	}
 	cm = (Epmoe__ClientMsg *)hdr;
+	if (apikeys_count(r->apikeys) > 0 && cm->msg_case != EPMOE__CLIENT_MSG__MSG_HEALTH &&
+	        !apikeys_match(r->apikeys, cm->api_key, strlen(cm->api_key))) {
+		log_warn_limited(&key_lim, "nng api: request refused: %s API key",
+		        cm->api_key[0] ? "wrong" : "no");
+		stats_count_reject(r->stats, EPMOE_EAUTH);
+		reply_error(c, EPMOE__STATUS__STATUS_UNAUTHORIZED,
+		        cm->api_key[0] ? "incorrect API key provided" :
+		                         "this server needs an API key (api_key)", 0);
+		protobuf_c_message_free_unpacked(hdr, NULL);
+		nng_msg_free(m);
+		return;
+	}
 	switch (cm->msg_case) {
 	case EPMOE__CLIENT_MSG__MSG_COMPLETE: handle_complete(c, cm->complete); break;
 	case EPMOE__CLIENT_MSG__MSG_POLL: handle_poll(c, cm->poll); break;

@@ -20,6 +20,7 @@
 #include "err.h"
 #include "oai.h"
 #include "rng.h"
+#include "utf8.h"
 
 /* ---- errors ---- */
 
@@ -52,24 +53,32 @@ fail_nomem(struct oai_error *err)
 	return EPMOE_ENOMEM;
 }
 
+/* Message and param may quote request bytes (a path, a model name, a
+ * key), possibly cut inside a character by the fixed buffers: both are
+ * made valid UTF-8 so the body stays valid JSON. */
 cJSON *
 oai_error_body(const struct oai_error *err)
 {
-	cJSON *root, *e;
+	cJSON *root = NULL, *e;
+	char *msg = utf8_clean(err->message, strlen(err->message), NULL);
+	char *param = utf8_clean(err->param, strlen(err->param), NULL);
 
-	if ((root = cJSON_CreateObject()) == NULL)
-		return NULL;
+	if (msg == NULL || param == NULL || (root = cJSON_CreateObject()) == NULL)
+		goto out;
 	if ((e = cJSON_AddObjectToObject(root, "error")) == NULL ||
-	    cJSON_AddStringToObject(e, "message", err->message) == NULL ||
+	    cJSON_AddStringToObject(e, "message", msg) == NULL ||
 	    cJSON_AddStringToObject(e, "type",
 	        err->type ? err->type : "invalid_request_error") == NULL ||
-	    (err->param[0] ? cJSON_AddStringToObject(e, "param", err->param)
-	                   : cJSON_AddNullToObject(e, "param")) == NULL ||
+	    (param[0] ? cJSON_AddStringToObject(e, "param", param)
+	              : cJSON_AddNullToObject(e, "param")) == NULL ||
 	    (err->code ? cJSON_AddStringToObject(e, "code", err->code)
 	               : cJSON_AddNullToObject(e, "code")) == NULL) {
 		cJSON_Delete(root);
-		return NULL;
+		root = NULL;
 	}
+out:
+	free(msg);
+	free(param);
 	return root;
 }
 
@@ -164,6 +173,15 @@ parse_root(const char *body, size_t len, cJSON **out, struct oai_error *err)
 	if (i == len) {
 		oai_error_set(err, 400, NULL,
 		        "the request body is empty; expected a JSON object");
+		return EPMOE_EINVAL;
+	}
+	/* JSON text is UTF-8 (RFC 8259 §8.1) and cJSON copies string bytes
+	 * unchecked: ill-formed bytes would reach the prompt, the stop strings
+	 * and the echoes. */
+	if ((i = utf8_valid_prefix(body, len)) != len) {
+		oai_error_set(err, 400, NULL,
+		        "the request body is not valid UTF-8 (bad byte 0x%02x at offset %zu)",
+		        (unsigned char)body[i], i);
 		return EPMOE_EINVAL;
 	}
 	/* cJSON would silently cut a string at an escaped NUL. */
@@ -902,6 +920,12 @@ oai_routing_render(const cJSON *routing, char **out, struct oai_error *err)
 		return EPMOE_EINVAL;
 	}
 	len = (size_t)snprintf(buf, sizeof(buf), "%s", pol->valuestring);
+	if (len >= sizeof(buf)) {
+		/* the appends below index buf + len */
+		oai_error_set(err, 400, "routing",
+		        "'routing' renders to more than %d bytes", OAI_MAX_ROUTING);
+		return EPMOE_EINVAL;
+	}
 	for (c = routing->child; c != NULL; c = c->next) {
 		char val[64], param[64];
 		const char *vs;
@@ -983,68 +1007,6 @@ oai_make_id(char *buf, size_t size, const char *prefix)
 	b = rng_mix64(a ^ id_seed);
 	snprintf(buf, size, "%s%016llx%08llx", prefix ? prefix : "",
 	        (unsigned long long)a, (unsigned long long)(b >> 32));
-}
-
-/* Copies s[0..len) with every invalid UTF-8 sequence (and NUL) replaced by
- * U+FFFD; *n_chars gets the number of code points.  Free with free(). */
-static char *
-utf8_clean(const char *s, size_t len, size_t *n_chars)
-{
-	const unsigned char *p = (const unsigned char *)s;
-	char *out = malloc(len * 3 + 1), *o = out;
-	size_t i = 0, chars = 0;
-
-	if (out == NULL)
-		return NULL;
-	while (i < len) {
-		unsigned char c = p[i];
-		size_t need, k;
-		unsigned char lo = 0x80, hi = 0xbf;
-
-		if (c >= 0x01 && c <= 0x7f) {
-			*o++ = (char)c;
-			i++;
-			chars++;
-			continue;
-		}
-		if (c >= 0xc2 && c <= 0xdf)
-			need = 1;
-		else if (c >= 0xe0 && c <= 0xef)
-			need = 2;
-		else if (c >= 0xf0 && c <= 0xf4)
-			need = 3;
-		else
-			need = 0;
-		if (c == 0xe0)
-			lo = 0xa0;
-		else if (c == 0xed)
-			hi = 0x9f;
-		else if (c == 0xf0)
-			lo = 0x90;
-		else if (c == 0xf4)
-			hi = 0x8f;
-		/* k counts the bytes of a valid prefix (the maximal subpart). */
-		for (k = 1; need > 0 && k <= need && i + k < len; k++) {
-			unsigned char b = p[i + k];
-
-			if (k == 1 ? (b < lo || b > hi) : (b < 0x80 || b > 0xbf))
-				break;
-		}
-		if (need > 0 && k == need + 1) {
-			memcpy(o, p + i, need + 1);
-			o += need + 1;
-			i += need + 1;
-		} else {
-			memcpy(o, "\xef\xbf\xbd", 3);
-			o += 3;
-			i += need > 0 ? k : 1;
-		}
-		chars++;
-	}
-	*o = '\0';
-	if (n_chars != NULL)
-		*n_chars = chars;
-	return out;
 }
 
 static cJSON *

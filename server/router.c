@@ -16,6 +16,7 @@
 #include "err.h"
 #include "gguf.h"
 #include "log.h"
+#include "netsock.h"
 #include "router.h"
 #include "spawn.h"
 
@@ -109,6 +110,11 @@ spawn_workers(struct router *r)
 	sc.threads = ncpu > r->cfg.workers ? (int)(ncpu / r->cfg.workers) : 1;
 	sc.log_json = r->cfg.log_json;
 	sc.restart = true;
+	if (r->tls != NULL) {
+		sc.tls_cert = r->cfg.tls_cert;
+		sc.tls_key = r->cfg.tls_key;
+		sc.tls_ca = r->cfg.tls_ca;
+	}
 	if ((rc = spawn_start(&r->spawned, &sc)) != 0) {
 		log_error("cannot start %d local workers: %s", r->cfg.workers,
 		        epmoe_strerror(rc));
@@ -132,7 +138,18 @@ start_workers(struct router *r)
 	char err[512] = "";
 	int rc;
 
+	if ((r->cfg.tls_cert || r->cfg.tls_key || r->cfg.tls_ca) &&
+	        (rc = netsock_tls_new(&r->tls, r->cfg.tls_cert, r->cfg.tls_key,
+	             r->cfg.tls_ca, err, sizeof(err))) != 0) {
+		log_error("%s", err);
+		return rc;
+	}
+	if (netsock_url_check(r->cfg.control_url, r->tls, err, sizeof(err)) != 0) {
+		log_error("--control %s", err);
+		return EPMOE_EINVAL;
+	}
 	cc.control_url = r->cfg.control_url;
+	cc.tls = r->tls;
 	cc.model = r->model;
 	cc.placement_file = r->cfg.placement;
 	cc.experts_per_worker = r->cfg.experts_per_worker;
@@ -279,6 +296,8 @@ router_free(struct router *r)
 		pthread_mutex_destroy(&r->hung_mu);
 		r->hung_mu_ok = false;
 	}
+	netsock_tls_free(r->tls);
+	r->tls = NULL;
 	engine_free(r->engine);
 	tok_free(r->tok);
 	free(r->chat_template);

@@ -20,11 +20,14 @@
 
 #include "engine.h"
 #include "gen.h"
+#include "http.h"
 #include "scheduler.h"
 #include "tok.h"
 
+struct apikeys;
 struct cluster;
 struct http_server;
+struct netsock_tls;
 struct nngapi;
 struct dash;
 struct spawn;
@@ -57,6 +60,11 @@ struct router_cfg {
 	uint32_t drain_timeout_s; /* SIGTERM: finish requests for up to this */
 	struct sched_cfg sched;
 	bool log_json;
+	struct http_config http;  /* HTTP limits (connections, timeouts) */
+	bool metrics_auth;        /* /metrics needs an API key too */
+	const char *tls_cert;     /* PEM files of mutual TLS with the workers */
+	const char *tls_key;      /* (all three or none; tls+tcp:// URLs) */
+	const char *tls_ca;
 };
 
 struct router {
@@ -74,6 +82,7 @@ struct router {
 
 	/* the experts on workers (all NULL in local mode) */
 	struct cluster *cluster;
+	struct netsock_tls *tls;  /* mutual TLS identity with the workers */
 	struct moe_backend *dispatch;
 	struct spawn *spawned;    /* the local workers of --workers N */
 	uv_timer_t reap_timer;    /* restarts local workers that exit, kills
@@ -93,6 +102,7 @@ struct router {
 	struct dash *dash;
 
 	/* started by main beside the core */
+	struct apikeys *apikeys;  /* client API keys; NULL or empty: open */
 	struct stats *stats;
 	struct http_server *http;
 	struct nngapi *nngapi;

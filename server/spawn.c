@@ -33,6 +33,7 @@ struct spawn {
 	char model[PATH_MAX];
 	char listen[300];
 	char threads[16];
+	char tls_cert[PATH_MAX], tls_key[PATH_MAX], tls_ca[PATH_MAX];
 	bool log_json, restart, stopping;
 	uint32_t n;
 	struct child *c;
@@ -60,7 +61,7 @@ static int
 start_child(struct spawn *s, uint32_t i)
 {
 	struct child *c = &s->c[i];
-	char *argv[16];
+	char *argv[24];
 	int k = 0;
 	pid_t parent = getpid(), pid;
 
@@ -79,6 +80,14 @@ start_child(struct spawn *s, uint32_t i)
 	}
 	if (s->log_json)
 		argv[k++] = (char *)"--log-json";
+	if (s->tls_cert[0]) {
+		argv[k++] = (char *)"--tls-cert";
+		argv[k++] = s->tls_cert;
+		argv[k++] = (char *)"--tls-key";
+		argv[k++] = s->tls_key;
+		argv[k++] = (char *)"--tls-ca";
+		argv[k++] = s->tls_ca;
+	}
 	argv[k] = NULL;
 
 	if ((pid = fork()) < 0)
@@ -160,9 +169,17 @@ spawn_start(struct spawn **out, const struct spawn_cfg *cfg)
 	        sizeof(s->router) ||
 	        (size_t)snprintf(s->model, sizeof(s->model), "%s", cfg->model_path) >=
 	        sizeof(s->model) ||
-	        (size_t)snprintf(s->listen, sizeof(s->listen), "tcp://%s:0",
+	        (size_t)snprintf(s->listen, sizeof(s->listen), "%s://%s:0",
+	             cfg->tls_cert ? "tls+tcp" : "tcp",
 	             cfg->listen_host ? cfg->listen_host : "127.0.0.1") >=
-	        sizeof(s->listen)) {
+	        sizeof(s->listen) ||
+	        (cfg->tls_cert &&
+	             ((size_t)snprintf(s->tls_cert, sizeof(s->tls_cert), "%s",
+	                  cfg->tls_cert) >= sizeof(s->tls_cert) ||
+	              (size_t)snprintf(s->tls_key, sizeof(s->tls_key), "%s",
+	                  cfg->tls_key ? cfg->tls_key : "") >= sizeof(s->tls_key) ||
+	              (size_t)snprintf(s->tls_ca, sizeof(s->tls_ca), "%s",
+	                  cfg->tls_ca ? cfg->tls_ca : "") >= sizeof(s->tls_ca)))) {
 		spawn_free(s);
 		return EPMOE_ERANGE;
 	}

@@ -36,6 +36,9 @@ struct spawn_cfg {
 	const char *id_prefix;   /* NULL = "local" */
 	bool log_json;           /* pass --log-json */
 	bool restart;            /* spawn_poll restarts children that exit */
+	const char *tls_cert;    /* passed on as --tls-cert/--tls-key/--tls-ca */
+	const char *tls_key;     /* (all three or none); the data listener */
+	const char *tls_ca;      /* is then tls+tcp://HOST:0 */
 };
 
 /* Starts the children.  On failure none is left running (EPMOE_ENOENT:

@@ -34,7 +34,8 @@ struct stats {
 	struct router *r;
 	struct metrics *metrics;  /* updates from any thread */
 	struct metrics_series *m_running, *m_waiting, *m_prompt, *m_gen,
-	        *m_req_ok, *m_req_fail, *m_req_cancel, *m_steps, *m_kv;
+	        *m_req_ok, *m_req_fail, *m_req_cancel, *m_steps, *m_kv,
+	        *m_http_conns, *m_http_evicted, *m_http_refused, *m_http_timeouts;
 	struct metrics_series *h_ttft, *h_itl, *h_e2e, *h_queue, *h_step;
 	struct metrics_family *f_expert_tokens, *f_route_tokens, *f_route_secs,
 	        *f_route_ot, *f_route_maxvio, *f_worker_lat, *f_phase, *f_rejected,
@@ -288,6 +289,13 @@ stats_register(struct stats *st)
 	REG(counter, st->m_req_cancel, "epmoe_requests_cancelled_total", "Requests cancelled by clients");
 	REG(counter, st->m_steps, "epmoe_steps_total", "Engine steps");
 	REG(gauge, st->m_kv, "epmoe_kv_cache_bytes", "KV cache bytes reserved");
+	REG(gauge, st->m_http_conns, "epmoe_http_connections", "Open HTTP client connections");
+	REG(counter, st->m_http_evicted, "epmoe_http_connections_evicted_total",
+	        "Idle or slow HTTP connections closed to make room under the connection caps");
+	REG(counter, st->m_http_refused, "epmoe_http_connections_refused_total",
+	        "HTTP connections answered 503 because every connection under the cap was busy");
+	REG(counter, st->m_http_timeouts, "epmoe_http_request_timeouts_total",
+	        "HTTP requests whose headers or body did not arrive in time (408)");
 #define HIST(var, name, help)                                                  \
 	do {                                                                   \
 		if ((rc = metrics_histogram(st->metrics, name, help, NULL, 0,   \
@@ -397,6 +405,7 @@ stats_count_reject(struct stats *st, int code)
 	case EPMOE_EUNAVAIL: lv[0] = "not_ready"; break;
 	case EPMOE_ECLOSED: lv[0] = "shutting_down"; break;
 	case EPMOE_ENOMEM: lv[0] = "no_memory"; break;
+	case EPMOE_EAUTH: lv[0] = "unauthorized"; break;
 	default: lv[0] = "invalid"; break;
 	}
 	if (st && st->f_rejected && metrics_series(st->f_rejected, lv, &s) == 0)
@@ -528,6 +537,15 @@ stats_render_metrics(struct stats *st, char **out, size_t *len)
 	counter_to(st->m_req_cancel, (double)ss.requests_cancelled);
 	counter_to(st->m_steps, (double)ss.steps_total);
 	metrics_set(st->m_kv, (double)ss.kv_bytes_used);
+	if (st->r->http != NULL) {
+		struct http_counters hc;
+
+		http_server_get_counters(st->r->http, &hc);
+		metrics_set(st->m_http_conns, (double)http_server_n_connections(st->r->http));
+		counter_to(st->m_http_evicted, (double)hc.evicted);
+		counter_to(st->m_http_refused, (double)hc.refused);
+		counter_to(st->m_http_timeouts, (double)hc.timeouts);
+	}
 	if (st->r->cluster) {
 		export_worker_latency(st);
 		export_failover(st);

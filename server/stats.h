@@ -29,7 +29,8 @@ int stats_new(struct stats **out, struct router *r);
 void stats_free(struct stats *st);
 
 /* Counts a generation request refused with an EPMOE_E* code, by reason:
- * queue_full, not_ready, shutting_down, no_memory, invalid.  NULL st is
+ * queue_full, not_ready, shutting_down, no_memory, invalid, unauthorized
+ * (any request without a valid API key).  NULL st is
  * fine (nothing counted). */
 void stats_count_reject(struct stats *st, int code);
 

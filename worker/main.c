@@ -47,6 +47,13 @@ usage(FILE *f)
 	        "                       back its place (env EPMOE_WORKER_ID; default host-pid)\n"
 	        "      --node NAME      machine name for placement (env EPMOE_NODE;\n"
 	        "                       default: the host name)\n"
+	        "      --tls-cert F     mutual TLS with the router: this worker's\n"
+	        "                       certificate (PEM; env EPMOE_TLS_CERT); with the\n"
+	        "                       key and the CA the URLs are tls+tcp:// (default\n"
+	        "                       listen tls+tcp://127.0.0.1:0)\n"
+	        "      --tls-key F      its private key (env EPMOE_TLS_KEY)\n"
+	        "      --tls-ca F       the CA the router's certificate must chain to\n"
+	        "                       (env EPMOE_TLS_CA)\n"
 	        "      --health-file F  rewrite F every second while serving (state, worker\n"
 	        "                       index, placement epoch) and remove it on exit, for\n"
 	        "                       `epmoe health --file F` (env EPMOE_HEALTH_FILE)\n"
@@ -69,6 +76,9 @@ static const struct envarg env_table[] = {
 	{ "id", "EPMOE_WORKER_ID", false, false },
 	{ "node", "EPMOE_NODE", false, false },
 	{ "health-file", "EPMOE_HEALTH_FILE", false, false },
+	{ "tls-cert", "EPMOE_TLS_CERT", false, false },
+	{ "tls-key", "EPMOE_TLS_KEY", false, false },
+	{ "tls-ca", "EPMOE_TLS_CA", false, false },
 	{ "log-json", "EPMOE_LOG_JSON", true, false },
 	{ "log-level", "EPMOE_LOG_LEVEL", false, false },
 	{ "print-config", "EPMOE_PRINT_CONFIG", true, false },
@@ -166,6 +176,9 @@ parse(const struct envargs *e, struct worker_cfg *cfg, struct health *health,
 		{ "print-config", no_argument, NULL, 'p' },
 		{ "log-json", no_argument, NULL, 'J' },
 		{ "log-level", required_argument, NULL, 'L' },
+		{ "tls-cert", required_argument, NULL, 1001 },
+		{ "tls-key", required_argument, NULL, 1002 },
+		{ "tls-ca", required_argument, NULL, 1003 },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 }
 	};
@@ -187,6 +200,9 @@ parse(const struct envargs *e, struct worker_cfg *cfg, struct health *health,
 		case 'p': *print = true; break;
 		case 'J': *log_json = 1; break;
 		case 'L': level = optarg; break;
+		case 1001: cfg->tls_cert = optarg; break;
+		case 1002: cfg->tls_key = optarg; break;
+		case 1003: cfg->tls_ca = optarg; break;
 		case 'h':
 			usage(stdout);
 			return -1;
@@ -215,6 +231,9 @@ parse(const struct envargs *e, struct worker_cfg *cfg, struct health *health,
 		log_set_level(lvl);
 	if (cfg->id && strlen(cfg->id) > 100)
 		return bad("--id", "longer than 100 characters");
+	if ((cfg->tls_cert || cfg->tls_key || cfg->tls_ca) &&
+	        !(cfg->tls_cert && cfg->tls_key && cfg->tls_ca))
+		return bad("--tls-cert/--tls-key/--tls-ca", "give all three or none");
 	if (health->path && (health->path[0] == '\0' || strlen(health->path) > 4000))
 		return bad("--health-file", "empty or too long a path");
 	return 0;

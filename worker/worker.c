@@ -31,6 +31,7 @@
 #include "worker.h"
 
 #define DEFAULT_LISTEN "tcp://127.0.0.1:0"
+#define DEFAULT_LISTEN_TLS "tls+tcp://127.0.0.1:0"
 #define POLL_MS 100            /* data recv timeout: how often stop is seen */
 #define DEFAULT_HEARTBEAT_MS 1000
 #define MAX_SLOT_ID 65536      /* slot ids in a batch must stay below */
@@ -51,6 +52,7 @@ struct worker {
 	nng_socket data;
 	nng_socket ctl;
 	bool data_open, ctl_open;
+	struct netsock_tls *tls;  /* mutual TLS identity, or NULL */
 	nng_aio *ctl_aio;
 	uint64_t ctl_seq;
 
@@ -108,7 +110,8 @@ advertise(char *dst, size_t cap, const char *bound)
 	const char *host = strstr(bound, "://"), *colon;
 	char hn[256];
 
-	if (host == NULL || strncmp(bound, "tcp", 3) != 0)
+	if (host == NULL || (strncmp(bound, "tcp", 3) != 0 &&
+	        strncmp(bound, "tls+tcp", 7) != 0))
 		return snprintf(dst, cap, "%s", bound) >= (int)cap ? EPMOE_ERANGE : 0;
 	host += 3;
 	colon = strrchr(host, ':');
@@ -133,6 +136,7 @@ worker_new(struct worker **out, const struct worker_cfg *cfg, char *err,
 {
 	struct worker *w;
 	char bound[512], hn[64];
+	const char *listen;
 	int rc;
 
 	if (cfg == NULL || cfg->router_url == NULL || *cfg->router_url == '\0') {
@@ -147,6 +151,10 @@ worker_new(struct worker **out, const struct worker_cfg *cfg, char *err,
 		return EPMOE_ENOMEM;
 	pthread_mutex_init(&w->mu, NULL);
 	atomic_init(&w->quit, 0);
+	if ((cfg->tls_cert || cfg->tls_key || cfg->tls_ca) &&
+	        (rc = netsock_tls_new(&w->tls, cfg->tls_cert, cfg->tls_key,
+	             cfg->tls_ca, err, err_len)) != 0)
+		goto fail;
 	if (gethostname(hn, sizeof(hn)) != 0)
 		snprintf(hn, sizeof(hn), "localhost");
 	hn[sizeof(hn) - 1] = '\0';
@@ -180,10 +188,16 @@ worker_new(struct worker **out, const struct worker_cfg *cfg, char *err,
 		snprintf(err, err_len, "cannot start the slot loader");
 		goto fail;
 	}
-	if ((rc = netsock_rep_listen(&w->data, cfg->listen_url ? cfg->listen_url :
-	             DEFAULT_LISTEN, w->recv_max, bound, sizeof(bound))) != 0) {
-		snprintf(err, err_len, "cannot listen on %s: %s",
-		        cfg->listen_url ? cfg->listen_url : DEFAULT_LISTEN,
+	listen = cfg->listen_url ? cfg->listen_url :
+	        w->tls ? DEFAULT_LISTEN_TLS : DEFAULT_LISTEN;
+	if (netsock_url_check(listen, w->tls, err, err_len) != 0 ||
+	        netsock_url_check(w->router_url, w->tls, err, err_len) != 0) {
+		rc = EPMOE_EINVAL;
+		goto fail;
+	}
+	if ((rc = netsock_rep_listen(&w->data, listen, w->recv_max, w->tls,
+	             bound, sizeof(bound))) != 0) {
+		snprintf(err, err_len, "cannot listen on %s: %s", listen,
 		        epmoe_strerror(rc));
 		goto fail;
 	}
@@ -199,7 +213,8 @@ worker_new(struct worker **out, const struct worker_cfg *cfg, char *err,
 		snprintf(err, err_len, "data URL too long");
 		goto fail;
 	}
-	if ((rc = netsock_req_dial(&w->ctl, w->router_url, NETSOCK_CTL_RECV_MAX)) != 0) {
+	if ((rc = netsock_req_dial(&w->ctl, w->router_url, NETSOCK_CTL_RECV_MAX,
+	             w->tls)) != 0) {
 		snprintf(err, err_len, "cannot dial router %s: %s", w->router_url,
 		        epmoe_strerror(rc));
 		goto fail;
@@ -236,6 +251,7 @@ worker_free(struct worker *w)
 	if (w->data_open)
 		netsock_close_bounded(w->data, 2000);
 	slots_free(w->slots);
+	netsock_tls_free(w->tls); /* NNG holds its own references */
 	pool_free(w->pool);
 	model_free(w->own);
 	free(w->xe);
@@ -425,7 +441,9 @@ serve_one(struct worker *w, nng_msg *msg, uint64_t t_recv)
 
 	rc = wire_nng_unpack(msg, WIRE_BATCH, NULL, &hdr, &rows, &n_floats);
 	if (rc != 0) {
-		log_warn("data: rejected a malformed message (%zu bytes): %s",
+		static struct log_limit bad_lim = LOG_LIMIT_INIT;
+
+		log_warn_limited(&bad_lim, "data: rejected a malformed message (%zu bytes): %s",
 		        nng_msg_len(msg), wire_errmsg());
 		snprintf(why, sizeof(why), "%s", wire_errmsg());
 		count_reject(w, false);

@@ -6,6 +6,8 @@
  *            ExpertBatch in, ExpertResult out, one batch at a time.
  *   control  REQ, dials the router's control URL; WorkerHello to register,
  *            LoadReport every heartbeat period, Leave on shutdown.
+ * Both use mutual TLS when the configuration names a certificate, key
+ * and CA (common/netsock.h).
  *
  * Control protocol as the worker speaks it (the router side is
  * server/cluster.c, the slot orders server/migrate.h):
@@ -75,6 +77,13 @@ struct worker_cfg {
 	int n_threads;             /* compute threads; 0 = online CPUs */
 	uint32_t rpc_timeout_ms;   /* control call deadline; 0 = 2000 */
 	size_t data_recv_max;      /* 0 = NETSOCK_DATA_RECV_MAX (256 MiB) */
+	/* Mutual TLS with the router (PEM files, all three or none): the
+	 * control dial and the data listener then use tls+tcp:// (the default
+	 * listen URL becomes tls+tcp://127.0.0.1:0) and plain tcp:// URLs are
+	 * refused. */
+	const char *tls_cert;
+	const char *tls_key;
+	const char *tls_ca;
 };
 
 /* Loads (or borrows) the model, starts the pool and binds the data

@@ -120,6 +120,10 @@ awk -v st="$steps" -v a="$(jget "$st" attention)" -v g="$(jget "$st" gate)" \
 	if (st > 0) printf "  attention %.2f  gate %.2f  pack %.2f  wire %.2f  expert compute %.2f  combine %.2f  lm head %.2f\n",
 		a * 1e3 / st, g * 1e3 / st, p * 1e3 / st, w * 1e3 / st, c * 1e3 / st, cb * 1e3 / st, h * 1e3 / st }'
 
+# ---- the cost of mutual TLS between router and workers ----
+echo
+sh "$(dirname "$0")/tls.sh" "$SRV_MODEL"
+
 # ---- routing policies: quality, balance, cost ----
 RT_MODEL=${EPMOE_BENCH_ROUTE_MODEL:-}
 RT_TEXT=${EPMOE_BENCH_ROUTE_TEXT:-}

@@ -7,7 +7,8 @@
 # up and healthy, completions and a stream through the published port,
 # per-worker latency in /metrics for every worker container, a worker
 # container killed under load and the service back, workers scaled 2 -> 3,
-# and the same file as a stack on a one-node swarm serving a request.
+# the deployment with mutual TLS (docker-compose.tls.yml) serving while a
+# plain-TCP worker container cannot join, and the same file as a stack on a one-node swarm serving a request.
 # Everything it created is removed at the end, also on failure; the image
 # and the base stay cached for the next run (rebuilt when a source changes).
 #
@@ -55,6 +56,7 @@ teardown() {
 	fi
 	[ -n "$SWARM_INIT" ] && docker swarm leave --force >/dev/null 2>&1
 	if [ -n "$COMPOSE_UP" ]; then
+		docker rm -f "${PROJECT}_rogue" >/dev/null 2>&1
 		(cd "$top/deploy" && docker-compose -p "$PROJECT" down -t 5 -v --remove-orphans >/dev/null 2>&1)
 	fi
 	if [ -n "$DOCKERD_PID" ]; then
@@ -184,7 +186,7 @@ compose() { (cd "$top/deploy" && docker-compose -p "$PROJECT" "$@" 2>>"$TMPD/com
 compose down -t 2 -v --remove-orphans >/dev/null 2>&1
 COMPOSE_UP=1
 t0=$(now_ms)
-compose up -d --no-build >"$TMPD/up.log" 2>&1 || { cat "$TMPD/up.log"; fail "docker-compose up"; }
+compose up -d --no-build >"$TMPD/up.log" 2>&1 || { cat "$TMPD/up.log"; tail -5 "$TMPD/compose.err"; fail "docker-compose up"; }
 all_healthy() {
 	n=0
 	for c in $(compose ps -q); do
@@ -290,6 +292,38 @@ done
 check_metrics 3
 ok "scaled to 3 workers: serving again $((t_scale / 1000)) s after 'up --scale worker=3', every worker takes batches"
 compose down -t 10 -v >/dev/null 2>&1
+
+# --- the same deployment with mutual TLS (docker-compose.tls.yml on top);
+# a plain-TCP worker container on the backend network never registers
+EPMOE_CERT_OWNER=10001 sh "$top/deploy/mkcerts.sh" "$TMPD/certs" router worker >/dev/null 2>&1 ||
+	fail "deploy/mkcerts.sh"
+export EPMOE_CERTS="$TMPD/certs" EPMOE_N_WORKERS=2 \
+	COMPOSE_FILE=docker-compose.yml:docker-compose.override.yml:docker-compose.tls.yml
+t0=$(now_ms)
+compose up -d --no-build >"$TMPD/up-tls.log" 2>&1 || { cat "$TMPD/up-tls.log"; tail -5 "$TMPD/compose.err"; compose logs --tail 5; fail "docker-compose up with TLS"; }
+wait_http "$URL/health" 200 90 >/dev/null || { compose logs --tail 10; fail "TLS deployment not ready"; }
+t_tls=$(( $(now_ms) - t0 ))
+docker run -d --name "${PROJECT}_rogue" --network "${PROJECT}_backend" -e EPMOE_ROUTER=tcp://router:5556 \
+	-e EPMOE_MODEL=/models/kjv-moe-best.gguf -e EPMOE_LISTEN=tcp://0.0.0.0:7001 -e EPMOE_WORKER_ID=rogue \
+	-v "$top/models:/models:ro" "$IMAGE" epmoe-worker >/dev/null 2>&1 || fail "docker run of a plain worker"
+for k in 1 2 3; do
+	curl -sf -m 60 "$URL/v1/completions" -H 'Content-Type: application/json' \
+		-d '{"prompt": "And God said", "max_tokens": 8}' | grep -q '"completion_tokens":8' ||
+		fail "completion $k over the TLS deployment"
+done
+sleep 2
+for c in $(compose ps -q worker); do
+	docker logs "$c" 2>&1 | grep -q 'registered with router tls+tcp://router:5556' ||
+		fail "worker container $c did not register over TLS: $(docker logs --tail 3 "$c" 2>&1)"
+done
+# (a worker the router heard would be registered or refused: all places are taken)
+docker logs "${PROJECT}_rogue" 2>&1 | grep -q 'registered with router\|refused this worker' &&
+	fail "the router answered a plain-TCP worker: $(docker logs --tail 2 "${PROJECT}_rogue" 2>&1)"
+curl -sf -m 5 "$URL/metrics" | grep -q 'id="rogue' && fail "the plain-TCP worker is in /metrics"
+docker rm -f "${PROJECT}_rogue" >/dev/null 2>&1
+ok "compose with TLS (docker-compose.tls.yml): serving $((t_tls / 1000)).$(( t_tls % 1000 / 100 )) s after up, workers registered over tls+tcp://, the router never answered a plain-TCP worker container"
+compose down -t 10 -v >/dev/null 2>&1
+unset COMPOSE_FILE EPMOE_CERTS
 COMPOSE_UP=
 
 # --- the same file as a stack on a one-node swarm

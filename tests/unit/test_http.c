@@ -194,6 +194,16 @@ handler(struct http_req *req, void *ud)
 		ck_assert_int_eq(http_respond_json(req, 201, j, NULL), 0);
 		cJSON_Delete(j);
 		http_req_release(req);
+	} else if (strcmp(p, "/counters") == 0) {
+		struct http_counters hc;
+
+		http_server_get_counters(F.srv, &hc);
+		n = snprintf(body, sizeof(body), "%llu %llu %llu",
+		        (unsigned long long)hc.evicted,
+		        (unsigned long long)hc.refused,
+		        (unsigned long long)hc.timeouts);
+		http_respond(req, 200, "text/plain", body, (size_t)n, NULL);
+		http_req_release(req);
 	} else if (strcmp(p, "/stats") == 0) {
 		n = snprintf(body, sizeof(body), "%zu",
 		        http_server_n_connections(F.srv));
@@ -1086,7 +1096,7 @@ START_TEST(slow_request_gets_408)
 	struct resp r;
 
 	http_config_default(&cfg);
-	cfg.request_timeout_ms = 200;
+	cfg.header_timeout_ms = 200;
 	start_server(&cfg);
 	cl = client_new();
 	client_sends(cl, "GET /hello HTTP/1.1\r\n");
@@ -1101,7 +1111,31 @@ START_TEST(slow_request_gets_408)
 }
 END_TEST
 
-START_TEST(connections_beyond_the_limit_get_503)
+/* A client connected from source address src (any 127.x.y.z). */
+static struct client *
+client_new_from(const char *src)
+{
+	struct client *cl = calloc(1, sizeof(*cl));
+	struct sockaddr_in a = { 0 }, b = { 0 };
+
+	ck_assert_ptr_nonnull(cl);
+	cl->fd = socket(AF_INET, SOCK_STREAM, 0);
+	ck_assert_int_ge(cl->fd, 0);
+	b.sin_family = AF_INET;
+	ck_assert_int_eq(inet_pton(AF_INET, src, &b.sin_addr), 1);
+	ck_assert_int_eq(bind(cl->fd, (struct sockaddr *)&b, sizeof(b)), 0);
+	a.sin_family = AF_INET;
+	a.sin_port = htons((uint16_t)F.port);
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	ck_assert_int_eq(connect(cl->fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	set_timeout(cl->fd, 5000);
+	http_parser_init(&cl->p, HTTP_RESPONSE);
+	return cl;
+}
+
+/* At the cap with every connection's request in the handler's hands,
+ * nothing can be closed to make room: the newcomer gets 503. */
+START_TEST(connections_beyond_the_limit_get_503_when_all_are_busy)
 {
 	struct http_config cfg;
 	struct client *cl[4], *extra;
@@ -1112,18 +1146,170 @@ START_TEST(connections_beyond_the_limit_get_503)
 	start_server(&cfg);
 	for (int i = 0; i < 4; i++) {
 		cl[i] = client_new();
-		get(cl[i], "/hello", &r);
-		ck_assert_int_eq(r.status, 200);
+		client_sends(cl[i], "GET /defer?ms=1500 HTTP/1.1\r\nHost: t\r\n\r\n");
 	}
+	wait_for(&F.n_requests, 4);
 	extra = client_new();
 	ck_assert_int_eq(client_read(extra, &r, 0), 0);
 	ck_assert_int_eq(r.status, 503);
 	ck_assert(has_header(&r, "retry-after: 1"));
 	ck_assert(client_sees_close(extra));
 	client_free(extra);
-	for (int i = 0; i < 4; i++)
+	for (int i = 0; i < 4; i++) { /* the busy ones were not touched */
+		ck_assert_int_eq(client_read(cl[i], &r, 0), 0);
+		ck_assert_str_eq(r.body, "deferred 1500");
 		client_free(cl[i]);
+	}
 	wait_connections(1);
+	stop_server();
+}
+END_TEST
+
+/* The issue's attack: idle keep-alive connections and half-sent requests
+ * fill the cap; a normal request still gets through at once, and the
+ * oldest of the squatters are the ones closed. */
+START_TEST(idle_connections_beyond_the_cap_do_not_block_a_request)
+{
+	enum { CAP = 8, N_IDLE = 6, N_HALF = 14 };
+	struct http_config cfg;
+	struct client *idle[N_IDLE], *half[N_HALF], *cl;
+	struct resp r;
+	unsigned long long evicted, refused;
+
+	http_config_default(&cfg);
+	cfg.max_connections = CAP;
+	start_server(&cfg);
+	for (int i = 0; i < N_IDLE; i++) {
+		idle[i] = client_new();
+		get(idle[i], "/hello", &r); /* then silent, kept alive */
+	}
+	for (int i = 0; i < N_HALF; i++) {
+		half[i] = client_new();
+		client_sends(half[i], "GET /hello HTTP/1.1\r\nX-Slow: ");
+	}
+	for (int round = 0; round < 3; round++) {
+		cl = client_new();
+		get(cl, "/hello", &r);
+		ck_assert_int_eq(r.status, 200);
+		ck_assert_str_eq(r.body, "hello");
+		client_free(cl);
+	}
+	/* the oldest squatters were closed to make room */
+	ck_assert(client_sees_close(idle[0]));
+	ck_assert(client_sees_close(idle[1]));
+	cl = client_new();
+	get(cl, "/counters", &r);
+	client_free(cl);
+	ck_assert_int_eq(sscanf(r.body, "%llu %llu", &evicted, &refused), 2);
+	/* every squatter beyond the cap, and one for the first request */
+	ck_assert_uint_ge(evicted, N_IDLE + N_HALF - CAP + 1);
+	ck_assert_uint_eq(refused, 0);
+	for (int i = 0; i < N_IDLE; i++)
+		client_free(idle[i]);
+	for (int i = 0; i < N_HALF; i++)
+		client_free(half[i]);
+	wait_connections(1);
+	stop_server();
+}
+END_TEST
+
+/* One address may hold at most max_per_client connections: beyond, its
+ * own idle ones make room, and when all of its are busy it gets 503 while
+ * another address is served. */
+START_TEST(per_client_cap_applies_per_address)
+{
+	struct http_config cfg;
+	struct client *busy[3], *more, *other, *idle[3];
+	struct resp r;
+	int base;
+
+	http_config_default(&cfg);
+	cfg.max_per_client = 3;
+	start_server(&cfg);
+	for (int i = 0; i < 3; i++) {
+		idle[i] = client_new_from("127.0.0.3");
+		get(idle[i], "/hello", &r);
+	}
+	/* idle connections of the same address make room */
+	more = client_new_from("127.0.0.3");
+	get(more, "/hello", &r);
+	ck_assert_int_eq(r.status, 200);
+	ck_assert(client_sees_close(idle[0]));
+	client_free(more);
+	for (int i = 0; i < 3; i++)
+		client_free(idle[i]);
+	wait_connections(1);
+	base = atomic_load(&F.n_requests);
+	for (int i = 0; i < 3; i++) {
+		busy[i] = client_new_from("127.0.0.2");
+		client_sends(busy[i], "GET /defer?ms=1500 HTTP/1.1\r\nHost: t\r\n\r\n");
+	}
+	wait_for(&F.n_requests, base + 3);
+	more = client_new_from("127.0.0.2");
+	ck_assert_int_eq(client_read(more, &r, 0), 0);
+	ck_assert_int_eq(r.status, 503);
+	ck_assert_ptr_nonnull(strstr(r.body, "from this client"));
+	client_free(more);
+	other = client_new_from("127.0.0.4");
+	get(other, "/hello", &r);
+	ck_assert_int_eq(r.status, 200);
+	client_free(other);
+	for (int i = 0; i < 3; i++) {
+		ck_assert_int_eq(client_read(busy[i], &r, 0), 0);
+		ck_assert_int_eq(r.status, 200);
+		client_free(busy[i]);
+	}
+	stop_server();
+}
+END_TEST
+
+/* Headers must arrive within header_timeout_ms of the first byte, the
+ * body within body_timeout_ms of the headers; trickling does not help. */
+START_TEST(slow_body_gets_408)
+{
+	struct http_config cfg;
+	struct client *cl;
+	struct resp r;
+
+	http_config_default(&cfg);
+	cfg.body_timeout_ms = 250;
+	start_server(&cfg);
+	cl = client_new();
+	client_sends(cl, "POST /echo HTTP/1.1\r\nContent-Length: 10\r\n\r\n");
+	for (int i = 0; i < 3; i++) {
+		usleep(100000);
+		client_sends(cl, "a");
+	}
+	ck_assert_int_eq(client_read(cl, &r, 0), 0);
+	ck_assert_int_eq(r.status, 408);
+	ck_assert_ptr_nonnull(strstr(r.body, "body did not arrive"));
+	client_free(cl);
+	stop_server();
+}
+END_TEST
+
+/* The path and query are copied within the buffer that holds the URL; a
+ * copy that grew the buffer read the old one after freeing it (found by
+ * fuzz_http; under ASan this is a heap-use-after-free, else garbage). */
+START_TEST(long_query_is_copied_intact)
+{
+	struct client *cl;
+	struct resp r;
+	char q[300], req[600], want[320];
+
+	start_server(NULL);
+	for (size_t len = 200; len < 280; len += 7) {
+		memset(q, 'a' + (int)(len % 26), len);
+		q[len] = '\0';
+		cl = client_new();
+		snprintf(req, sizeof(req), "GET /echo?%s HTTP/1.1\r\nHost: t\r\n\r\n", q);
+		client_sends(cl, req);
+		ck_assert_int_eq(client_read(cl, &r, 0), 0);
+		ck_assert_int_eq(r.status, 200);
+		snprintf(want, sizeof(want), "x-query: %s", q);
+		ck_assert_msg(has_header(&r, want), "query of %zu bytes mangled", len);
+		client_free(cl);
+	}
 	stop_server();
 }
 END_TEST
@@ -1237,7 +1423,11 @@ main(void)
 	tcase_add_test(tc, bad_response_arguments_are_refused);
 	tcase_add_test(tc, idle_connection_is_closed_after_timeout);
 	tcase_add_test(tc, slow_request_gets_408);
-	tcase_add_test(tc, connections_beyond_the_limit_get_503);
+	tcase_add_test(tc, connections_beyond_the_limit_get_503_when_all_are_busy);
+	tcase_add_test(tc, idle_connections_beyond_the_cap_do_not_block_a_request);
+	tcase_add_test(tc, per_client_cap_applies_per_address);
+	tcase_add_test(tc, slow_body_gets_408);
+	tcase_add_test(tc, long_query_is_copied_intact);
 	tcase_add_test(tc, many_connections_are_served_and_freed);
 	tcase_add_test(tc, slow_reader_of_a_stream_is_dropped);
 	tcase_add_test(tc, bad_addresses_and_busy_ports_are_refused);

@@ -13,6 +13,7 @@
 
 #include "err.h"
 #include "oai.h"
+#include "utf8.h"
 #include "testutil.h"
 
 static const char *const models[] = { "tiny-moe", "other" };
@@ -852,6 +853,87 @@ START_TEST(invalid_utf8_is_replaced_in_every_text)
 }
 END_TEST
 
+START_TEST(invalid_utf8_in_a_request_is_refused)
+{
+	/* raw bytes in strings, in keys and outside strings; surrogates and
+	 * overlong forms too (cJSON would copy all of them through) */
+	static const char *const bad[] = {
+		"{\"prompt\":\"caf\xe9\"}",
+		"{\"prompt\":\"\xc3\x28\"}",
+		"{\"prompt\":\"\xed\xa0\x80\"}",
+		"{\"prompt\":\"\xc0\xaf\"}",
+		"{\"prompt\":\"\xf4\x90\x80\x80\"}",
+		"{\"prompt\":\"x\",\"stop\":[\"\xff\"]}",
+		"{\"pr\xffompt\":\"x\"}",
+		"{\"prompt\":\"x\"}\xe2\x82",
+	};
+	struct oai_completion_req r;
+	struct oai_error e;
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++)
+		cmpl_fails(bad[i], 400, "", "not valid UTF-8");
+	/* valid multi-byte text and escapes still pass */
+	ck_assert_int_eq(parse_cmpl("{\"model\":\"tiny-moe\",\"prompt\":\"caf\xc3\xa9 \xf0\x9f\x98\x80 "
+	        "\\u00e9 \\ud83d\\ude00\"}", &r, &e), 0);
+	ck_assert_str_eq(r.prompt, "caf\xc3\xa9 \xf0\x9f\x98\x80 \xc3\xa9 \xf0\x9f\x98\x80");
+	oai_completion_req_fini(&r);
+}
+END_TEST
+
+/* A bad model name is quoted back; cut or ill-formed, the body stays valid
+ * UTF-8 JSON (found by fuzzing 404/4xx bodies). */
+START_TEST(error_bodies_quoting_request_bytes_are_valid_json)
+{
+	struct oai_error e;
+	char name[400], *text;
+	cJSON *body, *back;
+
+	/* 2-byte characters cut by the message's %.100s */
+	memset(name, 0, sizeof(name));
+	for (int i = 0; i < 150; i++)
+		memcpy(name + 2 * i, "\xc3\xa9", 2);
+	oai_error_set(&e, 404, "model", "the model '%.101s' does not exist", name);
+	ck_assert(utf8_valid_prefix(e.message, strlen(e.message)) != strlen(e.message));
+	body = oai_error_body(&e);
+	ck_assert_ptr_nonnull(body);
+	text = cJSON_PrintUnformatted(body);
+	ck_assert(utf8_valid_prefix(text, strlen(text)) == strlen(text));
+	back = cJSON_Parse(text);
+	ck_assert_ptr_nonnull(back);
+	ck_assert_ptr_nonnull(strstr(cJSON_GetObjectItem(cJSON_GetObjectItem(back,
+	        "error"), "message")->valuestring, "\xef\xbf\xbd"));
+	cJSON_Delete(back);
+	cJSON_free(text);
+	cJSON_Delete(body);
+	/* raw invalid bytes (a 404 quoting a path) */
+	oai_error_set(&e, 404, "p\xff", "no route for GET /\xff\xfe\x80");
+	body = oai_error_body(&e);
+	text = cJSON_PrintUnformatted(body);
+	ck_assert(utf8_valid_prefix(text, strlen(text)) == strlen(text));
+	ck_assert_ptr_nonnull(strstr(text, "/\xef\xbf\xbd"));
+	cJSON_free(text);
+	cJSON_Delete(body);
+}
+END_TEST
+
+/* A routing object whose policy name alone exceeds the rendering buffer
+ * was appended to past its end (found by fuzz_oai). */
+START_TEST(routing_object_with_a_huge_policy_name_is_refused)
+{
+	char json[1200], pol[700];
+
+	memset(pol, 'a', sizeof(pol) - 1);
+	pol[sizeof(pol) - 1] = '\0';
+	snprintf(json, sizeof(json), "{\"model\":\"tiny-moe\",\"prompt\":\"x\","
+	        "\"routing\":{\"policy\":\"%s\",\"k\":1}}", pol);
+	cmpl_fails(json, 400, "routing", "more than");
+	pol[OAI_MAX_ROUTING] = '\0'; /* exactly fills the buffer */
+	snprintf(json, sizeof(json), "{\"model\":\"tiny-moe\",\"prompt\":\"x\","
+	        "\"routing\":{\"policy\":\"%s\",\"k\":1}}", pol);
+	cmpl_fails(json, 400, "routing", "more than");
+}
+END_TEST
+
 int
 main(void)
 {
@@ -878,6 +960,9 @@ main(void)
 	tcase_add_test(tc, sse_frame_wraps_compact_json);
 	tcase_add_test(tc, ids_have_prefix_and_do_not_repeat);
 	tcase_add_test(tc, invalid_utf8_is_replaced_in_every_text);
+	tcase_add_test(tc, invalid_utf8_in_a_request_is_refused);
+	tcase_add_test(tc, error_bodies_quoting_request_bytes_are_valid_json);
+	tcase_add_test(tc, routing_object_with_a_huge_policy_name_is_refused);
 	suite_add_tcase(s, tc);
 	return tu_run(s);
 }

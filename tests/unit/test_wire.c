@@ -775,7 +775,7 @@ END_TEST
 
 START_TEST(statuses_map_to_error_codes_and_back)
 {
-	for (int s = EPMOE__STATUS__STATUS_OK; s <= EPMOE__STATUS__STATUS_INTERNAL;
+	for (int s = EPMOE__STATUS__STATUS_OK; s <= EPMOE__STATUS__STATUS_UNAUTHORIZED;
 	     s++) {
 		int e = wire_status_to_err(s);
 
