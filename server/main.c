@@ -40,6 +40,9 @@ usage(FILE *f)
 	        "  -t, --threads N          engine threads (default: all cores;\n"
 	        "                           env EPMOE_THREADS)\n"
 	        "  -c, --ctx N              context length per sequence (default: the model's)\n"
+	        "      --kv-type T          KV cache f32 (default) or f16: half the memory,\n"
+	        "                           so twice the sequences per --kv-budget-mb\n"
+	        "                           (env EPMOE_KV_TYPE)\n"
 	        "      --max-running N      sequences decoding at once (default 32)\n"
 	        "      --max-waiting N      wait queue bound, 429 beyond (default 64)\n"
 	        "      --step-tokens N      token budget of one step (default 512)\n"
@@ -89,6 +92,7 @@ parse_args(int argc, char **argv, struct router_cfg *c)
 		{ "routing", required_argument, NULL, 'r' },
 		{ "threads", required_argument, NULL, 't' },
 		{ "ctx", required_argument, NULL, 'c' },
+		{ "kv-type", required_argument, NULL, 'V' },
 		{ "max-running", required_argument, NULL, 'R' },
 		{ "max-waiting", required_argument, NULL, 'W' },
 		{ "step-tokens", required_argument, NULL, 'S' },
@@ -110,6 +114,10 @@ parse_args(int argc, char **argv, struct router_cfg *c)
 	c->nng_url = env("EPMOE_NNG", "tcp://127.0.0.1:5555");
 	c->control_url = env("EPMOE_CONTROL", "tcp://127.0.0.1:5556");
 	c->routing = env("EPMOE_ROUTING", NULL);
+	if (engine_kv_type_parse(env("EPMOE_KV_TYPE", "f32"), &c->kv_type) != 0) {
+		fprintf(stderr, "epmoe-router: EPMOE_KV_TYPE expects f32 or f16\n");
+		return -1;
+	}
 	c->workers = 2;
 	c->expect_workers = -1;
 	c->max_tokens_default = 256;
@@ -157,6 +165,13 @@ parse_args(int argc, char **argv, struct router_cfg *c)
 			if (num("--ctx", optarg, 16, 1 << 20, &v))
 				return -1;
 			c->n_ctx = (uint32_t)v;
+			break;
+		case 'V':
+			if (engine_kv_type_parse(optarg, &c->kv_type) != 0) {
+				fprintf(stderr, "epmoe-router: --kv-type expects f32 or f16, got '%s'\n",
+				        optarg);
+				return -1;
+			}
 			break;
 		case 'R':
 			if (num("--max-running", optarg, 1, 4096, &v))
@@ -284,7 +299,7 @@ main(int argc, char **argv)
 			goto out;
 	}
 	struct engine_opts eo = { .n_threads = r.cfg.threads, .n_ctx = r.cfg.n_ctx,
-		.routing = r.cfg.routing };
+		.routing = r.cfg.routing, .kv_type = r.cfg.kv_type };
 	if ((rc = engine_new(&r.engine, r.model, &eo, err, sizeof(err))) != 0) {
 		log_error("%s", err[0] ? err : epmoe_strerror(rc));
 		goto out;
@@ -313,7 +328,7 @@ main(int argc, char **argv)
 	r.boot_id = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
 	log_info("serving %s (%s, %u layers, %u experts top-%u, vocab %u, ctx %u) on http://%s%s%s,"
 	         " experts %s, routing %s, %d threads, step budget %u tokens, max running %u,"
-	         " wait queue %u, KV budget %zu MiB",
+	         " wait queue %u, KV budget %zu MiB (%s)",
 	        r.cfg.model_name, model_arch_name(r.model->hp.arch), r.model->hp.n_layer,
 	        r.model->hp.n_expert, r.model->hp.n_expert_used, r.model->hp.n_vocab,
 	        engine_n_ctx(r.engine), r.cfg.http_addr,
@@ -321,7 +336,7 @@ main(int argc, char **argv)
 	        r.cluster ? "on workers" : "in process",
 	        r.cfg.routing ? r.cfg.routing : "native", pool_size(engine_pool(r.engine)),
 	        r.cfg.sched.max_step_tokens, r.cfg.sched.max_running, r.cfg.sched.max_waiting,
-	        r.cfg.sched.kv_budget_bytes >> 20);
+	        r.cfg.sched.kv_budget_bytes >> 20, dtype_name(r.cfg.kv_type));
 	uv_signal_init(r.loop, &sig_int);
 	uv_signal_init(r.loop, &sig_term);
 	sig_int.data = sig_term.data = &r;
