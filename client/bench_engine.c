@@ -8,7 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 
 #include "bench.h"
 #include "clock.h"
@@ -65,6 +64,23 @@ prefill_flops(const struct model *m, uint32_t T)
 	double d = m->hp.n_embd, per_tok = 2.0 * (weights_per_token(m) - mat_elems(&m->output));
 	return per_tok * T + att_flops(m, (double)T * (T + 1) / 2.0) +
 	        2.0 * d * m->hp.n_vocab;
+}
+
+/* VmRSS of this process in MiB (0 if unknown). */
+static double
+rss_now_mb(void)
+{
+	FILE *f = fopen("/proc/self/status", "r");
+	char line[256];
+	double kb = 0;
+
+	if (f == NULL)
+		return 0;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmRSS: %lf kB", &kb) == 1)
+			break;
+	fclose(f);
+	return kb / 1024.0;
 }
 
 struct probes {
@@ -306,8 +322,11 @@ bench_engine(int argc, char **argv)
 			goto fail;
 		probe(bp, &dec[b].mach, 0);
 	}
-	struct rusage ru;
-	getrusage(RUSAGE_SELF, &ru);
+	/* resident memory without the probe's buffer: model pages touched,
+	 * KV cache and scratch */
+	bench_probe_free(bp);
+	bp = NULL;
+	double rss_mb = rss_now_mb();
 	double pf_gflops = prefill_flops(m, (uint32_t)n_prompt) / t_prefill / 1e9;
 	const char *wt = dtype_name(m->layers[0].gate_exps.type);
 	if (json) {
@@ -333,7 +352,7 @@ bench_engine(int argc, char **argv)
 			split_json(&r->split);
 			printf("}");
 		}
-		printf("],\"peak_rss_mb\":%.1f}\n", ru.ru_maxrss / 1024.0);
+		printf("],\"rss_mb\":%.1f}\n", rss_mb);
 	} else {
 		printf("engine: %s (%s weights, %s KV cache), %d threads\n", model, wt,
 		        dtype_name(kv_type), pool_size(engine_pool(e)));
@@ -350,7 +369,7 @@ bench_engine(int argc, char **argv)
 				        r->weight_gbs, r->weight_gbs / r->mach.bw, r->mach.bw);
 			printf("\n");
 		}
-		printf("  peak RSS %.0f MiB\n", ru.ru_maxrss / 1024.0);
+		printf("  resident memory after the run %.0f MiB\n", rss_mb);
 	}
 	rc = 0;
 	goto done;

@@ -249,33 +249,34 @@ INLINE vf ld_w(int ty, const uint8_t *w, size_t c) { return el_w(ty, w, c); }
 
 /* ---- the tile ---- */
 
-#define TILE_R 4  /* weight rows per tile */
-#define TILE_T 6  /* token rows per tile (at most) */
+#define CHAINS 2    /* vector accumulators per output */
+#define FEW_T 6     /* up to this many token rows: one weight row at a time */
+#define TILE_R 6    /* more: tiles of 6 weight rows x 2 token rows */
+#define TILE_T 2
+#define KC 1024     /* row elements per k-block on the many-token path */
 #define UNROLL _Pragma("GCC unroll 8")
 
-#ifndef MM_CHAINS
-#define MM_CHAINS 2
-#endif
-#ifndef MM_SMALL_T
-#define MM_SMALL_T 6
-#endif
-
-/* Y[t * ldy + r] = (w row r) · (X row t), r < R, t < TB; weight rows rs
- * bytes apart, k elements.  Every output accumulates in MM_CHAINS vector
- * chains (step i of the row into chain i % MM_CHAINS, so a lone row still
- * has independent FMAs in flight), added chain 0 + chain 1, then reduced
- * by the lane tree: the same arithmetic whatever R and TB are. */
+/* Y[t * ldy + r] = (w row r) · (X row t) for r < R, t < TB; weight rows rs
+ * bytes apart, k elements; this call covers row elements [c0, c1).
+ *
+ * Every output accumulates in CHAINS vector chains (vector step i of the
+ * row goes to chain i % CHAINS, so even a lone row has independent FMAs
+ * in flight); at the end of the row chain 0 + chain 1 is reduced by the
+ * lane tree and the scalar k % VL tail is added.  A call that does not
+ * reach the end of the row leaves its accumulators in spill, and the call
+ * for the next elements picks them up: the arithmetic per output is the
+ * same whatever R, TB and the k-blocks are. */
 INLINE void
-tile(int ty, const int R, const int TB, const uint8_t *w, size_t rs, int k,
-        const float *X, int ldx, float *Y, int ldy)
+tile(int ty, const int R, const int TB, const uint8_t *w, size_t rs, int c0,
+        int c1, int k, const float *X, int ldx, float *Y, int ldy, vf *spill)
 {
-	vf acc[MM_CHAINS][TILE_R][TILE_T];
-	int c = 0;
+	vf acc[CHAINS][TILE_R][3];
+	int c = c0;
 
-	UNROLL for (int h = 0; h < MM_CHAINS; h++)
+	UNROLL for (int h = 0; h < CHAINS; h++)
 		UNROLL for (int r = 0; r < R; r++)
 			UNROLL for (int t = 0; t < TB; t++)
-				acc[h][r][t] = vf_zero();
+				acc[h][r][t] = c0 ? spill[(h * R + r) * TB + t] : vf_zero();
 #define STEP(H, C0) do {                                                        \
 		vf wv[TILE_R];                                                  \
 		UNROLL for (int r = 0; r < R; r++)                              \
@@ -286,12 +287,18 @@ tile(int ty, const int R, const int TB, const uint8_t *w, size_t rs, int k,
 				acc[H][r][t] = vf_fma(wv[r], xv, acc[H][r][t]); \
 		}                                                               \
 	} while (0)
-#if MM_CHAINS == 2
-	for (; c + 2 * VL <= k; c += 2 * VL) {
+	for (; c + CHAINS * VL <= c1; c += CHAINS * VL) {
 		STEP(0, c);
 		STEP(1, c + VL);
 	}
-#endif
+	if (c1 < k) {
+		/* k-blocks are multiples of CHAINS * VL: nothing left over */
+		UNROLL for (int h = 0; h < CHAINS; h++)
+			UNROLL for (int r = 0; r < R; r++)
+				UNROLL for (int t = 0; t < TB; t++)
+					spill[(h * R + r) * TB + t] = acc[h][r][t];
+		return;
+	}
 	for (; c + VL <= k; c += VL)
 		STEP(0, c);
 #undef STEP
@@ -299,89 +306,90 @@ tile(int ty, const int R, const int TB, const uint8_t *w, size_t rs, int k,
 		float s[TILE_R];
 		vf a[TILE_R];
 		UNROLL for (int r = 0; r < R; r++)
-#if MM_CHAINS == 2
 			a[r] = acc[0][r][t] + acc[1][r][t];
-#else
-			a[r] = acc[0][r][t];
-#endif
-		if (R == TILE_R) {
-			vf_sum4(a[0], a[1], a[2], a[3], s);
-		} else {
-			UNROLL for (int r = 0; r < R; r++)
-				s[r] = vf_sum(a[r]);
-		}
+		int r = 0;
+		for (; r + 4 <= R; r += 4)
+			vf_sum4(a[r], a[r + 1], a[r + 2], a[r + 3], s + r);
+		for (; r < R; r++)
+			s[r] = vf_sum(a[r]);
 		/* the k % VL tail, in order, after the vector part */
-		for (int r = 0; r < R && c < k; r++) {
+		for (r = 0; r < R && c < k; r++) {
 			float e = 0.0f;
 			for (int cc = c; cc < k; cc++)
 				e += el_w(ty, w + (size_t)r * rs, (size_t)cc) * X[(size_t)t * ldx + cc];
 			s[r] += e;
 		}
-		UNROLL for (int r = 0; r < R; r++)
+		UNROLL for (r = 0; r < R; r++)
 			Y[(size_t)t * ldy + r] = s[r];
 	}
 }
 
-/* R weight rows against n token rows, TM at a time. */
+/* One weight row against n <= FEW_T token rows, up to 3 at a time (more
+ * live token rows run out of registers); the row stays in L1 for the
+ * next ones. */
 INLINE void
-row_tiles(int ty, const int R, const int TM, const uint8_t *w, size_t rs, int k,
-        const float *X, int ldx, int n, float *Y, int ldy)
+row_few(int ty, const uint8_t *w, int k, const float *X, int ldx, int n,
+        float *Y, int ldy)
 {
-	int t = 0;
-
-	for (; t + TM <= n; t += TM)
-		tile(ty, R, TM, w, rs, k, X + (size_t)t * ldx, ldx, Y + (size_t)t * ldy, ldy);
-	X += (size_t)t * ldx;
-	Y += (size_t)t * ldy;
-	switch (n - t) {
-	case 1: tile(ty, R, 1, w, rs, k, X, ldx, Y, ldy); break;
-	case 2: if (TM > 2) tile(ty, R, 2, w, rs, k, X, ldx, Y, ldy); break;
-	case 3: if (TM > 3) tile(ty, R, 3, w, rs, k, X, ldx, Y, ldy); break;
-	case 4: if (TM > 4) tile(ty, R, 4, w, rs, k, X, ldx, Y, ldy); break;
-	case 5: if (TM > 5) tile(ty, R, 5, w, rs, k, X, ldx, Y, ldy); break;
-	default: break;
+	while (n > 0) {
+		int m = n == 4 ? 2 : n > 3 ? 3 : n;
+		switch (m) {
+		case 1: tile(ty, 1, 1, w, 0, 0, k, k, X, ldx, Y, ldy, NULL); break;
+		case 2: tile(ty, 1, 2, w, 0, 0, k, k, X, ldx, Y, ldy, NULL); break;
+		default: tile(ty, 1, 3, w, 0, 0, k, k, X, ldx, Y, ldy, NULL); break;
+		}
+		X += (size_t)m * ldx;
+		Y += (size_t)m * ldy;
+		n -= m;
 	}
 }
 
-/* Token rows per block: the block's rows of X stay in L2 (1 MiB here)
- * while the weight rows stream past them. */
-static int
-token_block(int k)
-{
-	int nb = (int)((512u << 10) / ((unsigned)k * sizeof(float)));
+/* Token rows per block on the many-token path: a block's rows of X, one
+ * k-block wide, stay in L2 (1 MiB here) while the weight rows go past. */
+#define NB_MAX 96
 
-	nb -= nb % TILE_T;
-	return nb < TILE_T ? TILE_T : nb;
-}
-
-/* Few token rows (decode): one weight row at a time, so each thread
- * reads its rows as one sequential stream (what the hardware prefetchers
- * follow best).  Many (prefill): tiles of TILE_R rows, so each weight
- * load serves more FMAs; the token rows are taken in blocks that stay in
- * L2 while the weights go past. */
+/* Few token rows (decode): one weight row at a time, so each thread reads
+ * its rows as one sequential stream (what the hardware prefetchers follow
+ * best), each row against every token row.  Many (prefill): tiles of
+ * TILE_R weight rows x TILE_T token rows, so each load feeds more FMAs;
+ * the tiles of a token block walk a k-block of their 6 rows (24 KiB of
+ * f32 at most: L1) before the next one. */
 INLINE void
 dot_ty(int ty, const struct tmat *W, uint32_t r0, uint32_t r1, const float *X,
         int n, int ldx, float *Y, int ldy)
 {
 	const uint8_t *w = (const uint8_t *)W->data;
 	size_t rs = W->row_size;
-	int k = (int)W->n_in, nb = token_block(k);
+	int k = (int)W->n_in;
+	vf spill[NB_MAX / TILE_T * CHAINS * TILE_R * TILE_T];
 
-	if (n <= MM_SMALL_T) {
+	if (n <= FEW_T) {
 		for (uint32_t j = r0; j < r1; j++)
-			row_tiles(ty, 1, TILE_T, w + (size_t)j * rs, rs, k, X, ldx, n, Y + j, ldy);
+			row_few(ty, w + (size_t)j * rs, k, X, ldx, n, Y + j, ldy);
 		return;
 	}
-	for (int t0 = 0; t0 < n; t0 += nb) {
-		int tn = n - t0 < nb ? n - t0 : nb;
+	for (int t0 = 0; t0 < n; t0 += NB_MAX) {
+		int tn = n - t0 < NB_MAX ? n - t0 : NB_MAX;
 		const float *Xb = X + (size_t)t0 * ldx;
 		float *Yb = Y + (size_t)t0 * ldy;
 		uint32_t j = r0;
-		for (; j + TILE_R <= r1; j += TILE_R)
-			row_tiles(ty, TILE_R, TILE_T / MM_CHAINS, w + (size_t)j * rs, rs, k,
-			        Xb, ldx, tn, Yb + j, ldy);
+		for (; j + TILE_R <= r1; j += TILE_R) {
+			const uint8_t *wj = w + (size_t)j * rs;
+			for (int c0 = 0; c0 < k; c0 += KC) {
+				int c1 = k - c0 <= KC ? k : c0 + KC, t = 0;
+				vf *sp = spill;
+				for (; t + TILE_T <= tn; t += TILE_T, sp += CHAINS * TILE_R * TILE_T)
+					tile(ty, TILE_R, TILE_T, wj, rs, c0, c1, k, Xb + (size_t)t * ldx,
+					        ldx, Yb + (size_t)t * ldy + j, ldy, sp);
+				if (t < tn)
+					tile(ty, TILE_R, 1, wj, rs, c0, c1, k, Xb + (size_t)t * ldx, ldx,
+					        Yb + (size_t)t * ldy + j, ldy, sp);
+			}
+		}
 		for (; j < r1; j++)
-			row_tiles(ty, 1, TILE_T, w + (size_t)j * rs, rs, k, Xb, ldx, tn, Yb + j, ldy);
+			for (int t = 0; t < tn; t += FEW_T)
+				row_few(ty, w + (size_t)j * rs, k, Xb + (size_t)t * ldx, ldx,
+				        tn - t < FEW_T ? tn - t : FEW_T, Yb + (size_t)t * ldy + j, ldy);
 	}
 }
 
