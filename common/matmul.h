@@ -8,9 +8,9 @@
  * panel scratch of the f32 fallback.
  *
  * Batch invariance: F32, F16, BF16 and Q8_0 go through one register-tiled
- * kernel whose arithmetic per output (lane-wise FMAs over the row in
- * order, then a fixed reduction tree) does not depend on how many token
- * rows or weight rows a call has.  So a token's product has the same bits
+ * kernel whose arithmetic per output (two vector chains of FMAs over the
+ * row in order, then one fixed lane tree) does not depend on how many
+ * token rows or weight rows a call has.  So a token's product has the same bits
  * whatever else is in the batch: batched decode equals one-at-a-time
  * decode, and a worker computes what local mode does.  A new type keeps
  * that property as long as its dot kernel does not depend on n (or on r0,

@@ -6,10 +6,11 @@
  *
  * Matrix products (common/matmul.c, per-type kernels in matmul.h): one
  * register-tiled kernel for every token count, reading the weights in
- * their file type and converting them in registers; every weight byte is
- * read once per 6 token rows, and a token's result does not depend on the
- * other rows of the call (batch-invariant).  The pool's threads take
- * chunks of weight rows of all the products of a round from a counter.
+ * their file type and converting them in registers (decode: each weight
+ * byte read once; prefill: 6x2 tiles), whose result for a token row does
+ * not depend on the other rows of the call (batch-invariant).  The
+ * pool's threads take chunks of the weight rows of all the products of a
+ * round from a counter.
  */
 #ifndef EPMOE_OPS_H
 #define EPMOE_OPS_H
