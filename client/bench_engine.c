@@ -119,9 +119,10 @@ parse_batches(const char *s, long *b, int *n)
 	int32_t *ids;
 	size_t k;
 
-	if (cli_ids(s, &ids, &k) != 0 || k == 0 || k > MAX_BATCHES) {
-		if (k)
-			free(ids);
+	if (cli_ids(s, &ids, &k) != 0) /* frees what it allocated */
+		return EPMOE_EINVAL;
+	if (k == 0 || k > MAX_BATCHES) {
+		free(ids);
 		return EPMOE_EINVAL;
 	}
 	for (size_t i = 0; i < k; i++) {
