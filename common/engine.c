@@ -15,6 +15,7 @@
  */
 #include <cblas.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -425,6 +426,7 @@ struct att_job {
 	uint32_t n_items;
 	const uint32_t *item_row0; /* first row of each item */
 	uint32_t layer;
+	atomic_uint next;          /* next task to take */
 	int rc;
 };
 
@@ -464,7 +466,9 @@ att_head(struct engine *e, const struct eng_item *it, uint32_t row0,
 }
 
 /* Decode items take one task per (item, kv head): the query heads sharing
- * that kv head in one product; prefill items one task per (item, head). */
+ * that kv head in one product; prefill items one task per (item, head).
+ * Threads take the next task from a counter (a thread that loses its core
+ * on a shared machine does not hold the others up). */
 static void
 att_worker(void *ctx, int ith, int nth)
 {
@@ -476,7 +480,9 @@ att_worker(void *ctx, int ith, int nth)
 	uint32_t n_tasks = j->n_items * per_item;
 	float *s_buf = e->att_s[ith];
 
-	for (uint32_t t = (uint32_t)ith; t < n_tasks; t += (uint32_t)nth) {
+	(void)ith;
+	(void)nth;
+	for (uint32_t t; (t = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) < n_tasks;) {
 		uint32_t i = t / per_item, h = t % per_item;
 		const struct eng_item *it = &j->items[i];
 		if (it->n_tokens == 1) {
@@ -576,6 +582,7 @@ attention_block(struct engine *e, struct eng_item *items, uint32_t n_items,
 	job.item_row0 = item_row0;
 	job.layer = il;
 	job.rc = 0;
+	atomic_init(&job.next, 0);
 	pool_run(e->pool, att_worker, &job);
 	if (job.rc)
 		return job.rc;
