@@ -29,6 +29,7 @@
 
 #include "err.h"
 #include "matmul.h"
+#include "quant.h"
 
 /* ---- per-thread scratch ---- */
 
@@ -81,11 +82,7 @@ mm_scratch(size_t n)
 
 /* ---- vectors: VL lanes of f32, and loads of VL weights as f32 ---- */
 
-enum mm_ty { TY_F32, TY_F16, TY_BF16, TY_Q8_0 };
-
-#ifndef Q8_0_BYTES
-#define Q8_0_BYTES (2 + QK8_0)
-#endif
+enum mm_ty { TY_F32, TY_F16, TY_BF16 };
 
 /* The kernels are left out of the sanitizers: instrumented they run 20 to
  * 50 times slower, and with them the whole SAN test suite.  Their reads
@@ -111,22 +108,12 @@ el_w(int ty, const uint8_t *w, size_t c)
 		u = (uint32_t)h << 16;
 		memcpy(&f, &u, 4);
 		return f;
-	case TY_Q8_0: {
-		const uint8_t *b = w + (c / QK8_0) * Q8_0_BYTES;
-		memcpy(&h, b, 2);
-		return (float)(int8_t)b[2 + c % QK8_0] * fp16_to_f32(h);
-	}
 	default:
 		memcpy(&f, w + 4 * c, 4);
 		return f;
 	}
 }
 
-#if defined(__F16C__)
-#define HALF_F32(h) _cvtsh_ss(h)
-#else
-#define HALF_F32(h) fp16_to_f32(h)
-#endif
 
 #if defined(__AVX512F__)
 #define VL 16
@@ -175,14 +162,6 @@ ld_w(int ty, const uint8_t *w, size_t c)
 	case TY_BF16:
 		return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(
 		        _mm256_loadu_si256((const __m256i *)(const void *)(w + 2 * c))), 16));
-	case TY_Q8_0: {
-		const uint8_t *b = w + (c / QK8_0) * Q8_0_BYTES;
-		uint16_t h;
-		memcpy(&h, b, 2);
-		return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
-		        _mm_loadu_si128((const __m128i *)(const void *)(b + 2 + c % QK8_0)))),
-		        _mm512_set1_ps(HALF_F32(h)));
-	}
 	default:
 		return _mm512_loadu_ps((const float *)(const void *)w + c);
 	}
@@ -221,14 +200,6 @@ ld_w(int ty, const uint8_t *w, size_t c)
 	case TY_BF16:
 		return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(
 		        _mm_loadu_si128((const __m128i *)(const void *)(w + 2 * c))), 16));
-	case TY_Q8_0: {
-		const uint8_t *b = w + (c / QK8_0) * Q8_0_BYTES;
-		uint16_t h;
-		memcpy(&h, b, 2);
-		return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
-		        _mm_loadl_epi64((const __m128i *)(const void *)(b + 2 + c % QK8_0)))),
-		        _mm256_set1_ps(HALF_F32(h)));
-	}
 	default:
 		return _mm256_loadu_ps((const float *)(const void *)w + c);
 	}
@@ -400,32 +371,28 @@ dot_ty(int ty, const struct tmat *W, uint32_t r0, uint32_t r1, const float *X,
 	}
 }
 
-NOSAN void
+NOSAN int
 mm_dot_f32(const struct tmat *W, uint32_t r0, uint32_t r1, const float *X,
         int n, int ldx, float *Y, int ldy)
 {
 	dot_ty(TY_F32, W, r0, r1, X, n, ldx, Y, ldy);
+	return 0;
 }
 
-NOSAN static void
+NOSAN static int
 dot_f16(const struct tmat *W, uint32_t r0, uint32_t r1, const float *X,
         int n, int ldx, float *Y, int ldy)
 {
 	dot_ty(TY_F16, W, r0, r1, X, n, ldx, Y, ldy);
+	return 0;
 }
 
-NOSAN static void
+NOSAN static int
 dot_bf16(const struct tmat *W, uint32_t r0, uint32_t r1, const float *X,
         int n, int ldx, float *Y, int ldy)
 {
 	dot_ty(TY_BF16, W, r0, r1, X, n, ldx, Y, ldy);
-}
-
-NOSAN static void
-dot_q8_0(const struct tmat *W, uint32_t r0, uint32_t r1, const float *X,
-        int n, int ldx, float *Y, int ldy)
-{
-	dot_ty(TY_Q8_0, W, r0, r1, X, n, ldx, Y, ldy);
+	return 0;
 }
 
 /* Any type dtype_row_to_f32 reads. */
@@ -442,42 +409,15 @@ rows_to_f32(const struct tmat *W, uint32_t r0, uint32_t r1, float *dst)
 	return 0;
 }
 
-/* ---- the per-type table ---- */
-
-const struct mm_kern *
-mm_kern_of(enum dtype t)
-{
-	static const struct mm_kern k_f32 = { mm_dot_f32, rows_to_f32, 0 };
-	static const struct mm_kern k_f16 = { dot_f16, rows_to_f32, 0 };
-	static const struct mm_kern k_bf16 = { dot_bf16, rows_to_f32, 0 };
-	static const struct mm_kern k_q8_0 = { dot_q8_0, rows_to_f32, 0 };
-
-	switch (t) {
-	case DTYPE_F32: return &k_f32;
-	case DTYPE_F16: return &k_f16;
-	case DTYPE_BF16: return &k_bf16;
-	case DTYPE_Q8_0: return &k_q8_0;
-	default: return NULL;
-	}
-}
-
-int
-tmat_row_f32(const struct tmat *m, uint32_t r, float *dst)
-{
-	const uint8_t *row = (const uint8_t *)m->data + (size_t)r * m->row_size;
-	return dtype_row_to_f32(m->type, row, dst, m->n_in);
-}
-
-/* Rows through to_f32, MM_PANEL_ROWS at a time, then the f32 tile. */
+/* Rows [r0, r1) of W (any type kk->to_f32 reads) against X: converted
+ * MM_PANEL_ROWS at a time into buf, then the f32 tile. */
 static int
-dot_panels(const struct mm_kern *kk, const struct tmat *W, uint32_t r0,
-        uint32_t r1, const float *X, int n, int ldx, float *Y, int ldy)
+panels(const struct mm_kern *kk, const struct tmat *W, uint32_t r0,
+        uint32_t r1, const float *X, int n, int ldx, float *Y, int ldy,
+        float *buf)
 {
-	float *buf = mm_scratch((size_t)MM_PANEL_ROWS * W->n_in);
 	int rc;
 
-	if (buf == NULL)
-		return EPMOE_ENOMEM;
 	for (uint32_t j0 = r0; j0 < r1; j0 += MM_PANEL_ROWS) {
 		uint32_t nb = r1 - j0 < MM_PANEL_ROWS ? r1 - j0 : MM_PANEL_ROWS;
 		struct tmat P = { DTYPE_F32, W->n_in, nb, (size_t)W->n_in * sizeof(float), buf };
@@ -488,21 +428,72 @@ dot_panels(const struct mm_kern *kk, const struct tmat *W, uint32_t r0,
 	return 0;
 }
 
+/* Block-quantised weights (quant.h): the activations are rounded as
+ * llama.cpp rounds them, then quant.c's integer dot products; with at
+ * least MM_QUANT_PANEL_N token rows, for the types quant_prefill_sgemm
+ * names, dequantised panels through the f32 tile on the rounded rows
+ * instead (the same products summed in float, faster there). */
+static const struct mm_kern k_quant_panel = { NULL, rows_to_f32, 0 };
+
+static int
+dot_quant(const struct tmat *W, uint32_t r0, uint32_t r1, const float *X,
+        int n, int ldx, float *Y, int ldy)
+{
+	size_t k = W->n_in;
+	float *buf, *xr;
+
+	if (n < MM_QUANT_PANEL_N || !quant_prefill_sgemm(W->type))
+		return quant_matmul_rows(W->type, W->data, W->row_size, W->n_in, r0, r1,
+		        X, n, ldx, Y, ldy);
+	if ((buf = mm_scratch((size_t)MM_PANEL_ROWS * k + (size_t)n * k)) == NULL)
+		return EPMOE_ENOMEM;
+	xr = buf + (size_t)MM_PANEL_ROWS * k;
+	for (int r = 0; r < n; r++)
+		quant_act_round(W->type, X + (size_t)r * ldx, xr + (size_t)r * k, k);
+	return panels(&k_quant_panel, W, r0, r1, xr, n, (int)k, Y, ldy, buf);
+}
+
+/* ---- the per-type table ---- */
+
+const struct mm_kern *
+mm_kern_of(enum dtype t)
+{
+	static const struct mm_kern k_f32 = { mm_dot_f32, rows_to_f32, 0 };
+	static const struct mm_kern k_f16 = { dot_f16, rows_to_f32, 0 };
+	static const struct mm_kern k_bf16 = { dot_bf16, rows_to_f32, 0 };
+	static const struct mm_kern k_quant = { dot_quant, rows_to_f32, 0 };
+
+	switch (t) {
+	case DTYPE_F32: return &k_f32;
+	case DTYPE_F16: return &k_f16;
+	case DTYPE_BF16: return &k_bf16;
+	default: return quant_is_weight(t) ? &k_quant : NULL;
+	}
+}
+
+int
+tmat_row_f32(const struct tmat *m, uint32_t r, float *dst)
+{
+	const uint8_t *row = (const uint8_t *)m->data + (size_t)r * m->row_size;
+	return dtype_row_to_f32(m->type, row, dst, m->n_in);
+}
+
 int
 op_matmul_rows(const struct tmat *W, uint32_t r0, uint32_t r1,
         const float *X, int n, int ldx, float *Y, int ldy)
 {
 	const struct mm_kern *kk = mm_kern_of(W->type);
+	float *buf;
 
 	if (kk == NULL)
 		return EPMOE_ENOTSUP;
 	if (r1 <= r0 || n <= 0)
 		return 0;
-	if (kk->dot && (kk->dot_max_n == 0 || n <= kk->dot_max_n)) {
-		kk->dot(W, r0, r1, X, n, ldx, Y, ldy);
-		return 0;
-	}
-	return dot_panels(kk, W, r0, r1, X, n, ldx, Y, ldy);
+	if (kk->dot && (kk->dot_max_n == 0 || n <= kk->dot_max_n))
+		return kk->dot(W, r0, r1, X, n, ldx, Y, ldy);
+	if ((buf = mm_scratch((size_t)MM_PANEL_ROWS * W->n_in)) == NULL)
+		return EPMOE_ENOMEM;
+	return panels(kk, W, r0, r1, X, n, ldx, Y, ldy, buf);
 }
 
 /* ---- threading ---- */

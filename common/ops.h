@@ -4,13 +4,17 @@
  * except the weights, which stay in their file type (mmapped, never
  * copied).
  *
- * Matrix products (common/matmul.c, per-type kernels in matmul.h): one
- * register-tiled kernel for every token count, reading the weights in
- * their file type and converting them in registers (decode: each weight
- * byte read once; prefill: 6x2 tiles), whose result for a token row does
- * not depend on the other rows of the call (batch-invariant).  The
- * pool's threads take chunks of the weight rows of all the products of a
- * round from a counter.
+ * Matrix products (common/matmul.c, per-type kernels in matmul.h): F32,
+ * F16 and BF16 weights go through one register-tiled kernel for every
+ * token count, reading the weights in their file type and converting them
+ * in registers (decode: each weight byte read once; prefill: 6x2 tiles),
+ * whose result for a token row does not depend on the other rows of the
+ * call (batch-invariant).  Block-quantised weights (quant.h) first round
+ * the activations as llama.cpp does, then take quant.c's integer dot
+ * products, or with many token rows (where quant.h says it is faster)
+ * the tiled kernel on dequantised panels of weight rows.  The pool's
+ * threads take chunks of the weight rows of all the products of a round
+ * from a counter.
  */
 #ifndef EPMOE_OPS_H
 #define EPMOE_OPS_H

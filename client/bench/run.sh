@@ -25,6 +25,12 @@ for dt in f32 f16; do
 	fi
 done
 
+# the Q4_K_M copy llama-quantize's preset rules give (epmoe quantize)
+if [ ! -f "$MD/small-q4_k_m.gguf" ]; then
+	echo "bench: writing $MD/small-q4_k_m.gguf (epmoe quantize small-f16.gguf q4_k_m)"
+	"$BIN" quantize "$MD/small-f16.gguf" "$MD/small-q4_k_m.gguf" q4_k_m
+fi
+
 P=512; G=64
 if [ "${EPMOE_BENCH_QUICK:-0}" = 1 ]; then P=64; G=8; fi
 
@@ -36,9 +42,10 @@ echo
 echo "== engine, local mode (--preset small: dim 1024, 8 layers, 8 experts top-2, ff 2816, vocab 32000)"
 printf '%-5s | %8s %8s %7s | %8s %8s %7s | %8s %8s %7s | %8s\n' "" prefill "" "" "decode" "batch 1" "" "decode" "batch 16" "" "resident"
 printf '%-5s | %8s %8s %7s | %8s %8s %7s | %8s %8s %7s | %8s\n' type "tok/s" "GFLOP/s" "/sgemm" "tok/s" "wt GB/s" "/bw" "tok/s" "GFLOP/s" "/sgemm" "RSS MiB"
-for dt in f32 f16; do
+for dt in f32 f16 q4_k_m; do
 	e=$("$BIN" bench engine --model "$MD/small-$dt.gguf" --prompt-tokens $P --gen $G --batch 1,16 --json)
 	d1=$(batch "$e" 1); d16=$(batch "$e" 16)
+	eval "pt_$dt=\$(jget \"\$e\" prefill_tok_s); dt_$dt=\$(jget \"\$d1\" tok_s); bp_$dt=\$(jget \"\$e\" bytes_per_token)"
 	printf '%-5s | %8.1f %8.1f %7.2f | %8.1f %8.1f %7.2f | %8.1f %8.1f %7.2f | %8.0f\n' "$dt" \
 		"$(jget "$e" prefill_tok_s)" "$(jget "$e" prefill_gflops)" "$(jget "$e" prefill_over_sgemm)" \
 		"$(jget "$d1" tok_s)" "$(jget "$d1" weight_gbs)" "$(jget "$d1" over_bw)" \
@@ -47,6 +54,7 @@ for dt in f32 f16; do
 done
 echo "(prefill: one $P-token prompt; decode: $G greedy steps of 1 and of 16 sequences; targets:"
 echo " prefill / sgemm >= 0.85, batch-1 weight bytes / read bandwidth >= 0.8, batch-16 FLOP rate / sgemm >= 0.6)"
+echo "q4_k_m / f16: prefill tok/s $(ratio "$pt_q4_k_m" "$pt_f16"), batch-1 decode tok/s $(ratio "$dt_q4_k_m" "$dt_f16") (weight bytes per token: $(ratio "$bp_q4_k_m" "$bp_f16") of f16's)"
 
 # ---- serving: local experts vs 2 workers on loopback ----
 free_port() {

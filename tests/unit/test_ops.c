@@ -10,10 +10,12 @@
 #include <string.h>
 
 #include "err.h"
+#include "matmul.h"
 #include "model.h"
 #include "moe.h"
 #include "ops.h"
 #include "pool.h"
+#include "quant.h"
 #include "testutil.h"
 
 static uint64_t rng = 0x9E3779B97F4A7C15ULL;
@@ -160,17 +162,21 @@ END_TEST
 
 /* Y = X · Wᵀ for each weight type against double loops over the same
  * (converted) weights, 1 and 2 threads: token counts that take every tile
- * shape (1 to 6 rows one weight row at a time, 3-row tiles of 4 weight
- * rows and their tails, several token blocks), a weight row count that
- * leaves a tail of 1 row, and rows whose length is not a multiple of the
- * vector (except Q8_0, whose blocks are 32). */
+ * shape (1 to 6 rows one weight row at a time, 6x2 tiles and their
+ * tails, several token blocks), a weight row count that leaves a tail of
+ * 1 row, and rows whose length is not a multiple of the vector.  For the
+ * block-quantised types (rows of 512: whole blocks) the reference is the
+ * integer definition on the activations rounded as quant.h says, so the
+ * integer path (few rows) and the panel path (many) must both agree. */
 START_TEST(matmul_matches_reference_for_every_type)
 {
 	static const enum dtype types[] = { DTYPE_F32, DTYPE_F16,
-		DTYPE_BF16, DTYPE_Q8_0 };
+		DTYPE_BF16, DTYPE_Q8_0, DTYPE_Q4_0, DTYPE_Q4_1, DTYPE_Q5_0,
+		DTYPE_Q5_1, DTYPE_Q2_K, DTYPE_Q3_K, DTYPE_Q4_K, DTYPE_Q5_K,
+		DTYPE_Q6_K };
 	static const int ns[] = { 1, 2, 3, 4, 5, 6, 7, 8, 11, 12, 40, 130 };
 	enum dtype t = types[_i];
-	uint32_t n_in = t == DTYPE_Q8_0 ? 96 : 100, n_out = 301;
+	uint32_t n_in = quant_is_weight(t) ? 512 : 100, n_out = 301;
 	struct tmat W = { .type = t, .n_in = n_in, .n_out = n_out };
 	float *wf = malloc((size_t)n_in * n_out * 4), *wc = malloc((size_t)n_in * n_out * 4);
 	struct pool *pool;
@@ -189,17 +195,29 @@ START_TEST(matmul_matches_reference_for_every_type)
 		for (size_t k = 0; k < sizeof(ns) / sizeof(ns[0]); k++) {
 			int n = ns[k], ldx = (int)n_in + 3, ldy = (int)n_out + 5;
 			float *X = malloc((size_t)n * ldx * 4), *Y = malloc((size_t)n * ldy * 4);
+			float *xr = malloc((size_t)n_in * 4);
+			uint8_t *xq = malloc(4 * (size_t)n_in); /* any rounded row fits */
 			fill(X, (size_t)n * ldx, 1.0f);
 			ck_assert_int_eq(op_matmul(pool, &W, X, n, ldx, Y, ldy), 0);
-			for (int i = 0; i < n; i++)
+			for (int i = 0; i < n; i++) {
+				quant_act_round(t, X + (size_t)i * ldx, xr, n_in);
+				if (quant_is_weight(t))
+					quant_act_row(quant_act_type(t), X + (size_t)i * ldx, xq, n_in);
 				for (uint32_t j = 0; j < n_out; j++) {
 					double ref = 0;
-					for (uint32_t c = 0; c < n_in; c++)
-						ref += (double)X[i * ldx + c] * wc[j * n_in + c];
+					if (quant_is_weight(t)) /* the integer definition */
+						ref = quant_dot_ref(t, (uint8_t *)wd + j * W.row_size,
+						        xq, n_in);
+					else
+						for (uint32_t c = 0; c < n_in; c++)
+							ref += (double)xr[c] * wc[j * n_in + c];
 					ck_assert_msg(fabs(Y[i * ldy + j] - ref) < 1e-4,
 					        "type %s n %d: [%d,%u] %g vs %g", dtype_name(t), n,
 					        i, j, Y[i * ldy + j], ref);
 				}
+			}
+			free(xr);
+			free(xq);
 			free(X);
 			free(Y);
 		}
@@ -214,14 +232,17 @@ END_TEST
 /* A token's product has the same bits whatever else is in the call: the
  * rows of one call with n tokens against each token alone, and a range
  * of weight rows against the whole matrix (every type, n on both sides of
- * the one-row-at-a-time limit, 2 threads against 1). */
+ * the one-row-at-a-time limit, 2 threads against 1; the block-quantised
+ * types below MM_QUANT_PANEL_N rows, where they take the integer path). */
 START_TEST(matmul_is_batch_invariant)
 {
 	static const enum dtype types[] = { DTYPE_F32, DTYPE_F16,
-		DTYPE_BF16, DTYPE_Q8_0 };
-	static const int ns[] = { 4, 13, 40 };
+		DTYPE_BF16, DTYPE_Q8_0, DTYPE_Q4_0, DTYPE_Q4_1, DTYPE_Q5_0,
+		DTYPE_Q5_1, DTYPE_Q2_K, DTYPE_Q3_K, DTYPE_Q4_K, DTYPE_Q5_K,
+		DTYPE_Q6_K };
+	static const int ns[] = { 4, 13, MM_QUANT_PANEL_N - 1, 40 };
 	enum dtype t = types[_i];
-	uint32_t n_in = t == DTYPE_Q8_0 ? 160 : 150, n_out = 203;
+	uint32_t n_in = quant_is_weight(t) ? 512 : 150, n_out = 203;
 	struct tmat W = { .type = t, .n_in = n_in, .n_out = n_out };
 	float *wf = malloc((size_t)n_in * 4);
 	struct pool *pool;
@@ -237,6 +258,8 @@ START_TEST(matmul_is_batch_invariant)
 	ck_assert_int_eq(pool_new(&pool, 2), 0);
 	for (size_t k = 0; k < sizeof(ns) / sizeof(ns[0]); k++) {
 		int n = ns[k];
+		if (quant_is_weight(t) && n >= MM_QUANT_PANEL_N)
+			continue; /* may take panels: float sums, not the integer path's */
 		float *X = malloc((size_t)n * n_in * 4), *Y = malloc((size_t)n * n_out * 4);
 		float *y1 = malloc((size_t)n_out * 4);
 		fill(X, (size_t)n * n_in, 1.0f);
@@ -518,13 +541,14 @@ main(void)
 	TCase *tc = tcase_create("kernels");
 
 	op_blas_init();
+	tcase_set_timeout(tc, 60); /* reference loops in double on a shared machine */
 	tcase_add_test(tc, rmsnorm_matches_reference);
 	tcase_add_loop_test(tc, rope_rotates_the_right_pairs, 0, 2);
 	tcase_add_test(tc, softmax_is_stable_and_normalised);
 	tcase_add_test(tc, swiglu_matches_reference);
 	tcase_add_loop_test(tc, attention_matches_reference, 0, 2);
-	tcase_add_loop_test(tc, matmul_matches_reference_for_every_type, 0, 4);
-	tcase_add_loop_test(tc, matmul_is_batch_invariant, 0, 4);
+	tcase_add_loop_test(tc, matmul_matches_reference_for_every_type, 0, 13);
+	tcase_add_loop_test(tc, matmul_is_batch_invariant, 0, 13);
 	tcase_add_loop_test(tc, decode_attention_matches_reference, 0, 4);
 	tcase_add_test(tc, matmul_multi_equals_separate_products);
 	tcase_add_test(tc, pool_runs_every_thread_once);
