@@ -20,7 +20,7 @@
  * measured faster than OpenBLAS sgemv/sgemm here up to about 32 rows, for
  * F32 too); from it on, sgemm (after converting blocks of rows for
  * F16/BF16/Q8_0). */
-#define SMALL_N 32
+#define SMALL_N OP_SMALL_N
 /* Weight rows converted per sgemm call on the block path. */
 #define BLOCK_ROWS 256u
 

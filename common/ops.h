@@ -59,6 +59,11 @@ void op_swiglu(float *g, const float *u, int n);
 /* dot product of two f32 vectors of length n */
 float op_dot(const float *a, const float *b, int n);
 
+/* Below this many rows op_matmul uses its own row-by-row kernels, from it
+ * on blocked GEMM (whose per-row results do not depend on n in OpenBLAS
+ * sgemm as used here: K is blocked the same way for every n). */
+#define OP_SMALL_N 32
+
 /* Y[n, n_out] (row stride ldy) = X[n, n_in] (row stride ldx) · Wᵀ, run on
  * all threads of pool.  Returns 0 or EPMOE_ENOTSUP / EPMOE_ENOMEM. */
 int op_matmul(struct pool *pool, const struct tmat *W, const float *X, int n,
