@@ -77,7 +77,9 @@ LIB_COMMON := $(B)/lib/libepmoe.a
 LIB_SERVER := $(B)/lib/libepmoe-server.a
 LIB_WORKER := $(B)/lib/libepmoe-worker.a
 LIB_CLIENT := $(B)/lib/libepmoe-client.a
-LIBS_ALL := $(LIB_SERVER) $(LIB_WORKER) $(LIB_CLIENT) $(LIB_COMMON)
+# the server library again after the client: `epmoe bench balance` replays
+# traces through the router's placement code (server/bal_sim.c)
+LIBS_ALL := $(LIB_SERVER) $(LIB_WORKER) $(LIB_CLIENT) $(LIB_SERVER) $(LIB_COMMON)
 
 BINS := $(B)/bin/epmoe $(B)/bin/epmoe-router $(B)/bin/epmoe-worker
 # the testbed's delay relay (deploy/testbed/relay.c; not installed)

@@ -1,5 +1,7 @@
 /* Load statistics and EPLB-driven live re-placement; see balance.h. */
+#include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -28,6 +30,7 @@ struct bal {
 	struct bal_stats st;
 	double *wl;            /* [W] window load per worker (last check) */
 	uint32_t n_wl;
+	FILE *trace;           /* --record-routing */
 };
 
 static const char *const mode_names[] = { "off", "eplb", "llep", "all" };
@@ -90,6 +93,15 @@ bal_new(struct bal **out, const struct bal_cfg *cfg, uint32_t n_layer,
 		}
 		b->n_wl = W;
 	}
+	if (cfg->record_path) {
+		if ((b->trace = fopen(cfg->record_path, "w")) == NULL) {
+			log_error("balance: cannot create %s: %s", cfg->record_path, strerror(errno));
+			free(b->wl);
+			free(b);
+			return EPMOE_EIO;
+		}
+		fprintf(b->trace, BAL_TRACE_MAGIC " 1 %u %u\n", n_layer, n_expert);
+	}
 	b->ring = calloc((size_t)b->cfg.window * le, sizeof(*b->ring));
 	b->sum = calloc(le, sizeof(*b->sum));
 	b->ewma = calloc(le, sizeof(*b->ewma));
@@ -99,6 +111,8 @@ bal_new(struct bal **out, const struct bal_cfg *cfg, uint32_t n_layer,
 		free(b->sum);
 		free(b->ewma);
 		free(b->wl);
+		if (b->trace)
+			fclose(b->trace);
 		free(b);
 		return EPMOE_ENOMEM;
 	}
@@ -112,6 +126,8 @@ bal_free(struct bal *b)
 	if (b == NULL)
 		return;
 	pthread_mutex_destroy(&b->mu);
+	if (b->trace)
+		fclose(b->trace);
 	free(b->ring);
 	free(b->sum);
 	free(b->ewma);
@@ -230,6 +246,13 @@ bal_observe(struct bal *b, uint32_t layer, const uint32_t *load)
 		b->ewma[off + e] += a * ((double)load[e] - b->ewma[off + e]);
 	}
 	end = layer + 1 == b->L;
+	if (end && b->trace) {
+		const uint32_t *st = b->ring + (size_t)b->head * b->L * b->E;
+		for (size_t i = 0; i < (size_t)b->L * b->E; i++)
+			fprintf(b->trace, i ? " %u" : "%u", st[i]);
+		fputc('\n', b->trace);
+		fflush(b->trace); /* a step is a line, even if we are killed */
+	}
 	if (end) {
 		b->step_open = false;
 		b->st.steps++;

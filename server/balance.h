@@ -38,11 +38,18 @@ struct bal_cfg {
 	int32_t redundant;     /* redundant slots per layer; -1 = from ram */
 	uint64_t replica_ram_mb; /* budget for redundant slots (all layers) */
 	uint32_t hosts;        /* nodes (hierarchical EPLB); 0 = 1 */
+	const char *record_path; /* --record-routing: per-step counts, or NULL */
 };
+
+/* Routing trace (--record-routing): a text file, first line
+ * "epmoe-routing-trace 1 L E", then one line per engine step with its
+ * L x E token counts (layer-major), space-separated. */
+#define BAL_TRACE_MAGIC "epmoe-routing-trace"
 
 /* n_layer x n_expert; c may be NULL (experts in process: statistics
  * only); expert_bytes = weight bytes of one expert (RAM and movement
- * figures).  Free with bal_free. */
+ * figures).  EPMOE_EIO when the trace file cannot be created.  Free
+ * with bal_free. */
 int bal_new(struct bal **out, const struct bal_cfg *cfg, uint32_t n_layer,
         uint32_t n_expert, struct cluster *c, uint64_t expert_bytes);
 void bal_free(struct bal *b);

@@ -103,6 +103,8 @@ usage(FILE *f)
 	        "                           env EPMOE_REPLICA_RAM_MB)\n"
 	        "      --hosts N            hosts the workers are spread over, for\n"
 	        "                           hierarchical EPLB (default 1; env EPMOE_HOSTS)\n"
+	        "      --record-routing F   write every step's (layer, expert) token counts to F\n"
+	        "                           (for epmoe bench balance; env EPMOE_RECORD_ROUTING)\n"
 	        "      --llep-lambda X      LLEP runs when a layer's worker max/mean > X\n"
 	        "                           (default 1.3; env EPMOE_LLEP_LAMBDA)\n"
 	        "      --llep-alpha X       LLEP caps a worker at X x mean (default 1.0;\n"
@@ -159,6 +161,7 @@ static const struct envarg env_table[] = {
 	{ "replica-ram-mb", "EPMOE_REPLICA_RAM_MB", false, false },
 	{ "hosts", "EPMOE_HOSTS", false, false },
 	{ "llep-lambda", "EPMOE_LLEP_LAMBDA", false, false },
+	{ "record-routing", "EPMOE_RECORD_ROUTING", false, false },
 	{ "llep-alpha", "EPMOE_LLEP_ALPHA", false, false },
 	{ "llep-min-chunk", "EPMOE_LLEP_MIN_CHUNK", false, false },
 	{ "drain-timeout-s", "EPMOE_DRAIN_TIMEOUT_S", false, false },
@@ -242,6 +245,7 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print)
 		{ "llep-lambda", required_argument, NULL, 1107 },
 		{ "llep-alpha", required_argument, NULL, 1108 },
 		{ "llep-min-chunk", required_argument, NULL, 1109 },
+		{ "record-routing", required_argument, NULL, 1110 },
 		{ "log-json", no_argument, NULL, 'J' },
 		{ "log-level", required_argument, NULL, 'l' },
 		{ "help", no_argument, NULL, 'h' },
@@ -423,6 +427,7 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print)
 				return -1;
 			c->llep_min_chunk = (uint32_t)v;
 			break;
+		case 1110: c->record_routing = optarg; break;
 		case 'h': usage(stdout); exit(0);
 		default: usage(stderr); return -1;
 		}

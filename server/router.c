@@ -188,7 +188,7 @@ start_balancer(struct router *r)
 	struct bal_cfg bc = { .mode = r->cfg.balance, .window = r->cfg.eplb_window,
 		.interval = r->cfg.eplb_interval, .threshold = r->cfg.eplb_threshold,
 		.redundant = r->cfg.redundant_slots, .replica_ram_mb = r->cfg.replica_ram_mb,
-		.hosts = r->cfg.hosts };
+		.hosts = r->cfg.hosts, .record_path = r->cfg.record_routing };
 	uint64_t eb = 3ull * g.row_size * g.n_out;
 	int rc;
 

@@ -59,6 +59,7 @@ struct router_cfg {
 	double eplb_threshold, llep_lambda, llep_alpha;             /* 0 = defaults */
 	int32_t redundant_slots;     /* -1: from replica_ram_mb */
 	uint64_t replica_ram_mb;
+	const char *record_routing;  /* per-step routing trace file */
 	uint32_t drain_timeout_s; /* SIGTERM: finish requests for up to this */
 	struct sched_cfg sched;
 	bool log_json;
