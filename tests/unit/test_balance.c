@@ -7,6 +7,7 @@
  * the same requests.  /v1/stats and /metrics show the load statistics
  * and the re-placements.  Every wait is bounded. */
 #include <cJSON.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -100,6 +101,29 @@ stop(void)
 	ck_assert_msg(st == 0, "router exit status %d; log: %s", st, R.log);
 }
 
+/* The simulator replaying the trace at the router's size (4 workers, no
+ * balancing) sees the worker max/mean the router measured (within 5%:
+ * the router averages per layer call, the simulator per step). */
+static void
+check_simulation(const char *trace, double measured)
+{
+	char cmd[512], line[256];
+	double sim = -1;
+	FILE *f;
+
+	snprintf(cmd, sizeof(cmd), "%s bench balance --trace %s --workers 4", tu_bin("epmoe"),
+	        trace);
+	f = popen(cmd, "r");
+	ck_assert_ptr_nonnull(f);
+	while (fgets(line, sizeof(line), f))
+		if (strncmp(line, "off ", 4) == 0)
+			sscanf(line + 4, "%lf", &sim);
+	ck_assert_int_eq(pclose(f), 0);
+	unlink(trace);
+	ck_assert_msg(measured > 1.0 && fabs(sim - measured) < 0.05 * measured,
+	        "simulated max/mean %.3f, measured %.3f", sim, measured);
+}
+
 /* Waits (bounded) until a placement epoch after the first committed. */
 static void
 wait_commit(void)
@@ -118,7 +142,9 @@ wait_commit(void)
 
 START_TEST(replacement_under_load_fails_nothing_and_changes_no_token)
 {
-	const char *off[] = { "--workers", "4", "--threads", "1", "--balance", "off", NULL };
+	char trace[64];
+	const char *off[] = { "--workers", "4", "--threads", "1", "--balance", "off",
+		"--record-routing", trace, NULL };
 	const char *all[] = { "--workers", "4", "--threads", "1", "--balance", "all",
 		"--redundant-slots", "4", "--eplb-interval", "4", "--eplb-window", "8",
 		"--eplb-threshold", "1.0", "--llep-lambda", "1.0", "--llep-min-chunk", "1", NULL };
@@ -126,10 +152,13 @@ START_TEST(replacement_under_load_fails_nothing_and_changes_no_token)
 	cJSON *j, *b;
 	double repl = 0;
 
+	snprintf(trace, sizeof(trace), "/tmp/epmoe-trace-%d.txt", (int)getpid());
 	start(off);
 	run_streams(want);
 	j = get_stats();
 	b = cJSON_GetObjectItem(j, "balance");
+	check_simulation(trace, num(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "routing"), "native"),
+	        "worker_max_over_mean"));
 	ck_assert_str_eq(cJSON_GetObjectItem(b, "mode")->valuestring, "off");
 	ck_assert_double_eq(num(b, "replacements"), 0);
 	/* the statistics run with the balancer off too */
@@ -191,6 +220,13 @@ START_TEST(bad_balance_flags_are_refused)
 		char cmd[512];
 		snprintf(cmd, sizeof(cmd), "%s --model %s %s %s 2>/dev/null",
 		        tu_bin("epmoe-router"), tu_data(MODEL), bad[i][0], bad[i][1]);
+		ck_assert_int_eq(WEXITSTATUS(system(cmd)), 2);
+	}
+	for (int i = 0; i < 3; i++) {
+		static const char *const skew[] = { "zipf:0", "zipf:x", "pareto:1" };
+		char cmd[512];
+		snprintf(cmd, sizeof(cmd), "%s mkmodel --preset tiny --out /tmp/epmoe-skew-%d.gguf "
+		        "--gate-skew %s 2>/dev/null", tu_bin("epmoe"), (int)getpid(), skew[i]);
 		ck_assert_int_eq(WEXITSTATUS(system(cmd)), 2);
 	}
 }
