@@ -66,13 +66,14 @@ usage(FILE *f)
 	        "      --expert-timeout-ms N  deadline of one expert batch (default 10000;\n"
 	        "                           env EPMOE_EXPERT_TIMEOUT_MS)\n"
 	        "      --deadline-floor-ms N  shortest adaptive batch deadline: a batch is\n"
-	        "                           given max(N, K x p99 of its worker's recent replies)\n"
-	        "                           when its experts have other copies (default 200;\n"
-	        "                           env EPMOE_DEADLINE_FLOOR_MS)\n"
-	        "      --deadline-k K       that multiple of p99 (default 3; env EPMOE_DEADLINE_K)\n"
-	        "      --hedge H            send a duplicate of a batch to another copy when it\n"
-	        "                           is pending at H x p99; 0 = off (default 0;\n"
-	        "                           env EPMOE_HEDGE)\n"
+	        "                           given max(this, --deadline-k x p99 of its worker's\n"
+	        "                           recent replies) when its experts have other copies\n"
+	        "                           (default 200; env EPMOE_DEADLINE_FLOOR_MS)\n"
+	        "      --deadline-k N       that multiple of p99, a real number (default 3;\n"
+	        "                           env EPMOE_DEADLINE_K)\n"
+	        "      --hedge N            send a duplicate of a batch to another copy when it\n"
+	        "                           is pending at N x p99, a real number; 0 = off\n"
+	        "                           (default 0; env EPMOE_HEDGE)\n"
 	        "      --replica MODE       which copy of a replicated expert serves a token\n"
 	        "                           group: dynamic (least outstanding tokens, power of\n"
 	        "                           two choices) or static (seeded spread); default\n"
@@ -194,8 +195,9 @@ numf(const char *opt, const char *s, double lo, double hi, double *out)
 	char *end;
 	double v = strtod(s, &end);
 	if (*s == '\0' || *end != '\0' || !(v >= lo && v <= hi)) {
-		fprintf(stderr, "epmoe-router: %s expects a number in %g..%g, got '%s'\n",
-		        opt, lo, hi, s);
+		const char *src = cur_args ? envargs_source(cur_args, optind - 1) : NULL;
+		fprintf(stderr, "epmoe-router: %s%s%s%s expects a number in %g..%g, got '%s'\n",
+		        opt, src ? " (from " : "", src ? src : "", src ? ")" : "", lo, hi, s);
 		return -1;
 	}
 	*out = v;
@@ -226,8 +228,6 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print)
 		{ "max-tokens", required_argument, NULL, 'M' },
 		{ "max-tokens-limit", required_argument, NULL, 'T' },
 		{ "expert-timeout-ms", required_argument, NULL, 'D' },
-		{ "drain-timeout-s", required_argument, NULL, 'G' },
-		{ "print-config", no_argument, NULL, 'p' },
 		{ "deadline-floor-ms", required_argument, NULL, 1000 },
 		{ "deadline-k", required_argument, NULL, 1001 },
 		{ "hedge", required_argument, NULL, 1002 },
@@ -235,6 +235,7 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print)
 		{ "replica-seed", required_argument, NULL, 1004 },
 		{ "heartbeat-ms", required_argument, NULL, 1005 },
 		{ "no-degraded", no_argument, NULL, 1006 },
+		{ "drain-timeout-s", required_argument, NULL, 'G' },
 		{ "balance", required_argument, NULL, 1100 },
 		{ "eplb-interval", required_argument, NULL, 1101 },
 		{ "eplb-threshold", required_argument, NULL, 1102 },
@@ -246,6 +247,7 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print)
 		{ "llep-alpha", required_argument, NULL, 1108 },
 		{ "llep-min-chunk", required_argument, NULL, 1109 },
 		{ "record-routing", required_argument, NULL, 1110 },
+		{ "print-config", no_argument, NULL, 'p' },
 		{ "log-json", no_argument, NULL, 'J' },
 		{ "log-level", required_argument, NULL, 'l' },
 		{ "help", no_argument, NULL, 'h' },
@@ -341,11 +343,6 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print)
 				return -1;
 			c->expert_timeout_ms = (uint32_t)v;
 			break;
-		case 'G':
-			if (num("--drain-timeout-s", optarg, 0, 86400, &v))
-				return -1;
-			c->drain_timeout_s = (uint32_t)v;
-			break;
 		case 1000:
 			if (num("--deadline-floor-ms", optarg, 1, 3600000, &v))
 				return -1;
@@ -378,6 +375,11 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print)
 			c->heartbeat_ms = (uint32_t)v;
 			break;
 		case 1006: c->no_degraded = true; break;
+		case 'G':
+			if (num("--drain-timeout-s", optarg, 0, 86400, &v))
+				return -1;
+			c->drain_timeout_s = (uint32_t)v;
+			break;
 		case 1100:
 			if (bal_mode_parse(optarg, &c->balance) != 0) {
 				fprintf(stderr, "epmoe-router: --balance expects off|eplb|llep|all, got '%s'\n",
