@@ -9,7 +9,8 @@
 #                   offline, the multi-host testbed (network namespaces),
 #                   the Docker image, compose and a one-node swarm
 #   make bench      print the benchmark tables (make bench-testbed, root:
-#                   the cost of the testbed's delay relay)
+#                   the cost of the testbed's delay relay, the balancer on
+#                   CPU-capped hosts)
 #   make deps       install the missing Debian packages (apt-get; sudo when
 #                   not root) and say what it installs
 #   make clean      remove build/
@@ -175,9 +176,11 @@ test-deploy: deps
 bench: deps
 	@$(MAKE) --no-print-directory bench-only
 
-# (root) the testbed's delay relay against plain links, alternating
+# (root) the testbed's delay relay against plain links, alternating; the
+# balancer off / eplb / llep / all on CPU-capped worker hosts
 bench-testbed: all
 	@EPMOE_BIN=$(CURDIR)/$(B)/bin sh tests/testbed/bench/relay_cost.sh
+	@EPMOE_BIN=$(CURDIR)/$(B)/bin sh tests/testbed/bench/balance.sh
 
 bench-only: $(BINS)
 	@EPMOE_BUILD=$(B) sh client/bench/run.sh
