@@ -28,7 +28,7 @@ for t in tests/deploy/k8s.sh tests/testbed/*.sh tests/deploy/docker.sh; do
 	name=$(basename "$t" .sh)
 	echo "== deploy: $name"
 	t0=$(date +%s)
-	if ! timeout 600 sh "$t"; then
+	if ! timeout 900 sh "$t"; then
 		failed="$failed $name"
 	fi
 	echo "   ($(( $(date +%s) - t0 )) s)"
