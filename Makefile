@@ -9,7 +9,8 @@
 #                   offline, the multi-host testbed (network namespaces),
 #                   the Docker image, compose and a one-node swarm
 #   make bench      print the benchmark tables (make bench-testbed, root:
-#                   the cost of the testbed's delay relay)
+#                   the cost of the testbed's delay relay, the balancer on
+#                   CPU-capped hosts)
 #   make fuzz       build the libFuzzer targets (clang) and run each for
 #                   FUZZ_SECONDS (default 30) on its seed corpus
 #   make deps       install the missing Debian packages (apt-get; sudo when
@@ -100,7 +101,9 @@ LIB_COMMON := $(B)/lib/libepmoe.a
 LIB_SERVER := $(B)/lib/libepmoe-server.a
 LIB_WORKER := $(B)/lib/libepmoe-worker.a
 LIB_CLIENT := $(B)/lib/libepmoe-client.a
-LIBS_ALL := $(LIB_SERVER) $(LIB_WORKER) $(LIB_CLIENT) $(LIB_COMMON)
+# the server library again after the client: `epmoe bench balance` replays
+# traces through the router's placement code (server/bal_sim.c)
+LIBS_ALL := $(LIB_SERVER) $(LIB_WORKER) $(LIB_CLIENT) $(LIB_SERVER) $(LIB_COMMON)
 
 BINS := $(B)/bin/epmoe $(B)/bin/epmoe-router $(B)/bin/epmoe-worker
 # the testbed's delay relay (deploy/testbed/relay.c; not installed)
@@ -237,9 +240,11 @@ test-deploy: deps
 bench: deps
 	@$(MAKE) --no-print-directory bench-only
 
-# (root) the testbed's delay relay against plain links, alternating
+# (root) the testbed's delay relay against plain links, alternating; the
+# balancer off / eplb / llep / all on CPU-capped worker hosts
 bench-testbed: all
 	@EPMOE_BIN=$(CURDIR)/$(B)/bin sh tests/testbed/bench/relay_cost.sh
+	@EPMOE_BIN=$(CURDIR)/$(B)/bin sh tests/testbed/bench/balance.sh
 
 bench-only: $(BINS)
 	@EPMOE_BUILD=$(B) sh client/bench/run.sh

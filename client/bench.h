@@ -11,6 +11,8 @@ int bench_machine(int argc, char **argv);
 int bench_engine(int argc, char **argv);
 int bench_route(int argc, char **argv);
 int bench_server(int argc, char **argv);
+/* Defined with the router's placement code it replays (server/bal_sim.c). */
+int bal_sim_main(int argc, char **argv);
 
 /* The machine's limits measured on pool's threads (bench_machine.c):
  * buffers for a read-bandwidth probe over mb MiB and an sgemm probe.

@@ -17,7 +17,9 @@ usage(FILE *f)
 	           "  route     routing policy cost against one MoE layer\n"
 	           "  server    load generator against a running router: TTFT, "
 	           "TPOT, ITL,\n"
-	           "            E2E latency and throughput\n");
+	           "            E2E latency and throughput\n"
+	           "  balance   replay a routing trace through the balancer's placement\n"
+	           "            code for W simulated workers\n");
 }
 
 int
@@ -35,6 +37,8 @@ cmd_bench(int argc, char **argv)
 		return bench_route(argc - 1, argv + 1);
 	if (strcmp(argv[1], "server") == 0)
 		return bench_server(argc - 1, argv + 1);
+	if (strcmp(argv[1], "balance") == 0)
+		return bal_sim_main(argc - 1, argv + 1);
 	if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
 		usage(stdout);
 		return 0;

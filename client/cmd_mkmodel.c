@@ -18,7 +18,7 @@
 enum {
 	OPT_LAYERS = 256, OPT_DIM, OPT_FF, OPT_SHARED_FF, OPT_EXPERTS,
 	OPT_TOPK, OPT_VOCAB, OPT_HEADS, OPT_KV_HEADS, OPT_THREADS,
-	OPT_CTX, OPT_NAME,
+	OPT_CTX, OPT_NAME, OPT_SKEW,
 };
 
 static void
@@ -59,6 +59,9 @@ usage(FILE *f)
 	        "  --threads N       generator threads; does not change the output\n"
 	        "                    (default: all online CPUs)\n"
 	        "  --name NAME       general.name (default derived from the shape)\n"
+	        "  --gate-skew zipf:A  router biased so expert popularity follows a\n"
+	        "                    Zipf law of exponent A (0 < A <= 8), other hot\n"
+	        "                    experts in every layer (default: none)\n"
 	        "  -q, --quiet       print nothing on success\n"
 	        "  -h, --help        show this help\n",
 	        MKMODEL_MIN_VOCAB, MKMODEL_MAX_VOCAB);
@@ -86,7 +89,7 @@ bad:
 }
 
 struct flags {
-	const char *arch, *out, *preset, *dtype, *name;
+	const char *arch, *out, *preset, *dtype, *name, *skew;
 	/* overrides; set[] marks the ones given */
 	uint64_t val[OPT_NAME - OPT_LAYERS + 1];
 	int set[OPT_NAME - OPT_LAYERS + 1];
@@ -109,6 +112,7 @@ parse_flags(int argc, char **argv, struct flags *fl)
 		{ "dtype", required_argument, NULL, 't' },
 		{ "seed", required_argument, NULL, 's' },
 		{ "name", required_argument, NULL, OPT_NAME },
+		{ "gate-skew", required_argument, NULL, OPT_SKEW },
 		{ "layers", required_argument, NULL, OPT_LAYERS },
 		{ "dim", required_argument, NULL, OPT_DIM },
 		{ "ff", required_argument, NULL, OPT_FF },
@@ -135,6 +139,7 @@ parse_flags(int argc, char **argv, struct flags *fl)
 		case 'p': fl->preset = optarg; break;
 		case 't': fl->dtype = optarg; break;
 		case OPT_NAME: fl->name = optarg; break;
+		case OPT_SKEW: fl->skew = optarg; break;
 		case 'q': fl->quiet = 1; break;
 		case 'h': return 1;
 		case 's':
@@ -204,6 +209,17 @@ build_cfg(const struct flags *fl, struct mkmodel_cfg *cfg)
 	}
 	if (fl->seed_set)
 		cfg->seed = fl->seed;
+	if (fl->skew != NULL) {
+		char *end;
+		double a = strncmp(fl->skew, "zipf:", 5) == 0 ? strtod(fl->skew + 5, &end) : 0;
+		if (strncmp(fl->skew, "zipf:", 5) != 0 || end == fl->skew + 5 || *end != '\0' ||
+		        !(a > 0 && a <= 8)) {
+			fprintf(stderr, "epmoe mkmodel: --gate-skew expects zipf:A with 0 < A <= 8, "
+			                "got '%s'\n", fl->skew);
+			return EPMOE_EINVAL;
+		}
+		cfg->gate_skew = (float)a;
+	}
 	if (fl->name != NULL) {
 		if (strlen(fl->name) >= sizeof(cfg->name)) {
 			fprintf(stderr, "epmoe mkmodel: --name longer than %zu "

@@ -201,6 +201,11 @@ struct tspec {
 	enum dtype type;
 	enum init init;
 	float std;
+	/* gate skew (mkmodel_cfg.gate_skew): the token embedding gets a
+	 * shared direction u, each router row a bias along it */
+	int skew_kind;     /* 0 none, 1 embedding, 2 router of layer skew_layer */
+	uint32_t skew_layer;
+	const struct mkmodel_cfg *cfg;
 	/* filled at write time */
 	uint64_t seed;
 	uint32_t n_threads;
@@ -259,6 +264,10 @@ build_tensors(const struct mkmodel_cfg *c, struct tlist *l)
 
 	rc |= tl_add(l, D, INIT_NORMAL, 1.0f, 2, e, c->n_vocab, 1,
 	        "token_embd.weight");
+	if (rc == 0 && c->gate_skew > 0) {
+		l->t[l->n - 1].skew_kind = 1;
+		l->t[l->n - 1].cfg = c;
+	}
 	for (uint32_t i = 0; i < c->n_layer && rc == 0; i++) {
 		rc |= tl_add(l, F, INIT_NORM, 0, 1, e, 1, 1,
 		        "blk.%u.attn_norm.weight", i);
@@ -290,6 +299,11 @@ build_tensors(const struct mkmodel_cfg *c, struct tlist *l)
 		 * 2x the usual scale so routing is not near-uniform */
 		rc |= tl_add(l, F, INIT_NORMAL, 2.0f * se, 2, e, ne, 1,
 		        "blk.%u.ffn_gate_inp.weight", i);
+		if (rc == 0 && c->gate_skew > 0) {
+			l->t[l->n - 1].skew_kind = 2;
+			l->t[l->n - 1].skew_layer = i;
+			l->t[l->n - 1].cfg = c;
+		}
 		rc |= tl_add(l, D, INIT_NORMAL, se, 3, e, ff, ne,
 		        "blk.%u.ffn_gate_exps.weight", i);
 		rc |= tl_add(l, D, INIT_NORMAL, se, 3, e, ff, ne,
@@ -377,6 +391,55 @@ normalish(struct xoshiro *x)
 	return ((float)u - 131070.0f) * (1.0f / 37837.227f);
 }
 
+/* ---- gate skew ---- */
+
+/* u[col]: +-1, the direction every token embedding shares. */
+static float
+skew_u(const struct mkmodel_cfg *c, uint64_t col)
+{
+	return (rng_mix64(c->seed ^ 0x5ca1ab1e0ddba11ull ^ (col * 0x9e3779b97f4a7c15ull)) & 1) ?
+	        1.0f : -1.0f;
+}
+
+/* Popularity rank of expert e in layer l: a seeded shuffle per layer, so
+ * every layer has other hot experts. */
+static uint32_t
+skew_rank(const struct mkmodel_cfg *c, uint32_t l, uint32_t e)
+{
+	uint32_t perm[256], E = c->n_expert < 256 ? c->n_expert : 256;
+	uint64_t st = c->seed ^ 0x7a1bf00dull ^ ((uint64_t)l << 32);
+
+	if (e >= E)
+		return e;
+	for (uint32_t i = 0; i < E; i++)
+		perm[i] = i;
+	for (uint32_t i = E - 1; i > 0; i--) {
+		uint32_t j = (uint32_t)(rng_splitmix64(&st) % (i + 1)), t = perm[i];
+		perm[i] = perm[j];
+		perm[j] = t;
+	}
+	for (uint32_t i = 0; i < E; i++)
+		if (perm[i] == e)
+			return i;
+	return e;
+}
+
+/* What the skew adds to element (row, col) of t.  The embedding gets u
+ * (std 1 like its random part, so after RMSNorm a token's hidden state has
+ * x.u of about n_embd / sqrt(2)); router row e gets
+ * -A ln(rank + 1) sqrt(2) u / n_embd, a logit bias of about -A ln(rank + 1):
+ * expert popularity close to a Zipf law of exponent A. */
+static float
+skew_add(const struct tspec *t, uint64_t row, uint64_t col)
+{
+	const struct mkmodel_cfg *c = t->cfg;
+
+	if (t->skew_kind == 1)
+		return skew_u(c, col);
+	return -c->gate_skew * logf((float)skew_rank(c, t->skew_layer, (uint32_t)row) + 1.0f) *
+	        1.41421356f * skew_u(c, col) / (float)c->n_embd;
+}
+
 /* ---- parallel fill ---- */
 
 struct fill_job {
@@ -408,6 +471,9 @@ gen_chunk(const struct fill_job *j, uint64_t c, float *tmp)
 		for (size_t i = 0; i < n; i++)
 			out[i] = t->std * normalish(&x);
 	}
+	if (t->skew_kind)
+		for (size_t i = 0; i < n; i++)
+			out[i] += skew_add(t, (start + i) / t->ne[0], (start + i) % t->ne[0]);
 	/* CHUNK is a multiple of the Q8_0 block and every row length is
 	 * too, so chunk boundaries fall on block boundaries. */
 	if (t->type != DTYPE_F32)

@@ -45,6 +45,10 @@ struct mkmodel_cfg {
 	enum dtype dtype; /* matrices: f32, f16, bf16 or q8_0 */
 	uint64_t seed;
 	uint32_t n_threads;   /* 0: online CPUs; never changes the output */
+	float gate_skew;      /* > 0: Zipf exponent A of expert popularity
+	                         (a shared embedding direction and router
+	                         biases along it, other hot experts per
+	                         layer); 0: plain random routing */
 	char name[64];        /* general.name; "" derives one from the shape */
 };
 

@@ -19,11 +19,13 @@
 #include <nng/protocol/reqrep0/req.h>
 
 #include "clock.h"
+#include "ops.h"
 #include "cluster.h"
 #include "deadline.h"
 #include "dispatch.h"
 #include "err.h"
 #include "log.h"
+#include "matmul.h"
 #include "model.h"
 #include "netsock.h"
 #include "placement.h"
@@ -81,6 +83,7 @@ struct group {
 	uint32_t first, n;    /* its pairs: ds->order[first .. first + n) */
 	int done_msg;         /* request whose reply holds it, -1 */
 	uint32_t entry0;      /* its first entry in that request */
+	int32_t want;         /* worker LLEP chose for it, -1: replica choice */
 	uint8_t state;
 };
 
@@ -126,6 +129,13 @@ struct dispatch {
 	uint8_t *unserved;    /* [T] */
 	uint32_t cap_tok, n_unserved;
 	bool pairs_mode;
+
+	/* LLEP scratch */
+	uint32_t *l_load, *l_native; /* [E] */
+	int32_t *l_grp;              /* [E] group of each expert, -1 */
+	bool *l_holds;               /* [E * W] */
+	struct llep_chunk *l_chunks; /* [2 * E * W] */
+	struct group *l_old;         /* [E] the groups before the split */
 
 	pthread_mutex_t smu;
 	struct dispatch_stats st;
@@ -506,8 +516,11 @@ send_groups(struct dispatch *ds, const uint32_t *gl, uint32_t n,
 			g->state = G_LOST;
 			continue;
 		}
-		k = replica_pick(&ds->rc, ds->layer, g->expert, ds->cand_w, nc,
-		        ds->load, ds->near);
+		for (k = 0; g->want >= 0 && k < nc && ds->cand_w[k] != (uint32_t)g->want; k++)
+			;
+		if (g->want < 0 || k == nc)
+			k = replica_pick(&ds->rc, ds->layer, g->expert, ds->cand_w, nc,
+			        ds->load, ds->near);
 		gw[i] = ds->cand_w[k];
 		ds->load[gw[i]] += g->n;
 	}
@@ -950,7 +963,7 @@ plan(struct dispatch *ds, const struct moe_assign *a)
 			uint32_t c = ds->ecount[e];
 			if (c > 0) {
 				ds->grp[ds->n_grp] = (struct group){ .expert = e, .first = sum,
-					.n = c, .done_msg = -1, .state = G_PENDING };
+					.n = c, .done_msg = -1, .want = -1, .state = G_PENDING };
 				ds->n_grp++;
 			}
 			ds->ecount[e] = sum;
@@ -966,6 +979,95 @@ plan(struct dispatch *ds, const struct moe_assign *a)
 			ds->pair_pos[p] = k;
 		}
 	}
+	return 0;
+}
+
+static int
+chunk_cmp(const void *a, const void *b)
+{
+	const struct llep_chunk *x = a, *y = b;
+
+	if (x->expert != y->expert)
+		return x->expert < y->expert ? -1 : 1;
+	return x->start < y->start ? -1 : x->start > y->start;
+}
+
+/* LLEP (llep.h): when this layer's worker max/mean (each expert on its
+ * first live copy) exceeds lambda, the hot experts' groups are cut into
+ * token ranges for their other live copies.  A token's math does not
+ * change: each pair is still computed once by one copy of its expert and
+ * combined as in step 7.  Groups of at least MM_QUANT_PANEL_N tokens are cut
+ * only into pieces of at least that size (a piece merges with its
+ * neighbour otherwise), so every piece keeps the matmul path of the whole
+ * group and the outputs stay bit-identical to an unsplit call. */
+static int
+llep_split(struct dispatch *ds)
+{
+	uint32_t E = ds->m->hp.n_expert, W = ds->W, n_ch = 0, n_old = ds->n_grp, n = 0;
+	bool any_copies = false, skipped;
+	int rc;
+
+	memset(ds->l_load, 0, E * sizeof(*ds->l_load));
+	memset(ds->l_native, 0, E * sizeof(*ds->l_native));
+	memset(ds->l_holds, 0, (size_t)E * W * sizeof(*ds->l_holds));
+	for (uint32_t e = 0; e < E; e++)
+		ds->l_grp[e] = -1;
+	for (uint32_t g = 0; g < n_old; g++) {
+		uint32_t e = ds->grp[g].expert, nc = candidates(ds, e);
+		if (nc == 0)
+			return 0; /* a lost expert: plain dispatch reports it */
+		ds->l_load[e] = ds->grp[g].n;
+		ds->l_native[e] = ds->cand_w[0];
+		ds->l_grp[e] = (int32_t)g;
+		for (uint32_t k = 0; k < nc; k++)
+			ds->l_holds[(size_t)e * W + ds->cand_w[k]] = true;
+		any_copies |= nc > 1;
+	}
+	if (!any_copies)
+		return 0;
+	if ((rc = llep_plan(ds->l_load, E, W, ds->l_native, ds->l_holds, &ds->cfg.llep_cfg,
+	             ds->l_chunks, &n_ch, &skipped)) != 0)
+		return rc;
+	if (skipped)
+		return 0;
+	qsort(ds->l_chunks, n_ch, sizeof(*ds->l_chunks), chunk_cmp);
+	/* keep pieces on the group's side of the small/large matmul switch */
+	for (uint32_t i = 0; i < n_ch; i++) {
+		struct llep_chunk *c = &ds->l_chunks[i];
+		if (ds->l_load[c->expert] < MM_QUANT_PANEL_N || c->end - c->start >= MM_QUANT_PANEL_N)
+			continue;
+		if (i + 1 < n_ch && ds->l_chunks[i + 1].expert == c->expert) {
+			ds->l_chunks[i + 1].start = c->start; /* into the next */
+			c->end = c->start;
+		} else if (i > 0 && ds->l_chunks[i - 1].expert == c->expert) {
+			ds->l_chunks[i - 1].end = c->end;
+			c->end = c->start;
+		}
+	}
+	if (grow((void **)&ds->grp, &ds->cap_grp, n_ch > n_old ? n_ch : n_old,
+	        sizeof(*ds->grp)) != 0)
+		return EPMOE_ENOMEM;
+	memcpy(ds->l_old, ds->grp, n_old * sizeof(*ds->grp));
+	for (uint32_t i = 0; i < n_ch; i++) {
+		const struct llep_chunk *c = &ds->l_chunks[i];
+		const struct group *og = &ds->l_old[ds->l_grp[c->expert]];
+		if (c->end == c->start)
+			continue;
+		ds->grp[n] = (struct group){ .expert = c->expert, .first = og->first + c->start,
+			.n = c->end - c->start, .done_msg = -1, .want = (int32_t)c->worker,
+			.state = G_PENDING };
+		for (uint32_t k = 0; k < ds->grp[n].n; k++) {
+			uint32_t p = ds->order[ds->grp[n].first + k];
+			ds->pair_grp[p] = n;
+			ds->pair_pos[p] = k;
+		}
+		n++;
+	}
+	ds->n_grp = n;
+	pthread_mutex_lock(&ds->smu);
+	ds->st.llep_calls++;
+	ds->st.llep_split_groups += n - n_old;
+	pthread_mutex_unlock(&ds->smu);
 	return 0;
 }
 
@@ -1041,6 +1143,8 @@ dispatch_run(struct moe_backend *be, uint32_t layer, const float *x,
 		ds->near[w] = ds->cp[w].near;
 	}
 	if ((rc = plan(ds, a)) != 0)
+		goto out;
+	if (ds->cfg.llep && (rc = llep_split(ds)) != 0)
 		goto out;
 	{
 		/* every group, in expert order: one request per worker */
@@ -1193,6 +1297,12 @@ dispatch_free(struct moe_backend *be)
 	free(ds->tok_row);
 	free(ds->tok_stamp);
 	free(ds->unserved);
+	free(ds->l_load);
+	free(ds->l_native);
+	free(ds->l_grp);
+	free(ds->l_holds);
+	free(ds->l_chunks);
+	free(ds->l_old);
 	pthread_cond_destroy(&ds->cv);
 	pthread_mutex_destroy(&ds->mu);
 	pthread_mutex_destroy(&ds->smu);
@@ -1243,8 +1353,15 @@ dispatch_new(struct moe_backend **out, struct cluster *c,
 	ds->cand_w = calloc(ds->W, sizeof(*ds->cand_w));
 	ds->cand_s = calloc(ds->W, sizeof(*ds->cand_s));
 	ds->ecount = calloc((size_t)m->hp.n_expert + 1, sizeof(*ds->ecount));
+	ds->l_load = calloc(m->hp.n_expert, sizeof(*ds->l_load));
+	ds->l_native = calloc(m->hp.n_expert, sizeof(*ds->l_native));
+	ds->l_grp = calloc(m->hp.n_expert, sizeof(*ds->l_grp));
+	ds->l_holds = calloc((size_t)m->hp.n_expert * ds->W, sizeof(*ds->l_holds));
+	ds->l_chunks = calloc(2 * (size_t)m->hp.n_expert * ds->W, sizeof(*ds->l_chunks));
+	ds->l_old = calloc(m->hp.n_expert, sizeof(*ds->l_old));
 	if (!ds->cp || !ds->load || !ds->bad || !ds->cand_w || !ds->cand_s ||
-	        !ds->ecount || !ds->near) {
+	        !ds->ecount || !ds->near || !ds->l_load || !ds->l_native || !ds->l_grp ||
+	        !ds->l_holds || !ds->l_chunks || !ds->l_old) {
 		dispatch_free(&ds->be);
 		return EPMOE_ENOMEM;
 	}

@@ -54,6 +54,7 @@
 
 #include <stdint.h>
 
+#include "llep.h"
 #include "moe.h"
 #include "replica.h"
 
@@ -70,6 +71,9 @@ struct dispatch_cfg {
 	                         0 = off */
 	enum replica_mode replica;  /* default dynamic */
 	uint64_t replica_seed;      /* static spread */
+	bool llep;                  /* split hot experts' token groups over
+	                               their copies (llep.h) */
+	struct llep_cfg llep_cfg;
 };
 
 /* Counters summed over run() calls since creation or the last reset.
@@ -92,6 +96,8 @@ struct dispatch_stats {
 	                            worker, lost hedge race): late replies */
 	uint64_t stale;          /* STALE_PLACEMENT replies */
 	uint64_t unserved_tokens;/* token rows whose expert had no live copy */
+	uint64_t llep_calls;     /* layer calls LLEP split */
+	uint64_t llep_split_groups; /* extra token groups it made */
 	/* wall time of successful calls, seconds: total = pack + wire +
 	 * compute + combine.  pack: routing maps, protobuf headers, row
 	 * copies into the messages; compute: the slowest worker's reported

@@ -13,6 +13,7 @@
 
 #include "api.h"
 #include "apikey.h"
+#include "balance.h"
 #include "envargs.h"
 #include "err.h"
 #include "log.h"
@@ -90,6 +91,31 @@ usage(FILE *f)
 	        "      --no-degraded        keep a lost worker's experts unserved until it comes\n"
 	        "                           back (default: load them on live workers;\n"
 	        "                           env EPMOE_NO_DEGRADED=1)\n"
+	        "      --balance MODE       off|eplb|llep|all: EPLB re-placement with redundant\n"
+	        "                           slots, LLEP per-step spill to copies, or both\n"
+	        "                           (default all; env EPMOE_BALANCE)\n"
+	        "      --eplb-interval N    steps between EPLB checks (default 64;\n"
+	        "                           env EPMOE_EPLB_INTERVAL)\n"
+	        "      --eplb-threshold N   re-place when worker max/mean over the window\n"
+	        "                           exceeds N (default 1.10; env EPMOE_EPLB_THRESHOLD)\n"
+	        "      --eplb-window N      steps of load statistics kept (default 256;\n"
+	        "                           env EPMOE_EPLB_WINDOW)\n"
+	        "      --redundant-slots N  extra expert slots per layer for replicas, rounded\n"
+	        "                           up to whole slots per worker (default: what\n"
+	        "                           the replica RAM holds; env EPMOE_REDUNDANT_SLOTS)\n"
+	        "      --replica-ram-mb N   RAM for replicas over all layers, used when no\n"
+	        "                           redundant slot count is given (default 0;\n"
+	        "                           env EPMOE_REPLICA_RAM_MB)\n"
+	        "      --hosts N            hosts the workers are spread over, for\n"
+	        "                           hierarchical EPLB (default 1; env EPMOE_HOSTS)\n"
+	        "      --record-routing F   write every step's (layer, expert) token counts to F\n"
+	        "                           (for epmoe bench balance; env EPMOE_RECORD_ROUTING)\n"
+	        "      --llep-lambda N      LLEP runs when a layer's worker max/mean > N\n"
+	        "                           (default 1.3; env EPMOE_LLEP_LAMBDA)\n"
+	        "      --llep-alpha N       LLEP caps a worker at N x mean (default 1.0;\n"
+	        "                           env EPMOE_LLEP_ALPHA)\n"
+	        "      --llep-min-chunk N   smallest spilled token chunk (default 4;\n"
+	        "                           env EPMOE_LLEP_MIN_CHUNK)\n"
 	        "      --drain-timeout-s N  on SIGTERM, refuse new requests and finish the\n"
 	        "                           running ones for up to N s, then stop (default\n"
 	        "                           30, 0 = stop at once; a second signal stops at\n"
@@ -161,6 +187,17 @@ static const struct envarg env_table[] = {
 	{ "replica-seed", "EPMOE_REPLICA_SEED", false, false },
 	{ "heartbeat-ms", "EPMOE_HEARTBEAT_MS", false, false },
 	{ "no-degraded", "EPMOE_NO_DEGRADED", true, false },
+	{ "balance", "EPMOE_BALANCE", false, false },
+	{ "eplb-interval", "EPMOE_EPLB_INTERVAL", false, false },
+	{ "eplb-threshold", "EPMOE_EPLB_THRESHOLD", false, false },
+	{ "eplb-window", "EPMOE_EPLB_WINDOW", false, false },
+	{ "redundant-slots", "EPMOE_REDUNDANT_SLOTS", false, false },
+	{ "replica-ram-mb", "EPMOE_REPLICA_RAM_MB", false, false },
+	{ "hosts", "EPMOE_HOSTS", false, false },
+	{ "llep-lambda", "EPMOE_LLEP_LAMBDA", false, false },
+	{ "record-routing", "EPMOE_RECORD_ROUTING", false, false },
+	{ "llep-alpha", "EPMOE_LLEP_ALPHA", false, false },
+	{ "llep-min-chunk", "EPMOE_LLEP_MIN_CHUNK", false, false },
 	{ "drain-timeout-s", "EPMOE_DRAIN_TIMEOUT_S", false, false },
 	{ "tls-cert", "EPMOE_TLS_CERT", false, false },
 	{ "tls-key", "EPMOE_TLS_KEY", false, false },
@@ -253,6 +290,17 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print,
 		{ "heartbeat-ms", required_argument, NULL, 1005 },
 		{ "no-degraded", no_argument, NULL, 1006 },
 		{ "drain-timeout-s", required_argument, NULL, 'G' },
+		{ "balance", required_argument, NULL, 1200 },
+		{ "eplb-interval", required_argument, NULL, 1201 },
+		{ "eplb-threshold", required_argument, NULL, 1202 },
+		{ "eplb-window", required_argument, NULL, 1203 },
+		{ "redundant-slots", required_argument, NULL, 1204 },
+		{ "replica-ram-mb", required_argument, NULL, 1205 },
+		{ "hosts", required_argument, NULL, 1206 },
+		{ "llep-lambda", required_argument, NULL, 1207 },
+		{ "llep-alpha", required_argument, NULL, 1208 },
+		{ "llep-min-chunk", required_argument, NULL, 1209 },
+		{ "record-routing", required_argument, NULL, 1210 },
 		{ "print-config", no_argument, NULL, 'p' },
 		{ "log-json", no_argument, NULL, 'J' },
 		{ "log-level", required_argument, NULL, 'l' },
@@ -283,6 +331,8 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print,
 	c->expect_workers = -1;
 	c->max_tokens_default = 256;
 	c->expert_timeout_ms = 10000;
+	c->balance = BAL_ALL;
+	c->redundant_slots = -1;
 	c->drain_timeout_s = 30;
 	sched_cfg_default(&c->sched);
 	while ((o = getopt_long(argc, argv, "m:w:t:c:h", opts, NULL)) != -1) {
@@ -448,6 +498,56 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print,
 				return -1;
 			c->http.idle_timeout_ms = (uint64_t)v;
 			break;
+		case 1200:
+			if (bal_mode_parse(optarg, &c->balance) != 0) {
+				fprintf(stderr, "epmoe-router: --balance expects off|eplb|llep|all, got '%s'\n",
+				        optarg);
+				return -1;
+			}
+			break;
+		case 1201:
+			if (num("--eplb-interval", optarg, 1, 100000000, &v))
+				return -1;
+			c->eplb_interval = (uint32_t)v;
+			break;
+		case 1202:
+			if (numf("--eplb-threshold", optarg, 1.0, 1000.0, &c->eplb_threshold))
+				return -1;
+			break;
+		case 1203:
+			if (num("--eplb-window", optarg, 1, 100000, &v))
+				return -1;
+			c->eplb_window = (uint32_t)v;
+			break;
+		case 1204:
+			if (num("--redundant-slots", optarg, 0, 65536, &v))
+				return -1;
+			c->redundant_slots = (int32_t)v;
+			break;
+		case 1205:
+			if (num("--replica-ram-mb", optarg, 0, 1L << 30, &v))
+				return -1;
+			c->replica_ram_mb = (uint64_t)v;
+			break;
+		case 1206:
+			if (num("--hosts", optarg, 1, 1024, &v))
+				return -1;
+			c->hosts = (uint32_t)v;
+			break;
+		case 1207:
+			if (numf("--llep-lambda", optarg, 1.0, 1000.0, &c->llep_lambda))
+				return -1;
+			break;
+		case 1208:
+			if (numf("--llep-alpha", optarg, 0.5, 1000.0, &c->llep_alpha))
+				return -1;
+			break;
+		case 1209:
+			if (num("--llep-min-chunk", optarg, 1, 1 << 24, &v))
+				return -1;
+			c->llep_min_chunk = (uint32_t)v;
+			break;
+		case 1210: c->record_routing = optarg; break;
 		case 'h': usage(stdout); exit(0);
 		default: usage(stderr); return -1;
 		}

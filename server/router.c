@@ -174,6 +174,9 @@ start_workers(struct router *r)
 	dc.deadline_k = r->cfg.deadline_k;
 	dc.hedge = r->cfg.hedge;
 	dc.replica_seed = r->cfg.replica_seed;
+	dc.llep = (r->cfg.balance & BAL_LLEP) != 0;
+	dc.llep_cfg = (struct llep_cfg){ .alpha = r->cfg.llep_alpha,
+		.lambda = r->cfg.llep_lambda, .m_min = r->cfg.llep_min_chunk ? r->cfg.llep_min_chunk : 4 };
 	if (r->cfg.replica && replica_mode_parse(r->cfg.replica, &dc.replica) != 0) {
 		log_error("--replica %s: expected static or dynamic", r->cfg.replica);
 		return EPMOE_EINVAL;
@@ -191,6 +194,32 @@ start_workers(struct router *r)
 	        r->cfg.workers ? " (started locally)" : "", replica_mode_name(dc.replica),
 	        dc.floor_ms ? dc.floor_ms : 200, dc.deadline_k > 0 ? dc.deadline_k : 3.0,
 	        dc.timeout_ms, dc.hedge > 0 ? "on" : "off");
+	return 0;
+}
+
+/* Load statistics always; re-placement when the experts are on workers. */
+static int
+start_balancer(struct router *r)
+{
+	const struct model_hparams *hp = &r->model->hp;
+	struct tmat g = model_expert(&r->model->layers[0], hp, MODEL_EXP_GATE, 0);
+	struct bal_cfg bc = { .mode = r->cfg.balance, .window = r->cfg.eplb_window,
+		.interval = r->cfg.eplb_interval, .threshold = r->cfg.eplb_threshold,
+		.redundant = r->cfg.redundant_slots, .replica_ram_mb = r->cfg.replica_ram_mb,
+		.hosts = r->cfg.hosts, .record_path = r->cfg.record_routing,
+		.dash = r->dash };
+	uint64_t eb = 3ull * g.row_size * g.n_out;
+	int rc;
+
+	if ((rc = bal_new(&r->bal, &bc, hp->n_layer, hp->n_expert, r->cluster, eb)) != 0) {
+		log_error("cannot start the balancer: %s", epmoe_strerror(rc));
+		return rc;
+	}
+	if (r->cluster)
+		log_info("balance %s: EPLB every %u steps above worker max/mean %.2f with %u redundant slots a layer (%.1f MiB an expert), LLEP above %.2f",
+		        bal_mode_name(r->cfg.balance), bc.interval ? bc.interval : 64,
+		        bc.threshold > 0 ? bc.threshold : 1.10, bal_redundant(r->bal),
+		        (double)eb / 1048576.0, r->cfg.llep_lambda > 0 ? r->cfg.llep_lambda : 1.3);
 	return 0;
 }
 
@@ -252,6 +281,8 @@ router_start(struct router *r)
 		return rc;
 	if (!r->cfg.local && (rc = start_workers(r)) != 0)
 		return rc;
+	if ((rc = start_balancer(r)) != 0)
+		return rc;
 	if ((rc = sched_new(&r->sched, r->loop, r->engine, r->tok, &r->cfg.sched)) != 0) {
 		log_error("cannot start the scheduler: %s", epmoe_strerror(rc));
 		return rc;
@@ -290,6 +321,8 @@ router_free(struct router *r)
 		r->dispatch->free(r->dispatch);
 		r->dispatch = NULL;
 	}
+	bal_free(r->bal);
+	r->bal = NULL;
 	cluster_free(r->cluster);
 	r->cluster = NULL;
 	if (r->hung_mu_ok) {

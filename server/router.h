@@ -18,6 +18,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "balance.h"
 #include "engine.h"
 #include "gen.h"
 #include "http.h"
@@ -58,6 +59,12 @@ struct router_cfg {
 	uint64_t replica_seed;
 	uint32_t heartbeat_ms;       /* worker report period (0 = 500) */
 	bool no_degraded;            /* never re-place a lost worker's experts */
+	enum bal_mode balance;       /* --balance (main: default all) */
+	uint32_t eplb_interval, eplb_window, hosts, llep_min_chunk; /* 0 = defaults */
+	double eplb_threshold, llep_lambda, llep_alpha;             /* 0 = defaults */
+	int32_t redundant_slots;     /* -1: from replica_ram_mb */
+	uint64_t replica_ram_mb;
+	const char *record_routing;  /* per-step routing trace file */
 	uint32_t drain_timeout_s; /* SIGTERM: finish requests for up to this */
 	struct sched_cfg sched;
 	bool log_json;
@@ -104,6 +111,7 @@ struct router {
 
 	/* started by main beside the core */
 	struct apikeys *apikeys;  /* client API keys; NULL or empty: open */
+	struct bal *bal;          /* load statistics, EPLB re-placement */
 	struct stats *stats;
 	struct http_server *http;
 	struct nngapi *nngapi;

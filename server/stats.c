@@ -41,6 +41,9 @@ struct stats {
 	        *f_route_ot, *f_route_maxvio, *f_worker_lat, *f_phase, *f_rejected,
 	        *f_worker_up;
 	struct metrics_series **s_expert_tokens; /* [L * E] */
+	/* balancer */
+	struct metrics_family *f_ewma, *f_wwin, *f_wout;
+	struct metrics_series *b_ratio, *b_repl, *b_moved, *b_checks;
 	/* failover (distributed mode only) */
 	struct metrics_series *fo_fenced[6], *fo_redisp, *fo_redisp_pairs,
 	        *fo_batch_fail, *fo_hedges, *fo_hedges_won, *fo_abandoned, *fo_stale,
@@ -153,6 +156,8 @@ on_route(void *ud, struct route_policy *p, uint32_t layer, uint32_t n_tok,
 	struct route_agg *a;
 	char name[96];
 
+	if (r->bal) /* before our lock: it may re-place */
+		bal_observe(r->bal, layer, info->load);
 	/* by name, not by policy object: the scheduler frees and creates
 	 * policies as requests come and go */
 	if (route_format(route_policy_cfg(p), name, sizeof(name)) != 0)
@@ -206,6 +211,9 @@ on_route(void *ud, struct route_policy *p, uint32_t layer, uint32_t n_tok,
 			return rc;                                              \
 		var = metrics_family_series(f_);                                \
 	} while (0)
+
+static int register_balance(struct stats *st);
+static void counter_to(struct metrics_series *s, double v);
 
 /* Re-dispatch, hedging, fencing, degraded service, time to recover. */
 static int
@@ -337,6 +345,8 @@ stats_register(struct stats *st)
 		return rc;
 	if (st->r->cluster && (rc = register_failover(st)) != 0)
 		return rc;
+	if ((rc = register_balance(st)) != 0)
+		return rc;
 	st->s_expert_tokens = calloc((size_t)hp->n_layer * hp->n_expert, sizeof(*st->s_expert_tokens));
 	if (st->s_expert_tokens == NULL)
 		return EPMOE_ENOMEM;
@@ -410,6 +420,89 @@ stats_count_reject(struct stats *st, int code)
 	}
 	if (st && st->f_rejected && metrics_series(st->f_rejected, lv, &s) == 0)
 		metrics_inc(s);
+}
+
+/* Load statistics and re-placement (balance.h). */
+static int
+register_balance(struct stats *st)
+{
+	static const char *const l_expert[] = { "layer", "expert" };
+	static const char *const l_worker[] = { "worker" };
+	int rc;
+
+	if ((rc = metrics_gauge(st->metrics, "epmoe_expert_load_ewma",
+	             "Tokens per step routed to (layer, expert), exponentially weighted",
+	             l_expert, 2, &st->f_ewma)) ||
+	        (rc = metrics_gauge(st->metrics, "epmoe_worker_window_tokens",
+	             "Tokens a worker is charged over the load window (copies share "
+	             "their expert's load evenly)", l_worker, 1, &st->f_wwin)) ||
+	        (rc = metrics_gauge(st->metrics, "epmoe_worker_outstanding_tokens",
+	             "Tokens in flight to a worker", l_worker, 1, &st->f_wout)))
+		return rc;
+	REG(gauge, st->b_ratio, "epmoe_balance_worker_max_mean",
+	    "Busiest worker's load over the mean, load window, committed placement");
+	REG(counter, st->b_checks, "epmoe_balance_checks_total", "EPLB interval checks");
+	REG(counter, st->b_repl, "epmoe_balance_replacements_total",
+	    "Re-placements handed to the epoch protocol");
+	REG(counter, st->b_moved, "epmoe_balance_moved_bytes_total",
+	    "Expert weight bytes loaded by re-placements");
+	return 0;
+}
+
+static void
+export_balance(struct stats *st)
+{
+	struct router *r = st->r;
+	const struct model_hparams *hp = &r->model->hp;
+	size_t le = (size_t)hp->n_layer * hp->n_expert;
+	struct bal_stats bs;
+	double *ew;
+	cJSON *j, *wl, *it;
+	char a[16], b[16];
+	const char *lv[2] = { a, b };
+	struct metrics_series *s;
+	uint32_t w = 0;
+
+	if (r->bal == NULL)
+		return;
+	bal_get_stats(r->bal, &bs);
+	metrics_set(st->b_ratio, bs.ratio);
+	counter_to(st->b_checks, (double)bs.checks);
+	counter_to(st->b_repl, (double)bs.replacements);
+	counter_to(st->b_moved, (double)bs.moved_bytes);
+	if ((ew = malloc(le * sizeof(*ew))) != NULL) {
+		bal_loads(r->bal, NULL, ew);
+		for (uint32_t l = 0; l < hp->n_layer; l++)
+			for (uint32_t e = 0; e < hp->n_expert; e++) {
+				snprintf(a, sizeof(a), "%u", l);
+				snprintf(b, sizeof(b), "%u", e);
+				if (metrics_series(st->f_ewma, lv, &s) == 0)
+					metrics_set(s, ew[(size_t)l * hp->n_expert + e]);
+			}
+		free(ew);
+	}
+	if ((j = bal_json(r->bal)) == NULL)
+		return;
+	wl = cJSON_GetObjectItemCaseSensitive(j, "worker_window_load");
+	cJSON_ArrayForEach(it, wl) {
+		snprintf(a, sizeof(a), "%u", w++);
+		if (w <= 256 && metrics_series(st->f_wwin, lv, &s) == 0)
+			metrics_set(s, it->valuedouble);
+	}
+	cJSON_Delete(j);
+	if (r->cluster) {
+		uint32_t W = cluster_n_workers(r->cluster);
+		struct cluster_peer *cp = calloc(W ? W : 1, sizeof(*cp));
+		if (cp == NULL)
+			return;
+		cluster_peers(r->cluster, cp, W);
+		for (w = 0; w < W && w < 256; w++) {
+			snprintf(a, sizeof(a), "%u", w);
+			if (metrics_series(st->f_wout, lv, &s) == 0)
+				metrics_set(s, (double)cp[w].load);
+		}
+		free(cp);
+	}
 }
 
 /* Brings a counter up to v (the scheduler keeps the cumulative counts). */
@@ -551,6 +644,7 @@ stats_render_metrics(struct stats *st, char **out, size_t *len)
 		export_failover(st);
 		export_worker_up(st);
 	}
+	export_balance(st);
 	return metrics_render(st->metrics, out, len);
 }
 
@@ -586,6 +680,8 @@ workers_json(struct router *r)
 	cJSON_AddNumberToObject(d, "abandoned", (double)ds.abandoned);
 	cJSON_AddNumberToObject(d, "stale_replies", (double)ds.stale);
 	cJSON_AddNumberToObject(d, "unserved_tokens", (double)ds.unserved_tokens);
+	cJSON_AddNumberToObject(d, "llep_calls", (double)ds.llep_calls);
+	cJSON_AddNumberToObject(d, "llep_split_groups", (double)ds.llep_split_groups);
 	return j;
 }
 
@@ -667,6 +763,23 @@ stats_json(struct stats *st)
 			.queue = st->h_queue,
 		};
 		dash_stats_json(r->dash, &v, j);
+	}
+	if (r->bal) {
+		cJSON *b = bal_json(r->bal), *out;
+		if (b && r->cluster && (out = cJSON_AddArrayToObject(b, "worker_outstanding_tokens"))) {
+			uint32_t W = cluster_n_workers(r->cluster);
+			struct cluster_peer *cp = calloc(W ? W : 1, sizeof(*cp));
+			if (cp) {
+				cluster_peers(r->cluster, cp, W);
+				for (uint32_t i = 0; i < W; i++)
+					cJSON_AddItemToArray(out, cJSON_CreateNumber((double)cp[i].load));
+				free(cp);
+			}
+		}
+		if (b) {
+			cJSON_AddBoolToObject(b, "llep", (r->cfg.balance & BAL_LLEP) != 0);
+			cJSON_AddItemToObject(j, "balance", b);
+		}
 	}
 	return j;
 }

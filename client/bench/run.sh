@@ -209,3 +209,6 @@ done
 
 # ---- failover: kill / hang a worker under 16 streams (client/bench/failover.sh) ----
 EPMOE_BUILD=$B sh "$(dirname "$0")/failover.sh"
+
+# ---- balancer: off / eplb / llep / all under a Zipf-skewed model, and the simulator (client/bench/balance.sh) ----
+EPMOE_BUILD=$B sh "$(dirname "$0")/balance.sh"

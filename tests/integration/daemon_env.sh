@@ -59,7 +59,7 @@ check_env_table() {
 		case $meta in
 		N) val=64 ;;
 		L) val=warn ;;
-		MODE) val=dynamic ;;
+		MODE) if [ "$flag" = balance ]; then val=all; else val=dynamic; fi ;;
 		T) val=f16 ;;   # --kv-type
 		-) val=1 ;;
 		*) val=x ;;

@@ -1,0 +1,101 @@
+#!/bin/sh
+# `make bench`, balancer section (also runs alone): a Zipf-skewed model
+# (epmoe mkmodel --gate-skew zipf:1.2: 4 layers, 16 experts top-2), 4 local
+# workers, 16 concurrent greedy streams, for --balance off / eplb / llep /
+# all with 4 redundant slots a layer.  Per mode: the workers' real token
+# load max/mean (the router's per-worker token counts over the run), decode
+# throughput relative to off (same run), inter-token latency p99,
+# re-placements and weight bytes they loaded, failed requests.  Then the
+# routing trace recorded in the off run replayed by `epmoe bench balance`
+# for 4 (the check: it must agree with the measured off), 16, 64 and 256
+# simulated workers.
+# On one machine the workers share its cores, so imbalance costs little
+# throughput here; the CPU-capped testbed is where it would show.
+#   EPMOE_BUILD         build directory (default build)
+#   EPMOE_BENCH_QUICK=1 fewer requests
+set -eu
+B=${EPMOE_BUILD:-build}
+BIN=$B/bin/epmoe
+MD=${EPMOE_BENCH_MODELS:-$B/models}
+M=$MD/zipf-1.2.gguf
+mkdir -p "$MD"
+[ -f "$M" ] || "$BIN" mkmodel --arch llama --preset tiny --layers 4 --dim 256 --ff 512 \
+	--experts 16 --heads 4 --kv-heads 2 --gate-skew zipf:1.2 --out "$M" -q
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/epmoe-bal.XXXXXX")
+RPID=
+cleanup() {
+	if [ -n "$RPID" ]; then
+		kill -TERM "$RPID" 2>/dev/null || true
+		wait "$RPID" 2>/dev/null || true
+	fi
+	rm -rf "$TMP"
+}
+trap cleanup EXIT
+free_port() {
+	python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+jnum() { printf '%s\n' "$1" | sed -n "s/.*\"$2\":\([^,}]*\).*/\1/p" | head -1; }
+N=64
+[ "${EPMOE_BENCH_QUICK:-0}" = 1 ] && N=32
+
+serve() { # MODE [extra args]
+	mode=$1; shift
+	hp=$(free_port); cp=$(free_port)
+	HURL=http://127.0.0.1:$hp
+	"$B/bin/epmoe-router" --model "$M" --workers 4 --threads 1 --balance "$mode" \
+		--redundant-slots 4 --eplb-interval 16 --eplb-window 64 "$@" \
+		--http "127.0.0.1:$hp" --nng "" --control "tcp://127.0.0.1:$cp" >"$TMP/router.log" 2>&1 &
+	RPID=$!
+	i=0
+	until [ "$(curl -s -o /dev/null -w '%{http_code}' "$HURL/health")" = 200 ]; do
+		i=$((i + 1)); [ $i -lt 600 ] || { echo "balance bench: router did not start"; tail "$TMP/router.log"; exit 1; }
+		sleep 0.1
+	done
+}
+stop() {
+	kill -TERM "$RPID" 2>/dev/null || true
+	wait "$RPID" 2>/dev/null || true
+	RPID=
+}
+# max/mean of the workers' token counts in /v1/stats
+worker_ratio() {
+	curl -s "$HURL/v1/stats" | python3 -c '
+import json, sys
+j = json.load(sys.stdin)
+t = [w["tokens"] for w in j["workers"]["workers"]]
+b = j["balance"]
+print("%.3f %d %.1f" % (max(t) * len(t) / max(1, sum(t)), b["replacements"], b["moved_bytes"] / 1048576))'
+}
+
+echo
+echo "== balancer: $M, 4 local workers, 16 concurrent streams x 48 tokens, 4 redundant slots a layer"
+printf '%-5s %10s %10s %10s %10s %8s %10s %7s\n' mode "max/mean" "decode" "vs off" "itl p99" replace "moved" failed
+printf '%-5s %10s %10s %10s %10s %8s %10s %7s\n' "" "tokens" "tok/s" "" "ms" "" "MiB" ""
+base=
+for mode in off eplb llep all; do
+	extra=""
+	[ $mode = off ] && extra="--record-routing $TMP/trace.txt"
+	# shellcheck disable=SC2086
+	serve $mode $extra
+	# a warm-up round gives EPLB its window, the measured round runs on it
+	"$BIN" bench server -s "$HURL" -c 16 -N 32 --max-tokens 48 --prompt-tokens 16 -q >/dev/null 2>&1 || true
+	"$BIN" bench server -s "$HURL" -c 16 -N $N --max-tokens 48 --prompt-tokens 16 --json -q \
+		>"$TMP/b.json" 2>/dev/null || true
+	j=$(cat "$TMP/b.json")
+	set -- $(worker_ratio)
+	tps=$(printf '%s\n' "$j" | sed -n 's/.*"output_token_throughput":\([^,}]*\).*/\1/p')
+	p99=$(printf '%s\n' "$j" | sed -n 's/.*"itl_ms":{[^}]*"p99":\([^,}]*\).*/\1/p')
+	[ -n "$base" ] || base=$tps
+	printf '%-5s %10s %10.1f %10s %10.1f %8s %10s %7s\n' $mode "$1" "$tps" \
+		"$(awk -v a="$tps" -v b="$base" 'BEGIN { printf "x%.2f", a / b }')" "$p99" "$2" "$3" \
+		"$(jnum "$j" errors)"
+	stop
+done
+echo "(max/mean: the workers' token counts over both rounds; llep alone has no copies to spill to)"
+echo
+echo "== balancer simulation on the trace of the off run (epmoe bench balance, same placement code)"
+for W in 4 16 64 256; do
+	"$BIN" bench balance --trace "$TMP/trace.txt" --workers $W --redundant $W --interval 16 \
+		--window 64 --expert-mb "$(awk 'BEGIN { printf "%.3f", 3 * 256 * 512 * 4 / 1048576 }')" |
+		sed -n '1p;3,6p'
+done

@@ -1,0 +1,53 @@
+#!/bin/sh
+# (root) The balancer on the testbed: 4 worker hosts at 0.4 CPU each, the
+# router's host at 0.4 CPU, a Zipf-skewed model (epmoe mkmodel --gate-skew
+# zipf:1.2, 16 experts top-2 carrying most of the work), 16 concurrent
+# greedy streams; --balance off / eplb / llep / all with 4 redundant slots
+# a layer.  Per mode, over a warm-up round and a measured round: the
+# workers' token load max/mean (the router's per-worker counts), decode
+# throughput as a ratio to off (same run), inter-token latency p99,
+# re-placements and the weight bytes they loaded, failed requests.
+TEST_NAME=tb_balance
+top=$(cd "$(dirname "$0")/../../.." && pwd)
+. "$(dirname "$0")/../testbed.inc"
+REQ=${TB_BALANCE_REQUESTS:-32}
+if [ -z "${EPMOE_TESTBED_MODEL:-}" ]; then
+	MODEL=$top/${EPMOE_BUILD:-build}/models/balance-zipf-1.2-ff4096.gguf
+	mkdir -p "$(dirname "$MODEL")" || fail "mkdir $(dirname "$MODEL")"
+	[ -f "$MODEL" ] || "$B/epmoe" mkmodel --arch llama --out "$MODEL" --dim 512 --ff 4096 --dtype f16 \
+		--layers 4 --experts 16 --vocab 2048 --heads 8 --kv-heads 4 --gate-skew zipf:1.2 \
+		-q || fail "mkmodel"
+fi
+
+tb_up 4 --cpu 0.4 --router-cpu 0.4
+echo "== balancer on the testbed: 4 workers at 0.4 CPU, router at 0.4 CPU, $(basename "$MODEL"), 16 streams x 32 tokens"
+printf '%-5s %10s %10s %8s %10s %8s %10s %7s\n' mode "max/mean" "decode" "vs off" "itl p99" replace "moved" failed
+printf '%-5s %10s %10s %8s %10s %8s %10s %7s\n' "" "tokens" "tok/s" "" "ms" "" "MiB" ""
+base=
+for mode in off eplb llep all; do
+	: >"$TMPD/router.log"
+	tb_router 4 --balance $mode --redundant-slots 4 --eplb-interval 16 --eplb-window 64
+	for i in 1 2 3 4; do tb_worker $i; done
+	tb_ready 90 >/dev/null || fail "$mode: not ready"
+	$TB client "$B/epmoe" bench server --server "$URL" --concurrency 16 --requests 16 \
+		--max-tokens 32 --prompt-tokens 16 --quiet >/dev/null 2>&1
+	$TB client "$B/epmoe" bench server --server "$URL" --concurrency 16 --requests "$REQ" \
+		--max-tokens 32 --prompt-tokens 16 --quiet --json="$TMPD/b.json" >/dev/null 2>&1 ||
+		fail "$mode: epmoe bench server"
+	tb_get /v1/stats >"$TMPD/stats.json" || fail "$mode: /v1/stats"
+	set -- $(python3 - "$TMPD/b.json" "$TMPD/stats.json" <<'PY'
+import json, sys
+b = json.load(open(sys.argv[1])); j = json.load(open(sys.argv[2]))
+t = [w["tokens"] for w in j["workers"]["workers"]]
+bal = j["balance"]
+print("%.3f %.1f %.1f %d %.1f %d" % (max(t) * len(t) / max(1, sum(t)), b["output_token_throughput"],
+      b["itl_ms"]["p99"] or 0, bal["replacements"], bal["moved_bytes"] / 1048576, b["errors"]))
+PY
+)
+	[ -n "$base" ] || base=$2
+	printf '%-5s %10s %10s %8s %10s %8s %10s %7s\n' $mode "$1" "$2" \
+		"$(awk -v a="$2" -v b="$base" 'BEGIN { printf "x%.2f", a / b }')" "$3" "$4" "$5" "$6"
+	kill -TERM "$RPID" 2>/dev/null
+	for i in 1 2 3 4; do eval "kill -TERM \$WPID_$i" 2>/dev/null; done
+	eval "tb_wait_gone $RPID \$WPID_1 \$WPID_2 \$WPID_3 \$WPID_4"
+done
