@@ -6,6 +6,7 @@
 #   make test       install, build, run the Check suites and the
 #                   integration tests (SAN=1: under ASan + UBSan)
 #   make bench      print the benchmark tables
+#   make train      the routing study of train/ (hours; python3-torch)
 #   make deps       install the missing Debian packages (apt-get; sudo when
 #                   not root) and say what it installs
 #   make clean      remove build/
@@ -150,8 +151,11 @@ bench: deps
 bench-only: $(BINS)
 	@EPMOE_BUILD=$(B) sh client/bench/run.sh
 
-train:
-	$(MAKE) -C train
+# The routing study (train/README.md): needs the epmoe CLI for its
+# perplexity measurements.
+train: deps
+	@$(MAKE) --no-print-directory $(B)/bin/epmoe
+	$(MAKE) -C train EPMOE=$(abspath $(B)/bin/epmoe)
 
 clean:
 	rm -rf build
