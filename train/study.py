@@ -172,11 +172,16 @@ def main():
             if ref not in means:
                 continue
             a, b = means[v], means[ref]
-            sep = max(a['val_all']) < min(b['val_all']) or min(a['val_all']) > max(b['val_all'])
-            p('- %s vs %s: validation %+.2f%% (%.2f vs %.2f), test %+.2f%%; the seeds %s.'
+            if min(len(a['val_all']), len(b['val_all'])) < 2:
+                spread = 'one seed, no spread to compare with'
+            elif max(a['val_all']) < min(b['val_all']) or \
+                    min(a['val_all']) > max(b['val_all']):
+                spread = 'the seeds\' validation ranges do not overlap'
+            else:
+                spread = 'the seeds\' validation ranges overlap'
+            p('- %s vs %s: validation %+.2f%% (%.2f vs %.2f), test %+.2f%%; %s.'
               % (v, ref, pct(a['val'], b['val']), a['val'], b['val'],
-                 pct(a['test'], b['test']),
-                 'do not overlap' if sep else 'overlap'))
+                 pct(a['test'], b['test']), spread))
     p('')
     # Policies x variants on clean / 5% / 10% text (means over seeds).
     pols = []
