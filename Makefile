@@ -5,7 +5,11 @@
 #                   with two local workers on 127.0.0.1:8080
 #   make test       install, build, run the Check suites and the
 #                   integration tests (SAN=1: under ASan + UBSan)
-#   make bench      print the benchmark tables
+#   make test-deploy  (root) the deployment tests: Kubernetes manifests
+#                   offline, the multi-host testbed (network namespaces),
+#                   the Docker image, compose and a one-node swarm
+#   make bench      print the benchmark tables (make bench-testbed, root:
+#                   the cost of the testbed's delay relay)
 #   make train      the routing study of train/ (hours; python3-torch)
 #   make deps       install the missing Debian packages (apt-get; sudo when
 #                   not root) and say what it installs
@@ -26,6 +30,8 @@ PYTHON ?= /usr/bin/python3
 DEB_PKGS := build-essential pkg-config libuv1-dev libnng-dev libopenblas-dev \
 	libprotobuf-c-dev protobuf-c-compiler check libcjson-dev \
 	libhttp-parser-dev libpcre2-dev libcurl4-openssl-dev curl
+# Debian packages of `make test-deploy` only (installed by it).
+DEB_DEPLOY_PKGS := iptables docker.io docker-compose debootstrap python3-yaml
 # pkg-config modules; nng (CMake config only) and http-parser (no .pc) are
 # linked directly.  Recursively expanded so they are read after `deps`.
 PKGS := libuv openblas libprotobuf-c check libcjson libpcre2-8 libcurl
@@ -41,7 +47,17 @@ OPT := -O1 -g -march=$(ARCH) -fno-omit-frame-pointer -fno-strict-aliasing \
 	-fno-sanitize=alignment
 SAN_LD := -fsanitize=address,undefined
 endif
-CPPFLAGS_ALL = -Icommon -Iserver -Iworker -Iclient -I$(B)/gen $(PKG_CFLAGS) \
+# Each library sees only the headers it may use: common sees common and the
+# generated proto; worker, server and client see common and their own
+# folder (so an include of server/ from common/ fails to compile); the
+# tests see everything.  The folder is the first component of the source.
+INC_common := -Icommon -I$(B)/gen
+INC_worker := -Icommon -Iworker -I$(B)/gen
+INC_server := -Icommon -Iserver -I$(B)/gen
+INC_client := -Icommon -Iclient -I$(B)/gen
+INC_deploy :=
+INC_tests := -Icommon -Iserver -Iworker -Iclient -Itests/unit -I$(B)/gen
+CPPFLAGS_ALL = $(INC_$(firstword $(subst /, ,$<))) $(PKG_CFLAGS) \
 	-D_GNU_SOURCE -MMD -MP
 CFLAGS_ALL = -std=gnu11 $(OPT) $(WARN) $(CFLAGS)
 LDFLAGS_ALL = $(SAN_LD) $(LDFLAGS)
@@ -65,13 +81,15 @@ LIB_CLIENT := $(B)/lib/libepmoe-client.a
 LIBS_ALL := $(LIB_SERVER) $(LIB_WORKER) $(LIB_CLIENT) $(LIB_COMMON)
 
 BINS := $(B)/bin/epmoe $(B)/bin/epmoe-router $(B)/bin/epmoe-worker
+# the testbed's delay relay (deploy/testbed/relay.c; not installed)
+RELAY := $(B)/bin/epmoe-relay
 TESTS := $(patsubst tests/unit/%.c,$(B)/tests/%,$(TEST_SRC))
 
-.PHONY: all deps run test test-only bench bench-only clean check-deps train
+.PHONY: all deps run test test-only test-deploy bench bench-only bench-testbed clean check-deps train
 .DEFAULT_GOAL := all
 .SECONDARY:
 
-all: $(BINS) $(TESTS)
+all: $(BINS) $(RELAY) $(TESTS)
 
 deps:
 	@missing=""; \
@@ -129,6 +147,10 @@ $(B)/bin/epmoe-worker: $(B)/obj/worker/main.o $(LIBS_ALL)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $< $(LIBS_ALL) $(PKG_LIBS)
 
+$(RELAY): $(B)/obj/deploy/testbed/relay.o
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $< $(PKG_LIBS)
+
 $(B)/tests/%: $(B)/obj/tests/unit/%.o $(call obj,$(TEST_SUPPORT)) $(LIBS_ALL)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $< $(call obj,$(TEST_SUPPORT)) $(LIBS_ALL) $(PKG_LIBS)
@@ -145,8 +167,16 @@ test: deps
 test-only: all
 	@EPMOE_BUILD=$(B) SAN=$(SAN) sh tests/run.sh
 
+test-deploy: deps
+	@$(MAKE) --no-print-directory all
+	@EPMOE_BUILD=$(B) DEB_DEPLOY_PKGS="$(DEB_DEPLOY_PKGS)" sh tests/deploy/run.sh
+
 bench: deps
 	@$(MAKE) --no-print-directory bench-only
+
+# (root) the testbed's delay relay against plain links, alternating
+bench-testbed: all
+	@EPMOE_BIN=$(CURDIR)/$(B)/bin sh tests/testbed/bench/relay_cost.sh
 
 bench-only: $(BINS)
 	@EPMOE_BUILD=$(B) sh client/bench/run.sh

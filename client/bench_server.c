@@ -30,6 +30,7 @@
 #include "cl_oai.h"
 #include "cli.h"
 #include "cli_gen.h"
+#include "clock.h"
 #include "epmoe_client.h"
 #include "err.h"
 #include "sse.h"
@@ -51,15 +52,6 @@ enum {
 	OPT_NO_IGNORE_EOS,
 	OPT_QUIET,
 };
-
-static double
-now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* ---- per-request records ---- */
 
@@ -141,7 +133,7 @@ static void
 progress(struct run *run, long running, int final)
 {
 	static double last;
-	double t = now_s();
+	double t = clock_now();
 
 	if (!run->cfg->progress || (!final && t - last < 1.0))
 		return;
@@ -194,7 +186,7 @@ h_event(void *ud, const char *type, const char *data, size_t len)
 {
 	struct hreq *h = ud;
 	struct cl_oai_delta d;
-	double t = now_s();
+	double t = clock_now();
 
 	if (h->done)
 		return 0;
@@ -302,7 +294,7 @@ hreq_new(struct run *run, long i, char *url)
 	curl_easy_setopt(h->e, CURLOPT_TCP_NODELAY, 1L);
 	curl_easy_setopt(h->e, CURLOPT_USERAGENT, "epmoe-bench/1");
 	h->rec->started = 1;
-	h->rec->t0 = now_s();
+	h->rec->t0 = clock_now();
 	return h;
 fail:
 	hreq_free(h);
@@ -317,7 +309,7 @@ hreq_finish(struct hreq *h, CURLcode res)
 	struct run *run = h->run;
 	char key[16], msg[256];
 
-	r->t_end = now_s();
+	r->t_end = clock_now();
 	if (h->status == 0)
 		curl_easy_getinfo(h->e, CURLINFO_RESPONSE_CODE, &h->status);
 	if (h->bad) {
@@ -397,7 +389,7 @@ run_http(struct run *run)
 	for (;;) {
 		CURLMsg *msg;
 		int still, q;
-		double t = now_s();
+		double t = clock_now();
 
 		while (running < cfg->concurrency && launched < cfg->requests &&
 		        t < run->t_stop_launch) {
@@ -434,7 +426,7 @@ run_http(struct run *run)
 			hreq_free(h);
 			running--;
 		}
-		if (now_s() > hard_stop) {
+		if (clock_now() > hard_stop) {
 			rc = EPMOE_ETIMEDOUT;
 			break;
 		}
@@ -448,7 +440,7 @@ out:
 		if ((h = active[i]) == NULL)
 			continue;
 		curl_multi_remove_handle(m, h->e);
-		h->rec->t_end = now_s();
+		h->rec->t_end = clock_now();
 		run_error(run, h->rec, "aborted", "the benchmark gave up on it");
 		hreq_free(h);
 	}
@@ -471,7 +463,7 @@ n_chunk(void *ud, const struct epmoe_chunk *ch)
 	struct nctx *x = ud;
 
 	if (ch->text_len > 0 || ch->n_tokens > 0)
-		rec_chunk(x->rec, now_s());
+		rec_chunk(x->rec, clock_now());
 	return 0;
 }
 
@@ -503,16 +495,16 @@ nng_thread(void *arg)
 		struct nctx x;
 		int rc;
 
-		if (i >= cfg->requests || now_s() >= run->t_stop_launch)
+		if (i >= cfg->requests || clock_now() >= run->t_stop_launch)
 			break;
 		r = &run->recs[i];
 		x.run = run;
 		x.rec = r;
 		r->started = 1;
-		r->t0 = now_s();
+		r->t0 = clock_now();
 		rc = epmoe_complete(c, pick_prompt(cfg, i), &cfg->p, n_chunk, &x,
 		        &res);
-		r->t_end = now_s();
+		r->t_end = clock_now();
 		if (rc == 0) {
 			r->ok = 1;
 			r->has_usage = res.has_usage;
@@ -1094,7 +1086,7 @@ bench_server(int argc, char **argv)
 		rc = 1;
 		goto out_mu;
 	}
-	run.t_start = now_s();
+	run.t_start = clock_now();
 	run.t_stop_launch = run.t_start + cfg.duration_s;
 	if (cfg.tr == EPMOE_TRANSPORT_HTTP)
 		rc = run_http(&run);

@@ -1,11 +1,16 @@
 /* epmoe perplexity: perplexity of a text file, in process.
  *
- * Protocol (the trainer in train/ evaluates the same way, so the numbers
- * agree): the whole file is tokenized once without BOS; the token stream is
- * cut into consecutive, non-overlapping windows of ctx-1 tokens; each
- * window is fed as [BOS] + window (a fresh sequence), and every window token
- * is scored given its prefix.  PPL = exp(mean negative log-likelihood) over
- * all scored tokens.  The last window may be shorter. */
+ * Two protocols.  "windows" (the default; the trainer in train/ evaluates
+ * the same way, so the numbers agree): the whole file is tokenized once
+ * without BOS; the token stream is cut into consecutive, non-overlapping
+ * windows of ctx-1 tokens; each window is fed as [BOS] + window (a fresh
+ * sequence), and every window token is scored given its prefix; the last
+ * window may be shorter.  "llama" (llama-perplexity's): the file is
+ * tokenized with BOS in front, cut into floor(n / ctx) chunks of ctx
+ * tokens (the rest is dropped), the first token of every chunk is
+ * replaced by BOS, and only the second half of each chunk is scored
+ * (positions ctx/2 .. ctx-2 predicting the next token).  Either way
+ * PPL = exp(mean negative log-likelihood) over the scored tokens. */
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -64,7 +69,10 @@ usage(FILE *f)
 	        "  -m, --model M      GGUF model (env EPMOE_MODEL)\n"
 	        "  -f, --file F       text to score\n"
 	        "  -c, --ctx N        window length in tokens, BOS included (default 512)\n"
-	        "      --max-windows N  score at most N windows (default: all)\n"
+	        "      --protocol P   windows (default: every token of consecutive\n"
+	        "                     windows) or llama (llama-perplexity's: chunks of\n"
+	        "                     N tokens, BOS first, second half of each scored)\n"
+	        "      --max-windows N  score at most N windows / chunks (default: all)\n"
 	        "  -t, --threads N    threads (env EPMOE_THREADS; default: all cores)\n"
 	        "      --routing P    routing policy spec (default native)\n"
 	        "      --workers W    report worker balance as if W workers held\n"
@@ -98,13 +106,14 @@ cmd_perplexity(int argc, char **argv)
 		{ "routing", required_argument, NULL, 'r' },
 		{ "json", no_argument, NULL, 'J' },
 		{ "workers", required_argument, NULL, 'w' },
+		{ "protocol", required_argument, NULL, 'P' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 }
 	};
 	const char *model = cli_env("EPMOE_MODEL", NULL), *file = NULL;
 	const char *routing = NULL;
 	long ctx = 512, threads = 0, max_windows = -1, workers = 4;
-	int json = 0, c, rc = 1;
+	int json = 0, c, rc = 1, llama = 0;
 	char *text = NULL, err[512];
 	size_t text_len, n_ids = 0;
 	int32_t *ids = NULL, *win = NULL;
@@ -123,6 +132,12 @@ cmd_perplexity(int argc, char **argv)
 		case 'f': file = optarg; break;
 		case 'r': routing = optarg; break;
 		case 'J': json = 1; break;
+		case 'P':
+			if (strcmp(optarg, "llama") == 0)
+				llama = 1;
+			else if (strcmp(optarg, "windows") != 0)
+				return cli_bad("perplexity", "--protocol", "expects windows or llama");
+			break;
 		case 'w':
 			if (cli_long(optarg, 1, 256, &workers))
 				return cli_bad("perplexity", "--workers", "expects 1..256");
@@ -182,7 +197,7 @@ cmd_perplexity(int argc, char **argv)
 		fprintf(stderr, "epmoe perplexity: the model has no BOS token\n");
 		goto done;
 	}
-	if (tok_encode(tk, text, text_len, 0, &ids, &n_ids) != 0 || n_ids == 0) {
+	if (tok_encode(tk, text, text_len, llama, &ids, &n_ids) != 0 || n_ids == 0) {
 		fprintf(stderr, "epmoe perplexity: cannot tokenize %s (empty?)\n", file);
 		goto done;
 	}
@@ -195,7 +210,32 @@ cmd_perplexity(int argc, char **argv)
 	}
 	double sum = 0, t0 = clock_now();
 	size_t scored = 0, windows = 0;
-	for (size_t at = 0; at < n_ids; at += (size_t)ctx - 1) {
+	if (llama && n_ids < 2 * (size_t)ctx) {
+		fprintf(stderr, "epmoe perplexity: %zu tokens; the llama protocol needs at "
+		                "least 2 * ctx = %ld\n", n_ids, 2 * ctx);
+		goto done;
+	}
+	for (size_t at = 0; llama && at + (size_t)ctx <= n_ids; at += (size_t)ctx) {
+		if (max_windows > 0 && windows == (size_t)max_windows)
+			break;
+		memcpy(win, ids + at, (size_t)ctx * sizeof(int32_t));
+		win[0] = tok_bos(tk);
+		eng_seq_truncate(s, 0);
+		struct eng_item it = { .seq = s, .tokens = win, .n_tokens = (uint32_t)ctx,
+			.logits = ENG_LOGITS_ALL, .out = logits };
+		if ((rc = engine_step(e, &it, 1)) != 0) {
+			fprintf(stderr, "epmoe perplexity: %s\n", epmoe_strerror(rc));
+			rc = 1;
+			goto done;
+		}
+		for (size_t i = (size_t)ctx / 2; i + 1 < (size_t)ctx; i++)
+			sum += nll(logits + i * V, V, win[i + 1]);
+		scored += (size_t)ctx - 1 - (size_t)ctx / 2;
+		windows++;
+		if (!json && (windows % 10 == 0))
+			fprintf(stderr, "[%zu chunks] ppl %.4f\n", windows, exp(sum / scored));
+	}
+	for (size_t at = 0; !llama && at < n_ids; at += (size_t)ctx - 1) {
 		size_t n = n_ids - at < (size_t)ctx - 1 ? n_ids - at : (size_t)ctx - 1;
 		if (max_windows > 0 && windows == (size_t)max_windows)
 			break;
@@ -221,23 +261,25 @@ cmd_perplexity(int argc, char **argv)
 	const struct engine_timing *tm = engine_timing(e);
 	double calls = acc.calls ? (double)acc.calls : 1;
 	if (json)
-		printf("{\"model\":\"%s\",\"file\":\"%s\",\"routing\":\"%s\",\"ctx\":%ld,"
+		printf("{\"model\":\"%s\",\"file\":\"%s\",\"routing\":\"%s\",\"protocol\":\"%s\",\"ctx\":%ld,"
 		       "\"windows\":%zu,\"tokens\":%zu,\"nll\":%.6f,\"perplexity\":%.6f,"
 		       "\"seconds\":%.3f,\"tokens_per_s\":%.1f,\"maxvio\":%.4f,"
 		       "\"worker_max_over_mean\":%.4f,\"workers\":%u,\"experts_per_token\":%.4f,"
 		       "\"ot_runs\":%llu,\"route_calls\":%llu,\"route_s\":%.4f,\"moe_s\":%.4f,"
 		       "\"route_over_moe\":%.5f}\n",
-		        model, file, routing ? routing : "native", ctx, windows, scored,
+		        model, file, routing ? routing : "native", llama ? "llama" : "windows",
+		        ctx, windows, scored,
 		        sum / scored, ppl, dt, (scored + windows) / dt, acc.maxvio_sum / calls,
 		        acc.worker_ratio_sum / calls, acc.n_workers,
 		        acc.tokens ? (double)acc.pairs / acc.tokens : 0,
 		        (unsigned long long)acc.ot_runs, (unsigned long long)acc.calls,
 		        acc.seconds, tm->moe, tm->moe > 0 ? acc.seconds / tm->moe : 0);
 	else
-		printf("perplexity %.4f over %zu tokens (%zu windows of %ld, routing %s) in %.1f s"
+		printf("perplexity %.4f over %zu tokens (%zu %s of %ld, routing %s) in %.1f s"
 		       " (%.1f tok/s); MaxVio %.3f, worker max/mean %.3f (%u workers),"
 		       " experts/token %.3f, OT runs %llu/%llu\n",
-		        ppl, scored, windows, ctx, routing ? routing : "native", dt,
+		        ppl, scored, windows, llama ? "llama-protocol chunks" : "windows", ctx,
+		        routing ? routing : "native", dt,
 		        (scored + windows) / dt, acc.maxvio_sum / calls,
 		        acc.worker_ratio_sum / calls, acc.n_workers,
 		        acc.tokens ? (double)acc.pairs / acc.tokens : 0,

@@ -169,7 +169,7 @@ cmd_run(int argc, char **argv)
 		goto done;
 	}
 	smp_ok = 1;
-	if (tok_stream_init(&ts, tk, TOK_STREAM_SEQ_START) != 0)
+	if (tok_stream_init(&ts, tk, 0) != 0)
 		goto done;
 	ts_ok = 1;
 	if ((logits = malloc(m->hp.n_vocab * sizeof(float))) == NULL ||

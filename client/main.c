@@ -22,7 +22,9 @@ static const struct subcmd subcmds[] = {
 	{ "chat", cmd_chat, "interactive chat with a running server" },
 	{ "bench", cmd_bench, "load generator against a running server" },
 	{ "mkmodel", cmd_mkmodel, "write a random-weight MoE model (GGUF)" },
+	{ "quantize", cmd_quantize, "write a quantised copy of a model (q4_k_m, ...)" },
 	{ "inspect", cmd_inspect, "print a GGUF file's metadata and tensors" },
+	{ "health", cmd_health, "exit 0 when a router (or a worker's health file) is ready" },
 };
 
 static void

@@ -24,6 +24,7 @@
 #include "clock.h"
 #include "engine.h"
 #include "err.h"
+#include "fmath.h"
 #include "log.h"
 
 struct engine {
@@ -646,15 +647,6 @@ route_step(struct engine *e, struct eng_item *items, uint32_t n_items,
 	return 0;
 }
 
-static float
-sigmoidf(float z)
-{
-	if (z >= 0)
-		return 1.0f / (1.0f + expf(-z));
-	float ez = expf(z);
-	return ez / (1.0f + ez);
-}
-
 static int
 moe_block(struct engine *e, struct eng_item *items, uint32_t n_items,
         const uint32_t *item_row0, uint32_t T, uint32_t il)
@@ -696,7 +688,7 @@ moe_block(struct engine *e, struct eng_item *items, uint32_t n_items,
 			return rc;
 		for (uint32_t t = 0; t < T; t++) {
 			float gsh = l->shexp_gate ?
-			        sigmoidf(op_dot(e->xn + (size_t)t * d, l->shexp_gate, (int)d)) : 1.0f;
+			        fmath_sigmoid(op_dot(e->xn + (size_t)t * d, l->shexp_gate, (int)d)) : 1.0f;
 			float *y = e->tmp + (size_t)t * d, *mo = e->moe + (size_t)t * d;
 			for (uint32_t c = 0; c < d; c++)
 				mo[c] += gsh * y[c];

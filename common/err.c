@@ -1,5 +1,7 @@
-/* epmoe_strerror and errno conversion. */
+/* epmoe_strerror, errno conversion and the error-message out-parameter. */
 #include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
 
 #include "err.h"
 
@@ -45,4 +47,16 @@ epmoe_err_from_errno(int e)
 	case ECONNRESET: return EPMOE_ECLOSED;
 	default: return EPMOE_EIO;
 	}
+}
+
+void
+epmoe_set_err(char *err, size_t err_len, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (err == NULL || err_len == 0)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(err, err_len, fmt, ap);
+	va_end(ap);
 }

@@ -7,6 +7,8 @@
 #ifndef EPMOE_ERR_H
 #define EPMOE_ERR_H
 
+#include <stddef.h>
+
 enum {
 	EPMOE_OK = 0,
 	EPMOE_EINVAL = -1,    /* invalid argument or request */
@@ -31,5 +33,10 @@ const char *epmoe_strerror(int err);
 
 /* Maps an errno value to an EPMOE_E* code. */
 int epmoe_err_from_errno(int e);
+
+/* Writes a one-line message into err[0..err_len) (nothing when err is NULL
+ * or err_len 0): the "err, err_len" out-parameter of fallible functions. */
+void epmoe_set_err(char *err, size_t err_len, const char *fmt, ...)
+        __attribute__((format(printf, 3, 4)));
 
 #endif

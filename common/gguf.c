@@ -21,6 +21,7 @@
 
 #include "err.h"
 #include "gguf.h"
+#include "strmap.h"
 
 /* Smallest possible encodings, used to bound allocations by the bytes
  * actually present: a kv is key length (8) + type (4) + at least one value
@@ -34,15 +35,13 @@
 #define MAX_COUNT (UINT32_C(1) << 30)
 
 /* The gguf_file handed out is the first member, so gguf_close can find the
- * private part.  Hash tables: open addressing, slot holds index + 1. */
+ * private part.  The name maps give the index of each key and tensor. */
 struct gguf_priv {
 	struct gguf_file f;
 	uint64_t kv_alloc; /* entries allocated in f.kv / f.tensors; less */
 	uint64_t t_alloc;  /* than the counts while a bad file is parsed */
-	uint32_t *kv_slots;
-	uint64_t kv_mask;
-	uint32_t *t_slots;
-	uint64_t t_mask;
+	struct strmap kv_names;
+	struct strmap t_names;
 };
 
 struct parse {
@@ -216,50 +215,6 @@ is_float_type(enum gguf_type t)
 	return t == GGUF_TYPE_FLOAT32 || t == GGUF_TYPE_FLOAT64;
 }
 
-/* ---- name hashing ---- */
-
-static uint64_t
-hash_bytes(const char *p, uint64_t n)
-{
-	uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
-
-	for (uint64_t i = 0; i < n; i++) {
-		h ^= (unsigned char)p[i];
-		h *= 0x100000001b3ull;
-	}
-	return h;
-}
-
-static int
-str_eq_str(struct gguf_str a, struct gguf_str b)
-{
-	return a.len == b.len && memcmp(a.ptr, b.ptr, (size_t)a.len) == 0;
-}
-
-static int
-table_new(uint32_t **slots, uint64_t *mask, uint64_t n)
-{
-	uint64_t cap = 8;
-
-	while (cap < 2 * n)
-		cap *= 2;
-	if ((*slots = calloc(cap, sizeof(**slots))) == NULL)
-		return EPMOE_ENOMEM;
-	*mask = cap - 1;
-	return 0;
-}
-
-/* Returns the slot for name: either empty or holding an equal name.
- * names(i) gives the name of entry i. */
-#define TABLE_FIND(slots, mask, name, entries, field)                      \
-	({                                                                 \
-		uint64_t h_ = hash_bytes((name).ptr, (name).len) & (mask); \
-		while ((slots)[h_] != 0 &&                                 \
-		        !str_eq_str((entries)[(slots)[h_] - 1].field, (name))) \
-			h_ = (h_ + 1) & (mask);                            \
-		h_;                                                        \
-	})
-
 /* ---- metadata ---- */
 
 static int
@@ -347,7 +302,6 @@ parse_kvs(struct parse *ps, struct gguf_priv *g)
 	for (uint64_t i = 0; i < f->n_kv; i++) {
 		struct gguf_kv *kv = &f->kv[i];
 		uint32_t t;
-		uint64_t slot;
 
 		if (i >= g->kv_alloc) /* cannot happen: bytes ran out first */
 			return fail(ps, EPMOE_EFORMAT,
@@ -360,10 +314,11 @@ parse_kvs(struct parse *ps, struct gguf_priv *g)
 			goto trunc;
 		snprintf(what, sizeof(what), "key '%s'",
 		        str_show(kv->key, kbuf, sizeof(kbuf)));
-		slot = TABLE_FIND(g->kv_slots, g->kv_mask, kv->key, f->kv, key);
-		if (g->kv_slots[slot] != 0)
+		rc = strmap_put(&g->kv_names, kv->key.ptr, kv->key.len, (int32_t)i, NULL);
+		if (rc == 1)
 			return fail(ps, EPMOE_EFORMAT, "duplicate %s", what);
-		g->kv_slots[slot] = (uint32_t)i + 1;
+		if (rc < 0)
+			return fail(ps, rc, "%s: %s", what, epmoe_strerror(rc));
 		if (rd_u32(ps, &t))
 			goto trunc;
 		if (t >= GGUF_TYPE_COUNT)
@@ -415,8 +370,8 @@ read_alignment(struct parse *ps, struct gguf_priv *g)
  * name table for them (see KV_MIN_BYTES). */
 static int
 alloc_entries(struct parse *ps, void **arr, size_t elem, uint64_t count,
-        uint64_t min_bytes, uint64_t *n_alloc, uint32_t **slots,
-        uint64_t *mask, const char *what)
+        uint64_t min_bytes, uint64_t *n_alloc, struct strmap *names,
+        const char *what)
 {
 	uint64_t n = rem(ps) / min_bytes + 1;
 
@@ -425,7 +380,7 @@ alloc_entries(struct parse *ps, void **arr, size_t elem, uint64_t count,
 	if (n > MAX_COUNT)
 		return fail(ps, EPMOE_ERANGE, "more than %u %s", MAX_COUNT, what);
 	if ((*arr = calloc(n ? n : 1, elem)) == NULL ||
-	        table_new(slots, mask, n) != 0)
+	        strmap_init(names, n) != 0)
 		return fail(ps, EPMOE_ENOMEM, "out of memory");
 	*n_alloc = n;
 	return 0;
@@ -433,13 +388,16 @@ alloc_entries(struct parse *ps, void **arr, size_t elem, uint64_t count,
 
 /* ---- tensor infos ---- */
 
+/* Types whose block size is known open (so `epmoe inspect` shows any
+ * llama.cpp file); whether epmoe can compute with them is the model
+ * loader's question (dtype_supported). */
 static int
 unsupported_type(struct parse *ps, const char *what, uint32_t t)
 {
 	return fail(ps, EPMOE_ENOTSUP,
-	        "%s has tensor type %s, which is not supported "
-	        "(supported: f32, f16, bf16, q8_0)",
-	        what, dtype_name((enum dtype)t));
+	        "%s has tensor type %s, whose layout is not known "
+	        "(supported: %s)",
+	        what, dtype_name((enum dtype)t), dtype_supported_list());
 }
 
 static int
@@ -449,18 +407,20 @@ parse_tensor_info(struct parse *ps, struct gguf_priv *g, uint64_t i)
 	struct gguf_tensor *t = &f->tensors[i];
 	char nbuf[64], what[96];
 	uint32_t type;
-	uint64_t slot, n = 1;
+	uint64_t n = 1;
+	int rc;
 	size_t blk;
 
 	if (rd_str(ps, &t->name))
 		return TRUNC;
 	snprintf(what, sizeof(what), "tensor '%s' (%" PRIu64 " of %" PRIu64 ")",
 	        str_show(t->name, nbuf, sizeof(nbuf)), i + 1, f->n_tensors);
-	slot = TABLE_FIND(g->t_slots, g->t_mask, t->name, f->tensors, name);
-	if (g->t_slots[slot] != 0)
+	rc = strmap_put(&g->t_names, t->name.ptr, t->name.len, (int32_t)i, NULL);
+	if (rc == 1)
 		return fail(ps, EPMOE_EFORMAT, "duplicate tensor name in %s",
 		        what);
-	g->t_slots[slot] = (uint32_t)i + 1;
+	if (rc < 0)
+		return fail(ps, rc, "%s: %s", what, epmoe_strerror(rc));
 	if (rd_u32(ps, &t->n_dims))
 		return TRUNC;
 	if (t->n_dims == 0 || t->n_dims > GGUF_MAX_DIMS)
@@ -485,7 +445,7 @@ parse_tensor_info(struct parse *ps, struct gguf_priv *g, uint64_t i)
 			        "%s: element count overflows", what);
 	}
 	t->n_elements = n;
-	if (!dtype_supported((enum dtype)type))
+	if (dtype_block_size((enum dtype)type) == 0)
 		return unsupported_type(ps, what, type);
 	t->type = (enum dtype)type;
 	blk = dtype_block_elems(t->type);
@@ -511,8 +471,8 @@ parse_tensors(struct parse *ps, struct gguf_priv *g)
 	int rc;
 
 	if ((rc = alloc_entries(ps, (void **)&f->tensors, sizeof(*f->tensors),
-	             f->n_tensors, TINFO_MIN_BYTES, &g->t_alloc, &g->t_slots,
-	             &g->t_mask, "tensors")) != 0)
+	             f->n_tensors, TINFO_MIN_BYTES, &g->t_alloc, &g->t_names,
+	             "tensors")) != 0)
 		return rc;
 	for (uint64_t i = 0; i < f->n_tensors; i++) {
 		if (i >= g->t_alloc ||
@@ -589,7 +549,7 @@ parse_header(struct parse *ps, struct gguf_priv *g)
 	if (rd_u64(ps, &f->n_tensors) || rd_u64(ps, &f->n_kv))
 		goto trunc;
 	if ((rc = alloc_entries(ps, (void **)&f->kv, sizeof(*f->kv), f->n_kv,
-	             KV_MIN_BYTES, &g->kv_alloc, &g->kv_slots, &g->kv_mask,
+	             KV_MIN_BYTES, &g->kv_alloc, &g->kv_names,
 	             "key-value pairs")) != 0)
 		return rc;
 	if ((rc = parse_kvs(ps, g)) != 0)
@@ -673,8 +633,8 @@ gguf_close(struct gguf_file *f)
 	}
 	free(f->kv);
 	free(f->tensors);
-	free(g->kv_slots);
-	free(g->t_slots);
+	strmap_fini(&g->kv_names);
+	strmap_fini(&g->t_names);
 	if (f->base != NULL)
 		munmap((void *)f->base, f->file_size);
 	free(f->path);
@@ -687,20 +647,18 @@ const struct gguf_kv *
 gguf_find_kv(const struct gguf_file *f, const char *key)
 {
 	const struct gguf_priv *g = (const struct gguf_priv *)f;
-	struct gguf_str k = { strlen(key), key };
-	uint64_t slot = TABLE_FIND(g->kv_slots, g->kv_mask, k, f->kv, key);
+	int32_t i = strmap_get(&g->kv_names, key, strlen(key));
 
-	return g->kv_slots[slot] ? &f->kv[g->kv_slots[slot] - 1] : NULL;
+	return i >= 0 ? &f->kv[i] : NULL;
 }
 
 const struct gguf_tensor *
 gguf_find_tensor(const struct gguf_file *f, const char *name)
 {
 	const struct gguf_priv *g = (const struct gguf_priv *)f;
-	struct gguf_str k = { strlen(name), name };
-	uint64_t slot = TABLE_FIND(g->t_slots, g->t_mask, k, f->tensors, name);
+	int32_t i = strmap_get(&g->t_names, name, strlen(name));
 
-	return g->t_slots[slot] ? &f->tensors[g->t_slots[slot] - 1] : NULL;
+	return i >= 0 ? &f->tensors[i] : NULL;
 }
 
 /* Integer value of kv as a signed 128-bit-free pair: ok when kv is an
@@ -902,40 +860,83 @@ gguf_type_name(enum gguf_type t)
 	return "unknown";
 }
 
-/* ggml's numbering, including types epmoe cannot convert, so messages can
- * name them. */
-static const char *const dtype_names[] = {
-	[0] = "f32", [1] = "f16", [2] = "q4_0", [3] = "q4_1", [6] = "q5_0",
-	[7] = "q5_1", [8] = "q8_0", [9] = "q8_1", [10] = "q2_K",
-	[11] = "q3_K", [12] = "q4_K", [13] = "q5_K", [14] = "q6_K",
-	[15] = "q8_K", [16] = "iq2_xxs", [17] = "iq2_xs", [18] = "iq3_xxs",
-	[19] = "iq1_s", [20] = "iq4_nl", [21] = "iq3_s", [22] = "iq2_s",
-	[23] = "iq4_xs", [24] = "i8", [25] = "i16", [26] = "i32",
-	[27] = "i64", [28] = "f64", [29] = "iq1_m", [30] = "bf16",
-	[34] = "tq1_0", [35] = "tq2_0",
+/* ggml's numbering (b4747).  Types epmoe cannot compute with keep their
+ * block geometry so files holding them still open and can be inspected;
+ * numbers 31-33 and 36-38 were retired by ggml and stay unknown. */
+static const struct dtype_info {
+	const char *name;
+	uint16_t blk_elems;
+	uint16_t blk_bytes;
+	bool supported;
+} dtype_info[] = {
+	[DTYPE_F32] = { "f32", 1, 4, true },
+	[DTYPE_F16] = { "f16", 1, 2, true },
+	[DTYPE_Q4_0] = { "q4_0", 32, 18, true },
+	[DTYPE_Q4_1] = { "q4_1", 32, 20, true },
+	[DTYPE_Q5_0] = { "q5_0", 32, 22, true },
+	[DTYPE_Q5_1] = { "q5_1", 32, 24, true },
+	[DTYPE_Q8_0] = { "q8_0", 32, 34, true },
+	[DTYPE_Q8_1] = { "q8_1", 32, 36, false },
+	[DTYPE_Q2_K] = { "q2_K", 256, 84, true },
+	[DTYPE_Q3_K] = { "q3_K", 256, 110, true },
+	[DTYPE_Q4_K] = { "q4_K", 256, 144, true },
+	[DTYPE_Q5_K] = { "q5_K", 256, 176, true },
+	[DTYPE_Q6_K] = { "q6_K", 256, 210, true },
+	[DTYPE_Q8_K] = { "q8_K", 256, 292, false },
+	[16] = { "iq2_xxs", 256, 66, false },
+	[17] = { "iq2_xs", 256, 74, false },
+	[18] = { "iq3_xxs", 256, 98, false },
+	[19] = { "iq1_s", 256, 50, false },
+	[20] = { "iq4_nl", 32, 18, false },
+	[21] = { "iq3_s", 256, 110, false },
+	[22] = { "iq2_s", 256, 82, false },
+	[23] = { "iq4_xs", 256, 136, false },
+	[24] = { "i8", 1, 1, false },
+	[25] = { "i16", 1, 2, false },
+	[26] = { "i32", 1, 4, false },
+	[27] = { "i64", 1, 8, false },
+	[28] = { "f64", 1, 8, false },
+	[29] = { "iq1_m", 256, 56, false },
+	[DTYPE_BF16] = { "bf16", 1, 2, true },
+	[34] = { "tq1_0", 256, 54, false },
+	[35] = { "tq2_0", 256, 66, false },
 };
+
+#define N_DTYPE_INFO (sizeof(dtype_info) / sizeof(dtype_info[0]))
+
+static const struct dtype_info *
+info_of(enum dtype t)
+{
+	if ((unsigned)t < N_DTYPE_INFO && dtype_info[t].name != NULL)
+		return &dtype_info[t];
+	return NULL;
+}
 
 const char *
 dtype_name(enum dtype t)
 {
 	static __thread char buf[24];
+	const struct dtype_info *d = info_of(t);
 
-	if ((unsigned)t < sizeof(dtype_names) / sizeof(dtype_names[0]) &&
-	        dtype_names[t] != NULL)
-		return dtype_names[t];
+	if (d != NULL)
+		return d->name;
 	snprintf(buf, sizeof(buf), "type%u", (unsigned)t);
 	return buf;
+}
+
+const char *
+dtype_supported_list(void)
+{
+	return "f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, q2_K, q3_K, "
+	       "q4_K, q5_K, q6_K";
 }
 
 int
 dtype_parse(const char *s, enum dtype *out)
 {
-	static const enum dtype ok[] = { DTYPE_F32, DTYPE_F16,
-		DTYPE_BF16, DTYPE_Q8_0 };
-
-	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
-		if (strcasecmp(s, dtype_names[ok[i]]) == 0) {
-			*out = ok[i];
+	for (unsigned t = 0; t < N_DTYPE_INFO; t++) {
+		if (dtype_info[t].supported && strcasecmp(s, dtype_info[t].name) == 0) {
+			*out = (enum dtype)t;
 			return 0;
 		}
 	}
@@ -945,26 +946,25 @@ dtype_parse(const char *s, enum dtype *out)
 int
 dtype_supported(enum dtype t)
 {
-	return t == DTYPE_F32 || t == DTYPE_F16 ||
-	        t == DTYPE_BF16 || t == DTYPE_Q8_0;
+	const struct dtype_info *d = info_of(t);
+
+	return d != NULL && d->supported;
 }
 
 uint32_t
 dtype_block_elems(enum dtype t)
 {
-	return t == DTYPE_Q8_0 ? QK8_0 : 1;
+	const struct dtype_info *d = info_of(t);
+
+	return d != NULL ? d->blk_elems : 1;
 }
 
 size_t
 dtype_block_size(enum dtype t)
 {
-	switch (t) {
-	case DTYPE_F32: return 4;
-	case DTYPE_F16:
-	case DTYPE_BF16: return 2;
-	case DTYPE_Q8_0: return 2 + QK8_0;
-	default: return 0;
-	}
+	const struct dtype_info *d = info_of(t);
+
+	return d != NULL ? d->blk_bytes : 0;
 }
 
 size_t

@@ -11,8 +11,11 @@
  * they live as long as the gguf_file.  An open gguf_file is read-only and
  * may be shared between threads.
  *
- * Tensor data conversion to float32 (F32, F16, BF16, Q8_0) lives in
- * dtype_row_to_f32(); the reader itself never copies tensor data.
+ * Tensor data conversion to float32 lives in dtype_row_to_f32() (F32,
+ * F16, BF16, Q8_0 in gguf_conv.c, the other block-quantised types in
+ * quant.c); the reader itself never copies tensor data.  Files holding
+ * types epmoe cannot compute with (the IQ formats, ...) still open when
+ * the block size of the type is known; the model loader refuses them.
  */
 #ifndef EPMOE_GGUF_H
 #define EPMOE_GGUF_H
@@ -43,8 +46,9 @@ enum gguf_type {
 	GGUF_TYPE_COUNT
 };
 
-/* Tensor types (ggml numbering).  Only those with a conversion are
- * "supported"; the others are recognised so error messages can name them. */
+/* Tensor types (ggml numbering).  Only those epmoe computes with are
+ * "supported"; the others are recognised so files open and messages can
+ * name them. */
 enum dtype {
 	DTYPE_F32 = 0,
 	DTYPE_F16 = 1,
@@ -160,14 +164,19 @@ const char *gguf_type_name(enum gguf_type t);
 /* Name of a tensor type ("f32", "q8_0", ...) or "type<N>" (static buffer
  * for unknown numbers: not thread-safe for those). */
 const char *dtype_name(enum dtype t);
-/* Parses "f32", "f16", "bf16", "q8_0"; returns 0 or EPMOE_EINVAL. */
+/* Parses the name of a supported type ("f32", "q4_k", ...; any case);
+ * returns 0 or EPMOE_EINVAL. */
 int dtype_parse(const char *s, enum dtype *out);
 
-/* 1 if epmoe can convert this type to f32. */
+/* 1 if epmoe computes with this type (converts it to f32 and has its dot
+ * products): F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K. */
 int dtype_supported(enum dtype t);
-/* Elements per block (1 for float types, 32 for Q8_0). */
+/* "f32, f16, ..." for messages. */
+const char *dtype_supported_list(void);
+/* Elements per block (1 for float types, 32 or 256 for block types; 1 for
+ * unknown types). */
 uint32_t dtype_block_elems(enum dtype t);
-/* Bytes per block. 0 for unknown types. */
+/* Bytes per block. 0 for unknown types (those a file cannot hold). */
 size_t dtype_block_size(enum dtype t);
 /* Bytes of a row of n elements (n a multiple of the block size). */
 size_t dtype_row_size(enum dtype t, uint64_t n);
@@ -175,8 +184,8 @@ size_t dtype_row_size(enum dtype t, uint64_t n);
 /* Converts n elements (n a multiple of the block size) starting at src to
  * float32.  EPMOE_ENOTSUP for types without a conversion. */
 int dtype_row_to_f32(enum dtype t, const void *src, float *dst, size_t n);
-/* The reverse, used by the writer and the trainer's exporter:
- * f32 -> t for F32, F16, BF16, Q8_0. */
+/* The reverse, used by the writer, the quantiser and the trainer's
+ * exporter: f32 -> t for every supported type. */
 int dtype_row_from_f32(enum dtype t, const float *src, void *dst, size_t n);
 
 /* The plain scalar loops behind the two functions above (which use
@@ -227,6 +236,9 @@ int gguf_writer_set_arr(struct gguf_writer *w, const char *key,
 /* String array: n NUL-terminated strings. */
 int gguf_writer_set_arr_str(struct gguf_writer *w, const char *key,
         const char *const *strs, uint64_t n);
+/* Copies one key-value pair read by gguf_open (any type, strings by
+ * length); EPMOE_EINVAL on a repeated key. */
+int gguf_writer_copy_kv(struct gguf_writer *w, const struct gguf_kv *kv);
 /* Sets general.alignment (default 32). */
 int gguf_writer_set_alignment(struct gguf_writer *w, uint32_t alignment);
 

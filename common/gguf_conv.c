@@ -1,5 +1,6 @@
 /* Tensor element conversions between float32 and the GGUF storage types
- * epmoe supports: F32, F16, BF16 and Q8_0.
+ * F32, F16, BF16 and Q8_0; the other block-quantised types are passed on
+ * to quant.c.
  *
  * These run on the inference hot path (weight rows are converted per use),
  * so the row functions use F16C / AVX2 / AVX-512 when the build enables
@@ -18,6 +19,7 @@
 
 #include "err.h"
 #include "gguf.h"
+#include "quant.h"
 
 static uint32_t
 f32_bits(float f)
@@ -139,7 +141,9 @@ q8_0_block_from_f32(const float *src, uint8_t *b)
 		if (a > amax)
 			amax = a;
 	}
-	d = amax / 127.0f;
+	/* the scale is clamped to the largest finite half (ggml writes inf
+	 * there): huge inputs clip instead of decoding to infinity */
+	d = fminf(amax / 127.0f, 65504.0f);
 	id = d != 0.0f ? 1.0f / d : 0.0f;
 	dh = f32_to_fp16(d);
 	memcpy(b, &dh, 2);
@@ -193,7 +197,7 @@ dtype_row_to_f32_ref(enum dtype t, const void *src, float *dst, size_t n)
 			q8_0_block_to_f32(s + i * Q8_0_BYTES, dst + i * QK8_0);
 		break;
 	default:
-		return EPMOE_ENOTSUP;
+		return quant_row_to_f32_ref(t, src, dst, n);
 	}
 	return 0;
 }
@@ -229,7 +233,7 @@ dtype_row_from_f32_ref(enum dtype t, const float *src, void *dst,
 			q8_0_block_from_f32(src + i * QK8_0, d + i * Q8_0_BYTES);
 		break;
 	default:
-		return EPMOE_ENOTSUP;
+		return quant_row_from_f32(t, src, dst, n);
 	}
 	return 0;
 }
@@ -383,8 +387,10 @@ dtype_row_to_f32(enum dtype t, const void *src, float *dst, size_t n)
 		i = q8_0_to_f32_vec(s, dst, n);
 		return dtype_row_to_f32_ref(t, s + (i / QK8_0) * Q8_0_BYTES,
 		        dst + i, n - i);
-	default:
+	case DTYPE_F32:
 		return dtype_row_to_f32_ref(t, src, dst, n);
+	default:
+		return quant_row_to_f32(t, src, dst, n);
 	}
 }
 

@@ -328,6 +328,59 @@ gguf_writer_set_arr_str(struct gguf_writer *w, const char *key,
 }
 
 int
+gguf_writer_copy_kv(struct gguf_writer *w, const struct gguf_kv *kv)
+{
+	char key[256];
+	size_t mark, es;
+	int rc = 0;
+
+	if (kv->key.len >= sizeof(key) || memchr(kv->key.ptr, 0, (size_t)kv->key.len))
+		return EPMOE_EINVAL;
+	memcpy(key, kv->key.ptr, (size_t)kv->key.len);
+	key[kv->key.len] = '\0';
+	if ((rc = kv_begin(w, key, kv->type, &mark)) != 0)
+		return rc;
+	switch (kv->type) {
+	case GGUF_TYPE_STRING:
+		if ((rc = bytes_u64(&w->meta, kv->v.str.len)) == 0)
+			rc = bytes_put(&w->meta, kv->v.str.ptr, (size_t)kv->v.str.len);
+		break;
+	case GGUF_TYPE_ARRAY:
+		if ((rc = bytes_u32(&w->meta, (uint32_t)kv->v.arr.type)) != 0 ||
+		        (rc = bytes_u64(&w->meta, kv->v.arr.n)) != 0)
+			break;
+		if (kv->v.arr.type == GGUF_TYPE_STRING) {
+			for (uint64_t i = 0; rc == 0 && i < kv->v.arr.n; i++) {
+				const struct gguf_str *s = &kv->v.arr.strs[i];
+				if ((rc = bytes_u64(&w->meta, s->len)) == 0)
+					rc = bytes_put(&w->meta, s->ptr, (size_t)s->len);
+			}
+		} else if ((es = elem_size(kv->v.arr.type)) == 0) {
+			rc = EPMOE_EINVAL;
+		} else {
+			rc = bytes_put(&w->meta, kv->v.arr.data, (size_t)kv->v.arr.n * es);
+		}
+		break;
+	default: {
+		/* scalars: back to their own width, little-endian */
+		uint8_t b[8];
+		float f;
+		es = elem_size(kv->type);
+		if (kv->type == GGUF_TYPE_FLOAT32) {
+			f = (float)kv->v.f64;
+			memcpy(b, &f, 4);
+		} else if (kv->type == GGUF_TYPE_FLOAT64) {
+			memcpy(b, &kv->v.f64, 8);
+		} else {
+			memcpy(b, &kv->v.u64, 8); /* i64 shares the bytes */
+		}
+		rc = es ? bytes_put(&w->meta, b, es) : EPMOE_EINVAL;
+	}
+	}
+	return kv_end(w, key, mark, rc);
+}
+
+int
 gguf_writer_set_alignment(struct gguf_writer *w, uint32_t alignment)
 {
 	int rc;

@@ -20,7 +20,9 @@
 
 #include "err.h"
 #include "gguf.h"
+#include "hash.h"
 #include "mkmodel.h"
+#include "rng.h"
 
 #define CHUNK 65536 /* elements per independently seeded chunk (mult. of 32) */
 #define MAX_THREADS 64
@@ -336,16 +338,6 @@ mkmodel_data_size(const struct mkmodel_cfg *c)
 
 /* ---- random numbers ---- */
 
-static uint64_t
-splitmix64(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
 struct xoshiro {
 	uint64_t s[4];
 };
@@ -385,18 +377,6 @@ normalish(struct xoshiro *x)
 	return ((float)u - 131070.0f) * (1.0f / 37837.227f);
 }
 
-static uint64_t
-name_hash(const char *s)
-{
-	uint64_t h = 0xcbf29ce484222325ull;
-
-	for (; *s; s++) {
-		h ^= (unsigned char)*s;
-		h *= 0x100000001b3ull;
-	}
-	return h;
-}
-
 /* ---- parallel fill ---- */
 
 struct fill_job {
@@ -420,7 +400,7 @@ gen_chunk(const struct fill_job *j, uint64_t c, float *tmp)
 	struct xoshiro x;
 
 	for (int i = 0; i < 4; i++)
-		x.s[i] = splitmix64(&sm);
+		x.s[i] = rng_splitmix64(&sm);
 	if (t->init == INIT_NORM) {
 		for (size_t i = 0; i < n; i++)
 			out[i] = 1.0f + 0.1f * normalish(&x);
@@ -573,11 +553,7 @@ vb_add(struct vb *b, const char *s, size_t len)
 
 	if (b->n == b->cap)
 		return VB_FULL;
-	h = 0xcbf29ce484222325ull;
-	for (size_t i = 0; i < len; i++) {
-		h ^= (unsigned char)s[i];
-		h *= 0x100000001b3ull;
-	}
+	h = hash_fnv1a(s, len, HASH_FNV1A_INIT);
 	for (h &= b->set_mask; b->set[h] != 0; h = (h + 1) & b->set_mask) {
 		const char *o = b->arena + b->off[b->set[h] - 1];
 
@@ -925,9 +901,9 @@ mkmodel_write(const struct mkmodel_cfg *c, const char *path, char *err,
 		goto fail;
 	for (uint32_t i = 0; i < l.n; i++) {
 		struct tspec *t = &l.t[i];
-		uint64_t s = c->seed ^ name_hash(t->name);
+		uint64_t s = c->seed ^ hash_fnv1a(t->name, strlen(t->name), HASH_FNV1A_INIT);
 
-		t->seed = splitmix64(&s);
+		t->seed = rng_splitmix64(&s);
 		t->n_threads = n_th;
 		if ((rc = gguf_writer_add_tensor_fn(w, t->name, t->type,
 		             t->n_dims, t->ne, fill_tensor, t)) != 0)

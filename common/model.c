@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "err.h"
+#include "hash.h"
 #include "model.h"
 
 static const char *const arch_names[] = { "llama", "qwen2moe", "olmoe",
@@ -106,8 +107,9 @@ check_shape(struct loader *L, const struct gguf_tensor *t, uint64_t ne0,
 		        (int)t->name.len, t->name.ptr);
 	if (!dtype_supported(t->type))
 		return fail(L, EPMOE_ENOTSUP,
-		        "tensor %.*s has type %s; supported tensor types: f32, f16, bf16, q8_0",
-		        (int)t->name.len, t->name.ptr, dtype_name(t->type));
+		        "tensor %.*s has type %s, which epmoe cannot compute with; supported tensor types: %s",
+		        (int)t->name.len, t->name.ptr, dtype_name(t->type),
+		        dtype_supported_list());
 	if (t->ne[0] % dtype_block_elems(t->type) != 0)
 		return fail(L, EPMOE_EFORMAT, "tensor %.*s: row length %llu is not a multiple of the %s block",
 		        (int)t->name.len, t->name.ptr, (unsigned long long)t->ne[0],
@@ -297,16 +299,6 @@ load_layer(struct loader *L, uint32_t il)
 	return 0;
 }
 
-static uint64_t
-fnv1a(const uint8_t *p, size_t n, uint64_t h)
-{
-	for (size_t i = 0; i < n; i++) {
-		h ^= p[i];
-		h *= 0x100000001b3ULL;
-	}
-	return h;
-}
-
 int
 model_load(struct model **out, const char *path, char *err, size_t err_len)
 {
@@ -356,8 +348,8 @@ model_load(struct model **out, const char *path, char *err, size_t err_len)
 	}
 	for (uint32_t i = 0; i < hp->n_rot / 2; i++)
 		m->rope_freq[i] = powf(hp->rope_base, -2.0f * (float)i / (float)hp->n_rot);
-	m->identity = fnv1a(m->gguf->base, m->gguf->data_offset, 0xcbf29ce484222325ULL);
-	m->identity = fnv1a((const uint8_t *)&m->gguf->file_size,
+	m->identity = hash_fnv1a(m->gguf->base, m->gguf->data_offset, HASH_FNV1A_INIT);
+	m->identity = hash_fnv1a(&m->gguf->file_size,
 	        sizeof(m->gguf->file_size), m->identity);
 	*out = m;
 	return 0;

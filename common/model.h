@@ -5,8 +5,9 @@
  * Supported architectures: `llama` with experts (Mixtral), `qwen2moe`
  * (shared expert with a sigmoid gate, q/k/v biases), `olmoe` (q/k
  * RMSNorm), `qwen3moe` (per-head q/k RMSNorm).  Supported tensor types:
- * F32, F16, BF16, Q8_0.  Anything else is refused with a message listing
- * what is supported.
+ * F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K .. Q6_K, mixed
+ * freely.  Anything else (the IQ formats, ...) is refused with a message
+ * naming the type and listing what is supported.
  */
 #ifndef EPMOE_MODEL_H
 #define EPMOE_MODEL_H

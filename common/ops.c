@@ -13,6 +13,7 @@
 
 #include "err.h"
 #include "ops.h"
+#include "quant.h"
 
 /* Below this many token rows products take the row-at-a-time path (each
  * weight row read once, converted in registers, dotted with every token;
@@ -269,29 +270,6 @@ tmat_row_f32(const struct tmat *m, uint32_t r, float *dst)
 DOT_ROW_FN(dot_row_f16, LW_F16)
 DOT_ROW_FN(dot_row_bf16, LW_BF16)
 DOT_ROW_FN(dot_row_f32, LW_F32)
-
-/* Q8_0: 34-byte blocks of an f16 scale and 32 int8. */
-static int
-dot_row_q8_0(const uint8_t *w, const float *x, int n, float *y)
-{
-	__m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-	int c = 0;
-
-	for (; c + 32 <= n; c += 32) {
-		const uint8_t *b = w + (size_t)(c / 32) * 34;
-		uint16_t dh;
-		memcpy(&dh, b, 2);
-		__m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
-		        _mm_loadu_si128((const __m128i *)(b + 2))));
-		__m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
-		        _mm_loadu_si128((const __m128i *)(b + 18))));
-		__m512 d = _mm512_set1_ps(fp16_to_f32(dh));
-		a0 = _mm512_fmadd_ps(_mm512_mul_ps(q0, d), _mm512_loadu_ps(x + c), a0);
-		a1 = _mm512_fmadd_ps(_mm512_mul_ps(q1, d), _mm512_loadu_ps(x + c + 16), a1);
-	}
-	*y = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-	return c;
-}
 #endif
 
 /* *y = row j of W · x.  The part the vector kernel did not cover (all of
@@ -309,7 +287,6 @@ dot_row(const struct tmat *W, uint32_t j, const float *x, float *y, float *buf)
 	case DTYPE_F16: done = dot_row_f16(w, x, n, &s); break;
 	case DTYPE_BF16: done = dot_row_bf16(w, x, n, &s); break;
 	case DTYPE_F32: done = dot_row_f32(w, x, n, &s); break;
-	case DTYPE_Q8_0: done = dot_row_q8_0(w, x, n, &s); break;
 	default: break;
 	}
 #endif
@@ -349,16 +326,26 @@ matmul_rows_small(const struct tmat *W, uint32_t r0, uint32_t r1,
 }
 
 /* Rows [r0, r1) of W against many token rows: convert blocks of weight
- * rows to f32 and let sgemm do the work. */
+ * rows to f32 and let sgemm do the work.  For block-quantised weights the
+ * token rows are first rounded as the integer path rounds them (quant.h),
+ * so both paths compute the same products. */
 static int
 matmul_rows_block(const struct tmat *W, uint32_t r0, uint32_t r1,
         const float *X, int n, int ldx, float *Y, int ldy)
 {
 	uint32_t k = W->n_in;
+	int round_x = quant_is_weight(W->type);
 	float *buf;
 
-	if ((buf = scratch_get((size_t)BLOCK_ROWS * k)) == NULL)
+	if ((buf = scratch_get((size_t)BLOCK_ROWS * k + (round_x ? (size_t)n * k : 0))) == NULL)
 		return EPMOE_ENOMEM;
+	if (round_x) {
+		float *xr = buf + (size_t)BLOCK_ROWS * k;
+		for (int r = 0; r < n; r++)
+			quant_act_round(W->type, X + (size_t)r * ldx, xr + (size_t)r * k, k);
+		X = xr;
+		ldx = (int)k;
+	}
 	for (uint32_t j0 = r0; j0 < r1; j0 += BLOCK_ROWS) {
 		uint32_t nb = r1 - j0 < BLOCK_ROWS ? r1 - j0 : BLOCK_ROWS;
 		for (uint32_t j = 0; j < nb; j++) {
@@ -394,6 +381,9 @@ op_matmul_rows(const struct tmat *W, uint32_t r0, uint32_t r1,
 	}
 	if (!dtype_supported(W->type))
 		return EPMOE_ENOTSUP;
+	if (quant_is_weight(W->type) && (n < SMALL_N || !quant_prefill_sgemm(W->type)))
+		return quant_matmul_rows(W->type, W->data, W->row_size, W->n_in, r0, r1,
+		        X, n, ldx, Y, ldy);
 	if (n < SMALL_N)
 		return matmul_rows_small(W, r0, r1, X, n, ldx, Y, ldy);
 	return matmul_rows_block(W, r0, r1, X, n, ldx, Y, ldy);

@@ -7,7 +7,9 @@
  * Matrix products: with many token rows (prefill) F32 weights go to
  * OpenBLAS sgemm directly on the mapping; OpenBLAS has no F16/BF16/Q8_0
  * kernels, so for those a thread converts a block of weight rows to F32 in
- * a scratch buffer and calls sgemm on it.  With few token rows (decode)
+ * a scratch buffer and calls sgemm on it.  Block-quantised weights
+ * (quant.h) first round the activations as llama.cpp does; with few token
+ * rows they take quant.c's integer dot products instead.  With few token rows (decode)
  * each thread walks its weight rows one after the other, converting in
  * registers and dotting each row with every token row: one sequential
  * stream per thread, every weight byte read once (measured 22 GB/s against

@@ -8,6 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "err.h"
 #include "pool.h"
 
@@ -43,14 +44,6 @@ futex(_Atomic unsigned *addr, int op, unsigned val)
 	return syscall(SYS_futex, (unsigned *)addr, op, val, NULL, NULL, 0);
 }
 
-static long
-now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1000000000L + ts.tv_nsec;
-}
-
 static void *
 pool_main(void *arg)
 {
@@ -61,13 +54,13 @@ pool_main(void *arg)
 	for (;;) {
 		unsigned g = atomic_load(&p->gen);
 		if (g == seen) {
-			long t0 = now_ns();
+			uint64_t t0 = clock_now_ns();
 			for (int i = 1;; i++) {
 				cpu_relax();
 				g = atomic_load(&p->gen);
 				if (g != seen)
 					break;
-				if ((i & 63) == 0 && now_ns() - t0 > p->spin_ns)
+				if ((i & 63) == 0 && (long)(clock_now_ns() - t0) > p->spin_ns)
 					break;
 			}
 		}

@@ -1,9 +1,10 @@
 /* Routing policies: gate logits S [T, E] -> (token, expert, weight).
  *
- * Every policy of shared/design/routing.md lives here as a pure function of
- * the logits, the routing groups of the step and (for lossfree) a per-layer
- * bias.  The OT solvers (log-domain Sinkhorn, §0.1, and the capped
- * Fermi-Dirac variant, §0.2) are in route_ot.c and declared below too.
+ * Every policy of shared/design/routing.md is a pure function of the
+ * logits, the routing groups of the step and (for lossfree) a per-layer
+ * bias (route.c).  The spec language is route_spec.c; the OT solvers
+ * (log-domain Sinkhorn, §0.1, and the capped Fermi-Dirac variant, §0.2)
+ * are in route_ot.c and declared below too.
  * Nothing here knows about workers, sockets or the model file: the engine
  * passes the model's facts (E, native k, norm_topk_prob, layers) and an
  * optional expert->worker map.
@@ -136,6 +137,14 @@ struct route_model {
 	int renorm;           /* norm_topk_prob: weights renormalised over top-k */
 	int n_layers;         /* MoE layers (per-layer state is indexed 0..) */
 };
+
+/* Resolves the native sentinels of cfg (k, renorm, xi) against model m
+ * and checks the result fits it (k <= E): what route_policy_new does
+ * before it allocates, so a spec can be checked against a model without
+ * building a policy.  On success *out gets the resolved configuration;
+ * else EPMOE_EINVAL with a message in err. */
+int route_cfg_resolve(const struct route_cfg *cfg, const struct route_model *m,
+    struct route_cfg *out, char *err, size_t err_len);
 
 /* Output, CSR by token: token t has pairs off[t] .. off[t+1]-1.  Within a
  * token, per-token policies list experts best first (top-k order);

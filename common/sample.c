@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "err.h"
+#include "rng.h"
 #include "sample.h"
 
 /* Up to this k, top-k is one insertion pass rather than a quickselect. */
@@ -24,18 +25,6 @@ sample_params_default(struct sample_params *p)
 	p->top_p = 1.0f;
 	p->min_p = 0.0f;
 	p->seed = 0;
-}
-
-/* splitmix64 (Steele, Lea, Flood, "Fast splittable pseudorandom number
- * generators", 2014): expands the seed into the xoshiro state. */
-static uint64_t
-splitmix64(uint64_t *x)
-{
-	uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
 }
 
 static uint64_t
@@ -81,7 +70,7 @@ sampler_init(struct sampler *s, const struct sample_params *p)
 	s->p = *p;
 	x = p->seed;
 	for (int i = 0; i < 4; i++)
-		s->rng[i] = splitmix64(&x);
+		s->rng[i] = rng_splitmix64(&x);
 	return 0;
 }
 

@@ -13,112 +13,6 @@
 #include "log.h"
 #include "tok_int.h"
 
-/* ---- string map ---- */
-
-static uint32_t
-hash_bytes(const char *s, size_t len)
-{
-	/* FNV-1a, 32 bit */
-	uint32_t h = 2166136261u;
-
-	for (size_t i = 0; i < len; i++) {
-		h ^= (uint8_t)s[i];
-		h *= 16777619u;
-	}
-	return h;
-}
-
-int
-tok_map_init(struct tok_map *m, size_t n_expected)
-{
-	size_t cap = 16;
-
-	/* load factor at most 1/2 */
-	while (cap < 2 * n_expected)
-		cap *= 2;
-	if ((m->ents = calloc(cap, sizeof(*m->ents))) == NULL)
-		return EPMOE_ENOMEM;
-	m->mask = cap - 1;
-	m->n = 0;
-	return 0;
-}
-
-void
-tok_map_fini(struct tok_map *m)
-{
-	free(m->ents);
-	m->ents = NULL;
-	m->n = 0;
-}
-
-static int
-map_grow(struct tok_map *m)
-{
-	struct tok_map nm;
-	size_t cap = (m->mask + 1) * 2;
-
-	if ((nm.ents = calloc(cap, sizeof(*nm.ents))) == NULL)
-		return EPMOE_ENOMEM;
-	nm.mask = cap - 1;
-	nm.n = m->n;
-	for (size_t i = 0; i <= m->mask; i++) {
-		size_t j;
-
-		if (m->ents[i].key == NULL)
-			continue;
-		for (j = m->ents[i].hash & nm.mask; nm.ents[j].key;
-		        j = (j + 1) & nm.mask)
-			;
-		nm.ents[j] = m->ents[i];
-	}
-	free(m->ents);
-	*m = nm;
-	return 0;
-}
-
-int
-tok_map_put(struct tok_map *m, const char *key, size_t len, int32_t val,
-        int32_t *old)
-{
-	uint32_t h = hash_bytes(key, len);
-	size_t j;
-	int rc;
-
-	if (2 * (m->n + 1) > m->mask + 1 && (rc = map_grow(m)) != 0)
-		return rc;
-	for (j = h & m->mask; m->ents[j].key; j = (j + 1) & m->mask) {
-		const struct tok_map_ent *e = &m->ents[j];
-
-		if (e->hash == h && e->len == len &&
-		        memcmp(e->key, key, len) == 0) {
-			if (old)
-				*old = e->val;
-			return 1;
-		}
-	}
-	m->ents[j].key = key;
-	m->ents[j].len = (uint32_t)len;
-	m->ents[j].hash = h;
-	m->ents[j].val = val;
-	m->n++;
-	return 0;
-}
-
-int32_t
-tok_map_get(const struct tok_map *m, const char *key, size_t len)
-{
-	uint32_t h = hash_bytes(key, len);
-
-	for (size_t j = h & m->mask; m->ents[j].key; j = (j + 1) & m->mask) {
-		const struct tok_map_ent *e = &m->ents[j];
-
-		if (e->hash == h && e->len == len &&
-		        memcmp(e->key, key, len) == 0)
-			return e->val;
-	}
-	return -1;
-}
-
 /* ---- id vector and merge queue ---- */
 
 int
@@ -198,22 +92,6 @@ tok_heap_pop(struct tok_heap *h, struct tok_bigram *b)
 
 /* ---- construction ---- */
 
-static void
-set_err(char *err, size_t err_len, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-static void
-set_err(char *err, size_t err_len, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err == NULL || err_len == 0)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, err_len, fmt, ap);
-	va_end(ap);
-}
-
 void
 tok_vocab_init(struct tok_vocab *v, enum tok_model model)
 {
@@ -230,8 +108,8 @@ tok_free(struct tok *t)
 	if (t == NULL)
 		return;
 	tok_bpe_free_re(t);
-	tok_map_fini(&t->vocab);
-	tok_map_fini(&t->merges);
+	strmap_fini(&t->vocab);
+	strmap_fini(&t->merges);
 	free(t->text_arena);
 	free(t->text_off);
 	free(t->text_len);
@@ -266,7 +144,7 @@ build_vocab(struct tok *t, const struct tok_vocab *v, char *err,
 
 	for (uint32_t i = 0; i < v->n_tokens; i++) {
 		if (v->tokens[i] == NULL) {
-			set_err(err, err_len, "token %u is NULL", i);
+			epmoe_set_err(err, err_len, "token %u is NULL", i);
 			return EPMOE_EINVAL;
 		}
 		total += vlen(v->tokens, v->token_lens, i) + 1 + 24;
@@ -281,7 +159,7 @@ build_vocab(struct tok *t, const struct tok_vocab *v, char *err,
 		size_t n = vlen(v->tokens, v->token_lens, i);
 
 		if (n > UINT32_MAX / 2) {
-			set_err(err, err_len, "token %u is too long", i);
+			epmoe_set_err(err, err_len, "token %u is too long", i);
 			return EPMOE_EFORMAT;
 		}
 		t->text_off[i] = off;
@@ -304,17 +182,17 @@ build_vocab(struct tok *t, const struct tok_vocab *v, char *err,
 			t->types[i] = (uint8_t)v->types[i];
 		}
 	}
-	if ((rc = tok_map_init(&t->vocab, v->n_tokens)) != 0)
+	if ((rc = strmap_init(&t->vocab, v->n_tokens)) != 0)
 		return rc;
 	for (uint32_t i = 0; i < v->n_tokens; i++) {
 		int32_t old;
 
-		rc = tok_map_put(&t->vocab, tok_text(t, (int32_t)i),
+		rc = strmap_put(&t->vocab, tok_text(t, (int32_t)i),
 		        t->text_len[i], (int32_t)i, &old);
 		if (rc < 0)
 			return rc;
 		if (rc == 1) {
-			set_err(err, err_len, "duplicate token in vocabulary: "
+			epmoe_set_err(err, err_len, "duplicate token in vocabulary: "
 			        "'%s' has ids %d and %u", tok_text(t, (int32_t)i),
 			        old, i);
 			return EPMOE_EFORMAT;
@@ -333,7 +211,7 @@ build_merges(struct tok *t, const struct tok_vocab *v)
 		total += vlen(v->merges, v->merge_lens, i);
 	if ((t->merge_arena = malloc(total + 1)) == NULL)
 		return EPMOE_ENOMEM;
-	if ((rc = tok_map_init(&t->merges, v->n_merges)) != 0)
+	if ((rc = strmap_init(&t->merges, v->n_merges)) != 0)
 		return rc;
 	for (uint32_t i = 0; i < v->n_merges; i++) {
 		size_t n = vlen(v->merges, v->merge_lens, i);
@@ -345,7 +223,7 @@ build_merges(struct tok *t, const struct tok_vocab *v)
 		sp = n > 1 ? memchr(t->merge_arena + off + 1, ' ', n - 1) : NULL;
 		if (sp != NULL) {
 			/* the first occurrence keeps its rank */
-			if ((rc = tok_map_put(&t->merges, t->merge_arena + off, n,
+			if ((rc = strmap_put(&t->merges, t->merge_arena + off, n,
 			        (int32_t)i, NULL)) < 0)
 				return rc;
 			if (n > t->max_merge_len)
@@ -390,14 +268,14 @@ build_byte_ids(struct tok *t)
 		if (t->model == TOK_MODEL_SPM) {
 			/* "<0xNN>", else the byte itself as a piece */
 			snprintf(buf, sizeof(buf), "<0x%02X>", b);
-			t->byte_id[b] = tok_map_get(&t->vocab, buf, 6);
+			t->byte_id[b] = strmap_get(&t->vocab, buf, 6);
 			if (t->byte_id[b] < 0) {
 				buf[0] = (char)b;
-				t->byte_id[b] = tok_map_get(&t->vocab, buf, 1);
+				t->byte_id[b] = strmap_get(&t->vocab, buf, 1);
 			}
 		} else {
 			n = tok_bpe_byte_utf8((uint8_t)b, buf);
-			t->byte_id[b] = tok_map_get(&t->vocab, buf, n);
+			t->byte_id[b] = strmap_get(&t->vocab, buf, n);
 		}
 	}
 }
@@ -536,7 +414,7 @@ check_id(const char *what, int32_t id, uint32_t n, char *err, size_t err_len)
 {
 	if (id == TOK_ID_NONE || (id >= 0 && (uint32_t)id < n))
 		return 0;
-	set_err(err, err_len, "%s id %d out of range (vocabulary of %u)", what,
+	epmoe_set_err(err, err_len, "%s id %d out of range (vocabulary of %u)", what,
 	        id, n);
 	return EPMOE_EINVAL;
 }
@@ -549,19 +427,19 @@ tok_new_from_vocab(struct tok **out, const struct tok_vocab *v, char *err,
 	int rc;
 
 	if (out == NULL || v == NULL) {
-		set_err(err, err_len, "no vocabulary");
+		epmoe_set_err(err, err_len, "no vocabulary");
 		return EPMOE_EINVAL;
 	}
 	if (v->model != TOK_MODEL_SPM && v->model != TOK_MODEL_BPE) {
-		set_err(err, err_len, "unknown tokenizer model %d", v->model);
+		epmoe_set_err(err, err_len, "unknown tokenizer model %d", v->model);
 		return EPMOE_EINVAL;
 	}
 	if (v->n_tokens == 0 || v->tokens == NULL || v->n_tokens > INT32_MAX) {
-		set_err(err, err_len, "empty vocabulary");
+		epmoe_set_err(err, err_len, "empty vocabulary");
 		return EPMOE_EINVAL;
 	}
 	if (v->model == TOK_MODEL_BPE && v->n_merges > 0 && v->merges == NULL) {
-		set_err(err, err_len, "merges missing");
+		epmoe_set_err(err, err_len, "merges missing");
 		return EPMOE_EINVAL;
 	}
 	if ((rc = check_id("BOS", v->bos_id, v->n_tokens, err, err_len)) ||
@@ -612,7 +490,7 @@ tok_new_from_vocab(struct tok **out, const struct tok_vocab *v, char *err,
 	return 0;
 fail:
 	if (rc == EPMOE_ENOMEM)
-		set_err(err, err_len, "out of memory building the tokenizer");
+		epmoe_set_err(err, err_len, "out of memory building the tokenizer");
 	tok_free(t);
 	return rc;
 }
@@ -722,7 +600,7 @@ tok_token_text(const struct tok *t, int32_t id, size_t *len)
 int32_t
 tok_find(const struct tok *t, const char *s, size_t len)
 {
-	return tok_map_get(&t->vocab, s, len);
+	return strmap_get(&t->vocab, s, len);
 }
 
 /* ---- encoding ---- */
@@ -783,7 +661,7 @@ find_present(const struct tok *t, const char *s, size_t len,
 
 			if (l > len - i)
 				continue;
-			id = tok_map_get(&t->vocab, s + i, l);
+			id = strmap_get(&t->vocab, s + i, l);
 			if (id < 0 || t->special_slot[id] < 0 ||
 			        !special_wanted(t, id, parse_special))
 				continue;

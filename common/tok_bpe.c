@@ -503,7 +503,7 @@ try_pair(const struct tok *t, struct tok_bpe_ctx *c, int32_t left,
 	memcpy(c->key, c->enc + l->start, l->n);
 	c->key[l->n] = ' ';
 	memcpy(c->key + l->n + 1, c->enc + r->start, r->n);
-	if ((rank = tok_map_get(&t->merges, c->key, klen)) < 0)
+	if ((rank = strmap_get(&t->merges, c->key, klen)) < 0)
 		return 0;
 	b.key = -(double)rank;
 	b.left = left;
@@ -518,7 +518,7 @@ emit(const struct tok *t, struct tok_bpe_ctx *c, const char *w, int32_t i,
         size_t end, struct tok_ivec *out)
 {
 	const struct tok_sym *sym = &c->syms[i];
-	int32_t id = tok_map_get(&t->vocab, c->enc + sym->start, sym->n);
+	int32_t id = strmap_get(&t->vocab, c->enc + sym->start, sym->n);
 	int rc;
 
 	if (id >= 0)
@@ -563,7 +563,7 @@ encode_word(const struct tok *t, struct tok_bpe_ctx *c, const char *w,
 		elen += n;
 	}
 	if (t->ignore_merges) {
-		int32_t id = tok_map_get(&t->vocab, c->enc, elen);
+		int32_t id = strmap_get(&t->vocab, c->enc, elen);
 
 		if (id >= 0)
 			return tok_ivec_push(out, id);

@@ -23,22 +23,6 @@
 #define KEY_ADD_EOS "tokenizer.ggml.add_eos_token"
 #define KEY_ADD_PREFIX "tokenizer.ggml.add_space_prefix"
 
-static void
-set_err(char *err, size_t err_len, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-static void
-set_err(char *err, size_t err_len, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err == NULL || err_len == 0)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, err_len, fmt, ap);
-	va_end(ap);
-}
-
 /* Reads an array key of n elements (n == 0: any length) of one of the
  * given element types into *out; *out NULL when absent and optional. */
 static int
@@ -53,23 +37,23 @@ get_array(const struct gguf_file *g, const char *key, bool required,
 	if (rc == EPMOE_ENOENT) {
 		if (!required)
 			return 0;
-		set_err(err, err_len, "missing required key %s", key);
+		epmoe_set_err(err, err_len, "missing required key %s", key);
 		return EPMOE_ENOENT;
 	}
 	if (rc != 0) {
-		set_err(err, err_len, "%s is not an array", key);
+		epmoe_set_err(err, err_len, "%s is not an array", key);
 		return EPMOE_EFORMAT;
 	}
 	for (int i = 0; i < n_types; i++) {
 		if (kv->v.arr.type == types[i])
 			goto type_ok;
 	}
-	set_err(err, err_len, "%s: unexpected element type %s", key,
+	epmoe_set_err(err, err_len, "%s: unexpected element type %s", key,
 	        gguf_type_name(kv->v.arr.type));
 	return EPMOE_EFORMAT;
 type_ok:
 	if (n != 0 && kv->v.arr.n != n) {
-		set_err(err, err_len, "%s has %llu elements but %s has %llu",
+		epmoe_set_err(err, err_len, "%s has %llu elements but %s has %llu",
 		        key, (unsigned long long)kv->v.arr.n, KEY_TOKENS,
 		        (unsigned long long)n);
 		return EPMOE_EFORMAT;
@@ -93,7 +77,7 @@ get_id(const struct gguf_file *g, const char *key, int32_t def, uint32_t n,
 	if (rc == EPMOE_ENOENT)
 		return 0;
 	if (rc != 0) {
-		set_err(err, err_len, "%s is not an unsigned integer", key);
+		epmoe_set_err(err, err_len, "%s is not an unsigned integer", key);
 		return EPMOE_EFORMAT;
 	}
 	if (v >= n) {
@@ -116,7 +100,7 @@ get_flag(const struct gguf_file *g, const char *key, int *out, char *err,
 	if (rc == EPMOE_ENOENT)
 		return 0;
 	if (rc != 0) {
-		set_err(err, err_len, "%s is not a bool", key);
+		epmoe_set_err(err, err_len, "%s is not a bool", key);
 		return EPMOE_EFORMAT;
 	}
 	*out = b;
@@ -153,16 +137,16 @@ tok_load(struct tok **out, const struct gguf_file *g, char *err,
 	int rc;
 
 	if (out == NULL || g == NULL) {
-		set_err(err, err_len, "no file");
+		epmoe_set_err(err, err_len, "no file");
 		return EPMOE_EINVAL;
 	}
 	rc = gguf_get_str(g, KEY_MODEL, &model);
 	if (rc == EPMOE_ENOENT) {
-		set_err(err, err_len, "missing required key %s", KEY_MODEL);
+		epmoe_set_err(err, err_len, "missing required key %s", KEY_MODEL);
 		return rc;
 	}
 	if (rc != 0) {
-		set_err(err, err_len, "%s is not a string", KEY_MODEL);
+		epmoe_set_err(err, err_len, "%s is not a string", KEY_MODEL);
 		return EPMOE_EFORMAT;
 	}
 	if (gguf_str_eq(model, "llama")) {
@@ -170,7 +154,7 @@ tok_load(struct tok **out, const struct gguf_file *g, char *err,
 	} else if (gguf_str_eq(model, "gpt2")) {
 		tok_vocab_init(&v, TOK_MODEL_BPE);
 	} else {
-		set_err(err, err_len, "%s = '%.*s' is not supported (only "
+		epmoe_set_err(err, err_len, "%s = '%.*s' is not supported (only "
 		        "'llama' and 'gpt2')", KEY_MODEL,
 		        (int)(model.len > 32 ? 32 : model.len), model.ptr);
 		return EPMOE_ENOTSUP;
@@ -181,7 +165,7 @@ tok_load(struct tok **out, const struct gguf_file *g, char *err,
 		return rc;
 	n = kv_tok->v.arr.n;
 	if (n == 0 || n > INT32_MAX) {
-		set_err(err, err_len, "%s has %llu tokens", KEY_TOKENS,
+		epmoe_set_err(err, err_len, "%s has %llu tokens", KEY_TOKENS,
 		        (unsigned long long)n);
 		return EPMOE_EFORMAT;
 	}
@@ -203,7 +187,7 @@ tok_load(struct tok **out, const struct gguf_file *g, char *err,
 		pre_buf[l] = '\0';
 		v.pre = pre_buf;
 	} else if (rc != EPMOE_ENOENT) {
-		set_err(err, err_len, "%s is not a string", KEY_PRE);
+		epmoe_set_err(err, err_len, "%s is not a string", KEY_PRE);
 		return EPMOE_EFORMAT;
 	}
 
@@ -263,7 +247,7 @@ tok_load(struct tok **out, const struct gguf_file *g, char *err,
 		uint64_t nm = kv_mg->v.arr.n;
 
 		if (nm > INT32_MAX) {
-			set_err(err, err_len, "%s has %llu merges", KEY_MERGES,
+			epmoe_set_err(err, err_len, "%s has %llu merges", KEY_MERGES,
 			        (unsigned long long)nm);
 			rc = EPMOE_EFORMAT;
 			goto out;
@@ -287,13 +271,13 @@ tok_load(struct tok **out, const struct gguf_file *g, char *err,
 	if ((rc = tok_new_from_vocab(&t, &v, err, err_len)) != 0)
 		goto out;
 	if (t->add_bos && t->bos < 0) {
-		set_err(err, err_len, "%s is true but tokenizer.ggml.bos_token_id "
+		epmoe_set_err(err, err_len, "%s is true but tokenizer.ggml.bos_token_id "
 		        "is not set", KEY_ADD_BOS);
 		rc = EPMOE_EFORMAT;
 		goto out;
 	}
 	if (t->add_eos && t->eos < 0) {
-		set_err(err, err_len, "%s is true but tokenizer.ggml.eos_token_id "
+		epmoe_set_err(err, err_len, "%s is true but tokenizer.ggml.eos_token_id "
 		        "is not set", KEY_ADD_EOS);
 		rc = EPMOE_EFORMAT;
 		goto out;
@@ -310,7 +294,7 @@ tok_load(struct tok **out, const struct gguf_file *g, char *err,
 	rc = 0;
 out:
 	if (rc == EPMOE_ENOMEM)
-		set_err(err, err_len, "out of memory reading the vocabulary");
+		epmoe_set_err(err, err_len, "out of memory reading the vocabulary");
 	tok_free(t);
 	free(texts);
 	free(lens);

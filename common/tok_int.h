@@ -8,31 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "strmap.h"
 #include "tok.h"
-
-/* Open-addressing map from byte strings (borrowed, owned by the tokenizer's
- * arenas) to int32 values. */
-struct tok_map_ent {
-	const char *key; /* NULL: empty slot */
-	uint32_t len;
-	uint32_t hash;
-	int32_t val;
-};
-
-struct tok_map {
-	struct tok_map_ent *ents;
-	size_t mask; /* capacity - 1, capacity a power of two */
-	size_t n;
-};
-
-int tok_map_init(struct tok_map *m, size_t n_expected);
-void tok_map_fini(struct tok_map *m);
-/* Inserts key -> val unless key is present.  Returns 0 when inserted, 1
- * when present (then *old, if not NULL, gets the stored value). */
-int tok_map_put(struct tok_map *m, const char *key, size_t len, int32_t val,
-        int32_t *old);
-/* The value of key, or -1. */
-int32_t tok_map_get(const struct tok_map *m, const char *key, size_t len);
 
 /* A growable array of ids. */
 struct tok_ivec {
@@ -80,7 +57,7 @@ struct tok {
 	uint32_t *text_len;  /* [n_vocab] */
 	float *scores;       /* [n_vocab] */
 	uint8_t *types;      /* [n_vocab] enum tok_type */
-	struct tok_map vocab;  /* text -> id */
+	struct strmap vocab;  /* text -> id */
 	size_t max_token_len;
 	int32_t byte_id[256];  /* byte fallback token of each byte, or -1 */
 
@@ -109,7 +86,7 @@ struct tok {
 	bool ignore_merges;  /* a pre-tokenized word in the vocabulary is one
 	                        token even without a merge path (llama3) */
 	char *merge_arena;
-	struct tok_map merges; /* "left right" -> rank */
+	struct strmap merges; /* "left right" -> rank */
 	size_t max_merge_len;
 	tok_pcre2_code *re[TOK_MAX_RE];
 	int n_re;

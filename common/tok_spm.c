@@ -58,7 +58,7 @@ try_pair(struct spm *s, int32_t left, int32_t right)
 	n = (size_t)l->n + r->n;
 	if (n > s->t->max_token_len)
 		return 0;
-	id = tok_map_get(&s->t->vocab, s->buf + l->start, n);
+	id = strmap_get(&s->t->vocab, s->buf + l->start, n);
 	if (id < 0)
 		return 0;
 	b.key = s->t->scores[id];
@@ -71,7 +71,7 @@ try_pair(struct spm *s, int32_t left, int32_t right)
 static int
 emit_symbol(const struct tok *t, const char *p, size_t n, struct tok_ivec *out)
 {
-	int32_t id = tok_map_get(&t->vocab, p, n);
+	int32_t id = strmap_get(&t->vocab, p, n);
 	int rc;
 
 	if (id >= 0)

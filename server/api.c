@@ -1,6 +1,4 @@
-/* The OpenAI-compatible HTTP front end: routes requests, turns parsed
- * requests (oai.c) into scheduler requests, and scheduler events into JSON
- * responses or Server-Sent Events.  Runs on the libuv loop thread only. */
+/* The OpenAI-compatible HTTP front end.  See api.h. */
 #include <cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -8,12 +6,14 @@
 #include <string.h>
 #include <time.h>
 
-#include "chat.h"
+#include "api.h"
 #include "err.h"
+#include "gen.h"
 #include "http.h"
 #include "log.h"
 #include "oai.h"
 #include "router.h"
+#include "stats.h"
 
 enum api_kind { API_COMPLETION, API_CHAT };
 
@@ -26,6 +26,8 @@ struct api_lp {
 	struct oai_top_logprob *top;
 	size_t n_top;
 	char *top_text; /* storage of the top texts */
+	size_t offset;  /* completions: where its text starts in the returned
+	                 * text (prompt + output), in characters */
 };
 
 /* A generation request in flight: the HTTP request, the scheduler request
@@ -45,8 +47,7 @@ struct api_req {
 	size_t len, cap;
 	struct api_lp *lps;
 	size_t n_lps, cap_lps;
-	size_t text_offset; /* characters of output so far (completions) */
-	size_t first_offset;
+	size_t text_offset; /* characters of text returned so far */
 	char *prompt_text;  /* echo */
 	size_t prompt_len;
 };
@@ -57,15 +58,42 @@ served_model(const struct router *r)
 	return r->cfg.model_name;
 }
 
+/* What the JSON parsers check: for generation requests only the types
+ * (gen.c checks the model, the token ids and every range), for
+ * /tokenize and /detokenize the model and the token ids too. */
 static void
-oai_cfg(const struct router *r, struct oai_config *c, const char **models)
+oai_cfg(const struct router *r, struct oai_config *c, const char **models,
+        bool generation)
 {
+	memset(c, 0, sizeof(*c));
 	models[0] = served_model(r);
+	c->model_optional = 1;
+	if (generation)
+		return;
 	c->models = models;
 	c->n_models = 1;
-	c->max_tokens_limit = (int32_t)r->cfg.max_tokens_limit;
 	c->n_vocab = (int32_t)r->model->hp.n_vocab;
-	c->model_optional = 1;
+}
+
+/* The HTTP status of an EPMOE_E* code: the one place the API maps them. */
+static int
+http_status_of(int err)
+{
+	switch (err) {
+	case 0: return 200;
+	case EPMOE_EINVAL:
+	case EPMOE_ERANGE:
+	case EPMOE_ENOTSUP:
+	case EPMOE_EFORMAT:
+	case EPMOE_ECANCELED: return 400;
+	case EPMOE_ENOENT: return 404;
+	case EPMOE_EBUSY: return 429;
+	case EPMOE_EUNAVAIL:
+	case EPMOE_ECLOSED:
+	case EPMOE_ENOMEM: return 503;
+	case EPMOE_ETIMEDOUT: return 504;
+	}
+	return 500;
 }
 
 static void
@@ -105,16 +133,22 @@ utf8_chars(const char *s, size_t n)
 /* ---- request lifecycle ---- */
 
 static void
+lps_free(struct api_lp *l, size_t n)
+{
+	for (size_t i = 0; l && i < n; i++) {
+		free(l[i].text);
+		free(l[i].top);
+		free(l[i].top_text);
+	}
+	free(l);
+}
+
+static void
 api_req_free(struct api_req *a)
 {
 	if (a == NULL)
 		return;
-	for (size_t i = 0; i < a->n_lps; i++) {
-		free(a->lps[i].text);
-		free(a->lps[i].top);
-		free(a->lps[i].top_text);
-	}
-	free(a->lps);
+	lps_free(a->lps, a->n_lps);
 	free(a->text);
 	free(a->model);
 	free(a->prompt_text);
@@ -140,9 +174,10 @@ append_text(struct api_req *a, const char *t, size_t n)
 
 /* Copies a scheduler token into a logprob record. */
 static int
-keep_lp(struct api_lp *l, const struct sched_tok *t)
+keep_lp(struct api_lp *l, const struct sched_tok *t, size_t offset)
 {
 	memset(l, 0, sizeof(*l));
+	l->offset = offset;
 	l->lp = t->logprob;
 	l->has = !isnan(t->logprob);
 	if ((l->text = malloc(t->text_len + 1)) == NULL)
@@ -166,8 +201,10 @@ keep_lp(struct api_lp *l, const struct sched_tok *t)
 	return 0;
 }
 
+/* Keeps n tokens' records, token i's text starting at offsets[i]. */
 static int
-push_lps(struct api_req *a, const struct sched_tok *toks, size_t n)
+push_lps(struct api_req *a, const struct sched_tok *toks, size_t n,
+        const size_t *offsets)
 {
 	if (a->n_lps + n > a->cap_lps) {
 		size_t nc = (a->n_lps + n) * 2;
@@ -178,7 +215,7 @@ push_lps(struct api_req *a, const struct sched_tok *toks, size_t n)
 		a->cap_lps = nc;
 	}
 	for (size_t i = 0; i < n; i++) {
-		int rc = keep_lp(&a->lps[a->n_lps], &toks[i]);
+		int rc = keep_lp(&a->lps[a->n_lps], &toks[i], offsets[i]);
 		a->n_lps++;
 		if (rc)
 			return rc;
@@ -200,6 +237,7 @@ lp_views(const struct api_lp *l, size_t n)
 		v[i].has_logprob = l[i].has;
 		v[i].top = l[i].top;
 		v[i].n_top = l[i].n_top;
+		v[i].text_offset = l[i].offset;
 	}
 	return v;
 }
@@ -234,7 +272,6 @@ stream_chunk(struct api_req *a, const char *text, size_t len,
 		v = lp_views(lps, n_lps);
 		ch.lps = v;
 		ch.n_lps = n_lps;
-		ch.text_offset = a->text_offset;
 	}
 	if (a->kind == API_COMPLETION) {
 		j = oai_completion_chunk(a->id, a->model, a->created, &ch, a->include_usage);
@@ -275,7 +312,6 @@ respond_whole(struct api_req *a, const char *finish, const struct oai_usage *u)
 		v = lp_views(a->lps, a->n_lps);
 		ch.lps = v;
 		ch.n_lps = a->n_lps;
-		ch.text_offset = a->first_offset;
 	}
 	j = a->kind == API_COMPLETION ?
 	        oai_completion_response(a->id, a->model, a->created, &ch, u) :
@@ -290,6 +326,34 @@ respond_whole(struct api_req *a, const char *finish, const struct oai_usage *u)
 	free(full);
 }
 
+/* echo: the prompt's chunk (streamed) or records.  Offsets index into the
+ * returned prompt text (gen_token_offsets), in characters. */
+static void
+on_prompt(struct api_req *a, const struct sched_event *ev)
+{
+	size_t n = ev->n_toks, *off = NULL;
+	struct api_lp *tmp = NULL;
+
+	if (a->want_lps && n && (off = malloc(n * sizeof(*off))) != NULL) {
+		gen_token_offsets(a->prompt_text ? a->prompt_text : "", a->prompt_len,
+		        ev->toks, n, off);
+		for (size_t i = 0; i < n; i++)
+			off[i] = utf8_chars(a->prompt_text, off[i]);
+	}
+	if (!a->stream) {
+		if (off)
+			push_lps(a, ev->toks, n, off);
+		free(off);
+		return;
+	}
+	if (off && (tmp = calloc(n, sizeof(*tmp))) != NULL)
+		for (size_t i = 0; i < n; i++)
+			keep_lp(&tmp[i], &ev->toks[i], off[i]);
+	stream_chunk(a, a->prompt_text, a->prompt_len, tmp, tmp ? n : 0, NULL);
+	lps_free(tmp, tmp ? n : 0);
+	free(off);
+}
+
 static void
 on_sched_event(const struct sched_event *ev, void *ud)
 {
@@ -301,24 +365,7 @@ on_sched_event(const struct sched_event *ev, void *ud)
 			break;
 		/* echo: the prompt text comes first; its logprobs (the first has
 		 * none) lead the token list */
-		if (a->stream) {
-			struct api_lp *tmp = NULL;
-			if (a->want_lps && ev->n_toks) {
-				tmp = calloc(ev->n_toks, sizeof(*tmp));
-				for (size_t i = 0; tmp && i < ev->n_toks; i++)
-					keep_lp(&tmp[i], &ev->toks[i]);
-			}
-			stream_chunk(a, a->prompt_text, a->prompt_len, tmp,
-			        tmp ? ev->n_toks : 0, NULL);
-			for (size_t i = 0; tmp && i < ev->n_toks; i++) {
-				free(tmp[i].text);
-				free(tmp[i].top);
-				free(tmp[i].top_text);
-			}
-			free(tmp);
-		} else if (a->want_lps) {
-			push_lps(a, ev->toks, ev->n_toks);
-		}
+		on_prompt(a, ev);
 		a->text_offset += utf8_chars(a->prompt_text, a->prompt_len);
 		break;
 	case SCHED_EV_TOKEN:
@@ -326,7 +373,8 @@ on_sched_event(const struct sched_event *ev, void *ud)
 			break;
 		if (a->stream) {
 			struct api_lp one;
-			int have = a->want_lps && ev->n_toks && keep_lp(&one, &ev->toks[0]) == 0;
+			int have = a->want_lps && ev->n_toks &&
+			        keep_lp(&one, &ev->toks[0], a->text_offset) == 0;
 			if (ev->text_len || have)
 				stream_chunk(a, ev->text ? ev->text : "", ev->text_len,
 				        have ? &one : NULL, have ? 1 : 0, NULL);
@@ -339,7 +387,7 @@ on_sched_event(const struct sched_event *ev, void *ud)
 			if (ev->text_len)
 				append_text(a, ev->text, ev->text_len);
 			if (a->want_lps && ev->n_toks)
-				push_lps(a, ev->toks, ev->n_toks);
+				push_lps(a, ev->toks, 1, &a->text_offset);
 		}
 		a->text_offset += utf8_chars(ev->text ? ev->text : "", ev->text_len);
 		break;
@@ -366,8 +414,7 @@ on_sched_event(const struct sched_event *ev, void *ud)
 	case SCHED_EV_ERROR:
 		if (!a->http_gone) {
 			struct oai_error e;
-			oai_error_set(&e, ev->status == 499 ? 400 : ev->status, NULL, "%s",
-			        ev->message);
+			oai_error_set(&e, http_status_of(ev->err), NULL, "%s", ev->message);
 			if (a->stream) {
 				/* the status line is gone: an error event ends the stream */
 				sse_send(a, oai_error_body(&e));
@@ -394,61 +441,104 @@ on_http_close(struct http_req *req, void *ud)
 	sched_cancel(a->sreq);
 }
 
-/* Submits prompt ids for a parsed request; answers errors itself. */
+/* Answers a refused generation request: gen's field in the words of the
+ * request (max_key: the max_tokens key it used). */
 static void
-submit(struct router *r, struct http_req *req, struct api_req *a,
-        int32_t *ids, size_t n_ids, const struct oai_gen *g, int32_t max_tokens,
-        int32_t logprobs)
+respond_gen_error(struct http_req *req, const struct gen_err *ge, bool chat,
+        const char *max_key)
 {
-	struct sched_req_params p = { 0 };
-	char err[320] = "";
-	int rc;
+	const char *param = gen_field_name(ge->field);
+	struct oai_error e;
 
-	if (!router_ready(r)) {
-		free(ids);
-		respond_simple_error(req, 503, NULL,
-		        "the experts are not all served yet (workers starting or down); retry");
+	if (ge->field == GEN_F_MAX_TOKENS)
+		param = max_key;
+	else if (ge->field == GEN_F_LOGPROBS && chat)
+		param = "top_logprobs";
+	oai_error_set(&e, http_status_of(ge->code), param, "%s", ge->message);
+	if (ge->code == EPMOE_ENOENT && ge->field == GEN_F_MODEL)
+		e.code = "model_not_found";
+	respond_error(req, &e);
+}
+
+/* The gen request of the fields both endpoints share. */
+static void
+gen_from_oai(struct gen_req *q, const struct oai_gen *g)
+{
+	q->has_max_tokens = g->has_max_tokens;
+	q->max_tokens = g->max_tokens;
+	q->has_temperature = g->has_temperature;
+	q->temperature = g->temperature;
+	q->has_top_p = g->has_top_p;
+	q->top_p = g->top_p;
+	q->has_top_k = g->has_top_k;
+	q->top_k = g->top_k;
+	q->has_min_p = g->has_min_p;
+	q->min_p = g->min_p;
+	q->has_seed = g->has_seed;
+	q->seed = g->seed;
+	q->stop = (const char *const *)g->stop;
+	q->n_stop = g->n_stop;
+	q->routing = g->routing;
+	q->ignore_eos = g->ignore_eos;
+}
+
+void
+api_gen_completion(const struct oai_completion_req *c, struct gen_req *q)
+{
+	gen_req_init(q, GEN_COMPLETION);
+	gen_from_oai(q, &c->gen);
+	q->model = c->model;
+	if (c->prompt_tokens) {
+		/* oai checked they are integers in [0, 2^31) */
+		q->ids = (const uint32_t *)c->prompt_tokens;
+		q->n_ids = c->n_prompt_tokens;
+	} else {
+		q->text = c->prompt ? c->prompt : "";
+		q->text_len = c->prompt_len;
+	}
+	q->echo = c->echo;
+	q->has_logprobs = c->has_logprobs;
+	q->logprobs = c->logprobs;
+}
+
+void
+api_gen_chat(const struct oai_chat_req *c, struct gen_msg *msgs, struct gen_req *q)
+{
+	static const char *const role_names[] = { "system", "user", "assistant" };
+
+	for (size_t i = 0; i < c->n_messages; i++) {
+		msgs[i].role = role_names[c->messages[i].role];
+		msgs[i].content = c->messages[i].content;
+	}
+	gen_req_init(q, GEN_CHAT);
+	gen_from_oai(q, &c->gen);
+	q->model = c->model;
+	q->msgs = msgs;
+	q->n_msgs = c->n_messages;
+	q->has_logprobs = c->logprobs;
+	q->logprobs = c->top_logprobs;
+}
+
+/* Submits the request; on success (0) a owns req until its final event,
+ * else the error is answered and both are released. */
+static int
+submit(struct router *r, struct http_req *req, struct api_req *a,
+        const struct gen_req *q, const char *max_key)
+{
+	struct gen_err ge;
+
+	if (gen_submit(r, q, on_sched_event, a, &a->sreq, &ge) != 0) {
+		respond_gen_error(req, &ge, a->kind == API_CHAT, max_key);
 		http_req_release(req);
 		api_req_free(a);
-		return;
-	}
-	p.prompt = ids;
-	p.n_prompt = n_ids;
-	if (max_tokens < 0) {
-		/* chat without a limit: up to the server default, within context */
-		uint32_t room = engine_n_ctx(r->engine) > n_ids ?
-		        engine_n_ctx(r->engine) - (uint32_t)n_ids : 0;
-		max_tokens = (int32_t)(r->cfg.max_tokens_default < room ?
-		        r->cfg.max_tokens_default : room);
-	}
-	p.max_tokens = (uint32_t)max_tokens;
-	p.sample = g->sample;
-	if (!g->has_seed)
-		p.sample.seed = (uint64_t)time(NULL) ^ ((uint64_t)(uintptr_t)a << 16);
-	for (size_t i = 0; i < g->n_stop && i < SCHED_MAX_STOP; i++)
-		p.stop[p.n_stop++] = strdup(g->stop[i]);
-	p.routing = g->routing ? g->routing : r->cfg.routing;
-	p.echo = a->echo;
-	p.ignore_eos = g->ignore_eos;
-	p.logprobs = logprobs;
-	p.cb = on_sched_event;
-	p.ud = a;
-	rc = sched_submit(r->sched, &p, &a->sreq, err, sizeof(err));
-	if (rc) {
-		int status = rc == EPMOE_EBUSY ? 429 : rc == EPMOE_ENOMEM ? 500 : 400;
-		respond_simple_error(req, status,
-		        rc == EPMOE_ERANGE ? "max_tokens" :
-		        (rc == EPMOE_EINVAL && g->routing && strstr(err, "outing")) ? "routing" : NULL,
-		        err[0] ? err : epmoe_strerror(rc));
-		http_req_release(req);
-		api_req_free(a);
-		return;
+		return -1;
 	}
 	if (a->stream) {
 		http_stream_begin(req, 200, OAI_SSE_CONTENT_TYPE,
 		        "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n");
 	}
 	http_req_on_close(req, on_http_close, a);
+	return 0;
 }
 
 static struct api_req *
@@ -480,56 +570,41 @@ handle_completion(struct router *r, struct http_req *req)
 	struct oai_completion_req c;
 	struct oai_config cfg;
 	struct oai_error e;
+	struct gen_req q;
 	const char *models[1];
 	struct api_req *a;
-	int32_t *ids = NULL;
-	size_t n = 0;
 
-	oai_cfg(r, &cfg, models);
+	oai_cfg(r, &cfg, models, true);
 	if (oai_parse_completion(req->body, req->body_len, &cfg, &c, &e) != 0) {
+		stats_count_reject(r->stats, EPMOE_EINVAL);
 		respond_error(req, &e);
 		http_req_release(req);
 		return;
 	}
-	if ((a = api_req_new(r, req, API_COMPLETION, c.model, &c.gen)) == NULL)
-		goto oom;
-	a->echo = c.echo;
-	a->want_lps = c.logprobs >= 0;
-	if (c.prompt_tokens) {
-		ids = c.prompt_tokens;
-		n = c.n_prompt_tokens;
-		c.prompt_tokens = NULL;
-		if (a->echo && tok_decode(r->tok, ids, n, 0, &a->prompt_text, &a->prompt_len) != 0)
-			goto oom;
-	} else {
-		if (router_tokenize(r, c.prompt, c.prompt_len, true, false, &ids, &n) != 0)
-			goto oom;
-		if (a->echo) {
-			a->prompt_text = c.prompt;
-			a->prompt_len = c.prompt_len;
-			c.prompt = NULL;
-		}
-	}
-	if (n == 0) {
-		free(ids);
-		respond_simple_error(req, 400, "prompt", "the prompt is empty");
-		http_req_release(req);
-		api_req_free(a);
+	api_gen_completion(&c, &q);
+	if ((a = api_req_new(r, req, API_COMPLETION, c.model, &c.gen)) == NULL) {
 		oai_completion_req_fini(&c);
+		respond_simple_error(req, 503, NULL, "out of memory");
+		http_req_release(req);
 		return;
 	}
-	if (!a->echo)
-		a->text_offset = 0;
-	a->first_offset = 0;
-	submit(r, req, a, ids, n, &c.gen, c.gen.max_tokens, c.logprobs);
+	a->echo = c.echo;
+	a->want_lps = c.has_logprobs;
+	if (a->echo && c.prompt) {
+		a->prompt_text = c.prompt;
+		a->prompt_len = c.prompt_len;
+		c.prompt = NULL;
+		q.text = a->prompt_text;
+	}
+	/* no event comes before the loop runs again: the echo of a prompt
+	 * given as ids can still be decoded (it was checked by now) */
+	if (submit(r, req, a, &q, c.gen.max_tokens_key) == 0 && c.prompt_tokens &&
+	        a->echo && tok_decode(r->tok, c.prompt_tokens, c.n_prompt_tokens, 0, &a->prompt_text,
+	                &a->prompt_len) != 0) {
+		a->prompt_text = NULL;
+		a->prompt_len = 0;
+	}
 	oai_completion_req_fini(&c);
-	return;
-oom:
-	free(ids);
-	api_req_free(a);
-	oai_completion_req_fini(&c);
-	respond_simple_error(req, 500, NULL, "out of memory");
-	http_req_release(req);
 }
 
 static void
@@ -538,45 +613,32 @@ handle_chat(struct router *r, struct http_req *req)
 	struct oai_chat_req c;
 	struct oai_config cfg;
 	struct oai_error e;
+	struct gen_req q;
+	struct gen_msg *msgs;
 	const char *models[1];
-	const char **roles = NULL, **contents = NULL;
 	struct api_req *a;
-	int32_t *ids = NULL;
-	size_t n = 0;
-	static const char *const role_names[] = { "system", "user", "assistant" };
 
-	oai_cfg(r, &cfg, models);
+	oai_cfg(r, &cfg, models, true);
 	if (oai_parse_chat(req->body, req->body_len, &cfg, &c, &e) != 0) {
+		stats_count_reject(r->stats, EPMOE_EINVAL);
 		respond_error(req, &e);
 		http_req_release(req);
 		return;
 	}
-	roles = calloc(c.n_messages, sizeof(*roles));
-	contents = calloc(c.n_messages, sizeof(*contents));
-	if (!roles || !contents)
-		goto oom;
-	for (size_t i = 0; i < c.n_messages; i++) {
-		roles[i] = role_names[c.messages[i].role];
-		contents[i] = c.messages[i].content;
+	msgs = calloc(c.n_messages, sizeof(*msgs));
+	a = msgs ? api_req_new(r, req, API_CHAT, c.model, &c.gen) : NULL;
+	if (a == NULL) {
+		free(msgs);
+		oai_chat_req_fini(&c);
+		respond_simple_error(req, 503, NULL, "out of memory");
+		http_req_release(req);
+		return;
 	}
-	if (router_chat_prompt(r, roles, contents, c.n_messages, &ids, &n) != 0)
-		goto oom;
-	if ((a = api_req_new(r, req, API_CHAT, c.model, &c.gen)) == NULL)
-		goto oom;
+	api_gen_chat(&c, msgs, &q);
 	a->want_lps = c.logprobs;
-	submit(r, req, a, ids, n, &c.gen, c.gen.max_tokens,
-	        c.logprobs ? c.top_logprobs : -1);
-	free(roles);
-	free(contents);
+	submit(r, req, a, &q, c.gen.max_tokens_key);
+	free(msgs);
 	oai_chat_req_fini(&c);
-	return;
-oom:
-	free(ids);
-	free(roles);
-	free(contents);
-	oai_chat_req_fini(&c);
-	respond_simple_error(req, 500, NULL, "out of memory");
-	http_req_release(req);
 }
 
 static void
@@ -590,7 +652,7 @@ handle_tokenize(struct router *r, struct http_req *req)
 	size_t n = 0;
 	cJSON *j;
 
-	oai_cfg(r, &cfg, models);
+	oai_cfg(r, &cfg, models, false);
 	if (oai_parse_tokenize(req->body, req->body_len, &cfg, &t, &e) != 0) {
 		respond_error(req, &e);
 		return;
@@ -618,7 +680,7 @@ handle_detokenize(struct router *r, struct http_req *req)
 	size_t len = 0;
 	cJSON *j;
 
-	oai_cfg(r, &cfg, models);
+	oai_cfg(r, &cfg, models, false);
 	if (oai_parse_detokenize(req->body, req->body_len, &cfg, &t, &e) != 0) {
 		respond_error(req, &e);
 		return;
@@ -649,23 +711,9 @@ respond_cjson(struct http_req *req, int status, cJSON *j)
 static void
 handle_health(struct router *r, struct http_req *req)
 {
-	cJSON *j = cJSON_CreateObject();
-	struct sched_stats st;
-	bool ok = router_ready(r) && !r->stopping;
+	bool ok;
+	cJSON *j = stats_health_json(r, &ok);
 
-	sched_get_stats(r->sched, &st);
-	if (j) {
-		cJSON_AddStringToObject(j, "status", r->stopping ? "stopping" : ok ? "ok" : "loading");
-		cJSON_AddStringToObject(j, "model", served_model(r));
-		cJSON_AddStringToObject(j, "mode", r->cluster ? "distributed" : "local");
-		cJSON_AddNumberToObject(j, "requests_running", st.running);
-		cJSON_AddNumberToObject(j, "requests_waiting", st.waiting);
-		if (r->cluster) {
-			cJSON *pl = stats_placement_json(r);
-			if (pl)
-				cJSON_AddItemToObject(j, "cluster", pl);
-		}
-	}
 	respond_cjson(req, ok ? 200 : 503, j);
 }
 
@@ -675,7 +723,7 @@ handle_metrics(struct router *r, struct http_req *req)
 	char *text;
 	size_t len;
 
-	if (stats_render_metrics(r, &text, &len) != 0) {
+	if (stats_render_metrics(r->stats, &text, &len) != 0) {
 		respond_simple_error(req, 500, NULL, "out of memory");
 		return;
 	}
@@ -719,7 +767,7 @@ handle_models(struct router *r, struct http_req *req)
 static void
 handle_stats(struct router *r, struct http_req *req)
 {
-	respond_cjson(req, 200, stats_json(r));
+	respond_cjson(req, 200, stats_json(r->stats));
 }
 
 static void
@@ -795,45 +843,4 @@ api_stop(struct router *r)
 		http_server_close(r->http, on_http_closed);
 		r->http = NULL;
 	}
-}
-
-int
-router_tokenize(struct router *r, const char *text, size_t len,
-        bool add_special, bool parse_special, int32_t **ids, size_t *n)
-{
-	unsigned flags = (add_special ? TOK_ADD_BOS : 0) |
-	        (parse_special ? TOK_PARSE_SPECIAL : 0);
-	return tok_encode(r->tok, text, len, flags, ids, n);
-}
-
-int
-router_chat_prompt(struct router *r, const char *const *roles,
-        const char *const *contents, size_t n, int32_t **ids, size_t *n_ids)
-{
-	struct chat_msg *msgs = calloc(n ? n : 1, sizeof(*msgs));
-	char *text = NULL;
-	int rc;
-
-	if (msgs == NULL)
-		return EPMOE_ENOMEM;
-	for (size_t i = 0; i < n; i++) {
-		msgs[i].role = roles[i];
-		msgs[i].content = contents[i];
-	}
-	rc = chat_apply(r->chat_template, msgs, n, true, &text);
-	free(msgs);
-	if (rc)
-		return rc;
-	/* the template writes the special tokens as text: parse them; BOS
-	 * comes from the tokenizer's own rule unless the template wrote it */
-	bool has_bos = false;
-	int32_t bos = tok_bos(r->tok);
-	if (bos != TOK_ID_NONE) {
-		size_t bl;
-		const char *bt = tok_token_text(r->tok, bos, &bl);
-		has_bos = bt && bl && strncmp(text, bt, bl) == 0;
-	}
-	rc = router_tokenize(r, text, strlen(text), !has_bos, true, ids, n_ids);
-	free(text);
-	return rc;
 }

@@ -1,4 +1,5 @@
-/* Worker registry and control plane of the router.  See cluster.h.
+/* Worker registry and control plane of the router (its JSON views are in
+ * cluster_json.c).  See cluster.h.
  *
  * One control thread owns the control REP socket and is the only writer of
  * registrations; the dispatcher (engine thread) and the HTTP loop read
@@ -22,7 +23,9 @@
 #include <nng/nng.h>
 #include <nng/supplemental/util/platform.h>
 
+#include "clock.h"
 #include "cluster.h"
+#include "cluster_int.h"
 #include "err.h"
 #include "log.h"
 #include "model.h"
@@ -31,93 +34,12 @@
 #include "wire_nng.h"
 
 #define POLL_MS 100        /* control recv timeout: liveness check period */
-#define LAT_RING 512       /* recent latencies kept per worker for p99 */
-#define MAX_EVENTS 256     /* pending up/down events */
-#define ID_MAX 101         /* worker id / node name: up to 100 chars */
 #define CLOSE_MS 2000      /* longest wait for one socket close */
 
 const double cluster_hist_bounds_s[CLUSTER_HIST_BUCKETS] = {
 	50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3,
 	50e-3, 100e-3, 250e-3, 1.0, __builtin_inf()
 };
-
-/* NEVER -> JOINING (hello accepted, order sent) -> UP (the worker's first
- * LoadReport with the placement epoch: it holds its slots, so batches
- * sent from now on will not be refused as stale) -> DOWN (left, silent,
- * connection lost, request failed) -> JOINING (hello again) ... */
-enum wstate { W_NEVER = 0, W_JOINING, W_UP, W_DOWN };
-
-struct cl_worker {
-	struct cluster *c;     /* back-pointers for the pipe callback */
-	uint32_t index;
-	enum wstate state;
-	char id[ID_MAX];
-	char node[ID_MAX];
-	char url[512];
-	char down_reason[192];
-	char join_reason[64];  /* event reason once the join is confirmed */
-	uint64_t boot_id;
-	uint32_t threads;
-	uint64_t ram_bytes;
-	uint64_t last_hb_ns;
-	uint32_t gen;
-	/* one REQ socket per worker place for the cluster's lifetime (NNG
-	 * 1.5.2 must not close a socket the dispatcher may be using: see
-	 * netsock.h); a new registration gets a new dialer on it */
-	bool sock_open;
-	nng_socket sock;
-	bool dialer_open;
-	nng_dialer dialer;
-	uint64_t registrations;
-	/* as reported by the worker */
-	uint64_t rep_tokens, rep_batches, rep_compute_us, rep_ram_free;
-	/* as observed by the dispatcher */
-	uint64_t batches, tokens, errors;
-	struct cluster_hist hist;
-	uint32_t lat_us[LAT_RING];
-	uint32_t lat_n, lat_head;
-};
-
-struct cl_event {
-	uint32_t worker;
-	bool up;
-	char id[ID_MAX];
-	char reason[224];
-};
-
-struct cluster {
-	const struct model *m;
-	struct placement *pl;
-	uint32_t pl_refs;
-	uint32_t W;
-	uint64_t boot_id;
-	uint32_t hb_ms, hb_timeout_ms;
-	char url_in[512];
-	char url[512];
-
-	pthread_mutex_t mu;
-	struct cl_worker *w;
-	struct cl_event ev[MAX_EVENTS];
-	uint32_t ev_head, ev_n;
-	uint64_t bad_msgs;
-	cluster_event_fn ev_fn;
-	void *ev_arg;
-
-	nng_socket ctl;
-	bool ctl_open;
-	pthread_t th;
-	bool started;
-	atomic_int stop;
-};
-
-static uint64_t
-now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 /* ---- lifecycle ---- */
 
@@ -152,7 +74,7 @@ cluster_new(struct cluster **out, const struct cluster_cfg *cfg, char *err,
 	c->boot_id = cfg->boot_id;
 	if (c->boot_id == 0 &&
 	        getrandom(&c->boot_id, sizeof(c->boot_id), 0) != (ssize_t)sizeof(c->boot_id))
-		c->boot_id = now_ns() ^ (uint64_t)getpid();
+		c->boot_id = clock_now_ns() ^ (uint64_t)getpid();
 	if (c->boot_id == 0)
 		c->boot_id = 1;
 
@@ -586,7 +508,7 @@ on_hello(struct cluster *c, const Epmoe__WorkerHello *h, struct reply *r)
 	w->threads = h->threads;
 	w->ram_bytes = h->ram_bytes;
 	w->rep_ram_free = h->ram_free_bytes;
-	w->last_hb_ns = now_ns();
+	w->last_hb_ns = clock_now_ns();
 	w->gen++;
 	w->registrations++;
 	w->state = W_JOINING;
@@ -630,7 +552,7 @@ on_report(struct cluster *c, const Epmoe__LoadReport *lr, struct reply *r)
 		refuse(r, EPMOE__STATUS__STATUS_NOT_FOUND,
 		        "marked down (%s): register again", w->down_reason);
 	} else {
-		w->last_hb_ns = now_ns();
+		w->last_hb_ns = clock_now_ns();
 		w->rep_tokens = lr->tokens_served;
 		w->rep_batches = lr->batches_served;
 		w->rep_compute_us = lr->compute_us;
@@ -737,7 +659,7 @@ handle(struct cluster *c, nng_msg *m)
 static void
 check_timeouts(struct cluster *c)
 {
-	uint64_t now = now_ns(), lim = (uint64_t)c->hb_timeout_ms * 1000000u;
+	uint64_t now = clock_now_ns(), lim = (uint64_t)c->hb_timeout_ms * 1000000u;
 	char why[64];
 
 	pthread_mutex_lock(&c->mu);
@@ -780,8 +702,8 @@ ctl_main(void *arg)
 
 /* ---- queries ---- */
 
-static bool
-ready_locked(struct cluster *c)
+bool
+cluster_ready_locked(struct cluster *c)
 {
 	const struct placement *p = c->pl;
 
@@ -805,7 +727,7 @@ cluster_ready(struct cluster *c)
 	bool ok;
 
 	pthread_mutex_lock(&c->mu);
-	ok = ready_locked(c);
+	ok = cluster_ready_locked(c);
 	pthread_mutex_unlock(&c->mu);
 	return ok;
 }
@@ -820,146 +742,6 @@ cluster_n_live(struct cluster *c)
 		n += c->w[i].state == W_UP;
 	pthread_mutex_unlock(&c->mu);
 	return n;
-}
-
-static const char *
-state_name(enum wstate s)
-{
-	return s == W_UP ? "up" : s == W_JOINING ? "joining" :
-	        s == W_DOWN ? "down" : "never";
-}
-
-int
-cluster_placement_json(struct cluster *c, cJSON **out)
-{
-	cJSON *root, *ws;
-	int rc;
-
-	if ((rc = placement_to_json(c->pl, &root)) != 0)
-		return rc;
-	if ((ws = cJSON_AddArrayToObject(root, "workers")) == NULL)
-		goto nomem;
-	pthread_mutex_lock(&c->mu);
-	for (uint32_t i = 0; i < c->W; i++) {
-		const struct cl_worker *w = &c->w[i];
-		cJSON *o = cJSON_CreateObject();
-		if (o == NULL) {
-			pthread_mutex_unlock(&c->mu);
-			goto nomem;
-		}
-		cJSON_AddItemToArray(ws, o);
-		if (!cJSON_AddNumberToObject(o, "index", i) ||
-		        !cJSON_AddStringToObject(o, "id", w->id) ||
-		        !cJSON_AddStringToObject(o, "node", w->node) ||
-		        !cJSON_AddBoolToObject(o, "alive", w->state == W_UP) ||
-		        !cJSON_AddStringToObject(o, "data_url", w->url)) {
-			pthread_mutex_unlock(&c->mu);
-			goto nomem;
-		}
-	}
-	pthread_mutex_unlock(&c->mu);
-	*out = root;
-	return 0;
-nomem:
-	cJSON_Delete(root);
-	return EPMOE_ENOMEM;
-}
-
-static int
-cmp_u32(const void *a, const void *b)
-{
-	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-	return x < y ? -1 : x > y;
-}
-
-static double
-p99_us(const struct cl_worker *w)
-{
-	uint32_t v[LAT_RING], n = w->lat_n;
-	size_t k;
-
-	if (n == 0)
-		return 0;
-	memcpy(v, w->lat_us, n * sizeof(v[0]));
-	qsort(v, n, sizeof(v[0]), cmp_u32);
-	k = ((size_t)n * 99 + 99) / 100;
-	return v[k > 0 ? k - 1 : 0];
-}
-
-static cJSON *
-worker_json(struct cluster *c, uint32_t i, uint64_t now)
-{
-	const struct cl_worker *w = &c->w[i];
-	cJSON *o = cJSON_CreateObject(), *rep;
-	char boot[24];
-
-	if (o == NULL)
-		return NULL;
-	snprintf(boot, sizeof(boot), "%016" PRIx64, w->boot_id);
-	if (!cJSON_AddNumberToObject(o, "index", i) ||
-	        !cJSON_AddStringToObject(o, "id", w->id) ||
-	        !cJSON_AddStringToObject(o, "node", w->node) ||
-	        !cJSON_AddStringToObject(o, "data_url", w->url) ||
-	        !cJSON_AddBoolToObject(o, "alive", w->state == W_UP) ||
-	        !cJSON_AddStringToObject(o, "state", state_name(w->state)) ||
-	        !cJSON_AddStringToObject(o, "down_reason", w->down_reason) ||
-	        !cJSON_AddStringToObject(o, "boot_id", boot) ||
-	        !cJSON_AddNumberToObject(o, "registrations", (double)w->registrations) ||
-	        !cJSON_AddNumberToObject(o, "threads", w->threads) ||
-	        !cJSON_AddNumberToObject(o, "slots", placement_worker_slots(c->pl, i)) ||
-	        !cJSON_AddNumberToObject(o, "last_heartbeat_age_ms",
-	             w->state == W_NEVER ? -1.0 :
-	             (double)((now - w->last_hb_ns) / 1000000u)) ||
-	        !cJSON_AddNumberToObject(o, "batches", (double)w->batches) ||
-	        !cJSON_AddNumberToObject(o, "tokens", (double)w->tokens) ||
-	        !cJSON_AddNumberToObject(o, "errors", (double)w->errors) ||
-	        !cJSON_AddNumberToObject(o, "latency_mean_us", w->hist.count ?
-	             w->hist.sum_s * 1e6 / (double)w->hist.count : 0.0) ||
-	        !cJSON_AddNumberToObject(o, "latency_p99_us", p99_us(w)) ||
-	        (rep = cJSON_AddObjectToObject(o, "reported")) == NULL ||
-	        !cJSON_AddNumberToObject(rep, "tokens", (double)w->rep_tokens) ||
-	        !cJSON_AddNumberToObject(rep, "batches", (double)w->rep_batches) ||
-	        !cJSON_AddNumberToObject(rep, "compute_us", (double)w->rep_compute_us) ||
-	        !cJSON_AddNumberToObject(rep, "ram_free_bytes", (double)w->rep_ram_free)) {
-		cJSON_Delete(o);
-		return NULL;
-	}
-	return o;
-}
-
-int
-cluster_stats_json(struct cluster *c, cJSON **out)
-{
-	cJSON *root = cJSON_CreateObject(), *ws;
-	uint64_t now = now_ns();
-	uint32_t live = 0;
-
-	if (root == NULL)
-		return EPMOE_ENOMEM;
-	pthread_mutex_lock(&c->mu);
-	for (uint32_t i = 0; i < c->W; i++)
-		live += c->w[i].state == W_UP;
-	if (!cJSON_AddBoolToObject(root, "ready", ready_locked(c)) ||
-	        !cJSON_AddNumberToObject(root, "epoch", (double)c->pl->epoch) ||
-	        !cJSON_AddNumberToObject(root, "n_workers", c->W) ||
-	        !cJSON_AddNumberToObject(root, "workers_live", live) ||
-	        !cJSON_AddStringToObject(root, "control_url", c->url) ||
-	        !cJSON_AddNumberToObject(root, "control_bad_messages", (double)c->bad_msgs) ||
-	        (ws = cJSON_AddArrayToObject(root, "workers")) == NULL)
-		goto nomem;
-	for (uint32_t i = 0; i < c->W; i++) {
-		cJSON *o = worker_json(c, i, now);
-		if (o == NULL)
-			goto nomem;
-		cJSON_AddItemToArray(ws, o);
-	}
-	pthread_mutex_unlock(&c->mu);
-	*out = root;
-	return 0;
-nomem:
-	pthread_mutex_unlock(&c->mu);
-	cJSON_Delete(root);
-	return EPMOE_ENOMEM;
 }
 
 int

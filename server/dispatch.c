@@ -10,6 +10,7 @@
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/req.h>
 
+#include "clock.h"
 #include "cluster.h"
 #include "dispatch.h"
 #include "err.h"
@@ -64,15 +65,6 @@ struct dispatch {
 	pthread_mutex_t smu;
 	struct dispatch_stats st;
 };
-
-static uint64_t
-now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 /* Grows *arr to hold n elements of size sz (capacity doubles). */
 static int
@@ -156,7 +148,7 @@ reserve_pairs(struct dispatch *ds, size_t n_pairs, uint32_t n_slots)
 static int
 remaining_ms(uint64_t deadline)
 {
-	uint64_t now = now_ns();
+	uint64_t now = clock_now_ns();
 
 	if (now >= deadline)
 		return 1; /* let the aio fail at once with NNG_ETIMEDOUT */
@@ -191,7 +183,7 @@ peer_fail(struct dispatch *ds, uint32_t w, int err, const char *why)
 {
 	struct peer *p = &ds->p[w];
 
-	cluster_report(ds->c, w, p->gen, now_ns() - p->t_send, 0, err, why);
+	cluster_report(ds->c, w, p->gen, clock_now_ns() - p->t_send, 0, err, why);
 	log_warn("dispatch: worker %u request %" PRIu64 " failed: %s", w,
 	        p->batch_id, why);
 	p->state = P_FAILED;
@@ -254,7 +246,7 @@ peer_send(struct dispatch *ds, uint32_t w, uint32_t layer, const float *x,
 	p->spare = NULL;
 	p->batch_id = ++ds->next_batch_id;
 	p->gen = ds->cp[w].gen;
-	p->t_send = now_ns();
+	p->t_send = clock_now_ns();
 	b.version = EPMOE_PROTO_VERSION;
 	b.batch_id = p->batch_id;
 	b.attempt = 0;
@@ -283,7 +275,7 @@ peer_send(struct dispatch *ds, uint32_t w, uint32_t layer, const float *x,
 		memcpy(dst + (size_t)j * d, x + (size_t)p->row_tok[j] * d,
 		        d * sizeof(float));
 	*bytes += nng_msg_len(m);
-	*pack_ns += now_ns() - p->t_send;
+	*pack_ns += clock_now_ns() - p->t_send;
 	if ((rv = peer_ctx(p, ds->cp[w].sock)) != 0) {
 		nng_msg_free(m);
 		snprintf(why, sizeof(why), "cannot open a context: %s", nng_strerror(rv));
@@ -363,7 +355,7 @@ peer_wait_recv(struct dispatch *ds, uint32_t w, uint64_t *bytes,
 	}
 	if (p->res->compute_us > *max_compute_us)
 		*max_compute_us = p->res->compute_us;
-	cluster_report(ds->c, w, p->gen, now_ns() - p->t_send, p->n_entries, 0,
+	cluster_report(ds->c, w, p->gen, clock_now_ns() - p->t_send, p->n_entries, 0,
 	        NULL);
 	return 0;
 }
@@ -475,7 +467,7 @@ dispatch_run(struct moe_backend *be, uint32_t layer, const float *x,
 	struct dispatch *ds = (struct dispatch *)be;
 	const struct placement *pl;
 	uint32_t T = a->n_tok, d = ds->d;
-	uint64_t t0 = now_ns(), t_got, t_end, deadline, pack_ns;
+	uint64_t t0 = clock_now_ns(), t_got, t_end, deadline, pack_ns;
 	uint64_t bytes_out = 0, bytes_in = 0, max_compute = 0, msgs = 0, rows = 0;
 	size_t n_pairs = a->off[T];
 	int rc = 0;
@@ -495,7 +487,7 @@ dispatch_run(struct moe_backend *be, uint32_t layer, const float *x,
 	cluster_peers(ds->c, ds->cp, ds->W);
 	if ((rc = plan(ds, pl, layer, a)) != 0)
 		goto out;
-	pack_ns = now_ns() - t0;
+	pack_ns = clock_now_ns() - t0;
 
 	/* scatter: every involved worker in flight at once */
 	for (uint32_t w = 0; w < ds->W; w++) {
@@ -516,7 +508,7 @@ dispatch_run(struct moe_backend *be, uint32_t layer, const float *x,
 		if (ds->p[w].state == P_RECV &&
 		        (rc = peer_wait_recv(ds, w, &bytes_in, &max_compute)) != 0)
 			goto out;
-	t_got = now_ns();
+	t_got = clock_now_ns();
 	/* combine, in worker index order */
 	for (uint32_t w = 0; w < ds->W; w++) {
 		const struct peer *p = &ds->p[w];
@@ -529,7 +521,7 @@ dispatch_run(struct moe_backend *be, uint32_t layer, const float *x,
 				o[k] += y[k];
 		}
 	}
-	t_end = now_ns();
+	t_end = clock_now_ns();
 	pthread_mutex_lock(&ds->smu);
 	{
 		/* everything between packing and combining is waiting on

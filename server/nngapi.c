@@ -1,5 +1,5 @@
-/* The NNG client API: a REP socket with a pool of contexts, speaking the
- * ClientMsg / ClientReply messages of proto/epmoe.proto (wire-framed).
+/* The NNG client API (see nngapi.h): a REP socket with a pool of
+ * contexts, speaking the wire-framed messages of proto/epmoe.proto.
  *
  * NNG callbacks only move a context to a completion queue and wake the
  * loop with uv_async_send (reliability.md §9); every decision is made on
@@ -19,9 +19,12 @@
 #include "clock.h"
 #include "epmoe.pb-c.h"
 #include "err.h"
+#include "gen.h"
 #include "log.h"
 #include "netsock.h"
+#include "nngapi.h"
 #include "router.h"
+#include "stats.h"
 #include "wire.h"
 #include "wire_nng.h"
 
@@ -54,9 +57,9 @@ struct nreq {
 	struct nngapi *n;
 	char id[64];
 	struct sched_req *sreq;
-	bool stream, done, echo, want_lps;
+	bool stream, done, want_lps;
 	bool delivered;           /* a reply with done = true went out */
-	int status;               /* final: 0 ok, else an HTTP-like status */
+	int err;                  /* final: 0 ok, else an EPMOE_E* code */
 	char error[256];
 	Epmoe__FinishReason finish;
 	uint32_t prompt_tokens;
@@ -64,6 +67,11 @@ struct nreq {
 	size_t len, cap;
 	uint32_t *toks;
 	size_t n_toks, cap_toks;
+	Epmoe__TokenLogprob **lps;  /* [n_toks] when want_lps, owned */
+	char *prompt_text;          /* echo: the prompt and its logprobs */
+	size_t prompt_len;
+	Epmoe__TokenLogprob **plps;
+	size_t n_plps;
 	double t_submit, t_first, t_last_poll;
 	struct nctx *waiters;
 	struct nreq *next;
@@ -140,27 +148,68 @@ reply_error(struct nctx *c, Epmoe__Status st, const char *msg, uint32_t retry_ms
 	ctx_reply(c, &rep);
 }
 
-static Epmoe__Status
-status_of(int http_status)
+/* ---- requests ---- */
+
+static void
+lp_free(Epmoe__TokenLogprob *t)
 {
-	switch (http_status) {
-	case 0: return EPMOE__STATUS__STATUS_OK;
-	case 400: return EPMOE__STATUS__STATUS_INVALID;
-	case 404: return EPMOE__STATUS__STATUS_NOT_FOUND;
-	case 429: return EPMOE__STATUS__STATUS_BUSY;
-	case 499: return EPMOE__STATUS__STATUS_CANCELLED;
-	case 503: return EPMOE__STATUS__STATUS_UNAVAILABLE;
-	default: return EPMOE__STATUS__STATUS_INTERNAL;
+	if (t == NULL)
+		return;
+	for (size_t i = 0; i < t->n_top; i++) {
+		free(t->top[i]->text);
+		free(t->top[i]);
 	}
+	free(t->top);
+	free(t->text);
+	free(t);
 }
 
-/* ---- requests ---- */
+/* A token's logprob record as the wire carries it (off: where its text
+ * starts, in bytes). */
+static Epmoe__TokenLogprob *
+lp_new(const struct sched_tok *st, size_t off)
+{
+	Epmoe__TokenLogprob *t = malloc(sizeof(*t));
+
+	if (t == NULL)
+		return NULL;
+	epmoe__token_logprob__init(t);
+	t->token = (uint32_t)st->id;
+	t->logprob = st->logprob;
+	t->text_offset = off > UINT32_MAX ? UINT32_MAX : (uint32_t)off;
+	t->text = strndup(st->text ? st->text : "", st->text_len);
+	t->top = st->n_top ? calloc(st->n_top, sizeof(*t->top)) : NULL;
+	if (t->text == NULL || (st->n_top && t->top == NULL))
+		goto fail;
+	for (uint32_t i = 0; i < st->n_top; i++) {
+		Epmoe__TopLogprob *tp = malloc(sizeof(*tp));
+		if (tp == NULL)
+			goto fail;
+		epmoe__top_logprob__init(tp);
+		t->top[t->n_top++] = tp;
+		tp->token = (uint32_t)st->top[i].id;
+		tp->logprob = st->top[i].logprob;
+		if ((tp->text = strndup(st->top[i].text, st->top[i].text_len)) == NULL)
+			goto fail;
+	}
+	return t;
+fail:
+	lp_free(t);
+	return NULL;
+}
 
 static void
 nreq_free(struct nreq *q)
 {
 	if (q == NULL)
 		return;
+	for (size_t i = 0; q->lps && i < q->n_toks; i++)
+		lp_free(q->lps[i]);
+	for (size_t i = 0; i < q->n_plps; i++)
+		lp_free(q->plps[i]);
+	free(q->lps);
+	free(q->plps);
+	free(q->prompt_text);
 	free(q->text);
 	free(q->toks);
 	free(q);
@@ -213,9 +262,18 @@ answer(struct nctx *c, struct nreq *q)
 	cr.text = chunk;
 	cr.token_offset = to;
 	cr.text_offset = xo;
+	if (q->want_lps) {
+		cr.logprobs = q->lps + to;
+		cr.n_logprobs = q->n_toks - to;
+	}
+	if (to == 0 && q->prompt_text) {
+		cr.prompt_text = q->prompt_text;
+		cr.prompt_logprobs = q->plps;
+		cr.n_prompt_logprobs = q->n_plps;
+	}
 	cr.done = q->done;
 	cr.finish_reason = q->done ? q->finish : EPMOE__FINISH_REASON__FINISH_NONE;
-	cr.status = status_of(q->status);
+	cr.status = wire_err_to_status(q->err);
 	cr.error = q->error;
 	if (q->done) {
 		u.prompt_tokens = q->prompt_tokens;
@@ -240,6 +298,54 @@ maybe_forget(struct nngapi *n, struct nreq *q)
 		nreq_unlink(n, q);
 		nreq_free(q);
 	}
+}
+
+/* echo: the prompt (decoded: whatever form it came in) with the logprob
+ * of each token and where its text starts. */
+static void
+on_prompt(struct nreq *q, const struct sched_event *ev)
+{
+	int32_t *ids = malloc((ev->n_toks ? ev->n_toks : 1) * sizeof(*ids));
+	size_t *off = malloc((ev->n_toks ? ev->n_toks : 1) * sizeof(*off));
+
+	if (ids == NULL || off == NULL ||
+	        (q->plps = calloc(ev->n_toks ? ev->n_toks : 1, sizeof(*q->plps))) == NULL)
+		goto out;
+	for (size_t i = 0; i < ev->n_toks; i++)
+		ids[i] = ev->toks[i].id;
+	if (tok_decode(q->n->r->tok, ids, ev->n_toks, 0, &q->prompt_text, &q->prompt_len) != 0)
+		goto out;
+	gen_token_offsets(q->prompt_text, q->prompt_len, ev->toks, ev->n_toks, off);
+	for (size_t i = 0; i < ev->n_toks; i++) {
+		if ((q->plps[i] = lp_new(&ev->toks[i], off[i])) == NULL)
+			break;
+		q->n_plps = i + 1;
+	}
+out:
+	free(ids);
+	free(off);
+}
+
+/* Keeps the logprob record of the next generated token (its text starts
+ * where the completion text ends now). */
+static int
+keep_lp(struct nreq *q, const struct sched_tok *t)
+{
+	if (q->n_toks == q->cap_toks || q->lps == NULL) {
+		size_t nc = q->cap_toks ? 2 * q->cap_toks : 64;
+		uint32_t *nt = realloc(q->toks, nc * sizeof(*nt));
+		if (nt == NULL)
+			return EPMOE_ENOMEM;
+		q->toks = nt;
+		Epmoe__TokenLogprob **nl = realloc(q->lps, nc * sizeof(*nl));
+		if (nl == NULL)
+			return EPMOE_ENOMEM;
+		q->lps = nl;
+		q->cap_toks = nc;
+	}
+	if ((q->lps[q->n_toks] = lp_new(t, q->len)) == NULL)
+		return EPMOE_ENOMEM;
+	return 0;
 }
 
 /* Wakes the contexts waiting on q that can now be answered. */
@@ -270,8 +376,11 @@ on_event(const struct sched_event *ev, void *ud)
 
 	switch (ev->kind) {
 	case SCHED_EV_PROMPT:
+		on_prompt(q, ev);
 		return;
 	case SCHED_EV_TOKEN:
+		if (ev->n_toks && q->want_lps && keep_lp(q, &ev->toks[0]) != 0)
+			break;
 		if (ev->text_len) {
 			if (q->len + ev->text_len + 1 > q->cap) {
 				size_t nc = (q->len + ev->text_len + 1) * 2;
@@ -309,8 +418,8 @@ on_event(const struct sched_event *ev, void *ud)
 		break;
 	case SCHED_EV_ERROR:
 		q->done = true;
-		q->status = ev->status;
-		q->finish = ev->status == 499 ? EPMOE__FINISH_REASON__FINISH_CANCELLED :
+		q->err = ev->err;
+		q->finish = ev->err == EPMOE_ECANCELED ? EPMOE__FINISH_REASON__FINISH_CANCELLED :
 		        EPMOE__FINISH_REASON__FINISH_ERROR;
 		snprintf(q->error, sizeof(q->error), "%s", ev->message);
 		sched_req_free(q->sreq);
@@ -323,63 +432,63 @@ on_event(const struct sched_event *ev, void *ud)
 	maybe_forget(n, q);
 }
 
+void
+nngapi_gen_req(const Epmoe__CompletionRequest *cr, struct gen_msg *msgs,
+        struct gen_req *q)
+{
+	gen_req_init(q, cr->n_messages ? GEN_CHAT : GEN_COMPLETION);
+	q->model = cr->model;
+	if (cr->n_prompt_tokens) {
+		q->ids = cr->prompt_tokens;
+		q->n_ids = cr->n_prompt_tokens;
+	} else if (cr->n_messages) {
+		for (size_t i = 0; i < cr->n_messages; i++) {
+			msgs[i].role = cr->messages[i]->role;
+			msgs[i].content = cr->messages[i]->content;
+		}
+		q->msgs = msgs;
+		q->n_msgs = cr->n_messages;
+	} else {
+		q->text = cr->prompt ? cr->prompt : "";
+		q->text_len = strlen(q->text);
+	}
+	q->has_max_tokens = cr->max_tokens != 0;
+	q->max_tokens = cr->max_tokens;
+	q->has_temperature = cr->temperature_opt_case ==
+	        EPMOE__COMPLETION_REQUEST__TEMPERATURE_OPT_TEMPERATURE;
+	q->temperature = cr->temperature;
+	q->has_top_p = cr->top_p_opt_case == EPMOE__COMPLETION_REQUEST__TOP_P_OPT_TOP_P;
+	q->top_p = cr->top_p;
+	q->has_top_k = cr->top_k != 0;
+	q->top_k = cr->top_k;
+	q->has_min_p = cr->min_p != 0;
+	q->min_p = cr->min_p;
+	q->has_seed = cr->seed_opt_case == EPMOE__COMPLETION_REQUEST__SEED_OPT_SEED;
+	q->seed = cr->seed;
+	q->stop = (const char *const *)cr->stop;
+	q->n_stop = cr->n_stop;
+	q->routing = cr->routing_policy;
+	q->echo = cr->echo;
+	q->has_logprobs = cr->logprobs_opt_case ==
+	        EPMOE__COMPLETION_REQUEST__LOGPROBS_OPT_LOGPROBS;
+	q->logprobs = cr->logprobs;
+	q->ignore_eos = cr->ignore_eos;
+}
+
 static void
 handle_complete(struct nctx *c, const Epmoe__CompletionRequest *cr)
 {
 	struct nngapi *n = c->n;
 	struct router *r = n->r;
-	struct sched_req_params p = { 0 };
+	struct gen_msg *msgs = NULL;
+	struct gen_req gq;
+	struct gen_err ge;
 	struct nreq *q;
-	char err[320] = "";
-	int32_t *ids = NULL;
-	size_t n_ids = 0;
-	int rc;
 
-	if (cr->model && cr->model[0] && strcmp(cr->model, r->cfg.model_name) != 0) {
-		snprintf(err, sizeof(err), "model '%.100s' is not served here (serving '%s')",
-		        cr->model, r->cfg.model_name);
-		reply_error(c, EPMOE__STATUS__STATUS_NOT_FOUND, err, 0);
-		return;
-	}
-	if (cr->n_prompt_tokens) {
-		if ((ids = malloc(cr->n_prompt_tokens * sizeof(int32_t))) == NULL) {
-			reply_error(c, EPMOE__STATUS__STATUS_NO_MEMORY, "out of memory", 0);
-			return;
-		}
-		for (size_t i = 0; i < cr->n_prompt_tokens; i++)
-			ids[i] = cr->prompt_tokens[i] > INT32_MAX ? -1 : (int32_t)cr->prompt_tokens[i];
-		n_ids = cr->n_prompt_tokens;
-	} else if (cr->n_messages) {
-		const char **roles = calloc(cr->n_messages, sizeof(char *));
-		const char **contents = calloc(cr->n_messages, sizeof(char *));
-		rc = roles && contents ? 0 : EPMOE_ENOMEM;
-		for (size_t i = 0; rc == 0 && i < cr->n_messages; i++) {
-			const char *role = cr->messages[i]->role ? cr->messages[i]->role : "";
-			if (strcmp(role, "system") && strcmp(role, "user") && strcmp(role, "assistant")) {
-				snprintf(err, sizeof(err), "message %zu: role must be system, user or assistant", i);
-				rc = EPMOE_EINVAL;
-			}
-			roles[i] = role;
-			contents[i] = cr->messages[i]->content ? cr->messages[i]->content : "";
-		}
-		if (rc == 0)
-			rc = router_chat_prompt(r, roles, contents, cr->n_messages, &ids, &n_ids);
-		free(roles);
-		free(contents);
-		if (rc) {
-			reply_error(c, rc == EPMOE_EINVAL ? EPMOE__STATUS__STATUS_INVALID :
-			        EPMOE__STATUS__STATUS_NO_MEMORY, err[0] ? err : epmoe_strerror(rc), 0);
-			return;
-		}
-	} else {
-		const char *t = cr->prompt ? cr->prompt : "";
-		if (router_tokenize(r, t, strlen(t), true, false, &ids, &n_ids) != 0) {
-			reply_error(c, EPMOE__STATUS__STATUS_INTERNAL, "tokenization failed", 0);
-			return;
-		}
-	}
-	if ((q = calloc(1, sizeof(*q))) == NULL) {
-		free(ids);
+	if ((q = calloc(1, sizeof(*q))) == NULL ||
+	        (msgs = calloc(cr->n_messages ? cr->n_messages : 1, sizeof(*msgs))) == NULL) {
+		free(q);
+		stats_count_reject(r->stats, EPMOE_ENOMEM);
 		reply_error(c, EPMOE__STATUS__STATUS_NO_MEMORY, "out of memory", 0);
 		return;
 	}
@@ -391,52 +500,17 @@ handle_complete(struct nctx *c, const Epmoe__CompletionRequest *cr)
 		snprintf(q->id, sizeof(q->id), "nng-%llx-%llu", (unsigned long long)r->boot_id,
 		        (unsigned long long)++n->next_id);
 	q->stream = cr->stream;
+	q->want_lps = cr->logprobs_opt_case == EPMOE__COMPLETION_REQUEST__LOGPROBS_OPT_LOGPROBS;
 	q->t_submit = q->t_last_poll = clock_now();
-	p.prompt = ids;
-	p.n_prompt = n_ids;
-	p.max_tokens = cr->max_tokens ? cr->max_tokens : 16;
-	if (cr->max_tokens > r->cfg.max_tokens_limit) {
-		snprintf(err, sizeof(err), "max_tokens %u exceeds the limit %u", cr->max_tokens,
-		        r->cfg.max_tokens_limit);
-		free(ids);
+	nngapi_gen_req(cr, msgs, &gq);
+	if (gen_submit(r, &gq, on_event, q, &q->sreq, &ge) != 0) {
+		free(msgs);
 		free(q);
-		reply_error(c, EPMOE__STATUS__STATUS_INVALID, err, 0);
+		reply_error(c, wire_err_to_status(ge.code), ge.message,
+		        ge.code == EPMOE_EBUSY ? 1000 : ge.code == EPMOE_EUNAVAIL ? 2000 : 0);
 		return;
 	}
-	sample_params_default(&p.sample);
-	if (cr->temperature_opt_case == EPMOE__COMPLETION_REQUEST__TEMPERATURE_OPT_TEMPERATURE)
-		p.sample.temperature = cr->temperature;
-	if (cr->top_p_opt_case == EPMOE__COMPLETION_REQUEST__TOP_P_OPT_TOP_P)
-		p.sample.top_p = cr->top_p;
-	p.sample.top_k = (int32_t)(cr->top_k > 1000000 ? 1000000 : cr->top_k);
-	p.sample.min_p = cr->min_p;
-	p.sample.seed = cr->seed_opt_case == EPMOE__COMPLETION_REQUEST__SEED_OPT_SEED ?
-	        cr->seed : (uint64_t)time(NULL) ^ ((uint64_t)(uintptr_t)q << 12);
-	if (!(p.sample.temperature >= 0 && p.sample.temperature <= 100) ||
-	        !(p.sample.top_p > 0 && p.sample.top_p <= 1) ||
-	        !(p.sample.min_p >= 0 && p.sample.min_p <= 1)) {
-		free(ids);
-		free(q);
-		reply_error(c, EPMOE__STATUS__STATUS_INVALID,
-		        "temperature must be in [0, 100], top_p in (0, 1], min_p in [0, 1]", 0);
-		return;
-	}
-	for (size_t i = 0; i < cr->n_stop && p.n_stop < SCHED_MAX_STOP; i++)
-		if (cr->stop[i] && cr->stop[i][0])
-			p.stop[p.n_stop++] = strdup(cr->stop[i]);
-	p.routing = cr->routing_policy && cr->routing_policy[0] ? cr->routing_policy :
-	        r->cfg.routing;
-	p.logprobs = 0; /* the token ids come back with each token */
-	p.ignore_eos = cr->ignore_eos;
-	p.cb = on_event;
-	p.ud = q;
-	rc = sched_submit(r->sched, &p, &q->sreq, err, sizeof(err));
-	if (rc) {
-		free(q);
-		reply_error(c, rc == EPMOE_EBUSY ? EPMOE__STATUS__STATUS_BUSY :
-		        EPMOE__STATUS__STATUS_INVALID, err, rc == EPMOE_EBUSY ? 1000 : 0);
-		return;
-	}
+	free(msgs);
 	q->next = n->reqs;
 	n->reqs = q;
 	if (q->stream) {
@@ -535,19 +609,19 @@ handle_models(struct nctx *c)
 static void
 handle_health(struct nctx *c)
 {
-	struct router *r = c->n->r;
 	Epmoe__ClientReply rep = EPMOE__CLIENT_REPLY__INIT;
-	Epmoe__HealthReply h = EPMOE__HEALTH_REPLY__INIT;
-	struct sched_stats st;
-	bool ok = router_ready(r) && !r->stopping;
+	Epmoe__HealthReply hr = EPMOE__HEALTH_REPLY__INIT;
+	struct stats_health h;
 
-	sched_get_stats(r->sched, &st);
-	h.ok = ok;
-	h.status = r->stopping ? "stopping" : ok ? "ok" : "loading";
-	h.requests_running = st.running;
-	h.requests_queued = st.waiting;
+	stats_health(c->n->r, &h);
+	hr.ok = h.ok;
+	hr.status = (char *)h.status;
+	hr.requests_running = h.running;
+	hr.requests_queued = h.waiting;
+	hr.workers_total = h.workers_total;
+	hr.workers_live = h.workers_live;
 	rep.msg_case = EPMOE__CLIENT_REPLY__MSG_HEALTH;
-	rep.health = &h;
+	rep.health = &hr;
 	ctx_reply(c, &rep);
 }
 
@@ -568,13 +642,14 @@ handle_tokenize(struct nctx *c, const Epmoe__TokenizeRequest *tr)
 	}
 	char **pieces = calloc(n ? n : 1, sizeof(char *));
 	uint32_t *u = malloc((n ? n : 1) * sizeof(uint32_t));
-	if (pieces && u) {
-		for (size_t i = 0; i < n; i++) {
-			char buf[256];
-			int l = tok_piece(r->tok, ids[i], buf, sizeof(buf), TOK_DECODE_SPECIAL);
-			u[i] = (uint32_t)ids[i];
-			pieces[i] = strndup(buf, l < 0 ? 0 : (size_t)l);
-		}
+	bool ok = pieces && u;
+	for (size_t i = 0; ok && i < n; i++) {
+		char buf[256];
+		int l = tok_piece(r->tok, ids[i], buf, sizeof(buf), TOK_DECODE_SPECIAL);
+		u[i] = (uint32_t)ids[i];
+		ok = (pieces[i] = strndup(buf, l < 0 ? 0 : (size_t)l)) != NULL;
+	}
+	if (ok) {
 		t.tokens = u;
 		t.n_tokens = n;
 		t.pieces = pieces;

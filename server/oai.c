@@ -19,6 +19,7 @@
 
 #include "err.h"
 #include "oai.h"
+#include "rng.h"
 
 /* ---- errors ---- */
 
@@ -95,26 +96,13 @@ opt(const cJSON *obj, const char *key)
 	return v != NULL && !cJSON_IsNull(v) ? v : NULL;
 }
 
-/* A number for printing in messages: integers without a fraction. */
-static const char *
-num_str(char *buf, size_t size, double d)
-{
-	if (isfinite(d) && d == floor(d) && fabs(d) < 1e15)
-		snprintf(buf, size, "%.0f", d);
-	else
-		snprintf(buf, size, "%g", d);
-	return buf;
-}
-
-/* Reads an optional number into *out within [lo, hi] (lo excluded when
- * lo_open).  Returns 0 (absent: *out untouched), 1 (set) or EPMOE_EINVAL. */
+/* Reads an optional number into *out (its range is gen.c's to check).
+ * Returns 0 (absent: *out untouched), 1 (set) or EPMOE_EINVAL. */
 static int
-get_double(const cJSON *root, const char *key, double lo, double hi,
-        int lo_open, double *out, struct oai_error *err)
+get_double(const cJSON *root, const char *key, double *out,
+        struct oai_error *err)
 {
 	const cJSON *v = opt(root, key);
-	char b[32];
-	double d;
 
 	if (v == NULL)
 		return 0;
@@ -122,37 +110,23 @@ get_double(const cJSON *root, const char *key, double lo, double hi,
 		oai_error_set(err, 400, key, "'%s' must be a number", key);
 		return EPMOE_EINVAL;
 	}
-	d = v->valuedouble;
-	if (!isfinite(d) || d < lo || (lo_open && d <= lo) || d > hi) {
-		oai_error_set(err, 400, key,
-		        "'%s' must be a number in %c%g, %g], got %s", key,
-		        lo_open ? '(' : '[', lo, hi, num_str(b, sizeof(b), d));
-		return EPMOE_EINVAL;
-	}
-	*out = d;
+	*out = v->valuedouble;
 	return 1;
 }
 
-/* As get_double for an integer in [lo, hi]. */
+/* As get_double for an integer that a 64-bit signed integer holds. */
 static int
-get_int(const cJSON *root, const char *key, double lo, double hi,
-        int64_t *out, struct oai_error *err)
+get_int(const cJSON *root, const char *key, int64_t *out, struct oai_error *err)
 {
 	const cJSON *v = opt(root, key);
-	char b[32];
 	double d;
 
 	if (v == NULL)
 		return 0;
 	d = v->valuedouble;
-	if (!cJSON_IsNumber(v) || !isfinite(d) || d != floor(d)) {
+	if (!cJSON_IsNumber(v) || !isfinite(d) || d != floor(d) ||
+	    d < -9223372036854775808.0 || d >= 9223372036854775808.0) {
 		oai_error_set(err, 400, key, "'%s' must be an integer", key);
-		return EPMOE_EINVAL;
-	}
-	if (d < lo || d > hi) {
-		oai_error_set(err, 400, key,
-		        "'%s' must be an integer in [%.0f, %.0f], got %s", key, lo,
-		        hi, num_str(b, sizeof(b), d));
 		return EPMOE_EINVAL;
 	}
 	*out = (int64_t)d;
@@ -238,8 +212,9 @@ model_known(const struct oai_config *cfg, const char *name)
 }
 
 /* Checks "model" and copies it to *out.  required: a missing model is an
- * error unless cfg->model_optional (then models[0]); not required: a
- * missing model leaves *out NULL. */
+ * error unless cfg->model_optional (then *out stays NULL: the server's);
+ * not required: a missing model leaves *out NULL.  The name is checked
+ * against cfg->models when there are any. */
 static int
 get_model(const cJSON *root, const struct oai_config *cfg, int required,
         char **out, struct oai_error *err)
@@ -248,30 +223,23 @@ get_model(const cJSON *root, const struct oai_config *cfg, int required,
 	const char *name;
 
 	if (v == NULL) {
-		if (!required)
-			return 0;
-		if (!cfg->model_optional || cfg->n_models == 0) {
+		if (required && !cfg->model_optional) {
 			oai_error_set(err, 400, "model",
 			        "you must provide a model parameter");
 			return EPMOE_EINVAL;
 		}
-		name = cfg->models[0];
-	} else if (!cJSON_IsString(v)) {
+		return 0;
+	}
+	if (!cJSON_IsString(v)) {
 		oai_error_set(err, 400, "model", "'model' must be a string");
 		return EPMOE_EINVAL;
-	} else {
-		name = v->valuestring;
-		if (!model_known(cfg, name)) {
-			if (cfg->n_models > 0)
-				oai_error_set(err, 404, "model", "the model '%.100s' "
-				        "does not exist; this server serves '%.100s'",
-				        name, cfg->models[0]);
-			else
-				oai_error_set(err, 404, "model",
-				        "the model '%.100s' does not exist", name);
-			err->code = "model_not_found";
-			return EPMOE_EINVAL;
-		}
+	}
+	name = v->valuestring;
+	if (cfg->n_models > 0 && !model_known(cfg, name)) {
+		oai_error_set(err, 404, "model", "the model '%.100s' does not exist; "
+		        "this server serves '%.100s'", name, cfg->models[0]);
+		err->code = "model_not_found";
+		return EPMOE_EINVAL;
 	}
 	if ((*out = strdup(name)) == NULL)
 		return fail_nomem(err);
@@ -319,56 +287,51 @@ gen_fini(struct oai_gen *g)
 {
 	for (size_t i = 0; i < g->n_stop; i++)
 		free(g->stop[i]);
+	free(g->stop);
 	free(g->routing);
 	memset(g, 0, sizeof(*g));
 }
 
+/* "stop": a string or an array of strings (their number and contents
+ * are gen.c's to check). */
 static int
 get_stop(const cJSON *root, struct oai_gen *g, struct oai_error *err)
 {
 	const cJSON *v = opt(root, "stop"), *c;
-	const cJSON *one[1];
-	const cJSON *const *items = one;
-	const cJSON *many[OAI_MAX_STOP];
 	size_t n = 0;
 
 	if (v == NULL)
 		return 0;
-	if (cJSON_IsString(v)) {
-		one[0] = v;
-		n = 1;
-	} else if (cJSON_IsArray(v)) {
-		if (cJSON_GetArraySize(v) > OAI_MAX_STOP) {
-			oai_error_set(err, 400, "stop",
-			        "'stop' may hold at most %d strings", OAI_MAX_STOP);
-			return EPMOE_EINVAL;
+	if (!cJSON_IsString(v) && !cJSON_IsArray(v))
+		goto bad;
+	if (cJSON_IsArray(v)) {
+		cJSON_ArrayForEach(c, v) {
+			if (!cJSON_IsString(c))
+				goto bad;
+			n++;
 		}
-		cJSON_ArrayForEach(c, v)
-			many[n++] = c;
-		items = many;
 	} else {
-		oai_error_set(err, 400, "stop",
-		        "'stop' must be a string or an array of strings");
-		return EPMOE_EINVAL;
+		n = 1;
 	}
-	for (size_t i = 0; i < n; i++) {
-		if (!cJSON_IsString(items[i])) {
-			oai_error_set(err, 400, "stop",
-			        "'stop' must be a string or an array of strings");
-			return EPMOE_EINVAL;
-		}
-		if (items[i]->valuestring[0] == '\0') {
-			oai_error_set(err, 400, "stop",
-			        "stop strings must not be empty");
-			return EPMOE_EINVAL;
-		}
-	}
-	for (size_t i = 0; i < n; i++) {
-		if ((g->stop[i] = strdup(items[i]->valuestring)) == NULL)
+	if (n == 0)
+		return 0;
+	if ((g->stop = calloc(n, sizeof(*g->stop))) == NULL)
+		return fail_nomem(err);
+	if (cJSON_IsString(v)) {
+		if ((g->stop[0] = strdup(v->valuestring)) == NULL)
 			return fail_nomem(err);
-		g->n_stop = i + 1;
+		g->n_stop = 1;
+		return 0;
+	}
+	cJSON_ArrayForEach(c, v) {
+		if ((g->stop[g->n_stop] = strdup(c->valuestring)) == NULL)
+			return fail_nomem(err);
+		g->n_stop++;
 	}
 	return 0;
+bad:
+	oai_error_set(err, 400, "stop", "'stop' must be a string or an array of strings");
+	return EPMOE_EINVAL;
 }
 
 /* Refuses a field that is set to something other than its neutral value. */
@@ -382,7 +345,7 @@ refuse_unsupported(const cJSON *root, struct oai_error *err)
 
 	for (size_t i = 0; i < sizeof(zero_numbers) / sizeof(*zero_numbers); i++) {
 		double d = 0;
-		int rc = get_double(root, zero_numbers[i], -2, 2, 0, &d, err);
+		int rc = get_double(root, zero_numbers[i], &d, err);
 
 		if (rc < 0)
 			return rc;
@@ -402,59 +365,32 @@ refuse_unsupported(const cJSON *root, struct oai_error *err)
 	return 0;
 }
 
-/* The fields both endpoints share.  chat selects the chat rules for
- * max_tokens (max_completion_tokens first, >= 1, default -1). */
+/* The fields both endpoints share, as sent.  chat: max_completion_tokens
+ * goes before max_tokens. */
 static int
-get_gen(const cJSON *root, const struct oai_config *cfg, int chat,
-        struct oai_gen *g, struct oai_error *err)
+get_gen(const cJSON *root, int chat, struct oai_gen *g, struct oai_error *err)
 {
-	double limit = cfg->max_tokens_limit > 0 ? cfg->max_tokens_limit
-	                                         : (double)INT32_MAX;
-	const char *mt_key = "max_tokens";
 	const cJSON *v;
-	int64_t i64;
 	double d;
 	int rc, b;
 
-	g->max_tokens = chat ? -1 : 16;
-	g->sample.temperature = 1.0f;
-	g->sample.top_p = 1.0f;
-	g->sample.top_k = 0;
-	g->sample.min_p = 0.0f;
-	g->sample.seed = 0;
-
-	if (chat && opt(root, "max_completion_tokens") != NULL)
-		mt_key = "max_completion_tokens";
-	if ((v = opt(root, mt_key)) != NULL && cJSON_IsNumber(v) &&
-	    isfinite(v->valuedouble) && v->valuedouble == floor(v->valuedouble) &&
-	    v->valuedouble > limit) {
-		oai_error_set(err, 400, mt_key,
-		        "'%s' must be at most %.0f (this server's limit), got %s",
-		        mt_key, limit, num_str((char[32]){ 0 }, 32, v->valuedouble));
-		return EPMOE_EINVAL;
-	}
-	if ((rc = get_int(root, mt_key, chat ? 1 : 0, limit, &i64, err)) < 0)
+	g->max_tokens_key = chat && opt(root, "max_completion_tokens") != NULL ?
+	        "max_completion_tokens" : "max_tokens";
+	if ((rc = get_int(root, g->max_tokens_key, &g->max_tokens, err)) < 0)
 		return rc;
-	if (rc == 1)
-		g->max_tokens = (int32_t)i64;
-
-	if ((rc = get_double(root, "temperature", 0, 2, 0, &d, err)) < 0)
+	g->has_max_tokens = rc == 1;
+	if ((rc = get_double(root, "temperature", &g->temperature, err)) < 0)
 		return rc;
-	if (rc == 1)
-		g->sample.temperature = (float)d;
-	if ((rc = get_double(root, "top_p", 0, 1, 1, &d, err)) < 0)
+	g->has_temperature = rc == 1;
+	if ((rc = get_double(root, "top_p", &g->top_p, err)) < 0)
 		return rc;
-	if (rc == 1)
-		g->sample.top_p = (float)d;
-	/* -1 is vLLM's spelling of "off"; accept it as 0. */
-	if ((rc = get_int(root, "top_k", -1, INT32_MAX, &i64, err)) < 0)
+	g->has_top_p = rc == 1;
+	if ((rc = get_int(root, "top_k", &g->top_k, err)) < 0)
 		return rc;
-	if (rc == 1)
-		g->sample.top_k = i64 < 0 ? 0 : (int32_t)i64;
-	if ((rc = get_double(root, "min_p", 0, 1, 0, &d, err)) < 0)
+	g->has_top_k = rc == 1;
+	if ((rc = get_double(root, "min_p", &g->min_p, err)) < 0)
 		return rc;
-	if (rc == 1)
-		g->sample.min_p = (float)d;
+	g->has_min_p = rc == 1;
 	if ((v = opt(root, "seed")) != NULL) {
 		d = v->valuedouble;
 		/* int64 or uint64 range: every integer a double holds there */
@@ -464,12 +400,13 @@ get_gen(const cJSON *root, const struct oai_config *cfg, int chat,
 			        "'seed' must be a 64-bit integer");
 			return EPMOE_EINVAL;
 		}
-		g->sample.seed = d < 0 ? (uint64_t)(int64_t)d : (uint64_t)d;
+		g->seed = d < 0 ? (uint64_t)(int64_t)d : (uint64_t)d;
 		g->has_seed = 1;
 	}
-	if ((rc = get_int(root, "n", -1e18, 1e18, &i64, err)) < 0)
+	int64_t n;
+	if ((rc = get_int(root, "n", &n, err)) < 0)
 		return rc;
-	if (rc == 1 && i64 != 1) {
+	if (rc == 1 && n != 1) {
 		oai_error_set(err, 400, "n",
 		        "only n = 1 is supported; send one request per completion");
 		return EPMOE_EINVAL;
@@ -586,24 +523,15 @@ oai_parse_completion(const char *body, size_t len,
 
 	if ((rc = parse_root(body, len, &root, err)) < 0)
 		return rc;
-	r.logprobs = -1;
 	if ((rc = get_model(root, cfg, 1, &r.model, err)) < 0 ||
 	    (rc = get_prompt(root, cfg, &r, err)) < 0 ||
-	    (rc = get_gen(root, cfg, 0, &r.gen, err)) < 0 ||
+	    (rc = get_gen(root, 0, &r.gen, err)) < 0 ||
 	    (rc = get_bool(root, "echo", &r.echo, err)) < 0)
 		goto out;
-	if ((v = opt(root, "logprobs")) != NULL && !cJSON_IsNumber(v)) {
-		oai_error_set(err, 400, "logprobs",
-		        "'logprobs' must be an integer in [0, %d] or null",
-		        OAI_MAX_LOGPROBS);
-		rc = EPMOE_EINVAL;
+	if ((rc = get_int(root, "logprobs", &r.logprobs, err)) < 0)
 		goto out;
-	}
-	if ((rc = get_int(root, "logprobs", 0, OAI_MAX_LOGPROBS, &i64, err)) < 0)
-		goto out;
-	if (rc == 1)
-		r.logprobs = (int32_t)i64;
-	if ((rc = get_int(root, "best_of", -1e18, 1e18, &i64, err)) < 0)
+	r.has_logprobs = rc == 1;
+	if ((rc = get_int(root, "best_of", &i64, err)) < 0)
 		goto out;
 	if (rc == 1 && i64 != 1) {
 		oai_error_set(err, 400, "best_of", "only best_of = 1 is supported");
@@ -775,14 +703,13 @@ oai_parse_chat(const char *body, size_t len, const struct oai_config *cfg,
 		return rc;
 	if ((rc = get_model(root, cfg, 1, &r.model, err)) < 0 ||
 	    (rc = get_messages(root, &r, err)) < 0 ||
-	    (rc = get_gen(root, cfg, 1, &r.gen, err)) < 0 ||
+	    (rc = get_gen(root, 1, &r.gen, err)) < 0 ||
 	    (rc = get_bool(root, "logprobs", &r.logprobs, err)) < 0 ||
-	    (rc = get_int(root, "top_logprobs", 0, OAI_MAX_TOP_LOGPROBS, &i64,
-	        err)) < 0)
+	    (rc = get_int(root, "top_logprobs", &i64, err)) < 0)
 		goto out;
 	if (rc == 1) {
-		r.top_logprobs = (int32_t)i64;
-		if (i64 > 0 && !r.logprobs) {
+		r.top_logprobs = i64;
+		if (i64 != 0 && !r.logprobs) {
 			oai_error_set(err, 400, "top_logprobs",
 			        "'top_logprobs' requires 'logprobs' to be true");
 			rc = EPMOE_EINVAL;
@@ -944,33 +871,6 @@ chars_ok(const char *s, size_t n, const char *extra, int upper)
 #define ROUTING_KEY_CHARS "."
 #define ROUTING_VAL_CHARS ".+-"
 
-/* Checks "policy[:k=v,...]". */
-static int
-routing_string_ok(const char *s)
-{
-	const char *colon = strchr(s, ':'), *p;
-
-	if (!chars_ok(s, colon ? (size_t)(colon - s) : strlen(s),
-	        ROUTING_NAME_CHARS, 0))
-		return 0;
-	if (colon == NULL)
-		return 1;
-	p = colon + 1;
-	for (;;) {
-		const char *comma = strchr(p, ','), *eq;
-		size_t n = comma ? (size_t)(comma - p) : strlen(p);
-
-		eq = memchr(p, '=', n);
-		if (eq == NULL ||
-		    !chars_ok(p, (size_t)(eq - p), ROUTING_KEY_CHARS, 1) ||
-		    !chars_ok(eq + 1, n - (size_t)(eq - p) - 1, ROUTING_VAL_CHARS, 1))
-			return 0;
-		if (comma == NULL)
-			return 1;
-		p = comma + 1;
-	}
-}
-
 int
 oai_routing_render(const cJSON *routing, char **out, struct oai_error *err)
 {
@@ -983,17 +883,7 @@ oai_routing_render(const cJSON *routing, char **out, struct oai_error *err)
 	char *s;
 
 	if (routing != NULL && cJSON_IsString(routing)) {
-		if (strlen(routing->valuestring) > OAI_MAX_ROUTING) {
-			oai_error_set(err, 400, "routing",
-			        "'routing' is longer than %d bytes", OAI_MAX_ROUTING);
-			return EPMOE_EINVAL;
-		}
-		if (!routing_string_ok(routing->valuestring)) {
-			oai_error_set(err, 400, "routing", "%s; policy names are "
-			        "[a-z0-9_], keys [A-Za-z0-9_.], values [A-Za-z0-9_.+-]",
-			        usage);
-			return EPMOE_EINVAL;
-		}
+		/* the spec language is route_parse's (through gen.c) */
 		if ((s = strdup(routing->valuestring)) == NULL)
 			return fail_nomem(err);
 		*out = s;
@@ -1071,22 +961,13 @@ static pthread_once_t id_once = PTHREAD_ONCE_INIT;
 static uint64_t id_seed;
 static _Atomic uint64_t id_counter;
 
-static uint64_t
-splitmix64(uint64_t x)
-{
-	x += 0x9e3779b97f4a7c15ULL;
-	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-	x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-	return x ^ (x >> 31);
-}
-
 static void
 id_init(void)
 {
 	struct timespec ts;
 
 	clock_gettime(CLOCK_REALTIME, &ts);
-	id_seed = splitmix64((uint64_t)ts.tv_sec * 1000000000ULL +
+	id_seed = rng_mix64((uint64_t)ts.tv_sec * 1000000000ULL +
 	        (uint64_t)ts.tv_nsec) ^ ((uint64_t)getpid() << 32);
 }
 
@@ -1098,8 +979,8 @@ oai_make_id(char *buf, size_t size, const char *prefix)
 	pthread_once(&id_once, id_init);
 	n = atomic_fetch_add(&id_counter, 1);
 	/* splitmix64 is a bijection: distinct n give distinct a. */
-	a = splitmix64(id_seed + n * 0x9e3779b97f4a7c15ULL);
-	b = splitmix64(a ^ id_seed);
+	a = rng_mix64(id_seed + n * 0x9e3779b97f4a7c15ULL);
+	b = rng_mix64(a ^ id_seed);
 	snprintf(buf, size, "%s%016llx%08llx", prefix ? prefix : "",
 	        (unsigned long long)a, (unsigned long long)(b >> 32));
 }
@@ -1247,7 +1128,6 @@ static int
 add_completion_logprobs(cJSON *choice, const struct oai_choice *c)
 {
 	cJSON *lp, *tokens, *tlps, *tops, *offs;
-	size_t off = c->text_offset;
 
 	if (c->lps == NULL)
 		return cJSON_AddNullToObject(choice, "logprobs") != NULL;
@@ -1297,12 +1177,11 @@ add_completion_logprobs(cJSON *choice, const struct oai_choice *c)
 			cJSON_Delete(top);
 			return 0;
 		}
-		item = cJSON_CreateNumber((double)off);
+		item = cJSON_CreateNumber((double)t->text_offset);
 		if (item == NULL || !cJSON_AddItemToArray(offs, item)) {
 			cJSON_Delete(item);
 			return 0;
 		}
-		off += n_chars;
 	}
 	return 1;
 }

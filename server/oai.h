@@ -1,6 +1,8 @@
-/* The OpenAI-compatible HTTP API as JSON: request parsing with validation
- * into plain C structs, and builders for responses, streaming chunks, the
- * error envelope and Server-Sent Events framing.
+/* The OpenAI-compatible HTTP API as JSON: request parsing into plain C
+ * structs (types and the OpenAI-specific rules; the ranges of generation
+ * fields are gen.c's, shared with the NNG API), and builders for
+ * responses, streaming chunks, the error envelope and Server-Sent Events
+ * framing.
  *
  * Pure functions over cJSON: no I/O, no engine, no HTTP (the router glues
  * server/http and the engine to these).  Field names and shapes follow the
@@ -19,14 +21,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "sample.h"
-
 struct cJSON;
 
-#define OAI_MAX_STOP 4          /* stop strings per request (OpenAI's limit) */
-#define OAI_MAX_LOGPROBS 5      /* completions: top alternatives per token */
-#define OAI_MAX_TOP_LOGPROBS 20 /* chat: top_logprobs */
-#define OAI_MAX_ROUTING 256     /* bytes of the rendered routing string */
+#define OAI_MAX_ROUTING 256     /* bytes of a routing object rendered */
 
 /* Server-Sent Events end-of-stream marker, already framed. */
 #define OAI_SSE_DONE "data: [DONE]\n\n"
@@ -35,11 +32,11 @@ struct cJSON;
 
 /* What the parsers check against; all borrowed. */
 struct oai_config {
-	const char *const *models; /* served model ids, n_models >= 1 */
+	const char *const *models; /* served model ids; none: any name passes */
 	size_t n_models;
-	int32_t max_tokens_limit;  /* largest accepted max_tokens; 0 = no limit */
-	int32_t n_vocab;           /* token ids must be < n_vocab; 0 = unchecked */
-	int model_optional;        /* a request without "model" gets models[0] */
+	int32_t n_vocab;           /* token ids must be < n_vocab; 0 = unchecked
+	                            * (below 2^31) */
+	int model_optional;        /* "model" may be absent (then NULL) */
 };
 
 /* An API error: what the HTTP response carries. */
@@ -51,33 +48,45 @@ struct oai_error {
 	char message[320];
 };
 
-/* Fields shared by completions and chat completions. */
+/* Fields shared by completions and chat completions, as sent (has_*: the
+ * field was given and not null). */
 struct oai_gen {
-	int32_t max_tokens;          /* >= 0; -1: not given (chat: until the
-	                              * context or a stop) */
-	struct sample_params sample; /* temperature [0,2], top_p (0,1],
-	                              * top_k >= 0, min_p [0,1], seed */
-	int has_seed;                /* seed given (else the engine picks one) */
-	char *stop[OAI_MAX_STOP];    /* non-empty stop strings, owned */
+	int has_max_tokens;
+	int64_t max_tokens;
+	const char *max_tokens_key;  /* static: "max_tokens", or for chat
+	                              * "max_completion_tokens" when given */
+	int has_temperature;
+	double temperature;
+	int has_top_p;
+	double top_p;
+	int has_top_k;
+	int64_t top_k;
+	int has_min_p;
+	double min_p;
+	int has_seed;
+	uint64_t seed;               /* int64 values as their two's complement */
+	char **stop;                 /* [n_stop] strings, owned */
 	size_t n_stop;
 	int stream;
 	int include_usage;           /* stream_options.include_usage */
 	int ignore_eos;              /* extension: generate past EOS */
-	char *routing;               /* "policy[:key=value,...]" or NULL (the
-	                              * server's default), owned */
+	char *routing;               /* "policy[:key=value,...]" as given, or
+	                              * rendered from the object form; NULL:
+	                              * absent; owned */
 };
 
 /* POST /v1/completions.  The prompt is either text (prompt != NULL) or
  * token ids (prompt_tokens != NULL); a batch of prompts is refused. */
 struct oai_completion_req {
-	char *model;             /* one of oai_config.models, owned */
+	char *model;             /* NULL when absent; owned */
 	char *prompt;            /* NUL-terminated, prompt_len bytes, owned */
 	size_t prompt_len;
 	int32_t *prompt_tokens;  /* [n_prompt_tokens], owned */
 	size_t n_prompt_tokens;
 	int echo;                /* prepend the prompt to the output */
-	int32_t logprobs;        /* -1: none; 0..5: top alternatives per token */
-	struct oai_gen gen;      /* max_tokens defaults to 16 here */
+	int has_logprobs;
+	int64_t logprobs;        /* top alternatives per token */
+	struct oai_gen gen;
 };
 
 enum oai_role { OAI_ROLE_SYSTEM, OAI_ROLE_USER, OAI_ROLE_ASSISTANT };
@@ -94,9 +103,8 @@ struct oai_chat_req {
 	struct oai_message *messages; /* [n_messages] >= 1, owned */
 	size_t n_messages;
 	int logprobs;                 /* bool */
-	int32_t top_logprobs;         /* 0..20, only with logprobs */
-	struct oai_gen gen;           /* max_tokens from max_completion_tokens,
-	                               * else max_tokens, else -1 */
+	int64_t top_logprobs;         /* only with logprobs (0 otherwise) */
+	struct oai_gen gen;
 };
 
 /* POST /tokenize: {"prompt" | "text" | "content": string, "add_special"}. */
@@ -133,10 +141,11 @@ void oai_chat_req_fini(struct oai_chat_req *r);
 void oai_tokenize_req_fini(struct oai_tokenize_req *r);
 void oai_detokenize_req_fini(struct oai_detokenize_req *r);
 
-/* Renders a routing request: a string "policy[:k=v,...]" is checked and
- * copied; an object {"policy": "ssr", "k": v, ...} becomes "ssr:k=v,...".
- * Policy names are [a-z0-9_]+, keys [A-Za-z0-9_.]+, values (string, number
- * or bool -> "true"/"false") [A-Za-z0-9_.+-]+.  On success *out is the
+/* Renders a routing request: a string "policy[:k=v,...]" is copied as it
+ * is (route_parse reads it); an object {"policy": "ssr", "k": v, ...}
+ * becomes "ssr:k=v,...", where policy names must be [a-z0-9_]+, keys
+ * [A-Za-z0-9_.]+, values (string, number or bool -> "true"/"false")
+ * [A-Za-z0-9_.+-]+ so nothing else can be rendered in.  On success *out is the
  * caller's (free()).  Returns 0, EPMOE_EINVAL (*err, param "routing") or
  * EPMOE_ENOMEM. */
 int oai_routing_render(const struct cJSON *routing, char **out,
@@ -170,6 +179,9 @@ struct oai_token_logprob {
 	int has_logprob;
 	const struct oai_top_logprob *top; /* [n_top], borrowed */
 	size_t n_top;
+	size_t text_offset; /* completions: where its text starts in the
+	                     * returned text (prompt + output), in characters
+	                     * (code points), as OpenAI's text_offset */
 };
 
 /* One choice of a response or a chunk (index 0: n is always 1).  Text may
@@ -181,10 +193,6 @@ struct oai_choice {
 	const char *finish_reason;   /* "stop", "length", ... or NULL (null) */
 	const struct oai_token_logprob *lps; /* [n_lps]; NULL: "logprobs": null */
 	size_t n_lps;
-	size_t text_offset;          /* completions: text_offset of lps[0], in
-	                              * characters (code points) from the start
-	                              * of prompt + output; each next token's is
-	                              * the previous plus its length */
 };
 
 struct oai_usage {

@@ -18,18 +18,6 @@ struct plan {
 	int32_t *wk;   /* [L][E][r_cap] */
 };
 
-static void
-set_err(char *err, size_t err_len, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err == NULL || err_len == 0)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, err_len, fmt, ap);
-	va_end(ap);
-}
-
 static int
 plan_init(struct plan *pl, uint32_t L, uint32_t E, uint32_t W, uint32_t r_cap)
 {
@@ -158,14 +146,14 @@ placement_from_counts(struct placement **out, uint32_t n_layer,
 
 	if (n_layer == 0 || n_expert == 0 || n_worker == 0 ||
 	        n_worker > PLACEMENT_MAX_WORKERS || counts == NULL) {
-		set_err(err, err_len, "placement needs 1..%d workers and a model with experts",
+		epmoe_set_err(err, err_len, "placement needs 1..%d workers and a model with experts",
 		        PLACEMENT_MAX_WORKERS);
 		return EPMOE_EINVAL;
 	}
 	for (uint32_t w = 0; w < n_worker; w++)
 		sum += counts[w];
 	if (sum != n_expert) {
-		set_err(err, err_len, "experts per worker sum to %llu, the model has %u experts",
+		epmoe_set_err(err, err_len, "experts per worker sum to %llu, the model has %u experts",
 		        (unsigned long long)sum, n_expert);
 		return EPMOE_EINVAL;
 	}
@@ -213,13 +201,13 @@ placement_parse_counts(const char *s, uint32_t **counts, uint32_t *n_worker,
 	const char *p;
 
 	if (s == NULL || *s == '\0') {
-		set_err(err, err_len, "empty experts-per-worker list");
+		epmoe_set_err(err, err_len, "empty experts-per-worker list");
 		return EPMOE_EINVAL;
 	}
 	for (p = s; *p; p++)
 		cap += *p == ',';
 	if (cap > PLACEMENT_MAX_WORKERS) {
-		set_err(err, err_len, "more than %d workers in the experts-per-worker list",
+		epmoe_set_err(err, err_len, "more than %d workers in the experts-per-worker list",
 		        PLACEMENT_MAX_WORKERS);
 		return EPMOE_EINVAL;
 	}
@@ -231,7 +219,7 @@ placement_parse_counts(const char *s, uint32_t **counts, uint32_t *n_worker,
 		unsigned long v;
 
 		if (*p < '0' || *p > '9') {
-			set_err(err, err_len, "experts-per-worker list '%s': expected a number at position %zu",
+			epmoe_set_err(err, err_len, "experts-per-worker list '%s': expected a number at position %zu",
 			        s, (size_t)(p - s) + 1);
 			free(c);
 			return EPMOE_EINVAL;
@@ -239,7 +227,7 @@ placement_parse_counts(const char *s, uint32_t **counts, uint32_t *n_worker,
 		errno = 0;
 		v = strtoul(p, &end, 10);
 		if (errno != 0 || v > 65536) {
-			set_err(err, err_len, "experts-per-worker list '%s': count out of range", s);
+			epmoe_set_err(err, err_len, "experts-per-worker list '%s': count out of range", s);
 			free(c);
 			return EPMOE_EINVAL;
 		}
@@ -248,7 +236,7 @@ placement_parse_counts(const char *s, uint32_t **counts, uint32_t *n_worker,
 		if (*p == '\0')
 			break;
 		if (*p != ',') {
-			set_err(err, err_len, "experts-per-worker list '%s': unexpected '%c'", s, *p);
+			epmoe_set_err(err, err_len, "experts-per-worker list '%s': unexpected '%c'", s, *p);
 			free(c);
 			return EPMOE_EINVAL;
 		}
@@ -282,11 +270,11 @@ parse_layer(const cJSON *lay, uint32_t li, struct plan *pl, uint32_t dst_l,
 	uint32_t e = 0, E = pl->E;
 
 	if (!cJSON_IsArray(lay)) {
-		set_err(err, err_len, "layers[%u] is not an array", li);
+		epmoe_set_err(err, err_len, "layers[%u] is not an array", li);
 		return EPMOE_EFORMAT;
 	}
 	if ((uint32_t)cJSON_GetArraySize(lay) != E) {
-		set_err(err, err_len, "layers[%u] has %d entries, the model has %u experts",
+		epmoe_set_err(err, err_len, "layers[%u] has %d entries, the model has %u experts",
 		        li, cJSON_GetArraySize(lay), E);
 		return EPMOE_EFORMAT;
 	}
@@ -299,19 +287,19 @@ parse_layer(const cJSON *lay, uint32_t li, struct plan *pl, uint32_t dst_l,
 			const cJSON *r;
 			if (cJSON_GetArraySize(ent) < 1 ||
 			        (uint32_t)cJSON_GetArraySize(ent) > pl->r_cap) {
-				set_err(err, err_len, "layers[%u][%u]: a replica list needs 1..%u workers",
+				epmoe_set_err(err, err_len, "layers[%u][%u]: a replica list needs 1..%u workers",
 				        li, e, pl->r_cap);
 				return EPMOE_EFORMAT;
 			}
 			cJSON_ArrayForEach(r, ent) {
 				if (json_worker(r, &wk[n]) != 0) {
-					set_err(err, err_len, "layers[%u][%u]: worker indices must be integers in [0, %d)",
+					epmoe_set_err(err, err_len, "layers[%u][%u]: worker indices must be integers in [0, %d)",
 					        li, e, PLACEMENT_MAX_WORKERS);
 					return EPMOE_EFORMAT;
 				}
 				for (uint32_t k = 0; k < n; k++) {
 					if (wk[k] == wk[n]) {
-						set_err(err, err_len, "layers[%u][%u]: worker %d listed twice",
+						epmoe_set_err(err, err_len, "layers[%u][%u]: worker %d listed twice",
 						        li, e, wk[n]);
 						return EPMOE_EFORMAT;
 					}
@@ -321,7 +309,7 @@ parse_layer(const cJSON *lay, uint32_t li, struct plan *pl, uint32_t dst_l,
 		} else if (json_worker(ent, &wk[0]) == 0) {
 			n = 1;
 		} else {
-			set_err(err, err_len, "layers[%u][%u]: expected a worker index or an array of them (integers in [0, %d))",
+			epmoe_set_err(err, err_len, "layers[%u][%u]: expected a worker index or an array of them (integers in [0, %d))",
 			        li, e, PLACEMENT_MAX_WORKERS);
 			return EPMOE_EFORMAT;
 		}
@@ -348,18 +336,18 @@ placement_from_json(struct placement **out, const char *json, size_t json_len,
 	if (n_layer == 0 || n_expert == 0 || json == NULL)
 		return EPMOE_EINVAL;
 	if ((root = cJSON_ParseWithLength(json, json_len)) == NULL) {
-		set_err(err, err_len, "not valid JSON");
+		epmoe_set_err(err, err_len, "not valid JSON");
 		return EPMOE_EFORMAT;
 	}
 	layers = cJSON_GetObjectItemCaseSensitive(root, "layers");
 	if (!cJSON_IsObject(root) || !cJSON_IsArray(layers)) {
-		set_err(err, err_len, "expected an object with a \"layers\" array");
+		epmoe_set_err(err, err_len, "expected an object with a \"layers\" array");
 		cJSON_Delete(root);
 		return EPMOE_EFORMAT;
 	}
 	n_given = (uint32_t)cJSON_GetArraySize(layers);
 	if (n_given != 1 && n_given != n_layer) {
-		set_err(err, err_len, "\"layers\" has %u entries; expected 1 (every layer) or %u",
+		epmoe_set_err(err, err_len, "\"layers\" has %u entries; expected 1 (every layer) or %u",
 		        n_given, n_layer);
 		cJSON_Delete(root);
 		return EPMOE_EFORMAT;
@@ -394,7 +382,7 @@ placement_from_json(struct placement **out, const char *json, size_t json_len,
 	if (nw != NULL) {
 		int32_t w;
 		if (json_worker(nw, &w) != 0 || w < 1 || w <= max_w) {
-			set_err(err, err_len, "\"n_workers\" must be an integer in (%d, %d]",
+			epmoe_set_err(err, err_len, "\"n_workers\" must be an integer in (%d, %d]",
 			        max_w, PLACEMENT_MAX_WORKERS - 1);
 			rc = EPMOE_EFORMAT;
 			goto out;
@@ -418,17 +406,17 @@ placement_load_file(struct placement **out, const char *path, uint32_t n_layer,
 	int rc;
 
 	if ((f = fopen(path, "rb")) == NULL) {
-		set_err(err, err_len, "%s: %s", path, strerror(errno));
+		epmoe_set_err(err, err_len, "%s: %s", path, strerror(errno));
 		return EPMOE_EIO;
 	}
 	if (fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) < 0 ||
 	        fseek(f, 0, SEEK_SET) != 0) {
-		set_err(err, err_len, "%s: cannot read", path);
+		epmoe_set_err(err, err_len, "%s: cannot read", path);
 		fclose(f);
 		return EPMOE_EIO;
 	}
 	if (n > (64L << 20)) {
-		set_err(err, err_len, "%s: larger than 64 MiB", path);
+		epmoe_set_err(err, err_len, "%s: larger than 64 MiB", path);
 		fclose(f);
 		return EPMOE_EFORMAT;
 	}
@@ -437,7 +425,7 @@ placement_load_file(struct placement **out, const char *path, uint32_t n_layer,
 		return EPMOE_ENOMEM;
 	}
 	if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
-		set_err(err, err_len, "%s: cannot read", path);
+		epmoe_set_err(err, err_len, "%s: cannot read", path);
 		free(buf);
 		fclose(f);
 		return EPMOE_EIO;
@@ -450,7 +438,7 @@ placement_load_file(struct placement **out, const char *path, uint32_t n_layer,
 		/* prefix the path to the parser's message */
 		char msg[512];
 		snprintf(msg, sizeof(msg), "%s", err);
-		set_err(err, err_len, "%s: %s", path, msg);
+		epmoe_set_err(err, err_len, "%s: %s", path, msg);
 	}
 	free(buf);
 	return rc;

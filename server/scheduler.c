@@ -1,16 +1,23 @@
-/* Continuous batching on the engine thread.  See sched.h for the contract.
+/* Continuous batching on the engine thread.  See scheduler.h for the
+ * contract.
  *
  * The engine thread owns every running request's state (sequence, sampler,
- * detokenizer, stop filter).  The loop thread only submits, cancels (an
- * atomic flag) and receives events.  Events travel through a mutex-guarded
- * list and one uv_async_t. */
+ * detokenizer, stop filter) and the policy cache.  The loop thread only
+ * submits (taking a running slot or a place in the wait queue under s->mu),
+ * cancels (an atomic flag) and receives events.  Events travel through a
+ * mutex-guarded list and one uv_async_t.
+ *
+ * One round of the engine thread (round_once): drop cancelled requests,
+ * admit waiting ones into free slots, plan a step (decode tokens first,
+ * then prefill chunks within the token budget), run it, and turn its
+ * logits into tokens and events.
+ */
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "clock.h"
 #include "err.h"
@@ -20,33 +27,40 @@
 
 enum req_state { REQ_WAITING, REQ_RUNNING, REQ_FINISHED };
 
+/* A cached routing policy (engine thread only). */
+struct policy_ent {
+	char *spec;              /* canonical */
+	struct route_policy *p;
+	uint32_t refs;           /* running requests using it */
+	uint64_t last_use;       /* LRU clock */
+	struct policy_ent *next;
+};
+
 struct sched_req {
 	uint64_t id;
 	struct sched *s;
 	struct sched_req_params p;
-	char *routing;
+	char *routing;           /* canonical spec or NULL */
+	size_t kv_need;          /* bytes of its KV reservation */
 	enum req_state state;
 	_Atomic int cancelled;
+	/* admission, under s->mu: holds a running slot (and kv_need of the
+	 * budget), or counts in the wait queue, or neither (finished) */
+	bool has_slot, queued;
 	/* engine-thread state */
 	struct eng_seq *seq;
-	struct route_policy *policy;
-	uint32_t n_fed;        /* prompt tokens already in the cache */
-	uint32_t n_gen;        /* tokens generated */
-	int32_t next;          /* the token to feed in the next step */
+	struct policy_ent *pol;  /* NULL: the engine's default policy */
+	uint32_t n_fed;          /* prompt tokens already in the cache */
+	uint32_t n_gen;          /* tokens generated */
+	int32_t next;            /* the token to feed in the next step */
 	struct sampler smp;
 	struct tok_stream ts;
 	struct sample_stop stop;
 	bool smp_ok, ts_ok, stop_ok;
-	size_t kv_bytes;
-	double t_submit, t_admit, t_first, t_last;
-	struct sched_req *next_q;  /* wait queue / run list */
-};
-
-/* A cached routing policy per distinct spec (engine thread only). */
-struct policy_ent {
-	char *spec;
-	struct route_policy *p;
-	struct policy_ent *next;
+	char *tbuf;              /* text of the current token, joined */
+	size_t tlen, tcap;
+	double t_submit, t_admit, t_last;
+	struct sched_req *next_q; /* inbox / wait queue */
 };
 
 struct sched {
@@ -56,27 +70,31 @@ struct sched {
 	struct sched_cfg cfg;
 	uint32_t n_vocab, n_ctx;
 	pthread_t thread;
-	bool thread_started;
+	bool thread_started, stopped;
 
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	bool stop;
 	struct sched_req *inbox_head, *inbox_tail; /* submitted, not yet seen */
-	uint32_t n_inbox;
-	_Atomic int wake_pending;
+	/* admission (under mu) */
+	uint32_t slots_used;
+	size_t kv_reserved;
+	uint32_t n_queued;
+	uint64_t next_id;
 
 	/* engine thread */
 	struct sched_req *wait_head, *wait_tail;
-	uint32_t n_wait;
 	struct sched_req **run;
 	uint32_t n_run, cap_run;
 	struct policy_ent *policies;
+	uint32_t n_policies;
+	uint64_t policy_clock;
 	float *logits;
 	size_t cap_logits;
 	struct eng_item *items;
 	struct sched_req **item_req;
 	size_t cap_items;
-	int32_t *feed;     /* decode tokens of the step */
+	int32_t *feed;           /* decode tokens of the step */
 
 	/* events to the loop */
 	uv_async_t async;
@@ -85,11 +103,10 @@ struct sched {
 	struct sched_event *pend_head, *pend_tail; /* engine thread's */
 
 	struct sched_observer obs;
-	uint64_t next_id;
 	/* stats */
-	_Atomic uint32_t st_running, st_waiting;
+	_Atomic uint32_t st_running, st_policies;
 	_Atomic uint64_t st_total, st_failed, st_cancelled, st_prompt, st_gen,
-	        st_steps, st_kv;
+	        st_steps;
 };
 
 void
@@ -117,6 +134,17 @@ event_free(struct sched_event *ev)
 	free(ev);
 }
 
+static struct sched_event *
+event_new(struct sched_req *r, enum sched_ev_kind k)
+{
+	struct sched_event *ev = calloc(1, sizeof(*ev));
+	if (ev) {
+		ev->kind = k;
+		ev->req = r;
+	}
+	return ev;
+}
+
 /* Queues an event on the engine thread's private list.  Events reach the
  * loop only in flush_events(), at the end of a round, so the engine thread
  * never touches a request after the loop could have freed it. */
@@ -129,6 +157,24 @@ post(struct sched *s, struct sched_event *ev)
 	else
 		s->pend_head = ev;
 	s->pend_tail = ev;
+}
+
+/* Posts a TOKEN event with a copy of text[0..len); returns it (for the
+ * caller to attach the token) or NULL when out of memory. */
+static struct sched_event *
+emit_text(struct sched *s, struct sched_req *r, const char *text, size_t len)
+{
+	struct sched_event *ev = event_new(r, SCHED_EV_TOKEN);
+
+	if (ev == NULL || (ev->text = malloc(len + 1)) == NULL) {
+		free(ev);
+		return NULL;
+	}
+	memcpy(ev->text, text, len);
+	ev->text[len] = '\0';
+	ev->text_len = len;
+	post(s, ev);
+	return ev;
 }
 
 static void
@@ -165,21 +211,100 @@ on_async(uv_async_t *h)
 	}
 }
 
-static struct sched_event *
-event_new(struct sched_req *r, enum sched_ev_kind k)
+/* ---- routing policies (engine thread) ---- */
+
+static void
+policy_ent_free(struct policy_ent *pe)
 {
-	struct sched_event *ev = calloc(1, sizeof(*ev));
-	if (ev) {
-		ev->kind = k;
-		ev->req = r;
+	route_policy_free(pe->p);
+	free(pe->spec);
+	free(pe);
+}
+
+/* Frees the least recently used policy nobody runs with; false if all
+ * are in use. */
+static bool
+policy_evict_one(struct sched *s)
+{
+	struct policy_ent **victim = NULL;
+
+	for (struct policy_ent **pp = &s->policies; *pp; pp = &(*pp)->next)
+		if ((*pp)->refs == 0 && (victim == NULL || (*pp)->last_use < (*victim)->last_use))
+			victim = pp;
+	if (victim == NULL)
+		return false;
+	struct policy_ent *pe = *victim;
+	*victim = pe->next;
+	policy_ent_free(pe);
+	atomic_store(&s->st_policies, --s->n_policies);
+	return true;
+}
+
+/* The cached policy of spec (created on a miss), with a reference taken;
+ * 0 or an error code with a message. */
+static int
+policy_get(struct sched *s, const char *spec, struct policy_ent **out,
+        char *err, size_t err_len)
+{
+	struct policy_ent *pe;
+	int rc;
+
+	for (pe = s->policies; pe; pe = pe->next)
+		if (strcmp(pe->spec, spec) == 0)
+			goto found;
+	while (s->n_policies >= SCHED_POLICY_CACHE && policy_evict_one(s))
+		;
+	if ((pe = calloc(1, sizeof(*pe))) == NULL || (pe->spec = strdup(spec)) == NULL) {
+		free(pe);
+		return EPMOE_ENOMEM;
 	}
-	return ev;
+	if ((rc = engine_policy_new(s->e, spec, &pe->p, err, err_len)) != 0) {
+		free(pe->spec);
+		free(pe);
+		return rc;
+	}
+	pe->next = s->policies;
+	s->policies = pe;
+	atomic_store(&s->st_policies, ++s->n_policies);
+found:
+	pe->refs++;
+	pe->last_use = ++s->policy_clock;
+	*out = pe;
+	return 0;
+}
+
+/* Drops a reference; a cache over its bound sheds the entry at once. */
+static void
+policy_put(struct sched *s, struct policy_ent *pe)
+{
+	if (pe == NULL)
+		return;
+	pe->refs--;
+	while (s->n_policies > SCHED_POLICY_CACHE && policy_evict_one(s))
+		;
 }
 
 /* ---- request lifecycle (engine thread) ---- */
 
+/* Gives back r's running slot or its place in the wait queue. */
 static void
-req_release_engine_state(struct sched *s, struct sched_req *r)
+release_admission(struct sched *s, struct sched_req *r)
+{
+	if (!r->has_slot && !r->queued)
+		return;
+	pthread_mutex_lock(&s->mu);
+	if (r->has_slot) {
+		s->slots_used--;
+		s->kv_reserved -= r->kv_need;
+	} else {
+		s->n_queued--;
+	}
+	pthread_mutex_unlock(&s->mu);
+	r->has_slot = r->queued = false;
+}
+
+static void
+release_engine_state(struct sched *s, struct sched_req *r)
 {
 	eng_seq_free(r->seq);
 	r->seq = NULL;
@@ -190,26 +315,29 @@ req_release_engine_state(struct sched *s, struct sched_req *r)
 	if (r->stop_ok)
 		sample_stop_fini(&r->stop);
 	r->smp_ok = r->ts_ok = r->stop_ok = false;
-	if (r->kv_bytes) {
-		atomic_fetch_sub(&s->st_kv, r->kv_bytes);
-		r->kv_bytes = 0;
-	}
+	policy_put(s, r->pol);
+	r->pol = NULL;
+	free(r->tbuf);
+	r->tbuf = NULL;
+	r->tcap = r->tlen = 0;
 }
 
-/* Ends r with its final event (DONE when status == 0). */
+/* Ends r with its final event: DONE with reason when err is 0, else
+ * ERROR with err and msg. */
 static void
-finish(struct sched *s, struct sched_req *r, int status, const char *reason,
+finish(struct sched *s, struct sched_req *r, int err, const char *reason,
         const char *msg)
 {
-	struct sched_event *ev = event_new(r, status ? SCHED_EV_ERROR : SCHED_EV_DONE);
+	struct sched_event *ev = event_new(r, err ? SCHED_EV_ERROR : SCHED_EV_DONE);
 
-	req_release_engine_state(s, r);
+	release_engine_state(s, r);
+	release_admission(s, r);
 	r->state = REQ_FINISHED;
-	if (status == 499)
+	if (err == EPMOE_ECANCELED)
 		atomic_fetch_add(&s->st_cancelled, 1);
-	else if (status)
+	else if (err)
 		atomic_fetch_add(&s->st_failed, 1);
-	if (status == 0 && s->obs.e2e)
+	if (err == 0 && s->obs.e2e)
 		s->obs.e2e(s->obs.ud, clock_now() - r->t_submit);
 	if (ev == NULL) {
 		/* cannot even say it failed: log; the client times out */
@@ -217,9 +345,9 @@ finish(struct sched *s, struct sched_req *r, int status, const char *reason,
 		        (unsigned long long)r->id);
 		return;
 	}
-	if (status) {
-		ev->status = status;
-		snprintf(ev->message, sizeof(ev->message), "%s", msg ? msg : "");
+	if (err) {
+		ev->err = err;
+		snprintf(ev->message, sizeof(ev->message), "%s", msg ? msg : epmoe_strerror(err));
 	} else {
 		ev->finish_reason = reason;
 	}
@@ -228,52 +356,30 @@ finish(struct sched *s, struct sched_req *r, int status, const char *reason,
 	post(s, ev);
 }
 
-static struct route_policy *
-policy_get(struct sched *s, const char *spec, char *err, size_t err_len)
-{
-	struct policy_ent *pe;
-	struct route_policy *p;
-
-	if (spec == NULL)
-		return engine_policy(s->e);
-	for (pe = s->policies; pe; pe = pe->next)
-		if (strcmp(pe->spec, spec) == 0)
-			return pe->p;
-	if (engine_policy_new(s->e, spec, &p, err, err_len) != 0)
-		return NULL;
-	if ((pe = calloc(1, sizeof(*pe))) == NULL || (pe->spec = strdup(spec)) == NULL) {
-		free(pe);
-		route_policy_free(p);
-		return NULL;
-	}
-	pe->p = p;
-	pe->next = s->policies;
-	s->policies = pe;
-	return p;
-}
-
-/* Sets up the engine-side state of a request; 0 or an error status. */
+/* Sets up the engine-side state of a request that holds a slot; on
+ * failure it is finished. */
 static int
 admit(struct sched *s, struct sched_req *r)
 {
 	char err[256] = "";
+	int rc;
 
 	if (eng_seq_new(s->e, &r->seq) != 0 ||
 	        eng_seq_reserve(s->e, r->seq, (uint32_t)r->p.n_prompt + 1) != 0) {
-		finish(s, r, 503, NULL, "out of memory for the KV cache");
+		finish(s, r, EPMOE_ENOMEM, NULL, "out of memory for the KV cache");
 		return -1;
 	}
-	if ((r->policy = policy_get(s, r->routing, err, sizeof(err))) == NULL) {
-		finish(s, r, 400, NULL, err[0] ? err : "invalid routing policy");
+	if (r->routing && (rc = policy_get(s, r->routing, &r->pol, err, sizeof(err))) != 0) {
+		finish(s, r, rc, NULL, err[0] ? err : "cannot create the routing policy");
 		return -1;
 	}
 	if (sampler_init(&r->smp, &r->p.sample) != 0) {
-		finish(s, r, 400, NULL, "invalid sampling parameters");
+		finish(s, r, EPMOE_EINVAL, NULL, "invalid sampling parameters");
 		return -1;
 	}
 	r->smp_ok = true;
 	if (tok_stream_init(&r->ts, s->tk, 0) != 0) {
-		finish(s, r, 503, NULL, "out of memory");
+		finish(s, r, EPMOE_ENOMEM, NULL, "out of memory");
 		return -1;
 	}
 	r->ts_ok = true;
@@ -321,10 +427,13 @@ grow_logits(struct sched *s, size_t rows)
 	return 0;
 }
 
-/* Fills a token's text and top alternatives. */
+/* ---- tokens and their text ---- */
+
+/* Fills a token's text and top alternatives (row: the logits it was
+ * sampled from, for the alternatives). */
 static void
 fill_tok(struct sched *s, struct sched_tok *t, int32_t id, float lp,
-        const float *row, int32_t n_top)
+        const float *row, uint32_t n_top)
 {
 	char buf[256];
 	int n = tok_piece(s->tk, id, buf, sizeof(buf), 0);
@@ -344,7 +453,7 @@ fill_tok(struct sched *s, struct sched_tok *t, int32_t id, float lp,
 	if (n_top > 0 && row) {
 		int32_t ids[SCHED_MAX_TOP];
 		float lps[SCHED_MAX_TOP];
-		size_t k = sample_top_logprobs(row, s->n_vocab, (size_t)n_top, ids, lps);
+		size_t k = sample_top_logprobs(row, s->n_vocab, n_top, ids, lps);
 		t->top = calloc(k ? k : 1, sizeof(*t->top));
 		if (t->top) {
 			for (size_t i = 0; i < k; i++) {
@@ -379,134 +488,150 @@ emit_prompt(struct sched *s, struct sched_req *r, const float *rows)
 	for (size_t i = 0; i < n; i++) {
 		const float *prev = i ? rows + (i - 1) * s->n_vocab : NULL;
 		float lp = prev ? sample_logprob(prev, s->n_vocab, r->p.prompt[i]) : NAN;
-		fill_tok(s, &ev->toks[i], r->p.prompt[i], lp, prev,
-		        r->p.logprobs > 0 ? r->p.logprobs : 0);
+		fill_tok(s, &ev->toks[i], r->p.prompt[i], lp, prev, r->p.top_logprobs);
 	}
 	post(s, ev);
 }
 
-/* Samples the next token of r from row; emits it; finishes r when done.
- * Returns 1 if r finished. */
+/* r->tbuf = r->tbuf[0..keep) + text[0..len). */
 static int
-sample_and_emit(struct sched *s, struct sched_req *r, const float *row)
+tbuf_put(struct sched_req *r, size_t keep, const char *text, size_t len)
 {
-	float lp = 0;
-	int32_t id = sampler_next(&r->smp, row, s->n_vocab, &lp);
-	const char *piece, *out;
-	size_t plen, olen;
-	double t = clock_now();
-	int stopped = 0;
+	if (keep + len + 1 > r->tcap) {
+		size_t cap = (keep + len + 1) * 2;
+		char *nb = realloc(r->tbuf, cap);
+		if (nb == NULL)
+			return EPMOE_ENOMEM;
+		r->tbuf = nb;
+		r->tcap = cap;
+	}
+	if (len)
+		memcpy(r->tbuf + keep, text, len);
+	r->tlen = keep + len;
+	r->tbuf[r->tlen] = '\0';
+	return 0;
+}
 
-	if (id < 0) {
-		finish(s, r, 500, NULL, "sampling failed");
-		return 1;
-	}
-	if (r->n_gen == 0) {
-		r->t_first = t;
-		if (s->obs.ttft)
-			s->obs.ttft(s->obs.ud, t - r->t_submit);
-	} else if (s->obs.itl) {
-		s->obs.itl(s->obs.ud, t - r->t_last);
-	}
-	r->t_last = t;
-	r->n_gen++;
-	atomic_fetch_add(&s->st_gen, 1);
-	if (!r->p.ignore_eos && tok_is_eog(s->tk, id)) {
-		const char *tail;
-		size_t tl;
-		/* what the stop filter still holds goes out first */
-		if (tok_stream_flush(&r->ts, &tail, &tl) == 0 && tl &&
-		        sample_stop_push(&r->stop, tail, tl, &out, &olen) >= 0 && olen) {
-			struct sched_event *ev = event_new(r, SCHED_EV_TOKEN);
-			if (ev && (ev->text = malloc(olen + 1)) != NULL) {
-				memcpy(ev->text, out, olen);
-				ev->text_len = olen;
-				post(s, ev);
-			} else {
-				free(ev);
-			}
-		}
+/* Runs text through r's stop filter into r->tbuf (from keep on); with
+ * flush, whatever the filter still holds comes out too.  Returns 1 if a
+ * stop string matched (the text ends before it), 0, or an error. */
+static int
+stop_filter(struct sched_req *r, size_t keep, const char *text, size_t len,
+        bool flush)
+{
+	const char *out;
+	size_t olen;
+	int stopped = sample_stop_push(&r->stop, text, len, &out, &olen);
+
+	if (stopped < 0)
+		return stopped;
+	if (tbuf_put(r, keep, out, olen) != 0)
+		return EPMOE_ENOMEM;
+	if (stopped == 0 && flush) {
 		sample_stop_flush(&r->stop, &out, &olen);
-		if (olen) {
-			struct sched_event *ev = event_new(r, SCHED_EV_TOKEN);
-			if (ev && (ev->text = malloc(olen + 1)) != NULL) {
-				memcpy(ev->text, out, olen);
-				ev->text_len = olen;
-				post(s, ev);
-			} else {
-				free(ev);
-			}
-		}
-		finish(s, r, 0, "stop", NULL);
-		return 1;
+		if (tbuf_put(r, r->tlen, out, olen) != 0)
+			return EPMOE_ENOMEM;
 	}
+	return stopped;
+}
+
+/* The text token id adds to r's output into r->tbuf: the detokenizer's
+ * complete characters (on the last token also what it holds back), minus
+ * stop strings.  Returns 1 if a stop string matched, 0, or an error. */
+static int
+token_text(struct sched_req *r, int32_t id, bool last)
+{
+	const char *piece, *tail;
+	size_t plen, tl;
+
 	if (tok_stream_push(&r->ts, id, &piece, &plen) != 0) {
 		piece = "";
 		plen = 0;
 	}
-	bool last = r->n_gen >= r->p.max_tokens;
-	if (last) {
-		/* the end: release what the detokenizer holds back (piece is
-		 * borrowed from the stream: copy it before the flush) */
-		const char *tail;
-		size_t tl;
-		char *joined = malloc(plen + 1);
-		if (joined)
-			memcpy(joined, piece, plen);
-		if (joined && tok_stream_flush(&r->ts, &tail, &tl) == 0 && tl) {
-			char *j2 = realloc(joined, plen + tl + 1);
-			if (j2) {
-				memcpy(j2 + plen, tail, tl);
-				joined = j2;
-				plen += tl;
-			}
-		}
-		if (joined)
-			piece = joined;
-		stopped = sample_stop_push(&r->stop, piece, plen, &out, &olen);
-		free(joined);
-	} else {
-		stopped = sample_stop_push(&r->stop, piece, plen, &out, &olen);
-	}
-	struct sched_event *ev = event_new(r, SCHED_EV_TOKEN);
-	if (ev == NULL) {
-		finish(s, r, 500, NULL, "out of memory");
-		return 1;
-	}
-	/* out is borrowed from the stop filter: copy it before the flush */
-	if ((ev->text = malloc(olen + 1)) != NULL) {
-		memcpy(ev->text, out, olen);
-		ev->text_len = olen;
-		ev->text[olen] = '\0';
-	}
-	if (stopped == 0 && last) {
-		const char *flushed;
-		size_t hold_len;
-		sample_stop_flush(&r->stop, &flushed, &hold_len);
-		char *nt = ev->text ? realloc(ev->text, olen + hold_len + 1) : NULL;
-		if (nt) {
-			memcpy(nt + olen, flushed, hold_len);
-			ev->text = nt;
-			ev->text_len = olen + hold_len;
-			nt[ev->text_len] = '\0';
-		}
-	}
-	if (r->p.logprobs >= 0 && (ev->toks = calloc(1, sizeof(*ev->toks))) != NULL) {
-		ev->n_toks = 1;
-		fill_tok(s, &ev->toks[0], id, lp, row, r->p.logprobs);
-	}
-	post(s, ev);
-	if (stopped == 1) {
-		finish(s, r, 0, "stop", NULL);
-		return 1;
-	}
-	if (last) {
-		finish(s, r, 0, "length", NULL);
-		return 1;
-	}
-	r->next = id;
-	return 0;
+	if (!last)
+		return stop_filter(r, 0, piece, plen, false);
+	/* the piece is borrowed from the stream: copy it before the flush */
+	if (tbuf_put(r, 0, piece, plen) != 0)
+		return EPMOE_ENOMEM;
+	if (tok_stream_flush(&r->ts, &tail, &tl) == 0 && tbuf_put(r, r->tlen, tail, tl) != 0)
+		return EPMOE_ENOMEM;
+	char *joined = r->tbuf;
+	size_t jlen = r->tlen;
+	/* the filter writes into a new buffer: the joined text is its input */
+	r->tbuf = NULL;
+	r->tcap = r->tlen = 0;
+	int rc = stop_filter(r, 0, joined, jlen, true);
+	free(joined);
+	return rc;
 }
+
+/* EOS: what the detokenizer and the stop filter still hold goes out. */
+static void
+emit_tail(struct sched *s, struct sched_req *r)
+{
+	const char *tail = "";
+	size_t tl = 0;
+
+	if (tok_stream_flush(&r->ts, &tail, &tl) != 0)
+		tl = 0;
+	if (stop_filter(r, 0, tail, tl, true) >= 0 && r->tlen)
+		emit_text(s, r, r->tbuf, r->tlen);
+}
+
+static void
+note_token_time(struct sched *s, struct sched_req *r)
+{
+	double t = clock_now();
+
+	if (r->n_gen == 0 && s->obs.ttft)
+		s->obs.ttft(s->obs.ud, t - r->t_submit);
+	else if (r->n_gen > 0 && s->obs.itl)
+		s->obs.itl(s->obs.ud, t - r->t_last);
+	r->t_last = t;
+	r->n_gen++;
+	atomic_fetch_add(&s->st_gen, 1);
+}
+
+/* Samples r's next token from row and emits it; finishes r when it ends
+ * (EOS, a stop string, max_tokens). */
+static void
+sample_and_emit(struct sched *s, struct sched_req *r, const float *row)
+{
+	float lp = 0;
+	int32_t id = sampler_next(&r->smp, row, s->n_vocab, &lp);
+	struct sched_event *ev;
+	int stopped;
+	bool last;
+
+	if (id < 0) {
+		finish(s, r, EPMOE_EINTERNAL, NULL, "sampling failed");
+		return;
+	}
+	note_token_time(s, r);
+	if (!r->p.ignore_eos && tok_is_eog(s->tk, id)) {
+		emit_tail(s, r);
+		finish(s, r, 0, "stop", NULL);
+		return;
+	}
+	last = r->n_gen >= r->p.max_tokens;
+	if ((stopped = token_text(r, id, last)) < 0 ||
+	        (ev = emit_text(s, r, r->tbuf ? r->tbuf : "", r->tlen)) == NULL) {
+		finish(s, r, EPMOE_ENOMEM, NULL, "out of memory");
+		return;
+	}
+	if ((ev->toks = calloc(1, sizeof(*ev->toks))) != NULL) {
+		ev->n_toks = 1;
+		fill_tok(s, &ev->toks[0], id, lp, row, r->p.top_logprobs);
+	}
+	if (stopped == 1)
+		finish(s, r, 0, "stop", NULL);
+	else if (last)
+		finish(s, r, 0, "length", NULL);
+	else
+		r->next = id;
+}
+
+/* ---- one round ---- */
 
 static void
 remove_finished(struct sched *s)
@@ -519,55 +644,79 @@ remove_finished(struct sched *s)
 	atomic_store(&s->st_running, k);
 }
 
-/* One scheduling round: cancel, admit, step, sample.  Returns 1 if there
- * was work. */
-static int
-round_once(struct sched *s)
+static void
+wait_push(struct sched *s, struct sched_req *r)
 {
-	uint32_t n_items = 0, budget = s->cfg.max_step_tokens, rows = 0;
-	size_t kv_used = atomic_load(&s->st_kv);
-	int rc;
+	r->next_q = NULL;
+	if (s->wait_tail)
+		s->wait_tail->next_q = r;
+	else
+		s->wait_head = r;
+	s->wait_tail = r;
+}
 
-	/* cancellations */
+static void
+drop_cancelled(struct sched *s)
+{
+	struct sched_req *keep_head = NULL, *keep_tail = NULL;
+
 	for (uint32_t i = 0; i < s->n_run; i++)
 		if (atomic_load(&s->run[i]->cancelled))
-			finish(s, s->run[i], 499, NULL, "cancelled by the client");
+			finish(s, s->run[i], EPMOE_ECANCELED, NULL, "cancelled by the client");
 	remove_finished(s);
-	for (struct sched_req **pp = &s->wait_head; *pp;) {
-		struct sched_req *r = *pp;
+	for (struct sched_req *r = s->wait_head, *n; r; r = n) {
+		n = r->next_q;
 		if (atomic_load(&r->cancelled)) {
-			*pp = r->next_q;
-			if (s->wait_tail == r) {
-				s->wait_tail = NULL;
-				for (struct sched_req *q = s->wait_head; q; q = q->next_q)
-					s->wait_tail = q;
-			}
-			s->n_wait--;
-			finish(s, r, 499, NULL, "cancelled by the client");
-		} else {
-			pp = &r->next_q;
+			finish(s, r, EPMOE_ECANCELED, NULL, "cancelled by the client");
+			continue;
 		}
+		r->next_q = NULL;
+		if (keep_tail)
+			keep_tail->next_q = r;
+		else
+			keep_head = r;
+		keep_tail = r;
 	}
-	/* admission, in arrival order, while the KV budget allows */
-	while (s->wait_head && s->n_run < s->cfg.max_running) {
+	s->wait_head = keep_head;
+	s->wait_tail = keep_tail;
+}
+
+/* Whether waiting request r gets a slot now (it may already hold one). */
+static bool
+take_slot(struct sched *s, struct sched_req *r)
+{
+	if (r->has_slot)
+		return true;
+	pthread_mutex_lock(&s->mu);
+	if (s->slots_used < s->cfg.max_running &&
+	        s->kv_reserved + r->kv_need <= s->cfg.kv_budget_bytes) {
+		s->slots_used++;
+		s->kv_reserved += r->kv_need;
+		s->n_queued--;
+		r->queued = false;
+		r->has_slot = true;
+	}
+	pthread_mutex_unlock(&s->mu);
+	return r->has_slot;
+}
+
+/* Admits waiting requests in arrival order while slots are free. */
+static void
+admit_waiting(struct sched *s)
+{
+	while (s->wait_head && take_slot(s, s->wait_head)) {
 		struct sched_req *r = s->wait_head;
-		size_t need = engine_kv_bytes(s->e, (uint32_t)r->p.n_prompt + r->p.max_tokens);
-		if (kv_used + need > s->cfg.kv_budget_bytes && s->n_run > 0)
-			break;
 		s->wait_head = r->next_q;
 		if (s->wait_head == NULL)
 			s->wait_tail = NULL;
-		s->n_wait--;
+		r->next_q = NULL;
 		if (admit(s, r) != 0)
 			continue;
-		r->kv_bytes = need;
-		kv_used += need;
-		atomic_fetch_add(&s->st_kv, need);
 		if (s->n_run == s->cap_run) {
 			uint32_t nc = s->cap_run ? 2 * s->cap_run : 16;
 			struct sched_req **nr = realloc(s->run, nc * sizeof(*nr));
 			if (nr == NULL) {
-				finish(s, r, 503, NULL, "out of memory");
+				finish(s, r, EPMOE_ENOMEM, NULL, "out of memory");
 				continue;
 			}
 			s->run = nr;
@@ -575,79 +724,106 @@ round_once(struct sched *s)
 		}
 		s->run[s->n_run++] = r;
 	}
-	atomic_store(&s->st_waiting, s->n_wait);
 	atomic_store(&s->st_running, s->n_run);
-	if (s->n_run == 0)
-		return 0;
-	if (grow_items(s, s->n_run) != 0)
-		return 0;
-	/* decode tokens first (latency), then prefill chunks in the budget */
+}
+
+static void
+add_item(struct sched *s, uint32_t *n_items, struct sched_req *r,
+        const struct eng_item *it)
+{
+	s->items[*n_items] = *it;
+	s->item_req[(*n_items)++] = r;
+}
+
+/* The decode token of every running sequence past its prompt (first:
+ * latency).  Returns the tokens taken. */
+static uint32_t
+plan_decode(struct sched *s, uint32_t *n_items)
+{
+	uint32_t n = 0;
+
 	for (uint32_t i = 0; i < s->n_run; i++) {
 		struct sched_req *r = s->run[i];
 		if (r->n_fed < r->p.n_prompt)
 			continue;
 		if (eng_seq_reserve(s->e, r->seq, r->seq->n_pos + 1) != 0) {
-			finish(s, r, 503, NULL, "out of memory for the KV cache");
+			finish(s, r, EPMOE_ENOMEM, NULL, "out of memory for the KV cache");
 			continue;
 		}
-		s->feed[n_items] = r->next;
-		s->items[n_items] = (struct eng_item){ .seq = r->seq,
-			.tokens = &s->feed[n_items], .n_tokens = 1,
-			.logits = ENG_LOGITS_LAST, .policy = r->policy, .decode = true };
-		s->item_req[n_items++] = r;
-		rows++;
-		budget = budget > 0 ? budget - 1 : 0;
+		s->feed[*n_items] = r->next;
+		add_item(s, n_items, r, &(struct eng_item){ .seq = r->seq,
+			.tokens = &s->feed[*n_items], .n_tokens = 1,
+			.logits = ENG_LOGITS_LAST, .policy = r->pol ? r->pol->p : NULL,
+			.decode = true });
+		n++;
 	}
+	return n;
+}
+
+/* Prefill chunks within budget tokens.  echo needs the whole prompt's
+ * logits in one step; a budget smaller than a prompt still lets one
+ * oversize chunk through when nothing else is in the step. */
+static void
+plan_prefill(struct sched *s, uint32_t *n_items, uint32_t budget)
+{
 	for (uint32_t i = 0; i < s->n_run; i++) {
 		struct sched_req *r = s->run[i];
 		uint32_t left, chunk;
-		bool want_all;
+		bool all = r->p.echo;
+
 		if (r->state == REQ_FINISHED || r->n_fed >= r->p.n_prompt)
 			continue;
 		left = (uint32_t)r->p.n_prompt - r->n_fed;
-		/* echo needs the whole prompt's logits in one step; a budget
-		 * smaller than the prompt still lets one oversize chunk through
-		 * when nothing else is prefilling */
-		want_all = r->p.echo;
-		chunk = want_all ? left : (left < budget ? left : budget);
+		chunk = all ? left : (left < budget ? left : budget);
 		if (chunk == 0) {
-			if (n_items > 0)
+			if (*n_items > 0)
 				continue;
 			chunk = left;
 		}
-		if (want_all && chunk > budget && n_items > 0)
+		if (all && chunk > budget && *n_items > 0)
 			continue;
 		bool completes = chunk == left;
-		s->items[n_items] = (struct eng_item){ .seq = r->seq,
+		add_item(s, n_items, r, &(struct eng_item){ .seq = r->seq,
 			.tokens = r->p.prompt + r->n_fed, .n_tokens = chunk,
-			.logits = completes ? (want_all ? ENG_LOGITS_ALL : ENG_LOGITS_LAST) :
-			        ENG_LOGITS_NONE,
-			.policy = r->policy, .decode = false };
-		s->item_req[n_items++] = r;
-		rows += completes ? (want_all ? chunk : 1) : 0;
+			.logits = !completes ? ENG_LOGITS_NONE :
+			        all ? ENG_LOGITS_ALL : ENG_LOGITS_LAST,
+			.policy = r->pol ? r->pol->p : NULL, .decode = false });
 		budget = budget > chunk ? budget - chunk : 0;
 	}
-	remove_finished(s);
-	if (n_items == 0)
-		return 1;
-	if (grow_logits(s, rows) != 0) {
-		for (uint32_t i = 0; i < n_items; i++)
-			finish(s, s->item_req[i], 503, NULL, "out of memory for logits");
-		remove_finished(s);
-		return 1;
-	}
-	size_t off = 0;
+}
+
+/* Points each item that wants logits at its rows of s->logits. */
+static int
+place_logits(struct sched *s, uint32_t n_items)
+{
+	size_t rows = 0;
+
+	for (uint32_t i = 0; i < n_items; i++)
+		rows += s->items[i].logits == ENG_LOGITS_ALL ? s->items[i].n_tokens :
+		        s->items[i].logits == ENG_LOGITS_LAST ? 1 : 0;
+	if (grow_logits(s, rows) != 0)
+		return EPMOE_ENOMEM;
+	rows = 0;
 	for (uint32_t i = 0; i < n_items; i++) {
 		struct eng_item *it = &s->items[i];
 		if (it->logits == ENG_LOGITS_NONE)
 			continue;
-		it->out = s->logits + off * s->n_vocab;
-		off += it->logits == ENG_LOGITS_ALL ? it->n_tokens : 1;
+		it->out = s->logits + rows * s->n_vocab;
+		rows += it->logits == ENG_LOGITS_ALL ? it->n_tokens : 1;
 	}
+	return 0;
+}
+
+/* engine_step over the planned items, timed for the observer. */
+static int
+run_step(struct sched *s, uint32_t n_items)
+{
 	struct engine_timing before = *engine_timing(s->e);
-	uint32_t step_tokens = 0;
+	uint32_t tokens = 0;
+	int rc;
+
 	for (uint32_t i = 0; i < n_items; i++)
-		step_tokens += s->items[i].n_tokens;
+		tokens += s->items[i].n_tokens;
 	rc = engine_step(s->e, s->items, n_items);
 	atomic_fetch_add(&s->st_steps, 1);
 	if (s->obs.step) {
@@ -659,38 +835,72 @@ round_once(struct sched *s)
 		d.shexp -= before.shexp;
 		d.head -= before.head;
 		d.total -= before.total;
-		s->obs.step(s->obs.ud, &d, step_tokens);
+		s->obs.step(s->obs.ud, &d, tokens);
 	}
-	if (rc != 0) {
-		const char *msg = rc == EPMOE_EUNAVAIL ?
-		        "an expert worker failed or timed out during this step; retry" :
-		        epmoe_strerror(rc);
-		log_warn("sched: step of %u sequences failed: %s", n_items, epmoe_strerror(rc));
-		for (uint32_t i = 0; i < n_items; i++)
-			finish(s, s->item_req[i], rc == EPMOE_EUNAVAIL ? 503 : 500, NULL, msg);
-		remove_finished(s);
+	return rc;
+}
+
+/* What a finished item means for its request: a prefill chunk advances
+ * the prompt (and, once complete, echoes it and samples the first token);
+ * a decode item samples the next token. */
+static void
+take_result(struct sched *s, struct sched_req *r, const struct eng_item *it)
+{
+	if (it->decode) {
+		sample_and_emit(s, r, it->out);
+		return;
+	}
+	r->n_fed += it->n_tokens;
+	atomic_fetch_add(&s->st_prompt, it->n_tokens);
+	if (r->n_fed < r->p.n_prompt)
+		return;
+	if (r->p.echo)
+		emit_prompt(s, r, it->out);
+	if (r->p.max_tokens == 0) {
+		finish(s, r, 0, "length", NULL);
+		return;
+	}
+	sample_and_emit(s, r, it->out + (it->logits == ENG_LOGITS_ALL ?
+	        (size_t)(it->n_tokens - 1) * s->n_vocab : 0));
+}
+
+static void
+fail_items(struct sched *s, uint32_t n_items, int err, const char *msg)
+{
+	for (uint32_t i = 0; i < n_items; i++)
+		if (s->item_req[i]->state != REQ_FINISHED)
+			finish(s, s->item_req[i], err, NULL, msg);
+}
+
+/* One scheduling round.  Returns 1 if there was work. */
+static int
+round_once(struct sched *s)
+{
+	uint32_t n_items = 0, n_decode;
+	int rc;
+
+	drop_cancelled(s);
+	admit_waiting(s);
+	if (s->n_run == 0)
+		return 0;
+	if (grow_items(s, s->n_run) != 0)
+		return 0;
+	n_decode = plan_decode(s, &n_items);
+	plan_prefill(s, &n_items, s->cfg.max_step_tokens > n_decode ?
+	        s->cfg.max_step_tokens - n_decode : 0);
+	remove_finished(s);
+	if (n_items == 0)
 		return 1;
-	}
-	for (uint32_t i = 0; i < n_items; i++) {
-		struct sched_req *r = s->item_req[i];
-		struct eng_item *it = &s->items[i];
-		if (!it->decode) {
-			r->n_fed += it->n_tokens;
-			atomic_fetch_add(&s->st_prompt, it->n_tokens);
-			if (r->n_fed < r->p.n_prompt)
-				continue;
-			if (r->p.echo)
-				emit_prompt(s, r, it->out);
-			if (r->p.max_tokens == 0) {
-				finish(s, r, 0, "length", NULL);
-				continue;
-			}
-			const float *last = it->out + (it->logits == ENG_LOGITS_ALL ?
-			        (size_t)(it->n_tokens - 1) * s->n_vocab : 0);
-			sample_and_emit(s, r, last);
-		} else {
-			sample_and_emit(s, r, it->out);
-		}
+	if (place_logits(s, n_items) != 0) {
+		fail_items(s, n_items, EPMOE_ENOMEM, "out of memory for logits");
+	} else if ((rc = run_step(s, n_items)) != 0) {
+		log_warn("sched: step of %u sequences failed: %s", n_items, epmoe_strerror(rc));
+		fail_items(s, n_items, rc, rc == EPMOE_EUNAVAIL ?
+		        "an expert worker failed or timed out during this step; retry" :
+		        epmoe_strerror(rc));
+	} else {
+		for (uint32_t i = 0; i < n_items; i++)
+			take_result(s, s->item_req[i], &s->items[i]);
 	}
 	remove_finished(s);
 	return 1;
@@ -708,17 +918,10 @@ engine_main(void *arg)
 		bool stop = s->stop;
 		struct sched_req *in = s->inbox_head;
 		s->inbox_head = s->inbox_tail = NULL;
-		s->n_inbox = 0;
 		pthread_mutex_unlock(&s->mu);
 		while (in) {
 			struct sched_req *n = in->next_q;
-			in->next_q = NULL;
-			if (s->wait_tail)
-				s->wait_tail->next_q = in;
-			else
-				s->wait_head = in;
-			s->wait_tail = in;
-			s->n_wait++;
+			wait_push(s, in);
 			in = n;
 		}
 		if (stop)
@@ -728,17 +931,19 @@ engine_main(void *arg)
 	}
 	/* shutdown: everything pending fails */
 	for (uint32_t i = 0; i < s->n_run; i++)
-		finish(s, s->run[i], 503, NULL, "the server is shutting down");
+		finish(s, s->run[i], EPMOE_ECLOSED, NULL, "the server is shutting down");
 	s->n_run = 0;
 	while (s->wait_head) {
 		struct sched_req *r = s->wait_head;
 		s->wait_head = r->next_q;
-		finish(s, r, 503, NULL, "the server is shutting down");
+		finish(s, r, EPMOE_ECLOSED, NULL, "the server is shutting down");
 	}
 	s->wait_tail = NULL;
 	flush_events(s);
 	return NULL;
 }
+
+/* ---- the loop side ---- */
 
 int
 sched_new(struct sched **out, uv_loop_t *loop, struct engine *e,
@@ -766,14 +971,17 @@ sched_new(struct sched **out, uv_loop_t *loop, struct engine *e,
 	pthread_cond_init(&s->cv, NULL);
 	pthread_mutex_init(&s->ev_mu, NULL);
 	if (uv_async_init(loop, &s->async, on_async) != 0) {
+		pthread_mutex_destroy(&s->mu);
+		pthread_cond_destroy(&s->cv);
+		pthread_mutex_destroy(&s->ev_mu);
 		free(s);
 		return EPMOE_EIO;
 	}
 	s->async.data = s;
 	if (pthread_create(&s->thread, NULL, engine_main, s) != 0) {
+		/* the caller runs the loop to close the handle, then frees */
+		s->stopped = true;
 		uv_close((uv_handle_t *)&s->async, NULL);
-		/* the caller must run the loop to close the handle before freeing */
-		s->thread_started = false;
 		*out = s;
 		return EPMOE_ENOMEM;
 	}
@@ -785,8 +993,9 @@ sched_new(struct sched **out, uv_loop_t *loop, struct engine *e,
 void
 sched_stop(struct sched *s)
 {
-	if (s == NULL || !s->thread_started)
+	if (s == NULL || s->stopped)
 		return;
+	s->stopped = true;
 	pthread_mutex_lock(&s->mu);
 	s->stop = true;
 	pthread_cond_signal(&s->cv);
@@ -798,7 +1007,7 @@ sched_stop(struct sched *s)
 	s->inbox_head = s->inbox_tail = NULL;
 	while (in) {
 		struct sched_req *n = in->next_q;
-		finish(s, in, 503, NULL, "the server is shutting down");
+		finish(s, in, EPMOE_ECLOSED, NULL, "the server is shutting down");
 		in = n;
 	}
 	flush_events(s);
@@ -812,20 +1021,16 @@ sched_free(struct sched *s)
 	if (s == NULL)
 		return;
 	sched_stop(s);
-	struct sched_event *ev = s->ev_head;
-	if (ev == NULL)
-		ev = s->pend_head;
+	struct sched_event *ev = s->ev_head ? s->ev_head : s->pend_head;
 	while (ev) {
 		struct sched_event *n = ev->next;
 		event_free(ev);
 		ev = n;
 	}
-	for (struct policy_ent *pe = s->policies; pe;) {
-		struct policy_ent *n = pe->next;
-		route_policy_free(pe->p);
-		free(pe->spec);
-		free(pe);
-		pe = n;
+	while (s->policies) {
+		struct policy_ent *n = s->policies->next;
+		policy_ent_free(s->policies);
+		s->policies = n;
 	}
 	free(s->run);
 	free(s->logits);
@@ -838,49 +1043,51 @@ sched_free(struct sched *s)
 	free(s);
 }
 
-static void
-params_free(struct sched_req_params *p)
-{
-	free(p->prompt);
-	p->prompt = NULL;
-	for (size_t i = 0; i < p->n_stop; i++)
-		free(p->stop[i]);
-	p->n_stop = 0;
-}
-
 void
 sched_req_free(struct sched_req *r)
 {
 	if (r == NULL)
 		return;
-	params_free(&r->p);
+	free(r->p.prompt);
+	for (size_t i = 0; i < r->p.n_stop; i++)
+		free(r->p.stop[i]);
 	free(r->routing);
+	free(r->tbuf);
 	free(r);
 }
 
-int
-sched_check_routing(struct sched *s, const char *spec, bool decode, char *err,
+/* Checks what the scheduler alone can check; 0 or an error with err set. */
+static int
+check_params(struct sched *s, const struct sched_req_params *p, char *err,
         size_t err_len)
 {
-	struct route_policy *p;
-	int rc;
-
-	if (spec == NULL)
-		return 0;
-	if (engine_policy_new(s->e, spec, &p, err, err_len) != 0)
+	if (p->cb == NULL || p->n_prompt == 0 || p->prompt == NULL) {
+		epmoe_set_err(err, err_len, "the prompt is empty");
 		return EPMOE_EINVAL;
-	/* a request routes its prompt (prefill) and, when it generates, its
-	 * tokens (decode) */
-	rc = route_check(route_policy_cfg(p), ROUTE_GROUP_PREFILL, err, err_len);
-	if (rc == 0 && decode &&
-	        (rc = route_check(route_policy_cfg(p), ROUTE_GROUP_DECODE, err, err_len)) != 0) {
-		size_t l = strlen(err);
-		snprintf(err + l, err_len - l,
-		        "; it routes whole prompts only: use it with max_tokens 0 (scoring with"
-		        " echo and logprobs), or pick a policy that routes decode steps");
 	}
-	route_policy_free(p);
-	return rc ? EPMOE_EINVAL : 0;
+	if (p->n_stop > SCHED_MAX_STOP || p->top_logprobs > SCHED_MAX_TOP) {
+		epmoe_set_err(err, err_len, "too many stop strings or logprobs");
+		return EPMOE_EINVAL;
+	}
+	for (size_t i = 0; i < p->n_prompt; i++) {
+		if (p->prompt[i] < 0 || (uint32_t)p->prompt[i] >= s->n_vocab) {
+			epmoe_set_err(err, err_len, "token id %d at position %zu is outside the "
+			        "vocabulary (0..%u)", p->prompt[i], i, s->n_vocab - 1);
+			return EPMOE_EINVAL;
+		}
+	}
+	if (p->n_prompt + (size_t)p->max_tokens > s->n_ctx) {
+		epmoe_set_err(err, err_len, "prompt (%zu tokens) + max_tokens (%u) exceeds the "
+		        "context length %u", p->n_prompt, p->max_tokens, s->n_ctx);
+		return EPMOE_ERANGE;
+	}
+	if (engine_kv_bytes(s->e, (uint32_t)(p->n_prompt + p->max_tokens)) >
+	        s->cfg.kv_budget_bytes) {
+		epmoe_set_err(err, err_len, "prompt + max_tokens need more KV cache than the "
+		        "server's budget");
+		return EPMOE_ERANGE;
+	}
+	return 0;
 }
 
 int
@@ -890,65 +1097,54 @@ sched_submit(struct sched *s, struct sched_req_params *p, struct sched_req **out
 	struct sched_req *r;
 	int rc;
 
-	if (p->cb == NULL || p->n_prompt == 0 || p->prompt == NULL) {
-		snprintf(err, err_len, "the prompt is empty");
-		params_free(p);
-		return EPMOE_EINVAL;
+	if ((rc = check_params(s, p, err, err_len)) != 0)
+		return rc;
+	if ((r = calloc(1, sizeof(*r))) == NULL ||
+	        (p->routing && (r->routing = strdup(p->routing)) == NULL)) {
+		free(r);
+		epmoe_set_err(err, err_len, "out of memory");
+		return EPMOE_ENOMEM;
 	}
-	for (size_t i = 0; i < p->n_prompt; i++) {
-		if (p->prompt[i] < 0 || (uint32_t)p->prompt[i] >= s->n_vocab) {
-			snprintf(err, err_len, "token id %d at position %zu is outside the vocabulary (0..%u)",
-			        p->prompt[i], i, s->n_vocab - 1);
-			params_free(p);
-			return EPMOE_EINVAL;
-		}
+	r->s = s;
+	r->kv_need = engine_kv_bytes(s->e, (uint32_t)(p->n_prompt + p->max_tokens));
+	pthread_mutex_lock(&s->mu);
+	if (s->stop) {
+		rc = EPMOE_ECLOSED;
+	} else if (s->n_queued == 0 && s->slots_used < s->cfg.max_running &&
+	        s->kv_reserved + r->kv_need <= s->cfg.kv_budget_bytes) {
+		/* a free slot and nobody ahead: running from the next step */
+		s->slots_used++;
+		s->kv_reserved += r->kv_need;
+		r->has_slot = true;
+	} else if (s->n_queued < s->cfg.max_waiting) {
+		s->n_queued++;
+		r->queued = true;
+	} else {
+		rc = EPMOE_EBUSY;
 	}
-	if (p->n_prompt + (size_t)p->max_tokens > s->n_ctx) {
-		snprintf(err, err_len, "prompt (%zu tokens) + max_tokens (%u) exceeds the context length %u",
-		        p->n_prompt, p->max_tokens, s->n_ctx);
-		params_free(p);
-		return EPMOE_ERANGE;
-	}
-	if (engine_kv_bytes(s->e, (uint32_t)(p->n_prompt + p->max_tokens)) > s->cfg.kv_budget_bytes) {
-		snprintf(err, err_len, "prompt + max_tokens need more KV cache than the server's budget");
-		params_free(p);
-		return EPMOE_ERANGE;
-	}
-	if (p->logprobs > SCHED_MAX_TOP)
-		p->logprobs = SCHED_MAX_TOP;
-	if ((rc = sched_check_routing(s, p->routing, p->max_tokens > 0, err, err_len)) != 0) {
-		params_free(p);
+	if (rc != 0) {
+		pthread_mutex_unlock(&s->mu);
+		epmoe_set_err(err, err_len, rc == EPMOE_ECLOSED ? "the server is shutting down" :
+		        "every running slot is taken and too many requests are waiting; "
+		        "retry later");
+		free(r->routing);
+		free(r);
 		return rc;
 	}
-	if ((r = calloc(1, sizeof(*r))) == NULL) {
-		params_free(p);
-		return EPMOE_ENOMEM;
-	}
-	if (p->routing && (r->routing = strdup(p->routing)) == NULL) {
-		free(r);
-		params_free(p);
-		return EPMOE_ENOMEM;
-	}
+	r->id = s->next_id++;
+	r->t_submit = clock_now();
+	/* from here on the request owns the prompt and the stop strings */
 	r->p = *p;
 	r->p.routing = NULL;
-	memset(p, 0, sizeof(*p));
-	r->s = s;
-	r->t_submit = clock_now();
-	pthread_mutex_lock(&s->mu);
-	if (s->stop || s->n_inbox + atomic_load(&s->st_waiting) >= s->cfg.max_waiting) {
-		pthread_mutex_unlock(&s->mu);
-		snprintf(err, err_len, s->stop ? "the server is shutting down" :
-		        "too many requests are waiting; retry later");
-		sched_req_free(r);
-		return EPMOE_EBUSY;
-	}
-	r->id = s->next_id++;
+	p->prompt = NULL;
+	p->n_prompt = 0;
+	memset(p->stop, 0, sizeof(p->stop));
+	p->n_stop = 0;
 	if (s->inbox_tail)
 		s->inbox_tail->next_q = r;
 	else
 		s->inbox_head = r;
 	s->inbox_tail = r;
-	s->n_inbox++;
 	pthread_cond_signal(&s->cv);
 	pthread_mutex_unlock(&s->mu);
 	atomic_fetch_add(&s->st_total, 1);
@@ -976,15 +1172,19 @@ sched_req_id(const struct sched_req *r)
 void
 sched_get_stats(struct sched *s, struct sched_stats *st)
 {
+	pthread_mutex_lock(&s->mu);
+	st->waiting = s->n_queued;
+	st->slots_used = s->slots_used;
+	st->kv_bytes_used = s->kv_reserved;
+	pthread_mutex_unlock(&s->mu);
 	st->running = atomic_load(&s->st_running);
-	st->waiting = atomic_load(&s->st_waiting) + 0;
+	st->policies_cached = atomic_load(&s->st_policies);
 	st->requests_total = atomic_load(&s->st_total);
 	st->requests_failed = atomic_load(&s->st_failed);
 	st->requests_cancelled = atomic_load(&s->st_cancelled);
 	st->prompt_tokens_total = atomic_load(&s->st_prompt);
 	st->generated_tokens_total = atomic_load(&s->st_gen);
 	st->steps_total = atomic_load(&s->st_steps);
-	st->kv_bytes_used = atomic_load(&s->st_kv);
 }
 
 void

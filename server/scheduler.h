@@ -2,14 +2,25 @@
  *
  * Requests join and leave between steps.  Each step mixes the decode tokens
  * of running sequences with prefill chunks of new ones, up to a token
- * budget; sequences are admitted while the KV-cache budget allows (a
- * request reserves prompt + max_tokens positions), and a bounded wait
- * queue holds the rest (beyond it, sched_submit says EPMOE_EBUSY: the API
- * answers 429).  Sampling, stop strings, EOS and detokenization happen on
- * the engine thread; results go back to the libuv loop thread as events
+ * budget.  Admission happens when a request is submitted: it takes a
+ * running slot at once when one is free (at most max_running sequences
+ * hold one) and its KV reservation (prompt + max_tokens positions) fits
+ * the budget, else it joins a bounded wait queue, and only when that is
+ * full does sched_submit refuse it (EPMOE_EBUSY).  The queue is served in
+ * arrival order: while anyone waits, newcomers wait behind them.
+ * Sampling, stop strings, EOS and detokenization happen on the engine
+ * thread; results go back to the libuv loop thread as events
  * (uv_async_send), where the request's callback turns them into HTTP or
  * NNG replies.  A step whose experts fail (a worker died) fails only the
  * requests in that step.
+ *
+ * Routing policies of requests are cached per canonical spec on the
+ * engine thread, at most SCHED_POLICY_CACHE of them besides those in use
+ * (least recently used first out), so no stream of distinct specs can
+ * keep memory.
+ *
+ * Errors are EPMOE_E* codes with a message, here and in the ERROR event:
+ * the front ends map them to their own statuses.
  *
  * Threads: sched_submit / sched_cancel / sched_* queries are called on the
  * loop thread; the request callback runs on the loop thread; nothing else
@@ -30,6 +41,7 @@
 
 #define SCHED_MAX_STOP 4
 #define SCHED_MAX_TOP 20
+#define SCHED_POLICY_CACHE 64
 
 struct sched;
 struct sched_req;
@@ -38,7 +50,7 @@ enum sched_ev_kind {
 	SCHED_EV_TOKEN,  /* one generated token (text may be empty: held back) */
 	SCHED_EV_PROMPT, /* echo: the prompt's tokens with their logprobs */
 	SCHED_EV_DONE,   /* finished: finish_reason set; final event */
-	SCHED_EV_ERROR,  /* failed: status + message; final event */
+	SCHED_EV_ERROR,  /* failed: err + message; final event */
 };
 
 struct sched_top {
@@ -62,7 +74,8 @@ struct sched_event {
 	enum sched_ev_kind kind;
 	struct sched_req *req;
 	/* TOKEN: the new text (complete UTF-8, stop strings removed) and the
-	 * token; PROMPT: toks[n_toks] */
+	 * sampled token with its logprob (toks[0]; none when the text is what
+	 * EOS released); PROMPT: toks[n_toks] */
 	char *text;
 	size_t text_len;
 	struct sched_tok *toks;
@@ -70,8 +83,10 @@ struct sched_event {
 	/* DONE */
 	const char *finish_reason; /* "stop", "length" */
 	uint32_t prompt_tokens, completion_tokens;
-	/* ERROR */
-	int status;                /* HTTP status: 503, 500, 400 */
+	/* ERROR: EPMOE_ECANCELED (sched_cancel), EPMOE_EUNAVAIL (an expert
+	 * worker failed), EPMOE_ECLOSED (shutting down), EPMOE_ENOMEM,
+	 * EPMOE_EINTERNAL */
+	int err;
 	char message[256];
 	struct sched_event *next;
 };
@@ -82,15 +97,17 @@ struct sched_event {
 typedef void (*sched_event_fn)(const struct sched_event *ev, void *ud);
 
 struct sched_req_params {
-	int32_t *prompt;         /* token ids, taken over (free()) */
+	int32_t *prompt;         /* token ids < n_vocab; the scheduler's on
+	                          * success (free()) */
 	size_t n_prompt;
-	uint32_t max_tokens;     /* >= 0; capped to the context */
+	uint32_t max_tokens;     /* prompt + max_tokens <= the context */
 	struct sample_params sample;
-	char *stop[SCHED_MAX_STOP]; /* taken over */
+	char *stop[SCHED_MAX_STOP]; /* the scheduler's on success (free()) */
 	size_t n_stop;
-	const char *routing;     /* policy spec or NULL (server default); copied */
+	const char *routing;     /* canonical policy spec or NULL (the
+	                          * engine's default); copied */
 	bool echo;               /* emit SCHED_EV_PROMPT first */
-	int32_t logprobs;        /* -1 none, else top-n alternatives (0..20) */
+	uint32_t top_logprobs;   /* alternatives listed per token (0..20) */
 	bool ignore_eos;
 	sched_event_fn cb;
 	void *ud;
@@ -107,35 +124,42 @@ void sched_cfg_default(struct sched_cfg *c);
 
 /* Creates the scheduler and starts its engine thread.  Borrows loop, e
  * (the engine: the scheduler's thread is its only driver from now on) and
- * tk.  Free with sched_free() (stops the thread; pending requests get
- * ERROR events). */
+ * tk.  Stop with sched_stop and free with sched_free (pending requests
+ * get ERROR events). */
 int sched_new(struct sched **out, uv_loop_t *loop, struct engine *e,
         const struct tok *tk, const struct sched_cfg *cfg);
-/* Stops the thread, fails what is pending, then needs the loop to run
- * once more to deliver the events; finally sched_free. */
+/* Stops the thread, fails what is pending and delivers the final events
+ * now; then the loop must run once more to close the scheduler's handle
+ * before sched_free.  Idempotent; NULL is fine. */
 void sched_stop(struct sched *s);
 void sched_free(struct sched *s);
 
-/* Queues a request.  On success *out is the request handle (the scheduler's
- * until its final event).  EPMOE_EBUSY: the wait queue is full (429);
- * EPMOE_EINVAL: bad parameters (message in err); EPMOE_ERANGE: prompt +
- * max_tokens exceed the context or the KV budget. On failure the prompt and
- * stops are still taken over (freed). */
+/* Queues a request.  On success *out is the request handle (the
+ * scheduler's until its final event) and the prompt and stop strings of p
+ * are the scheduler's (p's pointers are cleared).  On failure they stay
+ * the caller's and err says why: EPMOE_EINVAL (bad parameters),
+ * EPMOE_ERANGE (prompt + max_tokens exceed the context or the KV budget),
+ * EPMOE_EBUSY (no running slot is free and the wait queue is full),
+ * EPMOE_ECLOSED (shutting down), EPMOE_ENOMEM. */
 int sched_submit(struct sched *s, struct sched_req_params *p,
         struct sched_req **out, char *err, size_t err_len);
 /* Asks the engine thread to drop the request at the next step; its final
- * event (ERROR with status 499) still comes.  Idempotent. */
+ * event (ERROR with EPMOE_ECANCELED) still comes.  Idempotent. */
 void sched_cancel(struct sched_req *r);
 void sched_req_free(struct sched_req *r);
 uint64_t sched_req_id(const struct sched_req *r);
 
-/* Counters for /metrics and /v1/stats (approximate, lock-free reads). */
+/* Counters for /metrics and /v1/stats (approximate, lock-free reads apart
+ * from the admission counts). */
 struct sched_stats {
-	uint32_t running, waiting;
+	uint32_t running;         /* sequences in the engine */
+	uint32_t waiting;         /* in the wait queue */
+	uint32_t slots_used;      /* running slots taken (<= max_running) */
+	uint32_t policies_cached; /* routing policies held by the engine thread */
 	uint64_t requests_total, requests_failed, requests_cancelled;
 	uint64_t prompt_tokens_total, generated_tokens_total;
 	uint64_t steps_total;
-	uint64_t kv_bytes_used;
+	uint64_t kv_bytes_used;   /* reserved by admitted requests */
 };
 void sched_get_stats(struct sched *s, struct sched_stats *st);
 
@@ -150,10 +174,5 @@ struct sched_observer {
 	void *ud;
 };
 void sched_set_observer(struct sched *s, const struct sched_observer *o);
-
-/* Validates a routing spec for a request that routes its prompt and, when
- * decode is true, generates tokens: 0 or EPMOE_EINVAL with a message. */
-int sched_check_routing(struct sched *s, const char *spec, bool decode,
-        char *err, size_t err_len);
 
 #endif

@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "err.h"
 #include "log.h"
 #include "spawn.h"
@@ -36,15 +37,6 @@ struct spawn {
 	uint32_t n;
 	struct child *c;
 };
-
-static uint64_t
-now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 static int
 default_bin(char *dst, size_t cap)
@@ -94,7 +86,7 @@ start_child(struct spawn *s, uint32_t i)
 	if (pid == 0) {
 		/* child: only async-signal-safe calls until exec */
 		struct sigaction dfl;
-		sigset_t none;
+		sigset_t mask;
 		int sigs[] = { SIGTERM, SIGINT, SIGHUP, SIGPIPE, SIGCHLD, SIGUSR1, SIGUSR2 };
 
 		prctl(PR_SET_PDEATHSIG, SIGTERM);
@@ -104,13 +96,18 @@ start_child(struct spawn *s, uint32_t i)
 		dfl.sa_handler = SIG_DFL;
 		for (size_t j = 0; j < sizeof(sigs) / sizeof(sigs[0]); j++)
 			sigaction(sigs[j], &dfl, NULL);
-		sigemptyset(&none);
-		sigprocmask(SIG_SETMASK, &none, NULL);
+		/* SIGTERM stays blocked through exec: a parent-death signal
+		 * that comes before the worker has installed its handler waits
+		 * for it (epmoe-worker unblocks SIGTERM in main) instead of
+		 * killing the worker half-started */
+		sigemptyset(&mask);
+		sigaddset(&mask, SIGTERM);
+		sigprocmask(SIG_SETMASK, &mask, NULL);
 		execv(s->bin, argv);
 		_exit(127);
 	}
 	c->pid = pid;
-	c->started_ns = now_ns();
+	c->started_ns = clock_now_ns();
 	log_info("spawn: started worker %s (pid %ld): %s --router %s --listen %s",
 	        c->id, (long)pid, s->bin, s->router, s->listen);
 	return 0;
@@ -206,7 +203,7 @@ spawn_poll(struct spawn *s)
 		if (r > 0)
 			log_exit(c, status);
 		n++;
-		if (now_ns() - c->started_ns < QUICK_EXIT_NS)
+		if (clock_now_ns() - c->started_ns < QUICK_EXIT_NS)
 			c->quick_exits++;
 		else
 			c->quick_exits = 0;
@@ -228,7 +225,7 @@ spawn_poll(struct spawn *s)
 int
 spawn_stop(struct spawn *s, uint32_t timeout_ms)
 {
-	uint64_t end = now_ns() + (uint64_t)timeout_ms * 1000000u;
+	uint64_t end = clock_now_ns() + (uint64_t)timeout_ms * 1000000u;
 	int killed = 0;
 	bool left;
 
@@ -259,7 +256,7 @@ spawn_stop(struct spawn *s, uint32_t timeout_ms)
 			struct timespec ts = { 0, 10 * 1000000 };
 			nanosleep(&ts, NULL);
 		}
-	} while (left && now_ns() < end);
+	} while (left && clock_now_ns() < end);
 	for (uint32_t i = 0; i < s->n; i++) {
 		struct child *c = &s->c[i];
 		int status;

@@ -1,7 +1,4 @@
-/* Router statistics: the Prometheus registry and its updates, the routing
- * observer (per-policy balance and cost, per-expert load), and the JSON of
- * /v1/stats and /v1/placement.  Updates come from the engine thread; the
- * loop thread reads under stats_mu. */
+/* Router statistics and the observability JSON.  See stats.h. */
 #include <cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -9,52 +6,84 @@
 #include <string.h>
 
 #include "cluster.h"
+#include "dispatch.h"
 #include "err.h"
 #include "metrics.h"
 #include "route.h"
 #include "router.h"
+#include "stats.h"
 
 static const double lat_buckets[] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
 	0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60 };
 #define N_LAT (sizeof(lat_buckets) / sizeof(lat_buckets[0]))
 
+/* Per routing policy statistics, aggregated on the engine thread from the
+ * engine's route observer (under mu). */
+struct route_agg {
+	char name[96];            /* canonical spec, or "other" */
+	uint64_t calls, tokens, pairs, ot_runs, ot_iters, nonfinite, dropped;
+	double maxvio_sum, maxvio_max;
+	double worker_ratio_sum;  /* busiest worker / mean, per call */
+	uint64_t worker_calls;
+	double seconds;
+	struct route_agg *next;
+};
+
+struct stats {
+	struct router *r;
+	struct metrics *metrics;  /* updates from any thread */
+	struct metrics_series *m_running, *m_waiting, *m_prompt, *m_gen,
+	        *m_req_ok, *m_req_fail, *m_req_cancel, *m_steps, *m_kv;
+	struct metrics_series *h_ttft, *h_itl, *h_e2e, *h_queue, *h_step;
+	struct metrics_family *f_expert_tokens, *f_route_tokens, *f_route_secs,
+	        *f_route_ot, *f_route_maxvio, *f_worker_lat, *f_phase, *f_rejected,
+	        *f_worker_up;
+	struct metrics_series **s_expert_tokens; /* [L * E] */
+	struct metrics_series *worker_up[256]; /* the id holding each index */
+
+	pthread_mutex_t mu;
+	bool mu_ok;
+	struct route_agg *route_aggs;
+	uint64_t *expert_load;    /* [L * E] tokens per (layer, expert) */
+};
+
 static void
 obs_ttft(void *ud, double s)
 {
-	metrics_observe(((struct router *)ud)->h_ttft, s);
+	metrics_observe(((struct stats *)ud)->h_ttft, s);
 }
 
 static void
 obs_itl(void *ud, double s)
 {
-	metrics_observe(((struct router *)ud)->h_itl, s);
+	metrics_observe(((struct stats *)ud)->h_itl, s);
 }
 
 static void
 obs_e2e(void *ud, double s)
 {
-	metrics_observe(((struct router *)ud)->h_e2e, s);
+	metrics_observe(((struct stats *)ud)->h_e2e, s);
 }
 
 static void
 obs_queue(void *ud, double s)
 {
-	metrics_observe(((struct router *)ud)->h_queue, s);
+	metrics_observe(((struct stats *)ud)->h_queue, s);
 }
 
 static void
 obs_step(void *ud, const struct engine_timing *d, uint32_t tokens)
 {
-	struct router *r = ud;
+	struct stats *st = ud;
 	static const char *const names[] = { "attention", "gate", "route", "experts",
 		"shared_expert", "lm_head" };
 	double v[6] = { d->attn, d->gate, d->route, d->moe, d->shexp, d->head };
 	struct metrics_series *s;
 
-	metrics_observe(r->h_step, d->total);
+	metrics_observe(st->h_step, d->total);
 	for (int i = 0; i < 6; i++) {
 		const char *lv[1] = { names[i] };
-		if (metrics_series(r->f_phase, lv, &s) == 0)
+		if (metrics_series(st->f_phase, lv, &s) == 0)
 			metrics_add(s, v[i]);
 	}
 }
@@ -79,30 +108,55 @@ worker_ratio(const struct router *r, uint32_t layer, const uint32_t *load,
 	return sum > 0 ? mx / (sum / W) : NAN;
 }
 
+/* The aggregate of policy name (stats_mu held): a new one while fewer
+ * than STATS_MAX_POLICIES exist, else the shared "other" one, so the
+ * statistics and the metric labels stay bounded whatever specs clients
+ * send. */
+static struct route_agg *
+route_agg_of(struct stats *st, const char *name)
+{
+	struct route_agg *a;
+	uint32_t n = 0;
+
+	for (a = st->route_aggs; a; a = a->next, n++)
+		if (strcmp(a->name, name) == 0)
+			return a;
+	if (n >= STATS_MAX_POLICIES) {
+		name = "other";
+		for (a = st->route_aggs; a; a = a->next)
+			if (strcmp(a->name, name) == 0)
+				return a;
+	}
+	if ((a = calloc(1, sizeof(*a))) == NULL)
+		return NULL;
+	snprintf(a->name, sizeof(a->name), "%s", name);
+	a->next = st->route_aggs;
+	st->route_aggs = a;
+	return a;
+}
+
 static void
 on_route(void *ud, struct route_policy *p, uint32_t layer, uint32_t n_tok,
         const struct route_info *info, double seconds)
 {
-	struct router *r = ud;
+	struct stats *st = ud;
+	const struct router *r = st->r;
 	uint32_t E = r->model->hp.n_expert;
 	struct route_agg *a;
 	char name[96];
 
-	pthread_mutex_lock(&r->stats_mu);
-	for (a = r->route_aggs; a && a->policy != p; a = a->next)
-		;
-	if (a == NULL && (a = calloc(1, sizeof(*a))) != NULL) {
-		route_format(route_policy_cfg(p), name, sizeof(name));
-		snprintf(a->name, sizeof(a->name), "%s", name);
-		a->policy = p;
-		a->next = r->route_aggs;
-		r->route_aggs = a;
-	}
+	/* by name, not by policy object: the scheduler frees and creates
+	 * policies as requests come and go */
+	if (route_format(route_policy_cfg(p), name, sizeof(name)) != 0)
+		snprintf(name, sizeof(name), "%s", route_kind_name(route_policy_cfg(p)->kind));
+	pthread_mutex_lock(&st->mu);
+	a = route_agg_of(st, name);
 	if (a) {
 		a->calls++;
 		a->tokens += n_tok;
 		a->pairs += info->n_pairs;
 		a->ot_runs += info->ot_ran ? 1 : 0;
+		a->ot_iters += info->ot_iters;
 		a->nonfinite += info->n_nonfinite;
 		a->dropped += info->n_dropped;
 		a->seconds += seconds;
@@ -118,93 +172,101 @@ on_route(void *ud, struct route_policy *p, uint32_t layer, uint32_t n_tok,
 		}
 	}
 	for (uint32_t e = 0; e < E; e++) {
-		r->expert_load[(size_t)layer * E + e] += info->load[e];
-		if (info->load[e] && r->s_expert_tokens)
-			metrics_add(r->s_expert_tokens[(size_t)layer * E + e], info->load[e]);
+		st->expert_load[(size_t)layer * E + e] += info->load[e];
+		if (info->load[e] && st->s_expert_tokens)
+			metrics_add(st->s_expert_tokens[(size_t)layer * E + e], info->load[e]);
 	}
 	if (a) {
 		const char *lv[1] = { a->name };
 		struct metrics_series *s;
-		if (metrics_series(r->f_route_tokens, lv, &s) == 0)
+		if (metrics_series(st->f_route_tokens, lv, &s) == 0)
 			metrics_add(s, n_tok);
-		if (metrics_series(r->f_route_secs, lv, &s) == 0)
+		if (metrics_series(st->f_route_secs, lv, &s) == 0)
 			metrics_add(s, seconds);
-		if (info->ot_ran && metrics_series(r->f_route_ot, lv, &s) == 0)
+		if (info->ot_ran && metrics_series(st->f_route_ot, lv, &s) == 0)
 			metrics_inc(s);
-		if (isfinite(info->maxvio) && metrics_series(r->f_route_maxvio, lv, &s) == 0)
+		if (isfinite(info->maxvio) && metrics_series(st->f_route_maxvio, lv, &s) == 0)
 			metrics_observe(s, info->maxvio);
 	}
-	pthread_mutex_unlock(&r->stats_mu);
+	pthread_mutex_unlock(&st->mu);
 }
 
 #define REG(kind, var, name, help)                                              \
 	do {                                                                    \
 		struct metrics_family *f_;                                      \
-		if ((rc = metrics_##kind(r->metrics, name, help, NULL, 0, &f_)) != 0) \
+		if ((rc = metrics_##kind(st->metrics, name, help, NULL, 0, &f_)) != 0) \
 			return rc;                                              \
 		var = metrics_family_series(f_);                                \
 	} while (0)
 
-int
-stats_init(struct router *r)
+static int
+stats_register(struct stats *st)
 {
-	const struct model_hparams *hp = &r->model->hp;
+	const struct model_hparams *hp = &st->r->model->hp;
 	static const char *const l_policy[] = { "policy" };
 	static const char *const l_phase[] = { "phase" };
 	static const char *const l_expert[] = { "layer", "expert" };
 	static const char *const l_worker[] = { "worker" };
+	static const char *const l_worker_up[] = { "worker", "id", "node" };
+	static const char *const l_reason[] = { "reason" };
 	static const double vio_buckets[] = { 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8 };
 	struct metrics_family *f;
 	int rc;
 
-	pthread_mutex_init(&r->stats_mu, NULL);
-	if ((r->expert_load = calloc((size_t)hp->n_layer * hp->n_expert, sizeof(uint64_t))) == NULL)
+	if ((st->expert_load = calloc((size_t)hp->n_layer * hp->n_expert, sizeof(uint64_t))) == NULL)
 		return EPMOE_ENOMEM;
-	if ((rc = metrics_new(&r->metrics)) != 0)
+	if ((rc = metrics_new(&st->metrics)) != 0)
 		return rc;
-	REG(gauge, r->m_running, "epmoe_requests_running", "Requests being generated");
-	REG(gauge, r->m_waiting, "epmoe_requests_waiting", "Requests waiting for admission");
-	REG(counter, r->m_prompt, "epmoe_prompt_tokens_total", "Prompt tokens processed");
-	REG(counter, r->m_gen, "epmoe_generation_tokens_total", "Tokens generated");
-	REG(counter, r->m_req_ok, "epmoe_requests_total", "Requests submitted");
-	REG(counter, r->m_req_fail, "epmoe_requests_failed_total", "Requests that failed");
-	REG(counter, r->m_req_cancel, "epmoe_requests_cancelled_total", "Requests cancelled by clients");
-	REG(counter, r->m_steps, "epmoe_steps_total", "Engine steps");
-	REG(gauge, r->m_kv, "epmoe_kv_cache_bytes", "KV cache bytes reserved");
+	REG(gauge, st->m_running, "epmoe_requests_running", "Requests being generated");
+	REG(gauge, st->m_waiting, "epmoe_requests_waiting", "Requests waiting for admission");
+	REG(counter, st->m_prompt, "epmoe_prompt_tokens_total", "Prompt tokens processed");
+	REG(counter, st->m_gen, "epmoe_generation_tokens_total", "Tokens generated");
+	REG(counter, st->m_req_ok, "epmoe_requests_total", "Requests submitted");
+	REG(counter, st->m_req_fail, "epmoe_requests_failed_total", "Requests that failed");
+	REG(counter, st->m_req_cancel, "epmoe_requests_cancelled_total", "Requests cancelled by clients");
+	REG(counter, st->m_steps, "epmoe_steps_total", "Engine steps");
+	REG(gauge, st->m_kv, "epmoe_kv_cache_bytes", "KV cache bytes reserved");
 #define HIST(var, name, help)                                                  \
 	do {                                                                   \
-		if ((rc = metrics_histogram(r->metrics, name, help, NULL, 0,   \
+		if ((rc = metrics_histogram(st->metrics, name, help, NULL, 0,   \
 		             lat_buckets, N_LAT, &f)) != 0)                    \
 			return rc;                                             \
 		var = metrics_family_series(f);                                \
 	} while (0)
-	HIST(r->h_ttft, "epmoe_time_to_first_token_seconds", "Time from arrival to the first token");
-	HIST(r->h_itl, "epmoe_inter_token_latency_seconds", "Time between two tokens of a request");
-	HIST(r->h_e2e, "epmoe_e2e_request_latency_seconds", "Time from arrival to the last token");
-	HIST(r->h_queue, "epmoe_request_queue_time_seconds", "Time from arrival to admission");
-	HIST(r->h_step, "epmoe_step_seconds", "Duration of one engine step");
+	HIST(st->h_ttft, "epmoe_time_to_first_token_seconds", "Time from arrival to the first token");
+	HIST(st->h_itl, "epmoe_inter_token_latency_seconds", "Time between two tokens of a request");
+	HIST(st->h_e2e, "epmoe_e2e_request_latency_seconds", "Time from arrival to the last token");
+	HIST(st->h_queue, "epmoe_request_queue_time_seconds", "Time from arrival to admission");
+	HIST(st->h_step, "epmoe_step_seconds", "Duration of one engine step");
 #undef HIST
-	if ((rc = metrics_counter(r->metrics, "epmoe_step_phase_seconds_total",
-	             "Engine time per phase of the forward pass", l_phase, 1, &r->f_phase)) ||
-	        (rc = metrics_counter(r->metrics, "epmoe_routing_tokens_total",
+	if ((rc = metrics_counter(st->metrics, "epmoe_step_phase_seconds_total",
+	             "Engine time per phase of the forward pass", l_phase, 1, &st->f_phase)) ||
+	        (rc = metrics_counter(st->metrics, "epmoe_routing_tokens_total",
 	             "Tokens routed per routing policy (per MoE layer)", l_policy, 1,
-	             &r->f_route_tokens)) ||
-	        (rc = metrics_counter(r->metrics, "epmoe_routing_seconds_total",
-	             "Time spent in the routing policy", l_policy, 1, &r->f_route_secs)) ||
-	        (rc = metrics_counter(r->metrics, "epmoe_routing_ot_runs_total",
+	             &st->f_route_tokens)) ||
+	        (rc = metrics_counter(st->metrics, "epmoe_routing_seconds_total",
+	             "Time spent in the routing policy", l_policy, 1, &st->f_route_secs)) ||
+	        (rc = metrics_counter(st->metrics, "epmoe_routing_ot_runs_total",
 	             "Routing calls where an optimal-transport plan was computed",
-	             l_policy, 1, &r->f_route_ot)) ||
-	        (rc = metrics_histogram(r->metrics, "epmoe_routing_maxvio",
+	             l_policy, 1, &st->f_route_ot)) ||
+	        (rc = metrics_histogram(st->metrics, "epmoe_routing_maxvio",
 	             "MaxVio of expert load per routing call", l_policy, 1, vio_buckets,
-	             sizeof(vio_buckets) / sizeof(vio_buckets[0]), &r->f_route_maxvio)) ||
-	        (rc = metrics_counter(r->metrics, "epmoe_expert_tokens_total",
-	             "Tokens computed per (layer, expert)", l_expert, 2, &r->f_expert_tokens)) ||
-	        (rc = metrics_histogram(r->metrics, "epmoe_worker_request_seconds",
+	             sizeof(vio_buckets) / sizeof(vio_buckets[0]), &st->f_route_maxvio)) ||
+	        (rc = metrics_counter(st->metrics, "epmoe_expert_tokens_total",
+	             "Tokens computed per (layer, expert)", l_expert, 2, &st->f_expert_tokens)) ||
+	        (rc = metrics_counter(st->metrics, "epmoe_requests_rejected_total",
+	             "Generation requests refused, by reason", l_reason, 1,
+	             &st->f_rejected)) ||
+	        (rc = metrics_histogram(st->metrics, "epmoe_worker_request_seconds",
 	             "Round trip of one expert batch to a worker", l_worker, 1,
-	             cluster_hist_bounds_s, CLUSTER_HIST_BUCKETS - 1, &r->f_worker_lat)))
+	             cluster_hist_bounds_s, CLUSTER_HIST_BUCKETS - 1, &st->f_worker_lat)) ||
+	        (rc = metrics_gauge(st->metrics, "epmoe_worker_up",
+	             "1 while the worker (id: its --id, node: its host or container) that holds "
+	             "this worker index is up, 0 once down or replaced", l_worker_up, 3,
+	             &st->f_worker_up)))
 		return rc;
-	r->s_expert_tokens = calloc((size_t)hp->n_layer * hp->n_expert, sizeof(*r->s_expert_tokens));
-	if (r->s_expert_tokens == NULL)
+	st->s_expert_tokens = calloc((size_t)hp->n_layer * hp->n_expert, sizeof(*st->s_expert_tokens));
+	if (st->s_expert_tokens == NULL)
 		return EPMOE_ENOMEM;
 	for (uint32_t l = 0; l < hp->n_layer; l++)
 		for (uint32_t e = 0; e < hp->n_expert; e++) {
@@ -212,33 +274,70 @@ stats_init(struct router *r)
 			const char *lv[2] = { ls, es };
 			snprintf(ls, sizeof(ls), "%u", l);
 			snprintf(es, sizeof(es), "%u", e);
-			if ((rc = metrics_series(r->f_expert_tokens, lv,
-			             &r->s_expert_tokens[(size_t)l * hp->n_expert + e])) != 0)
+			if ((rc = metrics_series(st->f_expert_tokens, lv,
+			             &st->s_expert_tokens[(size_t)l * hp->n_expert + e])) != 0)
 				return rc;
 		}
-	struct sched_observer o = { obs_ttft, obs_itl, obs_e2e, obs_queue, obs_step, r };
+	return 0;
+}
+
+int
+stats_new(struct stats **out, struct router *r)
+{
+	struct stats *st;
+	int rc;
+
+	if ((st = calloc(1, sizeof(*st))) == NULL)
+		return EPMOE_ENOMEM;
+	st->r = r;
+	pthread_mutex_init(&st->mu, NULL);
+	st->mu_ok = true;
+	if ((rc = stats_register(st)) != 0) {
+		stats_free(st);
+		return rc;
+	}
+	struct sched_observer o = { obs_ttft, obs_itl, obs_e2e, obs_queue, obs_step, st };
 	sched_set_observer(r->sched, &o);
-	engine_set_route_observer(r->engine, on_route, r);
+	engine_set_route_observer(r->engine, on_route, st);
+	*out = st;
 	return 0;
 }
 
 void
-stats_fini(struct router *r)
+stats_free(struct stats *st)
 {
-	struct route_agg *a = r->route_aggs;
+	if (st == NULL)
+		return;
+	struct route_agg *a = st->route_aggs;
 	while (a) {
 		struct route_agg *n = a->next;
 		free(a);
 		a = n;
 	}
-	r->route_aggs = NULL;
-	free(r->expert_load);
-	free(r->s_expert_tokens);
-	free(r->worker_of);
-	metrics_free(r->metrics);
-	pthread_mutex_destroy(&r->stats_mu);
+	free(st->expert_load);
+	free(st->s_expert_tokens);
+	metrics_free(st->metrics);
+	if (st->mu_ok)
+		pthread_mutex_destroy(&st->mu);
+	free(st);
 }
 
+void
+stats_count_reject(struct stats *st, int code)
+{
+	const char *lv[1];
+	struct metrics_series *s;
+
+	switch (code) {
+	case EPMOE_EBUSY: lv[0] = "queue_full"; break;
+	case EPMOE_EUNAVAIL: lv[0] = "not_ready"; break;
+	case EPMOE_ECLOSED: lv[0] = "shutting_down"; break;
+	case EPMOE_ENOMEM: lv[0] = "no_memory"; break;
+	default: lv[0] = "invalid"; break;
+	}
+	if (st && st->f_rejected && metrics_series(st->f_rejected, lv, &s) == 0)
+		metrics_inc(s);
+}
 
 /* Brings a counter up to v (the scheduler keeps the cumulative counts). */
 static void
@@ -249,46 +348,141 @@ counter_to(struct metrics_series *s, double v)
 		metrics_add(s, d);
 }
 
-int
-stats_render_metrics(struct router *r, char **out, size_t *len)
+/* The cluster keeps cumulative latency histograms per worker: mirror
+ * them into the registry. */
+static void
+export_worker_latency(struct stats *st)
 {
-	struct sched_stats st;
+	struct cluster *c = st->r->cluster;
+	uint32_t n = cluster_n_workers(c);
+	struct cluster_hist h;
 
-	sched_get_stats(r->sched, &st);
-	metrics_set(r->m_running, st.running);
-	metrics_set(r->m_waiting, st.waiting);
-	counter_to(r->m_prompt, (double)st.prompt_tokens_total);
-	counter_to(r->m_gen, (double)st.generated_tokens_total);
-	counter_to(r->m_req_ok, (double)st.requests_total);
-	counter_to(r->m_req_fail, (double)st.requests_failed);
-	counter_to(r->m_req_cancel, (double)st.requests_cancelled);
-	counter_to(r->m_steps, (double)st.steps_total);
-	metrics_set(r->m_kv, (double)st.kv_bytes_used);
-	if (r->cluster)
-		glue_export_metrics(r);
-	return metrics_render(r->metrics, out, len);
+	for (uint32_t w = 0; w < n; w++) {
+		char lv0[16];
+		const char *lv[1] = { lv0 };
+		struct metrics_series *s;
+		snprintf(lv0, sizeof(lv0), "%u", w);
+		if (cluster_worker_hist(c, w, &h) != 0 ||
+		        metrics_series(st->f_worker_lat, lv, &s) != 0)
+			continue;
+		/* cluster buckets are cumulative, the last one +Inf */
+		uint64_t per[CLUSTER_HIST_BUCKETS];
+		for (int b = 0; b < CLUSTER_HIST_BUCKETS; b++)
+			per[b] = h.bucket[b] - (b ? h.bucket[b - 1] : 0);
+		metrics_hist_load(s, per, h.sum_s);
+	}
+}
+
+/* epmoe_worker_up{worker, id, node}: which worker (container, host)
+ * holds each index now; the series of an id that left its index is set
+ * to 0.  Indices from 256 on are not labelled. */
+static void
+export_worker_up(struct stats *st)
+{
+	cJSON *j = NULL;
+	const cJSON *ws, *w;
+
+	if (cluster_stats_json(st->r->cluster, &j) != 0)
+		return;
+	ws = cJSON_GetObjectItemCaseSensitive(j, "workers");
+	cJSON_ArrayForEach(w, ws) {
+		const cJSON *ix = cJSON_GetObjectItemCaseSensitive(w, "index");
+		const cJSON *id = cJSON_GetObjectItemCaseSensitive(w, "id");
+		const cJSON *node = cJSON_GetObjectItemCaseSensitive(w, "node");
+		const cJSON *state = cJSON_GetObjectItemCaseSensitive(w, "state");
+		char lv0[16];
+		const char *lv[3] = { lv0, NULL, NULL };
+		struct metrics_series *s;
+		int i;
+
+		if (!cJSON_IsNumber(ix) || !cJSON_IsString(id) || id->valuestring[0] == '\0' ||
+		        (i = ix->valueint) < 0 || i >= 256)
+			continue;
+		snprintf(lv0, sizeof(lv0), "%d", i);
+		lv[1] = id->valuestring;
+		lv[2] = cJSON_IsString(node) ? node->valuestring : "";
+		if (metrics_series(st->f_worker_up, lv, &s) != 0)
+			continue;
+		if (st->worker_up[i] && st->worker_up[i] != s)
+			metrics_set(st->worker_up[i], 0);
+		st->worker_up[i] = s;
+		metrics_set(s, cJSON_IsString(state) && strcmp(state->valuestring, "up") == 0);
+	}
+	cJSON_Delete(j);
+}
+
+int
+stats_render_metrics(struct stats *st, char **out, size_t *len)
+{
+	struct sched_stats ss;
+
+	sched_get_stats(st->r->sched, &ss);
+	metrics_set(st->m_running, ss.running);
+	metrics_set(st->m_waiting, ss.waiting);
+	counter_to(st->m_prompt, (double)ss.prompt_tokens_total);
+	counter_to(st->m_gen, (double)ss.generated_tokens_total);
+	counter_to(st->m_req_ok, (double)ss.requests_total);
+	counter_to(st->m_req_fail, (double)ss.requests_failed);
+	counter_to(st->m_req_cancel, (double)ss.requests_cancelled);
+	counter_to(st->m_steps, (double)ss.steps_total);
+	metrics_set(st->m_kv, (double)ss.kv_bytes_used);
+	if (st->r->cluster) {
+		export_worker_latency(st);
+		export_worker_up(st);
+	}
+	return metrics_render(st->metrics, out, len);
+}
+
+/* The "workers" part of /v1/stats: the cluster's view plus the
+ * dispatcher's traffic. */
+static cJSON *
+workers_json(struct router *r)
+{
+	struct dispatch_stats ds;
+	cJSON *j = NULL, *d;
+
+	if (cluster_stats_json(r->cluster, &j) != 0)
+		return NULL;
+	if (r->dispatch == NULL || (d = cJSON_AddObjectToObject(j, "dispatch")) == NULL)
+		return j;
+	dispatch_stats(r->dispatch, &ds);
+	cJSON_AddNumberToObject(d, "calls", (double)ds.calls);
+	cJSON_AddNumberToObject(d, "failures", (double)ds.failures);
+	cJSON_AddNumberToObject(d, "messages", (double)ds.msgs);
+	cJSON_AddNumberToObject(d, "rows_sent", (double)ds.rows_sent);
+	cJSON_AddNumberToObject(d, "bytes_sent", (double)ds.bytes_sent);
+	cJSON_AddNumberToObject(d, "bytes_received", (double)ds.bytes_recv);
+	cJSON_AddNumberToObject(d, "pack_s", ds.t_pack);
+	cJSON_AddNumberToObject(d, "wire_s", ds.t_wire);
+	cJSON_AddNumberToObject(d, "compute_s", ds.t_compute);
+	cJSON_AddNumberToObject(d, "combine_s", ds.t_combine);
+	cJSON_AddNumberToObject(d, "total_s", ds.t_total);
+	return j;
 }
 
 cJSON *
-stats_json(struct router *r)
+stats_json(struct stats *st)
 {
+	struct router *r = st->r;
 	const struct model_hparams *hp = &r->model->hp;
-	struct sched_stats st;
+	struct sched_stats ss;
 	cJSON *j = cJSON_CreateObject(), *o, *arr;
 
 	if (j == NULL)
 		return NULL;
-	sched_get_stats(r->sched, &st);
+	sched_get_stats(r->sched, &ss);
 	o = cJSON_AddObjectToObject(j, "scheduler");
-	cJSON_AddNumberToObject(o, "running", st.running);
-	cJSON_AddNumberToObject(o, "waiting", st.waiting);
-	cJSON_AddNumberToObject(o, "requests_total", (double)st.requests_total);
-	cJSON_AddNumberToObject(o, "requests_failed", (double)st.requests_failed);
-	cJSON_AddNumberToObject(o, "requests_cancelled", (double)st.requests_cancelled);
-	cJSON_AddNumberToObject(o, "prompt_tokens", (double)st.prompt_tokens_total);
-	cJSON_AddNumberToObject(o, "generated_tokens", (double)st.generated_tokens_total);
-	cJSON_AddNumberToObject(o, "steps", (double)st.steps_total);
-	cJSON_AddNumberToObject(o, "kv_cache_bytes", (double)st.kv_bytes_used);
+	cJSON_AddNumberToObject(o, "running", ss.running);
+	cJSON_AddNumberToObject(o, "waiting", ss.waiting);
+	cJSON_AddNumberToObject(o, "slots_used", ss.slots_used);
+	cJSON_AddNumberToObject(o, "policies_cached", ss.policies_cached);
+	cJSON_AddNumberToObject(o, "requests_total", (double)ss.requests_total);
+	cJSON_AddNumberToObject(o, "requests_failed", (double)ss.requests_failed);
+	cJSON_AddNumberToObject(o, "requests_cancelled", (double)ss.requests_cancelled);
+	cJSON_AddNumberToObject(o, "prompt_tokens", (double)ss.prompt_tokens_total);
+	cJSON_AddNumberToObject(o, "generated_tokens", (double)ss.generated_tokens_total);
+	cJSON_AddNumberToObject(o, "steps", (double)ss.steps_total);
+	cJSON_AddNumberToObject(o, "kv_cache_bytes", (double)ss.kv_bytes_used);
 	const struct engine_timing *t = engine_timing(r->engine);
 	o = cJSON_AddObjectToObject(j, "engine_seconds");
 	cJSON_AddNumberToObject(o, "attention", t->attn);
@@ -298,12 +492,10 @@ stats_json(struct router *r)
 	cJSON_AddNumberToObject(o, "shared_expert", t->shexp);
 	cJSON_AddNumberToObject(o, "lm_head", t->head);
 	cJSON_AddNumberToObject(o, "total", t->total);
-	pthread_mutex_lock(&r->stats_mu);
+	pthread_mutex_lock(&st->mu);
 	o = cJSON_AddObjectToObject(j, "routing");
-	for (struct route_agg *a = r->route_aggs; a; a = a->next) {
+	for (struct route_agg *a = st->route_aggs; a; a = a->next) {
 		cJSON *p = cJSON_AddObjectToObject(o, a->name);
-		struct route_stats rs;
-		route_policy_stats((const struct route_policy *)a->policy, &rs);
 		cJSON_AddNumberToObject(p, "calls", (double)a->calls);
 		cJSON_AddNumberToObject(p, "tokens_routed", (double)a->tokens);
 		cJSON_AddNumberToObject(p, "experts_per_token",
@@ -316,7 +508,7 @@ stats_json(struct router *r)
 		else
 			cJSON_AddNullToObject(p, "worker_max_over_mean");
 		cJSON_AddNumberToObject(p, "ot_runs", (double)a->ot_runs);
-		cJSON_AddNumberToObject(p, "ot_iterations", (double)rs.ot_iters);
+		cJSON_AddNumberToObject(p, "ot_iterations", (double)a->ot_iters);
 		cJSON_AddNumberToObject(p, "nonfinite_logits", (double)a->nonfinite);
 		cJSON_AddNumberToObject(p, "dropped_pairs", (double)a->dropped);
 		cJSON_AddNumberToObject(p, "routing_seconds", a->seconds);
@@ -326,12 +518,12 @@ stats_json(struct router *r)
 		cJSON *row = cJSON_CreateArray();
 		for (uint32_t e = 0; e < hp->n_expert; e++)
 			cJSON_AddItemToArray(row, cJSON_CreateNumber(
-			        (double)r->expert_load[(size_t)l * hp->n_expert + e]));
+			        (double)st->expert_load[(size_t)l * hp->n_expert + e]));
 		cJSON_AddItemToArray(arr, row);
 	}
-	pthread_mutex_unlock(&r->stats_mu);
+	pthread_mutex_unlock(&st->mu);
 	if (r->cluster) {
-		cJSON *w = glue_workers_json(r);
+		cJSON *w = workers_json(r);
 		if (w)
 			cJSON_AddItemToObject(j, "workers", w);
 	}
@@ -344,12 +536,52 @@ stats_placement_json(struct router *r)
 	cJSON *j = NULL;
 
 	if (r->cluster)
-		return glue_placement_json(r);
+		return cluster_placement_json(r->cluster, &j) == 0 ? j : NULL;
 	if ((j = cJSON_CreateObject()) == NULL)
 		return NULL;
 	cJSON_AddStringToObject(j, "mode", "local");
 	cJSON_AddNumberToObject(j, "layers", r->model->hp.n_layer);
 	cJSON_AddNumberToObject(j, "experts", r->model->hp.n_expert);
 	cJSON_AddStringToObject(j, "note", "experts run in the router process");
+	return j;
+}
+
+void
+stats_health(struct router *r, struct stats_health *h)
+{
+	struct sched_stats ss;
+
+	memset(h, 0, sizeof(*h));
+	sched_get_stats(r->sched, &ss);
+	h->ok = router_ready(r) && !r->stopping;
+	h->status = r->stopping ? "stopping" : h->ok ? "ok" : "loading";
+	h->running = ss.running;
+	h->waiting = ss.waiting;
+	if (r->cluster) {
+		h->workers_total = cluster_n_workers(r->cluster);
+		h->workers_live = cluster_n_live(r->cluster);
+	}
+}
+
+cJSON *
+stats_health_json(struct router *r, bool *ok)
+{
+	struct stats_health h;
+	cJSON *j = cJSON_CreateObject();
+
+	stats_health(r, &h);
+	*ok = h.ok;
+	if (j == NULL)
+		return NULL;
+	cJSON_AddStringToObject(j, "status", h.status);
+	cJSON_AddStringToObject(j, "model", r->cfg.model_name);
+	cJSON_AddStringToObject(j, "mode", r->cluster ? "distributed" : "local");
+	cJSON_AddNumberToObject(j, "requests_running", h.running);
+	cJSON_AddNumberToObject(j, "requests_waiting", h.waiting);
+	if (r->cluster) {
+		cJSON *pl = stats_placement_json(r);
+		if (pl)
+			cJSON_AddItemToObject(j, "cluster", pl);
+	}
 	return j;
 }

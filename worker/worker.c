@@ -17,6 +17,7 @@
 #include <nng/nng.h>
 #include <nng/supplemental/util/platform.h>
 
+#include "clock.h"
 #include "err.h"
 #include "log.h"
 #include "model.h"
@@ -77,15 +78,6 @@ struct worker {
 	size_t cap_grp, cap_out;
 };
 
-static uint64_t
-now_us(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
 static bool
 stopping(struct worker *w)
 {
@@ -100,7 +92,7 @@ random_u64(void)
 	uint64_t v = 0;
 
 	if (getrandom(&v, sizeof(v), 0) != (ssize_t)sizeof(v))
-		v = now_us() ^ ((uint64_t)getpid() << 32);
+		v = (clock_now_ns() / 1000) ^ ((uint64_t)getpid() << 32);
 	return v ? v : 1;
 }
 
@@ -506,9 +498,9 @@ serve_one(struct worker *w, nng_msg *msg, uint64_t t_recv)
 		        why, NULL, 0, 0, 0);
 		goto reply;
 	}
-	t0 = now_us();
+	t0 = (clock_now_ns() / 1000);
 	rc = compute_batch(w, b, rows);
-	t1 = now_us();
+	t1 = (clock_now_ns() / 1000);
 	if (rc != 0) {
 		snprintf(why, sizeof(why), "expert compute failed: %s",
 		        epmoe_strerror(rc));
@@ -556,7 +548,7 @@ data_loop(struct worker *w)
 			nng_msleep(10);
 			continue;
 		}
-		t_recv = now_us();
+		t_recv = (clock_now_ns() / 1000);
 		if ((rep = serve_one(w, msg, t_recv)) == NULL)
 			continue;
 		if ((rv = nng_sendmsg(w->data, rep, 0)) != 0) {

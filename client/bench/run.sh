@@ -20,6 +20,12 @@ for dt in f32 f16; do
 	fi
 done
 
+# the Q4_K_M copy llama-quantize's preset rules give (epmoe quantize)
+if [ ! -f "$MD/small-q4_k_m.gguf" ]; then
+	echo "bench: writing $MD/small-q4_k_m.gguf (epmoe quantize small-f16.gguf q4_k_m)"
+	"$BIN" quantize "$MD/small-f16.gguf" "$MD/small-q4_k_m.gguf" q4_k_m
+fi
+
 P=512; G=64
 if [ "${EPMOE_BENCH_QUICK:-0}" = 1 ]; then P=64; G=8; fi
 
@@ -32,15 +38,17 @@ echo
 echo "== engine, local mode (--preset small: dim 1024, 8 layers, 8 experts top-2, ff 2816, vocab 32000)"
 printf '%-6s %10s %12s %10s %14s %12s %12s %10s\n' type prefill "prefill" "decode" "weight bytes" "prefill/" "decode/" "peak RSS"
 printf '%-6s %10s %12s %10s %14s %12s %12s %10s\n' "" "tok/s" "GFLOP/s" "tok/s" "GB/s" "sgemm" "bandwidth" "MiB"
-for dt in f32 f16; do
+for dt in f32 f16 q4_k_m; do
 	e=$("$BIN" bench engine --model "$MD/small-$dt.gguf" --prompt-tokens $P --gen $G)
 	pf=$(jget "$e" prefill_gflops)
 	wb=$(jget "$e" decode_weight_gbs)
+	eval "pt_$dt=\$(jget \"\$e\" prefill_tok_s); dt_$dt=\$(jget \"\$e\" decode_tok_s); bp_$dt=\$(jget \"\$e\" bytes_per_token)"
 	printf '%-6s %10s %12s %10s %14s %12s %12s %10s\n' "$dt" "$(jget "$e" prefill_tok_s)" "$pf" \
 		"$(jget "$e" decode_tok_s)" "$wb" "$(ratio "$pf" "$gf")" "$(ratio "$wb" "$bw")" \
 		"$(jget "$e" peak_rss_mb)"
 done
 echo "(prefill: one $P-token prompt; decode: batch 1, $G tokens, greedy; targets: prefill/sgemm >= 0.7, decode/bandwidth >= 0.7)"
+echo "q4_k_m / f16: prefill tok/s $(ratio "$pt_q4_k_m" "$pt_f16"), decode tok/s $(ratio "$dt_q4_k_m" "$dt_f16") (weight bytes per token: $(ratio "$bp_q4_k_m" "$bp_f16") of f16's)"
 
 # ---- serving: local experts vs 2 workers on loopback ----
 free_port() {

@@ -8,6 +8,7 @@
 
 #include "chat.h"
 #include "err.h"
+#include "testutil.h"
 #include "tok.h"
 
 /* system, user, assistant, user */
@@ -348,8 +349,6 @@ main(void)
 {
 	Suite *s = suite_create("chat");
 	TCase *tc = tcase_create("core");
-	SRunner *sr;
-	int nf;
 
 	tcase_add_test(tc, chatml_renders_turns_and_generation_prompt);
 	tcase_add_test(tc, llama2_variants_render);
@@ -365,9 +364,5 @@ main(void)
 	tcase_add_test(tc, bad_messages_are_rejected);
 	tcase_add_test(tc, rendered_prompt_tokenizes_markers_as_control_tokens);
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	nf = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return nf == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return tu_run(s);
 }

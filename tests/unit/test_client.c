@@ -237,7 +237,7 @@ START_TEST(request_body_parses_on_the_server_as_given)
 {
 	struct epmoe_gen_params p;
 	const char *stops[] = { "\n\n", "END" };
-	struct oai_config cfg = { models, 1, 4096, 512, 0 };
+	struct oai_config cfg = { models, 1, 512, 0 };
 	struct oai_completion_req r;
 	struct oai_chat_req cr;
 	struct oai_error e;
@@ -264,12 +264,12 @@ START_TEST(request_body_parses_on_the_server_as_given)
 	ck_assert_str_eq(r.model, "tiny");
 	ck_assert_str_eq(r.prompt, "Once upon");
 	ck_assert_int_eq(r.gen.max_tokens, 7);
-	ck_assert_float_eq_tol(r.gen.sample.temperature, 0.5f, 1e-6);
-	ck_assert_float_eq_tol(r.gen.sample.top_p, 0.9f, 1e-6);
-	ck_assert_int_eq(r.gen.sample.top_k, 40);
-	ck_assert_float_eq_tol(r.gen.sample.min_p, 0.05f, 1e-6);
+	ck_assert_double_eq_tol(r.gen.temperature, 0.5, 1e-6);
+	ck_assert_double_eq_tol(r.gen.top_p, 0.9, 1e-6);
+	ck_assert_int_eq(r.gen.top_k, 40);
+	ck_assert_double_eq_tol(r.gen.min_p, 0.05, 1e-6);
 	ck_assert_int_eq(r.gen.has_seed, 1);
-	ck_assert_uint_eq(r.gen.sample.seed, 9007199254740991ull);
+	ck_assert_uint_eq(r.gen.seed, 9007199254740991ull);
 	ck_assert_uint_eq(r.gen.n_stop, 2);
 	ck_assert_str_eq(r.gen.stop[0], "\n\n");
 	ck_assert_str_eq(r.gen.stop[1], "END");
@@ -291,8 +291,8 @@ START_TEST(request_body_parses_on_the_server_as_given)
 	ck_assert_uint_eq(cr.n_messages, 2);
 	ck_assert_int_eq(cr.messages[0].role, OAI_ROLE_SYSTEM);
 	ck_assert_str_eq(cr.messages[1].content, "h\xc3\xa9llo \"q\"");
-	ck_assert_int_eq(cr.gen.max_tokens, -1);
-	ck_assert_float_eq_tol(cr.gen.sample.temperature, 1.0f, 1e-6);
+	ck_assert_int_eq(cr.gen.has_max_tokens, 0);
+	ck_assert_int_eq(cr.gen.has_temperature, 0);
 	ck_assert_int_eq(cr.gen.stream, 0);
 	oai_chat_req_fini(&cr);
 	free(body);

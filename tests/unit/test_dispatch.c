@@ -1068,9 +1068,30 @@ START_TEST(worker_hanging_up_mid_request_fails_the_layer_fast)
 }
 END_TEST
 
+/* Whether process pid catches SIGTERM yet (its handler is installed):
+ * the SigCgt mask of /proc/PID/status. */
+static int
+catches_sigterm(pid_t pid)
+{
+	char path[64], line[256];
+	unsigned long long mask = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%ld/status", (long)pid);
+	if ((f = fopen(path, "r")) == NULL)
+		return 0;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "SigCgt: %llx", &mask) == 1)
+			break;
+	fclose(f);
+	return (mask >> (SIGTERM - 1)) & 1;
+}
+
 /* The test process adopts orphans (subreaper), a child process starts
  * two workers and dies without stopping them: PR_SET_PDEATHSIG must
- * make them exit, cleanly. */
+ * make them exit, cleanly.  The child dies once both workers handle
+ * SIGTERM (a worker still starting up, e.g. under a sanitizer on a busy
+ * machine, would die of the signal instead). */
 START_TEST(spawned_workers_die_with_the_router)
 {
 	int fds[2], status;
@@ -1094,7 +1115,9 @@ START_TEST(spawned_workers_die_with_the_router)
 		if (write(fds[1], p, sizeof(p)) != (ssize_t)sizeof(p))
 			_exit(4);
 		/* no NNG calls in this child: NNG state does not survive fork */
-		usleep(300 * 1000);
+		for (int k = 0; k < 1000 && !(catches_sigterm(p[0]) && catches_sigterm(p[1])); k++)
+			usleep(10 * 1000);
+		usleep(100 * 1000);
 		_exit(0); /* no spawn_stop: the workers are orphaned */
 	}
 	close(fds[1]);

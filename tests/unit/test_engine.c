@@ -29,19 +29,6 @@ struct ref {
 	float *genlogits; /* [n_gen, V] */
 };
 
-static size_t
-parse_ids(const char *s, int32_t *out, size_t cap)
-{
-	size_t n = 0;
-	char *end;
-	while (*s && *s != '\n' && n < cap) {
-		out[n++] = (int32_t)strtol(s, &end, 10);
-		s = end;
-		if (*s == ',')
-			s++;
-	}
-	return n;
-}
 
 static void
 load_ref(const char *name, struct ref *r)
@@ -53,12 +40,12 @@ load_ref(const char *name, struct ref *r)
 	snprintf(f, sizeof(f), "%s.ids.txt", name);
 	txt = tu_read(tu_data(f), NULL);
 	ck_assert_ptr_nonnull(txt);
-	r->n_ids = parse_ids(txt, r->ids, 256);
+	r->n_ids = tu_parse_ids(txt, r->ids, 256);
 	free(txt);
 	snprintf(f, sizeof(f), "%s.gen.txt", name);
 	txt = tu_read(tu_data(f), NULL);
 	ck_assert_ptr_nonnull(txt);
-	r->n_gen = parse_ids(txt, r->gen, 64);
+	r->n_gen = tu_parse_ids(txt, r->gen, 64);
 	free(txt);
 	snprintf(f, sizeof(f), "%s.logits.f32", name);
 	r->logits = tu_read(tu_data(f), &len);
@@ -77,31 +64,7 @@ free_ref(struct ref *r)
 	free(r->genlogits);
 }
 
-static int
-argmax(const float *v, size_t n)
-{
-	size_t b = 0;
-	for (size_t i = 1; i < n; i++)
-		if (v[i] > v[b])
-			b = i;
-	return (int)b;
-}
 
-/* top-1 minus top-2 */
-static float
-margin(const float *v, size_t n)
-{
-	float a = -INFINITY, b = -INFINITY;
-	for (size_t i = 0; i < n; i++) {
-		if (v[i] > a) {
-			b = a;
-			a = v[i];
-		} else if (v[i] > b) {
-			b = v[i];
-		}
-	}
-	return a - b;
-}
 
 /* Compares one row; returns the max abs diff and checks greedy ids. */
 static float
@@ -114,10 +77,10 @@ cmp_row(const float *got, const float *want, size_t V, const char *what, size_t 
 		if (d > md)
 			md = d;
 	}
-	if (margin(want, V) > GREEDY_MARGIN)
-		ck_assert_msg(argmax(got, V) == argmax(want, V),
+	if (tu_margin(want, V) > GREEDY_MARGIN)
+		ck_assert_msg(tu_argmax(got, V) == tu_argmax(want, V),
 		        "%s pos %zu: greedy id %d, llama.cpp %d", what, pos,
-		        argmax(got, V), argmax(want, V));
+		        tu_argmax(got, V), tu_argmax(want, V));
 	return md;
 }
 
@@ -164,7 +127,7 @@ check_model(const char *name, int threads)
 		float d = cmp_row(out, r.genlogits + (g + 1) * V, V, name, r.n_ids + g);
 		if (d > md)
 			md = d;
-		ck_assert_int_eq(argmax(out, V), r.gen[g + 1]);
+		ck_assert_int_eq(tu_argmax(out, V), r.gen[g + 1]);
 	}
 	ck_assert_msg(md <= TOL_GEN, "%s decode: max |diff| %g > %g", name, md, TOL_GEN);
 	ck_assert_uint_eq(s->n_pos, r.n_ids + r.n_gen - 1);

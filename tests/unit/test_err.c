@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "err.h"
+#include "testutil.h"
 
 START_TEST(strerror_names_every_code)
 {
@@ -32,15 +33,9 @@ main(void)
 {
 	Suite *s = suite_create("err");
 	TCase *tc = tcase_create("core");
-	SRunner *sr;
-	int nf;
 
 	tcase_add_test(tc, strerror_names_every_code);
 	tcase_add_test(tc, errno_maps_to_codes);
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	nf = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return nf == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return tu_run(s);
 }

@@ -24,6 +24,7 @@
 
 #include "err.h"
 #include "http.h"
+#include "testutil.h"
 
 /* ---- the server under test, on its own loop thread ---- */
 
@@ -1185,8 +1186,6 @@ main(void)
 {
 	Suite *s = suite_create("http");
 	TCase *tc = tcase_create("core");
-	SRunner *sr;
-	int nf;
 
 	tcase_set_timeout(tc, 30);
 	tcase_add_test(tc, get_returns_body_with_length_and_date);
@@ -1214,9 +1213,5 @@ main(void)
 	tcase_add_test(tc, slow_reader_of_a_stream_is_dropped);
 	tcase_add_test(tc, bad_addresses_and_busy_ports_are_refused);
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	nf = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return nf == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return tu_run(s);
 }

@@ -10,6 +10,7 @@
 
 #include "err.h"
 #include "metrics.h"
+#include "testutil.h"
 
 static char *
 render(struct metrics *m)
@@ -301,8 +302,6 @@ main(void)
 {
 	Suite *s = suite_create("metrics");
 	TCase *tc = tcase_create("core");
-	SRunner *sr;
-	int nf;
 
 	tcase_add_test(tc, counter_renders_help_type_and_value);
 	tcase_add_test(tc, labelled_series_render_in_creation_order_with_escaping);
@@ -313,9 +312,5 @@ main(void)
 	tcase_add_test(tc, invalid_names_labels_and_buckets_are_refused);
 	tcase_add_test(tc, concurrent_updates_are_not_lost);
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	nf = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return nf == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return tu_run(s);
 }

@@ -14,6 +14,7 @@
 #include "err.h"
 #include "gguf.h"
 #include "mkmodel.h"
+#include "testutil.h"
 
 #define SP "\xe2\x96\x81" /* U+2581 */
 
@@ -799,8 +800,6 @@ main(void)
 {
 	Suite *s = suite_create("mkmodel");
 	TCase *tc = tcase_create("core");
-	SRunner *sr;
-	int nf;
 
 	tcase_add_checked_fixture(tc, tmp_setup, tmp_teardown);
 	tcase_add_test(tc, same_seed_gives_identical_bytes_for_every_arch);
@@ -815,9 +814,5 @@ main(void)
 	tcase_add_test(tc, mkmodel_command_writes_the_library_model);
 	tcase_add_test(tc, inspect_prints_metadata_and_tensors_or_the_error);
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	nf = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return nf == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return tu_run(s);
 }

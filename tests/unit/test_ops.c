@@ -11,6 +11,7 @@
 #include "moe.h"
 #include "ops.h"
 #include "pool.h"
+#include "quant.h"
 #include "testutil.h"
 
 static uint64_t rng = 0x9E3779B97F4A7C15ULL;
@@ -156,13 +157,17 @@ START_TEST(attention_matches_reference)
 END_TEST
 
 /* Y = X · Wᵀ for each weight type, small-n and block paths, 1 and 2
- * threads, against double loops over the same (converted) weights. */
+ * threads, against double loops over the same (converted) weights and,
+ * for the block-quantised types, the activations rounded as quant.h
+ * says (so the integer path and the sgemm path must agree). */
 START_TEST(matmul_matches_reference_for_every_type)
 {
 	static const enum dtype types[] = { DTYPE_F32, DTYPE_F16,
-		DTYPE_BF16, DTYPE_Q8_0 };
+		DTYPE_BF16, DTYPE_Q8_0, DTYPE_Q4_0, DTYPE_Q4_1, DTYPE_Q5_0,
+		DTYPE_Q5_1, DTYPE_Q2_K, DTYPE_Q3_K, DTYPE_Q4_K, DTYPE_Q5_K,
+		DTYPE_Q6_K };
 	static const int ns[] = { 1, 3, 11, 12, 40, 130 };
-	uint32_t n_in = 96, n_out = 300;
+	uint32_t n_in = 512, n_out = 300;
 	enum dtype t = types[_i];
 	struct tmat W = { .type = t, .n_in = n_in, .n_out = n_out };
 	float *wf = malloc((size_t)n_in * n_out * 4), *wc = malloc((size_t)n_in * n_out * 4);
@@ -182,17 +187,28 @@ START_TEST(matmul_matches_reference_for_every_type)
 		for (size_t k = 0; k < sizeof(ns) / sizeof(ns[0]); k++) {
 			int n = ns[k], ldx = (int)n_in + 3, ldy = (int)n_out + 5;
 			float *X = malloc((size_t)n * ldx * 4), *Y = malloc((size_t)n * ldy * 4);
+			float *xr = malloc((size_t)n_in * 4);
+			uint8_t *xq = malloc(dtype_row_size(DTYPE_Q8_K, n_in) + 4 * n_in);
 			fill(X, (size_t)n * ldx, 1.0f);
 			ck_assert_int_eq(op_matmul(pool, &W, X, n, ldx, Y, ldy), 0);
-			for (int i = 0; i < n; i++)
+			for (int i = 0; i < n; i++) {
+				quant_act_round(t, X + (size_t)i * ldx, xr, n_in);
+				if (quant_is_weight(t))
+					quant_act_row(quant_act_type(t), X + (size_t)i * ldx, xq, n_in);
 				for (uint32_t j = 0; j < n_out; j++) {
 					double ref = 0;
 					for (uint32_t c = 0; c < n_in; c++)
-						ref += (double)X[i * ldx + c] * wc[j * n_in + c];
+						ref += (double)xr[c] * wc[j * n_in + c];
+					if (quant_is_weight(t)) /* the integer definition */
+						ref = quant_dot_ref(t, (uint8_t *)wd + j * W.row_size,
+						        xq, n_in);
 					ck_assert_msg(fabs(Y[i * ldy + j] - ref) < 1e-4,
 					        "type %s n %d: [%d,%u] %g vs %g", dtype_name(t), n,
 					        i, j, Y[i * ldy + j], ref);
 				}
+			}
+			free(xr);
+			free(xq);
 			free(X);
 			free(Y);
 		}
@@ -346,7 +362,7 @@ main(void)
 	tcase_add_test(tc, softmax_is_stable_and_normalised);
 	tcase_add_test(tc, swiglu_matches_reference);
 	tcase_add_loop_test(tc, attention_matches_reference, 0, 2);
-	tcase_add_loop_test(tc, matmul_matches_reference_for_every_type, 0, 4);
+	tcase_add_loop_test(tc, matmul_matches_reference_for_every_type, 0, 13);
 	tcase_add_test(tc, matmul_multi_equals_separate_products);
 	tcase_add_test(tc, pool_runs_every_thread_once);
 	tcase_add_test(tc, local_experts_match_naive_swiglu);

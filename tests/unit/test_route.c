@@ -12,6 +12,7 @@
 
 #include "err.h"
 #include "route.h"
+#include "testutil.h"
 
 #define TOL 1e-4
 
@@ -1689,8 +1690,6 @@ main(void)
 {
 	Suite *s = suite_create("route");
 	TCase *tc = tcase_create("core");
-	SRunner *sr;
-	int nf;
 
 	tcase_add_test(tc, native_matches_8_1_full_softmax_weights);
 	tcase_add_test(tc, native_matches_8_1_renormalised_weights);
@@ -1738,9 +1737,5 @@ main(void)
 	tcase_add_test(tc, output_buffers_are_reused_once_grown);
 	tcase_add_test(tc, cli_prints_the_routing_as_json);
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	nf = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return nf == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return tu_run(s);
 }

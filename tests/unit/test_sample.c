@@ -11,6 +11,7 @@
 
 #include "err.h"
 #include "sample.h"
+#include "testutil.h"
 
 static struct sample_params
 params(float t, int32_t k, float p, float minp, uint64_t seed)
@@ -753,8 +754,6 @@ main(void)
 	Suite *s = suite_create("sample");
 	TCase *tc = tcase_create("sampler");
 	TCase *ts = tcase_create("stop");
-	SRunner *sr;
-	int nf;
 
 	tcase_add_test(tc, defaults_follow_the_openai_api);
 	tcase_add_test(tc, invalid_params_are_rejected);
@@ -781,9 +780,5 @@ main(void)
 	tcase_add_test(ts, stop_stream_output_equals_text_cut_at_first_stop);
 	suite_add_tcase(s, tc);
 	suite_add_tcase(s, ts);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	nf = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return nf == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return tu_run(s);
 }

@@ -13,6 +13,7 @@
 
 #include "err.h"
 #include "gguf.h"
+#include "testutil.h"
 #include "tok.h"
 #include "tok_int.h"
 
@@ -1374,8 +1375,6 @@ main(void)
 	TCase *spm = tcase_create("spm"), *bpe = tcase_create("bpe");
 	TCase *dec = tcase_create("decode"), *big = tcase_create("size");
 	TCase *gg = tcase_create("gguf");
-	SRunner *sr;
-	int nf;
 
 	tcase_add_test(spm, spm_merges_by_highest_score);
 	tcase_add_test(spm, spm_ties_go_to_the_leftmost_pair);
@@ -1417,9 +1416,5 @@ main(void)
 	suite_add_tcase(s, dec);
 	suite_add_tcase(s, gg);
 	suite_add_tcase(s, big);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	nf = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return nf == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return tu_run(s);
 }

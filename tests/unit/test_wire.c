@@ -16,6 +16,7 @@
 #include <nng/protocol/reqrep0/req.h>
 
 #include "err.h"
+#include "testutil.h"
 #include "wire.h"
 #include "wire_nng.h"
 
@@ -976,8 +977,6 @@ main(void)
 	Suite *s = suite_create("wire");
 	TCase *tc = tcase_create("frames");
 	TCase *tn = tcase_create("nng");
-	SRunner *sr;
-	int nf;
 
 	tcase_add_test(tc, batch_round_trips_with_rows);
 	tcase_add_test(tc, pack_begin_lets_rows_be_written_in_place);
@@ -1005,9 +1004,5 @@ main(void)
 	tcase_add_test(tn, nng_errors_map_to_codes);
 	suite_add_tcase(s, tc);
 	suite_add_tcase(s, tn);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	nf = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return nf == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return tu_run(s);
 }

@@ -1,4 +1,5 @@
 /* Shared test helpers.  See testutil.h. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -58,4 +59,48 @@ tu_run(Suite *s)
 	nf = srunner_ntests_failed(sr);
 	srunner_free(sr);
 	return nf == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
+
+size_t
+tu_parse_ids(const char *s, int32_t *out, size_t cap)
+{
+	size_t n = 0;
+	char *end;
+
+	while (*s && *s != '\n' && n < cap) {
+		out[n++] = (int32_t)strtol(s, &end, 10);
+		if (end == s)
+			break;
+		s = end;
+		if (*s == ',')
+			s++;
+	}
+	return n;
+}
+
+int
+tu_argmax(const float *v, size_t n)
+{
+	size_t b = 0;
+
+	for (size_t i = 1; i < n; i++)
+		if (v[i] > v[b])
+			b = i;
+	return (int)b;
+}
+
+float
+tu_margin(const float *v, size_t n)
+{
+	float a = -INFINITY, b = -INFINITY;
+
+	for (size_t i = 0; i < n; i++) {
+		if (v[i] > a) {
+			b = a;
+			a = v[i];
+		} else if (v[i] > b) {
+			b = v[i];
+		}
+	}
+	return a - b;
 }

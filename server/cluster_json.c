@@ -1,0 +1,157 @@
+/* The cluster's JSON views: GET /v1/placement (the placement and its
+ * workers) and the "workers" part of GET /v1/stats (state, liveness,
+ * traffic and latency per worker).  Read-only over the registry, under
+ * its lock. */
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "clock.h"
+#include "cluster.h"
+#include "cluster_int.h"
+#include "err.h"
+#include "placement.h"
+
+static const char *
+state_name(enum wstate s)
+{
+	return s == W_UP ? "up" : s == W_JOINING ? "joining" :
+	        s == W_DOWN ? "down" : "never";
+}
+
+int
+cluster_placement_json(struct cluster *c, cJSON **out)
+{
+	cJSON *root, *ws;
+	int rc;
+
+	if ((rc = placement_to_json(c->pl, &root)) != 0)
+		return rc;
+	if ((ws = cJSON_AddArrayToObject(root, "workers")) == NULL)
+		goto nomem;
+	pthread_mutex_lock(&c->mu);
+	for (uint32_t i = 0; i < c->W; i++) {
+		const struct cl_worker *w = &c->w[i];
+		cJSON *o = cJSON_CreateObject();
+		if (o == NULL) {
+			pthread_mutex_unlock(&c->mu);
+			goto nomem;
+		}
+		cJSON_AddItemToArray(ws, o);
+		if (!cJSON_AddNumberToObject(o, "index", i) ||
+		        !cJSON_AddStringToObject(o, "id", w->id) ||
+		        !cJSON_AddStringToObject(o, "node", w->node) ||
+		        !cJSON_AddBoolToObject(o, "alive", w->state == W_UP) ||
+		        !cJSON_AddStringToObject(o, "data_url", w->url)) {
+			pthread_mutex_unlock(&c->mu);
+			goto nomem;
+		}
+	}
+	pthread_mutex_unlock(&c->mu);
+	*out = root;
+	return 0;
+nomem:
+	cJSON_Delete(root);
+	return EPMOE_ENOMEM;
+}
+
+static int
+cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+static double
+p99_us(const struct cl_worker *w)
+{
+	uint32_t v[LAT_RING], n = w->lat_n;
+	size_t k;
+
+	if (n == 0)
+		return 0;
+	memcpy(v, w->lat_us, n * sizeof(v[0]));
+	qsort(v, n, sizeof(v[0]), cmp_u32);
+	k = ((size_t)n * 99 + 99) / 100;
+	return v[k > 0 ? k - 1 : 0];
+}
+
+static cJSON *
+worker_json(struct cluster *c, uint32_t i, uint64_t now)
+{
+	const struct cl_worker *w = &c->w[i];
+	cJSON *o = cJSON_CreateObject(), *rep;
+	char boot[24];
+
+	if (o == NULL)
+		return NULL;
+	snprintf(boot, sizeof(boot), "%016" PRIx64, w->boot_id);
+	if (!cJSON_AddNumberToObject(o, "index", i) ||
+	        !cJSON_AddStringToObject(o, "id", w->id) ||
+	        !cJSON_AddStringToObject(o, "node", w->node) ||
+	        !cJSON_AddStringToObject(o, "data_url", w->url) ||
+	        !cJSON_AddBoolToObject(o, "alive", w->state == W_UP) ||
+	        !cJSON_AddStringToObject(o, "state", state_name(w->state)) ||
+	        !cJSON_AddStringToObject(o, "down_reason", w->down_reason) ||
+	        !cJSON_AddStringToObject(o, "boot_id", boot) ||
+	        !cJSON_AddNumberToObject(o, "registrations", (double)w->registrations) ||
+	        !cJSON_AddNumberToObject(o, "threads", w->threads) ||
+	        !cJSON_AddNumberToObject(o, "slots", placement_worker_slots(c->pl, i)) ||
+	        !cJSON_AddNumberToObject(o, "last_heartbeat_age_ms",
+	             w->state == W_NEVER ? -1.0 :
+	             (double)((now - w->last_hb_ns) / 1000000u)) ||
+	        !cJSON_AddNumberToObject(o, "batches", (double)w->batches) ||
+	        !cJSON_AddNumberToObject(o, "tokens", (double)w->tokens) ||
+	        !cJSON_AddNumberToObject(o, "errors", (double)w->errors) ||
+	        !cJSON_AddNumberToObject(o, "latency_mean_us", w->hist.count ?
+	             w->hist.sum_s * 1e6 / (double)w->hist.count : 0.0) ||
+	        !cJSON_AddNumberToObject(o, "latency_p99_us", p99_us(w)) ||
+	        (rep = cJSON_AddObjectToObject(o, "reported")) == NULL ||
+	        !cJSON_AddNumberToObject(rep, "tokens", (double)w->rep_tokens) ||
+	        !cJSON_AddNumberToObject(rep, "batches", (double)w->rep_batches) ||
+	        !cJSON_AddNumberToObject(rep, "compute_us", (double)w->rep_compute_us) ||
+	        !cJSON_AddNumberToObject(rep, "ram_free_bytes", (double)w->rep_ram_free)) {
+		cJSON_Delete(o);
+		return NULL;
+	}
+	return o;
+}
+
+int
+cluster_stats_json(struct cluster *c, cJSON **out)
+{
+	cJSON *root = cJSON_CreateObject(), *ws;
+	uint64_t now = clock_now_ns();
+	uint32_t live = 0;
+
+	if (root == NULL)
+		return EPMOE_ENOMEM;
+	pthread_mutex_lock(&c->mu);
+	for (uint32_t i = 0; i < c->W; i++)
+		live += c->w[i].state == W_UP;
+	if (!cJSON_AddBoolToObject(root, "ready", cluster_ready_locked(c)) ||
+	        !cJSON_AddNumberToObject(root, "epoch", (double)c->pl->epoch) ||
+	        !cJSON_AddNumberToObject(root, "n_workers", c->W) ||
+	        !cJSON_AddNumberToObject(root, "workers_live", live) ||
+	        !cJSON_AddStringToObject(root, "control_url", c->url) ||
+	        !cJSON_AddNumberToObject(root, "control_bad_messages", (double)c->bad_msgs) ||
+	        (ws = cJSON_AddArrayToObject(root, "workers")) == NULL)
+		goto nomem;
+	for (uint32_t i = 0; i < c->W; i++) {
+		cJSON *o = worker_json(c, i, now);
+		if (o == NULL)
+			goto nomem;
+		cJSON_AddItemToArray(ws, o);
+	}
+	pthread_mutex_unlock(&c->mu);
+	*out = root;
+	return 0;
+nomem:
+	pthread_mutex_unlock(&c->mu);
+	cJSON_Delete(root);
+	return EPMOE_ENOMEM;
+}
