@@ -13,6 +13,7 @@
 #                   CPU-capped hosts)
 #   make fuzz       build the libFuzzer targets (clang) and run each for
 #                   FUZZ_SECONDS (default 30) on its seed corpus
+#   make train      the routing study of train/ (hours; python3-torch)
 #   make deps       install the missing Debian packages (apt-get; sudo when
 #                   not root) and say what it installs
 #   make clean      remove build/
@@ -266,8 +267,11 @@ fuzz-seeds: $(LIBS_ALL) $(B)/obj/tests/fuzz/mkseeds.o
 fuzz-only: $(FUZZERS)
 	@EPMOE_BUILD=$(B) FUZZ_SECONDS=$(FUZZ_SECONDS) sh tests/fuzz/run.sh
 
-train:
-	$(MAKE) -C train
+# The routing study (train/README.md): needs the epmoe CLI for its
+# perplexity measurements.
+train: deps
+	@$(MAKE) --no-print-directory $(B)/bin/epmoe
+	$(MAKE) -C train EPMOE=$(abspath $(B)/bin/epmoe)
 
 clean:
 	rm -rf build

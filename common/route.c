@@ -767,18 +767,17 @@ usmoe_group(struct route_policy *p, const float *S, const int32_t *tok,
 		p->mask[p->vidx[q]] = 1;
 	for (uint32_t j = 0; j < n; j++) {
 		const float *U = p->A + (size_t)j * E;
-		double s = 1.0;
+		const uint8_t *mk = p->mask + (size_t)j * E;
+		double s = 0.0;
 
-		if (p->cfg.renorm) {
-			/* USMoE code with norm_topk_prob: U rows divided by
-			 * their full-row sum */
-			s = 0.0;
-			for (int e = 0; e < E; e++)
-				s += U[e];
-		}
 		for (int e = 0; e < E; e++)
-			if (p->mask[(size_t)j * E + e] &&
-			    (rc = pairs_push(p, (uint32_t)tok[j], e,
+			if (p->cfg.uweights == ROUTE_UW_ROWSUM ||
+			    (p->cfg.uweights == ROUTE_UW_RENORM && mk[e]))
+				s += U[e];
+		if (p->cfg.uweights == ROUTE_UW_U || !(s > 0.0))
+			s = 1.0;
+		for (int e = 0; e < E; e++)
+			if (mk[e] && (rc = pairs_push(p, (uint32_t)tok[j], e,
 			    (float)(U[e] / s))) != 0)
 				return rc;
 	}

@@ -12,7 +12,7 @@
  * Spec strings: POLICY[:key=value,...], e.g. "native", "topk:k=1,renorm=1",
  * "capacity:factor=1.25,drop=probs", "expert_choice:c=2",
  * "sinkhorn:xi=1,kernel=capped,iters=100,tol=1e-4", "ssr:p=0.01,seed=7",
- * "ssr:lambda=1.3,workers=4", "usmoe:rate=0.5,budget=0.75",
+ * "ssr:lambda=1.3,workers=4", "usmoe:rate=0.5,budget=0.75,weights=u",
  * "lossfree:u=0.001".  route_print_help() lists every key and default.
  *
  * Threading: a struct route_policy holds scratch buffers and lossfree
@@ -41,6 +41,14 @@ enum route_kernel { ROUTE_KERNEL_EXP = 0, ROUTE_KERNEL_CAPPED = 1 };
 enum route_cost { ROUTE_COST_LOGITS = 0, ROUTE_COST_SOFTMAX = 1 };
 enum route_drop { ROUTE_DROP_POSITION = 0, ROUTE_DROP_PROBS = 1 };
 enum route_score { ROUTE_SCORE_SOFTMAX = 0, ROUTE_SCORE_SIGMOID = 1 };
+/* usmoe gate weights of the chosen pairs (routing.md §6.2). */
+enum route_uweights {
+	ROUTE_UW_MODEL = -1,  /* renorm if the model renormalises top-k, else u */
+	ROUTE_UW_U = 0,       /* U itself (the paper, on models without renorm) */
+	ROUTE_UW_RENORM = 1,  /* U / sum of U over the token's chosen experts */
+	ROUTE_UW_ROWSUM = 2   /* U / its full-row sum (the USMoE code's
+	                       * norm_topk_prob branch) */
+};
 /* When ssr runs its OT step (routing.md "Selective application"). */
 enum route_ssr_sched {
 	ROUTE_SSR_LAMBDA = 0, /* busiest worker of plain top-k > lambda x mean */
@@ -74,6 +82,7 @@ struct route_cfg {
 	/* usmoe (§6) */
 	float rate;
 	float budget;         /* kept pairs = round(budget x T x k) */
+	enum route_uweights uweights;
 	/* lossfree (§2.2) */
 	float u;
 	enum route_score score;

@@ -34,8 +34,8 @@ static const char *const kind_help[ROUTE_N_KINDS] = {
 	"renormalised plan (capped kernel: softmax weights), OT only on "
 	"selected (step, layer)s, plain top-k otherwise (§5)",
 	"Unified Sparse MoE: U = (1-rate)*softmax + rate*(2/E)*sigmoid, the "
-	"top budget*T*k pairs of the group, weights U (renorm=1: U divided "
-	"by its row sum, as the USMoE code does for norm_topk_prob) (§6)",
+	"top budget*T*k pairs of the group, weights from U as the model "
+	"weighs its top-k (§6)",
 	"auxiliary-loss-free bias: select by score + bias, weights from the "
 	"score, bias += u*sign(mean - load) after each call (§2.2)"
 };
@@ -58,13 +58,14 @@ enum key_type { KT_INT, KT_FLOAT, KT_U64, KT_ENUM };
 enum key_id {
 	K_K, K_RENORM, K_FACTOR, K_MIN, K_DROP, K_C, K_KERNEL, K_COST, K_XI,
 	K_ITERS, K_TOL, K_P, K_SEED, K_LAMBDA, K_WORKERS, K_RATE, K_BUDGET,
-	K_U, K_SCORE, K_N
+	K_U, K_SCORE, K_WEIGHTS, K_N
 };
 
 static const char *const drop_names[] = { "position", "probs", NULL };
 static const char *const kernel_names[] = { "exp", "capped", NULL };
 static const char *const cost_names[] = { "logits", "softmax", NULL };
 static const char *const score_names[] = { "softmax", "sigmoid", NULL };
+static const char *const uweights_names[] = { "u", "renorm", "rowsum", NULL };
 
 struct key_desc {
 	const char *name;
@@ -135,6 +136,15 @@ static const struct key_desc keys[K_N] = {
 	    "a number >= 0", "0.001", "bias update rate" },
 	[K_SCORE] = { "score", KT_ENUM, OFF(score), 0, 0, 0, score_names,
 	    NULL, "softmax", "the gate's score function" },
+	/* The paper's U suits models whose gate does not renormalise its
+	 * top-k (those it was run on); a renormalising model fed U gets
+	 * weights summing to well under 1 (routing.md §6.2). */
+	[K_WEIGHTS] = { "weights", KT_ENUM, OFF(uweights), 0, 0, 0,
+	    uweights_names, NULL,
+	    "renorm if the model renormalises its top-k, else u",
+	    "u: U itself; renorm: U divided by its sum over the token's "
+	    "chosen experts; rowsum: U divided by its full-row sum (the "
+	    "USMoE code's norm_topk_prob branch)" },
 };
 
 #define KEYS_END K_N
@@ -147,7 +157,7 @@ static const int kind_keys[ROUTE_N_KINDS][13] = {
 	    K_TOL, KEYS_END },
 	[ROUTE_SSR] = { K_K, K_RENORM, K_KERNEL, K_COST, K_XI, K_ITERS, K_TOL,
 	    K_P, K_SEED, K_LAMBDA, K_WORKERS, KEYS_END },
-	[ROUTE_USMOE] = { K_K, K_RENORM, K_RATE, K_BUDGET, KEYS_END },
+	[ROUTE_USMOE] = { K_K, K_RATE, K_BUDGET, K_WEIGHTS, KEYS_END },
 	[ROUTE_LOSSFREE] = { K_K, K_RENORM, K_U, K_SCORE, KEYS_END },
 };
 
@@ -192,6 +202,7 @@ route_cfg_default(struct route_cfg *cfg, enum route_kind kind)
 	cfg->budget = 1.0f;
 	cfg->u = 0.001f;
 	cfg->score = ROUTE_SCORE_SOFTMAX;
+	cfg->uweights = ROUTE_UW_MODEL;
 }
 
 static void
@@ -454,9 +465,11 @@ route_format(const struct route_cfg *cfg, char *buf, size_t len)
 			    kd->name, *(const uint64_t *)v);
 			break;
 		case KT_ENUM: {
-			int i = *(const int *)v;
+			int i = *(const int *)v, n_names = 0;
 
-			if (i < 0 || i > 1)
+			while (kd->names[n_names] != NULL)
+				n_names++;
+			if (i < 0 || i >= n_names)
 				return EPMOE_EINVAL;
 			w = snprintf(buf + n, len - n, "%c%s=%s", sep, kd->name,
 			    kd->names[i]);
@@ -535,6 +548,8 @@ route_cfg_resolve(const struct route_cfg *cfg, const struct route_model *m,
 		c.k = m->k;
 	if (c.kind == ROUTE_NATIVE || c.renorm < 0)
 		c.renorm = m->renorm;
+	if (c.uweights == ROUTE_UW_MODEL)
+		c.uweights = m->renorm ? ROUTE_UW_RENORM : ROUTE_UW_U;
 	if (!(c.xi > 0.0f))
 		c.xi = c.kernel == ROUTE_KERNEL_CAPPED ? 0.1f : 1.0f;
 	if (c.k > m->n_experts) {

@@ -24,18 +24,26 @@ Parameter layout equals the GGUF layout (a PyTorch [out, in] matrix is a GGUF
 tensor with ne = {in, out}); expert weights are stacked: gate/up
 [E, ff, d], down [E, d, ff].
 
-Training-time routing variants (the `route` argument of MoE.forward):
-  'topk'     plain softmax top-2 (also used for every evaluation);
+Training-time routing modes (the `mode` of MoE.forward, one per layer):
+  'topk'     plain softmax top-2 (also used for every evaluation); with a
+             `noise` std > 0 (training only), Gaussian noise of that std is
+             added to the logits before the top-2 and the weights are the
+             softmax of the two noisy logits (fixed-scale noisy top-k
+             gating, Shazeer et al. 2017 without the trainable noise);
   'bias'     loss-free balancing (Wang et al. 2024, arXiv 2408.15664):
              select top-2 of softmax(S) + b, weights from the unbiased
              scores renormalised; b is a buffer updated outside (train.py);
-  'sinkhorn' SSR step (routing.md section 5): entropic OT plan with a = 1,
-             b = N/E, cost S, temperature xi, log-domain Sinkhorn under
-             no_grad; select top-2 of the plan, weights = plan renormalised
-             over the selected experts.  With the duals f, g held constant,
-             plan[t, e] = exp(f_t + S[t, e]/xi + g_e), so the renormalised
-             weight is softmax_sel(S/xi + g): gradient reaches the router
-             through S but not through the Sinkhorn iterations.
+  'sinkhorn' the OT step of Selective Sinkhorn Routing (routing.md section
+             5): entropic OT plan with a = 1, b = N/E, cost C = S or
+             softmax(S), temperature xi, log-domain Sinkhorn until every
+             column is within tol of its mass or max_iter iterations; select
+             top-2 of the plan, weights = plan renormalised over the two.
+             The duals f, g come out of no_grad iterations, and
+             plan[t, e] = exp(f_t + C[t, e]/xi + g_e), so the renormalised
+             weight is softmax_sel(C/xi + g).  grad='plan': gradient reaches
+             the router through C with the duals held fixed; grad='none': the
+             plan is a constant (the router gets no gradient from this layer
+             on this step, the experts still do).
 """
 import math
 from dataclasses import asdict, dataclass
@@ -88,18 +96,46 @@ def apply_rope(x, cos, sin):
     return torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1).reshape(B, T, H, hd)
 
 
-def sinkhorn_duals(C, xi, n_iter):
+@dataclass
+class OTConfig:
+    """Settings of the 'sinkhorn' mode (train.py --ssr-*)."""
+    cost: str = 'logits'     # 'logits' or 'softmax'
+    xi: float = 1.0
+    max_iter: int = 100
+    tol: float = 1e-4        # relative column residual
+    grad: str = 'plan'       # 'plan' or 'none'
+
+
+def ot_cost(S, cost):
+    if cost == 'logits':
+        return S
+    if cost == 'softmax':
+        return torch.softmax(S, dim=-1)
+    raise ValueError(cost)
+
+
+def sinkhorn_duals(C, xi, max_iter, tol):
     """Log-domain Sinkhorn (routing.md section 0.1) for a = 1 per token and
-    b = N/E per expert.  C [N, E] (no grad).  Returns (f [N], g [E])."""
+    b = N/E per expert.  C [N, E] (no grad).  Stops after the first
+    iteration whose column sums are all within tol x N/E (rows are exact
+    after each row step).  Returns (f [N], g [E], iterations, max relative
+    column error)."""
     N, E = C.shape
     Cx = C.float() / xi
     log_b = math.log(N / E)
     f = torch.zeros(N)
     g = torch.zeros(E)
-    for _ in range(n_iter):
+    err = float('inf')
+    it = 0
+    while it < max_iter:
+        it += 1
         g = log_b - torch.logsumexp(Cx + f[:, None], dim=0)
         f = -torch.logsumexp(Cx + g[None, :], dim=1)
-    return f, g
+        col = torch.exp(torch.logsumexp(Cx + f[:, None], dim=0) + g)
+        err = (col / (N / E) - 1).abs().max().item()
+        if err < tol:
+            break
+    return f, g, it, err
 
 
 class Attention(nn.Module):
@@ -144,10 +180,12 @@ class MoE(nn.Module):
         self.register_buffer('bias', torch.zeros(E), persistent=True)
         self.sinkhorn_log = None
 
-    def route(self, S, mode, xi=1.0, n_iter=10):
+    def route(self, S, mode, ot=None, noise=0.0, gen=None):
         """S [N, E] float32 logits -> (sel [N, k] long, w [N, k])."""
         k = self.cfg.top_k
         if mode == 'topk':
+            if noise > 0.0:
+                S = S + noise * torch.randn(S.shape, generator=gen)
             val, sel = torch.topk(S, k, dim=-1)
             return sel, torch.softmax(val, dim=-1)
         if mode == 'bias':
@@ -156,27 +194,30 @@ class MoE(nn.Module):
             return sel, torch.softmax(S.gather(1, sel), dim=-1)
         if mode == 'sinkhorn':
             with torch.no_grad():
-                f, g = sinkhorn_duals(S.detach(), xi, n_iter)
-                sel = torch.topk(S.detach() / xi + g, k, dim=-1).indices
+                C = ot_cost(S.detach(), ot.cost)
+                f, g, it, err = sinkhorn_duals(C, ot.xi, ot.max_iter, ot.tol)
+                sel = torch.topk(C / ot.xi + g, k, dim=-1).indices
                 if self.sinkhorn_log is not None:  # diagnostics for train.py
-                    plan = torch.exp(S.detach() / xi + f[:, None] + g[None, :])
-                    colerr = (plan.sum(0) / (S.shape[0] / S.shape[1]) - 1).abs().max()
                     plain = torch.topk(S.detach(), k, dim=-1).indices
                     self.sinkhorn_log.append({
-                        'colerr': colerr.item(),
+                        'colerr': err, 'iters': it,
                         'counts_plan': torch.bincount(sel.reshape(-1), minlength=S.shape[1]).tolist(),
                         'counts_plain': torch.bincount(plain.reshape(-1), minlength=S.shape[1]).tolist()})
-            z = S / xi + g
+            if ot.grad == 'none':
+                with torch.no_grad():
+                    z = C / ot.xi + g
+                    return sel, torch.softmax(z.gather(1, sel), dim=-1)
+            z = ot_cost(S, ot.cost) / ot.xi + g
             return sel, torch.softmax(z.gather(1, sel), dim=-1)
         raise ValueError(mode)
 
-    def forward(self, x, mode='topk', stats=None, xi=1.0, n_iter=10):
+    def forward(self, x, mode='topk', stats=None, ot=None, noise=0.0, gen=None):
         cfg = self.cfg
         shape = x.shape
         x = x.reshape(-1, cfg.d_model)
         N, E, k = x.shape[0], cfg.n_expert, cfg.top_k
         S = (x @ self.gate_inp.t()).float()                       # [N, E]
-        sel, w = self.route(S, mode, xi, n_iter)
+        sel, w = self.route(S, mode, ot, noise, gen)
         flat = sel.reshape(-1)
         counts = torch.bincount(flat, minlength=E)
         if stats is not None:
@@ -207,10 +248,10 @@ class Block(nn.Module):
         self.ffn_norm = nn.Parameter(torch.ones(cfg.d_model))
         self.moe = MoE(cfg)
 
-    def forward(self, h, cos, sin, mask, mode, stats, xi, n_iter):
+    def forward(self, h, cos, sin, mask, mode, stats, ot, noise, gen):
         eps = self.cfg.norm_eps
         h = h + self.attn(rmsnorm(h, self.attn_norm, eps), cos, sin, mask)
-        return h + self.moe(rmsnorm(h, self.ffn_norm, eps), mode, stats, xi, n_iter)
+        return h + self.moe(rmsnorm(h, self.ffn_norm, eps), mode, stats, ot, noise, gen)
 
 
 class MoELM(nn.Module):
@@ -245,15 +286,17 @@ class MoELM(nn.Module):
     def n_params(self):
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, ids, modes='topk', stats=None, xi=1.0, n_iter=10):
+    def forward(self, ids, modes='topk', stats=None, ot=None, noise=0.0, gen=None):
         """ids [B, T] -> logits [B, T, V].  modes: one routing mode for
         every layer or a list with one per layer; stats: a list that gets
-        one dict per layer (logits, sel, counts)."""
+        one dict per layer (logits, sel, counts); ot: OTConfig of the
+        'sinkhorn' layers; noise, gen: std and generator of the noise of
+        'topk' layers (0 = none)."""
         if isinstance(modes, str):
             modes = [modes] * self.cfg.n_layer
         h = self.tok_embd[ids]
         for b, mode in zip(self.blocks, modes):
-            h = b(h, self.cos, self.sin, self.mask, mode, stats, xi, n_iter)
+            h = b(h, self.cos, self.sin, self.mask, mode, stats, ot, noise, gen)
         h = rmsnorm(h, self.output_norm, self.cfg.norm_eps)
         w_out = self.tok_embd if self.output is None else self.output
         return h @ w_out.t()

@@ -11,7 +11,7 @@ case "${1:-}" in *.txt) TEXT=$1; shift ;; esac
 [ $# -gt 0 ] || set -- models/kjv-moe-aux.gguf models/kjv-moe-ssr.gguf models/kjv-moe-lossfree.gguf
 CTX=${EPMOE_BENCH_ROUTE_CTX:-256}
 jget() { printf '%s\n' "$1" | sed -n "s/.*\"$2\":\([^,}]*\).*/\1/p"; }
-POLICIES=${EPMOE_BENCH_POLICIES:-"native topk:k=1 capacity:factor=1.25 expert_choice:c=2 sinkhorn sinkhorn:kernel=capped ssr:p=0.01 ssr:lambda=1.3 ssr:lambda=1.0 usmoe usmoe:budget=0.75 lossfree:u=0.001"}
+POLICIES=${EPMOE_BENCH_POLICIES:-"native topk:k=1 capacity:factor=1.25 expert_choice:c=2 sinkhorn sinkhorn:kernel=capped ssr:p=0.01 ssr:lambda=1.3 ssr:lambda=1.0 usmoe:weights=u usmoe usmoe:budget=0.9 usmoe:budget=0.75 usmoe:budget=0.5 lossfree:u=0.001"}
 
 printf '| policy |'
 for m in "$@"; do printf ' %s ppl | MaxVio | w max/mean | exp/tok |' "$(basename "$m" .gguf)"; done

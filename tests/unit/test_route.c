@@ -886,10 +886,58 @@ START_TEST(usmoe_matches_6_5)
 	for (int t = 0; t < 4; t++)
 		ck_assert_uint_eq(tok_mask(&o, t), m6[t]);
 	ck_assert_float_eq_tol(in.experts_per_token, 1.5f, 1e-6f);
-	/* renorm: U divided by its full-row sum (USMoE code) */
-	route1("usmoe:renorm=1", S4, 4, 3, 2, 0, NULL, 0, &o, &in);
+	/* rowsum: U divided by its full-row sum (the USMoE code's
+	 * norm_topk_prob branch) */
+	route1("usmoe:weights=rowsum", S4, 4, 3, 2, 0, NULL, 0, &o, &in);
 	ck_assert(fabs(pair_w(&o, 2, 1) - 0.7656 / (0.2105 + 0.7656 + 0.1996))
 	    < TOL);
+	route_out_fini(&o);
+}
+END_TEST
+
+/* The same selection; the weights follow the model's gate: a model that
+ * renormalises its top-k gets U renormalised over each token's chosen
+ * experts (weights sum to 1 per token), one that does not gets U. */
+START_TEST(usmoe_weights_follow_the_models_convention)
+{
+	static const double U[12] = { 0.6231, 0.3649, 0.2243, 0.5902, 0.2872,
+		0.2699, 0.2105, 0.7656, 0.1996, 0.4727, 0.4273, 0.4067 };
+	static const uint64_t m8[4] = { 3, 3, 2, 7 };
+	static const char *const spec[3] = { "usmoe", "usmoe:weights=renorm",
+		"usmoe:weights=u" };
+	static const int model_renorm[3] = { 1, 0, 1 };
+	static const int expect_renorm[3] = { 1, 1, 0 };
+	struct route_out o;
+	struct route_info in;
+
+	route_out_init(&o);
+	for (int c = 0; c < 3; c++) {
+		route1(spec[c], S4, 4, 3, 2, model_renorm[c], NULL, 0, &o, &in);
+		ck_assert_uint_eq(in.n_pairs, 8);
+		for (int t = 0; t < 4; t++) {
+			double sel = 0.0, sum = 0.0;
+
+			ck_assert_uint_eq(tok_mask(&o, t), m8[t]);
+			for (uint32_t i = o.off[t]; i < o.off[t + 1]; i++)
+				sel += U[t * 3 + o.expert[i]];
+			for (uint32_t i = o.off[t]; i < o.off[t + 1]; i++) {
+				double u = U[t * 3 + o.expert[i]];
+				double want = expect_renorm[c] ? u / sel : u;
+
+				ck_assert_msg(fabs(o.weight[i] - want) < TOL,
+				    "%s (model renorm %d): token %d expert %d "
+				    "weight %f, expected %f", spec[c],
+				    model_renorm[c], t, o.expert[i],
+				    (double)o.weight[i], want);
+				sum += o.weight[i];
+			}
+			if (expect_renorm[c])
+				ck_assert(fabs(sum - 1.0) < TOL);
+		}
+	}
+	/* t2 keeps only expert 1: renormalised, its weight is 1 */
+	route1("usmoe", S4, 4, 3, 2, 1, NULL, 0, &o, &in);
+	ck_assert(fabs(pair_w(&o, 2, 1) - 1.0) < TOL);
 	route_out_fini(&o);
 }
 END_TEST
@@ -1384,6 +1432,10 @@ START_TEST(parse_accepts_the_documented_forms)
 	ck_assert_int_eq(c.kernel, ROUTE_KERNEL_EXP);
 	ck_assert_int_eq(c.k, 0);
 	ck_assert_int_eq(c.renorm, -1);
+	ck_assert_int_eq(route_parse("usmoe", &c, err, 256), 0);
+	ck_assert_int_eq(c.uweights, ROUTE_UW_MODEL);
+	ck_assert_int_eq(route_parse("usmoe:weights=renorm", &c, err, 256), 0);
+	ck_assert_int_eq(c.uweights, ROUTE_UW_RENORM);
 }
 END_TEST
 
@@ -1421,6 +1473,8 @@ START_TEST(parse_rejects_bad_specs_with_clear_messages)
 	expect_reject("ssr:seed=-3,p=0.1", "seed");
 	expect_reject("usmoe:budget=0", "budget");
 	expect_reject("usmoe:rate=2", "rate");
+	expect_reject("usmoe:weights=softmax", "one of: u, renorm, rowsum");
+	expect_reject("usmoe:renorm=1", "keys: k, rate, budget, weights");
 	expect_reject("topk:k=1,k=2", "given twice");
 	expect_reject("topk:k", "expected key=value");
 	expect_reject("topk:", "nothing after");
@@ -1435,7 +1489,8 @@ START_TEST(format_round_trips_through_parse)
 		"capacity:factor=1.1,min=4,drop=probs", "expert_choice:c=0.5",
 		"sinkhorn:kernel=capped,cost=softmax,xi=0.05,iters=30,tol=0",
 		"ssr:p=0.001,seed=18446744073709551615", "ssr:lambda=0,workers=3",
-		"usmoe:rate=0.25,budget=0.8", "lossfree:u=0.01,score=sigmoid" };
+		"usmoe:rate=0.25,budget=0.8", "usmoe:weights=rowsum",
+		"usmoe:budget=0.5,weights=u", "lossfree:u=0.01,score=sigmoid" };
 	char buf[256], err[256];
 
 	for (size_t i = 0; i < sizeof(specs) / sizeof(*specs); i++) {
@@ -1660,6 +1715,7 @@ main(void)
 	tcase_add_test(tc, capped_plan_and_selection_match_0_2);
 	tcase_add_test(tc, capped_balances_counts_when_Tk_is_not_divisible_by_E);
 	tcase_add_test(tc, usmoe_matches_6_5);
+	tcase_add_test(tc, usmoe_weights_follow_the_models_convention);
 	tcase_add_test(tc, usmoe_keeps_exactly_budget_pairs);
 	tcase_add_test(tc, lossfree_oscillates_with_a_large_rate_8_4);
 	tcase_add_test(tc, lossfree_balances_8_4_after_29_updates);
