@@ -4,7 +4,8 @@
  * request TTFT (time to the first text), TPOT (time per output token
  * after the first), ITL (gap between successive chunks), E2E latency,
  * and the totals: requests/s, input and output tokens/s, errors by
- * status.  Prints mean, p50, p90, p99 of each, or one JSON object.
+ * status.  Prints mean, p50, p90, p99 and max of each, or one JSON
+ * object.
  *
  * HTTP: one thread drives up to C streaming transfers with libcurl's
  * multi interface (the SSE and JSON handling of the client library).
@@ -577,7 +578,7 @@ cmp_dbl(const void *a, const void *b)
 
 struct stat {
 	size_t n;
-	double mean, p50, p90, p99;
+	double mean, p50, p90, p99, max;
 };
 
 /* Percentile with linear interpolation between closest ranks (numpy's
@@ -595,7 +596,7 @@ pct(const double *v, size_t n, double q)
 static struct stat
 stat_of(double *v, size_t n)
 {
-	struct stat s = { n, NAN, NAN, NAN, NAN };
+	struct stat s = { n, NAN, NAN, NAN, NAN, NAN };
 	double sum = 0;
 
 	if (n == 0)
@@ -607,6 +608,7 @@ stat_of(double *v, size_t n)
 	s.p50 = pct(v, n, 0.50);
 	s.p90 = pct(v, n, 0.90);
 	s.p99 = pct(v, n, 0.99);
+	s.max = v[n - 1];
 	return s;
 }
 
@@ -623,24 +625,27 @@ json_stat(cJSON *o, const char *name, const struct stat *s)
 		cJSON_AddNullToObject(x, "p50");
 		cJSON_AddNullToObject(x, "p90");
 		cJSON_AddNullToObject(x, "p99");
+		cJSON_AddNullToObject(x, "max");
 		return;
 	}
 	cJSON_AddNumberToObject(x, "mean", s->mean * 1e3);
 	cJSON_AddNumberToObject(x, "p50", s->p50 * 1e3);
 	cJSON_AddNumberToObject(x, "p90", s->p90 * 1e3);
 	cJSON_AddNumberToObject(x, "p99", s->p99 * 1e3);
+	cJSON_AddNumberToObject(x, "max", s->max * 1e3);
 }
 
 static void
 print_stat(const char *name, const struct stat *s)
 {
 	if (s->n == 0) {
-		printf("  %-5s %10s %10s %10s %10s   (no samples)\n", name, "-", "-",
-		        "-", "-");
+		printf("  %-5s %10s %10s %10s %10s %10s   (no samples)\n", name, "-",
+		        "-", "-", "-", "-");
 		return;
 	}
-	printf("  %-5s %10.2f %10.2f %10.2f %10.2f   (%zu samples)\n", name,
-	        s->mean * 1e3, s->p50 * 1e3, s->p90 * 1e3, s->p99 * 1e3, s->n);
+	printf("  %-5s %10.2f %10.2f %10.2f %10.2f %10.2f   (%zu samples)\n", name,
+	        s->mean * 1e3, s->p50 * 1e3, s->p90 * 1e3, s->p99 * 1e3, s->max * 1e3,
+	        s->n);
 }
 
 static int
@@ -777,8 +782,8 @@ report(struct run *run, const char *json_path, int json)
 			printf(" %s: %ld", ek[k].key, ek[k].n);
 		printf("\n  first error: %s\n", run->first_error);
 	}
-	printf("  %-5s %10s %10s %10s %10s   (ms)\n", "", "mean", "p50", "p90",
-	        "p99");
+	printf("  %-5s %10s %10s %10s %10s %10s   (ms)\n", "", "mean", "p50", "p90",
+	        "p99", "max");
 	print_stat("ttft", &s_ttft);
 	print_stat("tpot", &s_tpot);
 	print_stat("itl", &s_itl);

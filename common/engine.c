@@ -647,6 +647,24 @@ route_step(struct engine *e, struct eng_item *items, uint32_t n_items,
 	return 0;
 }
 
+/* After the backend said EPMOE_EUNAVAIL: the items with a token it
+ * could not serve (e->gate is free scratch of at least T bytes here). */
+static void
+mark_unserved(struct engine *e, struct eng_item *items, uint32_t n_items,
+        uint32_t T)
+{
+	uint8_t *mask = (uint8_t *)e->gate;
+
+	if (e->experts->unserved == NULL)
+		return;
+	memset(mask, 0, T);
+	if (e->experts->unserved(e->experts, mask, T) == 0)
+		return;
+	for (uint32_t r = 0; r < T; r++)
+		if (mask[r])
+			items[e->row_item[r]].unserved = true;
+}
+
 static int
 moe_block(struct engine *e, struct eng_item *items, uint32_t n_items,
         const uint32_t *item_row0, uint32_t T, uint32_t il)
@@ -670,8 +688,11 @@ moe_block(struct engine *e, struct eng_item *items, uint32_t n_items,
 	if ((rc = route_step(e, items, n_items, item_row0, T, il, &a)) != 0)
 		return rc;
 	t2 = clock_now();
-	if ((rc = e->experts->run(e->experts, il, e->xn, &a, e->moe)) != 0)
+	if ((rc = e->experts->run(e->experts, il, e->xn, &a, e->moe)) != 0) {
+		if (rc == EPMOE_EUNAVAIL)
+			mark_unserved(e, items, n_items, T);
 		return rc;
+	}
 	t3 = clock_now();
 	e->timing.gate += t1 - t0;
 	e->timing.route += t2 - t1;
@@ -742,6 +763,8 @@ engine_step(struct engine *e, struct eng_item *items, uint32_t n_items)
 	double t_start = clock_now(), t0;
 	int rc;
 
+	for (uint32_t i = 0; i < n_items; i++)
+		items[i].unserved = false;
 	if ((rc = validate(e, items, n_items, &T)) != 0)
 		return rc;
 	if ((rc = grow_step(e, T, n_items)) != 0)

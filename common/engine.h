@@ -62,6 +62,9 @@ struct eng_item {
 	struct route_policy *policy; /* NULL = the engine's default */
 	bool decode;    /* route in the step's decode group (else: as a
 	                   prefill sequence of its own) */
+	bool unserved;  /* out: engine_step returned EPMOE_EUNAVAIL and this
+	                   item's tokens needed an expert no live worker
+	                   serves (the other items may simply run again) */
 };
 
 /* Creates an engine for m (borrowed; must outlive it) with in-process
@@ -98,7 +101,9 @@ void engine_set_route_observer(struct engine *e, engine_route_fn fn, void *ud);
 
 /* Runs one step.  Validates every item first (token ids, context length):
  * EPMOE_EINVAL / EPMOE_ERANGE with nothing changed.  On a backend failure
- * the sequences' positions are left as they were (the step is undone). */
+ * the sequences' positions are left as they were (the step is undone);
+ * on EPMOE_EUNAVAIL the items whose tokens the expert backend could not
+ * serve are marked `unserved` (none marked: the failure concerns all). */
 int engine_step(struct engine *e, struct eng_item *items, uint32_t n_items);
 
 /* Sequences.  eng_seq_new allocates nothing for the cache until needed. */

@@ -30,6 +30,12 @@ struct moe_backend {
 	int (*run)(struct moe_backend *be, uint32_t layer, const float *x,
 	        const struct moe_assign *a, float *out);
 	void (*free)(struct moe_backend *be);
+	/* Optional (NULL: failures are never token-specific).  After run()
+	 * returned EPMOE_EUNAVAIL: sets mask[t] = 1 (mask: n_tok bytes, zeroed
+	 * by the caller) for each token that routed to an expert no live
+	 * worker serves, and returns how many; 0 when the failure was not
+	 * about particular tokens. */
+	uint32_t (*unserved)(struct moe_backend *be, uint8_t *mask, uint32_t n_tok);
 };
 
 /* In-process experts computed with the engine's thread pool.  Borrows m and

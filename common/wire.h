@@ -33,7 +33,7 @@
 #include "epmoe.pb-c.h"
 
 /* Version of the frame layout and of proto/epmoe.proto together. */
-#define EPMOE_PROTO_VERSION 1
+#define EPMOE_PROTO_VERSION 2
 
 #define WIRE_MAGIC "EPMW"
 #define WIRE_FIXED_LEN 16

@@ -1,5 +1,6 @@
-/* Worker registry and control plane of the router (its JSON views are in
- * cluster_json.c).  See cluster.h.
+/* Worker registry, control protocol and fencing of the router (the
+ * placement side is cluster_place.c, the JSON views cluster_json.c).  See
+ * cluster.h.
  *
  * One control thread owns the control REP socket and is the only writer of
  * registrations; the dispatcher (engine thread) and the HTTP loop read
@@ -28,6 +29,7 @@
 #include "cluster_int.h"
 #include "err.h"
 #include "log.h"
+#include "migrate.h"
 #include "model.h"
 #include "netsock.h"
 #include "wire.h"
@@ -35,6 +37,10 @@
 
 #define POLL_MS 100        /* control recv timeout: liveness check period */
 #define CLOSE_MS 2000      /* longest wait for one socket close */
+#define FAST_HB_MS 50      /* report period asked while an order is pending */
+#define HOLD_BASE_MS 500   /* re-registration hold after 2 deadline misses */
+#define HOLD_MAX_MS 30000
+#define HUNG_STREAK 3      /* deadline misses in a row: report it hung */
 
 const double cluster_hist_bounds_s[CLUSTER_HIST_BUCKETS] = {
 	50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3,
@@ -68,7 +74,12 @@ cluster_new(struct cluster **out, const struct cluster_cfg *cfg, char *err,
 	c->m = cfg->model;
 	snprintf(c->url_in, sizeof(c->url_in), "%s", cfg->control_url);
 	snprintf(c->url, sizeof(c->url), "%s", cfg->control_url);
-	c->hb_ms = cfg->heartbeat_ms ? cfg->heartbeat_ms : 1000;
+	c->hb_ms = cfg->heartbeat_ms ? cfg->heartbeat_ms : 500;
+	c->degraded_off = cfg->no_degraded;
+	atomic_init(&c->version, 1);
+	if (gethostname(c->node, sizeof(c->node)) != 0)
+		snprintf(c->node, sizeof(c->node), "localhost");
+	c->node[sizeof(c->node) - 1] = '\0';
 	c->hb_timeout_ms = cfg->heartbeat_timeout_ms ? cfg->heartbeat_timeout_ms :
 	        3 * c->hb_ms;
 	c->boot_id = cfg->boot_id;
@@ -79,7 +90,7 @@ cluster_new(struct cluster **out, const struct cluster_cfg *cfg, char *err,
 		c->boot_id = 1;
 
 	if (cfg->placement_file && *cfg->placement_file) {
-		rc = placement_load_file(&c->pl, cfg->placement_file, hp->n_layer,
+		rc = placement_load_file(&c->home, cfg->placement_file, hp->n_layer,
 		        hp->n_expert, err, err_len);
 	} else if (cfg->experts_per_worker && *cfg->experts_per_worker) {
 		uint32_t *counts, n;
@@ -92,7 +103,7 @@ cluster_new(struct cluster **out, const struct cluster_cfg *cfg, char *err,
 				        cfg->n_workers, n);
 				rc = EPMOE_EINVAL;
 			} else {
-				rc = placement_from_counts(&c->pl, hp->n_layer, hp->n_expert,
+				rc = placement_from_counts(&c->home, hp->n_layer, hp->n_expert,
 				        counts, n, why, sizeof(why));
 			}
 			free(counts);
@@ -100,7 +111,7 @@ cluster_new(struct cluster **out, const struct cluster_cfg *cfg, char *err,
 		if (rc != 0)
 			snprintf(err, err_len, "experts-per-worker: %s", why);
 	} else if (cfg->n_workers) {
-		rc = placement_contiguous(&c->pl, hp->n_layer, hp->n_expert,
+		rc = placement_contiguous(&c->home, hp->n_layer, hp->n_expert,
 		        cfg->n_workers);
 		if (rc == EPMOE_EINVAL)
 			snprintf(err, err_len, "%u workers for a model of %u experts: need 1..%u workers",
@@ -115,7 +126,16 @@ cluster_new(struct cluster **out, const struct cluster_cfg *cfg, char *err,
 		cluster_free(c);
 		return rc;
 	}
-	c->W = c->pl->n_worker;
+	c->W = c->home->n_worker;
+	{
+		/* the committed map starts as a copy of home */
+		struct placement *first;
+		if ((rc = placement_dup(&first, c->home)) != 0 ||
+		        (rc = mig_new(&c->mig, first, c->W)) != 0) {
+			cluster_free(c);
+			return rc;
+		}
+	}
 	if ((c->w = calloc(c->W, sizeof(*c->w))) == NULL) {
 		cluster_free(c);
 		return EPMOE_ENOMEM;
@@ -123,6 +143,8 @@ cluster_new(struct cluster **out, const struct cluster_cfg *cfg, char *err,
 	for (uint32_t i = 0; i < c->W; i++) {
 		c->w[i].c = c;
 		c->w[i].index = i;
+		atomic_init(&c->w[i].outstanding, 0);
+		dl_init(&c->w[i].lat);
 	}
 	*out = c;
 	return 0;
@@ -152,8 +174,10 @@ cluster_start(struct cluster *c)
 		return epmoe_err_from_errno(rc);
 	}
 	c->started = true;
-	log_info("cluster: control socket on %s, waiting for %u workers (placement epoch %" PRIu64 ", %u slots per layer)",
-	        c->url, c->W, c->pl->epoch, c->pl->n_slot);
+	log_info("cluster: control socket on %s, waiting for %u workers (placement epoch %" PRIu64 ", %u slots per layer; heartbeat %u ms, fenced after %u ms of silence%s)",
+	        c->url, c->W, mig_epoch(c->mig), mig_committed(c->mig)->n_slot,
+	        c->hb_ms, c->hb_timeout_ms,
+	        c->degraded_off ? "; no degraded service" : "");
 	return 0;
 }
 
@@ -170,9 +194,6 @@ cluster_free(struct cluster *c)
 	}
 	if (c->ctl_open)
 		netsock_close_bounded(c->ctl, CLOSE_MS);
-	if (c->pl_refs != 0)
-		log_error("cluster: freed while %u placement references are held",
-		        c->pl_refs);
 	for (uint32_t i = 0; c->w && i < c->W; i++) {
 		nng_socket s = c->w[i].sock;
 		bool open;
@@ -191,7 +212,8 @@ cluster_free(struct cluster *c)
 		}
 	}
 	free(c->w);
-	placement_free(c->pl);
+	mig_free(c->mig);
+	placement_free(c->home);
 	pthread_mutex_destroy(&c->mu);
 	free(c);
 }
@@ -226,7 +248,8 @@ cluster_set_event_cb(struct cluster *c, cluster_event_fn fn, void *arg)
 /* ---- events (queued under the lock, delivered by the control thread) ---- */
 
 static void
-push_event(struct cluster *c, uint32_t wi, bool up, const char *reason)
+push_event_hung(struct cluster *c, uint32_t wi, bool up, bool hung,
+        uint32_t silent_ms, const char *reason)
 {
 	struct cl_event *e;
 
@@ -240,8 +263,16 @@ push_event(struct cluster *c, uint32_t wi, bool up, const char *reason)
 	c->ev_n++;
 	e->worker = wi;
 	e->up = up;
+	e->hung = hung;
+	e->silent_ms = silent_ms;
 	snprintf(e->id, sizeof(e->id), "%s", c->w[wi].id);
 	snprintf(e->reason, sizeof(e->reason), "%s", reason);
+}
+
+static void
+push_event(struct cluster *c, uint32_t wi, bool up, const char *reason)
+{
+	push_event_hung(c, wi, up, false, 0, reason);
 }
 
 static void
@@ -267,15 +298,21 @@ fire_events(struct cluster *c)
 			return;
 		for (uint32_t i = 0; fn && i < n; i++) {
 			struct cluster_event ev = { batch[i].worker, batch[i].up,
-				batch[i].id, batch[i].reason };
+				batch[i].hung, batch[i].silent_ms, batch[i].id,
+				batch[i].reason };
 			fn(arg, &ev);
 		}
 	}
 }
 
-/* Marks worker wi down (lock held). */
+static const char *const fence_name[FENCE_N] = {
+	"left", "heartbeat", "connection", "deadline", "error", "stale"
+};
+
+/* Fences worker wi (lock held): down at once, no traffic, must register
+ * again. */
 static void
-mark_down(struct cluster *c, uint32_t wi, const char *reason)
+mark_down(struct cluster *c, uint32_t wi, const char *reason, enum fence cause)
 {
 	struct cl_worker *w = &c->w[wi];
 	bool was_up = w->state == W_UP;
@@ -283,10 +320,20 @@ mark_down(struct cluster *c, uint32_t wi, const char *reason)
 	if (w->state != W_UP && w->state != W_JOINING)
 		return;
 	w->state = W_DOWN;
+	w->cause = cause;
 	snprintf(w->down_reason, sizeof(w->down_reason), "%s", reason);
+	c->fenced[cause]++;
+	/* the outage began when it was last known good, not when we saw it */
+	c->outage_hint_ns = cause == FENCE_HEARTBEAT ? w->last_hb_ns : clock_now_ns();
+	atomic_fetch_add(&c->version, 1);
+	cluster_changed_locked(c);
 	if (was_up) /* a joining worker had no "up" event */
 		push_event(c, wi, false, reason);
-	log_warn("cluster: worker %u (%s) down: %s", wi, w->id, reason);
+	if (cause == FENCE_LEFT)
+		log_info("cluster: worker %u (%s) down: %s", wi, w->id, reason);
+	else
+		log_warn("cluster: worker %u (%s) fenced (%s): %s; it must register again",
+		        wi, w->id, fence_name[cause], reason);
 }
 
 /* ---- control messages ---- */
@@ -311,7 +358,7 @@ reply_init(struct reply *r, struct cluster *c)
 	r->order = so;
 	r->hr.router_boot_id = c->boot_id;
 	r->hr.heartbeat_ms = c->hb_ms;
-	r->hr.placement_epoch = c->pl->epoch;
+	r->hr.placement_epoch = mig_epoch(c->mig);
 	r->hr.reason = r->reason;
 }
 
@@ -331,39 +378,41 @@ refuse(struct reply *r, Epmoe__Status st, const char *fmt, ...)
 	va_end(ap);
 }
 
-/* Attaches worker wi's complete slot set (lock held or placement
- * immutable: it is). */
+/* Attaches the slot order worker wi should get now, if any (lock held):
+ * the complete set after a (re)registration, else the changes still to
+ * make (migrate.h). */
 static int
 reply_order(struct reply *r, struct cluster *c, uint32_t wi)
 {
-	const struct placement *p = c->pl;
-	uint32_t n = placement_worker_slots(p, wi), k = 0;
+	struct mig_order o;
+	int rc;
 
-	r->order.order_id = c->pl->epoch;
-	r->order.epoch = c->pl->epoch;
-	if (n > 0) {
-		r->assign = calloc(n, sizeof(*r->assign));
-		r->assign_p = calloc(n, sizeof(*r->assign_p));
+	if ((rc = mig_order(c->mig, wi, &o)) != 0)
+		return rc;
+	if (o.n_ops == 0 && !o.complete)
+		return 0;
+	if (o.n_ops > 0) {
+		r->assign = calloc(o.n_ops, sizeof(*r->assign));
+		r->assign_p = calloc(o.n_ops, sizeof(*r->assign_p));
 		if (r->assign == NULL || r->assign_p == NULL)
 			return EPMOE_ENOMEM;
 	}
-	for (uint32_t l = 0; l < p->n_layer; l++) {
-		for (uint32_t s = 0; s < p->n_slot; s++) {
-			Epmoe__SlotAssign a = EPMOE__SLOT_ASSIGN__INIT;
-			if (placement_slot_worker(p, l, s) != (int32_t)wi)
-				continue;
-			a.op = EPMOE__SLOT_OP__SLOT_OP_LOAD;
-			a.layer = l;
-			a.slot = s;
-			a.expert = (uint32_t)placement_slot_expert(p, l, s);
-			a.source = EPMOE__WEIGHT_SOURCE__WEIGHT_SOURCE_LOCAL;
-			a.source_url = (char *)"";
-			r->assign[k] = a;
-			r->assign_p[k] = &r->assign[k];
-			k++;
-		}
+	for (uint32_t k = 0; k < o.n_ops; k++) {
+		Epmoe__SlotAssign a = EPMOE__SLOT_ASSIGN__INIT;
+		a.op = o.ops[k].load ? EPMOE__SLOT_OP__SLOT_OP_LOAD :
+		        EPMOE__SLOT_OP__SLOT_OP_FREE;
+		a.layer = o.ops[k].layer;
+		a.expert = o.ops[k].expert;
+		a.slot = o.ops[k].slot < 0 ? 0 : (uint32_t)o.ops[k].slot;
+		a.source = EPMOE__WEIGHT_SOURCE__WEIGHT_SOURCE_LOCAL;
+		a.source_url = (char *)"";
+		r->assign[k] = a;
+		r->assign_p[k] = &r->assign[k];
 	}
-	r->order.n_slots = k;
+	r->order.order_id = ++c->order_seq;
+	r->order.epoch = o.epoch;
+	r->order.complete = o.complete;
+	r->order.n_slots = o.n_ops;
 	r->order.slots = r->assign_p;
 	r->hr.order = &r->order;
 	return 0;
@@ -397,7 +446,7 @@ on_pipe_rem(nng_pipe pipe, nng_pipe_ev ev, void *arg)
 	pthread_mutex_lock(&c->mu);
 	if (w->dialer_open &&
 	        nng_dialer_id(nng_pipe_dialer(pipe)) == nng_dialer_id(w->dialer))
-		mark_down(c, w->index, "data connection lost");
+		mark_down(c, w->index, "data connection lost", FENCE_CONNECTION);
 	pthread_mutex_unlock(&c->mu);
 }
 
@@ -455,6 +504,30 @@ on_hello(struct cluster *c, const Epmoe__WorkerHello *h, struct reply *r)
 		goto refused;
 	}
 	w = &c->w[wi];
+	if ((w->state == W_UP || w->state == W_JOINING) && w->boot_id != h->boot_id) {
+		/* the id of a live worker: not to be taken over */
+		bool first = w->refused_boot != h->boot_id;
+		w->refused_boot = h->boot_id;
+		c->refused_dup++;
+		refuse(r, EPMOE__STATUS__STATUS_BUSY,
+		        "worker id '%.100s' is in use by a live worker (boot %016" PRIx64
+		        ", data %.200s, last heard %" PRIu64 " ms ago)", w->id, w->boot_id,
+		        w->url, (clock_now_ns() - w->last_hb_ns) / 1000000u);
+		pthread_mutex_unlock(&c->mu);
+		if (first)
+			log_warn("cluster: refused worker '%.100s' (boot %016" PRIx64 ", data %.200s): %s",
+			        h->worker_id, h->boot_id, h->data_url, r->reason);
+		return;
+	}
+	if (w->state == W_DOWN && strcmp(w->id, h->worker_id) == 0 &&
+	        w->hold_until_ns > clock_now_ns()) {
+		refuse(r, EPMOE__STATUS__STATUS_BUSY,
+		        "fenced after %u missed deadlines in a row: register again in %" PRIu64 " ms",
+		        w->deadline_streak, (w->hold_until_ns - clock_now_ns()) / 1000000u + 1);
+		pthread_mutex_unlock(&c->mu);
+		log_debug("cluster: worker '%.100s' held back: %s", h->worker_id, r->reason);
+		return;
+	}
 	takeover = w->state != W_NEVER && strcmp(w->id, h->worker_id) != 0;
 	restart = w->state != W_NEVER && !takeover && w->boot_id != h->boot_id;
 	need_dial = !w->dialer_open || w->boot_id != h->boot_id ||
@@ -484,14 +557,16 @@ on_hello(struct cluster *c, const Epmoe__WorkerHello *h, struct reply *r)
 		        h->data_url, epmoe_strerror(rc));
 		goto refused;
 	}
+	pthread_mutex_lock(&c->mu);
+	/* it holds nothing yet: its order is the complete set */
+	mig_worker_reset(c->mig, wi);
 	if ((rc = reply_order(r, c, wi)) != 0) {
+		pthread_mutex_unlock(&c->mu);
 		if (need_dial)
 			nng_dialer_close(dialer);
 		refuse(r, EPMOE__STATUS__STATUS_NO_MEMORY, "out of memory");
 		goto refused;
 	}
-
-	pthread_mutex_lock(&c->mu);
 	if (need_dial) {
 		if (w->dialer_open) {
 			old = w->dialer;
@@ -512,6 +587,13 @@ on_hello(struct cluster *c, const Epmoe__WorkerHello *h, struct reply *r)
 	w->gen++;
 	w->registrations++;
 	w->state = W_JOINING;
+	w->hung_reported = false;
+	if (takeover) {
+		w->deadline_streak = 0;
+		w->hold_until_ns = 0;
+		dl_init(&w->lat);
+	}
+	atomic_fetch_add(&c->version, 1);
 	if (takeover)
 		snprintf(why, sizeof(why), "took the place of %.40s", was);
 	else
@@ -533,6 +615,31 @@ refused:
 	log_warn("cluster: refused worker '%.100s' (%.200s): %s",
 	        h->worker_id ? h->worker_id : "", h->data_url ? h->data_url : "",
 	        r->reason);
+}
+
+/* The slot states a report carries (the answer to the worker's last
+ * order) into the migration state (lock held). */
+static void
+take_slot_states(struct cluster *c, uint32_t wi, const Epmoe__SlotOrderReply *o)
+{
+	for (size_t i = 0; o && i < o->n_slots; i++) {
+		const Epmoe__SlotState *st = o->slots[i];
+		enum mig_slot ms;
+
+		switch (st->status) {
+		case EPMOE__STATUS__STATUS_OK: ms = MIG_READY; break;
+		case EPMOE__STATUS__STATUS_BUSY: ms = MIG_LOADING; break;
+		case EPMOE__STATUS__STATUS_NOT_FOUND: ms = MIG_NONE; break;
+		default:
+			ms = MIG_FAILED;
+			if (mig_state(c->mig, wi, st->layer, st->expert) != MIG_FAILED)
+				log_error("cluster: worker %u could not load layer %u expert %u: status %d (%.200s)",
+				        wi, st->layer, st->expert, st->status,
+				        o->message ? o->message : "");
+			break;
+		}
+		mig_ack(c->mig, wi, st->layer, st->expert, ms);
+	}
 }
 
 static void
@@ -560,14 +667,22 @@ on_report(struct cluster *c, const Epmoe__LoadReport *lr, struct reply *r)
 		r->hr.accepted = true;
 		r->hr.status = EPMOE__STATUS__STATUS_OK;
 		r->hr.worker_index = wi;
-		if (lr->epoch != c->pl->epoch) {
-			rc = reply_order(r, c, wi);
-		} else if (w->state == W_JOINING) {
-			/* it holds the slots of this epoch: routable from now */
+		take_slot_states(c, wi, lr->order_reply);
+		if (w->state == W_JOINING && mig_worker_ready(c->mig, wi)) {
+			/* it holds every slot the committed map gives it:
+			 * routable from now */
 			w->state = W_UP;
+			w->ever_up = true;
+			atomic_fetch_add(&c->version, 1);
+			cluster_changed_locked(c);
 			push_event(c, wi, true, w->join_reason);
-			log_debug("cluster: worker %u (%s) live", wi, w->id);
+			log_info("cluster: worker %u (%s) live (%s)", wi, w->id, w->join_reason);
 		}
+		cluster_advance_locked(c);
+		rc = reply_order(r, c, wi);
+		/* quick reports while it has orders to carry out */
+		if (w->state == W_JOINING || mig_worker_pending(c->mig, wi))
+			r->hr.heartbeat_ms = FAST_HB_MS < c->hb_ms ? FAST_HB_MS : c->hb_ms;
 	}
 	pthread_mutex_unlock(&c->mu);
 	if (rc != 0)
@@ -587,7 +702,7 @@ on_leave(struct cluster *c, const Epmoe__Leave *lv, struct reply *r)
 		refuse(r, EPMOE__STATUS__STATUS_NOT_FOUND, "unknown worker");
 	} else {
 		snprintf(why, sizeof(why), "left: %.120s", lv->reason ? lv->reason : "");
-		mark_down(c, wi, why);
+		mark_down(c, wi, why, FENCE_LEFT);
 		r->hr.accepted = true;
 		r->hr.status = EPMOE__STATUS__STATUS_OK;
 		r->hr.worker_index = wi;
@@ -669,9 +784,19 @@ check_timeouts(struct cluster *c)
 		        now - w->last_hb_ns > lim) {
 			snprintf(why, sizeof(why), "no heartbeat for %" PRIu64 " ms",
 			        (now - w->last_hb_ns) / 1000000u);
-			mark_down(c, i, why);
+			mark_down(c, i, why, FENCE_HEARTBEAT);
+		}
+		/* still silent long after: alive but stuck (or gone without
+		 * closing its connection); whoever started it may kill it */
+		if (w->state == W_DOWN && w->cause != FENCE_LEFT && !w->hung_reported &&
+		        now - w->last_hb_ns > 2 * lim) {
+			uint32_t ms = (uint32_t)((now - w->last_hb_ns) / 1000000u);
+			w->hung_reported = true;
+			snprintf(why, sizeof(why), "hung: no heartbeat for %u ms", ms);
+			push_event_hung(c, i, false, true, ms, why);
 		}
 	}
+	cluster_advance_locked(c);
 	pthread_mutex_unlock(&c->mu);
 }
 
@@ -702,36 +827,6 @@ ctl_main(void *arg)
 
 /* ---- queries ---- */
 
-bool
-cluster_ready_locked(struct cluster *c)
-{
-	const struct placement *p = c->pl;
-
-	for (uint32_t l = 0; l < p->n_layer; l++) {
-		for (uint32_t e = 0; e < p->n_expert; e++) {
-			bool ok = false;
-			for (uint32_t r = 0; !ok && r < placement_expert_copies(p, l, e); r++) {
-				int32_t s = placement_expert_slot(p, l, e, r);
-				ok = c->w[placement_slot_worker(p, l, (uint32_t)s)].state == W_UP;
-			}
-			if (!ok)
-				return false;
-		}
-	}
-	return true;
-}
-
-bool
-cluster_ready(struct cluster *c)
-{
-	bool ok;
-
-	pthread_mutex_lock(&c->mu);
-	ok = cluster_ready_locked(c);
-	pthread_mutex_unlock(&c->mu);
-	return ok;
-}
-
 uint32_t
 cluster_n_live(struct cluster *c)
 {
@@ -757,31 +852,6 @@ cluster_worker_hist(struct cluster *c, uint32_t w, struct cluster_hist *out)
 
 /* ---- dispatcher side ---- */
 
-const struct placement *
-cluster_placement_acquire(struct cluster *c)
-{
-	const struct placement *p;
-
-	pthread_mutex_lock(&c->mu);
-	p = c->pl;
-	c->pl_refs++;
-	pthread_mutex_unlock(&c->mu);
-	return p;
-}
-
-void
-cluster_placement_release(struct cluster *c, const struct placement *p)
-{
-	if (p == NULL)
-		return;
-	pthread_mutex_lock(&c->mu);
-	/* one placement per cluster today; a re-placement will keep retired
-	 * maps on a list until their count drops to zero */
-	if (c->pl_refs > 0)
-		c->pl_refs--;
-	pthread_mutex_unlock(&c->mu);
-}
-
 void
 cluster_peers(struct cluster *c, struct cluster_peer *out, uint32_t n)
 {
@@ -790,13 +860,56 @@ cluster_peers(struct cluster *c, struct cluster_peer *out, uint32_t n)
 		out[i].alive = c->w[i].state == W_UP && c->w[i].sock_open;
 		out[i].sock = c->w[i].sock;
 		out[i].gen = c->w[i].gen;
+		out[i].load = atomic_load(&c->w[i].outstanding);
+		out[i].near = c->w[i].node[0] == '\0' || strcmp(c->w[i].node, c->node) == 0;
 	}
 	pthread_mutex_unlock(&c->mu);
 }
 
+unsigned
+cluster_version(struct cluster *c)
+{
+	return atomic_load(&c->version);
+}
+
+void
+cluster_load_add(struct cluster *c, uint32_t w, int64_t delta)
+{
+	if (w < c->W)
+		atomic_fetch_add(&c->w[w].outstanding, (uint_fast64_t)delta);
+}
+
+uint32_t
+cluster_deadline_ms(struct cluster *c, uint32_t w, uint32_t n_rows,
+        const struct dl_cfg *cfg, uint64_t *p99_us)
+{
+	uint32_t ms;
+
+	if (w >= c->W)
+		return cfg->cap_ms;
+	pthread_mutex_lock(&c->mu);
+	ms = dl_deadline_ms(&c->w[w].lat, n_rows, cfg);
+	if (p99_us)
+		*p99_us = dl_p99_us(&c->w[w].lat, n_rows, cfg->min_samples);
+	pthread_mutex_unlock(&c->mu);
+	return ms;
+}
+
+static enum fence
+fence_of(int err)
+{
+	switch (err) {
+	case EPMOE_ETIMEDOUT: return FENCE_DEADLINE;
+	case EPMOE_ECLOSED: return FENCE_CONNECTION;
+	case EPMOE_ESTATE: return FENCE_STALE;
+	default: return FENCE_ERROR;
+	}
+}
+
 void
 cluster_report(struct cluster *c, uint32_t wi, uint32_t gen,
-        uint64_t latency_ns, uint32_t n_tokens, int err, const char *why)
+        uint64_t latency_ns, uint32_t n_rows, uint32_t n_tokens, int err,
+        const char *why)
 {
 	struct cl_worker *w;
 	double s = (double)latency_ns * 1e-9;
@@ -818,13 +931,42 @@ cluster_report(struct cluster *c, uint32_t wi, uint32_t gen,
 	if (err == 0) {
 		w->batches++;
 		w->tokens += n_tokens;
-	} else {
+		if (w->gen == gen) {
+			dl_observe(&w->lat, n_rows, us);
+			w->deadline_streak = 0;
+		}
+	} else if (w->gen == gen && (w->state == W_UP || w->state == W_JOINING)) {
+		enum fence f = fence_of(err);
 		char r[192];
+
 		w->errors++;
 		snprintf(r, sizeof(r), "request failed: %.160s",
 		        why ? why : epmoe_strerror(err));
-		if (w->gen == gen)
-			mark_down(c, wi, r);
+		if (f == FENCE_DEADLINE) {
+			w->deadline_streak++;
+			if (w->deadline_streak >= 2) {
+				uint64_t ms = (uint64_t)HOLD_BASE_MS << (w->deadline_streak - 2 < 16 ?
+				        w->deadline_streak - 2 : 16);
+				if (ms > HOLD_MAX_MS)
+					ms = HOLD_MAX_MS;
+				w->hold_until_ns = clock_now_ns() + ms * 1000000u;
+			}
+		}
+		mark_down(c, wi, r, f);
+		if (f == FENCE_DEADLINE) /* it stopped answering when sent to */
+			c->outage_hint_ns = clock_now_ns() - latency_ns;
+		cluster_advance_locked(c);
+		if (f == FENCE_DEADLINE && w->deadline_streak >= HUNG_STREAK &&
+		        !w->hung_reported) {
+			char hw[96];
+			w->hung_reported = true;
+			snprintf(hw, sizeof(hw), "hung: %u deadlines missed in a row",
+			        w->deadline_streak);
+			push_event_hung(c, wi, false, true,
+			        (uint32_t)((clock_now_ns() - w->last_hb_ns) / 1000000u), hw);
+		}
+	} else {
+		w->errors++;
 	}
 	pthread_mutex_unlock(&c->mu);
 }

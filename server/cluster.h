@@ -1,5 +1,6 @@
 /* The router's worker registry and control plane: placement, worker
- * registration, liveness and per-worker data sockets.
+ * registration, liveness, fencing, degraded service and per-worker data
+ * sockets.
  *
  * cluster_start() listens on the control URL (REP) and runs one control
  * thread of its own (no libuv): it answers WorkerHello / LoadReport /
@@ -16,15 +17,32 @@
  * registered); a new id takes the lowest index never used, else the lowest
  * index whose worker is down; else it is refused (BUSY).  A hello whose
  * model identity differs from the router's model is refused (INVALID,
- * with the reason).  An accepted worker is "joining" until its first
- * LoadReport carrying the placement epoch (sent right after it applied
- * the slot order of the hello reply); only then is it routable ("up"), so
- * no batch reaches a worker that does not hold its slots yet.  A worker
- * marked down is told to register again at its next heartbeat.
+ * with the reason).  A hello naming the id of a worker that is up or
+ * joining under another boot id is refused (BUSY, logged once per boot
+ * id): a live worker's identity cannot be taken over, a restarted one
+ * gets its place back as soon as the old process is known to be gone.
+ * An accepted worker is "joining" until a report shows every slot of the
+ * committed map on it loaded (migrate.h); only then is it routable ("up"),
+ * so no batch reaches a worker that does not hold its slots yet.
+ *
+ * Fencing: a worker whose heartbeats stop (heartbeat_timeout_ms), whose
+ * data connection closes, or for which the dispatcher reports a failed or
+ * late batch is down at once: no traffic, its heartbeats are refused, and
+ * it must register again (a new registration generation) before it is
+ * used.  After two deadline misses in a row its re-registration waits
+ * (500 ms, doubling per miss, at most 30 s).  A worker silent for twice
+ * the heartbeat timeout, or that missed three deadlines in a row, is
+ * reported "hung" (event) so its owner can kill and restart it.
  *
  * Placement (server/placement.h): contiguous blocks over n_workers, or
- * --experts-per-worker counts, or a placement file; epoch 1.  Static for
- * now; the structures carry replicas and epochs for live re-placement.
+ * --experts-per-worker counts, or a placement file (epoch 1), the "home"
+ * placement.  Changes are applied live through migrate.h (LOAD, READY,
+ * COMMIT, RETIRE with placement epochs).  Degraded service: when some
+ * (layer, expert) of home has no copy on an up worker, the committed map
+ * becomes home plus one copy of each such expert on a live worker
+ * (placement_cover), loaded from the workers' own model files; when the
+ * lost worker is back up, home is committed again and the extra copies
+ * are retired after the last batch that used them.
  *
  * Thread safety: every function below may be called from any thread once
  * cluster_start() has returned (one internal mutex, never held while
@@ -42,6 +60,7 @@
 #include <cjson/cJSON.h>
 #include <nng/nng.h>
 
+#include "deadline.h"
 #include "placement.h"
 
 struct model;
@@ -56,9 +75,11 @@ struct cluster_cfg {
 	const char *placement_file;     /* JSON, format in placement.h */
 	const char *experts_per_worker; /* "a,b,..." contiguous blocks */
 	uint32_t n_workers;             /* contiguous, even split */
-	uint32_t heartbeat_ms;          /* period asked of workers; 0 = 1000 */
+	uint32_t heartbeat_ms;          /* period asked of workers; 0 = 500 */
 	uint32_t heartbeat_timeout_ms;  /* silence -> down; 0 = 3 x period */
 	uint64_t boot_id;               /* 0 = random */
+	bool no_degraded;               /* never re-place a lost worker's
+	                                   experts (wait for it instead) */
 };
 
 /* Validates cfg and builds the placement; err gets a one-line reason on
@@ -92,13 +113,32 @@ uint32_t cluster_n_live(struct cluster *c);
 int cluster_placement_json(struct cluster *c, cJSON **out);
 
 /* GET /v1/stats part: {"ready", "epoch", "n_workers", "workers_live",
- * "control_url", "control_bad_messages", "workers": [{index, id, node,
+ * "control_url", "control_bad_messages", "failover": {"fenced": {cause:
+ * n}, "refused_duplicate_ids", "commits", "transition", "retiring_maps",
+ * "degraded_pairs", "unserved_pairs", "recoveries", "last_recovery_s",
+ * "max_recovery_s"}, "workers": [{index, id, node,
  * data_url, alive, state ("up" | "joining" | "down" | "never"),
  * down_reason, boot_id,
  * registrations, threads, slots, last_heartbeat_age_ms (-1: never),
  * batches, tokens, errors, latency_mean_us, latency_p99_us (recent 512
  * requests), reported {tokens, batches, compute_us, ram_free_bytes}}]}. */
 int cluster_stats_json(struct cluster *c, cJSON **out);
+
+/* Failover counters (what /metrics exports; cluster_stats_json has the
+ * same under "failover"). */
+struct cluster_failover {
+	uint64_t fenced_heartbeat, fenced_connection, fenced_deadline;
+	uint64_t fenced_error, fenced_stale, left;
+	uint64_t refused_duplicate_ids;
+	uint64_t commits;           /* placement maps committed after the first */
+	uint64_t epoch;
+	bool transition;            /* a target is being loaded */
+	uint32_t degraded_pairs;    /* served only by copies outside home */
+	uint32_t unserved_pairs;    /* no live copy now */
+	uint64_t recoveries;        /* times every expert was served again */
+	double recovery_s_total, last_recovery_s, max_recovery_s;
+};
+void cluster_failover(struct cluster *c, struct cluster_failover *out);
 
 /* Per-worker request latency (router-side round trip of a data request,
  * success or failure), for Prometheus: bucket[i] counts requests with
@@ -120,6 +160,10 @@ int cluster_worker_hist(struct cluster *c, uint32_t w, struct cluster_hist *out)
 struct cluster_event {
 	uint32_t worker;     /* index */
 	bool up;             /* registered (again) / went down */
+	bool hung;           /* down and silent for 2 x the heartbeat timeout,
+	                        or 3 deadline misses in a row: kill it if it is
+	                        yours (up is false) */
+	uint32_t silent_ms;  /* hung: how long since its last heartbeat */
 	const char *id;      /* worker id (valid during the call) */
 	const char *reason;  /* "registered", "restarted", "left: ...",
 	                        "no heartbeat for N ms", "request failed: ..." */
@@ -131,6 +175,13 @@ typedef void (*cluster_event_fn)(void *arg, const struct cluster_event *ev);
  * failure reported by the dispatcher are delivered there too, within
  * about 100 ms. */
 void cluster_set_event_cb(struct cluster *c, cluster_event_fn fn, void *arg);
+
+/* Applies placement p live (takes ownership of p, also on failure): it
+ * becomes the home placement; the committed map moves to it (or to its
+ * cover while workers are down) through migrate.h without stopping
+ * service.  Same layers and experts as the model, at most
+ * cluster_n_workers workers, else EPMOE_EINVAL. */
+int cluster_set_placement(struct cluster *c, struct placement *p);
 
 /* ---- for the dispatcher (server/dispatch.c) ---- */
 
@@ -147,15 +198,34 @@ struct cluster_peer {
 	bool alive;
 	nng_socket sock;
 	uint32_t gen;
+	uint64_t load;       /* tokens in flight to it (cluster_load_add) */
+	bool near;           /* on the router's node */
 };
 void cluster_peers(struct cluster *c, struct cluster_peer *out, uint32_t n);
 
-/* Outcome of one data request to worker w of registration gen: latency
- * and tokens for the stats; on failure (err != 0) the worker is marked
- * down with `why` (unless it re-registered since: gen differs), so
- * cluster_ready() reflects it at once and the worker registers again at
- * its next heartbeat if it is still alive. */
+/* Changes on every liveness or placement change: a dispatcher waiting on
+ * replies compares it to know when to look at cluster_peers again. */
+unsigned cluster_version(struct cluster *c);
+
+/* Tokens in flight to worker w (+ at send, - when done or abandoned). */
+void cluster_load_add(struct cluster *c, uint32_t w, int64_t delta);
+
+/* Deadline for a batch of n_rows rows to worker w (deadline.h, from its
+ * recent replies); *p99_us (may be NULL) gets the p99 it used, 0 if
+ * none. */
+uint32_t cluster_deadline_ms(struct cluster *c, uint32_t w, uint32_t n_rows,
+        const struct dl_cfg *cfg, uint64_t *p99_us);
+
+/* Outcome of one data request of n_rows rows to worker w of registration
+ * gen: latency and tokens for the stats (and, on success, the deadline
+ * estimator); on failure (err != 0) the worker is fenced with `why`
+ * (unless it re-registered since: gen differs), so cluster_ready()
+ * reflects it at once and the worker registers again at its next
+ * heartbeat if it is still alive.  err EPMOE_ETIMEDOUT counts as a missed
+ * deadline, EPMOE_ECLOSED as a lost connection, EPMOE_ESTATE as a stale
+ * placement, others as errors. */
 void cluster_report(struct cluster *c, uint32_t w, uint32_t gen,
-        uint64_t latency_ns, uint32_t n_tokens, int err, const char *why);
+        uint64_t latency_ns, uint32_t n_rows, uint32_t n_tokens, int err,
+        const char *why);
 
 #endif

@@ -26,12 +26,27 @@ state_name(enum wstate s)
 int
 cluster_placement_json(struct cluster *c, cJSON **out)
 {
-	cJSON *root, *ws;
+	cJSON *root, *ws, *t = NULL;
+	uint32_t deg, uns;
 	int rc;
 
-	if ((rc = placement_to_json(c->pl, &root)) != 0)
+	pthread_mutex_lock(&c->mu);
+	rc = placement_to_json(cluster_pl(c), &root);
+	if (rc == 0 && mig_target(c->mig) != NULL &&
+	        (rc = placement_to_json(mig_target(c->mig), &t)) != 0)
+		cJSON_Delete(root);
+	cluster_pairs_locked(c, &deg, &uns);
+	pthread_mutex_unlock(&c->mu);
+	if (rc != 0)
 		return rc;
-	if ((ws = cJSON_AddArrayToObject(root, "workers")) == NULL)
+	/* the map being moved to, if a transition is in progress */
+	if (t != NULL)
+		cJSON_AddItemToObject(root, "target", t);
+	else
+		cJSON_AddNullToObject(root, "target");
+	if (!cJSON_AddNumberToObject(root, "degraded_pairs", deg) ||
+	        !cJSON_AddNumberToObject(root, "unserved_pairs", uns) ||
+	        (ws = cJSON_AddArrayToObject(root, "workers")) == NULL)
 		goto nomem;
 	pthread_mutex_lock(&c->mu);
 	for (uint32_t i = 0; i < c->W; i++) {
@@ -100,7 +115,7 @@ worker_json(struct cluster *c, uint32_t i, uint64_t now)
 	        !cJSON_AddStringToObject(o, "boot_id", boot) ||
 	        !cJSON_AddNumberToObject(o, "registrations", (double)w->registrations) ||
 	        !cJSON_AddNumberToObject(o, "threads", w->threads) ||
-	        !cJSON_AddNumberToObject(o, "slots", placement_worker_slots(c->pl, i)) ||
+	        !cJSON_AddNumberToObject(o, "slots", placement_worker_slots(cluster_pl(c), i)) ||
 	        !cJSON_AddNumberToObject(o, "last_heartbeat_age_ms",
 	             w->state == W_NEVER ? -1.0 :
 	             (double)((now - w->last_hb_ns) / 1000000u)) ||
@@ -124,9 +139,11 @@ worker_json(struct cluster *c, uint32_t i, uint64_t now)
 int
 cluster_stats_json(struct cluster *c, cJSON **out)
 {
-	cJSON *root = cJSON_CreateObject(), *ws;
+	cJSON *root = cJSON_CreateObject(), *ws, *fo, *fe;
 	uint64_t now = clock_now_ns();
-	uint32_t live = 0;
+	uint32_t live = 0, deg, uns;
+	static const char *const causes[FENCE_N] = { "left", "heartbeat",
+		"connection", "deadline", "error", "stale" };
 
 	if (root == NULL)
 		return EPMOE_ENOMEM;
@@ -134,11 +151,27 @@ cluster_stats_json(struct cluster *c, cJSON **out)
 	for (uint32_t i = 0; i < c->W; i++)
 		live += c->w[i].state == W_UP;
 	if (!cJSON_AddBoolToObject(root, "ready", cluster_ready_locked(c)) ||
-	        !cJSON_AddNumberToObject(root, "epoch", (double)c->pl->epoch) ||
+	        !cJSON_AddNumberToObject(root, "epoch", (double)mig_epoch(c->mig)) ||
 	        !cJSON_AddNumberToObject(root, "n_workers", c->W) ||
 	        !cJSON_AddNumberToObject(root, "workers_live", live) ||
 	        !cJSON_AddStringToObject(root, "control_url", c->url) ||
 	        !cJSON_AddNumberToObject(root, "control_bad_messages", (double)c->bad_msgs) ||
+	        (fo = cJSON_AddObjectToObject(root, "failover")) == NULL ||
+	        (fe = cJSON_AddObjectToObject(fo, "fenced")) == NULL)
+		goto nomem;
+	for (int i = 0; i < FENCE_N; i++)
+		if (!cJSON_AddNumberToObject(fe, causes[i], (double)c->fenced[i]))
+			goto nomem;
+	cluster_pairs_locked(c, &deg, &uns);
+	if (!cJSON_AddNumberToObject(fo, "refused_duplicate_ids", (double)c->refused_dup) ||
+	        !cJSON_AddNumberToObject(fo, "commits", (double)c->commits) ||
+	        !cJSON_AddBoolToObject(fo, "transition", mig_target(c->mig) != NULL) ||
+	        !cJSON_AddNumberToObject(fo, "retiring_maps", mig_n_retiring(c->mig)) ||
+	        !cJSON_AddNumberToObject(fo, "degraded_pairs", deg) ||
+	        !cJSON_AddNumberToObject(fo, "unserved_pairs", uns) ||
+	        !cJSON_AddNumberToObject(fo, "recoveries", (double)c->recoveries) ||
+	        !cJSON_AddNumberToObject(fo, "last_recovery_s", c->last_recovery_s) ||
+	        !cJSON_AddNumberToObject(fo, "max_recovery_s", c->max_recovery_s) ||
 	        (ws = cJSON_AddArrayToObject(root, "workers")) == NULL)
 		goto nomem;
 	for (uint32_t i = 0; i < c->W; i++) {

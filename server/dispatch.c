@@ -1,4 +1,12 @@
-/* Scatter/gather of one MoE layer over the workers.  See dispatch.h. */
+/* Scatter/gather of one MoE layer over the workers, with re-dispatch,
+ * adaptive deadlines and hedging.  See dispatch.h.
+ *
+ * One call: groups (one per expert used) -> requests (one per worker,
+ * then re-sends and hedges) -> replies claimed by groups -> combine.
+ * The NNG completion callback only records the result and signals; every
+ * decision and every NNG operation is made on the calling thread, so a
+ * request is never cancelled while another thread posts on its aio. */
+#include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdbool.h>
@@ -12,55 +20,112 @@
 
 #include "clock.h"
 #include "cluster.h"
+#include "deadline.h"
 #include "dispatch.h"
 #include "err.h"
 #include "log.h"
 #include "model.h"
 #include "netsock.h"
 #include "placement.h"
+#include "replica.h"
 #include "wire.h"
 #include "wire_nng.h"
 
-enum { P_IDLE = 0, P_SEND, P_RECV, P_DONE, P_FAILED };
+#define POLL_MS 50            /* look at the cluster's view this often */
+#define MAX_MSGS 4096         /* requests of one call, a bound on loops */
 
-/* Per worker: its REQ context, aio, reply, and the batch being built. */
-struct peer {
+enum { M_IDLE = 0, M_SEND, M_RECV, M_DONE, M_FAILED };
+enum { G_PENDING = 0, G_DONE, G_LOST };
+
+/* One request of the call (reused across calls). */
+struct dmsg {
+	struct dispatch *ds;
+	nng_aio *aio;
 	nng_ctx ctx;
 	bool ctx_open;
-	int sock_id;          /* socket the context belongs to */
-	nng_aio *aio;
-	nng_msg *spare;       /* last reply, reused as the next request */
-	nng_msg *reply;
-	Epmoe__ExpertResult *res;
-	const float *rows;    /* reply rows, [n_rows, d] */
+	int sock_id;
+	/* set by the callback under ds->mu */
+	bool completed;
+	int rv;
+	struct dmsg *next_done;
+	/* the calling thread's */
 	int state;
+	bool inflight;        /* an operation is posted on aio */
+	bool abandon;         /* given up by us: no report, no re-send */
+	bool fenced;          /* its worker was fenced meanwhile */
+	bool local;           /* failed here (memory, context): not the worker's fault */
+	bool is_hedge;
+	int twin;             /* hedge pair, -1 */
+	uint32_t worker, gen, attempt;
 	uint64_t batch_id;
-	uint32_t gen;
-	uint64_t t_send;
-
-	uint32_t last_tok;    /* while building: last token given a row */
-	uint32_t n_rows, n_entries, n_groups;
-	uint32_t cap_rows, cap_entries, cap_groups;
+	uint64_t t_send, deadline_ns, hedge_ns;
+	bool has_alt;         /* every group has another live copy */
+	bool pairs;           /* one output row per entry */
+	uint32_t *grp, n_grp; /* group indices, expert order */
+	uint32_t n_rows, n_entries;
+	uint32_t cap_grp, cap_entries;
 	uint32_t *row_tok;    /* [n_rows] token of each message row */
+	uint32_t *gather;     /* [n_entries] message row of each entry */
+	uint32_t *combine;    /* [n_entries] output row of each entry */
 	float *weights;       /* [n_entries] */
-	uint32_t *combine;    /* [n_entries] message row of each entry */
 	Epmoe__ExpertGroup *groups;
 	Epmoe__ExpertGroup **gp;
+	nng_msg *spare;       /* a buffer to pack the next request into */
+	nng_msg *reply;
+	Epmoe__ExpertResult *res;
+	const float *rows;
+};
+
+struct group {
+	uint32_t expert;
+	uint32_t first, n;    /* its pairs: ds->order[first .. first + n) */
+	int done_msg;         /* request whose reply holds it, -1 */
+	uint32_t entry0;      /* its first entry in that request */
+	uint8_t state;
 };
 
 struct dispatch {
 	struct moe_backend be;
 	struct cluster *c;
 	const struct model *m;
-	uint32_t W, d, deadline_ms;
-	struct peer *p;
-	struct cluster_peer *cp;
+	uint32_t W, d, L;
+	struct dispatch_cfg cfg;
+	struct dl_cfg dl;
+	struct replica_ctx rc;
 	uint64_t next_batch_id;
 
-	uint32_t *pair_slot, *pair_row, *order;
+	pthread_mutex_t mu;   /* completions */
+	pthread_cond_t cv;
+	struct dmsg *done_head;
+
+	struct dmsg **msg;
+	uint32_t n_msg, cap_msg;
+	struct cluster_peer *cp;
+	uint64_t *load;       /* [W] outstanding tokens, plus this call's */
+	bool *bad;            /* [W] failed in this call */
+	bool *near;           /* [W] on the router's node */
+	uint32_t *cand_w;     /* [W] candidates of a pick */
+	int32_t *cand_s;
+
+	/* the call's routing, grouped */
+	const struct placement *pl;
+	uint32_t layer;
+	const struct moe_assign *a;
+	const float *x;
+	uint32_t *order;      /* [n_pairs] pair indices grouped by expert */
+	uint32_t *pair_tok;   /* [n_pairs] token of each pair */
+	uint32_t *pair_grp;   /* [n_pairs] group of each pair */
+	uint32_t *pair_pos;   /* [n_pairs] position in its group */
 	size_t cap_pairs;
-	uint32_t *slot_count;
-	uint32_t cap_slots;
+	uint32_t *ecount;     /* [E + 1] */
+	struct group *grp;
+	uint32_t n_grp, cap_grp;
+	uint32_t *tok_row;    /* [T] row of a token in the request being built */
+	uint32_t *tok_stamp;  /* [T] which build tok_row belongs to */
+	uint32_t stamp;
+	uint8_t *unserved;    /* [T] */
+	uint32_t cap_tok, n_unserved;
+	bool pairs_mode;
 
 	pthread_mutex_t smu;
 	struct dispatch_stats st;
@@ -84,380 +149,859 @@ grow(void **arr, uint32_t *cap, size_t n, size_t sz)
 	return 0;
 }
 
-static int
-peer_reserve(struct peer *p, size_t rows, size_t entries, size_t groups)
-{
-	uint32_t c;
+/* ---- completions (NNG threads) ---- */
 
-	if (rows > p->cap_rows &&
-	        grow((void **)&p->row_tok, &p->cap_rows, rows, sizeof(uint32_t)))
-		return EPMOE_ENOMEM;
-	if (entries > p->cap_entries) {
-		c = p->cap_entries;
-		if (grow((void **)&p->weights, &c, entries, sizeof(float)))
-			return EPMOE_ENOMEM;
-		c = p->cap_entries;
-		if (grow((void **)&p->combine, &c, entries, sizeof(uint32_t)))
-			return EPMOE_ENOMEM;
-		p->cap_entries = c;
-	}
-	if (groups > p->cap_groups) {
-		c = p->cap_groups;
-		if (grow((void **)&p->groups, &c, groups, sizeof(*p->groups)))
-			return EPMOE_ENOMEM;
-		c = p->cap_groups;
-		if (grow((void **)&p->gp, &c, groups, sizeof(*p->gp)))
-			return EPMOE_ENOMEM;
-		p->cap_groups = c;
-	}
-	return 0;
+static void
+on_aio(void *arg)
+{
+	struct dmsg *m = arg;
+	struct dispatch *ds = m->ds;
+
+	pthread_mutex_lock(&ds->mu);
+	m->rv = nng_aio_result(m->aio);
+	m->completed = true;
+	m->next_done = ds->done_head;
+	ds->done_head = m;
+	pthread_cond_signal(&ds->cv);
+	pthread_mutex_unlock(&ds->mu);
 }
 
-static int
-reserve_pairs(struct dispatch *ds, size_t n_pairs, uint32_t n_slots)
+/* ---- requests ---- */
+
+static void
+msg_release(struct dmsg *m)
 {
-	if (n_pairs > ds->cap_pairs) {
-		size_t c = ds->cap_pairs ? ds->cap_pairs : 64;
-		uint32_t *a, *b, *o;
-		while (c < n_pairs)
-			c *= 2;
-		a = realloc(ds->pair_slot, c * sizeof(*a));
+	if (m->res != NULL) {
+		protobuf_c_message_free_unpacked(&m->res->base, NULL);
+		m->res = NULL;
+	}
+	if (m->reply != NULL) {
+		if (m->spare != NULL)
+			nng_msg_free(m->spare);
+		m->spare = m->reply;
+		m->reply = NULL;
+	}
+	m->rows = NULL;
+}
+
+/* A request slot for this call: reuses one of an earlier call. */
+static struct dmsg *
+msg_new(struct dispatch *ds)
+{
+	struct dmsg *m;
+
+	if (ds->n_msg == MAX_MSGS)
+		return NULL;
+	if (ds->n_msg == ds->cap_msg) {
+		uint32_t cap = ds->cap_msg ? 2 * ds->cap_msg : 8;
+		struct dmsg **a = realloc(ds->msg, cap * sizeof(*a));
 		if (a == NULL)
-			return EPMOE_ENOMEM;
-		ds->pair_slot = a;
-		b = realloc(ds->pair_row, c * sizeof(*b));
-		if (b == NULL)
-			return EPMOE_ENOMEM;
-		ds->pair_row = b;
-		o = realloc(ds->order, c * sizeof(*o));
-		if (o == NULL)
-			return EPMOE_ENOMEM;
-		ds->order = o;
-		ds->cap_pairs = c;
+			return NULL;
+		memset(a + ds->cap_msg, 0, (cap - ds->cap_msg) * sizeof(*a));
+		ds->msg = a;
+		ds->cap_msg = cap;
 	}
-	if (n_slots + 1 > ds->cap_slots) {
-		uint32_t *s = realloc(ds->slot_count, ((size_t)n_slots + 1) * sizeof(*s));
-		if (s == NULL)
+	if ((m = ds->msg[ds->n_msg]) == NULL) {
+		if ((m = calloc(1, sizeof(*m))) == NULL)
+			return NULL;
+		m->ds = ds;
+		if (nng_aio_alloc(&m->aio, on_aio, m) != 0) {
+			free(m);
+			return NULL;
+		}
+		ds->msg[ds->n_msg] = m;
+	}
+	ds->n_msg++;
+	m->state = M_IDLE;
+	m->completed = m->inflight = m->abandon = m->fenced = m->is_hedge = false;
+	m->local = false;
+	m->twin = -1;
+	m->n_grp = m->n_rows = m->n_entries = 0;
+	m->rv = 0;
+	return m;
+}
+
+static int
+msg_index(struct dispatch *ds, const struct dmsg *m)
+{
+	for (uint32_t i = 0; i < ds->n_msg; i++)
+		if (ds->msg[i] == m)
+			return (int)i;
+	return -1;
+}
+
+/* Slot of expert e's copy on worker w in the call's map, or -1. */
+static int32_t
+copy_slot(const struct dispatch *ds, uint32_t e, uint32_t w)
+{
+	const struct placement *pl = ds->pl;
+
+	for (uint32_t r = 0; r < placement_expert_copies(pl, ds->layer, e); r++) {
+		int32_t s = placement_expert_slot(pl, ds->layer, e, r);
+		if (placement_slot_worker(pl, ds->layer, (uint32_t)s) == (int32_t)w)
+			return s;
+	}
+	return -1;
+}
+
+/* Live copies of expert e (workers not failed in this call) into
+ * ds->cand_w / cand_s; how many. */
+static uint32_t
+candidates(struct dispatch *ds, uint32_t e)
+{
+	const struct placement *pl = ds->pl;
+	uint32_t n = 0;
+
+	for (uint32_t r = 0; r < placement_expert_copies(pl, ds->layer, e); r++) {
+		int32_t s = placement_expert_slot(pl, ds->layer, e, r);
+		int32_t w = placement_slot_worker(pl, ds->layer, (uint32_t)s);
+		if (w < 0 || (uint32_t)w >= ds->W || !ds->cp[w].alive || ds->bad[w])
+			continue;
+		ds->cand_w[n] = (uint32_t)w;
+		ds->cand_s[n] = s;
+		n++;
+	}
+	return n;
+}
+
+/* Room in m for n_grp groups and n_entries entries (rows <= entries). */
+static int
+msg_reserve(struct dmsg *m, size_t n_grp, size_t n_entries)
+{
+	if (n_grp > m->cap_grp) {
+		size_t c = m->cap_grp ? 2 * (size_t)m->cap_grp : 16;
+		while (c < n_grp)
+			c *= 2;
+		uint32_t *g = realloc(m->grp, c * sizeof(*g));
+		if (g == NULL)
 			return EPMOE_ENOMEM;
-		ds->slot_count = s;
-		ds->cap_slots = n_slots + 1;
+		m->grp = g;
+		Epmoe__ExpertGroup *eg = realloc(m->groups, c * sizeof(*eg));
+		if (eg == NULL)
+			return EPMOE_ENOMEM;
+		m->groups = eg;
+		Epmoe__ExpertGroup **gp = realloc(m->gp, c * sizeof(*gp));
+		if (gp == NULL)
+			return EPMOE_ENOMEM;
+		m->gp = gp;
+		m->cap_grp = (uint32_t)c;
+	}
+	if (n_entries > m->cap_entries) {
+		size_t c = m->cap_entries ? 2 * (size_t)m->cap_entries : 64;
+		while (c < n_entries)
+			c *= 2;
+		if (c > UINT32_MAX)
+			return EPMOE_ENOMEM;
+		uint32_t **u[3] = { &m->gather, &m->combine, &m->row_tok };
+		for (int i = 0; i < 3; i++) {
+			uint32_t *a = realloc(*u[i], c * sizeof(uint32_t));
+			if (a == NULL)
+				return EPMOE_ENOMEM;
+			*u[i] = a;
+		}
+		float *w = realloc(m->weights, c * sizeof(*w));
+		if (w == NULL)
+			return EPMOE_ENOMEM;
+		m->weights = w;
+		m->cap_entries = (uint32_t)c;
 	}
 	return 0;
 }
 
+/* Adds group g to request m (the rows of its tokens m lacks).  Requests
+ * are built one at a time: tok_row belongs to the last msg_begin. */
 static int
-remaining_ms(uint64_t deadline)
+msg_add_group(struct dispatch *ds, struct dmsg *m, uint32_t gi)
+{
+	const struct group *g = &ds->grp[gi];
+	const struct moe_assign *a = ds->a;
+	Epmoe__ExpertGroup eg = EPMOE__EXPERT_GROUP__INIT;
+
+	if (msg_reserve(m, (size_t)m->n_grp + 1, (size_t)m->n_entries + g->n) != 0)
+		return EPMOE_ENOMEM;
+	eg.slot = (uint32_t)copy_slot(ds, g->expert, m->worker);
+	eg.expert = g->expert;
+	eg.n_tokens = g->n;
+	m->groups[m->n_grp] = eg;
+	m->grp[m->n_grp++] = gi;
+	for (uint32_t k = 0; k < g->n; k++) {
+		uint32_t p = ds->order[g->first + k], t = ds->pair_tok[p];
+		uint32_t j = m->n_entries++;
+		if (ds->tok_stamp[t] != ds->stamp) {
+			ds->tok_stamp[t] = ds->stamp;
+			ds->tok_row[t] = m->n_rows;
+			m->row_tok[m->n_rows++] = t;
+		}
+		m->gather[j] = ds->tok_row[t];
+		m->combine[j] = m->pairs ? j : ds->tok_row[t];
+		m->weights[j] = a->weight[p];
+	}
+	return 0;
+}
+
+/* Starts building a request to worker w. */
+static struct dmsg *
+msg_begin(struct dispatch *ds, uint32_t w, uint32_t attempt)
+{
+	struct dmsg *m = msg_new(ds);
+
+	if (m == NULL)
+		return NULL;
+	m->worker = w;
+	m->gen = ds->cp[w].gen;
+	m->attempt = attempt;
+	m->pairs = ds->pairs_mode;
+	if (++ds->stamp == 0) { /* wrapped: clear the stamps */
+		memset(ds->tok_stamp, 0, ds->cap_tok * sizeof(*ds->tok_stamp));
+		ds->stamp = 1;
+	}
+	return m;
+}
+
+/* Opens (or re-opens, for another socket) m's REQ context. */
+static int
+msg_ctx(struct dmsg *m, nng_socket sock)
+{
+	int rv;
+
+	if (m->ctx_open && m->sock_id == nng_socket_id(sock))
+		return 0;
+	if (m->ctx_open) {
+		nng_ctx_close(m->ctx);
+		m->ctx_open = false;
+	}
+	if ((rv = nng_ctx_open(&m->ctx, sock)) != 0)
+		return rv;
+	/* no NNG resend: failures are the router's decision */
+	nng_ctx_set_ms(m->ctx, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE);
+	m->ctx_open = true;
+	m->sock_id = nng_socket_id(sock);
+	return 0;
+}
+
+static nng_duration
+until_ms(uint64_t deadline)
 {
 	uint64_t now = clock_now_ns();
 
 	if (now >= deadline)
-		return 1; /* let the aio fail at once with NNG_ETIMEDOUT */
-	return (int)((deadline - now + 999999u) / 1000000u);
+		return 1; /* fails at once with NNG_ETIMEDOUT */
+	return (nng_duration)((deadline - now + 999999u) / 1000000u);
 }
 
-/* Opens (or re-opens, after the cluster replaced the socket) w's
- * context. */
-static int
-peer_ctx(struct peer *p, nng_socket sock)
-{
-	int rv;
+static void fail_msg(struct dispatch *ds, struct dmsg *m, int err, const char *why);
 
-	if (p->ctx_open && p->sock_id == nng_socket_id(sock))
-		return 0;
-	if (p->ctx_open) {
-		nng_ctx_close(p->ctx);
-		p->ctx_open = false;
-	}
-	if ((rv = nng_ctx_open(&p->ctx, sock)) != 0)
-		return rv;
-	/* no NNG resend: failures are the router's decision */
-	nng_ctx_set_ms(p->ctx, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE);
-	p->ctx_open = true;
-	p->sock_id = nng_socket_id(sock);
-	return 0;
-}
-
-/* Ends w's request with an error: reports it, frees what it holds. */
+/* Packs and sends request m; sets its deadline and hedge time. */
 static void
-peer_fail(struct dispatch *ds, uint32_t w, int err, const char *why)
+msg_send(struct dispatch *ds, struct dmsg *m, uint64_t *pack_ns)
 {
-	struct peer *p = &ds->p[w];
-
-	cluster_report(ds->c, w, p->gen, clock_now_ns() - p->t_send, 0, err, why);
-	log_warn("dispatch: worker %u request %" PRIu64 " failed: %s", w,
-	        p->batch_id, why);
-	p->state = P_FAILED;
-}
-
-/* Cancels every request still in flight and frees its message. */
-static void
-cancel_all(struct dispatch *ds)
-{
-	for (uint32_t w = 0; w < ds->W; w++) {
-		struct peer *p = &ds->p[w];
-		if (p->state == P_SEND || p->state == P_RECV) {
-			nng_msg *m;
-			nng_aio_cancel(p->aio);
-			nng_aio_wait(p->aio);
-			/* a failed send leaves the request with us; a completed
-			 * receive (raced with the cancel) hands us the reply */
-			if ((m = nng_aio_get_msg(p->aio)) != NULL)
-				nng_msg_free(m);
-			nng_aio_set_msg(p->aio, NULL);
-			p->state = P_IDLE;
-		}
-	}
-}
-
-/* Releases the replies of the call; keeps each as its peer's spare. */
-static void
-release_replies(struct dispatch *ds)
-{
-	for (uint32_t w = 0; w < ds->W; w++) {
-		struct peer *p = &ds->p[w];
-		if (p->res != NULL) {
-			protobuf_c_message_free_unpacked(&p->res->base, NULL);
-			p->res = NULL;
-		}
-		if (p->reply != NULL) {
-			if (p->spare != NULL)
-				nng_msg_free(p->spare);
-			p->spare = p->reply;
-			p->reply = NULL;
-		}
-		p->rows = NULL;
-		p->state = P_IDLE;
-	}
-}
-
-/* Packs and sends w's batch. */
-static int
-peer_send(struct dispatch *ds, uint32_t w, uint32_t layer, const float *x,
-        uint64_t epoch, uint64_t deadline, uint64_t *bytes, uint64_t *pack_ns)
-{
-	struct peer *p = &ds->p[w];
 	Epmoe__ExpertBatch b = EPMOE__EXPERT_BATCH__INIT;
-	nng_msg *m = p->spare;
+	nng_msg *nm = m->spare;
+	uint64_t t0 = clock_now_ns(), p99 = 0;
+	uint32_t d = ds->d, dl_ms;
 	float *dst;
-	uint32_t d = ds->d;
-	int rc, rv;
 	char why[128];
+	int rc, rv;
 
-	p->spare = NULL;
-	p->batch_id = ++ds->next_batch_id;
-	p->gen = ds->cp[w].gen;
-	p->t_send = clock_now_ns();
+	m->spare = NULL;
+	cluster_load_add(ds->c, m->worker, (int64_t)m->n_entries);
+	/* a request with an alternative for every group may give up early */
+	m->has_alt = true;
+	for (uint32_t i = 0; i < m->n_grp && m->has_alt; i++) {
+		uint32_t e = ds->grp[m->grp[i]].expert, n = candidates(ds, e);
+		bool other = false;
+		for (uint32_t k = 0; k < n; k++)
+			other |= ds->cand_w[k] != m->worker;
+		m->has_alt = other;
+	}
+	/* the estimator only matters when there is somewhere else to go */
+	dl_ms = m->has_alt ? cluster_deadline_ms(ds->c, m->worker, m->n_rows, &ds->dl,
+	        &p99) : ds->dl.cap_ms;
+	m->batch_id = ++ds->next_batch_id;
+	m->t_send = t0;
+	m->deadline_ns = t0 + (uint64_t)dl_ms * 1000000u;
+	m->hedge_ns = ds->cfg.hedge > 0 && m->has_alt && p99 > 0 && !m->is_hedge ?
+	        t0 + (uint64_t)(ds->cfg.hedge * (double)p99 * 1000.0) : 0;
 	b.version = EPMOE_PROTO_VERSION;
-	b.batch_id = p->batch_id;
-	b.attempt = 0;
-	b.epoch = epoch;
-	b.layer = layer;
-	b.n_groups = p->n_groups;
-	b.groups = p->gp;
-	b.n_weights = p->n_entries;
-	b.weights = p->weights;
-	b.n_combine = p->n_entries;
-	b.combine = p->combine;
-	b.n_gather = p->n_entries;
-	b.gather = p->combine;
-	b.n_rows_in = p->n_rows;
-	b.n_rows_out = p->n_rows;
+	b.batch_id = m->batch_id;
+	b.attempt = m->attempt;
+	b.epoch = ds->pl->epoch;
+	b.layer = ds->layer;
+	b.n_groups = m->n_grp;
+	for (uint32_t i = 0; i < m->n_grp; i++)
+		m->gp[i] = &m->groups[i];
+	b.groups = m->gp;
+	b.n_weights = m->n_entries;
+	b.weights = m->weights;
+	b.n_combine = m->n_entries;
+	b.combine = m->combine;
+	b.n_gather = m->n_entries;
+	b.gather = m->gather;
+	b.n_rows_in = m->n_rows;
+	b.n_rows_out = m->pairs ? m->n_entries : m->n_rows;
 	b.dim = d;
-	b.deadline_ms = ds->deadline_ms;
-	if ((rc = netsock_msg_pack(&m, WIRE_BATCH, &b.base, (size_t)p->n_rows * d,
+	b.deadline_ms = dl_ms;
+	if ((rc = netsock_msg_pack(&nm, WIRE_BATCH, &b.base, (size_t)m->n_rows * d,
 	             &dst)) != 0) {
-		if (m != NULL)
-			nng_msg_free(m);
-		return rc;
+		if (nm != NULL)
+			nng_msg_free(nm);
+		m->state = M_SEND;
+		m->local = true;
+		fail_msg(ds, m, rc, "cannot pack the request");
+		return;
 	}
 	/* [n_rows, d]: the distinct token rows this worker needs */
-	for (uint32_t j = 0; j < p->n_rows; j++)
-		memcpy(dst + (size_t)j * d, x + (size_t)p->row_tok[j] * d,
+	for (uint32_t j = 0; j < m->n_rows; j++)
+		memcpy(dst + (size_t)j * d, ds->x + (size_t)m->row_tok[j] * d,
 		        d * sizeof(float));
-	*bytes += nng_msg_len(m);
-	*pack_ns += clock_now_ns() - p->t_send;
-	if ((rv = peer_ctx(p, ds->cp[w].sock)) != 0) {
-		nng_msg_free(m);
+	pthread_mutex_lock(&ds->smu);
+	ds->st.msgs++;
+	ds->st.rows_sent += m->n_rows;
+	ds->st.bytes_sent += nng_msg_len(nm);
+	pthread_mutex_unlock(&ds->smu);
+	*pack_ns += clock_now_ns() - t0;
+	m->state = M_SEND;
+	if ((rv = msg_ctx(m, ds->cp[m->worker].sock)) != 0) {
+		nng_msg_free(nm);
 		snprintf(why, sizeof(why), "cannot open a context: %s", nng_strerror(rv));
-		peer_fail(ds, w, wire_nng_err(rv), why);
-		return EPMOE_EUNAVAIL;
+		m->local = true;
+		fail_msg(ds, m, wire_nng_err(rv), why);
+		return;
 	}
-	nng_aio_set_msg(p->aio, m);
-	nng_aio_set_timeout(p->aio, remaining_ms(deadline));
-	nng_ctx_send(p->ctx, p->aio);
-	p->state = P_SEND;
-	return 0;
+	nng_aio_set_msg(m->aio, nm);
+	nng_aio_set_timeout(m->aio, until_ms(m->deadline_ns));
+	m->inflight = true;
+	nng_ctx_send(m->ctx, m->aio);
 }
 
-/* Waits for w's send to complete and posts its receive. */
-static int
-peer_wait_send(struct dispatch *ds, uint32_t w, uint64_t deadline)
+/* Gives m up (its worker is not blamed): cancels its operation. */
+static void
+msg_abandon(struct dispatch *ds, struct dmsg *m)
 {
-	struct peer *p = &ds->p[w];
-	char why[128];
-	int rv;
-
-	nng_aio_wait(p->aio);
-	if ((rv = nng_aio_result(p->aio)) != 0) {
-		nng_msg *m = nng_aio_get_msg(p->aio);
-		if (m != NULL)
-			nng_msg_free(m);
-		nng_aio_set_msg(p->aio, NULL);
-		snprintf(why, sizeof(why), "send: %s", nng_strerror(rv));
-		peer_fail(ds, w, wire_nng_err(rv), why);
-		return EPMOE_EUNAVAIL;
-	}
-	nng_aio_set_timeout(p->aio, remaining_ms(deadline));
-	nng_ctx_recv(p->ctx, p->aio);
-	p->state = P_RECV;
-	return 0;
+	if (m->state != M_SEND && m->state != M_RECV)
+		return;
+	m->abandon = true;
+	if (m->inflight)
+		nng_aio_cancel(m->aio);
 }
 
-/* Waits for w's reply and checks it. */
-static int
-peer_wait_recv(struct dispatch *ds, uint32_t w, uint64_t *bytes,
+/* Sends the groups listed in gl (n <= 256 of them) to live copies on
+ * workers that did not fail in this call, one request per worker (in
+ * worker order, groups in list order); a group without a copy is lost.
+ * Returns the index of the first request made. */
+static uint32_t
+send_groups(struct dispatch *ds, const uint32_t *gl, uint32_t n,
+        uint32_t attempt, uint64_t *pack_ns)
+{
+	uint32_t first_new = ds->n_msg, gw[256];
+
+	for (uint32_t i = 0; i < n; i++) {
+		struct group *g = &ds->grp[gl[i]];
+		uint32_t nc, k;
+
+		gw[i] = UINT32_MAX;
+		if (g->state != G_PENDING)
+			continue;
+		if ((nc = candidates(ds, g->expert)) == 0) {
+			g->state = G_LOST;
+			continue;
+		}
+		k = replica_pick(&ds->rc, ds->layer, g->expert, ds->cand_w, nc,
+		        ds->load, ds->near);
+		gw[i] = ds->cand_w[k];
+		ds->load[gw[i]] += g->n;
+	}
+	for (uint32_t w = 0; w < ds->W; w++) {
+		struct dmsg *m = NULL;
+		for (uint32_t i = 0; i < n; i++) {
+			if (gw[i] != w)
+				continue;
+			if (m == NULL && (m = msg_begin(ds, w, attempt)) == NULL) {
+				ds->grp[gl[i]].state = G_LOST;
+				continue;
+			}
+			if (msg_add_group(ds, m, gl[i]) != 0)
+				ds->grp[gl[i]].state = G_LOST;
+		}
+	}
+	for (uint32_t i = first_new; i < ds->n_msg; i++)
+		if (ds->msg[i]->state == M_IDLE)
+			msg_send(ds, ds->msg[i], pack_ns);
+	return first_new;
+}
+
+/* Request m failed: blame its worker (unless we gave up on it) and send
+ * its groups elsewhere, unless its hedge twin still carries them. */
+static void
+fail_msg(struct dispatch *ds, struct dmsg *m, int err, const char *why)
+{
+	struct dmsg *twin = m->twin >= 0 ? ds->msg[m->twin] : NULL;
+	uint32_t gl[256], n = 0;
+	uint64_t pack_ns = 0;
+	bool quiet = m->abandon;
+
+	m->state = M_FAILED;
+	cluster_load_add(ds->c, m->worker, -(int64_t)m->n_entries);
+	if (quiet) {
+		pthread_mutex_lock(&ds->smu);
+		ds->st.abandoned++;
+		pthread_mutex_unlock(&ds->smu);
+		if (!m->fenced)
+			return;
+	}
+	ds->bad[m->worker] = true;
+	if (!m->fenced && !m->local) {
+		cluster_report(ds->c, m->worker, m->gen, clock_now_ns() - m->t_send,
+		        m->n_rows, 0, err, why);
+	}
+	pthread_mutex_lock(&ds->smu);
+	ds->st.batch_failures++;
+	ds->st.stale += err == EPMOE_ESTATE;
+	pthread_mutex_unlock(&ds->smu);
+	if (twin != NULL && (twin->state == M_SEND || twin->state == M_RECV)) {
+		log_info("dispatch: layer %u: worker %u batch %" PRIu64 " attempt %u failed (%s); its hedge on worker %u goes on",
+		        ds->layer, m->worker, m->batch_id, m->attempt, why, twin->worker);
+		return;
+	}
+	/* re-send what is still pending */
+	{
+		uint32_t n_pairs = 0, n_groups = 0, first = ds->n_msg;
+		char to[96] = "";
+		size_t tl = 0;
+
+		for (uint32_t i = 0; i < m->n_grp; i++) {
+			struct group *g = &ds->grp[m->grp[i]];
+			if (g->state != G_PENDING)
+				continue;
+			n_pairs += g->n;
+			n_groups++;
+			gl[n++] = m->grp[i];
+			if (n == sizeof(gl) / sizeof(gl[0])) {
+				send_groups(ds, gl, n, m->attempt + 1, &pack_ns);
+				n = 0;
+			}
+		}
+		if (n > 0)
+			send_groups(ds, gl, n, m->attempt + 1, &pack_ns);
+		for (uint32_t i = first; i < ds->n_msg && tl + 12 < sizeof(to); i++)
+			tl += (size_t)snprintf(to + tl, sizeof(to) - tl, "%s%u",
+			        i == first ? "" : ", ", ds->msg[i]->worker);
+		pthread_mutex_lock(&ds->smu);
+		ds->st.redispatches += n_groups;
+		ds->st.redispatched_pairs += n_pairs;
+		pthread_mutex_unlock(&ds->smu);
+		if (n_groups > 0)
+			log_warn("dispatch: layer %u: worker %u batch %" PRIu64 " attempt %u failed (%s): %u token groups (%u pairs) re-sent to worker%s %s",
+			        ds->layer, m->worker, m->batch_id, m->attempt, why, n_groups,
+			        n_pairs, ds->n_msg - first > 1 ? "s" : "",
+			        first == ds->n_msg ? "(none: no live copy)" : to);
+	}
+}
+
+/* A good reply to m: its groups are done, unless its twin won first. */
+static void
+claim(struct dispatch *ds, struct dmsg *m)
+{
+	struct dmsg *twin = m->twin >= 0 ? ds->msg[m->twin] : NULL;
+	uint32_t e0 = 0;
+
+	m->state = M_DONE;
+	cluster_load_add(ds->c, m->worker, -(int64_t)m->n_entries);
+	cluster_report(ds->c, m->worker, m->gen, clock_now_ns() - m->t_send, m->n_rows,
+	        m->n_entries, 0, NULL);
+	for (uint32_t i = 0; i < m->n_grp; i++) {
+		if (ds->grp[m->grp[i]].state == G_DONE) {
+			/* the twin's reply came first: this one is dropped */
+			m->state = M_FAILED;
+			return;
+		}
+	}
+	for (uint32_t i = 0; i < m->n_grp; i++) {
+		struct group *g = &ds->grp[m->grp[i]];
+		g->state = G_DONE;
+		g->done_msg = msg_index(ds, m);
+		g->entry0 = e0;
+		e0 += g->n;
+	}
+	if (twin != NULL) {
+		msg_abandon(ds, twin);
+		if (m->is_hedge) {
+			pthread_mutex_lock(&ds->smu);
+			ds->st.hedges_won++;
+			pthread_mutex_unlock(&ds->smu);
+		}
+	}
+}
+
+/* Checks the reply of m and claims it, or fails m. */
+static void
+take_reply(struct dispatch *ds, struct dmsg *m, uint64_t *bytes,
         uint64_t *max_compute_us)
 {
-	struct peer *p = &ds->p[w];
-	struct wire_expect ex = { p->batch_id, 0, p->n_rows, ds->d };
+	struct wire_expect ex = { m->batch_id, m->attempt,
+		m->pairs ? m->n_entries : m->n_rows, ds->d };
 	ProtobufCMessage *hdr;
 	size_t nf;
 	char why[256];
-	int rv, rc;
+	int rc;
 
-	nng_aio_wait(p->aio);
-	if ((rv = nng_aio_result(p->aio)) != 0) {
-		snprintf(why, sizeof(why), "receive: %s", nng_strerror(rv));
-		peer_fail(ds, w, wire_nng_err(rv), why);
-		return EPMOE_EUNAVAIL;
-	}
-	p->reply = nng_aio_get_msg(p->aio);
-	nng_aio_set_msg(p->aio, NULL);
-	p->state = P_DONE;
-	*bytes += nng_msg_len(p->reply);
-	if ((rc = wire_nng_unpack(p->reply, WIRE_RESULT, NULL, &hdr, &p->rows,
+	*bytes += nng_msg_len(m->reply);
+	if ((rc = wire_nng_unpack(m->reply, WIRE_RESULT, NULL, &hdr, &m->rows,
 	             &nf)) != 0) {
 		snprintf(why, sizeof(why), "malformed reply: %s", wire_errmsg());
-		peer_fail(ds, w, rc, why);
-		return EPMOE_EUNAVAIL;
+		fail_msg(ds, m, rc, why);
+		return;
 	}
-	p->res = (Epmoe__ExpertResult *)hdr;
-	if (p->res->status != EPMOE__STATUS__STATUS_OK) {
+	m->res = (Epmoe__ExpertResult *)hdr;
+	if (m->res->status != EPMOE__STATUS__STATUS_OK) {
 		snprintf(why, sizeof(why), "worker answered status %d: %.200s",
-		        p->res->status, p->res->message ? p->res->message : "");
-		peer_fail(ds, w, wire_status_to_err(p->res->status), why);
-		return EPMOE_EUNAVAIL;
+		        m->res->status, m->res->message ? m->res->message : "");
+		fail_msg(ds, m, wire_status_to_err(m->res->status), why);
+		return;
 	}
-	if ((rc = wire_check_result(p->res, nf, &ex)) != 0) {
+	if ((rc = wire_check_result(m->res, nf, &ex)) != 0) {
+		/* a late or duplicate reply, or a wrong shape */
 		snprintf(why, sizeof(why), "bad reply: %s", wire_errmsg());
-		peer_fail(ds, w, rc, why);
-		return EPMOE_EUNAVAIL;
+		fail_msg(ds, m, rc == EPMOE_ESTATE ? EPMOE_EPROTO : rc, why);
+		return;
 	}
-	if (p->res->compute_us > *max_compute_us)
-		*max_compute_us = p->res->compute_us;
-	cluster_report(ds->c, w, p->gen, clock_now_ns() - p->t_send, p->n_entries, 0,
-	        NULL);
+	if (m->res->compute_us > *max_compute_us)
+		*max_compute_us = m->res->compute_us;
+	claim(ds, m);
+}
+
+/* One completion of m, on the calling thread. */
+static void
+complete(struct dispatch *ds, struct dmsg *m, uint64_t *bytes,
+        uint64_t *max_compute_us)
+{
+	int rv = m->rv;
+	char why[160];
+
+	m->inflight = false;
+	m->completed = false;
+	if (m->state == M_SEND) {
+		if (rv != 0) {
+			nng_msg *q = nng_aio_get_msg(m->aio);
+			nng_aio_set_msg(m->aio, NULL);
+			if (q != NULL) {
+				if (m->spare == NULL)
+					m->spare = q;
+				else
+					nng_msg_free(q);
+			}
+			snprintf(why, sizeof(why), "send: %s%s", nng_strerror(rv),
+			        m->fenced ? " (worker fenced)" : "");
+			fail_msg(ds, m, wire_nng_err(rv), why);
+			return;
+		}
+		if (m->abandon) {
+			fail_msg(ds, m, EPMOE_ECANCELED, "abandoned");
+			return;
+		}
+		nng_aio_set_timeout(m->aio, until_ms(m->deadline_ns));
+		m->state = M_RECV;
+		m->inflight = true;
+		nng_ctx_recv(m->ctx, m->aio);
+		return;
+	}
+	if (m->state != M_RECV)
+		return;
+	if (rv != 0) {
+		if (rv == NNG_ETIMEDOUT)
+			snprintf(why, sizeof(why), "no reply within its %" PRIu64 " ms deadline",
+			        (m->deadline_ns - m->t_send) / 1000000u);
+		else
+			snprintf(why, sizeof(why), "receive: %s%s", nng_strerror(rv),
+			        m->fenced ? " (worker fenced)" : "");
+		fail_msg(ds, m, wire_nng_err(rv), why);
+		return;
+	}
+	m->reply = nng_aio_get_msg(m->aio);
+	nng_aio_set_msg(m->aio, NULL);
+	if (m->abandon) {
+		*bytes += nng_msg_len(m->reply);
+		fail_msg(ds, m, EPMOE_ECANCELED, "abandoned");
+		return;
+	}
+	take_reply(ds, m, bytes, max_compute_us);
+}
+
+/* Duplicates m to another live worker holding all its groups. */
+static void
+hedge(struct dispatch *ds, struct dmsg *m, uint64_t *pack_ns)
+{
+	int best = -1;
+	int mi = msg_index(ds, m);
+	struct dmsg *h;
+
+	m->hedge_ns = 0; /* once */
+	for (uint32_t w = 0; w < ds->W; w++) {
+		bool all = w != m->worker && ds->cp[w].alive && !ds->bad[w];
+		for (uint32_t i = 0; all && i < m->n_grp; i++)
+			all = copy_slot(ds, ds->grp[m->grp[i]].expert, w) >= 0;
+		if (all && (best < 0 || ds->load[w] < ds->load[best]))
+			best = (int)w;
+	}
+	if (best < 0 || (h = msg_begin(ds, (uint32_t)best, m->attempt + 1)) == NULL)
+		return;
+	/* msg_begin may have moved ds->msg: m stays valid (heap) */
+	h->is_hedge = true;
+	for (uint32_t i = 0; i < m->n_grp; i++) {
+		if (msg_add_group(ds, h, m->grp[i]) != 0) {
+			h->state = M_FAILED;
+			return;
+		}
+	}
+	h->twin = mi;
+	m->twin = (int)(ds->n_msg - 1);
+	ds->load[best] += h->n_entries;
+	pthread_mutex_lock(&ds->smu);
+	ds->st.hedges++;
+	pthread_mutex_unlock(&ds->smu);
+	log_info("dispatch: layer %u: worker %u batch %" PRIu64 " pending for %" PRIu64 " ms: hedged to worker %u",
+	        ds->layer, m->worker, m->batch_id, (clock_now_ns() - m->t_send) / 1000000u,
+	        (uint32_t)best);
+	msg_send(ds, h, pack_ns);
+}
+
+/* Whether a request is still out. */
+static bool
+pending(const struct dmsg *m)
+{
+	return m->state == M_SEND || m->state == M_RECV;
+}
+
+/* Every group done, or one lost (the call fails: no point waiting). */
+static bool
+groups_settled(const struct dispatch *ds)
+{
+	bool all = true;
+
+	for (uint32_t i = 0; i < ds->n_grp; i++) {
+		if (ds->grp[i].state == G_LOST)
+			return true;
+		all &= ds->grp[i].state == G_DONE;
+	}
+	return all;
+}
+
+/* Waits for completions or until `until`; processes them. */
+static void
+wait_round(struct dispatch *ds, uint64_t until, uint64_t *bytes,
+        uint64_t *max_compute_us)
+{
+	struct dmsg *list;
+	struct timespec ts;
+
+	ts.tv_sec = (time_t)(until / 1000000000u);
+	ts.tv_nsec = (long)(until % 1000000000u);
+	pthread_mutex_lock(&ds->mu);
+	while (ds->done_head == NULL) {
+		if (pthread_cond_timedwait(&ds->cv, &ds->mu, &ts) == ETIMEDOUT)
+			break;
+	}
+	list = ds->done_head;
+	ds->done_head = NULL;
+	pthread_mutex_unlock(&ds->mu);
+	/* oldest first (the list is LIFO) */
+	{
+		struct dmsg *rev = NULL;
+		while (list) {
+			struct dmsg *n = list->next_done;
+			list->next_done = rev;
+			rev = list;
+			list = n;
+		}
+		list = rev;
+	}
+	while (list) {
+		struct dmsg *n = list->next_done;
+		complete(ds, list, bytes, max_compute_us);
+		list = n;
+	}
+}
+
+/* Requests to workers the cluster fenced meanwhile are given up now
+ * rather than at their deadline. */
+static void
+watch_fences(struct dispatch *ds, unsigned *version)
+{
+	unsigned v = cluster_version(ds->c);
+
+	if (v == *version)
+		return;
+	*version = v;
+	cluster_peers(ds->c, ds->cp, ds->W);
+	for (uint32_t i = 0; i < ds->n_msg; i++) {
+		struct dmsg *m = ds->msg[i];
+		const struct cluster_peer *p = &ds->cp[m->worker];
+		if (!pending(m) || m->abandon || (p->alive && p->gen == m->gen))
+			continue;
+		m->fenced = true;
+		msg_abandon(ds, m);
+	}
+}
+
+/* Cancels what is still out and waits for it (end of the call). */
+static void
+drain(struct dispatch *ds)
+{
+	for (uint32_t i = 0; i < ds->n_msg; i++) {
+		struct dmsg *m = ds->msg[i];
+		if (m->inflight) {
+			nng_aio_cancel(m->aio);
+			nng_aio_wait(m->aio);
+		}
+	}
+	pthread_mutex_lock(&ds->mu);
+	ds->done_head = NULL;
+	pthread_mutex_unlock(&ds->mu);
+	for (uint32_t i = 0; i < ds->n_msg; i++) {
+		struct dmsg *m = ds->msg[i];
+		if (m->inflight) {
+			nng_msg *q = nng_aio_get_msg(m->aio);
+			nng_aio_set_msg(m->aio, NULL);
+			if (q != NULL)
+				nng_msg_free(q);
+			m->inflight = false;
+			cluster_load_add(ds->c, m->worker, -(int64_t)m->n_entries);
+			pthread_mutex_lock(&ds->smu);
+			ds->st.abandoned++;
+			pthread_mutex_unlock(&ds->smu);
+		}
+		m->completed = false;
+		if (pending(m))
+			m->state = M_FAILED;
+	}
+}
+
+/* ---- planning ---- */
+
+static int
+reserve(struct dispatch *ds, size_t n_pairs, uint32_t T)
+{
+	uint32_t E = ds->m->hp.n_expert;
+
+	if (n_pairs > ds->cap_pairs) {
+		size_t c = ds->cap_pairs ? ds->cap_pairs : 64;
+		while (c < n_pairs)
+			c *= 2;
+		uint32_t **arrs[4] = { &ds->order, &ds->pair_tok, &ds->pair_grp, &ds->pair_pos };
+		for (int i = 0; i < 4; i++) {
+			uint32_t *a = realloc(*arrs[i], c * sizeof(uint32_t));
+			if (a == NULL)
+				return EPMOE_ENOMEM;
+			*arrs[i] = a;
+		}
+		ds->cap_pairs = c;
+	}
+	if (T > ds->cap_tok) {
+		uint32_t *r = realloc(ds->tok_row, (size_t)T * sizeof(*r));
+		if (r == NULL)
+			return EPMOE_ENOMEM;
+		ds->tok_row = r;
+		uint32_t *s = realloc(ds->tok_stamp, (size_t)T * sizeof(*s));
+		if (s == NULL)
+			return EPMOE_ENOMEM;
+		memset(s + ds->cap_tok, 0, (size_t)(T - ds->cap_tok) * sizeof(*s));
+		ds->tok_stamp = s;
+		uint8_t *u = realloc(ds->unserved, T);
+		if (u == NULL)
+			return EPMOE_ENOMEM;
+		ds->unserved = u;
+		ds->cap_tok = T;
+	}
+	if (grow((void **)&ds->grp, &ds->cap_grp, E, sizeof(*ds->grp)))
+		return EPMOE_ENOMEM;
 	return 0;
 }
 
-/* Assigns every pair a slot on a live worker and every worker its rows,
- * then builds each worker's groups in ascending slot order. */
+/* Groups the pairs by expert (stable: token order within a group). */
 static int
-plan(struct dispatch *ds, const struct placement *pl, uint32_t layer,
-        const struct moe_assign *a)
+plan(struct dispatch *ds, const struct moe_assign *a)
 {
-	uint32_t T = a->n_tok, E = pl->n_expert, S = pl->n_slot;
+	uint32_t T = a->n_tok, E = ds->m->hp.n_expert, max_k = 0;
 	size_t n_pairs = a->off[T];
 	int rc;
 
 	if (a->off[0] != 0)
 		return EPMOE_EINVAL;
-	if ((rc = reserve_pairs(ds, n_pairs, S)) != 0)
+	if ((rc = reserve(ds, n_pairs, T)) != 0)
 		return rc;
-	for (uint32_t w = 0; w < ds->W; w++) {
-		struct peer *p = &ds->p[w];
-		p->n_rows = p->n_entries = p->n_groups = 0;
-		p->last_tok = UINT32_MAX;
-	}
-	memset(ds->slot_count, 0, ((size_t)S + 1) * sizeof(uint32_t));
+	memset(ds->ecount, 0, ((size_t)E + 1) * sizeof(uint32_t));
 	for (uint32_t t = 0; t < T; t++) {
 		if (a->off[t + 1] < a->off[t] || a->off[t + 1] > n_pairs)
 			return EPMOE_EINVAL;
+		if (a->off[t + 1] - a->off[t] > max_k)
+			max_k = a->off[t + 1] - a->off[t];
 		for (uint32_t i = a->off[t]; i < a->off[t + 1]; i++) {
-			int32_t e = a->expert[i], s = -1, w = -1;
-			struct peer *p;
-
-			if (e < 0 || (uint32_t)e >= E)
+			if (a->expert[i] < 0 || (uint32_t)a->expert[i] >= E)
 				return EPMOE_EINVAL;
-			for (uint32_t r = 0; r < placement_expert_copies(pl, layer,
-			             (uint32_t)e); r++) {
-				int32_t cs = placement_expert_slot(pl, layer, (uint32_t)e, r);
-				int32_t cw = placement_slot_worker(pl, layer, (uint32_t)cs);
-				if (ds->cp[cw].alive) {
-					s = cs;
-					w = cw;
-					break;
-				}
-			}
-			if (s < 0)
-				return EPMOE_EUNAVAIL;
-			p = &ds->p[w];
-			if (p->last_tok != t) {
-				if ((rc = peer_reserve(p, (size_t)p->n_rows + 1, 0, 0)) != 0)
-					return rc;
-				p->row_tok[p->n_rows++] = t;
-				p->last_tok = t;
-			}
-			p->n_entries++;
-			ds->pair_slot[i] = (uint32_t)s;
-			ds->pair_row[i] = p->n_rows - 1;
-			ds->slot_count[s]++;
+			ds->pair_tok[i] = t;
+			ds->ecount[a->expert[i]]++;
 		}
 	}
-	/* counting sort of the pairs by slot, stable (token order kept) */
+	ds->pairs_mode = max_k > 2;
+	ds->n_grp = 0;
 	{
 		uint32_t sum = 0;
-		for (uint32_t s = 0; s < S; s++) {
-			uint32_t c = ds->slot_count[s];
-			ds->slot_count[s] = sum;
+		for (uint32_t e = 0; e < E; e++) {
+			uint32_t c = ds->ecount[e];
+			if (c > 0) {
+				ds->grp[ds->n_grp] = (struct group){ .expert = e, .first = sum,
+					.n = c, .done_msg = -1, .state = G_PENDING };
+				ds->n_grp++;
+			}
+			ds->ecount[e] = sum;
 			sum += c;
 		}
-		ds->slot_count[S] = sum;
-		for (size_t i = 0; i < n_pairs; i++)
-			ds->order[ds->slot_count[ds->pair_slot[i]]++] = (uint32_t)i;
-		/* slot_count[s] is now the end of slot s's run */
 	}
-	for (uint32_t w = 0; w < ds->W; w++) {
-		struct peer *p = &ds->p[w];
-		if (p->n_entries == 0)
-			continue;
-		if ((rc = peer_reserve(p, 0, p->n_entries, p->n_entries)) != 0)
-			return rc;
-		p->n_entries = 0;
-	}
-	for (uint32_t s = 0, begin = 0; s < S; s++) {
-		uint32_t end = ds->slot_count[s];
-		struct peer *p;
-		Epmoe__ExpertGroup g = EPMOE__EXPERT_GROUP__INIT;
-
-		if (end == begin)
-			continue;
-		p = &ds->p[placement_slot_worker(pl, layer, s)];
-		g.slot = s;
-		g.expert = (uint32_t)placement_slot_expert(pl, layer, s);
-		g.n_tokens = end - begin;
-		p->groups[p->n_groups] = g;
-		p->gp[p->n_groups] = &p->groups[p->n_groups];
-		p->n_groups++;
-		for (uint32_t k = begin; k < end; k++) {
-			uint32_t i = ds->order[k];
-			p->weights[p->n_entries] = a->weight[i];
-			p->combine[p->n_entries] = ds->pair_row[i];
-			p->n_entries++;
+	for (size_t i = 0; i < n_pairs; i++)
+		ds->order[ds->ecount[a->expert[i]]++] = (uint32_t)i;
+	for (uint32_t g = 0; g < ds->n_grp; g++) {
+		for (uint32_t k = 0; k < ds->grp[g].n; k++) {
+			uint32_t p = ds->order[ds->grp[g].first + k];
+			ds->pair_grp[p] = g;
+			ds->pair_pos[p] = k;
 		}
-		begin = end;
 	}
 	return 0;
+}
+
+/* out = Σ over each token's experts of their weighted outputs. */
+static void
+combine(struct dispatch *ds, float *out)
+{
+	const struct moe_assign *a = ds->a;
+	uint32_t d = ds->d;
+
+	if (ds->pairs_mode) {
+		/* a token's pairs in routing order */
+		for (uint32_t t = 0; t < a->n_tok; t++) {
+			float *o = out + (size_t)t * d;
+			for (uint32_t i = a->off[t]; i < a->off[t + 1]; i++) {
+				const struct group *g = &ds->grp[ds->pair_grp[i]];
+				const struct dmsg *m = ds->msg[g->done_msg];
+				const float *y = m->rows + (size_t)(g->entry0 + ds->pair_pos[i]) * d;
+				for (uint32_t k = 0; k < d; k++)
+					o[k] += y[k];
+			}
+		}
+		return;
+	}
+	/* at most two experts a token: any order of adding is exact */
+	for (uint32_t i = 0; i < ds->n_msg; i++) {
+		const struct dmsg *m = ds->msg[i];
+		if (m->state != M_DONE)
+			continue;
+		for (uint32_t j = 0; j < m->n_rows; j++) {
+			float *o = out + (size_t)m->row_tok[j] * d;
+			const float *y = m->rows + (size_t)j * d;
+			for (uint32_t k = 0; k < d; k++)
+				o[k] += y[k];
+		}
+	}
 }
 
 static int
@@ -465,14 +1009,15 @@ dispatch_run(struct moe_backend *be, uint32_t layer, const float *x,
         const struct moe_assign *a, float *out)
 {
 	struct dispatch *ds = (struct dispatch *)be;
-	const struct placement *pl;
 	uint32_t T = a->n_tok, d = ds->d;
-	uint64_t t0 = clock_now_ns(), t_got, t_end, deadline, pack_ns;
-	uint64_t bytes_out = 0, bytes_in = 0, max_compute = 0, msgs = 0, rows = 0;
+	uint64_t t0 = clock_now_ns(), t_got, t_end, pack_ns = 0, call_end;
+	uint64_t bytes_in = 0, max_compute = 0;
 	size_t n_pairs = a->off[T];
+	unsigned version;
 	int rc = 0;
 
 	memset(out, 0, (size_t)T * d * sizeof(float));
+	ds->n_unserved = 0;
 	if (n_pairs == 0) {
 		pthread_mutex_lock(&ds->smu);
 		ds->st.calls++;
@@ -480,53 +1025,88 @@ dispatch_run(struct moe_backend *be, uint32_t layer, const float *x,
 		pthread_mutex_unlock(&ds->smu);
 		return 0;
 	}
-	if (layer >= ds->m->hp.n_layer)
+	if (layer >= ds->L)
 		return EPMOE_EINVAL;
-	deadline = t0 + (uint64_t)ds->deadline_ms * 1000000u;
-	pl = cluster_placement_acquire(ds->c);
+	call_end = t0 + 2 * (uint64_t)ds->dl.cap_ms * 1000000u;
+	ds->pl = cluster_placement_acquire(ds->c);
+	ds->layer = layer;
+	ds->a = a;
+	ds->x = x;
+	ds->n_msg = 0;
+	version = cluster_version(ds->c);
 	cluster_peers(ds->c, ds->cp, ds->W);
-	if ((rc = plan(ds, pl, layer, a)) != 0)
-		goto out;
-	pack_ns = clock_now_ns() - t0;
-
-	/* scatter: every involved worker in flight at once */
 	for (uint32_t w = 0; w < ds->W; w++) {
-		if (ds->p[w].n_rows == 0)
-			continue;
-		if ((rc = peer_send(ds, w, layer, x, pl->epoch, deadline,
-		             &bytes_out, &pack_ns)) != 0)
-			goto out;
-		msgs++;
-		rows += ds->p[w].n_rows;
+		ds->load[w] = ds->cp[w].load;
+		ds->bad[w] = false;
+		ds->near[w] = ds->cp[w].near;
 	}
-	for (uint32_t w = 0; w < ds->W; w++)
-		if (ds->p[w].state == P_SEND &&
-		        (rc = peer_wait_send(ds, w, deadline)) != 0)
-			goto out;
-	/* gather */
-	for (uint32_t w = 0; w < ds->W; w++)
-		if (ds->p[w].state == P_RECV &&
-		        (rc = peer_wait_recv(ds, w, &bytes_in, &max_compute)) != 0)
-			goto out;
+	if ((rc = plan(ds, a)) != 0)
+		goto out;
+	{
+		/* every group, in expert order: one request per worker */
+		uint32_t gl[256], n = 0;
+		for (uint32_t g = 0; g < ds->n_grp; g++) {
+			gl[n++] = g;
+			if (n == 256) {
+				send_groups(ds, gl, n, 0, &pack_ns);
+				n = 0;
+			}
+		}
+		if (n > 0)
+			send_groups(ds, gl, n, 0, &pack_ns);
+	}
+	/* gather: replies, failures, re-sends, hedges */
+	while (!groups_settled(ds)) {
+		uint64_t now = clock_now_ns(), until = now + POLL_MS * 1000000u;
+		bool any = false;
+
+		if (now >= call_end)
+			break;
+		for (uint32_t i = 0; i < ds->n_msg; i++) {
+			struct dmsg *m = ds->msg[i];
+			if (!pending(m))
+				continue;
+			any = true;
+			if (m->hedge_ns != 0 && m->twin < 0) {
+				if (m->hedge_ns <= now)
+					hedge(ds, m, &pack_ns);
+				else if (m->hedge_ns < until)
+					until = m->hedge_ns;
+			}
+		}
+		if (!any) /* nothing out, yet groups pending: cannot happen */
+			break;
+		if (until > call_end)
+			until = call_end;
+		wait_round(ds, until, &bytes_in, &max_compute);
+		watch_fences(ds, &version);
+	}
 	t_got = clock_now_ns();
-	/* combine, in worker index order */
-	for (uint32_t w = 0; w < ds->W; w++) {
-		const struct peer *p = &ds->p[w];
-		if (p->state != P_DONE)
+	drain(ds);
+	memset(ds->unserved, 0, T);
+	for (uint32_t g = 0; g < ds->n_grp; g++) {
+		struct group *gr = &ds->grp[g];
+		if (gr->state == G_DONE)
 			continue;
-		for (uint32_t j = 0; j < p->n_rows; j++) {
-			float *o = out + (size_t)p->row_tok[j] * d;
-			const float *y = p->rows + (size_t)j * d;
-			for (uint32_t k = 0; k < d; k++)
-				o[k] += y[k];
+		gr->state = G_LOST;
+		for (uint32_t k = 0; k < gr->n; k++) {
+			uint32_t t = ds->pair_tok[ds->order[gr->first + k]];
+			ds->n_unserved += !ds->unserved[t];
+			ds->unserved[t] = 1;
 		}
 	}
+	if (ds->n_unserved > 0) {
+		rc = EPMOE_EUNAVAIL;
+		log_warn("dispatch: layer %u: %u of %u tokens need experts no live worker serves",
+		        layer, ds->n_unserved, T);
+		goto out;
+	}
+	combine(ds, out);
 	t_end = clock_now_ns();
 	pthread_mutex_lock(&ds->smu);
 	{
 		/* everything between packing and combining is waiting on
-		 * the workers: transport (nng_ctx_send writes to the socket
-		 * in this thread) and their compute */
+		 * the workers: transport and their compute */
 		double wait = (double)(t_got - t0 - pack_ns) * 1e-9;
 		double comp = (double)max_compute * 1e-6;
 		ds->st.t_pack += (double)pack_ns * 1e-9;
@@ -538,24 +1118,36 @@ dispatch_run(struct moe_backend *be, uint32_t layer, const float *x,
 	pthread_mutex_unlock(&ds->smu);
 out:
 	if (rc != 0) {
-		cancel_all(ds);
+		drain(ds);
 		memset(out, 0, (size_t)T * d * sizeof(float));
 		if (rc == EPMOE_ETIMEDOUT || rc == EPMOE_ECLOSED)
 			rc = EPMOE_EUNAVAIL;
 	}
-	release_replies(ds);
-	cluster_placement_release(ds->c, pl);
+	for (uint32_t i = 0; i < ds->n_msg; i++)
+		msg_release(ds->msg[i]);
+	cluster_placement_release(ds->c, ds->pl);
+	ds->pl = NULL;
 	pthread_mutex_lock(&ds->smu);
 	ds->st.calls++;
 	ds->st.failures += rc != 0;
 	ds->st.tokens += T;
 	ds->st.pairs += n_pairs;
-	ds->st.msgs += msgs;
-	ds->st.rows_sent += rows;
-	ds->st.bytes_sent += bytes_out;
 	ds->st.bytes_recv += bytes_in;
+	ds->st.unserved_tokens += ds->n_unserved;
 	pthread_mutex_unlock(&ds->smu);
 	return rc;
+}
+
+static uint32_t
+dispatch_unserved(struct moe_backend *be, uint8_t *mask, uint32_t n_tok)
+{
+	struct dispatch *ds = (struct dispatch *)be;
+
+	if (ds->n_unserved == 0)
+		return 0;
+	for (uint32_t t = 0; t < n_tok && t < ds->cap_tok; t++)
+		mask[t] |= ds->unserved[t];
+	return ds->n_unserved;
 }
 
 static void
@@ -565,28 +1157,44 @@ dispatch_free(struct moe_backend *be)
 
 	if (ds == NULL)
 		return;
-	for (uint32_t w = 0; ds->p && w < ds->W; w++) {
-		struct peer *p = &ds->p[w];
-		if (p->aio) {
-			nng_aio_stop(p->aio);
-			nng_aio_free(p->aio);
-		}
-		if (p->ctx_open)
-			nng_ctx_close(p->ctx);
-		if (p->spare)
-			nng_msg_free(p->spare);
-		free(p->row_tok);
-		free(p->weights);
-		free(p->combine);
-		free(p->groups);
-		free(p->gp);
+	for (uint32_t i = 0; ds->msg && i < ds->cap_msg; i++) {
+		struct dmsg *m = ds->msg[i];
+		if (m == NULL)
+			continue;
+		nng_aio_stop(m->aio);
+		nng_aio_free(m->aio);
+		if (m->ctx_open)
+			nng_ctx_close(m->ctx);
+		msg_release(m);
+		if (m->spare)
+			nng_msg_free(m->spare);
+		free(m->grp);
+		free(m->row_tok);
+		free(m->gather);
+		free(m->combine);
+		free(m->weights);
+		free(m->groups);
+		free(m->gp);
+		free(m);
 	}
-	free(ds->p);
+	free(ds->msg);
 	free(ds->cp);
-	free(ds->pair_slot);
-	free(ds->pair_row);
+	free(ds->load);
+	free(ds->bad);
+	free(ds->near);
+	free(ds->cand_w);
+	free(ds->cand_s);
 	free(ds->order);
-	free(ds->slot_count);
+	free(ds->pair_tok);
+	free(ds->pair_grp);
+	free(ds->pair_pos);
+	free(ds->ecount);
+	free(ds->grp);
+	free(ds->tok_row);
+	free(ds->tok_stamp);
+	free(ds->unserved);
+	pthread_cond_destroy(&ds->cv);
+	pthread_mutex_destroy(&ds->mu);
 	pthread_mutex_destroy(&ds->smu);
 	free(ds);
 }
@@ -596,30 +1204,49 @@ dispatch_new(struct moe_backend **out, struct cluster *c,
         const struct model *m, const struct dispatch_cfg *cfg)
 {
 	struct dispatch *ds;
+	pthread_condattr_t ca;
 
 	if (c == NULL || m == NULL)
 		return EPMOE_EINVAL;
 	if ((ds = calloc(1, sizeof(*ds))) == NULL)
 		return EPMOE_ENOMEM;
 	pthread_mutex_init(&ds->smu, NULL);
+	pthread_mutex_init(&ds->mu, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&ds->cv, &ca);
+	pthread_condattr_destroy(&ca);
 	ds->be.run = dispatch_run;
 	ds->be.free = dispatch_free;
+	ds->be.unserved = dispatch_unserved;
 	ds->c = c;
 	ds->m = m;
 	ds->W = cluster_n_workers(c);
 	ds->d = m->hp.n_embd;
-	ds->deadline_ms = cfg && cfg->deadline_ms ? cfg->deadline_ms : 10000;
-	ds->p = calloc(ds->W, sizeof(*ds->p));
+	ds->L = m->hp.n_layer;
+	if (cfg)
+		ds->cfg = *cfg;
+	dl_cfg_default(&ds->dl);
+	if (ds->cfg.timeout_ms)
+		ds->dl.cap_ms = ds->cfg.timeout_ms;
+	if (ds->cfg.floor_ms)
+		ds->dl.floor_ms = ds->cfg.floor_ms;
+	if (ds->dl.floor_ms > ds->dl.cap_ms)
+		ds->dl.floor_ms = ds->dl.cap_ms;
+	if (ds->cfg.deadline_k > 0)
+		ds->dl.k = ds->cfg.deadline_k;
+	replica_init(&ds->rc, ds->cfg.replica, ds->cfg.replica_seed);
 	ds->cp = calloc(ds->W, sizeof(*ds->cp));
-	if (ds->p == NULL || ds->cp == NULL) {
+	ds->load = calloc(ds->W, sizeof(*ds->load));
+	ds->bad = calloc(ds->W, sizeof(*ds->bad));
+	ds->near = calloc(ds->W, sizeof(*ds->near));
+	ds->cand_w = calloc(ds->W, sizeof(*ds->cand_w));
+	ds->cand_s = calloc(ds->W, sizeof(*ds->cand_s));
+	ds->ecount = calloc((size_t)m->hp.n_expert + 1, sizeof(*ds->ecount));
+	if (!ds->cp || !ds->load || !ds->bad || !ds->cand_w || !ds->cand_s ||
+	        !ds->ecount || !ds->near) {
 		dispatch_free(&ds->be);
 		return EPMOE_ENOMEM;
-	}
-	for (uint32_t w = 0; w < ds->W; w++) {
-		if (nng_aio_alloc(&ds->p[w].aio, NULL, NULL) != 0) {
-			dispatch_free(&ds->be);
-			return EPMOE_ENOMEM;
-		}
 	}
 	*out = &ds->be;
 	return 0;

@@ -3,6 +3,7 @@
  * (stats.c) and the front ends (api.c: HTTP, nngapi.c: NNG) on one libuv
  * loop, and shuts down cleanly on SIGINT/SIGTERM. */
 #include <getopt.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,6 +68,27 @@ usage(FILE *f)
 	        "                           running ones for up to N s, then stop (default\n"
 	        "                           30, 0 = stop at once; a second signal stops at\n"
 	        "                           once; env EPMOE_DRAIN_TIMEOUT_S)\n"
+	        "      --deadline-floor-ms N  shortest adaptive batch deadline: a batch is\n"
+	        "                           given max(N, K x p99 of its worker's recent replies)\n"
+	        "                           when its experts have other copies (default 200;\n"
+	        "                           env EPMOE_DEADLINE_FLOOR_MS)\n"
+	        "      --deadline-k K       that multiple of p99 (default 3; env EPMOE_DEADLINE_K)\n"
+	        "      --hedge H            send a duplicate of a batch to another copy when it\n"
+	        "                           is pending at H x p99; 0 = off (default 0;\n"
+	        "                           env EPMOE_HEDGE)\n"
+	        "      --replica MODE       which copy of a replicated expert serves a token\n"
+	        "                           group: dynamic (least outstanding tokens, power of\n"
+	        "                           two choices) or static (seeded spread); default\n"
+	        "                           dynamic (env EPMOE_REPLICA)\n"
+	        "      --replica-seed N     seed of the static spread (default 0;\n"
+	        "                           env EPMOE_REPLICA_SEED)\n"
+	        "      --heartbeat-ms N     worker report period; a worker silent for 3 periods\n"
+	        "                           is fenced, for 6 it is reported hung and, if started\n"
+	        "                           here, killed and restarted (default 500;\n"
+	        "                           env EPMOE_HEARTBEAT_MS)\n"
+	        "      --no-degraded        keep a lost worker's experts unserved until it comes\n"
+	        "                           back (default: load them on live workers;\n"
+	        "                           env EPMOE_NO_DEGRADED=1)\n"
 	        "      --log-json           log one JSON object per line (env EPMOE_LOG_JSON=1)\n"
 	        "      --log-level L        debug|info|warn|error (default info;\n"
 	        "                           env EPMOE_LOG_LEVEL)\n"
@@ -99,6 +121,13 @@ static const struct envarg env_table[] = {
 	{ "max-tokens-limit", "EPMOE_MAX_TOKENS_LIMIT", false, false },
 	{ "expert-timeout-ms", "EPMOE_EXPERT_TIMEOUT_MS", false, false },
 	{ "drain-timeout-s", "EPMOE_DRAIN_TIMEOUT_S", false, false },
+	{ "deadline-floor-ms", "EPMOE_DEADLINE_FLOOR_MS", false, false },
+	{ "deadline-k", "EPMOE_DEADLINE_K", false, false },
+	{ "hedge", "EPMOE_HEDGE", false, false },
+	{ "replica", "EPMOE_REPLICA", false, false },
+	{ "replica-seed", "EPMOE_REPLICA_SEED", false, false },
+	{ "heartbeat-ms", "EPMOE_HEARTBEAT_MS", false, false },
+	{ "no-degraded", "EPMOE_NO_DEGRADED", true, false },
 	{ "log-json", "EPMOE_LOG_JSON", true, false },
 	{ "log-level", "EPMOE_LOG_LEVEL", false, false },
 	{ "print-config", "EPMOE_PRINT_CONFIG", true, false },
@@ -116,6 +145,20 @@ num(const char *opt, const char *s, long lo, long hi, long *out)
 		const char *src = cur_args ? envargs_source(cur_args, optind - 1) : NULL;
 		fprintf(stderr, "epmoe-router: %s%s%s%s expects an integer in %ld..%ld, got '%s'\n",
 		        opt, src ? " (from " : "", src ? src : "", src ? ")" : "", lo, hi, s);
+		return -1;
+	}
+	*out = v;
+	return 0;
+}
+
+static int
+numf(const char *opt, const char *s, double lo, double hi, double *out)
+{
+	char *end;
+	double v = strtod(s, &end);
+	if (*s == '\0' || *end != '\0' || !(v >= lo && v <= hi)) {
+		fprintf(stderr, "epmoe-router: %s expects a number in %g..%g, got '%s'\n",
+		        opt, lo, hi, s);
 		return -1;
 	}
 	*out = v;
@@ -148,6 +191,13 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print)
 		{ "expert-timeout-ms", required_argument, NULL, 'D' },
 		{ "drain-timeout-s", required_argument, NULL, 'G' },
 		{ "print-config", no_argument, NULL, 'p' },
+		{ "deadline-floor-ms", required_argument, NULL, 1000 },
+		{ "deadline-k", required_argument, NULL, 1001 },
+		{ "hedge", required_argument, NULL, 1002 },
+		{ "replica", required_argument, NULL, 1003 },
+		{ "replica-seed", required_argument, NULL, 1004 },
+		{ "heartbeat-ms", required_argument, NULL, 1005 },
+		{ "no-degraded", no_argument, NULL, 1006 },
 		{ "log-json", no_argument, NULL, 'J' },
 		{ "log-level", required_argument, NULL, 'l' },
 		{ "help", no_argument, NULL, 'h' },
@@ -246,6 +296,38 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print)
 				return -1;
 			c->drain_timeout_s = (uint32_t)v;
 			break;
+		case 1000:
+			if (num("--deadline-floor-ms", optarg, 1, 3600000, &v))
+				return -1;
+			c->deadline_floor_ms = (uint32_t)v;
+			break;
+		case 1001:
+			if (numf("--deadline-k", optarg, 1.0, 1000.0, &c->deadline_k))
+				return -1;
+			break;
+		case 1002:
+			if (numf("--hedge", optarg, 0.0, 1000.0, &c->hedge))
+				return -1;
+			break;
+		case 1003:
+			if (strcmp(optarg, "static") != 0 && strcmp(optarg, "dynamic") != 0) {
+				fprintf(stderr, "epmoe-router: --replica expects static or dynamic, got '%s'\n",
+				        optarg);
+				return -1;
+			}
+			c->replica = optarg;
+			break;
+		case 1004:
+			if (num("--replica-seed", optarg, 0, LONG_MAX, &v))
+				return -1;
+			c->replica_seed = (uint64_t)v;
+			break;
+		case 1005:
+			if (num("--heartbeat-ms", optarg, 10, 600000, &v))
+				return -1;
+			c->heartbeat_ms = (uint32_t)v;
+			break;
+		case 1006: c->no_degraded = true; break;
 		case 'h': usage(stdout); exit(0);
 		default: usage(stderr); return -1;
 		}

@@ -108,22 +108,18 @@ plan_build(const struct plan *pl, struct placement **out)
 				start[wk[(size_t)e * pl->r_cap + r] + 1]++;
 		for (uint32_t w = 0; w < W; w++)
 			start[w + 1] += start[w];
+		/* copies keep the order they were given in (log2phy[.][r] is
+		 * the r-th owner listed), whatever their slot numbers */
 		for (uint32_t e = 0; e < E; e++) {
+			size_t i = (size_t)l * E + e;
 			for (uint32_t r = 0; r < cnt[e]; r++) {
 				int32_t w = wk[(size_t)e * pl->r_cap + r];
 				uint32_t s = start[w]++;
 				sw[s] = w;
 				se[s] = (int32_t)e;
+				p->log2phy[i * R + r] = (int32_t)s;
 			}
-		}
-		for (uint32_t s = 0; s < S; s++) {
-			int32_t e = se[s];
-			size_t i;
-			if (e < 0)
-				continue;
-			i = (size_t)l * E + (size_t)e;
-			p->log2phy[i * R + (uint32_t)p->logcnt[i]] = (int32_t)s;
-			p->logcnt[i]++;
+			p->logcnt[i] = (int32_t)cnt[e];
 		}
 	}
 	free(start);
@@ -502,4 +498,183 @@ placement_worker_slots(const struct placement *p, uint32_t w)
 	for (size_t i = 0; i < (size_t)p->n_layer * p->n_slot; i++)
 		n += p->slot_worker[i] == (int32_t)w;
 	return n;
+}
+
+bool
+placement_has(const struct placement *p, uint32_t l, uint32_t e, uint32_t w)
+{
+	for (uint32_t r = 0; r < placement_expert_copies(p, l, e); r++)
+		if (placement_slot_worker(p, l, (uint32_t)placement_expert_slot(p, l, e,
+		        r)) == (int32_t)w)
+			return true;
+	return false;
+}
+
+int
+placement_build(struct placement **out, uint32_t n_layer, uint32_t n_expert,
+        uint32_t n_worker, const uint32_t *cnt, const int32_t *owners,
+        uint32_t r_cap)
+{
+	struct plan pl;
+	int rc;
+
+	if (n_layer == 0 || n_expert == 0 || n_worker == 0 ||
+	        n_worker > PLACEMENT_MAX_WORKERS || r_cap == 0)
+		return EPMOE_EINVAL;
+	for (size_t i = 0; i < (size_t)n_layer * n_expert; i++) {
+		const int32_t *o = owners + i * r_cap;
+		if (cnt[i] < 1 || cnt[i] > r_cap)
+			return EPMOE_EINVAL;
+		for (uint32_t r = 0; r < cnt[i]; r++) {
+			if (o[r] < 0 || (uint32_t)o[r] >= n_worker)
+				return EPMOE_EINVAL;
+			for (uint32_t q = 0; q < r; q++)
+				if (o[q] == o[r])
+					return EPMOE_EINVAL;
+		}
+	}
+	if ((rc = plan_init(&pl, n_layer, n_expert, n_worker, r_cap)) != 0)
+		return rc;
+	memcpy(pl.cnt, cnt, (size_t)n_layer * n_expert * sizeof(*cnt));
+	memcpy(pl.wk, owners, (size_t)n_layer * n_expert * r_cap * sizeof(*owners));
+	rc = plan_build(&pl, out);
+	plan_fini(&pl);
+	return rc;
+}
+
+bool
+placement_layer_equal(const struct placement *a, const struct placement *b,
+        uint32_t l)
+{
+	if (a->n_expert != b->n_expert || l >= a->n_layer || l >= b->n_layer)
+		return false;
+	for (uint32_t e = 0; e < a->n_expert; e++) {
+		uint32_t n = placement_expert_copies(a, l, e);
+		if (n != placement_expert_copies(b, l, e))
+			return false;
+		for (uint32_t r = 0; r < n; r++)
+			if (placement_slot_worker(a, l, (uint32_t)placement_expert_slot(a, l, e, r)) !=
+			        placement_slot_worker(b, l, (uint32_t)placement_expert_slot(b, l, e, r)))
+				return false;
+	}
+	return true;
+}
+
+/* Owner lists of a map's layer l into the plan's layer l. */
+static void
+plan_take_layer(struct plan *pl, const struct placement *p, uint32_t l)
+{
+	for (uint32_t e = 0; e < p->n_expert; e++) {
+		size_t i = (size_t)l * pl->E + e;
+		uint32_t n = placement_expert_copies(p, l, e);
+		pl->cnt[i] = n;
+		for (uint32_t r = 0; r < n; r++)
+			pl->wk[i * pl->r_cap + r] = placement_slot_worker(p, l,
+			        (uint32_t)placement_expert_slot(p, l, e, r));
+	}
+}
+
+int
+placement_mix(struct placement **out, const struct placement *base,
+        const struct placement *other, const bool *take)
+{
+	uint32_t L = base->n_layer, E = base->n_expert;
+	uint32_t W = base->n_worker > other->n_worker ? base->n_worker : other->n_worker;
+	uint32_t R = base->max_copies > other->max_copies ? base->max_copies :
+	        other->max_copies;
+	struct plan pl;
+	int rc;
+
+	if (other->n_layer != L || other->n_expert != E)
+		return EPMOE_EINVAL;
+	if ((rc = plan_init(&pl, L, E, W, R)) != 0)
+		return rc;
+	for (uint32_t l = 0; l < L; l++)
+		plan_take_layer(&pl, take[l] ? other : base, l);
+	rc = plan_build(&pl, out);
+	plan_fini(&pl);
+	return rc;
+}
+
+int
+placement_dup(struct placement **out, const struct placement *p)
+{
+	struct plan pl;
+	int rc;
+
+	if ((rc = plan_init(&pl, p->n_layer, p->n_expert, p->n_worker,
+	             p->max_copies)) != 0)
+		return rc;
+	for (uint32_t l = 0; l < p->n_layer; l++)
+		plan_take_layer(&pl, p, l);
+	rc = plan_build(&pl, out);
+	plan_fini(&pl);
+	if (rc == 0)
+		(*out)->epoch = p->epoch;
+	return rc;
+}
+
+int
+placement_cover(struct placement **out, const struct placement *home,
+        const bool *up, const bool *lost, const struct placement *prev,
+        uint32_t *n_extra)
+{
+	uint32_t L = home->n_layer, E = home->n_expert, W = home->n_worker;
+	uint32_t *per_w = NULL, extra = 0;
+	struct plan pl;
+	bool any_up = false;
+	int rc;
+
+	for (uint32_t w = 0; w < W; w++)
+		any_up |= up[w];
+	if ((rc = plan_init(&pl, L, E, W, home->max_copies + 1)) != 0)
+		return rc;
+	if ((per_w = calloc(W, sizeof(*per_w))) == NULL) {
+		plan_fini(&pl);
+		return EPMOE_ENOMEM;
+	}
+	for (uint32_t l = 0; l < L; l++) {
+		plan_take_layer(&pl, home, l);
+		memset(per_w, 0, W * sizeof(*per_w));
+		for (uint32_t e = 0; e < E; e++) {
+			size_t i = (size_t)l * E + e;
+			for (uint32_t r = 0; r < pl.cnt[i]; r++)
+				per_w[pl.wk[i * pl.r_cap + r]]++;
+		}
+		for (uint32_t e = 0; any_up && e < E; e++) {
+			size_t i = (size_t)l * E + e;
+			int32_t *o = pl.wk + i * pl.r_cap, pick = -1;
+			bool covered = false, gone = false;
+
+			for (uint32_t r = 0; r < pl.cnt[i] && !covered; r++) {
+				covered = up[o[r]];
+				gone |= lost == NULL || lost[o[r]];
+			}
+			if (covered || !gone)
+				continue;
+			/* the previous map's extra copy, if still up */
+			for (uint32_t r = 0; prev && pick < 0 &&
+			        r < placement_expert_copies(prev, l, e); r++) {
+				int32_t w = placement_slot_worker(prev, l,
+				        (uint32_t)placement_expert_slot(prev, l, e, r));
+				if (w >= 0 && (uint32_t)w < W && up[w] &&
+				        !placement_has(home, l, e, (uint32_t)w))
+					pick = w;
+			}
+			if (pick < 0) {
+				for (uint32_t w = 0; w < W; w++)
+					if (up[w] && (pick < 0 || per_w[w] < per_w[pick]))
+						pick = (int32_t)w;
+			}
+			o[pl.cnt[i]++] = pick;
+			per_w[pick]++;
+			extra++;
+		}
+	}
+	rc = plan_build(&pl, out);
+	plan_fini(&pl);
+	free(per_w);
+	if (rc == 0 && n_extra)
+		*n_extra = extra;
+	return rc;
 }

@@ -5,8 +5,8 @@
  * numbered per layer, in order of (worker, expert), so the slots of a
  * worker are contiguous and a worker's slots list its experts in ascending
  * order.  An expert may have several slots (replicas) on distinct workers;
- * today's maps have exactly one, but every consumer goes through log2phy /
- * logcnt so replicas need no interface change.
+ * its copies keep the order they were given in (log2phy[l][e][0] is the
+ * first worker listed), so a placement file reads back as written.
  *
  * A placement is immutable once built and tagged with an epoch; it is
  * shared read-only between threads (the cluster swaps in a new one and
@@ -29,6 +29,7 @@
 #ifndef EPMOE_PLACEMENT_H
 #define EPMOE_PLACEMENT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -46,7 +47,8 @@ struct placement {
 	uint32_t max_copies;  /* Rmax: most slots of one expert */
 	int32_t *slot_worker; /* [L][S] worker of slot s, -1 = unused */
 	int32_t *phy2log;     /* [L][S] expert in slot s, -1 = unused */
-	int32_t *log2phy;     /* [L][E][Rmax] slots of e ascending, -1 padded */
+	int32_t *log2phy;     /* [L][E][Rmax] slots of e in the order given,
+	                         -1 padded */
 	int32_t *logcnt;      /* [L][E] number of slots of e (>= 1) */
 };
 
@@ -115,6 +117,44 @@ int placement_to_json(const struct placement *p, cJSON **out);
 
 /* Number of slots worker w serves over all layers. */
 uint32_t placement_worker_slots(const struct placement *p, uint32_t w);
+
+/* Whether worker w holds a copy of expert e in layer l. */
+bool placement_has(const struct placement *p, uint32_t l, uint32_t e,
+        uint32_t w);
+
+/* Builds a map from owner lists: cnt[l * E + e] (>= 1) copies of expert e
+ * of layer l on the workers owners[(l * E + e) * r_cap + r], distinct,
+ * < n_worker, in preference order.  Epoch 1 (set p->epoch after).
+ * EPMOE_EINVAL on a bad list. */
+int placement_build(struct placement **out, uint32_t n_layer,
+        uint32_t n_expert, uint32_t n_worker, const uint32_t *cnt,
+        const int32_t *owners, uint32_t r_cap);
+
+/* A copy of p (epoch included).  Free with placement_free(). */
+int placement_dup(struct placement **out, const struct placement *p);
+
+/* Whether layer l has the same owner lists (same order) in a and b (of
+ * the same shape). */
+bool placement_layer_equal(const struct placement *a,
+        const struct placement *b, uint32_t l);
+
+/* A new map whose layer l is other's when take[l], else base's (same
+ * shape; n_worker the larger).  Epoch 1 (the caller sets it). */
+int placement_mix(struct placement **out, const struct placement *base,
+        const struct placement *other, const bool *take);
+
+/* Degraded service (reliability.md §11.2): home with every (layer, expert)
+ * that has no copy on a worker marked in up[n_worker] but one on a worker
+ * marked in lost[n_worker] (NULL: every worker not up counts as lost)
+ * given one more copy on an up worker, appended after its home copies.  The extra copy is the
+ * one prev (may be NULL) has on an up worker outside home, if any (no
+ * churn from one degraded map to the next), else the up worker with the
+ * fewest copies in that layer (lowest index on a tie).  With no up worker
+ * the result equals home.  Epoch 1.  *n_extra (may be NULL) gets the
+ * number of extra copies. */
+int placement_cover(struct placement **out, const struct placement *home,
+        const bool *up, const bool *lost, const struct placement *prev,
+        uint32_t *n_extra);
 
 void placement_free(struct placement *p);
 

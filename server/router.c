@@ -2,6 +2,7 @@
  * worker cluster with its dispatch backend and local workers) and the
  * scheduler; and the prompt building the front ends share.  See router.h.
  * Loop thread only. */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,13 +18,53 @@
 #include "router.h"
 #include "spawn.h"
 
+/* Cluster events (its control thread): a hung worker is queued for the
+ * loop thread, which owns the local workers. */
+static void
+on_cluster_event(void *arg, const struct cluster_event *ev)
+{
+	struct router *r = arg;
+
+	if (!ev->hung)
+		return;
+	pthread_mutex_lock(&r->hung_mu);
+	if (r->n_hung < sizeof(r->hung) / sizeof(r->hung[0])) {
+		snprintf(r->hung[r->n_hung].id, sizeof(r->hung[0].id), "%s", ev->id);
+		r->hung[r->n_hung].silent_ms = ev->silent_ms;
+		r->n_hung++;
+	}
+	pthread_mutex_unlock(&r->hung_mu);
+}
+
+/* Kills the local workers reported hung (spawn_poll restarts them). */
+static void
+kill_hung(struct router *r)
+{
+	struct router_hung h[8];
+	uint32_t n;
+
+	pthread_mutex_lock(&r->hung_mu);
+	n = r->n_hung;
+	memcpy(h, r->hung, n * sizeof(h[0]));
+	r->n_hung = 0;
+	pthread_mutex_unlock(&r->hung_mu);
+	for (uint32_t i = 0; i < n; i++) {
+		long pid = spawn_kill_id(r->spawned, h[i].id, SIGKILL, h[i].silent_ms);
+		if (pid > 0)
+			log_warn("worker %s (pid %ld) hung (silent for %u ms or missing its deadlines): killed, it will be restarted",
+			        h[i].id, pid, h[i].silent_ms);
+	}
+}
+
 static void
 on_reap(uv_timer_t *t)
 {
 	struct router *r = t->data;
 
-	if (r->spawned)
+	if (r->spawned) {
+		kill_hung(r);
 		spawn_poll(r->spawned);
+	}
 }
 
 /* Expert -> worker map of the placement (first slot of each expert), for
@@ -74,7 +115,7 @@ spawn_workers(struct router *r)
 	}
 	uv_timer_init(r->loop, &r->reap_timer);
 	r->reap_timer.data = r;
-	uv_timer_start(&r->reap_timer, on_reap, 500, 500);
+	uv_timer_start(&r->reap_timer, on_reap, 200, 200);
 	r->reap_timer_on = true;
 	return 0;
 }
@@ -95,16 +136,30 @@ start_workers(struct router *r)
 	cc.placement_file = r->cfg.placement;
 	cc.experts_per_worker = r->cfg.experts_per_worker;
 	cc.n_workers = (uint32_t)r->cfg.expect_workers;
+	cc.heartbeat_ms = r->cfg.heartbeat_ms;
+	cc.no_degraded = r->cfg.no_degraded;
 	if ((rc = cluster_new(&r->cluster, &cc, err, sizeof(err))) != 0) {
 		log_error("%s", err[0] ? err : epmoe_strerror(rc));
 		return rc;
 	}
+	if (pthread_mutex_init(&r->hung_mu, NULL) != 0)
+		return EPMOE_ENOMEM;
+	r->hung_mu_ok = true;
+	cluster_set_event_cb(r->cluster, on_cluster_event, r);
 	if ((rc = cluster_start(r->cluster)) != 0) {
 		log_error("cannot listen for workers on %s: %s", r->cfg.control_url,
 		        epmoe_strerror(rc));
 		return rc;
 	}
-	dc.deadline_ms = r->cfg.expert_timeout_ms;
+	dc.timeout_ms = r->cfg.expert_timeout_ms;
+	dc.floor_ms = r->cfg.deadline_floor_ms;
+	dc.deadline_k = r->cfg.deadline_k;
+	dc.hedge = r->cfg.hedge;
+	dc.replica_seed = r->cfg.replica_seed;
+	if (r->cfg.replica && replica_mode_parse(r->cfg.replica, &dc.replica) != 0) {
+		log_error("--replica %s: expected static or dynamic", r->cfg.replica);
+		return EPMOE_EINVAL;
+	}
 	if ((rc = dispatch_new(&r->dispatch, r->cluster, r->model, &dc)) != 0) {
 		log_error("cannot create the expert dispatcher: %s", epmoe_strerror(rc));
 		return rc;
@@ -113,9 +168,11 @@ start_workers(struct router *r)
 	if (r->cfg.workers > 0 && (rc = spawn_workers(r)) != 0)
 		return rc;
 	load_worker_map(r);
-	log_info("expecting %d workers on %s%s", r->cfg.expect_workers,
-	        cluster_control_url(r->cluster),
-	        r->cfg.workers ? " (started locally)" : "");
+	log_info("expecting %d workers on %s%s; replica choice %s, batch deadline max(%u ms, %.1f x p99) up to %u ms, hedging %s",
+	        r->cfg.expect_workers, cluster_control_url(r->cluster),
+	        r->cfg.workers ? " (started locally)" : "", replica_mode_name(dc.replica),
+	        dc.floor_ms ? dc.floor_ms : 200, dc.deadline_k > 0 ? dc.deadline_k : 3.0,
+	        dc.timeout_ms, dc.hedge > 0 ? "on" : "off");
 	return 0;
 }
 
@@ -215,6 +272,10 @@ router_free(struct router *r)
 	}
 	cluster_free(r->cluster);
 	r->cluster = NULL;
+	if (r->hung_mu_ok) {
+		pthread_mutex_destroy(&r->hung_mu);
+		r->hung_mu_ok = false;
+	}
 	engine_free(r->engine);
 	tok_free(r->tok);
 	free(r->chat_template);

@@ -13,6 +13,7 @@
 #ifndef EPMOE_ROUTER_H
 #define EPMOE_ROUTER_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <uv.h>
@@ -44,8 +45,15 @@ struct router_cfg {
 	uint32_t n_ctx;
 	uint32_t max_tokens_default;
 	uint32_t max_tokens_limit;
-	uint32_t expert_timeout_ms;
 	uint32_t drain_timeout_s; /* SIGTERM: finish requests for up to this */
+	uint32_t expert_timeout_ms;  /* longest wait for one expert batch */
+	uint32_t deadline_floor_ms;  /* shortest adaptive deadline (0 = 200) */
+	double deadline_k;           /* deadline = k x p99 (0 = 3) */
+	double hedge;                /* hedge at h x p99; 0 = off */
+	const char *replica;         /* "dynamic" (NULL) or "static" */
+	uint64_t replica_seed;
+	uint32_t heartbeat_ms;       /* worker report period (0 = 500) */
+	bool no_degraded;            /* never re-place a lost worker's experts */
 	struct sched_cfg sched;
 	bool log_json;
 };
@@ -67,8 +75,14 @@ struct router {
 	struct cluster *cluster;
 	struct moe_backend *dispatch;
 	struct spawn *spawned;    /* the local workers of --workers N */
-	uv_timer_t reap_timer;    /* restarts local workers that exit */
+	uv_timer_t reap_timer;    /* restarts local workers that exit, kills
+	                           * hung ones */
 	bool reap_timer_on;
+	/* ids of hung workers to kill (cluster events, control thread) */
+	pthread_mutex_t hung_mu;
+	bool hung_mu_ok;
+	struct router_hung { char id[104]; uint32_t silent_ms; } hung[8];
+	uint32_t n_hung;
 	uint16_t *worker_of;      /* [L * E] expert -> worker of the placement
 	                           * (first slot), or NULL; set at start */
 	int n_workers_map;

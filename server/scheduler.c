@@ -894,10 +894,24 @@ round_once(struct sched *s)
 	if (place_logits(s, n_items) != 0) {
 		fail_items(s, n_items, EPMOE_ENOMEM, "out of memory for logits");
 	} else if ((rc = run_step(s, n_items)) != 0) {
-		log_warn("sched: step of %u sequences failed: %s", n_items, epmoe_strerror(rc));
-		fail_items(s, n_items, rc, rc == EPMOE_EUNAVAIL ?
-		        "an expert worker failed or timed out during this step; retry" :
-		        epmoe_strerror(rc));
+		uint32_t n_un = 0;
+		for (uint32_t i = 0; rc == EPMOE_EUNAVAIL && i < n_items; i++)
+			n_un += s->items[i].unserved;
+		if (n_un > 0) {
+			/* only the sequences that needed an expert with no live
+			 * copy fail; the others run again in the next round */
+			log_warn("sched: %u of %u sequences of the step need an expert no live worker serves: they fail, the others go on",
+			        n_un, n_items);
+			for (uint32_t i = 0; i < n_items; i++)
+				if (s->items[i].unserved && s->item_req[i]->state != REQ_FINISHED)
+					finish(s, s->item_req[i], rc, NULL,
+					        "an expert this request needs has no live worker (lost worker, no replica); retry");
+		} else {
+			log_warn("sched: step of %u sequences failed: %s", n_items, epmoe_strerror(rc));
+			fail_items(s, n_items, rc, rc == EPMOE_EUNAVAIL ?
+			        "an expert worker failed or timed out during this step; retry" :
+			        epmoe_strerror(rc));
+		}
 	} else {
 		for (uint32_t i = 0; i < n_items; i++)
 			take_result(s, s->item_req[i], &s->items[i]);

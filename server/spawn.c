@@ -284,6 +284,24 @@ spawn_kill(struct spawn *s, uint32_t i, int sig)
 	return kill(s->c[i].pid, sig) == 0 ? 0 : epmoe_err_from_errno(errno);
 }
 
+long
+spawn_kill_id(struct spawn *s, const char *id, int sig, uint32_t min_age_ms)
+{
+	uint64_t now = clock_now_ns();
+
+	for (uint32_t i = 0; i < s->n; i++) {
+		struct child *c = &s->c[i];
+		if (c->pid == 0 || strcmp(c->id, id) != 0)
+			continue;
+		if (now - c->started_ns < (uint64_t)min_age_ms * 1000000u)
+			return 0;
+		if (kill(c->pid, sig) != 0)
+			return epmoe_err_from_errno(errno);
+		return (long)c->pid;
+	}
+	return 0;
+}
+
 pid_t
 spawn_pid(const struct spawn *s, uint32_t i)
 {

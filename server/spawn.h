@@ -55,6 +55,12 @@ int spawn_stop(struct spawn *s, uint32_t timeout_ms);
 /* Sends sig to child i (tests: kill a worker).  EPMOE_ERANGE / ESTATE. */
 int spawn_kill(struct spawn *s, uint32_t i, int sig);
 
+/* Sends sig to the running child whose id is id, if it has been running
+ * for at least min_age_ms (so a report about an earlier incarnation does
+ * not hit its replacement).  Returns its pid, 0 when no such child (or
+ * too young), or a negative EPMOE_E* code. */
+long spawn_kill_id(struct spawn *s, const char *id, int sig, uint32_t min_age_ms);
+
 /* Pid of child i, or 0 when it is not running. */
 pid_t spawn_pid(const struct spawn *s, uint32_t i);
 uint32_t spawn_n(const struct spawn *s);

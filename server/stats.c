@@ -40,6 +40,12 @@ struct stats {
 	        *f_worker_up;
 	struct metrics_series **s_expert_tokens; /* [L * E] */
 	struct metrics_series *worker_up[256]; /* the id holding each index */
+	/* failover (distributed mode only) */
+	struct metrics_series *fo_fenced[6], *fo_redisp, *fo_redisp_pairs,
+	        *fo_batch_fail, *fo_hedges, *fo_hedges_won, *fo_abandoned, *fo_stale,
+	        *fo_unserved_tok, *fo_degraded, *fo_unserved_pairs, *fo_epoch,
+	        *fo_transition, *fo_commits, *fo_recoveries, *fo_recovery_sum,
+	        *fo_last_recovery, *fo_refused;
 
 	pthread_mutex_t mu;
 	bool mu_ok;
@@ -199,6 +205,61 @@ on_route(void *ud, struct route_policy *p, uint32_t layer, uint32_t n_tok,
 		var = metrics_family_series(f_);                                \
 	} while (0)
 
+/* Re-dispatch, hedging, fencing, degraded service, time to recover. */
+static int
+register_failover(struct stats *st)
+{
+	static const char *const l_cause[] = { "cause" };
+	static const char *const causes[6] = { "heartbeat", "connection",
+		"deadline", "error", "stale", "left" };
+	struct metrics_family *f;
+	int rc;
+
+	if ((rc = metrics_counter(st->metrics, "epmoe_workers_fenced_total",
+	             "Workers fenced (marked dead until they register again), by cause",
+	             l_cause, 1, &f)) != 0)
+		return rc;
+	for (int i = 0; i < 6; i++) {
+		const char *lv[1] = { causes[i] };
+		if ((rc = metrics_series(f, lv, &st->fo_fenced[i])) != 0)
+			return rc;
+	}
+	REG(counter, st->fo_redisp, "epmoe_redispatched_groups_total",
+	    "Token groups re-sent to another copy after their batch failed");
+	REG(counter, st->fo_redisp_pairs, "epmoe_redispatched_pairs_total",
+	    "(token, expert) pairs re-sent to another copy after their batch failed");
+	REG(counter, st->fo_batch_fail, "epmoe_expert_batch_failures_total",
+	    "Expert batches that failed (error, stale placement, lost connection, deadline)");
+	REG(counter, st->fo_hedges, "epmoe_hedges_total",
+	    "Hedged duplicates of late expert batches sent to another copy");
+	REG(counter, st->fo_hedges_won, "epmoe_hedges_won_total",
+	    "Hedged duplicates that answered first");
+	REG(counter, st->fo_abandoned, "epmoe_expert_batches_abandoned_total",
+	    "Expert batches given up (fenced worker, lost hedge race): late replies dropped");
+	REG(counter, st->fo_stale, "epmoe_stale_replies_total",
+	    "Batches a worker refused as naming a slot or epoch it does not hold");
+	REG(counter, st->fo_unserved_tok, "epmoe_unserved_tokens_total",
+	    "Token rows failed because an expert they needed had no live copy");
+	REG(gauge, st->fo_degraded, "epmoe_degraded_pairs",
+	    "(layer, expert) pairs served only by temporary copies (their workers are down)");
+	REG(gauge, st->fo_unserved_pairs, "epmoe_unserved_pairs",
+	    "(layer, expert) pairs with no live copy now");
+	REG(gauge, st->fo_epoch, "epmoe_placement_epoch", "Committed placement epoch");
+	REG(gauge, st->fo_transition, "epmoe_placement_transition",
+	    "1 while a new placement is being loaded");
+	REG(counter, st->fo_commits, "epmoe_placement_commits_total",
+	    "Placement maps committed after the first");
+	REG(counter, st->fo_recoveries, "epmoe_recoveries_total",
+	    "Times every expert was served again after some had no live copy");
+	REG(counter, st->fo_recovery_sum, "epmoe_recovery_seconds_total",
+	    "Time from losing the last copy of an expert to every expert served again, summed");
+	REG(gauge, st->fo_last_recovery, "epmoe_last_recovery_seconds",
+	    "Time to recover of the last recovery");
+	REG(counter, st->fo_refused, "epmoe_refused_duplicate_ids_total",
+	    "Registrations refused because a live worker has the same id");
+	return 0;
+}
+
 static int
 stats_register(struct stats *st)
 {
@@ -264,6 +325,8 @@ stats_register(struct stats *st)
 	             "1 while the worker (id: its --id, node: its host or container) that holds "
 	             "this worker index is up, 0 once down or replaced", l_worker_up, 3,
 	             &st->f_worker_up)))
+		return rc;
+	if (st->r->cluster && (rc = register_failover(st)) != 0)
 		return rc;
 	st->s_expert_tokens = calloc((size_t)hp->n_layer * hp->n_expert, sizeof(*st->s_expert_tokens));
 	if (st->s_expert_tokens == NULL)
@@ -411,6 +474,44 @@ export_worker_up(struct stats *st)
 	cJSON_Delete(j);
 }
 
+static void
+export_failover(struct stats *st)
+{
+	struct cluster_failover fo;
+	struct dispatch_stats ds;
+	uint64_t fenced[6];
+
+	cluster_failover(st->r->cluster, &fo);
+	fenced[0] = fo.fenced_heartbeat;
+	fenced[1] = fo.fenced_connection;
+	fenced[2] = fo.fenced_deadline;
+	fenced[3] = fo.fenced_error;
+	fenced[4] = fo.fenced_stale;
+	fenced[5] = fo.left;
+	for (int i = 0; i < 6; i++)
+		counter_to(st->fo_fenced[i], (double)fenced[i]);
+	metrics_set(st->fo_degraded, fo.degraded_pairs);
+	metrics_set(st->fo_unserved_pairs, fo.unserved_pairs);
+	metrics_set(st->fo_epoch, (double)fo.epoch);
+	metrics_set(st->fo_transition, fo.transition);
+	counter_to(st->fo_commits, (double)fo.commits);
+	counter_to(st->fo_recoveries, (double)fo.recoveries);
+	counter_to(st->fo_recovery_sum, fo.recovery_s_total);
+	metrics_set(st->fo_last_recovery, fo.last_recovery_s);
+	counter_to(st->fo_refused, (double)fo.refused_duplicate_ids);
+	if (st->r->dispatch == NULL)
+		return;
+	dispatch_stats(st->r->dispatch, &ds);
+	counter_to(st->fo_redisp, (double)ds.redispatches);
+	counter_to(st->fo_redisp_pairs, (double)ds.redispatched_pairs);
+	counter_to(st->fo_batch_fail, (double)ds.batch_failures);
+	counter_to(st->fo_hedges, (double)ds.hedges);
+	counter_to(st->fo_hedges_won, (double)ds.hedges_won);
+	counter_to(st->fo_abandoned, (double)ds.abandoned);
+	counter_to(st->fo_stale, (double)ds.stale);
+	counter_to(st->fo_unserved_tok, (double)ds.unserved_tokens);
+}
+
 int
 stats_render_metrics(struct stats *st, char **out, size_t *len)
 {
@@ -429,6 +530,7 @@ stats_render_metrics(struct stats *st, char **out, size_t *len)
 	if (st->r->cluster) {
 		export_worker_latency(st);
 		export_worker_up(st);
+		export_failover(st);
 	}
 	return metrics_render(st->metrics, out, len);
 }
@@ -457,6 +559,14 @@ workers_json(struct router *r)
 	cJSON_AddNumberToObject(d, "compute_s", ds.t_compute);
 	cJSON_AddNumberToObject(d, "combine_s", ds.t_combine);
 	cJSON_AddNumberToObject(d, "total_s", ds.t_total);
+	cJSON_AddNumberToObject(d, "batch_failures", (double)ds.batch_failures);
+	cJSON_AddNumberToObject(d, "redispatched_groups", (double)ds.redispatches);
+	cJSON_AddNumberToObject(d, "redispatched_pairs", (double)ds.redispatched_pairs);
+	cJSON_AddNumberToObject(d, "hedges", (double)ds.hedges);
+	cJSON_AddNumberToObject(d, "hedges_won", (double)ds.hedges_won);
+	cJSON_AddNumberToObject(d, "abandoned", (double)ds.abandoned);
+	cJSON_AddNumberToObject(d, "stale_replies", (double)ds.stale);
+	cJSON_AddNumberToObject(d, "unserved_tokens", (double)ds.unserved_tokens);
 	return j;
 }
 

@@ -25,6 +25,7 @@
 #include "netsock.h"
 #include "ops.h"
 #include "pool.h"
+#include "slots.h"
 #include "wire.h"
 #include "wire_nng.h"
 #include "worker.h"
@@ -32,16 +33,8 @@
 #define DEFAULT_LISTEN "tcp://127.0.0.1:0"
 #define POLL_MS 100            /* data recv timeout: how often stop is seen */
 #define DEFAULT_HEARTBEAT_MS 1000
-#define MAX_SLOT_ID 65536      /* slot ids in an order must stay below */
-
-/* Slots held: (layer, slot) -> expert, all of one placement epoch. */
-struct slot_table {
-	uint64_t epoch;
-	uint32_t n_layer;
-	uint32_t cap;      /* slot ids per layer in the table */
-	int32_t *expert;   /* [n_layer][cap], -1 = not held */
-	uint32_t n_held;
-};
+#define MAX_SLOT_ID 65536      /* slot ids in a batch must stay below */
+#define FAST_REPORT_MS 50      /* report period while an order is carried out */
 
 struct worker {
 	char router_url[512];
@@ -61,8 +54,10 @@ struct worker {
 	nng_aio *ctl_aio;
 	uint64_t ctl_seq;
 
+	struct slots *slots;      /* thread-safe on its own */
+	atomic_int report_now;    /* a load finished: report at once */
+
 	pthread_mutex_t mu;       /* guards everything below */
-	struct slot_table slots;
 	bool registered;
 	uint32_t index;
 	uint64_t router_boot;
@@ -77,6 +72,8 @@ struct worker {
 	float *xe, *ye, *h, *out;
 	size_t cap_grp, cap_out;
 };
+
+static void on_slots_ready(void *arg);
 
 static bool
 stopping(struct worker *w)
@@ -179,6 +176,10 @@ worker_new(struct worker **out, const struct worker_cfg *cfg, char *err,
 		snprintf(err, err_len, "cannot start %d compute threads", w->n_threads);
 		goto fail;
 	}
+	if ((rc = slots_new(&w->slots, w->m, on_slots_ready, w)) != 0) {
+		snprintf(err, err_len, "cannot start the slot loader");
+		goto fail;
+	}
 	if ((rc = netsock_rep_listen(&w->data, cfg->listen_url ? cfg->listen_url :
 	             DEFAULT_LISTEN, w->recv_max, bound, sizeof(bound))) != 0) {
 		snprintf(err, err_len, "cannot listen on %s: %s",
@@ -234,9 +235,9 @@ worker_free(struct worker *w)
 		netsock_close_bounded(w->ctl, 2000);
 	if (w->data_open)
 		netsock_close_bounded(w->data, 2000);
+	slots_free(w->slots);
 	pool_free(w->pool);
 	model_free(w->own);
-	free(w->slots.expert);
 	free(w->xe);
 	free(w->ye);
 	free(w->h);
@@ -252,9 +253,9 @@ worker_get_stats(struct worker *w, struct worker_stats *out)
 	*out = w->st;
 	out->registered = w->registered;
 	out->index = w->index;
-	out->epoch = w->slots.epoch;
-	out->n_slots = w->slots.n_held;
 	pthread_mutex_unlock(&w->mu);
+	out->epoch = w->slots ? slots_epoch(w->slots) : 0;
+	out->n_slots = w->slots ? slots_held(w->slots) : 0;
 }
 
 /* ---- data path ---- */
@@ -307,8 +308,8 @@ pack_result(struct worker *w, nng_msg **msg, const Epmoe__ExpertBatch *b,
 	}
 	r.status = status;
 	r.message = (char *)(message ? message : "");
+	r.epoch = slots_epoch(w->slots);
 	pthread_mutex_lock(&w->mu);
-	r.epoch = w->slots.epoch;
 	r.worker_index = w->index;
 	pthread_mutex_unlock(&w->mu);
 	if (status == EPMOE__STATUS__STATUS_OK) {
@@ -327,42 +328,22 @@ pack_result(struct worker *w, nng_msg **msg, const Epmoe__ExpertBatch *b,
 	return rc;
 }
 
-/* Checks the batch's epoch and (layer, slot, expert) against the slots
- * held.  Returns 0 or fills why. */
+/* Checks the batch against the slots held (slots.h): every group's
+ * (layer, expert) READY for the batch's epoch.  Returns 0 or fills why. */
 static int
 check_slots(struct worker *w, const Epmoe__ExpertBatch *b, char *why,
         size_t why_len)
 {
-	const struct slot_table *t = &w->slots;
-	int rc = 0;
+	bool reg;
 
 	pthread_mutex_lock(&w->mu);
-	if (!w->registered || t->expert == NULL) {
-		snprintf(why, why_len, "worker holds no slots (not registered)");
-		rc = EPMOE_ESTATE;
-	} else if (b->epoch != t->epoch) {
-		snprintf(why, why_len, "batch epoch %" PRIu64 ", worker holds epoch %" PRIu64,
-		        b->epoch, t->epoch);
-		rc = EPMOE_ESTATE;
-	} else {
-		for (size_t g = 0; g < b->n_groups; g++) {
-			const Epmoe__ExpertGroup *gr = b->groups[g];
-			int32_t held = gr->slot < t->cap ?
-			        t->expert[(size_t)b->layer * t->cap + gr->slot] : -1;
-			if (held != (int32_t)gr->expert) {
-				if (held < 0)
-					snprintf(why, why_len, "layer %u slot %u is not held by this worker",
-					        b->layer, gr->slot);
-				else
-					snprintf(why, why_len, "layer %u slot %u holds expert %d, batch names %u",
-					        b->layer, gr->slot, held, gr->expert);
-				rc = EPMOE_ESTATE;
-				break;
-			}
-		}
-	}
+	reg = w->registered;
 	pthread_mutex_unlock(&w->mu);
-	return rc;
+	if (!reg) {
+		snprintf(why, why_len, "worker holds no slots (not registered)");
+		return EPMOE_ESTATE;
+	}
+	return slots_check(w->slots, b, why, why_len);
 }
 
 /* Expert FFNs of every group, combined per output row into w->out. */
@@ -603,47 +584,33 @@ ctl_call(struct worker *w, Epmoe__ControlMsg *req, Epmoe__ControlMsg **rep,
 	return 0;
 }
 
-/* Replaces the slot table with an order (router's reply).  Invalid
- * entries are logged and skipped: batches naming them get STALE. */
+/* Applies a slot order from the router (slots.h): loads go to the loader
+ * thread, the worker keeps serving. */
 static int
 apply_order(struct worker *w, const Epmoe__SlotOrder *o)
 {
-	const struct model_hparams *hp = &w->m->hp;
-	struct slot_table t = { 0 };
-	uint32_t max_slot = 0;
+	uint32_t loads = 0, frees = 0;
+	int rc;
 
-	t.epoch = o->epoch;
-	t.n_layer = hp->n_layer;
-	for (size_t i = 0; i < o->n_slots; i++)
-		if (o->slots[i]->slot < MAX_SLOT_ID && o->slots[i]->slot + 1 > max_slot)
-			max_slot = o->slots[i]->slot + 1;
-	t.cap = max_slot ? max_slot : 1;
-	if ((t.expert = malloc((size_t)t.n_layer * t.cap * sizeof(int32_t))) == NULL)
-		return EPMOE_ENOMEM;
-	memset(t.expert, 0xff, (size_t)t.n_layer * t.cap * sizeof(int32_t));
 	for (size_t i = 0; i < o->n_slots; i++) {
-		const Epmoe__SlotAssign *a = o->slots[i];
-		if (a->op == EPMOE__SLOT_OP__SLOT_OP_FREE)
-			continue;
-		if (a->layer >= hp->n_layer || a->expert >= hp->n_expert ||
-		        a->slot >= MAX_SLOT_ID) {
-			log_error("control: order names layer %u expert %u slot %u, outside the model (%u layers, %u experts): ignored",
-			        a->layer, a->expert, a->slot, hp->n_layer, hp->n_expert);
-			continue;
-		}
-		if (a->source != EPMOE__WEIGHT_SOURCE__WEIGHT_SOURCE_LOCAL) {
-			log_error("control: order asks for weights over the network (layer %u expert %u): not supported yet, ignored",
-			        a->layer, a->expert);
-			continue;
-		}
-		t.expert[(size_t)a->layer * t.cap + a->slot] = (int32_t)a->expert;
-		t.n_held++;
+		loads += o->slots[i]->op == EPMOE__SLOT_OP__SLOT_OP_LOAD;
+		frees += o->slots[i]->op == EPMOE__SLOT_OP__SLOT_OP_FREE;
 	}
-	pthread_mutex_lock(&w->mu);
-	free(w->slots.expert);
-	w->slots = t;
-	pthread_mutex_unlock(&w->mu);
+	if ((rc = slots_apply(w->slots, o)) != 0)
+		return rc;
+	log_debug("control: order %" PRIu64 " (epoch %" PRIu64 "%s): %u loads, %u frees; %u slots held, %u loading",
+	        o->order_id, o->epoch, o->complete ? ", complete" : "", loads, frees,
+	        slots_held(w->slots), slots_loading(w->slots));
 	return 0;
+}
+
+/* Loader thread: every queued load is done; report at once. */
+static void
+on_slots_ready(void *arg)
+{
+	struct worker *w = arg;
+
+	atomic_store(&w->report_now, 1);
 }
 
 static uint64_t
@@ -717,7 +684,7 @@ do_hello(struct worker *w, bool *logged_wait)
 	pthread_mutex_unlock(&w->mu);
 	log_info("registered with router %s as worker %u (id %s, data %s, epoch %" PRIu64 ", %u slots)",
 	        w->router_url, r->worker_index, w->id, w->data_url,
-	        w->slots.epoch, w->slots.n_held);
+	        slots_epoch(w->slots), slots_held(w->slots));
 	res = REG_OK;
 out:
 	protobuf_c_message_free_unpacked(&rep->base, NULL);
@@ -731,13 +698,17 @@ do_report(struct worker *w)
 {
 	Epmoe__ControlMsg req = EPMOE__CONTROL_MSG__INIT, *rep = NULL;
 	Epmoe__LoadReport lr = EPMOE__LOAD_REPORT__INIT;
+	Epmoe__SlotOrderReply orep;
 	const Epmoe__HelloReply *r;
 	uint64_t router_boot;
 	int rc = 0;
 
+	atomic_store(&w->report_now, 0);
+	lr.epoch = slots_epoch(w->slots);
+	if (slots_report(w->slots, &orep) == 0)
+		lr.order_reply = &orep;
 	pthread_mutex_lock(&w->mu);
 	lr.worker_index = w->index;
-	lr.epoch = w->slots.epoch;
 	lr.tokens_served = w->st.tokens;
 	lr.batches_served = w->st.batches;
 	lr.compute_us = w->st.compute_us;
@@ -761,10 +732,15 @@ do_report(struct worker *w)
 	} else if (r->router_boot_id != router_boot) {
 		log_info("router %s restarted: registering again", w->router_url);
 		rc = EPMOE_ENOENT;
-	} else if (r->order != NULL) {
-		rc = apply_order(w, r->order);
-		log_info("new placement epoch %" PRIu64 ": %u slots", r->order->epoch,
-		        w->slots.n_held);
+	} else {
+		pthread_mutex_lock(&w->mu);
+		w->heartbeat_ms = r->heartbeat_ms ? r->heartbeat_ms : DEFAULT_HEARTBEAT_MS;
+		pthread_mutex_unlock(&w->mu);
+		/* frees and repeated loads are done at once: tell the router
+		 * without waiting a period (new loads report when they end) */
+		if (r->order != NULL && (rc = apply_order(w, r->order)) == 0 &&
+		        slots_loading(w->slots) == 0)
+			atomic_store(&w->report_now, 1);
 	}
 out:
 	protobuf_c_message_free_unpacked(&rep->base, NULL);
@@ -793,11 +769,11 @@ do_leave(struct worker *w)
 	}
 }
 
-/* Sleeps up to ms, waking early on stop. */
+/* Sleeps up to ms, waking early on stop or when a report is due. */
 static void
 nap(struct worker *w, uint32_t ms)
 {
-	while (ms > 0 && !stopping(w)) {
+	while (ms > 0 && !stopping(w) && !atomic_load(&w->report_now)) {
 		uint32_t step = ms < 50 ? ms : 50;
 		nng_msleep(step);
 		ms -= step;

@@ -8,38 +8,47 @@
  *            LoadReport every heartbeat period, Leave on shutdown.
  *
  * Control protocol as the worker speaks it (the router side is
- * server/cluster.c):
+ * server/cluster.c, the slot orders server/migrate.h):
  *   -> ControlMsg{hello}           <- ControlMsg{hello_reply}
  *        accepted: worker_index, placement_epoch, heartbeat_ms,
  *        router_boot_id and `order`: the complete set of (layer, expert,
- *        slot) the worker serves from now on, tagged with the epoch.  The
- *        order replaces whatever the worker held.
+ *        slot) the worker holds from now on (order.complete: it drops the
+ *        rest), tagged with the epoch.  Loads run on the loader thread
+ *        (worker/slots.h) while the worker serves.
  *        refused: status INVALID (wrong model or protocol: fatal, the
- *        worker stops), BUSY (no free worker place: retried), other
- *        (retried).
- *        Once the order is applied the worker sends a LoadReport at once
- *        (not after a period): the router routes batches to it only after
- *        a report that carries the order's epoch.
+ *        worker stops), BUSY (no free worker place, its id is in use by
+ *        a live worker, or it is held back after missed deadlines:
+ *        retried), other (retried).
+ *        The worker reports at once (not after a period), and again as
+ *        soon as its loads are done: the router routes batches to it only
+ *        after a report shows every slot of its order READY.
  *   -> ControlMsg{load_report}     <- ControlMsg{hello_reply} as an ack;
+ *        the report carries the state of every slot of the last order
+ *        (order_reply: READY, loading, freed, failed).
  *        accepted=false with status NOT_FOUND means the router does not
- *        know this (index, boot id): it restarted or marked the worker
- *        down.  The worker registers again; so it also does when the
- *        ack's router_boot_id differs from the one it registered with.
- *        An ack may carry a new `order` (new placement epoch).
+ *        know this (index, boot id): it restarted or fenced the worker
+ *        (missed heartbeats or deadlines, failed batch).  The worker
+ *        registers again; so it also does when the ack's router_boot_id
+ *        differs from the one it registered with.
+ *        An ack may carry an `order` of slot changes (LOAD into staging,
+ *        FREE), repeated until a report shows them done, and sets the
+ *        next report's delay (heartbeat_ms: short while an order runs).
  *   -> ControlMsg{leave}           <- ack, on shutdown.
  *
  * Batches (proto/epmoe.proto ExpertBatch): validated with
- * wire_check_batch; a batch whose epoch differs from the worker's, or
- * whose (layer, slot) does not hold the expert it names, is rejected with
- * STATUS_STALE_PLACEMENT and never computed.  Otherwise each group runs
+ * wire_check_batch; a batch naming a (layer, expert) the worker does not
+ * hold READY, or with an epoch older than the order that loaded it, is
+ * rejected with STATUS_STALE_PLACEMENT and never computed (the router
+ * re-sends those tokens to another copy).  Otherwise each group runs
  * through moe_expert_ffn and entry j adds weights[j] * y into output row
  * combine[j]: the worker-side combine, so a token with several experts on
  * this worker comes back once, already summed (groups in batch order).
  * Malformed frames get an error reply (STATUS_PROTOCOL / INVALID) and a
  * log line; the worker keeps serving.
  *
- * Threads: worker_serve() runs the data loop on the calling thread and
- * one control thread; compute uses the worker's own pool (n_threads).
+ * Threads: worker_serve() runs the data loop on the calling thread, one
+ * control thread and the slot loader thread; compute uses the worker's own
+ * pool (n_threads).
  */
 #ifndef EPMOE_WORKER_H
 #define EPMOE_WORKER_H

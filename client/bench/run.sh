@@ -3,6 +3,7 @@
 # prints the engine's speed as ratios of the machine's limits.
 #   EPMOE_BENCH_MODELS  where the --preset small models live (default build/models)
 #   EPMOE_BENCH_QUICK=1 shorter runs (for a smoke test)
+#   EPMOE_BENCH_FO_MODEL  model of the failover section (client/bench/failover.sh)
 set -eu
 B=${EPMOE_BUILD:-build}
 BIN=$B/bin/epmoe
@@ -159,3 +160,6 @@ while IFS= read -r line; do
 		"$(jget "$line" route_us)" "$(jget "$line" moe_ms)" "$(jget "$line" route_over_moe)" \
 		"$(jget "$line" maxvio)"
 done
+
+# ---- failover: kill / hang a worker under 16 streams (client/bench/failover.sh) ----
+EPMOE_BUILD=$B sh "$(dirname "$0")/failover.sh"

@@ -273,12 +273,42 @@ START_TEST(cluster_config_errors_are_explained)
 }
 END_TEST
 
-/* A fake worker: a REQ socket on the control URL, messages built by hand. */
+/* A fake worker: a REQ socket on the control URL, messages built by hand.
+ * It "loads" at once: its reports answer the last order with every LOAD
+ * READY and every FREE done (NOT_FOUND). */
 struct fake {
 	nng_socket s;
 	uint64_t boot;
 	uint32_t index;
+	uint64_t order_id;
+	uint32_t n_last;
+	uint32_t last_l[64], last_e[64];
+	bool last_load[64];
+	uint32_t held;       /* slots held after the orders */
+	bool got_order;
 };
+
+/* Remembers an order of a reply (the fake applies it at once). */
+static void
+fake_take(struct fake *f, const Epmoe__HelloReply *hr)
+{
+	const Epmoe__SlotOrder *o = hr->order;
+
+	if (o == NULL)
+		return;
+	f->got_order = true;
+	f->order_id = o->order_id;
+	if (o->complete)
+		f->held = 0;
+	f->n_last = 0;
+	for (size_t i = 0; i < o->n_slots && f->n_last < 64; i++) {
+		f->last_l[f->n_last] = o->slots[i]->layer;
+		f->last_e[f->n_last] = o->slots[i]->expert;
+		f->last_load[f->n_last] = o->slots[i]->op == EPMOE__SLOT_OP__SLOT_OP_LOAD;
+		f->held += f->last_load[f->n_last] ? 1 : -1;
+		f->n_last++;
+	}
+}
 
 static void
 fake_open(struct fake *f, const char *url)
@@ -348,23 +378,52 @@ hello(struct fake *f, const char *id, uint64_t boot, uint64_t model_hash)
 	if (r->hello_reply->accepted) {
 		f->boot = boot;
 		f->index = r->hello_reply->worker_index;
+		f->got_order = false;
+		fake_take(f, r->hello_reply);
 	}
+	return r;
+}
+
+/* A heartbeat; with ack, it answers the last order (see struct fake). */
+static Epmoe__ControlMsg *
+report_ack(struct fake *f, uint64_t epoch, bool ack)
+{
+	Epmoe__ControlMsg req = EPMOE__CONTROL_MSG__INIT, *r;
+	Epmoe__LoadReport lr = EPMOE__LOAD_REPORT__INIT;
+	Epmoe__SlotOrderReply orep = EPMOE__SLOT_ORDER_REPLY__INIT;
+	Epmoe__SlotState st[64], *stp[64];
+
+	lr.worker_index = f->index;
+	lr.boot_id = f->boot;
+	lr.epoch = epoch;
+	lr.tokens_served = 42;
+	if (ack && f->got_order) {
+		for (uint32_t i = 0; i < f->n_last; i++) {
+			Epmoe__SlotState x = EPMOE__SLOT_STATE__INIT;
+			x.layer = f->last_l[i];
+			x.expert = f->last_e[i];
+			x.status = f->last_load[i] ? EPMOE__STATUS__STATUS_OK :
+			        EPMOE__STATUS__STATUS_NOT_FOUND;
+			st[i] = x;
+			stp[i] = &st[i];
+		}
+		orep.order_id = f->order_id;
+		orep.n_slots = f->n_last;
+		orep.slots = stp;
+		lr.order_reply = &orep;
+	}
+	req.msg_case = EPMOE__CONTROL_MSG__MSG_LOAD_REPORT;
+	req.load_report = &lr;
+	r = call(f, &req);
+	if (r->hello_reply->accepted)
+		fake_take(f, r->hello_reply);
 	return r;
 }
 
 static Epmoe__ControlMsg *
 report(struct fake *f, uint64_t epoch)
 {
-	Epmoe__ControlMsg req = EPMOE__CONTROL_MSG__INIT;
-	Epmoe__LoadReport lr = EPMOE__LOAD_REPORT__INIT;
-
-	lr.worker_index = f->index;
-	lr.boot_id = f->boot;
-	lr.epoch = epoch;
-	lr.tokens_served = 42;
-	req.msg_case = EPMOE__CONTROL_MSG__MSG_LOAD_REPORT;
-	req.load_report = &lr;
-	return call(f, &req);
+	return report_ack(f, epoch, true);
 }
 
 static Epmoe__ControlMsg *
@@ -510,10 +569,14 @@ START_TEST(registration_assigns_indices_and_slot_orders)
 	ck_assert_uint_ge(r->hello_reply->order->slots[0]->expert, 4);
 	free_msg(r);
 	ck_assert(!cluster_ready(c));
-	/* a report with an old epoch gets the order again, still joining */
-	r = report(&b, 0);
+	/* a report that does not show the slots loaded gets the loads again
+	 * (quick reports asked), still joining */
+	r = report_ack(&b, 0, false);
 	ck_assert(r->hello_reply->accepted);
 	ck_assert_ptr_nonnull(r->hello_reply->order);
+	ck_assert(!r->hello_reply->order->complete);
+	ck_assert_uint_eq(r->hello_reply->order->n_slots, 8);
+	ck_assert_uint_lt(r->hello_reply->heartbeat_ms, 200);
 	free_msg(r);
 	ck_assert(!cluster_ready(c));
 	free_msg(report(&b, 1));
@@ -527,14 +590,12 @@ START_TEST(registration_assigns_indices_and_slot_orders)
 	ck_assert_ptr_nonnull(strstr(r->hello_reply->reason, "taken"));
 	free_msg(r);
 
-	/* heartbeats are acked; an unknown boot id is told to register */
+	/* heartbeats are acked (nothing to change: no order, the normal
+	 * period); an unknown boot id is told to register */
 	r = report(&a, 1);
 	ck_assert(r->hello_reply->accepted);
 	ck_assert_ptr_null(r->hello_reply->order);
-	free_msg(r);
-	r = report(&a, 0); /* stale epoch: the ack carries the order again */
-	ck_assert(r->hello_reply->accepted);
-	ck_assert_ptr_nonnull(r->hello_reply->order);
+	ck_assert_uint_eq(r->hello_reply->heartbeat_ms, 200);
 	free_msg(r);
 	x.index = 0;
 	x.boot = 999;
@@ -543,7 +604,16 @@ START_TEST(registration_assigns_indices_and_slot_orders)
 	ck_assert_int_eq(r->hello_reply->status, EPMOE__STATUS__STATUS_NOT_FOUND);
 	free_msg(r);
 
-	/* alpha restarts (new boot id): same index, live again */
+	/* a second process with the id of live alpha is refused */
+	r = hello(&x, "alpha", 101, m->identity);
+	ck_assert(!r->hello_reply->accepted);
+	ck_assert_int_eq(r->hello_reply->status, EPMOE__STATUS__STATUS_BUSY);
+	ck_assert_ptr_nonnull(strstr(r->hello_reply->reason, "in use by a live worker"));
+	free_msg(r);
+	ck_assert(cluster_ready(c));
+	/* once alpha is gone, its restart (new boot id) takes its index */
+	free_msg(leave(&a));
+	ck_assert(!cluster_ready(c));
 	r = hello(&a, "alpha", 101, m->identity);
 	ck_assert(r->hello_reply->accepted);
 	ck_assert_uint_eq(r->hello_reply->worker_index, 0);
@@ -567,13 +637,14 @@ START_TEST(registration_assigns_indices_and_slot_orders)
 	free_msg(report(&x, 1));
 	ck_assert(cluster_ready(c));
 
-	wait_events(&l, 5);
+	wait_events(&l, 6);
 	pthread_mutex_lock(&l.mu);
 	ck_assert(l.up[0] && l.worker[0] == 0 && strcmp(l.reason[0], "registered") == 0);
 	ck_assert(l.up[1] && l.worker[1] == 1);
-	ck_assert(l.up[2] && l.worker[2] == 0 && strcmp(l.reason[2], "restarted") == 0);
-	ck_assert(!l.up[3] && l.worker[3] == 1 && strstr(l.reason[3], "left: test"));
-	ck_assert(l.up[4] && l.worker[4] == 1 && strstr(l.reason[4], "took the place of beta"));
+	ck_assert(!l.up[2] && l.worker[2] == 0 && strstr(l.reason[2], "left: test"));
+	ck_assert(l.up[3] && l.worker[3] == 0 && strcmp(l.reason[3], "restarted") == 0);
+	ck_assert(!l.up[4] && l.worker[4] == 1 && strstr(l.reason[4], "left: test"));
+	ck_assert(l.up[5] && l.worker[5] == 1 && strstr(l.reason[5], "took the place of beta"));
 	pthread_mutex_unlock(&l.mu);
 
 	ck_assert_int_eq(cluster_stats_json(c, &j), 0);
@@ -581,6 +652,8 @@ START_TEST(registration_assigns_indices_and_slot_orders)
 	ck_assert_ptr_nonnull(strstr(txt, "\"ready\":true"));
 	ck_assert_ptr_nonnull(strstr(txt, "\"id\":\"gamma\""));
 	ck_assert_ptr_nonnull(strstr(txt, "\"latency_p99_us\""));
+	ck_assert_ptr_nonnull(strstr(txt, "\"refused_duplicate_ids\":1"));
+	ck_assert_ptr_nonnull(strstr(txt, "\"left\":2"));
 	cJSON_free(txt);
 	cJSON_Delete(j);
 	ck_assert_int_eq(cluster_placement_json(c, &j), 0);

@@ -152,9 +152,10 @@ fix_start_placed(struct fix *f, const char *model, uint32_t W,
 {
 	struct cluster_cfg cc = { .control_url = "tcp://127.0.0.1:0",
 		.n_workers = W, .heartbeat_ms = 200, .heartbeat_timeout_ms = 5000,
+		.no_degraded = true, /* failures here stay visible */
 		.placement_file = placement_file,
 		.experts_per_worker = experts_per_worker };
-	struct dispatch_cfg dc = { .deadline_ms = deadline_ms };
+	struct dispatch_cfg dc = { .timeout_ms = deadline_ms };
 	char err[256], id[32];
 
 	memset(f, 0, sizeof(*f));
@@ -168,6 +169,10 @@ fix_start_placed(struct fix *f, const char *model, uint32_t W,
 		wthread_start(&f->w[i], cluster_control_url(f->c), f->m, id);
 	}
 	wait_ready(f->c, true);
+	/* ready needs one live copy of each expert: wait for every worker */
+	for (int i = 0; i < 1500 && cluster_n_live(f->c) < W; i++)
+		nng_msleep(10);
+	ck_assert_uint_eq(cluster_n_live(f->c), W);
 	ck_assert_int_eq(dispatch_new(&f->be, f->c, f->m, &dc), 0);
 }
 
@@ -373,7 +378,8 @@ START_TEST(replicas_and_uneven_blocks_serve_the_same_numbers)
 	ck_assert_int_ge(fd, 0);
 	ck_assert_int_eq(write(fd, js, strlen(js)), (int)strlen(js));
 	close(fd);
-	/* every expert on both workers: one worker is enough */
+	/* every expert on both workers, two of them listed worker 1 first:
+	 * one worker is enough */
 	fix_start_placed(&f, models[1], 2, 3000, path, NULL);
 	uint32_t d = f.m->hp.n_embd;
 	float *x = random_rows(T, d, 21), *want = malloc((size_t)T * d * 4);
@@ -388,9 +394,10 @@ START_TEST(replicas_and_uneven_blocks_serve_the_same_numbers)
 			ck_assert_float_le(max_diff(got, want, (size_t)T * d), TOL_LAYER);
 		}
 		dispatch_stats(f.be, &st);
-		/* the first copy is on worker 0 (slots are in worker order): only
-		 * worker 0 is used while it lives, only worker 1 after */
-		ck_assert_uint_eq(st.msgs, f.m->hp.n_layer);
+		/* dynamic replica choice: the token groups are shared by both
+		 * copies while both live (a message to each per layer), only
+		 * worker 1 is used after worker 0 left */
+		ck_assert_uint_eq(st.msgs, (pass == 0 ? 2 : 1) * f.m->hp.n_layer);
 		dispatch_stats_reset(f.be);
 		if (pass == 0) {
 			wthread_stop(&f.w[0]);
@@ -663,7 +670,8 @@ START_TEST(worker_combines_and_rejects_bad_batches)
 	int fd;
 	struct sockaddr_in sa = { .sin_family = AF_INET };
 
-	fix_start(&f, models[0], 1, 5000);
+	/* worker 0 holds experts 0..6, worker 1 expert 7 */
+	fix_start_placed(&f, models[0], 2, 5000, NULL, "7,1");
 	d = f.m->hp.n_embd;
 	ck_assert_uint_le(d, 64);
 	x = random_rows(3, d, 3);
@@ -708,14 +716,15 @@ START_TEST(worker_combines_and_rejects_bad_batches)
 	batch_init(&t, 1, d / 2);
 	ck_assert_int_eq(wire_nng_pack(&m, WIRE_BATCH, &t.b.base, x, 3 * (d / 2)), 0);
 	ck_assert_int_eq(send_status(s, m, "dim"), EPMOE__STATUS__STATUS_INVALID);
-	/* stale: wrong epoch, slot holding another expert */
-	batch_init(&t, 2, d);
+	/* stale: an epoch older than the order that loaded the slot, an
+	 * expert the worker does not hold */
+	batch_init(&t, 0, d);
 	ck_assert_int_eq(wire_nng_pack(&m, WIRE_BATCH, &t.b.base, x, 3 * d), 0);
-	ck_assert_int_eq(send_status(s, m, "epoch"), EPMOE__STATUS__STATUS_STALE_PLACEMENT);
+	ck_assert_int_eq(send_status(s, m, "older"), EPMOE__STATUS__STATUS_STALE_PLACEMENT);
 	batch_init(&t, 1, d);
-	t.g[1].expert = 4;
+	t.g[1].expert = 7;
 	ck_assert_int_eq(wire_nng_pack(&m, WIRE_BATCH, &t.b.base, x, 3 * d), 0);
-	ck_assert_int_eq(send_status(s, m, "holds expert 5"),
+	ck_assert_int_eq(send_status(s, m, "expert 7 (slot 5) is not held"),
 	        EPMOE__STATUS__STATUS_STALE_PLACEMENT);
 	/* raw TCP garbage on the data port: connection dropped, still serving */
 	sa.sin_port = htons((uint16_t)atoi(strrchr(worker_data_url(f.w[0].w), ':') + 1));
@@ -761,7 +770,7 @@ START_TEST(worker_combines_and_rejects_bad_batches)
 	ck_assert_uint_eq(ws.tokens, 4);
 	ck_assert_uint_eq(ws.rejected, 11);
 	ck_assert_uint_eq(ws.stale, 2);
-	ck_assert_uint_eq(ws.n_slots, 16);
+	ck_assert_uint_eq(ws.n_slots, 14);
 	free(scratch);
 	free(y2);
 	free(y5);
@@ -812,8 +821,9 @@ START_TEST(killed_worker_process_fails_the_layer_then_is_restarted)
 {
 	struct model *m = load_model(models[1]);
 	struct cluster_cfg cc = { .control_url = "tcp://127.0.0.1:0", .model = m,
-		.n_workers = 2, .heartbeat_ms = 200, .heartbeat_timeout_ms = 5000 };
-	struct dispatch_cfg dc = { .deadline_ms = 2000 };
+		.n_workers = 2, .heartbeat_ms = 200, .heartbeat_timeout_ms = 5000,
+		.no_degraded = true };
+	struct dispatch_cfg dc = { .timeout_ms = 2000 };
 	struct spawn_cfg sc = { .worker_bin = tu_bin("epmoe-worker"),
 		.model_path = m->path, .n_workers = 2, .threads = 1,
 		.id_prefix = "kid", .restart = true };
@@ -882,8 +892,9 @@ START_TEST(silent_worker_times_out_within_the_deadline)
 {
 	struct model *m = load_model(models[0]);
 	struct cluster_cfg cc = { .control_url = "tcp://127.0.0.1:0", .model = m,
-		.n_workers = 2, .heartbeat_ms = 200, .heartbeat_timeout_ms = 60000 };
-	struct dispatch_cfg dc = { .deadline_ms = 1000 };
+		.n_workers = 2, .heartbeat_ms = 200, .heartbeat_timeout_ms = 60000,
+		.no_degraded = true };
+	struct dispatch_cfg dc = { .timeout_ms = 1000 };
 	struct cluster *c;
 	struct moe_backend *be;
 	struct wthread real;
@@ -975,6 +986,8 @@ fake_register(struct cluster *c, const struct model *m, const char *id,
 	size_t nf;
 	nng_msg *msg;
 
+	uint32_t live_before = cluster_n_live(c);
+
 	h.version = EPMOE_PROTO_VERSION;
 	h.worker_id = (char *)id;
 	h.boot_id = 1;
@@ -993,24 +1006,45 @@ fake_register(struct cluster *c, const struct model *m, const char *id,
 	ck_assert(((Epmoe__ControlMsg *)hdr)->hello_reply->accepted);
 	ck_assert_uint_eq(((Epmoe__ControlMsg *)hdr)->hello_reply->worker_index,
 	        want_index);
-	protobuf_c_message_free_unpacked(hdr, NULL);
-	nng_msg_free(msg);
-	/* joining until a report confirms the placement epoch */
-	ck_assert(!cluster_ready(c));
+	/* joining until a report shows the slots of its order loaded */
+	ck_assert_uint_eq(cluster_n_live(c), live_before);
 	{
+		const Epmoe__SlotOrder *o = ((Epmoe__ControlMsg *)hdr)->hello_reply->order;
 		Epmoe__LoadReport lr = EPMOE__LOAD_REPORT__INIT;
 		Epmoe__ControlMsg rq = EPMOE__CONTROL_MSG__INIT;
+		Epmoe__SlotOrderReply orep = EPMOE__SLOT_ORDER_REPLY__INIT;
+		Epmoe__SlotState st[64], *stp[64];
+		ck_assert_ptr_nonnull(o);
+		ck_assert_uint_le(o->n_slots, 64);
+		for (size_t i = 0; i < o->n_slots; i++) {
+			Epmoe__SlotState x = EPMOE__SLOT_STATE__INIT;
+			x.layer = o->slots[i]->layer;
+			x.expert = o->slots[i]->expert;
+			x.status = EPMOE__STATUS__STATUS_OK;
+			st[i] = x;
+			stp[i] = &st[i];
+		}
+		orep.order_id = o->order_id;
+		orep.n_slots = o->n_slots;
+		orep.slots = stp;
+		lr.order_reply = &orep;
 		lr.worker_index = want_index;
 		lr.boot_id = 1;
 		lr.epoch = 1;
 		rq.version = EPMOE_PROTO_VERSION;
 		rq.msg_case = EPMOE__CONTROL_MSG__MSG_LOAD_REPORT;
 		rq.load_report = &lr;
-		ck_assert_int_eq(wire_nng_pack(&msg, WIRE_CONTROL, &rq.base, NULL, 0), 0);
-		ck_assert_int_eq(nng_sendmsg(*ctl, msg, 0), 0);
-		ck_assert_int_eq(nng_recvmsg(*ctl, &msg, 0), 0);
-		ck_assert_int_eq(wire_nng_unpack(msg, WIRE_CONTROL, NULL, &hdr, &rows, &nf), 0);
-		ck_assert(((Epmoe__ControlMsg *)hdr)->hello_reply->accepted);
+		{
+			nng_msg *rep;
+			ProtobufCMessage *rh;
+			ck_assert_int_eq(wire_nng_pack(&rep, WIRE_CONTROL, &rq.base, NULL, 0), 0);
+			ck_assert_int_eq(nng_sendmsg(*ctl, rep, 0), 0);
+			ck_assert_int_eq(nng_recvmsg(*ctl, &rep, 0), 0);
+			ck_assert_int_eq(wire_nng_unpack(rep, WIRE_CONTROL, NULL, &rh, &rows, &nf), 0);
+			ck_assert(((Epmoe__ControlMsg *)rh)->hello_reply->accepted);
+			protobuf_c_message_free_unpacked(rh, NULL);
+			nng_msg_free(rep);
+		}
 		protobuf_c_message_free_unpacked(hdr, NULL);
 		nng_msg_free(msg);
 	}
@@ -1020,8 +1054,9 @@ START_TEST(worker_hanging_up_mid_request_fails_the_layer_fast)
 {
 	struct model *m = load_model(models[0]);
 	struct cluster_cfg cc = { .control_url = "tcp://127.0.0.1:0", .model = m,
-		.n_workers = 2, .heartbeat_ms = 200, .heartbeat_timeout_ms = 60000 };
-	struct dispatch_cfg dc = { .deadline_ms = 5000 };
+		.n_workers = 2, .heartbeat_ms = 200, .heartbeat_timeout_ms = 60000,
+		.no_degraded = true };
+	struct dispatch_cfg dc = { .timeout_ms = 5000 };
 	struct cluster *c;
 	struct moe_backend *be;
 	struct wthread real;
@@ -1086,6 +1121,269 @@ catches_sigterm(pid_t pid)
 	fclose(f);
 	return (mask >> (SIGTERM - 1)) & 1;
 }
+
+/* ---- replicas: re-dispatch, adaptive deadlines, hedging ---- */
+
+/* A fake data endpoint: answers every batch with STALE_PLACEMENT, or
+ * (mute) takes batches and never answers. */
+struct fakew {
+	nng_socket rep;
+	bool mute;
+	int got;
+	volatile int stop;
+	pthread_t th;
+	char url[64];
+};
+
+static void *
+fakew_main(void *arg)
+{
+	struct fakew *f = arg;
+
+	while (!f->stop) {
+		ProtobufCMessage *hdr;
+		const float *rows;
+		size_t nf;
+		nng_msg *m;
+
+		if (nng_recvmsg(f->rep, &m, 0) != 0)
+			continue;
+		f->got++;
+		if (f->mute || wire_nng_unpack(m, WIRE_BATCH, NULL, &hdr, &rows, &nf) != 0) {
+			nng_msg_free(m);
+			continue;
+		}
+		{
+			Epmoe__ExpertBatch *b = (Epmoe__ExpertBatch *)hdr;
+			Epmoe__ExpertResult r = EPMOE__EXPERT_RESULT__INIT;
+			nng_msg *rep;
+			r.version = EPMOE_PROTO_VERSION;
+			r.batch_id = b->batch_id;
+			r.attempt = b->attempt;
+			r.status = EPMOE__STATUS__STATUS_STALE_PLACEMENT;
+			r.message = (char *)"fake: no such slot";
+			protobuf_c_message_free_unpacked(hdr, NULL);
+			nng_msg_free(m);
+			if (wire_nng_pack(&rep, WIRE_RESULT, &r.base, NULL, 0) == 0 &&
+			        nng_sendmsg(f->rep, rep, 0) != 0)
+				nng_msg_free(rep);
+		}
+	}
+	return NULL;
+}
+
+static void
+fakew_start(struct fakew *f, bool mute)
+{
+	nng_listener lst;
+	int port;
+
+	memset(f, 0, sizeof(*f));
+	f->mute = mute;
+	ck_assert_int_eq(nng_rep0_open(&f->rep), 0);
+	ck_assert_int_eq(nng_socket_set_ms(f->rep, NNG_OPT_RECVTIMEO, 50), 0);
+	ck_assert_int_eq(nng_listen(f->rep, "tcp://127.0.0.1:0", &lst, 0), 0);
+	ck_assert_int_eq(nng_listener_get_int(lst, NNG_OPT_TCP_BOUND_PORT, &port), 0);
+	snprintf(f->url, sizeof(f->url), "tcp://127.0.0.1:%d", port);
+	ck_assert_int_eq(pthread_create(&f->th, NULL, fakew_main, f), 0);
+}
+
+static void
+fakew_stop(struct fakew *f)
+{
+	f->stop = 1;
+	pthread_join(f->th, NULL);
+	nng_close(f->rep);
+}
+
+/* Every expert on worker 0 (real, a thread) and worker 1 (a fake). */
+struct repfix {
+	struct model *m;
+	struct cluster *c;
+	struct wthread real;
+	struct fakew fake;
+	nng_socket ctl;
+	char path[64];
+};
+
+static void
+repfix_start(struct repfix *r, bool mute)
+{
+	const char *js = "{\"layers\": [[[0, 1], [1, 0], [0, 1], [1, 0], "
+	        "[0, 1], [1, 0], [0, 1], [1, 0]]]}";
+	struct cluster_cfg cc = { .control_url = "tcp://127.0.0.1:0", .n_workers = 2,
+		.heartbeat_ms = 200, .heartbeat_timeout_ms = 60000, .no_degraded = true };
+	char err[256];
+	int fd;
+
+	memset(r, 0, sizeof(*r));
+	snprintf(r->path, sizeof(r->path), "/tmp/epmoe-rep-XXXXXX");
+	fd = mkstemp(r->path);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(write(fd, js, strlen(js)), (int)strlen(js));
+	close(fd);
+	r->m = load_model(models[0]);
+	cc.model = r->m;
+	cc.placement_file = r->path;
+	ck_assert_msg(cluster_new(&r->c, &cc, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_int_eq(cluster_start(r->c), 0);
+	wthread_start(&r->real, cluster_control_url(r->c), r->m, "real");
+	for (int i = 0; i < 500 && cluster_n_live(r->c) < 1; i++)
+		nng_msleep(10);
+	ck_assert_uint_eq(cluster_n_live(r->c), 1);
+	fakew_start(&r->fake, mute);
+	fake_register(r->c, r->m, "fake", r->fake.url, 1, &r->ctl);
+	ck_assert_uint_eq(cluster_n_live(r->c), 2);
+}
+
+static void
+repfix_stop(struct repfix *r)
+{
+	nng_close(r->ctl);
+	fakew_stop(&r->fake);
+	wthread_stop(&r->real);
+	cluster_free(r->c);
+	model_free(r->m);
+	unlink(r->path);
+}
+
+/* Feeds worker w's latency history: p99 of 1 ms for every batch size. */
+static void
+seed_latency(struct cluster *c, uint32_t w)
+{
+	struct cluster_peer cp[2];
+
+	cluster_peers(c, cp, 2);
+	for (uint32_t rows = 1; rows < 8192; rows *= 2)
+		for (int i = 0; i < 10; i++)
+			cluster_report(c, w, cp[w].gen, 1000000, rows, 0, 0, NULL);
+}
+
+START_TEST(a_stale_copy_is_fenced_and_its_groups_go_to_the_live_one)
+{
+	struct repfix r;
+	struct moe_backend *be;
+	struct dispatch_cfg dc = { .timeout_ms = 5000 };
+	struct dispatch_stats st;
+	struct routing rt;
+	uint32_t T = 24;
+	float *x, *want, *got, *again;
+
+	repfix_start(&r, false);
+	uint32_t d = r.m->hp.n_embd;
+	x = random_rows(T, d, 31);
+	want = malloc((size_t)T * d * 4);
+	got = malloc((size_t)T * d * 4);
+	again = malloc((size_t)T * d * 4);
+	ck_assert_int_eq(dispatch_new(&be, r.c, r.m, &dc), 0);
+	make_routing(&rt, T, r.m->hp.n_expert, 13);
+	local_layer(r.m, 0, x, &rt.a, want);
+	/* dynamic choice sends the fake its share; it refuses; re-sent */
+	ck_assert_int_eq(be->run(be, 0, x, &rt.a, got), 0);
+	ck_assert_float_le(max_diff(got, want, (size_t)T * d), TOL_LAYER);
+	dispatch_stats(be, &st);
+	ck_assert_uint_ge(r.fake.got, 1);
+	ck_assert_uint_eq(st.stale, 1);
+	ck_assert_uint_eq(st.batch_failures, 1);
+	ck_assert_uint_ge(st.redispatches, 1);
+	ck_assert_uint_eq(st.failures, 0);
+	/* fenced: no more traffic until it registers again */
+	ck_assert_uint_eq(cluster_n_live(r.c), 1);
+	ck_assert(cluster_ready(r.c));
+	ck_assert_int_eq(be->run(be, 0, x, &rt.a, again), 0);
+	/* the combine does not depend on who served what */
+	ck_assert_mem_eq(got, again, (size_t)T * d * 4);
+	be->free(be);
+	free(x);
+	free(want);
+	free(got);
+	free(again);
+	repfix_stop(&r);
+}
+END_TEST
+
+START_TEST(a_silent_copy_misses_its_adaptive_deadline_and_the_other_answers)
+{
+	struct repfix r;
+	struct moe_backend *be;
+	struct dispatch_cfg dc = { .timeout_ms = 10000, .floor_ms = 150 };
+	struct dispatch_stats st;
+	struct routing rt;
+	uint32_t T = 24;
+	float *x, *want, *got, *again;
+	double t0, dt;
+
+	repfix_start(&r, true);
+	uint32_t d = r.m->hp.n_embd;
+	x = random_rows(T, d, 32);
+	want = malloc((size_t)T * d * 4);
+	got = malloc((size_t)T * d * 4);
+	again = malloc((size_t)T * d * 4);
+	seed_latency(r.c, 1);
+	ck_assert_int_eq(dispatch_new(&be, r.c, r.m, &dc), 0);
+	make_routing(&rt, T, r.m->hp.n_expert, 14);
+	local_layer(r.m, 1, x, &rt.a, want);
+	t0 = now_s();
+	ck_assert_int_eq(be->run(be, 1, x, &rt.a, got), 0);
+	dt = now_s() - t0;
+	/* max(150 ms, 3 x 1 ms), not the 10 s timeout */
+	ck_assert_msg(dt >= 0.14 && dt < 3.0, "the layer took %.3f s", dt);
+	ck_assert_float_le(max_diff(got, want, (size_t)T * d), TOL_LAYER);
+	dispatch_stats(be, &st);
+	ck_assert_uint_eq(st.batch_failures, 1);
+	ck_assert_uint_ge(st.redispatches, 1);
+	ck_assert_uint_eq(cluster_n_live(r.c), 1);
+	ck_assert_int_eq(be->run(be, 1, x, &rt.a, again), 0);
+	ck_assert_mem_eq(got, again, (size_t)T * d * 4);
+	be->free(be);
+	free(x);
+	free(want);
+	free(got);
+	free(again);
+	repfix_stop(&r);
+}
+END_TEST
+
+START_TEST(a_late_batch_is_hedged_to_the_other_copy_without_fencing)
+{
+	struct repfix r;
+	struct moe_backend *be;
+	struct dispatch_cfg dc = { .timeout_ms = 10000, .floor_ms = 5000, .hedge = 2.0 };
+	struct dispatch_stats st;
+	struct routing rt;
+	uint32_t T = 24;
+	float *x, *want, *got;
+	double t0, dt;
+
+	repfix_start(&r, true);
+	uint32_t d = r.m->hp.n_embd;
+	x = random_rows(T, d, 33);
+	want = malloc((size_t)T * d * 4);
+	got = malloc((size_t)T * d * 4);
+	seed_latency(r.c, 1);
+	ck_assert_int_eq(dispatch_new(&be, r.c, r.m, &dc), 0);
+	make_routing(&rt, T, r.m->hp.n_expert, 15);
+	local_layer(r.m, 0, x, &rt.a, want);
+	t0 = now_s();
+	ck_assert_int_eq(be->run(be, 0, x, &rt.a, got), 0);
+	dt = now_s() - t0;
+	/* hedged at 2 x 1 ms: long before the 5 s deadline */
+	ck_assert_msg(dt < 2.5, "the layer took %.3f s", dt);
+	ck_assert_float_le(max_diff(got, want, (size_t)T * d), TOL_LAYER);
+	dispatch_stats(be, &st);
+	ck_assert_uint_eq(st.hedges, 1);
+	ck_assert_uint_eq(st.hedges_won, 1);
+	ck_assert_uint_eq(st.batch_failures, 0);
+	ck_assert_uint_ge(st.abandoned, 1);
+	/* a hedge lost is no fault: the slow copy stays live */
+	ck_assert_uint_eq(cluster_n_live(r.c), 2);
+	be->free(be);
+	free(x);
+	free(want);
+	free(got);
+	repfix_stop(&r);
+}
+END_TEST
 
 /* The test process adopts orphans (subreaper), a child process starts
  * two workers and dies without stopping them: PR_SET_PDEATHSIG must
@@ -1289,7 +1587,7 @@ START_TEST(layer_round_trip_benchmark_prints_numbers)
 	struct moe_backend *be;
 	struct cluster_cfg cc = { .control_url = "tcp://127.0.0.1:0",
 		.n_workers = 2, .heartbeat_ms = 1000 };
-	struct dispatch_cfg dc = { .deadline_ms = 10000 };
+	struct dispatch_cfg dc = { .timeout_ms = 10000 };
 	struct spawn_cfg sc = { .worker_bin = tu_bin("epmoe-worker"), .n_workers = 2,
 		.threads = 1, .id_prefix = "bench" };
 	float *x, *out, *want;
@@ -1362,6 +1660,9 @@ suite(void)
 	tcase_add_test(tf, worker_registers_again_when_the_router_restarts);
 	tcase_add_test(tf, worker_hanging_up_mid_request_fails_the_layer_fast);
 	tcase_add_test(tf, spawned_workers_die_with_the_router);
+	tcase_add_test(tf, a_stale_copy_is_fenced_and_its_groups_go_to_the_live_one);
+	tcase_add_test(tf, a_silent_copy_misses_its_adaptive_deadline_and_the_other_answers);
+	tcase_add_test(tf, a_late_batch_is_hedged_to_the_other_copy_without_fencing);
 	tcase_add_test(tb, layer_round_trip_benchmark_prints_numbers);
 	suite_add_tcase(s, tn);
 	suite_add_tcase(s, tw);
