@@ -501,6 +501,45 @@ gain_with(const struct affinity *a, const uint32_t *C, const int32_t *wo,
 	return g;
 }
 
+/* Local search: swaps two experts of different workers while that adds
+ * co-activation within workers and keeps the load bound. */
+static void
+group_improve(const struct affinity *a, const uint32_t *C, const uint64_t *ld,
+        int32_t *wo, uint64_t *wload, double bound)
+{
+	uint32_t E = a->E;
+
+	for (int pass = 0; pass < 8; pass++) {
+		int improved = 0;
+		for (uint32_t e = 0; e < E; e++)
+			for (uint32_t f = e + 1; f < E; f++) {
+				int32_t we = wo[e], wf = wo[f];
+				int64_t delta;
+				if (we == wf)
+					continue;
+				delta = (int64_t)gain_with(a, C, wo, e, wf, f) +
+				        (int64_t)gain_with(a, C, wo, f, we, e) -
+				        (int64_t)gain_with(a, C, wo, e, we, e) -
+				        (int64_t)gain_with(a, C, wo, f, wf, f);
+				if (delta <= 0)
+					continue;
+				if ((double)(wload[we] - ld[e] + ld[f]) > bound &&
+				        ld[f] > ld[e])
+					continue;
+				if ((double)(wload[wf] - ld[f] + ld[e]) > bound &&
+				        ld[e] > ld[f])
+					continue;
+				wload[we] += ld[f] - ld[e];
+				wload[wf] += ld[e] - ld[f];
+				wo[e] = wf;
+				wo[f] = we;
+				improved = 1;
+			}
+		if (!improved)
+			break;
+	}
+}
+
 int
 affinity_group(const struct affinity *a, uint32_t n_worker, double slack,
         int32_t *worker_of)
@@ -572,36 +611,25 @@ affinity_group(const struct affinity *a, uint32_t n_worker, double slack,
 			cnt[best]++;
 			wload[best] += ld[e];
 		}
-		/* local search: swap two experts of different workers when that
-		 * adds co-activation within workers and keeps the load bound */
-		for (int pass = 0; pass < 8; pass++) {
-			int improved = 0;
+		group_improve(a, C, ld, wo, wload, bound);
+		/* the same search from contiguous blocks; keep the better */
+		{
+			int32_t *alt = (int32_t *)order; /* order is free by now */
+			uint64_t s_g = 0, s_c = 0;
+			memset(wload, 0, W * sizeof(*wload));
+			for (uint32_t e = 0; e < E; e++) {
+				alt[e] = (int32_t)((uint64_t)e * W / E);
+				wload[alt[e]] += ld[e];
+			}
+			group_improve(a, C, ld, alt, wload, bound);
 			for (uint32_t e = 0; e < E; e++)
-				for (uint32_t f = e + 1; f < E; f++) {
-					int32_t we = wo[e], wf = wo[f];
-					int64_t delta;
-					if (we == wf)
-						continue;
-					delta = (int64_t)gain_with(a, C, wo, e, wf, f) +
-					        (int64_t)gain_with(a, C, wo, f, we, e) -
-					        (int64_t)gain_with(a, C, wo, e, we, e) -
-					        (int64_t)gain_with(a, C, wo, f, wf, f);
-					if (delta <= 0)
-						continue;
-					if ((double)(wload[we] - ld[e] + ld[f]) > bound &&
-					        ld[f] > ld[e])
-						continue;
-					if ((double)(wload[wf] - ld[f] + ld[e]) > bound &&
-					        ld[e] > ld[f])
-						continue;
-					wload[we] += ld[f] - ld[e];
-					wload[wf] += ld[e] - ld[f];
-					wo[e] = wf;
-					wo[f] = we;
-					improved = 1;
-				}
-			if (!improved)
-				break;
+				for (uint32_t f = 0; f < E; f++)
+					if (e != f) {
+						s_g += wo[e] == wo[f] ? C[(size_t)e * E + f] : 0;
+						s_c += alt[e] == alt[f] ? C[(size_t)e * E + f] : 0;
+					}
+			if (s_c > s_g)
+				memcpy(wo, alt, E * sizeof(*wo));
 		}
 	}
 out:
