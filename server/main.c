@@ -89,6 +89,13 @@ usage(FILE *f)
 	        "      --no-degraded        keep a lost worker's experts unserved until it comes\n"
 	        "                           back (default: load them on live workers;\n"
 	        "                           env EPMOE_NO_DEGRADED=1)\n"
+	        "      --spec S             speculative pre-scheduling: off, predict (experts\n"
+	        "                           predicted before each gate, hit rates in /v1/stats\n"
+	        "                           and /metrics), group (experts often chosen together\n"
+	        "                           share a worker; needs --affinity), cobatch, all, or\n"
+	        "                           parts joined by '+' (default off; env EPMOE_SPEC)\n"
+	        "      --affinity FILE      affinity model from epmoe calibrate (default: learnt\n"
+	        "                           online from scratch; env EPMOE_AFFINITY)\n"
 	        "      --log-json           log one JSON object per line (env EPMOE_LOG_JSON=1)\n"
 	        "      --log-level L        debug|info|warn|error (default info;\n"
 	        "                           env EPMOE_LOG_LEVEL)\n"
@@ -128,6 +135,8 @@ static const struct envarg env_table[] = {
 	{ "replica-seed", "EPMOE_REPLICA_SEED", false, false },
 	{ "heartbeat-ms", "EPMOE_HEARTBEAT_MS", false, false },
 	{ "no-degraded", "EPMOE_NO_DEGRADED", true, false },
+	{ "spec", "EPMOE_SPEC", false, false },
+	{ "affinity", "EPMOE_AFFINITY", false, false },
 	{ "log-json", "EPMOE_LOG_JSON", true, false },
 	{ "log-level", "EPMOE_LOG_LEVEL", false, false },
 	{ "print-config", "EPMOE_PRINT_CONFIG", true, false },
@@ -198,6 +207,8 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print)
 		{ "replica-seed", required_argument, NULL, 1004 },
 		{ "heartbeat-ms", required_argument, NULL, 1005 },
 		{ "no-degraded", no_argument, NULL, 1006 },
+		{ "spec", required_argument, NULL, 1007 },
+		{ "affinity", required_argument, NULL, 1008 },
 		{ "log-json", no_argument, NULL, 'J' },
 		{ "log-level", required_argument, NULL, 'l' },
 		{ "help", no_argument, NULL, 'h' },
@@ -328,6 +339,14 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print)
 			c->heartbeat_ms = (uint32_t)v;
 			break;
 		case 1006: c->no_degraded = true; break;
+		case 1007:
+			if (router_spec_parse(optarg, &c->spec) != 0) {
+				fprintf(stderr, "epmoe-router: --spec expects off, predict, group, cobatch, "
+				        "all or parts joined by '+', got '%s'\n", optarg);
+				return -1;
+			}
+			break;
+		case 1008: c->affinity = optarg; break;
 		case 'h': usage(stdout); exit(0);
 		default: usage(stderr); return -1;
 		}
