@@ -64,18 +64,15 @@ usage(FILE *f)
 	        "                           env EPMOE_MAX_TOKENS_LIMIT)\n"
 	        "      --expert-timeout-ms N  deadline of one expert batch (default 10000;\n"
 	        "                           env EPMOE_EXPERT_TIMEOUT_MS)\n"
-	        "      --drain-timeout-s N  on SIGTERM, refuse new requests and finish the\n"
-	        "                           running ones for up to N s, then stop (default\n"
-	        "                           30, 0 = stop at once; a second signal stops at\n"
-	        "                           once; env EPMOE_DRAIN_TIMEOUT_S)\n"
 	        "      --deadline-floor-ms N  shortest adaptive batch deadline: a batch is\n"
-	        "                           given max(N, K x p99 of its worker's recent replies)\n"
-	        "                           when its experts have other copies (default 200;\n"
-	        "                           env EPMOE_DEADLINE_FLOOR_MS)\n"
-	        "      --deadline-k K       that multiple of p99 (default 3; env EPMOE_DEADLINE_K)\n"
-	        "      --hedge H            send a duplicate of a batch to another copy when it\n"
-	        "                           is pending at H x p99; 0 = off (default 0;\n"
-	        "                           env EPMOE_HEDGE)\n"
+	        "                           given max(this, --deadline-k x p99 of its worker's\n"
+	        "                           recent replies) when its experts have other copies\n"
+	        "                           (default 200; env EPMOE_DEADLINE_FLOOR_MS)\n"
+	        "      --deadline-k N       that multiple of p99, a real number (default 3;\n"
+	        "                           env EPMOE_DEADLINE_K)\n"
+	        "      --hedge N            send a duplicate of a batch to another copy when it\n"
+	        "                           is pending at N x p99, a real number; 0 = off\n"
+	        "                           (default 0; env EPMOE_HEDGE)\n"
 	        "      --replica MODE       which copy of a replicated expert serves a token\n"
 	        "                           group: dynamic (least outstanding tokens, power of\n"
 	        "                           two choices) or static (seeded spread); default\n"
@@ -89,6 +86,10 @@ usage(FILE *f)
 	        "      --no-degraded        keep a lost worker's experts unserved until it comes\n"
 	        "                           back (default: load them on live workers;\n"
 	        "                           env EPMOE_NO_DEGRADED=1)\n"
+	        "      --drain-timeout-s N  on SIGTERM, refuse new requests and finish the\n"
+	        "                           running ones for up to N s, then stop (default\n"
+	        "                           30, 0 = stop at once; a second signal stops at\n"
+	        "                           once; env EPMOE_DRAIN_TIMEOUT_S)\n"
 	        "      --spec S             speculative pre-scheduling: off, predict (experts\n"
 	        "                           predicted before each gate, hit rates in /v1/stats\n"
 	        "                           and /metrics), group (experts often chosen together\n"
@@ -127,7 +128,6 @@ static const struct envarg env_table[] = {
 	{ "max-tokens", "EPMOE_MAX_TOKENS", false, false },
 	{ "max-tokens-limit", "EPMOE_MAX_TOKENS_LIMIT", false, false },
 	{ "expert-timeout-ms", "EPMOE_EXPERT_TIMEOUT_MS", false, false },
-	{ "drain-timeout-s", "EPMOE_DRAIN_TIMEOUT_S", false, false },
 	{ "deadline-floor-ms", "EPMOE_DEADLINE_FLOOR_MS", false, false },
 	{ "deadline-k", "EPMOE_DEADLINE_K", false, false },
 	{ "hedge", "EPMOE_HEDGE", false, false },
@@ -135,6 +135,7 @@ static const struct envarg env_table[] = {
 	{ "replica-seed", "EPMOE_REPLICA_SEED", false, false },
 	{ "heartbeat-ms", "EPMOE_HEARTBEAT_MS", false, false },
 	{ "no-degraded", "EPMOE_NO_DEGRADED", true, false },
+	{ "drain-timeout-s", "EPMOE_DRAIN_TIMEOUT_S", false, false },
 	{ "spec", "EPMOE_SPEC", false, false },
 	{ "affinity", "EPMOE_AFFINITY", false, false },
 	{ "log-json", "EPMOE_LOG_JSON", true, false },
@@ -166,8 +167,9 @@ numf(const char *opt, const char *s, double lo, double hi, double *out)
 	char *end;
 	double v = strtod(s, &end);
 	if (*s == '\0' || *end != '\0' || !(v >= lo && v <= hi)) {
-		fprintf(stderr, "epmoe-router: %s expects a number in %g..%g, got '%s'\n",
-		        opt, lo, hi, s);
+		const char *src = cur_args ? envargs_source(cur_args, optind - 1) : NULL;
+		fprintf(stderr, "epmoe-router: %s%s%s%s expects a number in %g..%g, got '%s'\n",
+		        opt, src ? " (from " : "", src ? src : "", src ? ")" : "", lo, hi, s);
 		return -1;
 	}
 	*out = v;
@@ -198,8 +200,6 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print)
 		{ "max-tokens", required_argument, NULL, 'M' },
 		{ "max-tokens-limit", required_argument, NULL, 'T' },
 		{ "expert-timeout-ms", required_argument, NULL, 'D' },
-		{ "drain-timeout-s", required_argument, NULL, 'G' },
-		{ "print-config", no_argument, NULL, 'p' },
 		{ "deadline-floor-ms", required_argument, NULL, 1000 },
 		{ "deadline-k", required_argument, NULL, 1001 },
 		{ "hedge", required_argument, NULL, 1002 },
@@ -207,6 +207,8 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print)
 		{ "replica-seed", required_argument, NULL, 1004 },
 		{ "heartbeat-ms", required_argument, NULL, 1005 },
 		{ "no-degraded", no_argument, NULL, 1006 },
+		{ "drain-timeout-s", required_argument, NULL, 'G' },
+		{ "print-config", no_argument, NULL, 'p' },
 		{ "spec", required_argument, NULL, 1007 },
 		{ "affinity", required_argument, NULL, 1008 },
 		{ "log-json", no_argument, NULL, 'J' },
@@ -302,11 +304,6 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print)
 				return -1;
 			c->expert_timeout_ms = (uint32_t)v;
 			break;
-		case 'G':
-			if (num("--drain-timeout-s", optarg, 0, 86400, &v))
-				return -1;
-			c->drain_timeout_s = (uint32_t)v;
-			break;
 		case 1000:
 			if (num("--deadline-floor-ms", optarg, 1, 3600000, &v))
 				return -1;
@@ -339,6 +336,11 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print)
 			c->heartbeat_ms = (uint32_t)v;
 			break;
 		case 1006: c->no_degraded = true; break;
+		case 'G':
+			if (num("--drain-timeout-s", optarg, 0, 86400, &v))
+				return -1;
+			c->drain_timeout_s = (uint32_t)v;
+			break;
 		case 1007:
 			if (router_spec_parse(optarg, &c->spec) != 0) {
 				fprintf(stderr, "epmoe-router: --spec expects off, predict, group, cobatch, "

@@ -45,7 +45,6 @@ struct router_cfg {
 	uint32_t n_ctx;
 	uint32_t max_tokens_default;
 	uint32_t max_tokens_limit;
-	uint32_t drain_timeout_s; /* SIGTERM: finish requests for up to this */
 	uint32_t expert_timeout_ms;  /* longest wait for one expert batch */
 	uint32_t deadline_floor_ms;  /* shortest adaptive deadline (0 = 200) */
 	double deadline_k;           /* deadline = k x p99 (0 = 3) */
@@ -54,6 +53,7 @@ struct router_cfg {
 	uint64_t replica_seed;
 	uint32_t heartbeat_ms;       /* worker report period (0 = 500) */
 	bool no_degraded;            /* never re-place a lost worker's experts */
+	uint32_t drain_timeout_s; /* SIGTERM: finish requests for up to this */
 	struct sched_cfg sched;
 	bool log_json;
 	unsigned spec;               /* ROUTER_SPEC_* bits (--spec) */

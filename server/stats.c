@@ -40,13 +40,13 @@ struct stats {
 	        *f_route_ot, *f_route_maxvio, *f_worker_lat, *f_phase, *f_rejected,
 	        *f_worker_up;
 	struct metrics_series **s_expert_tokens; /* [L * E] */
-	struct metrics_series *worker_up[256]; /* the id holding each index */
 	/* failover (distributed mode only) */
 	struct metrics_series *fo_fenced[6], *fo_redisp, *fo_redisp_pairs,
 	        *fo_batch_fail, *fo_hedges, *fo_hedges_won, *fo_abandoned, *fo_stale,
 	        *fo_unserved_tok, *fo_degraded, *fo_unserved_pairs, *fo_epoch,
 	        *fo_transition, *fo_commits, *fo_recoveries, *fo_recovery_sum,
 	        *fo_last_recovery, *fo_refused;
+	struct metrics_series *worker_up[256]; /* the id holding each index */
 
 	/* speculative pre-scheduler: per layer, pairs and hits per predictor */
 	struct metrics_series **sp_pairs;    /* [L] */
@@ -491,44 +491,6 @@ export_worker_latency(struct stats *st)
 	}
 }
 
-/* epmoe_worker_up{worker, id, node}: which worker (container, host)
- * holds each index now; the series of an id that left its index is set
- * to 0.  Indices from 256 on are not labelled. */
-static void
-export_worker_up(struct stats *st)
-{
-	cJSON *j = NULL;
-	const cJSON *ws, *w;
-
-	if (cluster_stats_json(st->r->cluster, &j) != 0)
-		return;
-	ws = cJSON_GetObjectItemCaseSensitive(j, "workers");
-	cJSON_ArrayForEach(w, ws) {
-		const cJSON *ix = cJSON_GetObjectItemCaseSensitive(w, "index");
-		const cJSON *id = cJSON_GetObjectItemCaseSensitive(w, "id");
-		const cJSON *node = cJSON_GetObjectItemCaseSensitive(w, "node");
-		const cJSON *state = cJSON_GetObjectItemCaseSensitive(w, "state");
-		char lv0[16];
-		const char *lv[3] = { lv0, NULL, NULL };
-		struct metrics_series *s;
-		int i;
-
-		if (!cJSON_IsNumber(ix) || !cJSON_IsString(id) || id->valuestring[0] == '\0' ||
-		        (i = ix->valueint) < 0 || i >= 256)
-			continue;
-		snprintf(lv0, sizeof(lv0), "%d", i);
-		lv[1] = id->valuestring;
-		lv[2] = cJSON_IsString(node) ? node->valuestring : "";
-		if (metrics_series(st->f_worker_up, lv, &s) != 0)
-			continue;
-		if (st->worker_up[i] && st->worker_up[i] != s)
-			metrics_set(st->worker_up[i], 0);
-		st->worker_up[i] = s;
-		metrics_set(s, cJSON_IsString(state) && strcmp(state->valuestring, "up") == 0);
-	}
-	cJSON_Delete(j);
-}
-
 static void
 export_failover(struct stats *st)
 {
@@ -567,6 +529,44 @@ export_failover(struct stats *st)
 	counter_to(st->fo_unserved_tok, (double)ds.unserved_tokens);
 }
 
+/* epmoe_worker_up{worker, id, node}: which worker (container, host)
+ * holds each index now; the series of an id that left its index is set
+ * to 0.  Indices from 256 on are not labelled. */
+static void
+export_worker_up(struct stats *st)
+{
+	cJSON *j = NULL;
+	const cJSON *ws, *w;
+
+	if (cluster_stats_json(st->r->cluster, &j) != 0)
+		return;
+	ws = cJSON_GetObjectItemCaseSensitive(j, "workers");
+	cJSON_ArrayForEach(w, ws) {
+		const cJSON *ix = cJSON_GetObjectItemCaseSensitive(w, "index");
+		const cJSON *id = cJSON_GetObjectItemCaseSensitive(w, "id");
+		const cJSON *node = cJSON_GetObjectItemCaseSensitive(w, "node");
+		const cJSON *state = cJSON_GetObjectItemCaseSensitive(w, "state");
+		char lv0[16];
+		const char *lv[3] = { lv0, NULL, NULL };
+		struct metrics_series *s;
+		int i;
+
+		if (!cJSON_IsNumber(ix) || !cJSON_IsString(id) || id->valuestring[0] == '\0' ||
+		        (i = ix->valueint) < 0 || i >= 256)
+			continue;
+		snprintf(lv0, sizeof(lv0), "%d", i);
+		lv[1] = id->valuestring;
+		lv[2] = cJSON_IsString(node) ? node->valuestring : "";
+		if (metrics_series(st->f_worker_up, lv, &s) != 0)
+			continue;
+		if (st->worker_up[i] && st->worker_up[i] != s)
+			metrics_set(st->worker_up[i], 0);
+		st->worker_up[i] = s;
+		metrics_set(s, cJSON_IsString(state) && strcmp(state->valuestring, "up") == 0);
+	}
+	cJSON_Delete(j);
+}
+
 int
 stats_render_metrics(struct stats *st, char **out, size_t *len)
 {
@@ -596,8 +596,8 @@ stats_render_metrics(struct stats *st, char **out, size_t *len)
 	}
 	if (st->r->cluster) {
 		export_worker_latency(st);
-		export_worker_up(st);
 		export_failover(st);
+		export_worker_up(st);
 	}
 	return metrics_render(st->metrics, out, len);
 }

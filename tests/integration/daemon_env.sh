@@ -59,6 +59,7 @@ check_env_table() {
 		case $meta in
 		N) val=64 ;;
 		L) val=warn ;;
+		MODE) val=dynamic ;;
 		-) val=1 ;;
 		*) val=x ;;
 		esac

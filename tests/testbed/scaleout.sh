@@ -12,6 +12,7 @@ TEST_NAME=tb_scaleout
 REQ=${TB_SCALEOUT_REQUESTS:-10}
 if [ -z "${EPMOE_TESTBED_MODEL:-}" ]; then
 	MODEL=$top/${EPMOE_BUILD:-build}/models/scaleout-ff4096-f16.gguf
+	mkdir -p "$(dirname "$MODEL")" || fail "mkdir $(dirname "$MODEL")"
 	[ -f "$MODEL" ] || "$B/epmoe" mkmodel --arch llama --out "$MODEL" --dim 512 --ff 4096 \
 		--layers 4 --experts 8 --vocab 2048 --heads 8 --kv-heads 4 --dtype f16 >/dev/null ||
 		fail "mkmodel"

@@ -1103,25 +1103,6 @@ START_TEST(worker_hanging_up_mid_request_fails_the_layer_fast)
 }
 END_TEST
 
-/* Whether process pid catches SIGTERM yet (its handler is installed):
- * the SigCgt mask of /proc/PID/status. */
-static int
-catches_sigterm(pid_t pid)
-{
-	char path[64], line[256];
-	unsigned long long mask = 0;
-	FILE *f;
-
-	snprintf(path, sizeof(path), "/proc/%ld/status", (long)pid);
-	if ((f = fopen(path, "r")) == NULL)
-		return 0;
-	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "SigCgt: %llx", &mask) == 1)
-			break;
-	fclose(f);
-	return (mask >> (SIGTERM - 1)) & 1;
-}
-
 /* ---- replicas: re-dispatch, adaptive deadlines, hedging ---- */
 
 /* A fake data endpoint: answers every batch with STALE_PLACEMENT, or
@@ -1384,6 +1365,25 @@ START_TEST(a_late_batch_is_hedged_to_the_other_copy_without_fencing)
 	repfix_stop(&r);
 }
 END_TEST
+
+/* Whether process pid catches SIGTERM yet (its handler is installed):
+ * the SigCgt mask of /proc/PID/status. */
+static int
+catches_sigterm(pid_t pid)
+{
+	char path[64], line[256];
+	unsigned long long mask = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%ld/status", (long)pid);
+	if ((f = fopen(path, "r")) == NULL)
+		return 0;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "SigCgt: %llx", &mask) == 1)
+			break;
+	fclose(f);
+	return (mask >> (SIGTERM - 1)) & 1;
+}
 
 /* The test process adopts orphans (subreaper), a child process starts
  * two workers and dies without stopping them: PR_SET_PDEATHSIG must
