@@ -24,7 +24,13 @@ $TB heal h2
 t_up=$(wait_http "$URL/health" 200 30 $TB client)
 t_heal=$(now_ms)
 note "healed h2: /health 200 again after $t_up s"
-sleep 2
+# the load's next request after the heal (30 s at most: a loaded machine
+# may take seconds per request)
+k=0
+while [ "$(load_count 200 "$t_heal")" -eq 0 ] && [ $k -lt 60 ]; do
+	sleep 0.5
+	k=$((k + 1))
+done
 load_stop
 failed=$(awk -v a="$t0" -v b="$t_heal" '$1 >= a && $1 <= b && $2 != 200' "$LOAD_LOG" | wc -l)
 after=$(load_count 200 "$t_heal")
