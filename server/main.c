@@ -90,7 +90,7 @@ usage(FILE *f)
 	        "                           running ones for up to N s, then stop (default\n"
 	        "                           30, 0 = stop at once; a second signal stops at\n"
 	        "                           once; env EPMOE_DRAIN_TIMEOUT_S)\n"
-	        "      --spec S             speculative pre-scheduling: off, predict (experts\n"
+	        "      --spec SPEC          speculative pre-scheduling: off, predict (experts\n"
 	        "                           predicted before each gate, hit rates in /v1/stats\n"
 	        "                           and /metrics), group (experts often chosen together\n"
 	        "                           share a worker; needs --affinity), cobatch, all, or\n"

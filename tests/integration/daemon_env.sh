@@ -60,6 +60,7 @@ check_env_table() {
 		N) val=64 ;;
 		L) val=warn ;;
 		MODE) val=dynamic ;;
+		SPEC) val=all ;;
 		-) val=1 ;;
 		*) val=x ;;
 		esac
