@@ -16,6 +16,7 @@ static const struct subcmd subcmds[] = {
 	{ "run", cmd_run, "generate text locally, in-process" },
 	{ "logits", cmd_logits, "write all positions' logits as raw float32" },
 	{ "perplexity", cmd_perplexity, "perplexity of a text file" },
+	{ "calibrate", cmd_calibrate, "build an affinity file (speculative pre-scheduling)" },
 	{ "tokenize", cmd_tokenize, "print the token ids of a text" },
 	{ "route", cmd_route, "apply a routing policy to a logits matrix" },
 	{ "generate", cmd_generate, "complete a prompt on a running server" },

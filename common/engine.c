@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "clock.h"
+#include "affinity.h"
 #include "engine.h"
 #include "err.h"
 #include "fmath.h"
@@ -55,6 +56,9 @@ struct engine {
 	uint32_t *pair_lo, *pair_hi;     /* [T] pair range of each row */
 	engine_route_fn route_obs;
 	void *route_obs_ud;
+	struct affinity *aff;  /* speculative predictions (borrowed), or NULL */
+	int32_t *row_tok;      /* [cap_row_tok] token id of each row of the step */
+	uint32_t cap_row_tok;
 	uint16_t *worker_of;             /* [L * E] expert -> worker, or NULL */
 	int n_workers;
 	int32_t *perm;      /* [T] rows reordered so groups are contiguous */
@@ -198,6 +202,7 @@ engine_free(struct engine *e)
 	free(e->pair_lo);
 	free(e->pair_hi);
 	free(e->perm);
+	free(e->row_tok);
 	free(e->gate_perm);
 	free(e->off_perm);
 	free(e->exp_perm);
@@ -287,6 +292,12 @@ engine_set_worker_map(struct engine *e, const uint16_t *worker_of, int n_workers
 	e->worker_of = map;
 	e->n_workers = n_workers;
 	return route_policy_set_workers(e->policy, map, n_workers);
+}
+
+void
+engine_set_affinity(struct engine *e, struct affinity *a)
+{
+	e->aff = a;
 }
 
 void
@@ -788,6 +799,9 @@ moe_block(struct engine *e, struct eng_item *items, uint32_t n_items,
 	int rc;
 
 	t0 = clock_now();
+	/* the prediction is made before the gate, from what is known then */
+	if (e->aff)
+		affinity_predict(e->aff, il, hp->n_expert_used);
 	for (uint32_t t = 0; t < T; t++)
 		op_rmsnorm(e->xn + (size_t)t * d, e->x + (size_t)t * d, l->ffn_norm,
 		        (int)d, hp->rms_eps);
@@ -797,6 +811,8 @@ moe_block(struct engine *e, struct eng_item *items, uint32_t n_items,
 	t1 = clock_now();
 	if ((rc = route_step(e, items, n_items, item_row0, T, il, &a)) != 0)
 		return rc;
+	if (e->aff)
+		affinity_observe(e->aff, il, &a);
 	t2 = clock_now();
 	if ((rc = e->experts->run(e->experts, il, e->xn, &a, e->moe)) != 0) {
 		if (rc == EPMOE_EUNAVAIL)
@@ -923,6 +939,22 @@ engine_step(struct engine *e, struct eng_item *items, uint32_t n_items)
 		}
 		n_out += it->logits == ENG_LOGITS_ALL ? it->n_tokens :
 		        it->logits == ENG_LOGITS_LAST ? 1 : 0;
+	}
+	if (e->aff) {
+		if (T > e->cap_row_tok) {
+			int32_t *rt = realloc(e->row_tok, T * sizeof(*rt));
+			if (rt == NULL) {
+				rc = EPMOE_ENOMEM;
+				goto out;
+			}
+			e->row_tok = rt;
+			e->cap_row_tok = T;
+		}
+		for (uint32_t i = 0, r = 0; i < n_items; i++)
+			for (uint32_t t = 0; t < items[i].n_tokens; t++, r++)
+				e->row_tok[r] = items[i].tokens[t];
+		if ((rc = affinity_step(e->aff, e->row_tok, T)) != 0)
+			goto out;
 	}
 	for (uint32_t il = 0; il < hp->n_layer; il++) {
 		t0 = clock_now();

@@ -106,6 +106,12 @@ int engine_policy_new(const struct engine *e, const char *spec,
 int engine_set_worker_map(struct engine *e, const uint16_t *worker_of,
         int n_workers);
 
+/* The affinity model (borrowed; NULL = none) the engine feeds: each
+ * layer's experts are predicted before its gate runs and the gate's
+ * decision is scored and learnt.  Predictions never change the step. */
+struct affinity;
+void engine_set_affinity(struct engine *e, struct affinity *a);
+
 /* Called after every routing call (engine thread): the policy, layer,
  * tokens routed, the call's statistics and its duration in seconds. */
 typedef void (*engine_route_fn)(void *ud, struct route_policy *p,

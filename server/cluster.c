@@ -111,6 +111,20 @@ cluster_new(struct cluster **out, const struct cluster_cfg *cfg, char *err,
 		}
 		if (rc != 0)
 			snprintf(err, err_len, "experts-per-worker: %s", why);
+	} else if (cfg->n_workers && cfg->worker_of) {
+		size_t n = (size_t)hp->n_layer * hp->n_expert;
+		uint32_t *cnt = malloc(n * sizeof(*cnt));
+		rc = EPMOE_ENOMEM;
+		if (cnt) {
+			for (size_t i = 0; i < n; i++)
+				cnt[i] = 1;
+			rc = placement_build(&c->home, hp->n_layer, hp->n_expert, cfg->n_workers,
+			        cnt, cfg->worker_of, 1);
+			free(cnt);
+		}
+		if (rc != 0)
+			snprintf(err, err_len, "grouped placement over %u workers: %s",
+			        cfg->n_workers, epmoe_strerror(rc));
 	} else if (cfg->n_workers) {
 		rc = placement_contiguous(&c->home, hp->n_layer, hp->n_expert,
 		        cfg->n_workers);

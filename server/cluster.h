@@ -77,6 +77,9 @@ struct cluster_cfg {
 	const char *placement_file;     /* JSON, format in placement.h */
 	const char *experts_per_worker; /* "a,b,..." contiguous blocks */
 	uint32_t n_workers;             /* contiguous, even split */
+	/* with n_workers and no file or counts: worker of each (layer,
+	 * expert), [n_layer][n_expert] (speculative grouping), else NULL */
+	const int32_t *worker_of;
 	uint32_t heartbeat_ms;          /* period asked of workers; 0 = 500 */
 	uint32_t heartbeat_timeout_ms;  /* silence -> down; 0 = 3 x period */
 	uint64_t boot_id;               /* 0 = random */

@@ -148,6 +148,13 @@ usage(FILE *f)
 	        "      --http-idle-timeout-ms N   idle keep-alive connections are closed\n"
 	        "                           after this (default 60000; env\n"
 	        "                           EPMOE_HTTP_IDLE_TIMEOUT_MS)\n"
+	        "      --spec SPEC          speculative pre-scheduling: off, predict (experts\n"
+	        "                           predicted before each gate, hit rates in /v1/stats\n"
+	        "                           and /metrics), group (experts often chosen together\n"
+	        "                           share a worker; needs --affinity), cobatch, all, or\n"
+	        "                           parts joined by '+' (default off; env EPMOE_SPEC)\n"
+	        "      --affinity FILE      affinity model from epmoe calibrate (default: learnt\n"
+	        "                           online from scratch; env EPMOE_AFFINITY)\n"
 	        "      --log-json           log one JSON object per line (env EPMOE_LOG_JSON=1)\n"
 	        "      --log-level L        debug|info|warn|error (default info;\n"
 	        "                           env EPMOE_LOG_LEVEL)\n"
@@ -210,6 +217,8 @@ static const struct envarg env_table[] = {
 	{ "http-header-timeout-ms", "EPMOE_HTTP_HEADER_TIMEOUT_MS", false, false },
 	{ "http-body-timeout-ms", "EPMOE_HTTP_BODY_TIMEOUT_MS", false, false },
 	{ "http-idle-timeout-ms", "EPMOE_HTTP_IDLE_TIMEOUT_MS", false, false },
+	{ "spec", "EPMOE_SPEC", false, false },
+	{ "affinity", "EPMOE_AFFINITY", false, false },
 	{ "log-json", "EPMOE_LOG_JSON", true, false },
 	{ "log-level", "EPMOE_LOG_LEVEL", false, false },
 	{ "print-config", "EPMOE_PRINT_CONFIG", true, false },
@@ -302,6 +311,8 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print,
 		{ "llep-min-chunk", required_argument, NULL, 1209 },
 		{ "record-routing", required_argument, NULL, 1210 },
 		{ "print-config", no_argument, NULL, 'p' },
+		{ "spec", required_argument, NULL, 1007 },
+		{ "affinity", required_argument, NULL, 1008 },
 		{ "log-json", no_argument, NULL, 'J' },
 		{ "log-level", required_argument, NULL, 'l' },
 		{ "tls-cert", required_argument, NULL, 1101 },
@@ -548,6 +559,14 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print,
 			c->llep_min_chunk = (uint32_t)v;
 			break;
 		case 1210: c->record_routing = optarg; break;
+		case 1007:
+			if (router_spec_parse(optarg, &c->spec) != 0) {
+				fprintf(stderr, "epmoe-router: --spec expects off, predict, group, cobatch, "
+				        "all or parts joined by '+', got '%s'\n", optarg);
+				return -1;
+			}
+			break;
+		case 1008: c->affinity = optarg; break;
 		case 'h': usage(stdout); exit(0);
 		default: usage(stderr); return -1;
 		}

@@ -9,6 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "affinity.h"
 #include "chat.h"
 #include "cluster.h"
 #include "dashboard.h"
@@ -95,6 +96,8 @@ load_worker_map(struct router *r)
 	cluster_placement_release(r->cluster, p);
 }
 
+static int group_experts(struct router *r, struct cluster_cfg *cc);
+
 /* The local workers of --workers N, restarted when they exit. */
 static int
 spawn_workers(struct router *r)
@@ -156,6 +159,8 @@ start_workers(struct router *r)
 	cc.n_workers = (uint32_t)r->cfg.expect_workers;
 	cc.heartbeat_ms = r->cfg.heartbeat_ms;
 	cc.no_degraded = r->cfg.no_degraded;
+	if ((rc = group_experts(r, &cc)) != 0)
+		return rc;
 	if ((rc = cluster_new(&r->cluster, &cc, err, sizeof(err))) != 0) {
 		log_error("%s", err[0] ? err : epmoe_strerror(rc));
 		return rc;
@@ -223,6 +228,116 @@ start_balancer(struct router *r)
 	return 0;
 }
 
+int
+router_spec_parse(const char *s, unsigned *out)
+{
+	static const struct { const char *name; unsigned bits; } parts[] = {
+		{ "off", 0 }, { "predict", ROUTER_SPEC_PREDICT }, { "group", ROUTER_SPEC_GROUP },
+		{ "cobatch", ROUTER_SPEC_COBATCH }, { "all", ROUTER_SPEC_ALL },
+	};
+	unsigned bits = 0;
+	const char *p = s;
+
+	if (s == NULL || *s == '\0')
+		return EPMOE_EINVAL;
+	while (*p) {
+		size_t n = strcspn(p, "+,");
+		size_t i;
+		for (i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
+			if (strlen(parts[i].name) == n && strncmp(p, parts[i].name, n) == 0)
+				break;
+		if (i == sizeof(parts) / sizeof(parts[0]))
+			return EPMOE_EINVAL;
+		bits |= parts[i].bits;
+		p += n;
+		if (*p && *++p == '\0')
+			return EPMOE_EINVAL;
+	}
+	*out = bits;
+	return 0;
+}
+
+const char *
+router_spec_name(unsigned spec, char *buf, size_t len)
+{
+	static const char *names[] = { "predict", "group", "cobatch" };
+	size_t at = 0;
+
+	if (spec == 0)
+		return "off";
+	if ((spec & ROUTER_SPEC_ALL) == ROUTER_SPEC_ALL)
+		return "all";
+	buf[0] = '\0';
+	for (int i = 0; i < 3; i++)
+		if (spec & (1u << i))
+			at += (size_t)snprintf(buf + at, at < len ? len - at : 0, "%s%s",
+			        at ? "+" : "", names[i]);
+	return buf;
+}
+
+/* The speculative pre-scheduler's affinity model: loaded from --affinity
+ * (or empty, learnt online), attached to the engine with --spec predict. */
+static int
+load_affinity(struct router *r)
+{
+	const struct model_hparams *hp = &r->model->hp;
+	char err[512] = "";
+	int rc;
+
+	if (!(r->cfg.spec & (ROUTER_SPEC_PREDICT | ROUTER_SPEC_GROUP)))
+		return 0;
+	if (r->cfg.affinity && *r->cfg.affinity) {
+		if ((rc = affinity_load_file(&r->affinity, r->cfg.affinity, hp->n_layer,
+		             hp->n_expert, hp->n_vocab, err, sizeof(err))) != 0) {
+			log_error("--affinity: %s", err);
+			return rc;
+		}
+	} else if ((rc = affinity_new(&r->affinity, hp->n_layer, hp->n_expert,
+	                 hp->n_vocab, 0)) != 0) {
+		log_error("cannot create the affinity model: %s", epmoe_strerror(rc));
+		return rc;
+	}
+	if (r->cfg.spec & ROUTER_SPEC_PREDICT)
+		engine_set_affinity(r->engine, r->affinity);
+	if (r->cfg.spec & ROUTER_SPEC_COBATCH)
+		log_warn("spec: cobatch (two micro-batches in flight) is not built yet; ignored");
+	return 0;
+}
+
+/* --spec group: experts often chosen together by one token share a
+ * worker (balanced co-clustering of the affinity file's counts), when
+ * the placement is otherwise the default even split. */
+static int
+group_experts(struct router *r, struct cluster_cfg *cc)
+{
+	const struct model_hparams *hp = &r->model->hp;
+	int rc;
+
+	if (!(r->cfg.spec & ROUTER_SPEC_GROUP) || r->affinity == NULL)
+		return 0;
+	if ((r->cfg.placement && *r->cfg.placement) ||
+	        (r->cfg.experts_per_worker && *r->cfg.experts_per_worker)) {
+		log_info("spec: --placement / --experts-per-worker given; no expert grouping");
+		return 0;
+	}
+	if (r->cfg.affinity == NULL || *r->cfg.affinity == '\0') {
+		log_info("spec: no --affinity file; no expert grouping");
+		return 0;
+	}
+	if (cc->n_workers == 0 || cc->n_workers > hp->n_expert)
+		return 0;
+	r->grouped = malloc((size_t)hp->n_layer * hp->n_expert * sizeof(*r->grouped));
+	if (r->grouped == NULL)
+		return EPMOE_ENOMEM;
+	if ((rc = affinity_group(r->affinity, cc->n_workers, 0.2, r->grouped)) != 0) {
+		log_error("spec: expert grouping failed: %s", epmoe_strerror(rc));
+		return rc;
+	}
+	cc->worker_of = r->grouped;
+	log_info("spec: experts grouped by co-activation over %u workers", cc->n_workers);
+	return 0;
+}
+
 static int
 load_model(struct router *r)
 {
@@ -247,7 +362,7 @@ load_model(struct router *r)
 	}
 	if (r->cfg.max_tokens_limit == 0)
 		r->cfg.max_tokens_limit = engine_n_ctx(r->engine);
-	return 0;
+	return load_affinity(r);
 }
 
 /* The server's default policy must route prompts and decode steps; its
@@ -332,6 +447,10 @@ router_free(struct router *r)
 	netsock_tls_free(r->tls);
 	r->tls = NULL;
 	engine_free(r->engine);
+	affinity_free(r->affinity);
+	free(r->grouped);
+	r->affinity = NULL;
+	r->grouped = NULL;
 	tok_free(r->tok);
 	free(r->chat_template);
 	free(r->worker_of);

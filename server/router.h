@@ -73,7 +73,20 @@ struct router_cfg {
 	const char *tls_cert;     /* PEM files of mutual TLS with the workers */
 	const char *tls_key;      /* (all three or none; tls+tcp:// URLs) */
 	const char *tls_ca;
+	unsigned spec;               /* ROUTER_SPEC_* bits (--spec) */
+	const char *affinity;        /* affinity file to load, or NULL */
 };
+
+/* Parts of the speculative pre-scheduler (--spec, speculative.md). */
+#define ROUTER_SPEC_PREDICT 1u   /* predict experts before each gate, score */
+#define ROUTER_SPEC_GROUP 2u     /* grouped placement from the affinity file */
+#define ROUTER_SPEC_COBATCH 4u   /* reserved: two micro-batches in flight */
+#define ROUTER_SPEC_ALL 7u
+/* Parses "off|predict|group|cobatch|all" or a '+'-joined list of parts:
+ * 0 or EPMOE_EINVAL. */
+int router_spec_parse(const char *s, unsigned *out);
+/* "off", "all" or the parts joined by '+'; buf of >= 32 bytes. */
+const char *router_spec_name(unsigned spec, char *buf, size_t len);
 
 struct router {
 	struct router_cfg cfg;
@@ -84,6 +97,9 @@ struct router {
 	char *chat_template;      /* tokenizer.chat_template or NULL */
 	char default_routing[GEN_MAX_ROUTING + 1]; /* canonical --routing */
 	struct sched *sched;
+	struct affinity *affinity; /* the pre-scheduler's model (engine thread
+	                            * writes; stats read its counters), or NULL */
+	int32_t *grouped;          /* [L][E] grouped placement, or NULL */
 	int64_t created;
 	uint64_t boot_id;
 	bool stopping;            /* SIGTERM seen: draining, then stopping */

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "affinity.h"
 #include "cluster.h"
 #include "dashboard.h"
 #include "dispatch.h"
@@ -51,6 +52,11 @@ struct stats {
 	        *fo_transition, *fo_commits, *fo_recoveries, *fo_recovery_sum,
 	        *fo_last_recovery, *fo_refused;
 	struct metrics_series *worker_up[256]; /* the id holding each index */
+
+	/* speculative pre-scheduler: per layer, pairs and hits per predictor */
+	struct metrics_series **sp_pairs;    /* [L] */
+	struct metrics_series **sp_hits;     /* [L][AFF_N_PRED] */
+	struct metrics_series **sp_rate;     /* [L][AFF_N_PRED] */
 
 	pthread_mutex_t mu;
 	bool mu_ok;
@@ -216,6 +222,49 @@ static int register_balance(struct stats *st);
 static void counter_to(struct metrics_series *s, double v);
 
 /* Re-dispatch, hedging, fencing, degraded service, time to recover. */
+static const char *const spec_pred_name[AFF_N_PRED] = { "token", "token_prev" };
+
+/* The prediction hit rates of the pre-scheduler, per layer. */
+static int
+register_spec(struct stats *st)
+{
+	static const char *const l_layer[] = { "layer" };
+	static const char *const l_pred[] = { "layer", "predictor" };
+	uint32_t L = st->r->model->hp.n_layer;
+	struct metrics_family *fp, *fh, *fr;
+	int rc;
+
+	if ((rc = metrics_counter(st->metrics, "epmoe_spec_pairs_total",
+	             "(token, expert) pairs the gate chose, per layer, while predictions ran",
+	             l_layer, 1, &fp)) ||
+	        (rc = metrics_counter(st->metrics, "epmoe_spec_hits_total",
+	             "Of those pairs, the ones predicted before the gate (predictor: token = "
+	             "from the token id, token_prev = token id and the previous layer's experts)",
+	             l_pred, 2, &fh)) ||
+	        (rc = metrics_gauge(st->metrics, "epmoe_spec_hit_rate",
+	             "Hits / pairs since start, per layer and predictor", l_pred, 2, &fr)))
+		return rc;
+	st->sp_pairs = calloc(L, sizeof(*st->sp_pairs));
+	st->sp_hits = calloc((size_t)L * AFF_N_PRED, sizeof(*st->sp_hits));
+	st->sp_rate = calloc((size_t)L * AFF_N_PRED, sizeof(*st->sp_rate));
+	if (!st->sp_pairs || !st->sp_hits || !st->sp_rate)
+		return EPMOE_ENOMEM;
+	for (uint32_t l = 0; l < L; l++) {
+		char lv0[16];
+		const char *lv[2] = { lv0, NULL };
+		snprintf(lv0, sizeof(lv0), "%u", l);
+		if ((rc = metrics_series(fp, lv, &st->sp_pairs[l])) != 0)
+			return rc;
+		for (int p = 0; p < AFF_N_PRED; p++) {
+			lv[1] = spec_pred_name[p];
+			if ((rc = metrics_series(fh, lv, &st->sp_hits[l * AFF_N_PRED + p])) ||
+			        (rc = metrics_series(fr, lv, &st->sp_rate[l * AFF_N_PRED + p])))
+				return rc;
+		}
+	}
+	return 0;
+}
+
 static int
 register_failover(struct stats *st)
 {
@@ -347,6 +396,9 @@ stats_register(struct stats *st)
 		return rc;
 	if ((rc = register_balance(st)) != 0)
 		return rc;
+	if (st->r->affinity && (st->r->cfg.spec & ROUTER_SPEC_PREDICT) &&
+	        (rc = register_spec(st)) != 0)
+		return rc;
 	st->s_expert_tokens = calloc((size_t)hp->n_layer * hp->n_expert, sizeof(*st->s_expert_tokens));
 	if (st->s_expert_tokens == NULL)
 		return EPMOE_ENOMEM;
@@ -397,6 +449,9 @@ stats_free(struct stats *st)
 		a = n;
 	}
 	free(st->expert_load);
+	free(st->sp_pairs);
+	free(st->sp_hits);
+	free(st->sp_rate);
 	free(st->s_expert_tokens);
 	metrics_free(st->metrics);
 	if (st->mu_ok)
@@ -639,6 +694,18 @@ stats_render_metrics(struct stats *st, char **out, size_t *len)
 		counter_to(st->m_http_refused, (double)hc.refused);
 		counter_to(st->m_http_timeouts, (double)hc.timeouts);
 	}
+	if (st->sp_pairs) {
+		for (uint32_t l = 0; l < st->r->model->hp.n_layer; l++) {
+			struct aff_layer_stats a;
+			affinity_hits(st->r->affinity, l, &a);
+			counter_to(st->sp_pairs[l], (double)a.pairs);
+			for (int p = 0; p < AFF_N_PRED; p++) {
+				counter_to(st->sp_hits[l * AFF_N_PRED + p], (double)a.hits[p]);
+				metrics_set(st->sp_rate[l * AFF_N_PRED + p],
+				        a.pairs ? (double)a.hits[p] / (double)a.pairs : 0.0);
+			}
+		}
+	}
 	if (st->r->cluster) {
 		export_worker_latency(st);
 		export_failover(st);
@@ -682,6 +749,50 @@ workers_json(struct router *r)
 	cJSON_AddNumberToObject(d, "unserved_tokens", (double)ds.unserved_tokens);
 	cJSON_AddNumberToObject(d, "llep_calls", (double)ds.llep_calls);
 	cJSON_AddNumberToObject(d, "llep_split_groups", (double)ds.llep_split_groups);
+	return j;
+}
+
+/* The "spec" part of /v1/stats: the pre-scheduler's parts and the hit
+ * rate of each predictor per layer. */
+static cJSON *
+spec_json(struct router *r)
+{
+	cJSON *j = cJSON_CreateObject(), *arr;
+	char buf[64];
+	uint64_t pairs = 0, hits[AFF_N_PRED] = { 0 };
+
+	if (j == NULL)
+		return NULL;
+	cJSON_AddStringToObject(j, "mode", router_spec_name(r->cfg.spec, buf, sizeof(buf)));
+	cJSON_AddBoolToObject(j, "predicting", r->affinity && (r->cfg.spec & ROUTER_SPEC_PREDICT));
+	cJSON_AddBoolToObject(j, "grouped_placement", r->grouped != NULL);
+	if (r->cfg.affinity)
+		cJSON_AddStringToObject(j, "affinity_file", r->cfg.affinity);
+	if (r->affinity == NULL || !(r->cfg.spec & ROUTER_SPEC_PREDICT))
+		return j;
+	cJSON_AddNumberToObject(j, "affinity_bytes", (double)affinity_bytes(r->affinity));
+	arr = cJSON_AddArrayToObject(j, "layers");
+	for (uint32_t l = 0; l < r->model->hp.n_layer; l++) {
+		struct aff_layer_stats a;
+		cJSON *o = cJSON_CreateObject();
+		affinity_hits(r->affinity, l, &a);
+		pairs += a.pairs;
+		cJSON_AddNumberToObject(o, "layer", l);
+		cJSON_AddNumberToObject(o, "pairs", (double)a.pairs);
+		for (int p = 0; p < AFF_N_PRED; p++) {
+			char k[32];
+			hits[p] += a.hits[p];
+			snprintf(k, sizeof(k), "hit_rate_%s", spec_pred_name[p]);
+			cJSON_AddNumberToObject(o, k, a.pairs ? (double)a.hits[p] / (double)a.pairs : 0.0);
+		}
+		cJSON_AddItemToArray(arr, o);
+	}
+	cJSON_AddNumberToObject(j, "pairs", (double)pairs);
+	for (int p = 0; p < AFF_N_PRED; p++) {
+		char k[32];
+		snprintf(k, sizeof(k), "hit_rate_%s", spec_pred_name[p]);
+		cJSON_AddNumberToObject(j, k, pairs ? (double)hits[p] / (double)pairs : 0.0);
+	}
 	return j;
 }
 
@@ -747,6 +858,7 @@ stats_json(struct stats *st)
 		cJSON_AddItemToArray(arr, row);
 	}
 	pthread_mutex_unlock(&st->mu);
+	cJSON_AddItemToObject(j, "spec", spec_json(r));
 	if (r->cluster) {
 		cJSON *w = workers_json(r);
 		if (w)

@@ -207,6 +207,45 @@ while IFS= read -r line; do
 		"$(jget "$line" maxvio)"
 done
 
+# ---- speculative pre-scheduling (--spec, epmoe calibrate) ----
+SP_TOK=3072
+[ "${EPMOE_BENCH_QUICK:-0}" = 1 ] && SP_TOK=1024
+echo
+echo "== speculative pre-scheduling: experts predicted before each gate (hit rate = predicted"
+echo "   pairs / pairs the gate chose) and token rows sent per (token, expert) pair with 4 workers"
+echo "   (1.0 = one row per pair; a token whose experts share a worker is sent once; target <= 0.6"
+echo "   grouped). Learnt online on the first 3/4 of the windows, scored on the last 1/4."
+printf '%-22s %10s %14s %12s %12s
+' model "hit(tok)" "hit(tok+prev)" "rows contig" "rows grouped"
+for sm in "$RT_MODEL" "$MD/small-f16.gguf"; do
+	[ -f "$sm" ] || continue
+	o=$("$BIN" calibrate --model "$sm" --file "$RT_TEXT" --out "$B/bench-spec.aff" --ctx 128 \
+		--max-tokens "$SP_TOK" --holdout 0.25 --workers 4 --json 2>/dev/null) || {
+		printf '%-22s %10s\n' "$(basename "$sm" .gguf)" failed; continue; }
+	# the overall figures are the last ones of the line
+	t=$(printf '%s' "$o" | sed 's/.*\]//')
+	printf '%-22s %10s %14s %12s %12s\n' "$(basename "$sm" .gguf)" "$(jget "$t" hit_tok)" \
+		"$(jget "$t" hit_tok_prev)" "$(jget "$t" bytes_ratio_contiguous)" "$(jget "$t" bytes_ratio_grouped)"
+done
+echo "(messages per token per layer at one token per step equal the rows ratio)"
+# the cost of predicting: decode tok/s with --spec predict / --spec off, 2 workers
+p1=0; p16=0; o1=0; o16=0
+for round in 1 2; do
+	for sp in off predict; do
+		serve "--workers 2 --spec $sp"
+		r1=$("$BIN" bench server -s "$HURL" -c 1 -N $SN1 --max-tokens $SG --timeout 600 --json -q)
+		r16=$("$BIN" bench server -s "$HURL" -c 16 -N $SN16 --max-tokens $SG --timeout 600 --json -q)
+		t1=$(jget "$r1" output_token_throughput); t16=$(jget "$r16" output_token_throughput)
+		if [ $sp = off ]; then o1=$(maxf "$o1" "$t1"); o16=$(maxf "$o16" "$t16"); else
+			p1=$(maxf "$p1" "$t1"); p16=$(maxf "$p16" "$t16"); fi
+		stop_router
+	done
+done
+printf '%-26s %12s %12s\n' "decode tok/s, 2 workers" "c = 1" "c = 16"
+printf '%-26s %12.1f %12.1f\n' "--spec off" "$o1" "$o16"
+printf '%-26s %12.1f %12.1f\n' "--spec predict" "$p1" "$p16"
+printf '%-26s %12s %12s   (the predictions'"'"' cost; 1.0 = free)\n' "predict / off" "$(ratio "$p1" "$o1")" "$(ratio "$p16" "$o16")"
+
 # ---- failover: kill / hang a worker under 16 streams (client/bench/failover.sh) ----
 EPMOE_BUILD=$B sh "$(dirname "$0")/failover.sh"
 
