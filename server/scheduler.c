@@ -22,6 +22,7 @@
 #include "clock.h"
 #include "err.h"
 #include "log.h"
+#include "prefix.h"
 #include "route.h"
 #include "scheduler.h"
 
@@ -51,6 +52,10 @@ struct sched_req {
 	struct eng_seq *seq;
 	struct policy_ent *pol;  /* NULL: the engine's default policy */
 	uint32_t n_fed;          /* prompt tokens already in the cache */
+	uint32_t n_cached;       /* of them, taken from the prefix cache */
+	bool pc_use;             /* matches and stores prefix-cache blocks */
+	struct pcache_hold hold; /* the prefix-cache blocks it holds */
+	int32_t *toks;           /* pc_use: prompt + generated tokens */
 	uint32_t n_gen;          /* tokens generated */
 	int32_t next;            /* the token to feed in the next step */
 	struct sampler smp;
@@ -95,6 +100,7 @@ struct sched {
 	struct sched_req **item_req;
 	size_t cap_items;
 	int32_t *feed;           /* decode tokens of the step */
+	struct pcache *pc;       /* NULL: prefix caching off */
 
 	/* events to the loop */
 	uv_async_t async;
@@ -107,6 +113,8 @@ struct sched {
 	_Atomic uint32_t st_running, st_policies;
 	_Atomic uint64_t st_total, st_failed, st_cancelled, st_prompt, st_gen,
 	        st_steps;
+	_Atomic uint64_t st_pc_lookup, st_pc_hit, st_pc_bypass, st_pc_tokens,
+	        st_pc_evictions;
 };
 
 void
@@ -116,6 +124,8 @@ sched_cfg_default(struct sched_cfg *c)
 	c->max_running = 32;
 	c->max_waiting = 64;
 	c->kv_budget_bytes = (size_t)4 << 30;
+	c->prefix_cache = true;
+	c->block_tokens = PCACHE_BLOCK_TOKENS;
 }
 
 /* ---- events ---- */
@@ -308,6 +318,10 @@ release_engine_state(struct sched *s, struct sched_req *r)
 {
 	eng_seq_free(r->seq);
 	r->seq = NULL;
+	if (r->hold.n || r->hold.b)
+		pcache_release(s->pc, &r->hold);
+	free(r->toks);
+	r->toks = NULL;
 	if (r->smp_ok)
 		sampler_fini(&r->smp);
 	if (r->ts_ok)
@@ -322,6 +336,72 @@ release_engine_state(struct sched *s, struct sched_req *r)
 	r->tcap = r->tlen = 0;
 }
 
+/* ---- prefix cache (engine thread) ---- */
+
+/* Bytes the prefix cache may hold now: the budget less the running
+ * sequences' reservations. */
+static size_t
+pc_room(struct sched *s)
+{
+	size_t used;
+
+	pthread_mutex_lock(&s->mu);
+	used = s->kv_reserved;
+	pthread_mutex_unlock(&s->mu);
+	return s->cfg.kv_budget_bytes > used ? s->cfg.kv_budget_bytes - used : 0;
+}
+
+static void
+pc_note(struct sched *s)
+{
+	struct pcache_stats st;
+
+	pcache_get_stats(s->pc, &st);
+	atomic_store(&s->st_pc_tokens, st.n_blocks * pcache_block_tokens(s->pc));
+	atomic_store(&s->st_pc_evictions, st.evictions);
+}
+
+/* Stores the whole blocks of r's first n tokens (in its cache). */
+static void
+pc_store(struct sched *s, struct sched_req *r, uint32_t n)
+{
+	pcache_store(s->pc, r->toks, n, r->seq, &r->hold, pc_room(s));
+	pc_note(s);
+}
+
+/* Whether a policy routes each token by itself, so that a prefix's KV
+ * does not depend on what follows it or on the chunking: expert_choice
+ * and usmoe choose tokens per expert over the whole prompt. */
+static bool
+pc_policy_ok(const struct route_policy *p)
+{
+	enum route_kind k = route_policy_cfg(p)->kind;
+	return k != ROUTE_EXPERT_CHOICE && k != ROUTE_USMOE;
+}
+
+/* Reuses the cached blocks of r's prompt (all but its last token: the
+ * prefill must give logits).  echo wants every prompt position's logits
+ * and bypasses the cache, as do policies routing whole prompts. */
+static void
+pc_admit(struct sched *s, struct sched_req *r)
+{
+	if (s->pc == NULL || r->p.echo)
+		return;
+	if (!pc_policy_ok(r->pol ? r->pol->p : engine_policy(s->e))) {
+		atomic_fetch_add(&s->st_pc_bypass, 1);
+		return;
+	}
+	if ((r->toks = malloc((r->p.n_prompt + r->p.max_tokens) * sizeof(int32_t))) == NULL)
+		return;
+	memcpy(r->toks, r->p.prompt, r->p.n_prompt * sizeof(int32_t));
+	r->pc_use = true;
+	r->n_cached = pcache_match(s->pc, r->p.prompt, (uint32_t)r->p.n_prompt - 1, r->seq,
+	        &r->hold);
+	r->n_fed = r->n_cached;
+	atomic_fetch_add(&s->st_pc_lookup, r->p.n_prompt);
+	atomic_fetch_add(&s->st_pc_hit, r->n_cached);
+}
+
 /* Ends r with its final event: DONE with reason when err is 0, else
  * ERROR with err and msg. */
 static void
@@ -330,6 +410,9 @@ finish(struct sched *s, struct sched_req *r, int err, const char *reason,
 {
 	struct sched_event *ev = event_new(r, err ? SCHED_EV_ERROR : SCHED_EV_DONE);
 
+	/* a finished sequence leaves its prompt and answer for the next turn */
+	if (err == 0 && r->pc_use && r->seq)
+		pc_store(s, r, r->seq->n_pos);
 	release_engine_state(s, r);
 	release_admission(s, r);
 	r->state = REQ_FINISHED;
@@ -352,6 +435,7 @@ finish(struct sched *s, struct sched_req *r, int err, const char *reason,
 		ev->finish_reason = reason;
 	}
 	ev->prompt_tokens = (uint32_t)r->p.n_prompt;
+	ev->cached_tokens = r->n_cached;
 	ev->completion_tokens = r->n_gen;
 	post(s, ev);
 }
@@ -373,6 +457,7 @@ admit(struct sched *s, struct sched_req *r)
 		finish(s, r, rc, NULL, err[0] ? err : "cannot create the routing policy");
 		return -1;
 	}
+	pc_admit(s, r);
 	if (sampler_init(&r->smp, &r->p.sample) != 0) {
 		finish(s, r, EPMOE_EINVAL, NULL, "invalid sampling parameters");
 		return -1;
@@ -608,6 +693,8 @@ sample_and_emit(struct sched *s, struct sched_req *r, const float *row)
 		return;
 	}
 	note_token_time(s, r);
+	if (r->pc_use && r->p.n_prompt + r->n_gen <= r->p.n_prompt + r->p.max_tokens)
+		r->toks[r->p.n_prompt + r->n_gen - 1] = id;
 	if (!r->p.ignore_eos && tok_is_eog(s->tk, id)) {
 		emit_tail(s, r);
 		finish(s, r, 0, "stop", NULL);
@@ -681,6 +768,15 @@ drop_cancelled(struct sched *s)
 	s->wait_tail = keep_tail;
 }
 
+/* Whether a reservation of need bytes fits the KV budget beside the
+ * running sequences' and the prefix-cache blocks they hold (each counted
+ * once); blocks nobody holds are evicted to make room.  Under s->mu. */
+static bool
+kv_fits(struct sched *s, size_t need)
+{
+	return s->kv_reserved + need + pcache_pinned_bytes(s->pc) <= s->cfg.kv_budget_bytes;
+}
+
 /* Whether waiting request r gets a slot now (it may already hold one). */
 static bool
 take_slot(struct sched *s, struct sched_req *r)
@@ -689,7 +785,7 @@ take_slot(struct sched *s, struct sched_req *r)
 		return true;
 	pthread_mutex_lock(&s->mu);
 	if (s->slots_used < s->cfg.max_running &&
-	        s->kv_reserved + r->kv_need <= s->cfg.kv_budget_bytes) {
+	        kv_fits(s, r->kv_need)) {
 		s->slots_used++;
 		s->kv_reserved += r->kv_need;
 		s->n_queued--;
@@ -725,6 +821,10 @@ admit_waiting(struct sched *s)
 		s->run[s->n_run++] = r;
 	}
 	atomic_store(&s->st_running, s->n_run);
+	if (s->pc) {
+		pcache_trim(s->pc, pc_room(s));
+		pc_note(s);
+	}
 }
 
 static void
@@ -852,6 +952,8 @@ take_result(struct sched *s, struct sched_req *r, const struct eng_item *it)
 	}
 	r->n_fed += it->n_tokens;
 	atomic_fetch_add(&s->st_prompt, it->n_tokens);
+	if (r->pc_use)
+		pc_store(s, r, r->n_fed);
 	if (r->n_fed < r->p.n_prompt)
 		return;
 	if (r->p.echo)
@@ -966,6 +1068,10 @@ sched_new(struct sched **out, uv_loop_t *loop, struct engine *e,
 		s->cfg.max_running = 1;
 	s->n_vocab = engine_model(e)->hp.n_vocab;
 	s->n_ctx = engine_n_ctx(e);
+	if (s->cfg.prefix_cache && pcache_new(&s->pc, e, s->cfg.block_tokens) != 0) {
+		free(s);
+		return EPMOE_ENOMEM;
+	}
 	s->next_id = 1;
 	pthread_mutex_init(&s->mu, NULL);
 	pthread_cond_init(&s->cv, NULL);
@@ -1032,6 +1138,7 @@ sched_free(struct sched *s)
 		policy_ent_free(s->policies);
 		s->policies = n;
 	}
+	pcache_free(s->pc);
 	free(s->run);
 	free(s->logits);
 	free(s->items);
@@ -1111,7 +1218,7 @@ sched_submit(struct sched *s, struct sched_req_params *p, struct sched_req **out
 	if (s->stop) {
 		rc = EPMOE_ECLOSED;
 	} else if (s->n_queued == 0 && s->slots_used < s->cfg.max_running &&
-	        s->kv_reserved + r->kv_need <= s->cfg.kv_budget_bytes) {
+	        kv_fits(s, r->kv_need)) {
 		/* a free slot and nobody ahead: running from the next step */
 		s->slots_used++;
 		s->kv_reserved += r->kv_need;
@@ -1185,6 +1292,13 @@ sched_get_stats(struct sched *s, struct sched_stats *st)
 	st->prompt_tokens_total = atomic_load(&s->st_prompt);
 	st->generated_tokens_total = atomic_load(&s->st_gen);
 	st->steps_total = atomic_load(&s->st_steps);
+	st->prefix_cache = s->pc != NULL;
+	st->pc_lookup_tokens = atomic_load(&s->st_pc_lookup);
+	st->pc_hit_tokens = atomic_load(&s->st_pc_hit);
+	st->pc_cached_tokens = atomic_load(&s->st_pc_tokens);
+	st->pc_bypassed = atomic_load(&s->st_pc_bypass);
+	st->pc_evictions = atomic_load(&s->st_pc_evictions);
+	st->pc_pinned_bytes = pcache_pinned_bytes(s->pc);
 }
 
 void
