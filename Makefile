@@ -119,6 +119,11 @@ $(B)/obj/%.o: %.c $(GEN_H)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -c $< -o $@
 
+# The expert combine rounds each weighted expert output before adding it
+# (no FMA contraction), so local mode's sums equal the router's sums of
+# the workers' partial sums bit for bit (common/moe_ffn.c).
+$(B)/obj/common/moe_ffn.o: CFLAGS_ALL += -ffp-contract=off
+
 $(LIB_COMMON): $(call obj,$(COMMON_SRC)) $(B)/obj/$(GEN_C:.c=.o)
 	@mkdir -p $(dir $@)
 	@rm -f $@

@@ -145,10 +145,11 @@ cli_read_file(const char *path, char **out, size_t *len)
 
 int
 cli_load(const char *cmd, const char *path, int threads, const char *routing,
-        struct model **m, struct engine **e)
+        enum dtype kv_type, struct model **m, struct engine **e)
 {
 	char err[512] = "";
-	struct engine_opts o = { .n_threads = threads, .routing = routing };
+	struct engine_opts o = { .n_threads = threads, .routing = routing,
+		.kv_type = kv_type };
 	int rc;
 
 	if ((rc = model_load(m, path, err, sizeof(err))) != 0) {

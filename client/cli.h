@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "gguf.h"
+
 struct model;
 struct engine;
 
@@ -23,6 +25,7 @@ int cli_read_file(const char *path, char **out, size_t *len);
 
 /* Loads model + engine; prints the error and returns non-zero on failure. */
 int cli_load(const char *cmd, const char *path, int threads,
-        const char *routing, struct model **m, struct engine **e);
+        const char *routing, enum dtype kv_type, struct model **m,
+        struct engine **e);
 
 #endif

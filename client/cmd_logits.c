@@ -75,7 +75,7 @@ cmd_logits(int argc, char **argv)
 	}
 	if (cli_ids(tokens, &ids, &n_ids))
 		return cli_bad("logits", "--tokens", "expects comma-separated non-negative ids");
-	if (cli_load("logits", model, (int)threads, routing, &m, &e))
+	if (cli_load("logits", model, (int)threads, routing, DTYPE_F32, &m, &e))
 		goto done;
 	uint32_t V = m->hp.n_vocab;
 	if ((logits = malloc(n_ids * V * sizeof(float))) == NULL ||

@@ -77,6 +77,7 @@ usage(FILE *f)
 	        "      --routing P    routing policy spec (default native)\n"
 	        "      --workers W    report worker balance as if W workers held\n"
 	        "                     contiguous blocks of experts (default 4)\n"
+	        "      --kv-type T    KV cache f32 (default) or f16\n"
 	        "      --json         print the result as one JSON object\n");
 }
 
@@ -106,6 +107,7 @@ cmd_perplexity(int argc, char **argv)
 		{ "routing", required_argument, NULL, 'r' },
 		{ "json", no_argument, NULL, 'J' },
 		{ "workers", required_argument, NULL, 'w' },
+		{ "kv-type", required_argument, NULL, 'V' },
 		{ "protocol", required_argument, NULL, 'P' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 }
@@ -114,6 +116,7 @@ cmd_perplexity(int argc, char **argv)
 	const char *routing = NULL;
 	long ctx = 512, threads = 0, max_windows = -1, workers = 4;
 	int json = 0, c, rc = 1, llama = 0;
+	enum dtype kv_type = DTYPE_F32;
 	char *text = NULL, err[512];
 	size_t text_len, n_ids = 0;
 	int32_t *ids = NULL, *win = NULL;
@@ -132,6 +135,10 @@ cmd_perplexity(int argc, char **argv)
 		case 'f': file = optarg; break;
 		case 'r': routing = optarg; break;
 		case 'J': json = 1; break;
+		case 'V':
+			if (engine_kv_type_parse(optarg, &kv_type))
+				return cli_bad("perplexity", "--kv-type", "expects f32 or f16");
+			break;
 		case 'P':
 			if (strcmp(optarg, "llama") == 0)
 				llama = 1;
@@ -166,7 +173,7 @@ cmd_perplexity(int argc, char **argv)
 		fprintf(stderr, "epmoe perplexity: cannot read %s\n", file);
 		return 1;
 	}
-	if (cli_load("perplexity", model, (int)threads, routing, &m, &e))
+	if (cli_load("perplexity", model, (int)threads, routing, kv_type, &m, &e))
 		goto done;
 	struct route_acc acc = { .n_expert = m->hp.n_expert, .n_workers = (uint32_t)workers };
 	if (acc.n_workers > acc.n_expert)

@@ -35,6 +35,7 @@ usage(FILE *f)
 	        "      --stop S       stop string (repeatable, up to %d)\n"
 	        "  -t, --threads N    threads (env EPMOE_THREADS; default: all cores)\n"
 	        "      --routing P    routing policy spec (default native)\n"
+	        "      --kv-type T    KV cache f32 (default) or f16 (half the memory)\n"
 	        "      --ids          print the generated token ids instead of text\n"
 	        "      --no-bos       do not add BOS even if the model wants it\n"
 	        "      --ignore-eos   keep generating past end-of-sequence\n",
@@ -58,6 +59,7 @@ cmd_run(int argc, char **argv)
 		{ "threads", required_argument, NULL, 't' },
 		{ "routing", required_argument, NULL, 'r' },
 		{ "ids", no_argument, NULL, 'I' },
+		{ "kv-type", required_argument, NULL, 'V' },
 		{ "no-bos", no_argument, NULL, 'B' },
 		{ "ignore-eos", no_argument, NULL, 'E' },
 		{ "help", no_argument, NULL, 'h' },
@@ -69,6 +71,7 @@ cmd_run(int argc, char **argv)
 	long n_predict = 64, threads = 0, top_k = 40, seed = -1;
 	double temp = 0.8, top_p = 0.95, min_p = 0.05;
 	int print_ids = 0, no_bos = 0, ignore_eos = 0, c, rc = 1;
+	enum dtype kv_type = DTYPE_F32;
 	char *file_text = NULL, *text = NULL;
 	size_t text_len = 0, text_cap = 0;
 	int32_t *ids = NULL;
@@ -93,6 +96,10 @@ cmd_run(int argc, char **argv)
 		case 'f': file = optarg; break;
 		case 'r': routing = optarg; break;
 		case 'I': print_ids = 1; break;
+		case 'V':
+			if (engine_kv_type_parse(optarg, &kv_type))
+				return cli_bad("run", "--kv-type", "expects f32 or f16");
+			break;
 		case 'B': no_bos = 1; break;
 		case 'E': ignore_eos = 1; break;
 		case 'n':
@@ -146,7 +153,7 @@ cmd_run(int argc, char **argv)
 	}
 	if (seed < 0)
 		seed = (long)(time(NULL) & 0x7fffffff);
-	if (cli_load("run", model, (int)threads, routing, &m, &e))
+	if (cli_load("run", model, (int)threads, routing, kv_type, &m, &e))
 		goto done;
 	if (tok_load(&tk, m->gguf, err, sizeof(err)) != 0) {
 		fprintf(stderr, "epmoe run: %s\n", err);

@@ -15,6 +15,7 @@
  */
 #include <cblas.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +35,8 @@ struct engine {
 	struct moe_backend *experts;
 	struct route_policy *policy;
 	uint32_t n_ctx;
+	enum dtype kv_type;   /* F32 or F16 */
+	size_t kv_es;         /* its element size */
 	uint64_t n_steps;
 	struct engine_timing timing;
 
@@ -80,6 +83,15 @@ engine_new(struct engine **out, const struct model *m,
 	if ((e = calloc(1, sizeof(*e))) == NULL)
 		return EPMOE_ENOMEM;
 	e->m = m;
+	e->kv_type = o ? o->kv_type : DTYPE_F32;
+	if (e->kv_type != DTYPE_F32 && e->kv_type != DTYPE_F16) {
+		if (err && err_len)
+			snprintf(err, err_len, "KV cache type %s is not supported (f32 or f16)",
+			        dtype_name(e->kv_type));
+		free(e);
+		return EPMOE_EINVAL;
+	}
+	e->kv_es = e->kv_type == DTYPE_F16 ? 2 : 4;
 	e->n_ctx = o && o->n_ctx ? o->n_ctx : m->hp.n_ctx_train;
 	if (e->n_ctx == 0)
 		e->n_ctx = 4096;
@@ -172,6 +184,24 @@ engine_n_ctx(const struct engine *e)
 	return e->n_ctx;
 }
 
+enum dtype
+engine_kv_type(const struct engine *e)
+{
+	return e->kv_type;
+}
+
+int
+engine_kv_type_parse(const char *s, enum dtype *out)
+{
+	if (strcmp(s, "f32") == 0)
+		*out = DTYPE_F32;
+	else if (strcmp(s, "f16") == 0)
+		*out = DTYPE_F16;
+	else
+		return EPMOE_EINVAL;
+	return 0;
+}
+
 struct route_policy *
 engine_policy(struct engine *e)
 {
@@ -244,8 +274,8 @@ eng_seq_new(struct engine *e, struct eng_seq **out)
 	if ((s = calloc(1, sizeof(*s))) == NULL)
 		return EPMOE_ENOMEM;
 	s->n_layer = L;
-	s->k = calloc(L, sizeof(float *));
-	s->v = calloc(L, sizeof(float *));
+	s->k = calloc(L, sizeof(void *));
+	s->v = calloc(L, sizeof(void *));
 	if (!s->k || !s->v) {
 		eng_seq_free(s);
 		return EPMOE_ENOMEM;
@@ -273,14 +303,14 @@ engine_kv_bytes(const struct engine *e, uint32_t n_pos)
 {
 	const struct model_hparams *hp = &e->m->hp;
 	return (size_t)2 * hp->n_layer * n_pos * hp->n_head_kv * hp->head_dim *
-	        sizeof(float);
+	        e->kv_es;
 }
 
 int
 eng_seq_reserve(struct engine *e, struct eng_seq *s, uint32_t n_pos)
 {
 	const struct model_hparams *hp = &e->m->hp;
-	size_t row = (size_t)hp->n_head_kv * hp->head_dim;
+	size_t row = (size_t)hp->n_head_kv * hp->head_dim * e->kv_es;
 	uint32_t cap;
 
 	if (n_pos <= s->cap)
@@ -293,11 +323,11 @@ eng_seq_reserve(struct engine *e, struct eng_seq *s, uint32_t n_pos)
 	if (cap > e->n_ctx)
 		cap = e->n_ctx;
 	for (uint32_t i = 0; i < s->n_layer; i++) {
-		float *k = realloc(s->k[i], cap * row * sizeof(float));
+		void *k = realloc(s->k[i], cap * row);
 		if (k == NULL)
 			return EPMOE_ENOMEM;
 		s->k[i] = k;
-		float *v = realloc(s->v[i], cap * row * sizeof(float));
+		void *v = realloc(s->v[i], cap * row);
 		if (v == NULL)
 			return EPMOE_ENOMEM;
 		s->v[i] = v;
@@ -315,12 +345,15 @@ eng_seq_truncate(struct eng_seq *s, uint32_t n_pos)
 
 /* ---- scratch ---- */
 
+/* Step scratch (contents not kept), 64-byte aligned: the product kernels
+ * load whole cache lines of it. */
 static int
 grow_f(float **p, size_t n)
 {
-	float *q = realloc(*p, n * sizeof(float) + 64);
+	float *q = aligned_alloc(64, (n * sizeof(float) + 127) & ~(size_t)63);
 	if (q == NULL)
 		return EPMOE_ENOMEM;
+	free(*p);
 	*p = q;
 	return 0;
 }
@@ -394,28 +427,49 @@ struct att_job {
 	uint32_t n_items;
 	const uint32_t *item_row0; /* first row of each item */
 	uint32_t layer;
+	atomic_uint next;          /* next task to take */
 	int rc;
 };
 
-/* Attention of one item's rows for one head (see op_attn_head). */
+/* Attention of one item's rows for one head (see op_attn_head).  An F16
+ * cache is converted for the head into f32 scratch after the scores
+ * (s_buf holds OP_ATT_QCHUNK * n_ctx + 2 * n_ctx * hd floats). */
 static int
 att_head(struct engine *e, const struct eng_item *it, uint32_t row0,
         uint32_t layer, uint32_t h, float *s_buf)
 {
 	const struct model_hparams *hp = &e->m->hp;
 	uint32_t hd = hp->head_dim, nh = hp->n_head, nkv = hp->n_head_kv;
-	uint32_t g = h / (nh / nkv);
+	uint32_t g = h / (nh / nkv), P = it->seq->n_pos + it->n_tokens;
 	size_t qs = (size_t)nh * hd, ks = (size_t)nkv * hd;
+	const float *K, *V;
+	int ldk = (int)ks;
 
-	op_attn_head(e->q + (size_t)row0 * qs + (size_t)h * hd, (int)qs,
-	        it->seq->k[layer] + (size_t)g * hd, it->seq->v[layer] + (size_t)g * hd,
-	        (int)ks, (int)it->n_tokens, (int)it->seq->n_pos, (int)hd,
+	if (e->kv_type == DTYPE_F16) {
+		const uint16_t *k16 = (const uint16_t *)it->seq->k[layer] + (size_t)g * hd;
+		const uint16_t *v16 = (const uint16_t *)it->seq->v[layer] + (size_t)g * hd;
+		float *kf = s_buf + (size_t)OP_ATT_QCHUNK * e->n_ctx, *vf = kf + (size_t)e->n_ctx * hd;
+		for (uint32_t j = 0; j < P; j++) {
+			dtype_row_to_f32(DTYPE_F16, k16 + (size_t)j * ks, kf + (size_t)j * hd, hd);
+			dtype_row_to_f32(DTYPE_F16, v16 + (size_t)j * ks, vf + (size_t)j * hd, hd);
+		}
+		K = kf;
+		V = vf;
+		ldk = (int)hd;
+	} else {
+		K = (const float *)it->seq->k[layer] + (size_t)g * hd;
+		V = (const float *)it->seq->v[layer] + (size_t)g * hd;
+	}
+	op_attn_head(e->q + (size_t)row0 * qs + (size_t)h * hd, (int)qs, K, V, ldk,
+	        (int)it->n_tokens, (int)it->seq->n_pos, (int)hd,
 	        e->att + (size_t)row0 * qs + (size_t)h * hd, (int)qs, s_buf);
 	return 0;
 }
 
 /* Decode items take one task per (item, kv head): the query heads sharing
- * that kv head in one product; prefill items one task per (item, head). */
+ * that kv head in one product; prefill items one task per (item, head).
+ * Threads take the next task from a counter (a thread that loses its core
+ * on a shared machine does not hold the others up). */
 static void
 att_worker(void *ctx, int ith, int nth)
 {
@@ -427,17 +481,20 @@ att_worker(void *ctx, int ith, int nth)
 	uint32_t n_tasks = j->n_items * per_item;
 	float *s_buf = e->att_s[ith];
 
-	for (uint32_t t = (uint32_t)ith; t < n_tasks; t += (uint32_t)nth) {
+	(void)ith;
+	(void)nth;
+	for (uint32_t t; (t = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) < n_tasks;) {
 		uint32_t i = t / per_item, h = t % per_item;
 		const struct eng_item *it = &j->items[i];
 		if (it->n_tokens == 1) {
 			if (h >= nkv)
 				continue;
 			size_t qs = (size_t)nh * hd, ks = (size_t)nkv * hd;
+			size_t off = (size_t)h * hd * e->kv_es;
 			uint32_t row = j->item_row0[i];
-			op_attn_decode_group(e->q + (size_t)row * qs + (size_t)h * rep * hd, (int)rep,
-			        it->seq->k[j->layer] + (size_t)h * hd,
-			        it->seq->v[j->layer] + (size_t)h * hd, (int)ks,
+			op_attn_decode(e->q + (size_t)row * qs + (size_t)h * rep * hd, (int)rep,
+			        (const uint8_t *)it->seq->k[j->layer] + off,
+			        (const uint8_t *)it->seq->v[j->layer] + off, e->kv_type, ks,
 			        (int)it->seq->n_pos + 1, (int)hd,
 			        e->att + (size_t)row * qs + (size_t)h * rep * hd, s_buf);
 			continue;
@@ -505,14 +562,20 @@ attention_block(struct engine *e, struct eng_item *items, uint32_t n_items,
 		op_rope(e->k + t * kvd, (int)hp->n_head_kv, (int)hd, (int)hp->n_rot,
 		        e->pos[t], m->rope_freq, hp->rope_neox);
 	}
-	/* append k, v to each sequence's cache */
+	/* append k, v to each sequence's cache (rounded to F16 for an F16
+	 * cache, as llama.cpp's default cache does) */
 	for (uint32_t i = 0; i < n_items; i++) {
 		struct eng_seq *s = items[i].seq;
 		uint32_t r0 = item_row0[i];
-		memcpy(s->k[il] + (size_t)s->n_pos * kvd, e->k + (size_t)r0 * kvd,
-		        items[i].n_tokens * kvd * sizeof(float));
-		memcpy(s->v[il] + (size_t)s->n_pos * kvd, e->v + (size_t)r0 * kvd,
-		        items[i].n_tokens * kvd * sizeof(float));
+		uint8_t *kd = (uint8_t *)s->k[il] + (size_t)s->n_pos * kvd * e->kv_es;
+		uint8_t *vd = (uint8_t *)s->v[il] + (size_t)s->n_pos * kvd * e->kv_es;
+		if (e->kv_type == DTYPE_F32) {
+			memcpy(kd, e->k + (size_t)r0 * kvd, items[i].n_tokens * kvd * sizeof(float));
+			memcpy(vd, e->v + (size_t)r0 * kvd, items[i].n_tokens * kvd * sizeof(float));
+			continue;
+		}
+		dtype_row_from_f32(DTYPE_F16, e->k + (size_t)r0 * kvd, kd, items[i].n_tokens * kvd);
+		dtype_row_from_f32(DTYPE_F16, e->v + (size_t)r0 * kvd, vd, items[i].n_tokens * kvd);
 	}
 	job.e = e;
 	job.items = items;
@@ -520,6 +583,7 @@ attention_block(struct engine *e, struct eng_item *items, uint32_t n_items,
 	job.item_row0 = item_row0;
 	job.layer = il;
 	job.rc = 0;
+	atomic_init(&job.next, 0);
 	pool_run(e->pool, att_worker, &job);
 	if (job.rc)
 		return job.rc;
@@ -750,8 +814,11 @@ engine_step(struct engine *e, struct eng_item *items, uint32_t n_items)
 		return EPMOE_ENOMEM;
 	size_t att_rows = OP_ATT_QCHUNK > hp->n_head / hp->n_head_kv ?
 	        OP_ATT_QCHUNK : hp->n_head / hp->n_head_kv;
-	if (e->att_cap < att_rows * e->n_ctx) {
-		size_t need = att_rows * e->n_ctx;
+	/* scores, then (F16 cache) one head's keys and values in f32 */
+	size_t att_need = att_rows * e->n_ctx +
+	        (e->kv_type == DTYPE_F16 ? 2 * (size_t)e->n_ctx * hp->head_dim : 0);
+	if (e->att_cap < att_need) {
+		size_t need = att_need;
 		for (int j = 0; j < pool_size(e->pool); j++) {
 			free(e->att_s[j]);
 			if ((e->att_s[j] = malloc(need * sizeof(float))) == NULL) {

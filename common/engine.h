@@ -2,7 +2,8 @@
  *
  * One engine_step() runs any mix of prefill chunks and decode tokens of
  * different sequences through every layer at once: embeddings, RMSNorm,
- * attention (RoPE, grouped-query, per-sequence F32 KV cache), router gate,
+ * attention (RoPE, grouped-query, per-sequence KV cache in F32 or F16),
+ * router gate,
  * routing policy, experts (behind struct moe_backend: in process or on
  * workers), shared expert, final norm and LM head for the rows that want
  * logits.  The engine never knows where experts run.
@@ -25,6 +26,9 @@ struct engine_opts {
 	int n_threads;      /* 0 = number of online CPUs */
 	uint32_t n_ctx;     /* max positions per sequence; 0 = the model's */
 	const char *routing;/* default policy spec; NULL = "native" */
+	enum dtype kv_type; /* KV cache: DTYPE_F32 (the default, 0) or DTYPE_F16
+	                       (half the memory; keys and values are rounded
+	                       to F16 as they are stored) */
 };
 
 /* Time spent per phase, accumulated over steps (seconds). */
@@ -46,7 +50,8 @@ struct engine;
 struct eng_seq {
 	uint32_t n_pos;   /* tokens already in the cache */
 	uint32_t cap;     /* positions allocated */
-	float **k, **v;   /* per layer [cap, n_head_kv * head_dim] */
+	void **k, **v;    /* per layer [cap, n_head_kv * head_dim] of the
+	                     engine's kv_type */
 	uint32_t n_layer;
 };
 
@@ -75,6 +80,10 @@ void engine_set_experts(struct engine *e, struct moe_backend *be);
 struct pool *engine_pool(struct engine *e);
 const struct model *engine_model(const struct engine *e);
 uint32_t engine_n_ctx(const struct engine *e);
+enum dtype engine_kv_type(const struct engine *e);
+/* "f32" / "f16" -> the KV cache type (0 / EPMOE_EINVAL): what the
+ * --kv-type options of the router and the CLI accept. */
+int engine_kv_type_parse(const char *s, enum dtype *out);
 /* The default routing policy (owned by the engine). */
 struct route_policy *engine_policy(struct engine *e);
 /* Parses spec ("POLICY[:k=v,...]") and creates a policy for the engine's
@@ -108,7 +117,7 @@ void eng_seq_free(struct eng_seq *s);
 int eng_seq_reserve(struct engine *e, struct eng_seq *s, uint32_t n_pos);
 /* Forgets positions >= n_pos (to reuse a sequence). */
 void eng_seq_truncate(struct eng_seq *s, uint32_t n_pos);
-/* KV cache bytes for n_pos positions. */
+/* KV cache bytes for n_pos positions (of the engine's kv_type). */
 size_t engine_kv_bytes(const struct engine *e, uint32_t n_pos);
 
 const struct engine_timing *engine_timing(const struct engine *e);

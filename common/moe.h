@@ -37,12 +37,36 @@ struct moe_backend {
 int moe_local_new(struct moe_backend **out, const struct model *m,
         struct pool *pool);
 
-/* Runs experts [0, E) of one layer for the given token rows, in process.
- * The worker uses this on the slots it hosts: rows grouped per expert.
- * x_e: [n, d] rows for expert e; y_e: [n, d] output (not weighted).
- * scratch must hold 2 * n * ff floats. */
-int moe_expert_ffn(const struct model *m, struct pool *pool, uint32_t layer,
-        uint32_t expert, const float *x_e, uint32_t n, float *y_e,
-        float *scratch);
+/* A layer's expert work grouped by expert, in the order it is computed
+ * and combined: group g runs expert[g] on the next count[g] entries; entry
+ * j reads row in_row[j] of x (in_row NULL: row j) and adds weight[j] times
+ * the expert's output into row out_row[j] of out.  Local mode builds it
+ * from a moe_assign (experts in id order, tokens in order within each);
+ * the worker takes it from an ExpertBatch as it arrives.  All borrowed. */
+struct moe_work {
+	uint32_t n_groups;
+	const uint32_t *expert;  /* [n_groups] */
+	const uint32_t *count;   /* [n_groups] entries of each group */
+	const uint32_t *in_row;  /* [n_entries] or NULL */
+	const uint32_t *out_row; /* [n_entries] */
+	const float *weight;     /* [n_entries] */
+	uint32_t n_in;           /* rows of x */
+	uint32_t n_out;          /* rows of out */
+};
+
+/* The grouped expert FFN and the weighted combine (moe_ffn.c): the one
+ * expert-compute path of local mode and the worker.  Borrows m and pool.
+ * Free with moe_ffn_free(). */
+struct moe_ffn;
+int moe_ffn_new(struct moe_ffn **out, const struct model *m, struct pool *pool);
+void moe_ffn_free(struct moe_ffn *f);
+
+/* out [n_out, d] = 0, then for every entry j in order:
+ *   out[out_row[j]] += weight[j] · SwiGLU-FFN_expert(x[in_row[j]])
+ * x: [n_in, d].  An entry's expert output has the same bits whatever else
+ * the work holds.  Returns 0, EPMOE_EINVAL (an expert, layer or row out
+ * of range; out untouched), EPMOE_ENOMEM or EPMOE_ENOTSUP. */
+int moe_ffn_run(struct moe_ffn *f, uint32_t layer, const float *x,
+        const struct moe_work *w, float *out);
 
 #endif

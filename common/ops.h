@@ -4,17 +4,17 @@
  * except the weights, which stay in their file type (mmapped, never
  * copied).
  *
- * Matrix products: with many token rows (prefill) F32 weights go to
- * OpenBLAS sgemm directly on the mapping; OpenBLAS has no F16/BF16/Q8_0
- * kernels, so for those a thread converts a block of weight rows to F32 in
- * a scratch buffer and calls sgemm on it.  Block-quantised weights
- * (quant.h) first round the activations as llama.cpp does; with few token
- * rows they take quant.c's integer dot products instead.  With few token rows (decode)
- * each thread walks its weight rows one after the other, converting in
- * registers and dotting each row with every token row: one sequential
- * stream per thread, every weight byte read once (measured 22 GB/s against
- * 17 GB/s for OpenBLAS sgemv on F32, 21 against 11 for interleaved rows on
- * F16, 2 threads, 30 GB/s peak).
+ * Matrix products (common/matmul.c, per-type kernels in matmul.h): F32,
+ * F16 and BF16 weights go through one register-tiled kernel for every
+ * token count, reading the weights in their file type and converting them
+ * in registers (decode: each weight byte read once; prefill: 6x2 tiles),
+ * whose result for a token row does not depend on the other rows of the
+ * call (batch-invariant).  Block-quantised weights (quant.h) first round
+ * the activations as llama.cpp does, then take quant.c's integer dot
+ * products, or with many token rows (where quant.h says it is faster)
+ * the tiled kernel on dequantised panels of weight rows.  The pool's
+ * threads take chunks of the weight rows of all the products of a round
+ * from a counter.
  */
 #ifndef EPMOE_OPS_H
 #define EPMOE_OPS_H
@@ -73,8 +73,8 @@ struct op_mm {
 	int ldy;
 };
 
-/* Several products in one pool round (the threads split the weight rows of
- * all of them; meant for few token rows, where the rows are the work). */
+/* Several products in one pool round (the threads share out chunks of the
+ * weight rows of all of them). */
 int op_matmul_batch(struct pool *pool, int n_mm, const struct op_mm *mm);
 
 /* Several products sharing X in one pool round (n_w <= 8):
@@ -100,10 +100,11 @@ void op_attn_head(const float *Q, int ldq, const float *K, const float *V,
 
 /* Decode attention (one query row at position P-1) of n_rep query heads
  * that share one key/value head (grouped-query attention): Q [n_rep, hd]
- * contiguous, K and V [P, hd] with row stride ldk, O [n_rep, hd]
- * contiguous.  s_buf: n_rep * P floats. */
-void op_attn_decode_group(const float *Q, int n_rep, const float *K,
-        const float *V, int ldk, int P, int hd, float *O, float *s_buf);
+ * contiguous f32; K and V [P, hd] of type kv (DTYPE_F32 or DTYPE_F16,
+ * the KV cache's) with row stride ldk elements; O [n_rep, hd] contiguous.
+ * s_buf: n_rep * P floats. */
+void op_attn_decode(const float *Q, int n_rep, const void *K, const void *V,
+        enum dtype kv, size_t ldk, int P, int hd, float *O, float *s_buf);
 
 /* Sets OpenBLAS to one thread (all parallelism is the pool's). */
 void op_blas_init(void);

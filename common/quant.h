@@ -9,8 +9,9 @@
  * Q5_1, Q8_0 for the others - with exactly llama.cpp's scale and rounding
  * rules, then every weight row is dotted with it block by block in integer
  * arithmetic and scaled in float.  So logits agree with llama.cpp's up to
- * float summation order.  With many token rows (prefill) ops.c may instead
- * dequantise blocks of weight rows and run sgemm on activations rounded the
+ * float summation order.  With many token rows (prefill) matmul.c may instead
+ * dequantise blocks of weight rows and run its f32 product ("sgemm" below;
+ * OpenBLAS's when these figures were taken) on activations rounded the
  * same way (quant_act_round): the same products, summed in float; which
  * path is faster per type is quant_prefill_sgemm's answer.
  *
@@ -115,7 +116,7 @@ int quant_is_weight(enum dtype t);
  * are not quantised. */
 enum dtype quant_act_type(enum dtype t);
 
-/* 1 if products with many token rows (ops.c's block path) should run as
+/* 1 if products with many token rows (matmul.c's panel path) should run as
  * sgemm on dequantised weight blocks and quant_act_round'ed activations
  * rather than as integer dot products.  Both give the same products, up
  * to float summation, except for Q4_1 and Q5_1 (Q8_1 activations carry

@@ -49,6 +49,9 @@ usage(FILE *f)
 	        "                           env EPMOE_THREADS)\n"
 	        "  -c, --ctx N              context length per sequence (default: the\n"
 	        "                           model's; env EPMOE_CTX)\n"
+	        "      --kv-type T          KV cache f32 (default) or f16: half the memory,\n"
+	        "                           so twice the sequences per --kv-budget-mb\n"
+	        "                           (env EPMOE_KV_TYPE)\n"
 	        "      --max-running N      sequences decoding at once (default 32;\n"
 	        "                           env EPMOE_MAX_RUNNING)\n"
 	        "      --max-waiting N      wait queue bound, 429 beyond (default 64;\n"
@@ -95,6 +98,7 @@ static const struct envarg env_table[] = {
 	{ "routing", "EPMOE_ROUTING", false, false },
 	{ "threads", "EPMOE_THREADS", false, false },
 	{ "ctx", "EPMOE_CTX", false, false },
+	{ "kv-type", "EPMOE_KV_TYPE", false, false },
 	{ "max-running", "EPMOE_MAX_RUNNING", false, false },
 	{ "max-waiting", "EPMOE_MAX_WAITING", false, false },
 	{ "step-tokens", "EPMOE_STEP_TOKENS", false, false },
@@ -162,6 +166,7 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print)
 		{ "routing", required_argument, NULL, 'r' },
 		{ "threads", required_argument, NULL, 't' },
 		{ "ctx", required_argument, NULL, 'c' },
+		{ "kv-type", required_argument, NULL, 'V' },
 		{ "max-running", required_argument, NULL, 'R' },
 		{ "max-waiting", required_argument, NULL, 'W' },
 		{ "step-tokens", required_argument, NULL, 'S' },
@@ -184,6 +189,7 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print)
 	c->http_addr = "127.0.0.1:8080";
 	c->nng_url = "tcp://127.0.0.1:5555";
 	c->control_url = "tcp://127.0.0.1:5556";
+	c->kv_type = DTYPE_F32;
 	c->workers = 2;
 	c->expect_workers = -1;
 	c->max_tokens_default = 256;
@@ -229,6 +235,14 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print)
 			if (num("--ctx", optarg, 16, 1 << 20, &v))
 				return -1;
 			c->n_ctx = (uint32_t)v;
+			break;
+		case 'V':
+			if (engine_kv_type_parse(optarg, &c->kv_type) != 0) {
+				const char *src = cur_args ? envargs_source(cur_args, optind - 1) : NULL;
+				fprintf(stderr, "epmoe-router: --kv-type%s%s%s expects f32 or f16, got '%s'\n",
+				        src ? " (from " : "", src ? src : "", src ? ")" : "", optarg);
+				return -1;
+			}
 			break;
 		case 'R':
 			if (num("--max-running", optarg, 1, 4096, &v))
@@ -447,7 +461,7 @@ main(int argc, char **argv)
 		goto out;
 	log_info("serving %s (%s, %u layers, %u experts top-%u, vocab %u, ctx %u) on http://%s%s%s,"
 	         " experts %s, routing %s, %d threads, step budget %u tokens, max running %u,"
-	         " wait queue %u, KV budget %zu MiB",
+	         " wait queue %u, KV budget %zu MiB (%s)",
 	        r.cfg.model_name, model_arch_name(r.model->hp.arch), r.model->hp.n_layer,
 	        r.model->hp.n_expert, r.model->hp.n_expert_used, r.model->hp.n_vocab,
 	        engine_n_ctx(r.engine), r.cfg.http_addr,
@@ -455,7 +469,7 @@ main(int argc, char **argv)
 	        r.cluster ? "on workers" : "in process",
 	        r.cfg.routing ? r.cfg.routing : "native", pool_size(engine_pool(r.engine)),
 	        r.cfg.sched.max_step_tokens, r.cfg.sched.max_running, r.cfg.sched.max_waiting,
-	        r.cfg.sched.kv_budget_bytes >> 20);
+	        r.cfg.sched.kv_budget_bytes >> 20, dtype_name(r.cfg.kv_type));
 	log_prefix_cache(&r);
 	uv_timer_init(r.loop, &drain_timer);
 	uv_signal_init(r.loop, &sig_int);

@@ -136,7 +136,7 @@ load_model(struct router *r)
 	        (r->chat_template = strndup(kv->v.str.ptr, kv->v.str.len)) == NULL)
 		return EPMOE_ENOMEM;
 	struct engine_opts eo = { .n_threads = r->cfg.threads, .n_ctx = r->cfg.n_ctx,
-		.routing = r->cfg.routing };
+		.routing = r->cfg.routing, .kv_type = r->cfg.kv_type };
 	if ((rc = engine_new(&r->engine, r->model, &eo, err, sizeof(err))) != 0) {
 		log_error("%s", err[0] ? err : epmoe_strerror(rc));
 		return rc;

@@ -42,6 +42,7 @@ struct router_cfg {
 	bool local;               /* experts in process */
 	int threads;
 	uint32_t n_ctx;
+	enum dtype kv_type;       /* KV cache F32 (default) or F16 */
 	uint32_t max_tokens_default;
 	uint32_t max_tokens_limit;
 	uint32_t expert_timeout_ms;

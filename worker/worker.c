@@ -73,9 +73,12 @@ struct worker {
 	atomic_int quit;          /* stop, or a fatal refusal */
 	int fatal;
 
-	/* data loop scratch, grown as needed */
-	float *xe, *ye, *h, *out;
-	size_t cap_grp, cap_out;
+	/* data loop: the shared expert path and its inputs, grown as needed */
+	struct moe_ffn *ffn;
+	uint32_t *g_expert, *g_count; /* [cap_groups] */
+	size_t cap_groups;
+	float *out;                   /* [cap_out, d] */
+	size_t cap_out;
 };
 
 static bool
@@ -179,6 +182,10 @@ worker_new(struct worker **out, const struct worker_cfg *cfg, char *err,
 		snprintf(err, err_len, "cannot start %d compute threads", w->n_threads);
 		goto fail;
 	}
+	if ((rc = moe_ffn_new(&w->ffn, w->m, w->pool)) != 0) {
+		snprintf(err, err_len, "out of memory");
+		goto fail;
+	}
 	if ((rc = netsock_rep_listen(&w->data, cfg->listen_url ? cfg->listen_url :
 	             DEFAULT_LISTEN, w->recv_max, bound, sizeof(bound))) != 0) {
 		snprintf(err, err_len, "cannot listen on %s: %s",
@@ -237,9 +244,9 @@ worker_free(struct worker *w)
 	pool_free(w->pool);
 	model_free(w->own);
 	free(w->slots.expert);
-	free(w->xe);
-	free(w->ye);
-	free(w->h);
+	moe_ffn_free(w->ffn);
+	free(w->g_expert);
+	free(w->g_count);
 	free(w->out);
 	pthread_mutex_destroy(&w->mu);
 	free(w);
@@ -260,24 +267,20 @@ worker_get_stats(struct worker *w, struct worker_stats *out)
 /* ---- data path ---- */
 
 static int
-grow_scratch(struct worker *w, size_t grp_rows, size_t out_rows)
+grow_scratch(struct worker *w, size_t n_groups, size_t out_rows)
 {
-	size_t d = w->m->hp.n_embd, ff = w->m->hp.n_ff_exp;
+	size_t d = w->m->hp.n_embd;
 
-	if (grp_rows > w->cap_grp) {
-		float *xe = realloc(w->xe, grp_rows * d * sizeof(float));
-		if (xe == NULL)
+	if (n_groups > w->cap_groups) {
+		uint32_t *e = realloc(w->g_expert, n_groups * sizeof(*e));
+		if (e == NULL)
 			return EPMOE_ENOMEM;
-		w->xe = xe;
-		float *ye = realloc(w->ye, grp_rows * d * sizeof(float));
-		if (ye == NULL)
+		w->g_expert = e;
+		uint32_t *c = realloc(w->g_count, n_groups * sizeof(*c));
+		if (c == NULL)
 			return EPMOE_ENOMEM;
-		w->ye = ye;
-		float *h = realloc(w->h, 2 * grp_rows * ff * sizeof(float));
-		if (h == NULL)
-			return EPMOE_ENOMEM;
-		w->h = h;
-		w->cap_grp = grp_rows;
+		w->g_count = c;
+		w->cap_groups = n_groups;
 	}
 	if (out_rows > w->cap_out) {
 		float *o = realloc(w->out, out_rows * d * sizeof(float));
@@ -365,57 +368,26 @@ check_slots(struct worker *w, const Epmoe__ExpertBatch *b, char *why,
 	return rc;
 }
 
-/* Expert FFNs of every group, combined per output row into w->out. */
+/* Expert FFNs of every group, combined per output row into w->out: the
+ * batch is the work list of the shared expert path (moe_ffn_run), groups
+ * in batch order, entry j reading input row gather[j] (row j without a
+ * gather map) and adding into output row combine[j]. */
 static int
 compute_batch(struct worker *w, const Epmoe__ExpertBatch *b, const float *rows)
 {
-	const uint32_t d = w->m->hp.n_embd;
-	size_t j = 0, max_grp = 0;
 	int rc;
 
-	for (size_t g = 0; g < b->n_groups; g++)
-		if (b->groups[g]->n_tokens > max_grp)
-			max_grp = b->groups[g]->n_tokens;
-	if ((rc = grow_scratch(w, max_grp, b->n_rows_out)) != 0)
+	if ((rc = grow_scratch(w, b->n_groups, b->n_rows_out)) != 0)
 		return rc;
-	memset(w->out, 0, (size_t)b->n_rows_out * d * sizeof(float));
 	for (size_t g = 0; g < b->n_groups; g++) {
-		const Epmoe__ExpertGroup *gr = b->groups[g];
-		uint32_t n = gr->n_tokens;
-		const float *xin;
-
-		if (n == 0)
-			continue;
-		if (b->n_gather == 0) {
-			xin = rows + j * d;
-		} else {
-			bool run = true;
-			for (uint32_t i = 1; i < n && run; i++)
-				run = b->gather[j + i] == b->gather[j] + i;
-			if (run) {
-				/* consecutive input rows: compute in place */
-				xin = rows + (size_t)b->gather[j] * d;
-			} else {
-				for (uint32_t i = 0; i < n; i++)
-					memcpy(w->xe + (size_t)i * d,
-					        rows + (size_t)b->gather[j + i] * d,
-					        d * sizeof(float));
-				xin = w->xe;
-			}
-		}
-		if ((rc = moe_expert_ffn(w->m, w->pool, b->layer, gr->expert, xin,
-		             n, w->ye, w->h)) != 0)
-			return rc;
-		for (uint32_t i = 0; i < n; i++) {
-			float *o = w->out + (size_t)b->combine[j + i] * d;
-			const float *y = w->ye + (size_t)i * d;
-			float wt = b->weights[j + i];
-			for (uint32_t k = 0; k < d; k++)
-				o[k] += wt * y[k];
-		}
-		j += n;
+		w->g_expert[g] = b->groups[g]->expert;
+		w->g_count[g] = b->groups[g]->n_tokens;
 	}
-	return 0;
+	struct moe_work wk = { .n_groups = (uint32_t)b->n_groups,
+		.expert = w->g_expert, .count = w->g_count,
+		.in_row = b->n_gather ? b->gather : NULL, .out_row = b->combine,
+		.weight = b->weights, .n_in = b->n_rows_in, .n_out = b->n_rows_out };
+	return moe_ffn_run(w->ffn, b->layer, rows, &wk, w->out);
 }
 
 static void

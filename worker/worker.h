@@ -31,10 +31,12 @@
  * Batches (proto/epmoe.proto ExpertBatch): validated with
  * wire_check_batch; a batch whose epoch differs from the worker's, or
  * whose (layer, slot) does not hold the expert it names, is rejected with
- * STATUS_STALE_PLACEMENT and never computed.  Otherwise each group runs
- * through moe_expert_ffn and entry j adds weights[j] * y into output row
- * combine[j]: the worker-side combine, so a token with several experts on
- * this worker comes back once, already summed (groups in batch order).
+ * STATUS_STALE_PLACEMENT and never computed.  Otherwise the batch runs
+ * through the expert path local mode uses (moe_ffn_run in common/moe.h:
+ * groups in batch order, the gate/up products of all groups in one pool
+ * round, the down products in another) and entry j adds weights[j] * y
+ * into output row combine[j]: the worker-side combine, so a token with
+ * several experts on this worker comes back once, already summed.
  * Malformed frames get an error reply (STATUS_PROTOCOL / INVALID) and a
  * log line; the worker keeps serving.
  *

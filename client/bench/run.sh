@@ -3,6 +3,9 @@
 # prints the engine's speed as ratios of the machine's limits.
 #   EPMOE_BENCH_MODELS  where the --preset small models live (default build/models)
 #   EPMOE_BENCH_QUICK=1 shorter runs (for a smoke test)
+#   EPMOE_BENCH_BEFORE=REV  also serve with the code of git revision REV
+#                       (built in $EPMOE_BUILD/bench-before) and print it
+#                       next to this code's figures, runs alternating
 set -eu
 B=${EPMOE_BUILD:-build}
 BIN=$B/bin/epmoe
@@ -12,6 +15,8 @@ mkdir -p "$MD"
 # jget JSON KEY: the flat numeric value of KEY in a one-line JSON object
 jget() { printf '%s\n' "$1" | sed -n "s/.*\"$2\":\([^,}]*\).*/\1/p"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+# batch JSON N: the object of batch N in bench engine's "decode" array
+batch() { printf '%s\n' "$1" | sed 's/{"batch":/\n{"batch":/g' | grep "^{\"batch\":$2," | head -1; }
 
 for dt in f32 f16; do
 	if [ ! -f "$MD/small-$dt.gguf" ]; then
@@ -30,25 +35,26 @@ P=512; G=64
 if [ "${EPMOE_BENCH_QUICK:-0}" = 1 ]; then P=64; G=8; fi
 
 echo "== machine ($(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))"
-m=$("$BIN" bench machine)
-bw=$(jget "$m" read_bw_gbs)
-gf=$(jget "$m" sgemm_gflops)
-echo "  OpenBLAS sgemm [512x1024]·[1024x2816]: $gf GFLOP/s    memory read: $bw GB/s"
+m=$("$BIN" bench machine --json)
+echo "  OpenBLAS sgemm [512x1024]·[1024x2816]: $(jget "$m" sgemm_gflops) GFLOP/s    memory read: $(jget "$m" read_bw_gbs) GB/s"
+echo "  (the engine's phases below are each divided by a probe of the two taken around them)"
 echo
 echo "== engine, local mode (--preset small: dim 1024, 8 layers, 8 experts top-2, ff 2816, vocab 32000)"
-printf '%-6s %10s %12s %10s %14s %12s %12s %10s\n' type prefill "prefill" "decode" "weight bytes" "prefill/" "decode/" "peak RSS"
-printf '%-6s %10s %12s %10s %14s %12s %12s %10s\n' "" "tok/s" "GFLOP/s" "tok/s" "GB/s" "sgemm" "bandwidth" "MiB"
+printf '%-5s | %8s %8s %7s | %8s %8s %7s | %8s %8s %7s | %8s\n' "" prefill "" "" "decode" "batch 1" "" "decode" "batch 16" "" "resident"
+printf '%-5s | %8s %8s %7s | %8s %8s %7s | %8s %8s %7s | %8s\n' type "tok/s" "GFLOP/s" "/sgemm" "tok/s" "wt GB/s" "/bw" "tok/s" "GFLOP/s" "/sgemm" "RSS MiB"
 for dt in f32 f16 q4_k_m; do
-	e=$("$BIN" bench engine --model "$MD/small-$dt.gguf" --prompt-tokens $P --gen $G)
-	pf=$(jget "$e" prefill_gflops)
-	wb=$(jget "$e" decode_weight_gbs)
-	eval "pt_$dt=\$(jget \"\$e\" prefill_tok_s); dt_$dt=\$(jget \"\$e\" decode_tok_s); bp_$dt=\$(jget \"\$e\" bytes_per_token)"
-	printf '%-6s %10s %12s %10s %14s %12s %12s %10s\n' "$dt" "$(jget "$e" prefill_tok_s)" "$pf" \
-		"$(jget "$e" decode_tok_s)" "$wb" "$(ratio "$pf" "$gf")" "$(ratio "$wb" "$bw")" \
-		"$(jget "$e" peak_rss_mb)"
+	e=$("$BIN" bench engine --model "$MD/small-$dt.gguf" --prompt-tokens $P --gen $G --batch 1,16 --json)
+	d1=$(batch "$e" 1); d16=$(batch "$e" 16)
+	eval "pt_$dt=\$(jget \"\$e\" prefill_tok_s); dt_$dt=\$(jget \"\$d1\" tok_s); bp_$dt=\$(jget \"\$e\" bytes_per_token)"
+	printf '%-5s | %8.1f %8.1f %7.2f | %8.1f %8.1f %7.2f | %8.1f %8.1f %7.2f | %8.0f\n' "$dt" \
+		"$(jget "$e" prefill_tok_s)" "$(jget "$e" prefill_gflops)" "$(jget "$e" prefill_over_sgemm)" \
+		"$(jget "$d1" tok_s)" "$(jget "$d1" weight_gbs)" "$(jget "$d1" over_bw)" \
+		"$(jget "$d16" tok_s)" "$(jget "$d16" gflops)" "$(jget "$d16" over_sgemm)" \
+		"$(jget "$e" rss_mb)"
 done
-echo "(prefill: one $P-token prompt; decode: batch 1, $G tokens, greedy; targets: prefill/sgemm >= 0.7, decode/bandwidth >= 0.7)"
-echo "q4_k_m / f16: prefill tok/s $(ratio "$pt_q4_k_m" "$pt_f16"), decode tok/s $(ratio "$dt_q4_k_m" "$dt_f16") (weight bytes per token: $(ratio "$bp_q4_k_m" "$bp_f16") of f16's)"
+echo "(prefill: one $P-token prompt; decode: $G greedy steps of 1 and of 16 sequences; targets:"
+echo " prefill / sgemm >= 0.85, batch-1 weight bytes / read bandwidth >= 0.8, batch-16 FLOP rate / sgemm >= 0.6)"
+echo "q4_k_m / f16: prefill tok/s $(ratio "$pt_q4_k_m" "$pt_f16"), batch-1 decode tok/s $(ratio "$dt_q4_k_m" "$dt_f16") (weight bytes per token: $(ratio "$bp_q4_k_m" "$bp_f16") of f16's)"
 
 # ---- serving: local experts vs 2 workers on loopback ----
 free_port() {
@@ -67,11 +73,11 @@ stop_router() {
 	RPID=
 }
 trap stop_router EXIT
-serve() { # serve MODE-ARGS -> sets HURL
+serve() { # serve MODE-ARGS BUILD-DIR -> sets HURL
 	hp=$(free_port); cp=$(free_port)
 	HURL=http://127.0.0.1:$hp
 	# shellcheck disable=SC2086
-	"$B/bin/epmoe-router" --model "$SRV_MODEL" $1 --http "127.0.0.1:$hp" --nng "" \
+	"$2/bin/epmoe-router" --model "$SRV_MODEL" $1 --http "127.0.0.1:$hp" --nng "" \
 		--control "tcp://127.0.0.1:$cp" >"$B/bench-router.log" 2>&1 &
 	RPID=$!
 	i=0
@@ -80,29 +86,65 @@ serve() { # serve MODE-ARGS -> sets HURL
 		sleep 0.2
 	done
 }
+# the code of EPMOE_BENCH_BEFORE, built once in a scratch directory
+BEFORE=${EPMOE_BENCH_BEFORE:-}
+BB=$B/bench-before
+if [ -n "$BEFORE" ]; then
+	rev=$(git rev-parse --short "$BEFORE")
+	if [ "$(cat "$BB/rev" 2>/dev/null)" != "$rev" ]; then
+		echo "bench: building $BEFORE ($rev) in $BB for the 'before' columns"
+		rm -rf "$BB"
+		mkdir -p "$BB"
+		git archive "$rev" | tar -x -C "$BB"
+		make -C "$BB" -j2 build/bin/epmoe-router build/bin/epmoe-worker >"$BB.log" 2>&1 ||
+			{ echo "bench: building $BEFORE failed (see $BB.log)"; exit 1; }
+		echo "$rev" >"$BB/rev"
+	fi
+fi
 echo
 echo "== serving: $SRV_MODEL, decode tok/s (streaming, $SG tokens per request, 32-token prompts)"
-printf '%-26s %12s %12s\n' "experts" "c = 1" "c = 16"
 maxf() { awk -v a="$1" -v b="$2" 'BEGIN { print (a + 0 > b + 0) ? a : b }'; }
-l1=0; l16=0; d1=0; d16=0
-# two rounds, local and distributed alternating; each cell keeps its best
-# (a shared 2-core machine varies by 20% from one minute to the next)
+l1=0; l16=0; d1=0; d16=0; bl1=0; bl16=0; bd1=0; bd16=0
+# two rounds, local and distributed (and before and after) alternating;
+# each cell keeps its best (a shared 2-core machine varies by 20% from one
+# minute to the next)
 for round in 1 2; do
-	for mode in local workers; do
-		if [ $mode = local ]; then serve "--local"; else serve "--workers 2"; fi
-		r1=$("$BIN" bench server -s "$HURL" -c 1 -N $SN1 --max-tokens $SG --json -q)
-		r16=$("$BIN" bench server -s "$HURL" -c 16 -N $SN16 --max-tokens $SG --json -q)
-		t1=$(jget "$r1" output_token_throughput); t16=$(jget "$r16" output_token_throughput)
-		if [ $mode = local ]; then l1=$(maxf "$l1" "$t1"); l16=$(maxf "$l16" "$t16"); else
-			d1=$(maxf "$d1" "$t1"); d16=$(maxf "$d16" "$t16")
-			[ $round = 2 ] && st=$(curl -s "$HURL/v1/stats")
-		fi
-		stop_router
+	for code in after ${BEFORE:+before}; do
+		RB=$B
+		[ "$code" = before ] && RB=$BB/build
+		for mode in local workers; do
+			if [ $mode = local ]; then serve "--local" "$RB"; else serve "--workers 2" "$RB"; fi
+			r1=$("$BIN" bench server -s "$HURL" -c 1 -N $SN1 --max-tokens $SG --json -q)
+			r16=$("$BIN" bench server -s "$HURL" -c 16 -N $SN16 --max-tokens $SG --json -q)
+			t1=$(jget "$r1" output_token_throughput); t16=$(jget "$r16" output_token_throughput)
+			case $code/$mode in
+			after/local) l1=$(maxf "$l1" "$t1"); l16=$(maxf "$l16" "$t16") ;;
+			after/workers)
+				d1=$(maxf "$d1" "$t1"); d16=$(maxf "$d16" "$t16")
+				[ $round = 2 ] && st=$(curl -s "$HURL/v1/stats") ;;
+			before/local) bl1=$(maxf "$bl1" "$t1"); bl16=$(maxf "$bl16" "$t16") ;;
+			before/workers) bd1=$(maxf "$bd1" "$t1"); bd16=$(maxf "$bd16" "$t16") ;;
+			esac
+			stop_router
+		done
 	done
 done
-printf '%-26s %12.1f %12.1f\n' "in process (--local)" "$l1" "$l16"
-printf '%-26s %12.1f %12.1f\n' "2 workers, loopback" "$d1" "$d16"
-printf '%-26s %12s %12s   (target >= 0.9 at 16)\n' "distributed / local" "$(ratio "$d1" "$l1")" "$(ratio "$d16" "$l16")"
+if [ -n "$BEFORE" ]; then
+	printf '%-26s %10s %10s %7s %10s %10s %7s\n' "" "c = 1" "" "" "c = 16" "" ""
+	printf '%-26s %10s %10s %7s %10s %10s %7s\n' "experts" "before" "after" "ratio" "before" "after" "ratio"
+	printf '%-26s %10.1f %10.1f %7s %10.1f %10.1f %7s\n' "in process (--local)" "$bl1" "$l1" \
+		"$(ratio "$l1" "$bl1")" "$bl16" "$l16" "$(ratio "$l16" "$bl16")"
+	printf '%-26s %10.1f %10.1f %7s %10.1f %10.1f %7s\n' "2 workers, loopback" "$bd1" "$d1" \
+		"$(ratio "$d1" "$bd1")" "$bd16" "$d16" "$(ratio "$d16" "$bd16")"
+	printf '%-26s %10s %10s %7s %10s %10s %7s\n' "distributed / local" "$(ratio "$bd1" "$bl1")" \
+		"$(ratio "$d1" "$l1")" "" "$(ratio "$bd16" "$bl16")" "$(ratio "$d16" "$l16")" ""
+	echo "(before: $BEFORE = $(cat "$BB/rev"); after: this tree)"
+else
+	printf '%-26s %12s %12s\n' "experts" "c = 1" "c = 16"
+	printf '%-26s %12.1f %12.1f\n' "in process (--local)" "$l1" "$l16"
+	printf '%-26s %12.1f %12.1f\n' "2 workers, loopback" "$d1" "$d16"
+	printf '%-26s %12s %12s   (target >= 0.9 at 16)\n' "distributed / local" "$(ratio "$d1" "$l1")" "$(ratio "$d16" "$l16")"
+fi
 # traffic and time split of the distributed run (whole run, both concurrencies)
 layers=$("$BIN" inspect "$SRV_MODEL" 2>/dev/null | sed -n 's/.*block_count.*= *\([0-9]*\).*/\1/p' | head -1)
 dtok=$(jget "$st" tokens_routed); steps=$(jget "$st" steps)

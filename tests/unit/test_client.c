@@ -542,6 +542,21 @@ START_TEST(cli_bad_arguments_exit_with_status_2)
 	ck_assert_int_eq(run_cmd(bench_server, "server", "--duration", "-1",
 	        NULL), 2);
 	ck_assert_int_eq(run_cmd(cmd_bench, "bench", "nosuchmode", NULL), 2);
+	/* the in-process benchmarks and the KV cache type */
+	ck_assert_int_eq(run_cmd(bench_engine, "engine", "--model", "m", "--batch", "1,a",
+	        NULL), 2);
+	ck_assert_int_eq(run_cmd(bench_engine, "engine", "--model", "m", "--batch", "0",
+	        NULL), 2);
+	ck_assert_int_eq(run_cmd(bench_engine, "engine", "--model", "m", "--batch",
+	        "1,2,3,4,5,6,7,8,9", NULL), 2);
+	ck_assert_int_eq(run_cmd(bench_engine, "engine", "--model", "m", "--kv-type", "q8",
+	        NULL), 2);
+	ck_assert_int_eq(run_cmd(bench_engine, "engine", NULL), 2);
+	ck_assert_int_eq(run_cmd(bench_machine, "machine", "--mb", "1", NULL), 2);
+	ck_assert_int_eq(run_cmd(cmd_run, "run", "--model", "m", "-p", "x", "--kv-type",
+	        "f64", NULL), 2);
+	ck_assert_int_eq(run_cmd(cmd_perplexity, "perplexity", "--model", "m", "--file", "f",
+	        "--kv-type", "", NULL), 2);
 	/* help is not an error */
 	ck_assert_ptr_nonnull(freopen("/dev/null", "w", stdout));
 	ck_assert_int_eq(run_cmd(cmd_generate, "generate", "--help", NULL), 0);

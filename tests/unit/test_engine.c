@@ -163,7 +163,8 @@ START_TEST(single_thread_matches_too)
 END_TEST
 
 /* Two sequences in one step (a prefill and a decode) give the same logits
- * as running them alone. */
+ * as running them alone, bit for bit: every kernel's result for a row is
+ * independent of the other rows of the step (common/matmul.h). */
 START_TEST(batched_step_equals_separate_steps)
 {
 	struct ref r;
@@ -201,10 +202,8 @@ START_TEST(batched_step_equals_separate_steps)
 		  .logits = ENG_LOGITS_ALL, .out = both + V },
 	};
 	ck_assert_int_eq(engine_step(e, mix, 2), 0);
-	for (size_t i = 0; i < V; i++)
-		ck_assert_float_eq_tol(both[i], solo_b[i], 1e-5);
-	for (size_t i = 0; i < r.n_ids * V; i++)
-		ck_assert_float_eq_tol(both[V + i], solo_a[i], 1e-5);
+	ck_assert_mem_eq(both, solo_b, V * sizeof(float));
+	ck_assert_mem_eq(both + V, solo_a, r.n_ids * V * sizeof(float));
 	free(solo_a);
 	free(solo_b);
 	free(both);
@@ -212,6 +211,131 @@ START_TEST(batched_step_equals_separate_steps)
 	eng_seq_free(b);
 	eng_seq_free(c);
 	engine_free(e);
+	model_free(m);
+	free_ref(&r);
+}
+END_TEST
+
+/* Continuous batching: S sequences with prompts of different lengths
+ * decode 6 greedy steps all in one step each, on 2 threads; the same
+ * sequences decoded one at a time on 1 thread give the same logits bit
+ * for bit (and so the same tokens). */
+START_TEST(batched_decode_equals_one_at_a_time_decode)
+{
+	enum { S = 5, STEPS = 6 };
+	struct ref r;
+	struct model *m;
+	struct engine *eb, *e1;
+	struct eng_seq *sb[S], *s1[S];
+	size_t V = 512;
+	float *lb = malloc(S * V * sizeof(float)), *l1 = malloc(V * sizeof(float));
+	int32_t tok[S];
+	char err[256];
+	struct engine_opts o1 = { .n_threads = 1 };
+
+	load_ref(models[_i], &r);
+	load(models[_i], &m, &eb, 2);
+	ck_assert_msg(engine_new(&e1, m, &o1, err, sizeof(err)) == 0, "%s", err);
+	for (int i = 0; i < S; i++) {
+		uint32_t n = 2 + (uint32_t)(i * 3) % (uint32_t)(r.n_ids - 2);
+		ck_assert_int_eq(eng_seq_new(eb, &sb[i]), 0);
+		ck_assert_int_eq(eng_seq_new(e1, &s1[i]), 0);
+		struct eng_item p = { .seq = sb[i], .tokens = r.ids + i % 3, .n_tokens = n };
+		ck_assert_int_eq(engine_step(eb, &p, 1), 0);
+		p.seq = s1[i];
+		ck_assert_int_eq(engine_step(e1, &p, 1), 0);
+		tok[i] = r.ids[(i + 7) % r.n_ids];
+	}
+	for (int g = 0; g < STEPS; g++) {
+		struct eng_item it[S];
+		for (int i = 0; i < S; i++)
+			it[i] = (struct eng_item){ .seq = sb[i], .tokens = &tok[i], .n_tokens = 1,
+				.logits = ENG_LOGITS_LAST, .out = lb + i * V, .decode = true };
+		ck_assert_int_eq(engine_step(eb, it, S), 0);
+		for (int i = 0; i < S; i++) {
+			struct eng_item one = { .seq = s1[i], .tokens = &tok[i], .n_tokens = 1,
+				.logits = ENG_LOGITS_LAST, .out = l1, .decode = true };
+			ck_assert_int_eq(engine_step(e1, &one, 1), 0);
+			ck_assert_msg(memcmp(l1, lb + i * V, V * sizeof(float)) == 0,
+			        "%s step %d sequence %d: batched logits differ", models[_i], g, i);
+			tok[i] = tu_argmax(l1, V);
+		}
+	}
+	for (int i = 0; i < S; i++) {
+		eng_seq_free(sb[i]);
+		eng_seq_free(s1[i]);
+	}
+	free(lb);
+	free(l1);
+	engine_free(eb);
+	engine_free(e1);
+	model_free(m);
+	free_ref(&r);
+}
+END_TEST
+
+/* The F16 KV cache against the F32 one on the reference prompt and its
+ * greedy continuation: keys and values rounded to F16 (relative error
+ * 2^-11) move the logits by at most TOL_KV_F16 here, and the greedy
+ * tokens stay llama.cpp's wherever the top two logits differ by more than
+ * that. */
+#define TOL_KV_F16 2e-3f
+
+START_TEST(f16_kv_cache_stays_close_to_f32)
+{
+	struct ref r;
+	struct model *m;
+	struct engine *e32, *e16;
+	struct eng_seq *a, *b;
+	size_t V = 512;
+	char err[256];
+	struct engine_opts o = { .n_threads = 2, .kv_type = DTYPE_F16 };
+	float md = 0;
+
+	load_ref(models[_i], &r);
+	load(models[_i], &m, &e32, 2);
+	ck_assert_msg(engine_new(&e16, m, &o, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_int_eq(engine_kv_type(e16), DTYPE_F16);
+	ck_assert_uint_eq(engine_kv_bytes(e16, 100) * 2, engine_kv_bytes(e32, 100));
+	float *o32 = malloc(r.n_ids * V * sizeof(float)), *o16 = malloc(r.n_ids * V * sizeof(float));
+	ck_assert_int_eq(eng_seq_new(e32, &a), 0);
+	ck_assert_int_eq(eng_seq_new(e16, &b), 0);
+	struct eng_item pa = { .seq = a, .tokens = r.ids, .n_tokens = (uint32_t)r.n_ids,
+		.logits = ENG_LOGITS_ALL, .out = o32 };
+	struct eng_item pb = pa;
+	pb.seq = b;
+	pb.out = o16;
+	ck_assert_int_eq(engine_step(e32, &pa, 1), 0);
+	ck_assert_int_eq(engine_step(e16, &pb, 1), 0);
+	for (size_t i = 0; i < r.n_ids * V; i++) {
+		float d = fabsf(o32[i] - o16[i]);
+		if (d > md)
+			md = d;
+	}
+	ck_assert_msg(md > 0, "the F16 cache changed nothing: is it used?");
+	for (size_t g = 0; g + 1 < r.n_gen; g++) {
+		struct eng_item da = { .seq = a, .tokens = &r.gen[g], .n_tokens = 1,
+			.logits = ENG_LOGITS_LAST, .out = o32, .decode = true };
+		struct eng_item db = da;
+		db.seq = b;
+		db.out = o16;
+		ck_assert_int_eq(engine_step(e32, &da, 1), 0);
+		ck_assert_int_eq(engine_step(e16, &db, 1), 0);
+		for (size_t i = 0; i < V; i++) {
+			float d = fabsf(o32[i] - o16[i]);
+			if (d > md)
+				md = d;
+		}
+		if (tu_margin(o32, V) > 2 * TOL_KV_F16)
+			ck_assert_int_eq(tu_argmax(o16, V), tu_argmax(o32, V));
+	}
+	ck_assert_msg(md <= TOL_KV_F16, "%s: F16 KV moved a logit by %g", models[_i], md);
+	free(o32);
+	free(o16);
+	eng_seq_free(a);
+	eng_seq_free(b);
+	engine_free(e32);
+	engine_free(e16);
 	model_free(m);
 	free_ref(&r);
 }
@@ -273,6 +397,8 @@ main(void)
 	tcase_add_test(tc, olmoe_logits_match_llama_cpp);
 	tcase_add_loop_test(tc, single_thread_matches_too, 0, 3);
 	tcase_add_loop_test(tc, batched_step_equals_separate_steps, 0, 3);
+	tcase_add_loop_test(tc, batched_decode_equals_one_at_a_time_decode, 0, 3);
+	tcase_add_loop_test(tc, f16_kv_cache_stays_close_to_f32, 0, 3);
 	tcase_add_test(tc, bad_items_are_rejected_without_side_effects);
 	tcase_add_test(tc, bad_model_files_give_messages);
 	suite_add_tcase(s, tc);

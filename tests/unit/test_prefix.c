@@ -4,7 +4,8 @@
  * block never matches; a block is stored once however many sequences
  * hold it; eviction takes the least recently used blocks nobody holds,
  * leaves before the blocks they continue, and never a held block; and
- * decoding on from a cache hit gives the logits of a cold run. */
+ * decoding on from a cache hit gives the logits of a cold run.  Over F32
+ * and F16 KV caches. */
 #include <check.h>
 #include <math.h>
 #include <stdlib.h>
@@ -20,14 +21,23 @@
 static struct model *M;
 static struct engine *E;
 
+/* Each test runs over an F32 and an F16 KV cache (loop index 0, 1): the
+ * cache copies bytes of either. */
+static void
+open_engine(int i)
+{
+	struct engine_opts eo = { .n_threads = 1, .kv_type = i ? DTYPE_F16 : DTYPE_F32 };
+	char err[256];
+
+	ck_assert_int_eq(engine_new(&E, M, &eo, err, sizeof(err)), 0);
+}
+
 static void
 setup(void)
 {
-	struct engine_opts eo = { .n_threads = 1 };
 	char err[256];
 
 	ck_assert_int_eq(model_load(&M, tu_data("mixtral-tiny-f32.gguf"), err, sizeof(err)), 0);
-	ck_assert_int_eq(engine_new(&E, M, &eo, err, sizeof(err)), 0);
 }
 
 static void
@@ -84,6 +94,7 @@ START_TEST(a_match_gives_back_the_stored_kv_of_whole_blocks)
 	struct eng_seq *a, *b;
 
 	tokens_from(t, 11, 5);
+	open_engine(_i);
 	ck_assert_int_eq(pcache_new(&c, E, BT), 0);
 	a = prefill(t, 11, NULL);
 	/* 11 tokens: two whole blocks, the partial third is not stored */
@@ -120,6 +131,7 @@ START_TEST(a_block_matches_only_behind_the_same_prefix)
 	tokens_from(t, 8, 5);
 	memcpy(u, t, sizeof(u));
 	u[1] = 60; /* first block differs, second is the same tokens */
+	open_engine(_i);
 	ck_assert_int_eq(pcache_new(&c, E, BT), 0);
 	a = prefill(t, 8, NULL);
 	ck_assert_uint_eq(pcache_store(c, t, 8, a, &h, SIZE_MAX), 2);
@@ -150,6 +162,7 @@ START_TEST(eviction_takes_unheld_least_recent_leaves_first)
 	tokens_from(ta, 8, 5);
 	tokens_from(tb, 8, 30);
 	tokens_from(tc, 8, 60);
+	open_engine(_i);
 	ck_assert_int_eq(pcache_new(&c, E, BT), 0);
 	B = pcache_block_bytes(c);
 	a = prefill(ta, 8, NULL);
@@ -210,6 +223,7 @@ START_TEST(decoding_from_a_hit_gives_cold_logits)
 	struct eng_seq *a, *b;
 
 	tokens_from(t, 13, 7);
+	open_engine(_i);
 	ck_assert_int_eq(pcache_new(&c, E, BT), 0);
 	a = prefill(t, 13, cold);
 	ck_assert_uint_eq(pcache_store(c, t, 13, a, &h, SIZE_MAX), 3);
@@ -238,10 +252,10 @@ main(void)
 	TCase *tc = tcase_create("core");
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_set_timeout(tc, 60);
-	tcase_add_test(tc, a_match_gives_back_the_stored_kv_of_whole_blocks);
-	tcase_add_test(tc, a_block_matches_only_behind_the_same_prefix);
-	tcase_add_test(tc, eviction_takes_unheld_least_recent_leaves_first);
-	tcase_add_test(tc, decoding_from_a_hit_gives_cold_logits);
+	tcase_add_loop_test(tc, a_match_gives_back_the_stored_kv_of_whole_blocks, 0, 2);
+	tcase_add_loop_test(tc, a_block_matches_only_behind_the_same_prefix, 0, 2);
+	tcase_add_loop_test(tc, eviction_takes_unheld_least_recent_leaves_first, 0, 2);
+	tcase_add_loop_test(tc, decoding_from_a_hit_gives_cold_logits, 0, 2);
 	suite_add_tcase(s, tc);
 	return tu_run(s);
 }
