@@ -58,6 +58,9 @@ usage(FILE *f)
 	        "                           env EPMOE_MAX_WAITING)\n"
 	        "      --step-tokens N      token budget of one step (default 512;\n"
 	        "                           env EPMOE_STEP_TOKENS)\n"
+	        "      --prefill-chunk N    prompt tokens per step while other sequences\n"
+	        "                           decode (default 128, 0 = the step budget;\n"
+	        "                           env EPMOE_PREFILL_CHUNK)\n"
 	        "      --kv-budget-mb N     KV cache budget in MiB (default 4096;\n"
 	        "                           env EPMOE_KV_BUDGET_MB): running sequences\n"
 	        "                           and the prefix cache together\n"
@@ -104,6 +107,7 @@ static const struct envarg env_table[] = {
 	{ "step-tokens", "EPMOE_STEP_TOKENS", false, false },
 	{ "kv-budget-mb", "EPMOE_KV_BUDGET_MB", false, false },
 	{ "prefix-cache", "EPMOE_PREFIX_CACHE", false, false },
+	{ "prefill-chunk", "EPMOE_PREFILL_CHUNK", false, false },
 	{ "max-tokens", "EPMOE_MAX_TOKENS", false, false },
 	{ "max-tokens-limit", "EPMOE_MAX_TOKENS_LIMIT", false, false },
 	{ "expert-timeout-ms", "EPMOE_EXPERT_TIMEOUT_MS", false, false },
@@ -172,6 +176,7 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print)
 		{ "step-tokens", required_argument, NULL, 'S' },
 		{ "kv-budget-mb", required_argument, NULL, 'K' },
 		{ "prefix-cache", required_argument, NULL, 'Q' },
+		{ "prefill-chunk", required_argument, NULL, 'F' },
 		{ "max-tokens", required_argument, NULL, 'M' },
 		{ "max-tokens-limit", required_argument, NULL, 'T' },
 		{ "expert-timeout-ms", required_argument, NULL, 'D' },
@@ -263,6 +268,11 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print)
 			if (num("--kv-budget-mb", optarg, 1, 1 << 30, &v))
 				return -1;
 			c->sched.kv_budget_bytes = (size_t)v << 20;
+			break;
+		case 'F':
+			if (num("--prefill-chunk", optarg, 0, 1 << 20, &v))
+				return -1;
+			c->sched.decode_prefill = (uint32_t)v;
 			break;
 		case 'Q':
 			if (strcmp(optarg, "on") != 0 && strcmp(optarg, "off") != 0) {

@@ -121,6 +121,7 @@ void
 sched_cfg_default(struct sched_cfg *c)
 {
 	c->max_step_tokens = 512;
+	c->decode_prefill = 128;
 	c->max_running = 32;
 	c->max_waiting = 64;
 	c->kv_budget_bytes = (size_t)4 << 30;
@@ -978,7 +979,7 @@ fail_items(struct sched *s, uint32_t n_items, int err, const char *msg)
 static int
 round_once(struct sched *s)
 {
-	uint32_t n_items = 0, n_decode;
+	uint32_t n_items = 0, n_decode, budget;
 	int rc;
 
 	drop_cancelled(s);
@@ -988,8 +989,13 @@ round_once(struct sched *s)
 	if (grow_items(s, s->n_run) != 0)
 		return 0;
 	n_decode = plan_decode(s, &n_items);
-	plan_prefill(s, &n_items, s->cfg.max_step_tokens > n_decode ?
-	        s->cfg.max_step_tokens - n_decode : 0);
+	budget = s->cfg.max_step_tokens > n_decode ? s->cfg.max_step_tokens - n_decode : 0;
+	/* chunked prefill: while sequences decode, a step carries at most
+	 * decode_prefill prompt tokens (oldest request first), so a long
+	 * prompt costs each decode step a bounded slice */
+	if (n_decode > 0 && s->cfg.decode_prefill > 0 && budget > s->cfg.decode_prefill)
+		budget = s->cfg.decode_prefill;
+	plan_prefill(s, &n_items, budget);
 	remove_finished(s);
 	if (n_items == 0)
 		return 1;

@@ -122,6 +122,10 @@ struct sched_req_params {
 
 struct sched_cfg {
 	uint32_t max_step_tokens; /* token budget per step (default 512) */
+	uint32_t decode_prefill;  /* prefill tokens per step while sequences
+	                             decode (default 128; 0 = the step budget):
+	                             a long prompt arrives in chunks this big
+	                             so running streams keep their pace */
 	uint32_t max_running;     /* sequences decoding at once (default 32) */
 	uint32_t max_waiting;     /* wait queue bound (default 64) */
 	size_t kv_budget_bytes;   /* KV cache budget (default 4 GiB): running

@@ -5,6 +5,7 @@
  * policy cache stays within its bound; a refused request's prompt stays
  * the caller's.  Every wait is bounded. */
 #include <check.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -461,6 +462,58 @@ START_TEST(eviction_under_a_small_budget_never_touches_running_sequences)
 }
 END_TEST
 
+static _Atomic uint32_t max_step_tokens;
+
+static void
+on_step(void *ud, const struct engine_timing *d, uint32_t tokens)
+{
+	(void)ud;
+	(void)d;
+	if (tokens > atomic_load(&max_step_tokens))
+		atomic_store(&max_step_tokens, tokens);
+}
+
+/* Chunked prefill: a 300-token prompt arriving while a sequence decodes
+ * goes in slices of decode_prefill tokens beside its decode token, never
+ * in one 300-token step; alone, a prompt takes the whole step budget. */
+START_TEST(a_long_prompt_is_prefilled_in_chunks_while_others_decode)
+{
+	struct sched_cfg cfg;
+	struct sched_req *ra, *r;
+	struct job ja, jb;
+	int32_t prompt[300];
+
+	sched_cfg_default(&cfg);
+	cfg.decode_prefill = 64;
+	cfg.prefix_cache = false;
+	setup(&cfg);
+	sched_set_observer(F.s, &(struct sched_observer){ .step = on_step });
+	for (int i = 0; i < 300; i++)
+		prompt[i] = 10 + i % 50;
+	ck_assert_int_eq(submit(&ja, 2000, NULL, &ra), 0);
+	double end = clock_now() + 60;
+	while (ja.n_gen == 0) {
+		ck_assert(clock_now() < end);
+		uv_run(&F.loop, UV_RUN_NOWAIT);
+		usleep(1000);
+	}
+	atomic_store(&max_step_tokens, 0);
+	ck_assert_int_eq(submit_prompt(&jb, prompt, 300, 1, false, &r), 0);
+	wait_done(&jb, 1);
+	ck_assert_msg(jb.err == 0, "%s", jb.msg);
+	ck_assert_msg(!ja.done, "the decoding request ended first");
+	ck_assert_uint_eq(atomic_load(&max_step_tokens), 64 + 1);
+	sched_cancel(ra);
+	wait_done(&ja, 1);
+	/* with nothing decoding, the prompt goes in one step */
+	atomic_store(&max_step_tokens, 0);
+	ck_assert_int_eq(submit_prompt(&jb, prompt, 300, 1, false, &r), 0);
+	wait_done(&jb, 1);
+	ck_assert_uint_eq(atomic_load(&max_step_tokens), 300);
+	teardown();
+}
+END_TEST
+
 int
 main(void)
 {
@@ -479,6 +532,7 @@ main(void)
 	tcase_add_test(tp, a_cache_hit_gives_the_cold_run_and_reports_cached_tokens);
 	tcase_add_test(tp, with_the_cache_off_nothing_is_reused);
 	tcase_add_test(tp, eviction_under_a_small_budget_never_touches_running_sequences);
+	tcase_add_test(tp, a_long_prompt_is_prefilled_in_chunks_while_others_decode);
 	suite_add_tcase(s, tp);
 	return tu_run(s);
 }
