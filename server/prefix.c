@@ -244,13 +244,13 @@ uint32_t
 pcache_match(struct pcache *c, const int32_t *tokens, uint32_t n_max,
         struct eng_seq *seq, struct pcache_hold *h)
 {
-	struct pc_block *parent = NULL;
-	uint64_t key = HASH_FNV1A_INIT;
-	uint32_t nb = n_max / c->bt;
+	struct pc_block *parent = h->n ? h->b[h->n - 1] : NULL;
+	uint64_t key = parent ? parent->key : HASH_FNV1A_INIT;
+	uint32_t nb = n_max / c->bt, n0 = h->n;
 
-	if (seq->n_pos != 0 || h->n != 0 || seq->cap < nb * c->bt)
-		return 0;
-	for (uint32_t i = 0; i < nb; i++) {
+	if (seq->n_pos != h->n * c->bt || seq->cap < nb * c->bt)
+		return seq->n_pos;
+	for (uint32_t i = h->n; i < nb; i++) {
 		const int32_t *t = tokens + (size_t)i * c->bt;
 		key = block_key(key, t, c->bt);
 		struct pc_block *b = find(c, key, parent, t);
@@ -261,7 +261,7 @@ pcache_match(struct pcache *c, const int32_t *tokens, uint32_t n_max,
 	}
 	/* most recent last for the first blocks: leaves age first, and a
 	 * prefix shared by many stays */
-	for (uint32_t i = h->n; i-- > 0;) {
+	for (uint32_t i = h->n; i-- > n0;) {
 		lru_unlink(c, h->b[i]);
 		lru_front(c, h->b[i]);
 	}

@@ -63,10 +63,12 @@ size_t pcache_pinned_bytes(const struct pcache *c);
 
 /* Finds the longest run of cached whole blocks that is a prefix of
  * tokens[0..n_max), copies their KV into positions [0, matched) of seq
- * (which must be empty and have room for them: eng_seq_reserve) and
- * references them in h (which must be empty).  Returns the positions
- * reused (a multiple of block_tokens, possibly 0); seq->n_pos is set to
- * it.  On out of memory for h it matches fewer blocks, never fails. */
+ * (which must have room for them: eng_seq_reserve) and references them
+ * in h.  Continues from the blocks h holds when seq holds exactly those
+ * (seq->n_pos == h->n * block_tokens; an empty seq and h to start), else
+ * changes nothing.  Returns seq->n_pos: the positions now in seq (a
+ * multiple of block_tokens).  On out of memory for h it matches fewer
+ * blocks, never fails. */
 uint32_t pcache_match(struct pcache *c, const int32_t *tokens, uint32_t n_max,
         struct eng_seq *seq, struct pcache_hold *h);
 

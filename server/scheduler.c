@@ -403,6 +403,24 @@ pc_admit(struct sched *s, struct sched_req *r)
 	atomic_fetch_add(&s->st_pc_hit, r->n_cached);
 }
 
+/* Before a prefill chunk of r: blocks other requests stored since r's
+ * last chunk (a burst sharing a system prompt: the oldest prefills it,
+ * the others take it from the cache) continue r's match. */
+static void
+pc_extend(struct sched *s, struct sched_req *r)
+{
+	uint32_t n;
+
+	if (!r->pc_use || r->n_fed != r->hold.n * pcache_block_tokens(s->pc))
+		return;
+	n = pcache_match(s->pc, r->p.prompt, (uint32_t)r->p.n_prompt - 1, r->seq, &r->hold);
+	if (n <= r->n_fed)
+		return;
+	atomic_fetch_add(&s->st_pc_hit, n - r->n_fed);
+	r->n_cached += n - r->n_fed;
+	r->n_fed = n;
+}
+
 /* Ends r with its final event: DONE with reason when err is 0, else
  * ERROR with err and msg. */
 static void
@@ -874,6 +892,7 @@ plan_prefill(struct sched *s, uint32_t *n_items, uint32_t budget)
 
 		if (r->state == REQ_FINISHED || r->n_fed >= r->p.n_prompt)
 			continue;
+		pc_extend(s, r);
 		left = (uint32_t)r->p.n_prompt - r->n_fed;
 		chunk = all ? left : (left < budget ? left : budget);
 		if (chunk == 0) {

@@ -376,6 +376,32 @@ START_TEST(a_cache_hit_gives_the_cold_run_and_reports_cached_tokens)
 }
 END_TEST
 
+/* A burst sharing a prompt: the oldest prefills it, the others (whose
+ * chunks come in later steps) take its blocks from the cache. */
+START_TEST(a_burst_sharing_a_prompt_prefills_it_once)
+{
+	struct sched_cfg cfg;
+	struct sched_req *r;
+	struct job j[3];
+	int32_t prompt[40];
+
+	sched_cfg_default(&cfg);
+	cfg.max_step_tokens = 40;
+	setup(&cfg);
+	for (int i = 0; i < 40; i++)
+		prompt[i] = 10 + (i * 11) % 50;
+	for (int k = 0; k < 3; k++)
+		ck_assert_int_eq(submit_prompt(&j[k], prompt, 40, 4, false, &r), 0);
+	wait_done(j, 3);
+	ck_assert_uint_eq(j[0].cached, 0);
+	ck_assert_uint_eq(j[1].cached, 32);
+	ck_assert_uint_eq(j[2].cached, 32);
+	assert_same_generation(&j[0], &j[1], 4);
+	assert_same_generation(&j[0], &j[2], 4);
+	teardown();
+}
+END_TEST
+
 /* With --prefix-cache off nothing is cached or reported. */
 START_TEST(with_the_cache_off_nothing_is_reused)
 {
@@ -531,6 +557,7 @@ main(void)
 	tcase_set_timeout(tp, 300);
 	tcase_add_test(tp, a_cache_hit_gives_the_cold_run_and_reports_cached_tokens);
 	tcase_add_test(tp, with_the_cache_off_nothing_is_reused);
+	tcase_add_test(tp, a_burst_sharing_a_prompt_prefills_it_once);
 	tcase_add_test(tp, eviction_under_a_small_budget_never_touches_running_sequences);
 	tcase_add_test(tp, a_long_prompt_is_prefilled_in_chunks_while_others_decode);
 	suite_add_tcase(s, tp);
