@@ -9,8 +9,10 @@
  *
  * One round of the engine thread (round_once): drop cancelled requests,
  * admit waiting ones into free slots, plan a step (decode tokens first,
- * then prefill chunks within the token budget), run it, and turn its
- * logits into tokens and events.
+ * then prefill chunks within the token budget, at most decode_prefill of
+ * them while anything decodes, each request first continuing its prefix
+ * cache match), run it, store the prompt blocks it completed in the
+ * prefix cache, and turn its logits into tokens and events.
  */
 #include <math.h>
 #include <pthread.h>

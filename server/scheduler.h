@@ -1,8 +1,9 @@
 /* The scheduler: continuous batching on the engine thread.
  *
  * Requests join and leave between steps.  Each step mixes the decode tokens
- * of running sequences with prefill chunks of new ones, up to a token
- * budget.  Admission happens when a request is submitted: it takes a
+ * of running sequences with prefill chunks of new ones (oldest first), up
+ * to a token budget, and to decode_prefill prompt tokens while sequences
+ * decode (chunked prefill: a long prompt never stalls the streams).  Admission happens when a request is submitted: it takes a
  * running slot at once when one is free (at most max_running sequences
  * hold one) and its KV reservation (prompt + max_tokens positions) fits
  * the budget, else it joins a bounded wait queue, and only when that is
