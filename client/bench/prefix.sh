@@ -114,7 +114,7 @@ for chunk in 128 0; do
 	w=$(cat "$PX_DIR/with.json")
 	pa=$(printf '%s\n' "$a" | sed -n 's/.*"itl_ms":{[^}]*"p99":\([^,}]*\).*/\1/p')
 	pw=$(printf '%s\n' "$w" | sed -n 's/.*"itl_ms":{[^}]*"p99":\([^,}]*\).*/\1/p')
-	label="--prefill-chunk $chunk"; [ "$chunk" = 0 ] && label="--prefill-chunk 0 (one 512-token step budget)"
+	label="--prefill-chunk $chunk"; [ "$chunk" = 0 ] && label="--prefill-chunk 0 (chunking off)"
 	printf '%-34s %12.1f %12.1f %8s\n' "$label" "$pa" "$pw" "$(ratio "$pw" "$pa")"
 	stop_router
 done
