@@ -59,6 +59,7 @@ check_env_table() {
 		case $meta in
 		N) val=64 ;;
 		L) val=warn ;;
+		T) val=f16 ;;   # --kv-type
 		-) val=1 ;;
 		*) val=x ;;
 		esac
