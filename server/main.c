@@ -65,8 +65,8 @@ usage(FILE *f)
 	        "                           env EPMOE_KV_BUDGET_MB): running sequences\n"
 	        "                           and the prefix cache together\n"
 	        "      --prefix-cache on|off  reuse the KV of prompt prefixes earlier\n"
-	        "                           requests computed (default on; env\n"
-	        "                           EPMOE_PREFIX_CACHE)\n"
+	        "                           requests computed (default on; 1/0 too;\n"
+	        "                           env EPMOE_PREFIX_CACHE)\n"
 	        "      --max-tokens N       default max_tokens for chat (default 256;\n"
 	        "                           env EPMOE_MAX_TOKENS)\n"
 	        "      --max-tokens-limit N largest max_tokens accepted (default: context;\n"
@@ -275,14 +275,15 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print)
 			c->sched.decode_prefill = (uint32_t)v;
 			break;
 		case 'Q':
-			if (strcmp(optarg, "on") != 0 && strcmp(optarg, "off") != 0) {
+			if (strcmp(optarg, "on") != 0 && strcmp(optarg, "off") != 0 &&
+			        strcmp(optarg, "1") != 0 && strcmp(optarg, "0") != 0) {
 				const char *src = envargs_source(cur_args, optind - 1);
-				fprintf(stderr, "epmoe-router: --prefix-cache%s%s%s expects on or off, "
+				fprintf(stderr, "epmoe-router: --prefix-cache%s%s%s expects on or off (1 or 0), "
 				        "got '%s'\n", src ? " (from " : "", src ? src : "",
 				        src ? ")" : "", optarg);
 				return -1;
 			}
-			c->sched.prefix_cache = strcmp(optarg, "on") == 0;
+			c->sched.prefix_cache = strcmp(optarg, "on") == 0 || strcmp(optarg, "1") == 0;
 			break;
 		case 'M':
 			if (num("--max-tokens", optarg, 1, 1 << 20, &v))
