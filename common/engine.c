@@ -997,6 +997,8 @@ engine_step(struct engine *e, struct eng_item *items, uint32_t n_items)
 				const struct eng_item *it = &items[i];
 				uint32_t rows = it->logits == ENG_LOGITS_ALL ? it->n_tokens :
 				        it->logits == ENG_LOGITS_LAST ? 1 : 0;
+				if (rows == 0)
+					continue; /* a prefill chunk without logits: out is NULL */
 				memcpy(it->out, e->head_out + (size_t)o * V,
 				        (size_t)rows * V * sizeof(float));
 				o += rows;

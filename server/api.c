@@ -394,7 +394,8 @@ on_sched_event(const struct sched_event *ev, void *ud)
 		a->text_offset += utf8_chars(ev->text ? ev->text : "", ev->text_len);
 		break;
 	case SCHED_EV_DONE: {
-		struct oai_usage u = { (int32_t)ev->prompt_tokens, (int32_t)ev->completion_tokens };
+		struct oai_usage u = { (int32_t)ev->prompt_tokens, (int32_t)ev->completion_tokens,
+			(int32_t)ev->cached_tokens };
 		if (!a->http_gone) {
 			if (a->stream) {
 				stream_chunk(a, a->kind == API_CHAT ? NULL : "", 0, NULL, 0,

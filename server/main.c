@@ -61,8 +61,15 @@ usage(FILE *f)
 	        "                           env EPMOE_MAX_WAITING)\n"
 	        "      --step-tokens N      token budget of one step (default 512;\n"
 	        "                           env EPMOE_STEP_TOKENS)\n"
+	        "      --prefill-chunk N    prompt tokens per step while other sequences\n"
+	        "                           decode (default 128, 0 = the step budget;\n"
+	        "                           env EPMOE_PREFILL_CHUNK)\n"
 	        "      --kv-budget-mb N     KV cache budget in MiB (default 4096;\n"
-	        "                           env EPMOE_KV_BUDGET_MB)\n"
+	        "                           env EPMOE_KV_BUDGET_MB): running sequences\n"
+	        "                           and the prefix cache together\n"
+	        "      --prefix-cache on|off  reuse the KV of prompt prefixes earlier\n"
+	        "                           requests computed (default on; 1/0 too;\n"
+	        "                           env EPMOE_PREFIX_CACHE)\n"
 	        "      --max-tokens N       default max_tokens for chat (default 256;\n"
 	        "                           env EPMOE_MAX_TOKENS)\n"
 	        "      --max-tokens-limit N largest max_tokens accepted (default: context;\n"
@@ -184,6 +191,8 @@ static const struct envarg env_table[] = {
 	{ "max-waiting", "EPMOE_MAX_WAITING", false, false },
 	{ "step-tokens", "EPMOE_STEP_TOKENS", false, false },
 	{ "kv-budget-mb", "EPMOE_KV_BUDGET_MB", false, false },
+	{ "prefix-cache", "EPMOE_PREFIX_CACHE", false, false },
+	{ "prefill-chunk", "EPMOE_PREFILL_CHUNK", false, false },
 	{ "max-tokens", "EPMOE_MAX_TOKENS", false, false },
 	{ "max-tokens-limit", "EPMOE_MAX_TOKENS_LIMIT", false, false },
 	{ "expert-timeout-ms", "EPMOE_EXPERT_TIMEOUT_MS", false, false },
@@ -223,6 +232,24 @@ static const struct envarg env_table[] = {
 	{ "log-level", "EPMOE_LOG_LEVEL", false, false },
 	{ "print-config", "EPMOE_PRINT_CONFIG", true, false },
 };
+
+/* Says whether the prefix cache serves the default routing policy:
+ * policies that route whole prompts bypass it. */
+static void
+log_prefix_cache(struct router *r)
+{
+	enum route_kind k = route_policy_cfg(engine_policy(r->engine))->kind;
+
+	if (!r->cfg.sched.prefix_cache)
+		log_info("prefix cache off");
+	else if (k == ROUTE_EXPERT_CHOICE || k == ROUTE_USMOE)
+		log_info("prefix cache on, but routing %s routes whole prompts: its requests "
+		         "bypass the cache (per-token policies chosen per request use it)",
+		        route_kind_name(k));
+	else
+		log_info("prefix cache on (blocks of %u tokens, within the KV budget)",
+		        r->cfg.sched.block_tokens);
+}
 
 /* The arguments being parsed, to name a bad value's variable. */
 static const struct envargs *cur_args;
@@ -288,6 +315,8 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print,
 		{ "max-waiting", required_argument, NULL, 'W' },
 		{ "step-tokens", required_argument, NULL, 'S' },
 		{ "kv-budget-mb", required_argument, NULL, 'K' },
+		{ "prefix-cache", required_argument, NULL, 'Q' },
+		{ "prefill-chunk", required_argument, NULL, 'F' },
 		{ "max-tokens", required_argument, NULL, 'M' },
 		{ "max-tokens-limit", required_argument, NULL, 'T' },
 		{ "expert-timeout-ms", required_argument, NULL, 'D' },
@@ -413,6 +442,22 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print,
 			if (num("--kv-budget-mb", optarg, 1, 1 << 30, &v))
 				return -1;
 			c->sched.kv_budget_bytes = (size_t)v << 20;
+			break;
+		case 'F':
+			if (num("--prefill-chunk", optarg, 0, 1 << 20, &v))
+				return -1;
+			c->sched.decode_prefill = (uint32_t)v;
+			break;
+		case 'Q':
+			if (strcmp(optarg, "on") != 0 && strcmp(optarg, "off") != 0 &&
+			        strcmp(optarg, "1") != 0 && strcmp(optarg, "0") != 0) {
+				const char *src = envargs_source(cur_args, optind - 1);
+				fprintf(stderr, "epmoe-router: --prefix-cache%s%s%s expects on or off (1 or 0), "
+				        "got '%s'\n", src ? " (from " : "", src ? src : "",
+				        src ? ")" : "", optarg);
+				return -1;
+			}
+			c->sched.prefix_cache = strcmp(optarg, "on") == 0 || strcmp(optarg, "1") == 0;
 			break;
 		case 'M':
 			if (num("--max-tokens", optarg, 1, 1 << 20, &v))
@@ -787,6 +832,7 @@ main(int argc, char **argv)
 	        apikeys_count(r.apikeys) ? "need a key" : "open", apikeys_count(r.apikeys),
 	        apikeys_count(r.apikeys) == 1 ? "" : "s",
 	        r.cfg.metrics_auth ? ", /metrics keyed" : "");
+	log_prefix_cache(&r);
 	uv_timer_init(r.loop, &drain_timer);
 	uv_signal_init(r.loop, &sig_int);
 	uv_signal_init(r.loop, &sig_term);

@@ -1064,7 +1064,7 @@ new_envelope(const char *id, const char *object, const char *model,
 static int
 add_usage(cJSON *root, const struct oai_usage *u)
 {
-	cJSON *o;
+	cJSON *o, *d;
 
 	if (u == NULL)
 		return cJSON_AddNullToObject(root, "usage") != NULL;
@@ -1073,7 +1073,9 @@ add_usage(cJSON *root, const struct oai_usage *u)
 	        cJSON_AddNumberToObject(o, "completion_tokens",
 	            u->completion_tokens) &&
 	        cJSON_AddNumberToObject(o, "total_tokens",
-	            (double)u->prompt_tokens + u->completion_tokens);
+	            (double)u->prompt_tokens + u->completion_tokens) &&
+	        (d = cJSON_AddObjectToObject(o, "prompt_tokens_details")) != NULL &&
+	        cJSON_AddNumberToObject(d, "cached_tokens", u->cached_tokens);
 }
 
 static int
@@ -1179,7 +1181,7 @@ cJSON *
 oai_completion_response(const char *id, const char *model, int64_t created,
         const struct oai_choice *choice, const struct oai_usage *usage)
 {
-	struct oai_usage zero = { 0, 0 };
+	struct oai_usage zero = { 0 };
 	cJSON *root, *ch;
 
 	if ((root = completion_common(id, model, created, choice, &ch)) == NULL)
@@ -1317,7 +1319,7 @@ cJSON *
 oai_chat_response(const char *id, const char *model, int64_t created,
         const struct oai_choice *choice, const struct oai_usage *usage)
 {
-	struct oai_usage zero = { 0, 0 };
+	struct oai_usage zero = { 0 };
 	cJSON *root = chat_common(id, "chat.completion", model, created, choice,
 	        "message", "assistant", 1);
 
@@ -1346,7 +1348,7 @@ cJSON *
 oai_usage_chunk(const char *id, const char *model, int64_t created, int chat,
         const struct oai_usage *usage)
 {
-	struct oai_usage zero = { 0, 0 };
+	struct oai_usage zero = { 0 };
 	cJSON *root = new_envelope(id,
 	        chat ? "chat.completion.chunk" : "text_completion", model, created);
 

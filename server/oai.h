@@ -198,6 +198,8 @@ struct oai_choice {
 struct oai_usage {
 	int32_t prompt_tokens;
 	int32_t completion_tokens;
+	int32_t cached_tokens;   /* of the prompt, reused from the prefix
+	                            cache: usage.prompt_tokens_details */
 };
 
 /* Writes "<prefix><24 hex digits>" (e.g. "cmpl-...", "chatcmpl-...") into

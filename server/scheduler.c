@@ -9,8 +9,10 @@
  *
  * One round of the engine thread (round_once): drop cancelled requests,
  * admit waiting ones into free slots, plan a step (decode tokens first,
- * then prefill chunks within the token budget), run it, and turn its
- * logits into tokens and events.
+ * then prefill chunks within the token budget, at most decode_prefill of
+ * them while anything decodes, each request first continuing its prefix
+ * cache match), run it, store the prompt blocks it completed in the
+ * prefix cache, and turn its logits into tokens and events.
  */
 #include <math.h>
 #include <pthread.h>
@@ -22,6 +24,7 @@
 #include "clock.h"
 #include "err.h"
 #include "log.h"
+#include "prefix.h"
 #include "route.h"
 #include "scheduler.h"
 
@@ -51,6 +54,10 @@ struct sched_req {
 	struct eng_seq *seq;
 	struct policy_ent *pol;  /* NULL: the engine's default policy */
 	uint32_t n_fed;          /* prompt tokens already in the cache */
+	uint32_t n_cached;       /* of them, taken from the prefix cache */
+	bool pc_use;             /* matches and stores prefix-cache blocks */
+	struct pcache_hold hold; /* the prefix-cache blocks it holds */
+	int32_t *toks;           /* pc_use: prompt + generated tokens */
 	uint32_t n_gen;          /* tokens generated */
 	int32_t next;            /* the token to feed in the next step */
 	struct sampler smp;
@@ -95,6 +102,7 @@ struct sched {
 	struct sched_req **item_req;
 	size_t cap_items;
 	int32_t *feed;           /* decode tokens of the step */
+	struct pcache *pc;       /* NULL: prefix caching off */
 
 	/* events to the loop */
 	uv_async_t async;
@@ -107,15 +115,20 @@ struct sched {
 	_Atomic uint32_t st_running, st_policies;
 	_Atomic uint64_t st_total, st_failed, st_cancelled, st_prompt, st_gen,
 	        st_steps;
+	_Atomic uint64_t st_pc_lookup, st_pc_hit, st_pc_bypass, st_pc_tokens,
+	        st_pc_evictions;
 };
 
 void
 sched_cfg_default(struct sched_cfg *c)
 {
 	c->max_step_tokens = 512;
+	c->decode_prefill = 128;
 	c->max_running = 32;
 	c->max_waiting = 64;
 	c->kv_budget_bytes = (size_t)4 << 30;
+	c->prefix_cache = true;
+	c->block_tokens = PCACHE_BLOCK_TOKENS;
 }
 
 /* ---- events ---- */
@@ -308,6 +321,10 @@ release_engine_state(struct sched *s, struct sched_req *r)
 {
 	eng_seq_free(r->seq);
 	r->seq = NULL;
+	if (r->hold.n || r->hold.b)
+		pcache_release(s->pc, &r->hold);
+	free(r->toks);
+	r->toks = NULL;
 	if (r->smp_ok)
 		sampler_fini(&r->smp);
 	if (r->ts_ok)
@@ -322,6 +339,90 @@ release_engine_state(struct sched *s, struct sched_req *r)
 	r->tcap = r->tlen = 0;
 }
 
+/* ---- prefix cache (engine thread) ---- */
+
+/* Bytes the prefix cache may hold now: the budget less the running
+ * sequences' reservations. */
+static size_t
+pc_room(struct sched *s)
+{
+	size_t used;
+
+	pthread_mutex_lock(&s->mu);
+	used = s->kv_reserved;
+	pthread_mutex_unlock(&s->mu);
+	return s->cfg.kv_budget_bytes > used ? s->cfg.kv_budget_bytes - used : 0;
+}
+
+static void
+pc_note(struct sched *s)
+{
+	struct pcache_stats st;
+
+	pcache_get_stats(s->pc, &st);
+	atomic_store(&s->st_pc_tokens, st.n_blocks * pcache_block_tokens(s->pc));
+	atomic_store(&s->st_pc_evictions, st.evictions);
+}
+
+/* Stores the whole blocks of r's first n tokens (in its cache). */
+static void
+pc_store(struct sched *s, struct sched_req *r, uint32_t n)
+{
+	pcache_store(s->pc, r->toks, n, r->seq, &r->hold, pc_room(s));
+	pc_note(s);
+}
+
+/* Whether a policy routes each token by itself, so that a prefix's KV
+ * does not depend on what follows it or on the chunking: expert_choice
+ * and usmoe choose tokens per expert over the whole prompt. */
+static bool
+pc_policy_ok(const struct route_policy *p)
+{
+	enum route_kind k = route_policy_cfg(p)->kind;
+	return k != ROUTE_EXPERT_CHOICE && k != ROUTE_USMOE;
+}
+
+/* Reuses the cached blocks of r's prompt (all but its last token: the
+ * prefill must give logits).  echo wants every prompt position's logits
+ * and bypasses the cache, as do policies routing whole prompts. */
+static void
+pc_admit(struct sched *s, struct sched_req *r)
+{
+	if (s->pc == NULL || r->p.echo)
+		return;
+	if (!pc_policy_ok(r->pol ? r->pol->p : engine_policy(s->e))) {
+		atomic_fetch_add(&s->st_pc_bypass, 1);
+		return;
+	}
+	if ((r->toks = malloc((r->p.n_prompt + r->p.max_tokens) * sizeof(int32_t))) == NULL)
+		return;
+	memcpy(r->toks, r->p.prompt, r->p.n_prompt * sizeof(int32_t));
+	r->pc_use = true;
+	r->n_cached = pcache_match(s->pc, r->p.prompt, (uint32_t)r->p.n_prompt - 1, r->seq,
+	        &r->hold);
+	r->n_fed = r->n_cached;
+	atomic_fetch_add(&s->st_pc_lookup, r->p.n_prompt);
+	atomic_fetch_add(&s->st_pc_hit, r->n_cached);
+}
+
+/* Before a prefill chunk of r: blocks other requests stored since r's
+ * last chunk (a burst sharing a system prompt: the oldest prefills it,
+ * the others take it from the cache) continue r's match. */
+static void
+pc_extend(struct sched *s, struct sched_req *r)
+{
+	uint32_t n;
+
+	if (!r->pc_use || r->n_fed != r->hold.n * pcache_block_tokens(s->pc))
+		return;
+	n = pcache_match(s->pc, r->p.prompt, (uint32_t)r->p.n_prompt - 1, r->seq, &r->hold);
+	if (n <= r->n_fed)
+		return;
+	atomic_fetch_add(&s->st_pc_hit, n - r->n_fed);
+	r->n_cached += n - r->n_fed;
+	r->n_fed = n;
+}
+
 /* Ends r with its final event: DONE with reason when err is 0, else
  * ERROR with err and msg. */
 static void
@@ -330,6 +431,9 @@ finish(struct sched *s, struct sched_req *r, int err, const char *reason,
 {
 	struct sched_event *ev = event_new(r, err ? SCHED_EV_ERROR : SCHED_EV_DONE);
 
+	/* a finished sequence leaves its prompt and answer for the next turn */
+	if (err == 0 && r->pc_use && r->seq)
+		pc_store(s, r, r->seq->n_pos);
 	release_engine_state(s, r);
 	release_admission(s, r);
 	r->state = REQ_FINISHED;
@@ -352,6 +456,7 @@ finish(struct sched *s, struct sched_req *r, int err, const char *reason,
 		ev->finish_reason = reason;
 	}
 	ev->prompt_tokens = (uint32_t)r->p.n_prompt;
+	ev->cached_tokens = r->n_cached;
 	ev->completion_tokens = r->n_gen;
 	post(s, ev);
 }
@@ -373,6 +478,7 @@ admit(struct sched *s, struct sched_req *r)
 		finish(s, r, rc, NULL, err[0] ? err : "cannot create the routing policy");
 		return -1;
 	}
+	pc_admit(s, r);
 	if (sampler_init(&r->smp, &r->p.sample) != 0) {
 		finish(s, r, EPMOE_EINVAL, NULL, "invalid sampling parameters");
 		return -1;
@@ -608,6 +714,8 @@ sample_and_emit(struct sched *s, struct sched_req *r, const float *row)
 		return;
 	}
 	note_token_time(s, r);
+	if (r->pc_use && r->p.n_prompt + r->n_gen <= r->p.n_prompt + r->p.max_tokens)
+		r->toks[r->p.n_prompt + r->n_gen - 1] = id;
 	if (!r->p.ignore_eos && tok_is_eog(s->tk, id)) {
 		emit_tail(s, r);
 		finish(s, r, 0, "stop", NULL);
@@ -681,6 +789,15 @@ drop_cancelled(struct sched *s)
 	s->wait_tail = keep_tail;
 }
 
+/* Whether a reservation of need bytes fits the KV budget beside the
+ * running sequences' and the prefix-cache blocks they hold (each counted
+ * once); blocks nobody holds are evicted to make room.  Under s->mu. */
+static bool
+kv_fits(struct sched *s, size_t need)
+{
+	return s->kv_reserved + need + pcache_pinned_bytes(s->pc) <= s->cfg.kv_budget_bytes;
+}
+
 /* Whether waiting request r gets a slot now (it may already hold one). */
 static bool
 take_slot(struct sched *s, struct sched_req *r)
@@ -689,7 +806,7 @@ take_slot(struct sched *s, struct sched_req *r)
 		return true;
 	pthread_mutex_lock(&s->mu);
 	if (s->slots_used < s->cfg.max_running &&
-	        s->kv_reserved + r->kv_need <= s->cfg.kv_budget_bytes) {
+	        kv_fits(s, r->kv_need)) {
 		s->slots_used++;
 		s->kv_reserved += r->kv_need;
 		s->n_queued--;
@@ -725,6 +842,10 @@ admit_waiting(struct sched *s)
 		s->run[s->n_run++] = r;
 	}
 	atomic_store(&s->st_running, s->n_run);
+	if (s->pc) {
+		pcache_trim(s->pc, pc_room(s));
+		pc_note(s);
+	}
 }
 
 static void
@@ -773,6 +894,7 @@ plan_prefill(struct sched *s, uint32_t *n_items, uint32_t budget)
 
 		if (r->state == REQ_FINISHED || r->n_fed >= r->p.n_prompt)
 			continue;
+		pc_extend(s, r);
 		left = (uint32_t)r->p.n_prompt - r->n_fed;
 		chunk = all ? left : (left < budget ? left : budget);
 		if (chunk == 0) {
@@ -852,6 +974,8 @@ take_result(struct sched *s, struct sched_req *r, const struct eng_item *it)
 	}
 	r->n_fed += it->n_tokens;
 	atomic_fetch_add(&s->st_prompt, it->n_tokens);
+	if (r->pc_use)
+		pc_store(s, r, r->n_fed);
 	if (r->n_fed < r->p.n_prompt)
 		return;
 	if (r->p.echo)
@@ -876,7 +1000,7 @@ fail_items(struct sched *s, uint32_t n_items, int err, const char *msg)
 static int
 round_once(struct sched *s)
 {
-	uint32_t n_items = 0, n_decode;
+	uint32_t n_items = 0, n_decode, budget;
 	int rc;
 
 	drop_cancelled(s);
@@ -886,8 +1010,13 @@ round_once(struct sched *s)
 	if (grow_items(s, s->n_run) != 0)
 		return 0;
 	n_decode = plan_decode(s, &n_items);
-	plan_prefill(s, &n_items, s->cfg.max_step_tokens > n_decode ?
-	        s->cfg.max_step_tokens - n_decode : 0);
+	budget = s->cfg.max_step_tokens > n_decode ? s->cfg.max_step_tokens - n_decode : 0;
+	/* chunked prefill: while sequences decode, a step carries at most
+	 * decode_prefill prompt tokens (oldest request first), so a long
+	 * prompt costs each decode step a bounded slice */
+	if (n_decode > 0 && s->cfg.decode_prefill > 0 && budget > s->cfg.decode_prefill)
+		budget = s->cfg.decode_prefill;
+	plan_prefill(s, &n_items, budget);
 	remove_finished(s);
 	if (n_items == 0)
 		return 1;
@@ -980,6 +1109,10 @@ sched_new(struct sched **out, uv_loop_t *loop, struct engine *e,
 		s->cfg.max_running = 1;
 	s->n_vocab = engine_model(e)->hp.n_vocab;
 	s->n_ctx = engine_n_ctx(e);
+	if (s->cfg.prefix_cache && pcache_new(&s->pc, e, s->cfg.block_tokens) != 0) {
+		free(s);
+		return EPMOE_ENOMEM;
+	}
 	s->next_id = 1;
 	pthread_mutex_init(&s->mu, NULL);
 	pthread_cond_init(&s->cv, NULL);
@@ -1046,6 +1179,7 @@ sched_free(struct sched *s)
 		policy_ent_free(s->policies);
 		s->policies = n;
 	}
+	pcache_free(s->pc);
 	free(s->run);
 	free(s->logits);
 	free(s->items);
@@ -1125,7 +1259,7 @@ sched_submit(struct sched *s, struct sched_req_params *p, struct sched_req **out
 	if (s->stop) {
 		rc = EPMOE_ECLOSED;
 	} else if (s->n_queued == 0 && s->slots_used < s->cfg.max_running &&
-	        s->kv_reserved + r->kv_need <= s->cfg.kv_budget_bytes) {
+	        kv_fits(s, r->kv_need)) {
 		/* a free slot and nobody ahead: running from the next step */
 		s->slots_used++;
 		s->kv_reserved += r->kv_need;
@@ -1199,6 +1333,13 @@ sched_get_stats(struct sched *s, struct sched_stats *st)
 	st->prompt_tokens_total = atomic_load(&s->st_prompt);
 	st->generated_tokens_total = atomic_load(&s->st_gen);
 	st->steps_total = atomic_load(&s->st_steps);
+	st->prefix_cache = s->pc != NULL;
+	st->pc_lookup_tokens = atomic_load(&s->st_pc_lookup);
+	st->pc_hit_tokens = atomic_load(&s->st_pc_hit);
+	st->pc_cached_tokens = atomic_load(&s->st_pc_tokens);
+	st->pc_bypassed = atomic_load(&s->st_pc_bypass);
+	st->pc_evictions = atomic_load(&s->st_pc_evictions);
+	st->pc_pinned_bytes = pcache_pinned_bytes(s->pc);
 }
 
 void

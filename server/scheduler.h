@@ -1,13 +1,20 @@
 /* The scheduler: continuous batching on the engine thread.
  *
  * Requests join and leave between steps.  Each step mixes the decode tokens
- * of running sequences with prefill chunks of new ones, up to a token
- * budget.  Admission happens when a request is submitted: it takes a
+ * of running sequences with prefill chunks of new ones (oldest first), up
+ * to a token budget, and to decode_prefill prompt tokens while sequences
+ * decode (chunked prefill: a long prompt never stalls the streams).  Admission happens when a request is submitted: it takes a
  * running slot at once when one is free (at most max_running sequences
  * hold one) and its KV reservation (prompt + max_tokens positions) fits
  * the budget, else it joins a bounded wait queue, and only when that is
  * full does sched_submit refuse it (EPMOE_EBUSY).  The queue is served in
  * arrival order: while anyone waits, newcomers wait behind them.
+ * With the prefix cache on (prefix.h), a request starts from the cached
+ * KV of its prompt's longest cached whole-block prefix and prefills only
+ * the rest; its prompt blocks are stored as its prefill proceeds, and its
+ * answer's when it finishes (the next chat turn resends it).  Requests
+ * with echo, and routing policies that route whole prompts (expert_choice,
+ * usmoe), bypass it.
  * Sampling, stop strings, EOS and detokenization happen on the engine
  * thread; results go back to the libuv loop thread as events
  * (uv_async_send), where the request's callback turns them into HTTP or
@@ -83,6 +90,7 @@ struct sched_event {
 	/* DONE */
 	const char *finish_reason; /* "stop", "length" */
 	uint32_t prompt_tokens, completion_tokens;
+	uint32_t cached_tokens;    /* prompt tokens taken from the prefix cache */
 	/* ERROR: EPMOE_ECANCELED (sched_cancel), EPMOE_EUNAVAIL (an expert
 	 * worker failed), EPMOE_ECLOSED (shutting down), EPMOE_ENOMEM,
 	 * EPMOE_EINTERNAL */
@@ -115,9 +123,18 @@ struct sched_req_params {
 
 struct sched_cfg {
 	uint32_t max_step_tokens; /* token budget per step (default 512) */
+	uint32_t decode_prefill;  /* prefill tokens per step while sequences
+	                             decode (default 128; 0 = the step budget):
+	                             a long prompt arrives in chunks this big
+	                             so running streams keep their pace */
 	uint32_t max_running;     /* sequences decoding at once (default 32) */
 	uint32_t max_waiting;     /* wait queue bound (default 64) */
-	size_t kv_budget_bytes;   /* KV cache budget (default 4 GiB) */
+	size_t kv_budget_bytes;   /* KV cache budget (default 4 GiB): running
+	                             sequences' reservations and the prefix
+	                             cache together */
+	bool prefix_cache;        /* reuse the KV of shared prompt prefixes
+	                             (default on; prefix.h) */
+	uint32_t block_tokens;    /* its block size (default 16) */
 };
 
 void sched_cfg_default(struct sched_cfg *c);
@@ -160,6 +177,14 @@ struct sched_stats {
 	uint64_t prompt_tokens_total, generated_tokens_total;
 	uint64_t steps_total;
 	uint64_t kv_bytes_used;   /* reserved by admitted requests */
+	/* prefix cache */
+	bool prefix_cache;        /* on */
+	uint64_t pc_lookup_tokens;/* prompt tokens of requests that looked */
+	uint64_t pc_hit_tokens;   /* of them, taken from the cache */
+	uint64_t pc_cached_tokens;/* positions the cache holds now */
+	uint64_t pc_bypassed;     /* requests whose routing policy bypassed it */
+	uint64_t pc_evictions;    /* blocks evicted */
+	uint64_t pc_pinned_bytes; /* bytes of blocks running sequences hold */
 };
 void sched_get_stats(struct sched *s, struct sched_stats *st);
 

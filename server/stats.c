@@ -37,6 +37,8 @@ struct stats {
 	struct metrics_series *m_running, *m_waiting, *m_prompt, *m_gen,
 	        *m_req_ok, *m_req_fail, *m_req_cancel, *m_steps, *m_kv,
 	        *m_http_conns, *m_http_evicted, *m_http_refused, *m_http_timeouts;
+	struct metrics_series *m_pc_lookup, *m_pc_hit, *m_pc_rate, *m_pc_cached,
+	        *m_pc_evict, *m_pc_bypass;
 	struct metrics_series *h_ttft, *h_itl, *h_e2e, *h_queue, *h_step;
 	struct metrics_family *f_expert_tokens, *f_route_tokens, *f_route_secs,
 	        *f_route_ot, *f_route_maxvio, *f_worker_lat, *f_phase, *f_rejected,
@@ -353,6 +355,18 @@ stats_register(struct stats *st)
 	        "HTTP connections answered 503 because every connection under the cap was busy");
 	REG(counter, st->m_http_timeouts, "epmoe_http_request_timeouts_total",
 	        "HTTP requests whose headers or body did not arrive in time (408)");
+	REG(counter, st->m_pc_lookup, "epmoe_prefix_cache_lookup_tokens_total",
+	        "Prompt tokens of requests that looked in the prefix cache");
+	REG(counter, st->m_pc_hit, "epmoe_prefix_cache_hit_tokens_total",
+	        "Prompt tokens taken from the prefix cache instead of prefilled");
+	REG(gauge, st->m_pc_rate, "epmoe_prefix_cache_hit_rate",
+	        "Hit tokens / lookup tokens since the start");
+	REG(gauge, st->m_pc_cached, "epmoe_prefix_cache_tokens",
+	        "Token positions the prefix cache holds");
+	REG(counter, st->m_pc_evict, "epmoe_prefix_cache_evicted_blocks_total",
+	        "Prefix cache blocks evicted");
+	REG(counter, st->m_pc_bypass, "epmoe_prefix_cache_bypassed_total",
+	        "Requests whose routing policy routes whole prompts (no cache)");
 #define HIST(var, name, help)                                                  \
 	do {                                                                   \
 		if ((rc = metrics_histogram(st->metrics, name, help, NULL, 0,   \
@@ -706,6 +720,13 @@ stats_render_metrics(struct stats *st, char **out, size_t *len)
 			}
 		}
 	}
+	counter_to(st->m_pc_lookup, (double)ss.pc_lookup_tokens);
+	counter_to(st->m_pc_hit, (double)ss.pc_hit_tokens);
+	metrics_set(st->m_pc_rate, ss.pc_lookup_tokens ?
+	        (double)ss.pc_hit_tokens / (double)ss.pc_lookup_tokens : 0);
+	metrics_set(st->m_pc_cached, (double)ss.pc_cached_tokens);
+	counter_to(st->m_pc_evict, (double)ss.pc_evictions);
+	counter_to(st->m_pc_bypass, (double)ss.pc_bypassed);
 	if (st->r->cluster) {
 		export_worker_latency(st);
 		export_failover(st);
@@ -819,6 +840,16 @@ stats_json(struct stats *st)
 	cJSON_AddNumberToObject(o, "generated_tokens", (double)ss.generated_tokens_total);
 	cJSON_AddNumberToObject(o, "steps", (double)ss.steps_total);
 	cJSON_AddNumberToObject(o, "kv_cache_bytes", (double)ss.kv_bytes_used);
+	o = cJSON_AddObjectToObject(j, "prefix_cache");
+	cJSON_AddBoolToObject(o, "enabled", ss.prefix_cache);
+	cJSON_AddNumberToObject(o, "lookup_tokens", (double)ss.pc_lookup_tokens);
+	cJSON_AddNumberToObject(o, "hit_tokens", (double)ss.pc_hit_tokens);
+	cJSON_AddNumberToObject(o, "hit_rate", ss.pc_lookup_tokens ?
+	        (double)ss.pc_hit_tokens / (double)ss.pc_lookup_tokens : 0);
+	cJSON_AddNumberToObject(o, "cached_tokens", (double)ss.pc_cached_tokens);
+	cJSON_AddNumberToObject(o, "pinned_bytes", (double)ss.pc_pinned_bytes);
+	cJSON_AddNumberToObject(o, "evicted_blocks", (double)ss.pc_evictions);
+	cJSON_AddNumberToObject(o, "bypassed_requests", (double)ss.pc_bypassed);
 	const struct engine_timing *t = engine_timing(r->engine);
 	o = cJSON_AddObjectToObject(j, "engine_seconds");
 	cJSON_AddNumberToObject(o, "attention", t->attn);

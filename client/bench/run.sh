@@ -4,6 +4,8 @@
 #   EPMOE_BENCH_MODELS  where the --preset small models live (default build/models)
 #   EPMOE_BENCH_QUICK=1 shorter runs (for a smoke test)
 #   EPMOE_BENCH_FO_MODEL  model of the failover section (client/bench/failover.sh)
+#   EPMOE_BENCH_ONLY=prefix  only the prefix-cache / chunked-prefill part
+#                       (client/bench/prefix.sh)
 #   EPMOE_BENCH_BEFORE=REV  also serve with the code of git revision REV
 #                       (built in $EPMOE_BUILD/bench-before) and print it
 #                       next to this code's figures, runs alternating
@@ -19,13 +21,16 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
 # batch JSON N: the object of batch N in bench engine's "decode" array
 batch() { printf '%s\n' "$1" | sed 's/{"batch":/\n{"batch":/g' | grep "^{\"batch\":$2," | head -1; }
 
+ONLY=${EPMOE_BENCH_ONLY:-}
 for dt in f32 f16; do
+	[ "$ONLY" = prefix ] && [ $dt = f32 ] && continue
 	if [ ! -f "$MD/small-$dt.gguf" ]; then
 		echo "bench: writing $MD/small-$dt.gguf (epmoe mkmodel --preset small --dtype $dt)"
 		"$BIN" mkmodel --arch llama --preset small --dtype "$dt" --out "$MD/small-$dt.gguf"
 	fi
 done
 
+if [ "$ONLY" != prefix ]; then
 # the Q4_K_M copy llama-quantize's preset rules give (epmoe quantize)
 if [ ! -f "$MD/small-q4_k_m.gguf" ]; then
 	echo "bench: writing $MD/small-q4_k_m.gguf (epmoe quantize small-f16.gguf q4_k_m)"
@@ -56,6 +61,7 @@ done
 echo "(prefill: one $P-token prompt; decode: $G greedy steps of 1 and of 16 sequences; targets:"
 echo " prefill / sgemm >= 0.85, batch-1 weight bytes / read bandwidth >= 0.8, batch-16 FLOP rate / sgemm >= 0.6)"
 echo "q4_k_m / f16: prefill tok/s $(ratio "$pt_q4_k_m" "$pt_f16"), batch-1 decode tok/s $(ratio "$dt_q4_k_m" "$dt_f16") (weight bytes per token: $(ratio "$bp_q4_k_m" "$bp_f16") of f16's)"
+fi
 
 # ---- serving: local experts vs 2 workers on loopback ----
 free_port() {
@@ -87,6 +93,12 @@ serve() { # serve MODE-ARGS BUILD-DIR -> sets HURL
 		sleep 0.2
 	done
 }
+maxf() { awk -v a="$1" -v b="$2" 'BEGIN { print (a + 0 > b + 0) ? a : b }'; }
+# EPMOE_BENCH_ONLY=prefix: only the prefix cache and chunked prefill part
+if [ "$ONLY" = prefix ]; then
+	. client/bench/prefix.sh
+	exit 0
+fi
 # the code of EPMOE_BENCH_BEFORE, built once in a scratch directory
 BEFORE=${EPMOE_BENCH_BEFORE:-}
 BB=$B/bench-before
@@ -104,7 +116,6 @@ if [ -n "$BEFORE" ]; then
 fi
 echo
 echo "== serving: $SRV_MODEL, decode tok/s (streaming, $SG tokens per request, 32-token prompts)"
-maxf() { awk -v a="$1" -v b="$2" 'BEGIN { print (a + 0 > b + 0) ? a : b }'; }
 l1=0; l16=0; d1=0; d16=0; bl1=0; bl16=0; bd1=0; bd16=0
 # two rounds, local and distributed (and before and after) alternating;
 # each cell keeps its best (a shared 2-core machine varies by 20% from one
@@ -165,6 +176,8 @@ awk -v st="$steps" -v a="$(jget "$st" attention)" -v g="$(jget "$st" gate)" \
 # ---- the cost of mutual TLS between router and workers ----
 echo
 sh "$(dirname "$0")/tls.sh" "$SRV_MODEL"
+# ---- prefix cache and chunked prefill ----
+. client/bench/prefix.sh
 
 # ---- routing policies: quality, balance, cost ----
 RT_MODEL=${EPMOE_BENCH_ROUTE_MODEL:-}

@@ -70,7 +70,7 @@ recorded_stream(size_t *len, char *expect, size_t expect_size)
 	char *s = malloc(65536), *frame;
 	size_t n = 0, fl, e = 0;
 	struct oai_choice ch;
-	struct oai_usage u = { 5, 4 };
+	struct oai_usage u = { 5, 4, 0 };
 	cJSON *j;
 
 	ck_assert_ptr_nonnull(s);
@@ -320,7 +320,7 @@ parse_tree(cJSON *j)
 START_TEST(server_responses_decode_to_text_finish_and_usage)
 {
 	struct oai_choice ch;
-	struct oai_usage u = { 11, 3 };
+	struct oai_usage u = { 11, 3, 0 };
 	struct cl_oai_delta d;
 	struct oai_error e;
 

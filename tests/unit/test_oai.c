@@ -643,7 +643,7 @@ START_TEST(completion_response_has_openai_fields)
 		{ "\xe2\x82", 2, -INFINITY, 1, NULL, 0, 11 }, /* a split character */
 	};
 	struct oai_choice ch = { "Hello world\xe2\x82", 13, "length", lps, 3 };
-	struct oai_usage u = { 1, 2 };
+	struct oai_usage u = { 1, 2, 0 };
 	const cJSON *c, *lp, *a;
 	cJSON *j;
 
@@ -686,7 +686,7 @@ END_TEST
 START_TEST(completion_chunk_and_usage_chunk)
 {
 	struct oai_choice ch = { "tok", 3, NULL, NULL, 0 };
-	struct oai_usage u = { 4, 5 };
+	struct oai_usage u = { 4, 5, 0 };
 	const cJSON *c;
 	cJSON *j;
 
@@ -723,7 +723,7 @@ START_TEST(chat_response_and_chunks_have_openai_fields)
 	const struct oai_token_logprob lps[] = { { "Hi", 2, -0.1f, 1, top, 2, 0 } };
 	struct oai_choice ch = { "Hi", 2, "stop", lps, 1 };
 	struct oai_choice delta = { NULL, 0, NULL, NULL, 0 };
-	struct oai_usage u = { 3, 1 };
+	struct oai_usage u = { 3, 1, 0 };
 	const cJSON *c, *m, *e;
 	cJSON *j;
 

@@ -5,6 +5,7 @@
  * policy cache stays within its bound; a refused request's prompt stays
  * the caller's.  Every wait is bounded. */
 #include <check.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -33,6 +34,10 @@ struct job {
 	int err;
 	const char *finish;
 	uint32_t n_gen;
+	uint32_t cached;        /* DONE: prompt tokens from the prefix cache */
+	int32_t ids[8];         /* the first generated tokens */
+	float lps[8];           /* their logprobs */
+	float top[8][5];        /* and their best alternatives' */
 	char msg[256];
 };
 
@@ -69,13 +74,21 @@ on_event(const struct sched_event *ev, void *ud)
 {
 	struct job *j = ud;
 
-	if (ev->kind == SCHED_EV_TOKEN && ev->n_toks)
+	if (ev->kind == SCHED_EV_TOKEN && ev->n_toks) {
+		if (j->n_gen < 8) {
+			j->ids[j->n_gen] = ev->toks[0].id;
+			j->lps[j->n_gen] = ev->toks[0].logprob;
+			for (uint32_t k = 0; k < ev->toks[0].n_top && k < 5; k++)
+				j->top[j->n_gen][k] = ev->toks[0].top[k].logprob;
+		}
 		j->n_gen++;
+	}
 	if (ev->kind != SCHED_EV_DONE && ev->kind != SCHED_EV_ERROR)
 		return;
 	j->done = true;
 	j->err = ev->kind == SCHED_EV_ERROR ? ev->err : 0;
 	j->finish = ev->finish_reason;
+	j->cached = ev->cached_tokens;
 	snprintf(j->msg, sizeof(j->msg), "%s", ev->message);
 	sched_req_free(ev->req);
 }
@@ -110,6 +123,35 @@ submit(struct job *j, uint32_t max_tokens, const char *routing, struct sched_req
 		ck_assert_ptr_nonnull(p.prompt);
 		free(p.prompt);
 	}
+	return rc;
+}
+
+/* Submits prompt[0..n) (copied) for max_tokens greedy tokens with 5
+ * alternatives each; 0 or the error. */
+static int
+submit_prompt(struct job *j, const int32_t *prompt, size_t n, uint32_t max_tokens,
+        bool echo, struct sched_req **out)
+{
+	struct sched_req_params p = { 0 };
+	char err[256];
+	int rc;
+
+	memset(j, 0, sizeof(*j));
+	p.prompt = malloc(n * sizeof(int32_t));
+	ck_assert_ptr_nonnull(p.prompt);
+	memcpy(p.prompt, prompt, n * sizeof(int32_t));
+	p.n_prompt = n;
+	p.max_tokens = max_tokens;
+	sample_params_default(&p.sample);
+	p.sample.temperature = 0;
+	p.top_logprobs = 5;
+	p.echo = echo;
+	p.ignore_eos = true;
+	p.cb = on_event;
+	p.ud = j;
+	rc = sched_submit(F.s, &p, out, err, sizeof(err));
+	if (rc != 0)
+		free(p.prompt);
 	return rc;
 }
 
@@ -281,6 +323,223 @@ START_TEST(after_stop_requests_are_refused_and_stay_the_callers)
 }
 END_TEST
 
+/* The same generation within the F32 tolerance: tokens, their logprobs
+ * and their alternatives' (1e-4). */
+static void
+assert_same_generation(const struct job *a, const struct job *b, uint32_t n)
+{
+	for (uint32_t i = 0; i < n; i++) {
+		ck_assert_int_eq(a->ids[i], b->ids[i]);
+		ck_assert_float_eq_tol(a->lps[i], b->lps[i], 1e-4f);
+		for (int k = 0; k < 5; k++)
+			ck_assert_float_eq_tol(a->top[i][k], b->top[i][k], 1e-4f);
+	}
+}
+
+/* A repeated prompt starts from the cached KV of its whole blocks (all
+ * but its last token's block is reused), reports them as cached tokens,
+ * and generates what the cold run did; a prompt sharing only its first
+ * block reuses that one; echo bypasses the cache. */
+START_TEST(a_cache_hit_gives_the_cold_run_and_reports_cached_tokens)
+{
+	struct sched_cfg cfg;
+	struct sched_req *r;
+	struct job cold, hot, part, echo;
+	int32_t prompt[40];
+
+	sched_cfg_default(&cfg);
+	setup(&cfg);
+	for (int i = 0; i < 40; i++)
+		prompt[i] = 10 + (i * 7) % 50;
+	ck_assert_int_eq(submit_prompt(&cold, prompt, 40, 6, false, &r), 0);
+	wait_done(&cold, 1);
+	ck_assert_msg(cold.err == 0, "%s", cold.msg);
+	ck_assert_uint_eq(cold.cached, 0);
+	ck_assert_int_eq(submit_prompt(&hot, prompt, 40, 6, false, &r), 0);
+	wait_done(&hot, 1);
+	ck_assert_msg(hot.err == 0, "%s", hot.msg);
+	ck_assert_uint_eq(hot.cached, 32);
+	assert_same_generation(&cold, &hot, 6);
+	prompt[20] = 3;
+	ck_assert_int_eq(submit_prompt(&part, prompt, 40, 1, false, &r), 0);
+	wait_done(&part, 1);
+	ck_assert_uint_eq(part.cached, 16);
+	ck_assert_int_eq(submit_prompt(&echo, prompt, 40, 1, true, &r), 0);
+	wait_done(&echo, 1);
+	ck_assert_uint_eq(echo.cached, 0);
+	struct sched_stats st = stats();
+	ck_assert(st.prefix_cache);
+	ck_assert_uint_eq(st.pc_lookup_tokens, 120);
+	ck_assert_uint_eq(st.pc_hit_tokens, 48);
+	ck_assert_uint_gt(st.pc_cached_tokens, 0);
+	teardown();
+}
+END_TEST
+
+/* A burst sharing a prompt: the oldest prefills it, the others (whose
+ * chunks come in later steps) take its blocks from the cache. */
+START_TEST(a_burst_sharing_a_prompt_prefills_it_once)
+{
+	struct sched_cfg cfg;
+	struct sched_req *r;
+	struct job j[3];
+	int32_t prompt[40];
+
+	sched_cfg_default(&cfg);
+	cfg.max_step_tokens = 40;
+	setup(&cfg);
+	for (int i = 0; i < 40; i++)
+		prompt[i] = 10 + (i * 11) % 50;
+	for (int k = 0; k < 3; k++)
+		ck_assert_int_eq(submit_prompt(&j[k], prompt, 40, 4, false, &r), 0);
+	wait_done(j, 3);
+	ck_assert_uint_eq(j[0].cached, 0);
+	ck_assert_uint_eq(j[1].cached, 32);
+	ck_assert_uint_eq(j[2].cached, 32);
+	assert_same_generation(&j[0], &j[1], 4);
+	assert_same_generation(&j[0], &j[2], 4);
+	teardown();
+}
+END_TEST
+
+/* With --prefix-cache off nothing is cached or reported. */
+START_TEST(with_the_cache_off_nothing_is_reused)
+{
+	struct sched_cfg cfg;
+	struct sched_req *r;
+	struct job j;
+	int32_t prompt[40];
+
+	sched_cfg_default(&cfg);
+	cfg.prefix_cache = false;
+	setup(&cfg);
+	for (int i = 0; i < 40; i++)
+		prompt[i] = 10 + i;
+	for (int k = 0; k < 2; k++) {
+		ck_assert_int_eq(submit_prompt(&j, prompt, 40, 2, false, &r), 0);
+		wait_done(&j, 1);
+		ck_assert_uint_eq(j.cached, 0);
+	}
+	ck_assert(!stats().prefix_cache);
+	ck_assert_uint_eq(stats().pc_hit_tokens, 0);
+	teardown();
+}
+END_TEST
+
+/* Under a KV budget with room for one long sequence, its blocks and one
+ * short request: a stream of short requests with distinct prompts makes
+ * the cache evict, but never the blocks the long running sequence holds
+ * (they are the oldest): a request repeating its prompt still finds them,
+ * and the long sequence generates what it generated alone. */
+START_TEST(eviction_under_a_small_budget_never_touches_running_sequences)
+{
+	struct sched_cfg cfg;
+	struct sched_req *ra, *r;
+	struct job alone, ja, jb, again;
+	int32_t pa[40], pb[33];
+	uint32_t long_gen = 600;
+
+	sched_cfg_default(&cfg);
+	setup(&cfg);
+	/* reference: the long prompt's first tokens, cache off */
+	sched_stop(F.s);
+	uv_run(&F.loop, UV_RUN_DEFAULT);
+	sched_free(F.s);
+	for (int i = 0; i < 40; i++)
+		pa[i] = 10 + (i * 3) % 40;
+	cfg.prefix_cache = false;
+	ck_assert_int_eq(sched_new(&F.s, &F.loop, F.e, F.tk, &cfg), 0);
+	ck_assert_int_eq(submit_prompt(&alone, pa, 40, 8, false, &r), 0);
+	wait_done(&alone, 1);
+	sched_stop(F.s);
+	uv_run(&F.loop, UV_RUN_DEFAULT);
+	sched_free(F.s);
+	cfg.prefix_cache = true;
+	cfg.kv_budget_bytes = engine_kv_bytes(F.e, 40 + long_gen) + engine_kv_bytes(F.e, 32) +
+	        engine_kv_bytes(F.e, 33 + 1) + engine_kv_bytes(F.e, 16);
+	ck_assert_int_eq(sched_new(&F.s, &F.loop, F.e, F.tk, &cfg), 0);
+	ck_assert_int_eq(submit_prompt(&ja, pa, 40, long_gen, false, &ra), 0);
+	/* once its prompt is in, it holds its two whole blocks */
+	double end = clock_now() + 60;
+	while (stats().pc_pinned_bytes < engine_kv_bytes(F.e, 32) && !ja.done) {
+		ck_assert(clock_now() < end);
+		uv_run(&F.loop, UV_RUN_NOWAIT);
+		usleep(1000);
+	}
+	for (int k = 0; k < 6; k++) {
+		for (int i = 0; i < 33; i++)
+			pb[i] = 100 + k * 40 + i;
+		ck_assert_int_eq(submit_prompt(&jb, pb, 33, 1, false, &r), 0);
+		wait_done(&jb, 1);
+		ck_assert_msg(jb.err == 0, "%s", jb.msg);
+	}
+	ck_assert_msg(!ja.done, "the long request ended before the check");
+	ck_assert_uint_gt(stats().pc_evictions, 0);
+	ck_assert_uint_ge(stats().pc_pinned_bytes, engine_kv_bytes(F.e, 32));
+	ck_assert_int_eq(submit_prompt(&again, pa, 40, 1, false, &r), 0);
+	wait_done(&again, 1);
+	ck_assert_msg(again.err == 0, "%s", again.msg);
+	ck_assert_uint_eq(again.cached, 32);
+	ck_assert_msg(!ja.done, "the long request ended before the check");
+	sched_cancel(ra);
+	wait_done(&ja, 1);
+	assert_same_generation(&alone, &ja, 8);
+	teardown();
+}
+END_TEST
+
+static _Atomic uint32_t max_step_tokens;
+
+static void
+on_step(void *ud, const struct engine_timing *d, uint32_t tokens)
+{
+	(void)ud;
+	(void)d;
+	if (tokens > atomic_load(&max_step_tokens))
+		atomic_store(&max_step_tokens, tokens);
+}
+
+/* Chunked prefill: a 300-token prompt arriving while a sequence decodes
+ * goes in slices of decode_prefill tokens beside its decode token, never
+ * in one 300-token step; alone, a prompt takes the whole step budget. */
+START_TEST(a_long_prompt_is_prefilled_in_chunks_while_others_decode)
+{
+	struct sched_cfg cfg;
+	struct sched_req *ra, *r;
+	struct job ja, jb;
+	int32_t prompt[300];
+
+	sched_cfg_default(&cfg);
+	cfg.decode_prefill = 64;
+	cfg.prefix_cache = false;
+	setup(&cfg);
+	sched_set_observer(F.s, &(struct sched_observer){ .step = on_step });
+	for (int i = 0; i < 300; i++)
+		prompt[i] = 10 + i % 50;
+	ck_assert_int_eq(submit(&ja, 2000, NULL, &ra), 0);
+	double end = clock_now() + 60;
+	while (ja.n_gen == 0) {
+		ck_assert(clock_now() < end);
+		uv_run(&F.loop, UV_RUN_NOWAIT);
+		usleep(1000);
+	}
+	atomic_store(&max_step_tokens, 0);
+	ck_assert_int_eq(submit_prompt(&jb, prompt, 300, 1, false, &r), 0);
+	wait_done(&jb, 1);
+	ck_assert_msg(jb.err == 0, "%s", jb.msg);
+	ck_assert_msg(!ja.done, "the decoding request ended first");
+	ck_assert_uint_eq(atomic_load(&max_step_tokens), 64 + 1);
+	sched_cancel(ra);
+	wait_done(&ja, 1);
+	/* with nothing decoding, the prompt goes in one step */
+	atomic_store(&max_step_tokens, 0);
+	ck_assert_int_eq(submit_prompt(&jb, prompt, 300, 1, false, &r), 0);
+	wait_done(&jb, 1);
+	ck_assert_uint_eq(atomic_load(&max_step_tokens), 300);
+	teardown();
+}
+END_TEST
+
 int
 main(void)
 {
@@ -294,5 +553,13 @@ main(void)
 	tcase_add_test(tc, routing_policies_are_cached_within_a_bound);
 	tcase_add_test(tc, after_stop_requests_are_refused_and_stay_the_callers);
 	suite_add_tcase(s, tc);
+	TCase *tp = tcase_create("prefix_cache");
+	tcase_set_timeout(tp, 300);
+	tcase_add_test(tp, a_cache_hit_gives_the_cold_run_and_reports_cached_tokens);
+	tcase_add_test(tp, with_the_cache_off_nothing_is_reused);
+	tcase_add_test(tp, a_burst_sharing_a_prompt_prefills_it_once);
+	tcase_add_test(tp, eviction_under_a_small_budget_never_touches_running_sequences);
+	tcase_add_test(tp, a_long_prompt_is_prefilled_in_chunks_while_others_decode);
+	suite_add_tcase(s, tp);
 	return tu_run(s);
 }

@@ -661,6 +661,74 @@ START_TEST(workers_give_the_local_tokens_and_logprobs)
 }
 END_TEST
 
+/* The cached prompt tokens a completion's usage reports. */
+static int
+usage_cached(cJSON *j)
+{
+	cJSON *d = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "usage"), "prompt_tokens_details");
+	cJSON *c = cJSON_GetObjectItem(d, "cached_tokens");
+	ck_assert_msg(cJSON_IsNumber(c), "no usage.prompt_tokens_details.cached_tokens");
+	return c->valueint;
+}
+
+/* Prefix cache, local and with 2 workers (the KV stays on the router):
+ * the second of two equal requests reuses the first's prompt blocks,
+ * says so in usage, and its tokens' logprobs and alternatives equal the
+ * cold run's within 1e-4. */
+START_TEST(a_prefix_cache_hit_gives_the_cold_logprobs)
+{
+	const char *local[] = { "--local", NULL }, *dist[] = { "--workers", "2", NULL };
+	const char *body = "{\"prompt\":\"In the beginning God created the heaven and the "
+	        "earth. And the earth was without form, and void; and darkness was upon the "
+	        "face of the deep.\",\"max_tokens\":6,\"temperature\":0,\"logprobs\":5}";
+	cJSON *j[2];
+	long status;
+
+	ck_assert_msg(tu_router_start(&R, tu_data(models[0]), _i ? dist : local) == 0, "%s",
+	        R.log);
+	for (int k = 0; k < 2; k++) {
+		char *resp = NULL;
+		ck_assert_int_eq(tu_http(&R, "POST", "/v1/completions", body, &status, &resp), 0);
+		ck_assert_msg(status == 200, "status %ld: %s", status, resp);
+		j[k] = cJSON_Parse(resp);
+		free(resp);
+	}
+	int n_prompt = cJSON_GetObjectItem(cJSON_GetObjectItem(j[0], "usage"),
+	        "prompt_tokens")->valueint;
+	ck_assert_int_gt(n_prompt, 16);
+	ck_assert_int_eq(usage_cached(j[0]), 0);
+	ck_assert_int_eq(usage_cached(j[1]), (n_prompt - 1) / 16 * 16);
+	cJSON *lp[2], *top[2];
+	for (int k = 0; k < 2; k++) {
+		cJSON *l = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(j[k],
+		        "choices"), 0), "logprobs");
+		lp[k] = cJSON_GetObjectItem(l, "token_logprobs");
+		top[k] = cJSON_GetObjectItem(l, "top_logprobs");
+	}
+	ck_assert_int_eq(cJSON_GetArraySize(lp[0]), 6);
+	ck_assert_int_eq(cJSON_GetArraySize(lp[1]), 6);
+	for (int i = 0; i < 6; i++) {
+		ck_assert_double_eq_tol(cJSON_GetArrayItem(lp[0], i)->valuedouble,
+		        cJSON_GetArrayItem(lp[1], i)->valuedouble, 1e-4);
+		cJSON *a = cJSON_GetArrayItem(top[0], i), *b = cJSON_GetArrayItem(top[1], i);
+		ck_assert_int_eq(cJSON_GetArraySize(a), cJSON_GetArraySize(b));
+		for (cJSON *x = a->child; x; x = x->next) {
+			cJSON *y = cJSON_GetObjectItem(b, x->string);
+			ck_assert_msg(y != NULL, "alternative '%s' missing after the hit", x->string);
+			ck_assert_double_eq_tol(x->valuedouble, y->valuedouble, 1e-4);
+		}
+	}
+	cJSON_Delete(j[0]);
+	cJSON_Delete(j[1]);
+	/* /metrics counts the hit */
+	char *m = NULL;
+	ck_assert_int_eq(tu_http(&R, "GET", "/metrics", NULL, &status, &m), 0);
+	ck_assert_msg(strstr(m, "epmoe_prefix_cache_hit_tokens_total") != NULL, "%s", m);
+	free(m);
+	stop_router();
+}
+END_TEST
+
 /* Children of pid (from /proc). */
 static int
 children_of(pid_t pid, pid_t *out, int cap)
@@ -794,6 +862,7 @@ main(void)
 	tcase_set_timeout(td, 180);
 	tcase_add_loop_test(td, workers_give_the_local_tokens_and_logprobs, 0, 9);
 	tcase_add_test(td, a_killed_worker_fails_its_step_and_is_used_again);
+	tcase_add_loop_test(td, a_prefix_cache_hit_gives_the_cold_logprobs, 0, 2);
 	suite_add_tcase(s, td);
 	int rc = tu_run(s);
 	curl_global_cleanup();
