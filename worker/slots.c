@@ -281,6 +281,16 @@ slots_apply(struct slots *s, const Epmoe__SlotOrder *o)
 	return 0;
 }
 
+void
+slots_new_router(struct slots *s)
+{
+	pthread_mutex_lock(&s->mu);
+	for (size_t i = 0; i < (size_t)s->L * s->E; i++)
+		s->t[i].from = 0;
+	s->epoch = 0;
+	pthread_mutex_unlock(&s->mu);
+}
+
 int
 slots_report(struct slots *s, Epmoe__SlotOrderReply *out)
 {

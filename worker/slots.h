@@ -50,6 +50,12 @@ void slots_free(struct slots *s);
  * are logged and reported as failed, not errors. */
 int slots_apply(struct slots *s, const Epmoe__SlotOrder *o);
 
+/* A new router (another boot id) numbers its placement epochs from 1
+ * again: every held slot serves from epoch 0 on, and the newest epoch is
+ * forgotten, so its batches are not refused as older than slots an
+ * earlier router ordered.  The weights stay loaded. */
+void slots_new_router(struct slots *s);
+
 /* The state now of every slot named by the last order applied, for the
  * LoadReport (order_reply).  Returns 0 and fills *out, whose arrays stay
  * valid until the next slots_report / slots_apply; EPMOE_ENOENT when no

@@ -625,6 +625,7 @@ do_hello(struct worker *w, bool *logged_wait)
 	Epmoe__WorkerHello h = EPMOE__WORKER_HELLO__INIT;
 	const Epmoe__HelloReply *r;
 	int rc, res = REG_RETRY;
+	bool boot_changed;
 
 	h.version = EPMOE_PROTO_VERSION;
 	h.worker_id = w->id;
@@ -660,6 +661,14 @@ do_hello(struct worker *w, bool *logged_wait)
 		        fatal ? "" : " (will retry)", r->reason ? r->reason : "");
 		res = fatal ? REG_FATAL : REG_RETRY;
 		goto out;
+	}
+	pthread_mutex_lock(&w->mu);
+	boot_changed = w->router_boot != 0 && w->router_boot != r->router_boot_id;
+	pthread_mutex_unlock(&w->mu);
+	if (boot_changed) {
+		log_info("router %s restarted (boot %016" PRIx64 "): its placement epochs start again",
+		        w->router_url, r->router_boot_id);
+		slots_new_router(w->slots);
 	}
 	if (r->order != NULL && (rc = apply_order(w, r->order)) != 0) {
 		log_error("control: cannot apply the slot order: %s", epmoe_strerror(rc));

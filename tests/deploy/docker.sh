@@ -286,8 +286,10 @@ wait_http "$URL/health" 200 90 >/dev/null
 t_scale=$(( $(now_ms) - t0 ))
 curl -sf -m 5 "$URL/health" | grep -q '"n_workers":3' || fail "the router does not place over 3 workers"
 for k in 1 2 3 4; do
-	curl -sf -m 60 "$URL/v1/completions" -H 'Content-Type: application/json' \
-		-d '{"prompt": "And the LORD spake", "max_tokens": 8}' >/dev/null || fail "completion after scaling"
+	code=$(curl -s -o "$TMPD/scaled.json" -w '%{http_code}' -m 60 "$URL/v1/completions" \
+		-H 'Content-Type: application/json' \
+		-d '{"prompt": "And the LORD spake", "max_tokens": 8}')
+	[ "$code" = 200 ] || { compose logs --tail 15 router; fail "completion $k after scaling: $code $(head -c 300 "$TMPD/scaled.json")"; }
 done
 check_metrics 3
 ok "scaled to 3 workers: serving again $((t_scale / 1000)) s after 'up --scale worker=3', every worker takes batches"

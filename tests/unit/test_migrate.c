@@ -19,11 +19,14 @@
 #include <check.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cjson/cJSON.h>
 
 #include "err.h"
 #include "migrate.h"
+#include "model.h"
+#include "slots.h"
 #include "placement.h"
 #include "testutil.h"
 
@@ -384,6 +387,53 @@ START_TEST(replica_order_is_kept_as_given)
 }
 END_TEST
 
+/* A worker keeps its slots across a router restart; the new router numbers
+ * its epochs from 1 again, and its batches must not be refused as older
+ * than the slots the earlier router ordered at a later epoch. */
+START_TEST(a_new_router_starts_the_slots_epochs_again)
+{
+	struct model *m;
+	struct slots *sl;
+	char err[256], why[256];
+	Epmoe__SlotAssign a = EPMOE__SLOT_ASSIGN__INIT, *ap = &a;
+	Epmoe__SlotOrder o = EPMOE__SLOT_ORDER__INIT;
+	Epmoe__ExpertGroup g = EPMOE__EXPERT_GROUP__INIT, *gp = &g;
+	Epmoe__ExpertBatch b = EPMOE__EXPERT_BATCH__INIT;
+
+	ck_assert_msg(model_load(&m, tu_data("mixtral-tiny-f32.gguf"), err, sizeof(err)) == 0,
+	        "%s", err);
+	ck_assert_int_eq(slots_new(&sl, m, NULL, NULL), 0);
+	a.layer = 0;
+	a.expert = 3;
+	a.slot = 3;
+	a.op = EPMOE__SLOT_OP__SLOT_OP_LOAD;
+	a.source = EPMOE__WEIGHT_SOURCE__WEIGHT_SOURCE_LOCAL;
+	o.order_id = 1;
+	o.epoch = 4;
+	o.n_slots = 1;
+	o.slots = &ap;
+	ck_assert_int_eq(slots_apply(sl, &o), 0);
+	for (int i = 0; i < 1500 && slots_loading(sl) > 0; i++)
+		usleep(10000);
+	ck_assert_uint_eq(slots_loading(sl), 0);
+	ck_assert_uint_eq(slots_held(sl), 1);
+	g.expert = 3;
+	g.slot = 3;
+	b.layer = 0;
+	b.epoch = 1;
+	b.n_groups = 1;
+	b.groups = &gp;
+	ck_assert_int_eq(slots_check(sl, &b, why, sizeof(why)), EPMOE_ESTATE);
+	ck_assert_msg(strstr(why, "older") != NULL, "%s", why);
+	slots_new_router(sl);
+	ck_assert_uint_eq(slots_epoch(sl), 0);
+	ck_assert_int_eq(slots_check(sl, &b, why, sizeof(why)), 0);
+	ck_assert_uint_eq(slots_held(sl), 1);
+	slots_free(sl);
+	model_free(m);
+}
+END_TEST
+
 static Suite *
 suite(void)
 {
@@ -396,6 +446,7 @@ suite(void)
 	tcase_add_test(tm, copies_on_workers_that_are_not_up_do_not_hold_a_commit);
 	tcase_add_test(tm, a_replaced_target_frees_what_it_staged_and_keeps_what_is_wanted);
 	tcase_add_test(tm, a_failed_load_is_not_repeated_and_holds_its_layer);
+	tcase_add_test(tm, a_new_router_starts_the_slots_epochs_again);
 	tcase_add_test(tp, mix_takes_the_layers_asked);
 	tcase_add_test(tp, cover_gives_lost_experts_a_live_copy_and_restores_home);
 	tcase_add_test(tp, replica_order_is_kept_as_given);
