@@ -33,7 +33,7 @@ start_cluster() {
 	tb_router 2
 	tb_worker 1
 	tb_worker 2
-	tb_ready 30 >/dev/null
+	tb_ready 60 >/dev/null
 	[ "$(tb_complete 4)" = 200 ] || fail "warm-up"
 }
 
