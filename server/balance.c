@@ -53,6 +53,14 @@ bal_mode_name(enum bal_mode m)
 	return (unsigned)m < 4 ? mode_names[m] : "?";
 }
 
+/* The cluster's elastic plans (joins, drains) weigh experts by the
+ * window; called under the cluster lock, takes only b->mu. */
+static void
+plan_weights(void *arg, double *w)
+{
+	bal_loads(arg, w, NULL);
+}
+
 int
 bal_new(struct bal **out, const struct bal_cfg *cfg, uint32_t n_layer,
         uint32_t n_expert, struct cluster *c, uint64_t expert_bytes)
@@ -85,9 +93,8 @@ bal_new(struct bal **out, const struct bal_cfg *cfg, uint32_t n_layer,
 		b->R = (uint32_t)(cfg->replica_ram_mb * 1048576ull / expert_bytes / n_layer);
 	if (c) {
 		uint32_t W = cluster_n_workers(c);
-		/* whole slots per worker: S = E + R a multiple of W */
-		if (W > 0 && (n_expert + b->R) % W != 0)
-			b->R += W - (n_expert + b->R) % W;
+		/* (each plan raises E + R to a multiple of its live workers:
+		 * whole slots per worker) */
 		if ((b->wl = calloc(W ? W : 1, sizeof(*b->wl))) == NULL) {
 			free(b);
 			return EPMOE_ENOMEM;
@@ -117,6 +124,8 @@ bal_new(struct bal **out, const struct bal_cfg *cfg, uint32_t n_layer,
 		free(b);
 		return EPMOE_ENOMEM;
 	}
+	if (c)
+		cluster_set_planner(c, b->R, b->cfg.hosts, plan_weights, b);
 	*out = b;
 	return 0;
 }
@@ -126,6 +135,8 @@ bal_free(struct bal *b)
 {
 	if (b == NULL)
 		return;
+	if (b->c) /* no plan of the cluster's may call back from now on */
+		cluster_set_planner(b->c, b->R, b->cfg.hosts, NULL, NULL);
 	pthread_mutex_destroy(&b->mu);
 	if (b->trace)
 		fclose(b->trace);
@@ -164,10 +175,10 @@ step_begin(struct bal *b)
 static void
 check(struct bal *b)
 {
-	uint32_t L = b->L, E = b->E, W = cluster_n_workers(b->c), S = E + b->R;
+	uint32_t L = b->L, E = b->E, W = cluster_n_workers(b->c), M;
 	size_t le = (size_t)L * E;
 	double *w = malloc(le * sizeof(*w)), *wl = calloc(W ? W : 1, sizeof(double));
-	int32_t *p2l = malloc((size_t)L * S * sizeof(*p2l));
+	uint32_t *members = malloc((W ? W : 1) * sizeof(*members));
 	const struct placement *cur = NULL;
 	struct placement *np = NULL;
 	struct cluster_failover fo;
@@ -175,7 +186,7 @@ check(struct bal *b)
 	uint64_t moved = 0;
 	int rc;
 
-	if (w == NULL || p2l == NULL || wl == NULL)
+	if (w == NULL || members == NULL || wl == NULL)
 		goto out;
 	pthread_mutex_lock(&b->mu);
 	for (size_t i = 0; i < le; i++)
@@ -188,13 +199,17 @@ check(struct bal *b)
 	b->st.ratio = before;
 	memcpy(b->wl, wl, (W < b->n_wl ? W : b->n_wl) * sizeof(double));
 	pthread_mutex_unlock(&b->mu);
-	if (!(b->cfg.mode & BAL_EPLB) || before <= b->cfg.threshold || W == 0 || W > E + b->R)
+	if (!(b->cfg.mode & BAL_EPLB) || before <= b->cfg.threshold || W == 0)
 		goto out;
 	cluster_failover(b->c, &fo);
 	if (fo.transition || fo.unserved_pairs > 0 || fo.degraded_pairs > 0)
 		goto out; /* a placement change is under way: next interval */
-	if ((rc = eplb_rebalance(w, L, E, S, 1, b->cfg.hosts, W, p2l, NULL)) != 0 ||
-	        (rc = eplb_to_placement(p2l, L, E, S, b->cfg.hosts, W, cur, &np, &moved)) != 0) {
+	/* over the live members: an elastic cluster's places may be empty
+	 * or draining */
+	if ((M = cluster_members(b->c, members)) == 0)
+		goto out;
+	if ((rc = eplb_plan_members(w, L, E, b->R, b->cfg.hosts, members, M, W, cur, &np,
+	             &moved)) != 0) {
 		log_warn("balance: no EPLB plan: %s", epmoe_strerror(rc));
 		goto out;
 	}
@@ -236,7 +251,7 @@ out:
 		cluster_placement_release(b->c, cur);
 	free(w);
 	free(wl);
-	free(p2l);
+	free(members);
 }
 
 void
@@ -304,6 +319,10 @@ bal_json(struct bal *b)
 {
 	cJSON *j = cJSON_CreateObject(), *s, *layers, *wl;
 
+	/* before b->mu: the cluster calls into the balancer (plan_weights)
+	 * with its own lock held */
+	uint32_t n_used = b->c ? cluster_n_used(b->c) : 0;
+
 	if (j == NULL)
 		return NULL;
 	pthread_mutex_lock(&b->mu);
@@ -327,7 +346,7 @@ bal_json(struct bal *b)
 	cJSON_AddNumberToObject(j, "last_plan_before", b->st.last_before);
 	cJSON_AddNumberToObject(j, "last_plan_after", b->st.last_after);
 	wl = cJSON_AddArrayToObject(j, "worker_window_load");
-	for (uint32_t w = 0; wl && w < b->n_wl; w++)
+	for (uint32_t w = 0; wl && w < b->n_wl && w < n_used; w++)
 		cJSON_AddItemToArray(wl, cJSON_CreateNumber(b->wl[w]));
 	/* per layer: the window count and EWMA of every expert */
 	layers = cJSON_AddArrayToObject(j, "layers");

@@ -77,6 +77,7 @@ cluster_new(struct cluster **out, const struct cluster_cfg *cfg, char *err,
 	snprintf(c->url, sizeof(c->url), "%s", cfg->control_url);
 	c->hb_ms = cfg->heartbeat_ms ? cfg->heartbeat_ms : 500;
 	c->degraded_off = cfg->no_degraded;
+	c->elastic = cfg->elastic;
 	atomic_init(&c->version, 1);
 	if (gethostname(c->node, sizeof(c->node)) != 0)
 		snprintf(c->node, sizeof(c->node), "localhost");
@@ -141,7 +142,10 @@ cluster_new(struct cluster **out, const struct cluster_cfg *cfg, char *err,
 		cluster_free(c);
 		return rc;
 	}
-	c->W = c->home->n_worker;
+	c->W = c->W0 = c->home->n_worker;
+	if (cfg->max_workers > c->W)
+		c->W = cfg->max_workers > PLACEMENT_MAX_WORKERS ? PLACEMENT_MAX_WORKERS :
+		        cfg->max_workers;
 	{
 		/* the committed map starts as a copy of home */
 		struct placement *first;
@@ -189,10 +193,11 @@ cluster_start(struct cluster *c)
 		return epmoe_err_from_errno(rc);
 	}
 	c->started = true;
-	log_info("cluster: control socket on %s, waiting for %u workers (placement epoch %" PRIu64 ", %u slots per layer; heartbeat %u ms, fenced after %u ms of silence%s)",
-	        c->url, c->W, mig_epoch(c->mig), mig_committed(c->mig)->n_slot,
+	log_info("cluster: control socket on %s, waiting for %u workers (placement epoch %" PRIu64 ", %u slots per layer; heartbeat %u ms, fenced after %u ms of silence%s; %u worker places, elastic %s)",
+	        c->url, c->home->n_worker, mig_epoch(c->mig), mig_committed(c->mig)->n_slot,
 	        c->hb_ms, c->hb_timeout_ms,
-	        c->degraded_off ? "; no degraded service" : "");
+	        c->degraded_off ? "; no degraded service" : "", c->W,
+	        c->elastic ? "on" : "off");
 	return 0;
 }
 
@@ -243,6 +248,28 @@ uint32_t
 cluster_n_workers(const struct cluster *c)
 {
 	return c->W;
+}
+
+uint32_t
+cluster_n_used_locked(struct cluster *c)
+{
+	uint32_t n = c->W0;
+
+	for (uint32_t i = n; i < c->W; i++)
+		if (c->w[i].state != W_NEVER)
+			n = i + 1;
+	return n;
+}
+
+uint32_t
+cluster_n_used(struct cluster *c)
+{
+	uint32_t n;
+
+	pthread_mutex_lock(&c->mu);
+	n = cluster_n_used_locked(c);
+	pthread_mutex_unlock(&c->mu);
+	return n;
 }
 
 uint64_t
@@ -602,6 +629,7 @@ on_hello(struct cluster *c, const Epmoe__WorkerHello *h, struct reply *r)
 	w->gen++;
 	w->registrations++;
 	w->state = W_JOINING;
+	w->draining = false;
 	w->hung_reported = false;
 	if (takeover) {
 		w->deadline_streak = 0;
@@ -692,11 +720,27 @@ on_report(struct cluster *c, const Epmoe__LoadReport *lr, struct reply *r)
 			cluster_changed_locked(c);
 			push_event(c, wi, true, w->join_reason);
 			log_info("cluster: worker %u (%s) live (%s)", wi, w->id, w->join_reason);
+			if (c->elastic && placement_worker_slots(c->home, wi) == 0) {
+				/* a place the placement does not use: a join */
+				c->members_dirty = true;
+				c->joins++;
+				log_info("cluster: worker %u (%s) joins: planning the experts over the live workers",
+				        wi, w->id);
+			}
 		}
 		cluster_advance_locked(c);
 		rc = reply_order(r, c, wi);
+		if (w->draining && mig_worker_unused(c->mig, wi)) {
+			r->hr.drained = true;
+			if (!w->drained_told) {
+				w->drained_told = true;
+				c->drains_done++;
+				log_info("cluster: worker %u (%s) drained: no placement uses it; it may leave",
+				        wi, w->id);
+			}
+		}
 		/* quick reports while it has orders to carry out */
-		if (w->state == W_JOINING || mig_worker_pending(c->mig, wi))
+		if (w->state == W_JOINING || w->draining || mig_worker_pending(c->mig, wi))
 			r->hr.heartbeat_ms = FAST_HB_MS < c->hb_ms ? FAST_HB_MS : c->hb_ms;
 	}
 	pthread_mutex_unlock(&c->mu);
@@ -715,12 +759,28 @@ on_leave(struct cluster *c, const Epmoe__Leave *lv, struct reply *r)
 	w = wi < c->W ? &c->w[wi] : NULL;
 	if (w == NULL || w->state == W_NEVER || w->boot_id != lv->boot_id) {
 		refuse(r, EPMOE__STATUS__STATUS_NOT_FOUND, "unknown worker");
+	} else if (lv->drain && c->elastic && w->state == W_UP) {
+		r->hr.accepted = true;
+		r->hr.status = EPMOE__STATUS__STATUS_OK;
+		r->hr.worker_index = wi;
+		r->hr.heartbeat_ms = FAST_HB_MS < c->hb_ms ? FAST_HB_MS : c->hb_ms;
+		if (!w->draining) {
+			w->draining = true;
+			w->drained_told = false;
+			c->drains++;
+			c->members_dirty = true;
+			atomic_fetch_add(&c->version, 1);
+			log_info("cluster: worker %u (%s) drains (%.120s): moving its experts to the other workers",
+			        wi, w->id, lv->reason ? lv->reason : "");
+			cluster_advance_locked(c);
+		}
 	} else {
 		snprintf(why, sizeof(why), "left: %.120s", lv->reason ? lv->reason : "");
 		mark_down(c, wi, why, FENCE_LEFT);
 		r->hr.accepted = true;
 		r->hr.status = EPMOE__STATUS__STATUS_OK;
 		r->hr.worker_index = wi;
+		r->hr.drained = true; /* nothing to wait for here */
 	}
 	pthread_mutex_unlock(&c->mu);
 }

@@ -85,6 +85,10 @@ struct cluster_cfg {
 	uint64_t boot_id;               /* 0 = random */
 	bool no_degraded;               /* never re-place a lost worker's
 	                                   experts (wait for it instead) */
+	uint32_t max_workers;           /* worker places (>= the placement's
+	                                   workers; 0 = exactly those) */
+	bool elastic;                   /* re-plan home over the live workers
+	                                   when one joins beyond it or drains */
 	const struct netsock_tls *tls;  /* borrowed, outlives the cluster:
 	                                   mutual TLS on the control listener
 	                                   and every data dialer; NULL = none */
@@ -106,7 +110,11 @@ void cluster_free(struct cluster *c);
 
 /* The bound control URL (valid after cluster_start; borrowed). */
 const char *cluster_control_url(const struct cluster *c);
+/* Worker places (array sizes: indices are below it). */
 uint32_t cluster_n_workers(const struct cluster *c);
+/* Places in use: the starting workers and every place registered once
+ * (what views list; <= cluster_n_workers). */
+uint32_t cluster_n_used(struct cluster *c);
 uint64_t cluster_boot_id(const struct cluster *c);
 
 /* True when every (layer, expert) has a slot on a live worker (the
@@ -132,12 +140,30 @@ int cluster_placement_json(struct cluster *c, cJSON **out);
  * requests), reported {tokens, batches, compute_us, ram_free_bytes}}]}. */
 int cluster_stats_json(struct cluster *c, cJSON **out);
 
+/* Elastic membership (cfg.elastic): a worker that becomes live while
+ * home gives it no slot (a place beyond the starting placement, or one
+ * that left) joins, and a worker that asks to drain (Leave with drain)
+ * leaves: home is re-planned over the live, non-draining workers with
+ * EPLB (eplb_plan_members, moving little from the committed map) and
+ * applied live through migrate.h, like any placement change.  A drained
+ * worker (no map uses it) is told so on the ack of its next report.
+ * Weights for the plan: the planner's (the balancer's load window) plus
+ * one per expert, or uniform without a planner. */
+typedef void (*cluster_weights_fn)(void *arg, double *w); /* w[L][E] */
+/* Redundant slots per layer and nodes for the plans; fn may be NULL. */
+void cluster_set_planner(struct cluster *c, uint32_t redundant, uint32_t hosts,
+        cluster_weights_fn fn, void *arg);
+/* Live, non-draining worker indices into idx[cluster_n_workers]; their
+ * count.  What a balancer plan may use. */
+uint32_t cluster_members(struct cluster *c, uint32_t *idx);
+
 /* Failover counters (what /metrics exports; cluster_stats_json has the
  * same under "failover"). */
 struct cluster_failover {
 	uint64_t fenced_heartbeat, fenced_connection, fenced_deadline;
 	uint64_t fenced_error, fenced_stale, left;
 	uint64_t refused_duplicate_ids;
+	uint64_t joins, drains, drains_done; /* elastic membership */
 	uint64_t commits;           /* placement maps committed after the first */
 	uint64_t epoch;
 	bool transition;            /* a target is being loaded */

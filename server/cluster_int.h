@@ -58,6 +58,8 @@ struct cl_worker {
 	uint64_t hold_until_ns;   /* re-registration refused until then */
 	bool hung_reported;    /* the "hung" event of this silence went out */
 	bool ever_up;          /* was routable once: not up now means lost */
+	bool draining;         /* asked to leave: its experts move away */
+	bool drained_told;     /* its drain is done (counted, logged) */
 	uint64_t refused_boot; /* last refused duplicate (log once per boot) */
 	atomic_uint_fast64_t outstanding; /* tokens in flight (dispatchers) */
 	struct dl_est lat;     /* reply latency by batch size */
@@ -96,10 +98,17 @@ struct cluster {
 	bool target_dirty;        /* recompute the cover of home */
 	uint32_t n_extra;         /* extra copies of the current cover */
 	uint64_t order_seq;
-	uint32_t W;
+	uint32_t W;               /* worker places */
+	uint32_t W0;              /* workers of the starting placement */
 	uint64_t boot_id;
 	uint32_t hb_ms, hb_timeout_ms;
 	bool degraded_off;
+	bool elastic;
+	bool members_dirty;       /* a join or drain: re-plan home */
+	uint32_t plan_R, plan_hosts;
+	cluster_weights_fn plan_fn;
+	void *plan_arg;
+	uint64_t joins, drains, drains_done;
 	char url_in[512];
 	const struct netsock_tls *tls; /* borrowed; NULL = plain TCP */
 	char url[512];
@@ -135,6 +144,13 @@ bool cluster_ready_locked(struct cluster *c);
 /* (layer, expert) pairs of the committed map served only by copies
  * outside home (degraded) and with no live copy at all; c->mu held. */
 void cluster_pairs_locked(struct cluster *c, uint32_t *degraded, uint32_t *unserved);
+
+/* Live, non-draining workers into idx; their count.  c->mu held. */
+uint32_t cluster_members_locked(struct cluster *c, uint32_t *idx);
+
+/* Places shown (stats, placement view): the starting workers and every
+ * place registered once.  c->mu held. */
+uint32_t cluster_n_used_locked(struct cluster *c);
 
 /* The committed map; c->mu held. */
 const struct placement *cluster_pl(struct cluster *c);

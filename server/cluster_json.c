@@ -49,7 +49,7 @@ cluster_placement_json(struct cluster *c, cJSON **out)
 	        (ws = cJSON_AddArrayToObject(root, "workers")) == NULL)
 		goto nomem;
 	pthread_mutex_lock(&c->mu);
-	for (uint32_t i = 0; i < c->W; i++) {
+	for (uint32_t i = 0, n = cluster_n_used_locked(c); i < n; i++) {
 		const struct cl_worker *w = &c->w[i];
 		cJSON *o = cJSON_CreateObject();
 		if (o == NULL) {
@@ -110,7 +110,8 @@ worker_json(struct cluster *c, uint32_t i, uint64_t now)
 	        !cJSON_AddStringToObject(o, "node", w->node) ||
 	        !cJSON_AddStringToObject(o, "data_url", w->url) ||
 	        !cJSON_AddBoolToObject(o, "alive", w->state == W_UP) ||
-	        !cJSON_AddStringToObject(o, "state", state_name(w->state)) ||
+	        !cJSON_AddStringToObject(o, "state", w->state == W_UP && w->draining ?
+	             "draining" : state_name(w->state)) ||
 	        !cJSON_AddStringToObject(o, "down_reason", w->down_reason) ||
 	        !cJSON_AddStringToObject(o, "boot_id", boot) ||
 	        !cJSON_AddNumberToObject(o, "registrations", (double)w->registrations) ||
@@ -152,7 +153,8 @@ cluster_stats_json(struct cluster *c, cJSON **out)
 		live += c->w[i].state == W_UP;
 	if (!cJSON_AddBoolToObject(root, "ready", cluster_ready_locked(c)) ||
 	        !cJSON_AddNumberToObject(root, "epoch", (double)mig_epoch(c->mig)) ||
-	        !cJSON_AddNumberToObject(root, "n_workers", c->W) ||
+	        !cJSON_AddNumberToObject(root, "n_workers", cluster_n_used_locked(c)) ||
+	        !cJSON_AddNumberToObject(root, "worker_places", c->W) ||
 	        !cJSON_AddNumberToObject(root, "workers_live", live) ||
 	        !cJSON_AddStringToObject(root, "control_url", c->url) ||
 	        !cJSON_AddNumberToObject(root, "control_bad_messages", (double)c->bad_msgs) ||
@@ -164,6 +166,10 @@ cluster_stats_json(struct cluster *c, cJSON **out)
 			goto nomem;
 	cluster_pairs_locked(c, &deg, &uns);
 	if (!cJSON_AddNumberToObject(fo, "refused_duplicate_ids", (double)c->refused_dup) ||
+	        !cJSON_AddNumberToObject(fo, "joins", (double)c->joins) ||
+	        !cJSON_AddNumberToObject(fo, "drains", (double)c->drains) ||
+	        !cJSON_AddNumberToObject(fo, "drains_done", (double)c->drains_done) ||
+	        !cJSON_AddBoolToObject(fo, "elastic", c->elastic) ||
 	        !cJSON_AddNumberToObject(fo, "commits", (double)c->commits) ||
 	        !cJSON_AddBoolToObject(fo, "transition", mig_target(c->mig) != NULL) ||
 	        !cJSON_AddNumberToObject(fo, "retiring_maps", mig_n_retiring(c->mig)) ||
@@ -174,7 +180,7 @@ cluster_stats_json(struct cluster *c, cJSON **out)
 	        !cJSON_AddNumberToObject(fo, "max_recovery_s", c->max_recovery_s) ||
 	        (ws = cJSON_AddArrayToObject(root, "workers")) == NULL)
 		goto nomem;
-	for (uint32_t i = 0; i < c->W; i++) {
+	for (uint32_t i = 0, n = cluster_n_used_locked(c); i < n; i++) {
 		cJSON *o = worker_json(c, i, now);
 		if (o == NULL)
 			goto nomem;

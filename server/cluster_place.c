@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "clock.h"
+#include "eplb.h"
 #include "cluster.h"
 #include "cluster_int.h"
 #include "err.h"
@@ -159,6 +160,82 @@ retarget(struct cluster *c)
 		log_error("cluster: cannot set the placement target: %s", epmoe_strerror(rc));
 }
 
+uint32_t
+cluster_members_locked(struct cluster *c, uint32_t *idx)
+{
+	uint32_t n = 0;
+
+	for (uint32_t w = 0; w < c->W; w++)
+		if (c->w[w].state == W_UP && !c->w[w].draining)
+			idx[n++] = w;
+	return n;
+}
+
+uint32_t
+cluster_members(struct cluster *c, uint32_t *idx)
+{
+	uint32_t n;
+
+	pthread_mutex_lock(&c->mu);
+	n = cluster_members_locked(c, idx);
+	pthread_mutex_unlock(&c->mu);
+	return n;
+}
+
+void
+cluster_set_planner(struct cluster *c, uint32_t redundant, uint32_t hosts,
+        cluster_weights_fn fn, void *arg)
+{
+	pthread_mutex_lock(&c->mu);
+	c->plan_R = redundant;
+	c->plan_hosts = hosts;
+	c->plan_fn = fn;
+	c->plan_arg = arg;
+	pthread_mutex_unlock(&c->mu);
+}
+
+/* A join or a drain: home becomes an EPLB plan over the live members
+ * (weights: the planner's load window plus one per expert, so an idle
+ * cluster splits by count), moving little from the committed map. */
+static void
+replan_members(struct cluster *c)
+{
+	uint32_t L = c->home->n_layer, E = c->home->n_expert, M;
+	uint32_t *idx = malloc(c->W * sizeof(*idx));
+	double *w = calloc((size_t)L * E, sizeof(*w));
+	struct placement *np = NULL;
+	uint64_t moved = 0;
+	int rc;
+
+	c->members_dirty = false;
+	if (idx == NULL || w == NULL) {
+		c->members_dirty = true; /* next poll */
+		goto out;
+	}
+	if ((M = cluster_members_locked(c, idx)) == 0) {
+		log_warn("cluster: no live worker to move the experts to: the placement stays");
+		goto out;
+	}
+	if (c->plan_fn)
+		c->plan_fn(c->plan_arg, w);
+	for (size_t i = 0; i < (size_t)L * E; i++)
+		w[i] += 1.0;
+	if ((rc = eplb_plan_members(w, L, E, c->plan_R, c->plan_hosts, idx, M, c->W,
+	             cluster_pl(c), &np, &moved)) != 0) {
+		log_error("cluster: cannot plan the experts over %u workers: %s", M,
+		        epmoe_strerror(rc));
+		goto out;
+	}
+	placement_free(c->home);
+	c->home = np;
+	c->target_dirty = true;
+	log_info("cluster: placement re-planned over %u live workers: %llu copies to load",
+	        M, (unsigned long long)moved);
+out:
+	free(idx);
+	free(w);
+}
+
 void
 cluster_advance_locked(struct cluster *c)
 {
@@ -166,6 +243,8 @@ cluster_advance_locked(struct cluster *c)
 	struct mig_step st;
 	int rc;
 
+	if (c->members_dirty)
+		replan_members(c);
 	if (c->target_dirty)
 		retarget(c);
 	for (uint32_t w = 0; w < c->W; w++)
@@ -238,6 +317,9 @@ cluster_failover(struct cluster *c, struct cluster_failover *out)
 	out->fenced_stale = c->fenced[FENCE_STALE];
 	out->left = c->fenced[FENCE_LEFT];
 	out->refused_duplicate_ids = c->refused_dup;
+	out->joins = c->joins;
+	out->drains = c->drains;
+	out->drains_done = c->drains_done;
 	out->commits = c->commits;
 	out->epoch = mig_epoch(c->mig);
 	out->transition = mig_target(c->mig) != NULL;

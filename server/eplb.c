@@ -165,10 +165,12 @@ eplb_rebalance(const double *weight, uint32_t L, uint32_t E, uint32_t S,
 	return 0;
 }
 
-int
-eplb_to_placement(const int32_t *phy2log, uint32_t L, uint32_t E, uint32_t S,
-        uint32_t N, uint32_t W, const struct placement *cur,
-        struct placement **out, uint64_t *moved)
+/* eplb_to_placement with the plan's worker w standing for worker place
+ * wmap[w] (NULL: itself) of a map over n_out workers. */
+static int
+to_placement(const int32_t *phy2log, uint32_t L, uint32_t E, uint32_t S,
+        uint32_t N, uint32_t W, const uint32_t *wmap, uint32_t n_out,
+        const struct placement *cur, struct placement **out, uint64_t *moved)
 {
 	uint32_t spg, wpn, r_cap = W;
 	uint32_t *cnt = calloc((size_t)L * E, sizeof(*cnt));
@@ -198,9 +200,11 @@ eplb_to_placement(const int32_t *phy2log, uint32_t L, uint32_t E, uint32_t S,
 			uint32_t p = s / spg, node = p / wpn;
 			if (p2l[s] < 0 || (uint32_t)p2l[s] >= E)
 				goto out;
-			for (uint32_t w = node * wpn; cur && w < (node + 1) * wpn; w++)
-				if (w < cur->n_worker && placement_has(cur, l, (uint32_t)p2l[s], w))
+			for (uint32_t w = node * wpn; cur && w < (node + 1) * wpn; w++) {
+				uint32_t rw = wmap ? wmap[w] : w;
+				if (rw < cur->n_worker && placement_has(cur, l, (uint32_t)p2l[s], rw))
 					ov[p * W + w]++;
+			}
 		}
 		for (uint32_t p = 0; p < W; p++)
 			pack2w[p] = -1;
@@ -224,6 +228,8 @@ eplb_to_placement(const int32_t *phy2log, uint32_t L, uint32_t E, uint32_t S,
 		}
 		for (uint32_t s = 0; s < S; s++) {
 			uint32_t e = (uint32_t)p2l[s], w = (uint32_t)pack2w[s / spg];
+			if (wmap)
+				w = wmap[w];
 			size_t le = (size_t)l * E + e;
 			bool dup = false;
 			for (uint32_t r = 0; r < cnt[le]; r++)
@@ -235,7 +241,7 @@ eplb_to_placement(const int32_t *phy2log, uint32_t L, uint32_t E, uint32_t S,
 				mv++;
 		}
 	}
-	if ((rc = placement_build(out, L, E, W, cnt, own, r_cap)) == 0 && moved)
+	if ((rc = placement_build(out, L, E, n_out, cnt, own, r_cap)) == 0 && moved)
 		*moved = mv;
 out:
 	free(cnt);
@@ -243,6 +249,46 @@ out:
 	free(ov);
 	free(pack2w);
 	free(wused);
+	return rc;
+}
+
+int
+eplb_to_placement(const int32_t *phy2log, uint32_t L, uint32_t E, uint32_t S,
+        uint32_t N, uint32_t W, const struct placement *cur,
+        struct placement **out, uint64_t *moved)
+{
+	return to_placement(phy2log, L, E, S, N, W, NULL, W, cur, out, moved);
+}
+
+int
+eplb_plan_members(const double *w, uint32_t L, uint32_t E, uint32_t R,
+        uint32_t N, const uint32_t *members, uint32_t M, uint32_t n_worker,
+        const struct placement *cur, struct placement **out, uint64_t *moved)
+{
+	uint32_t S = E + R;
+	int32_t *p2l;
+	int rc;
+
+	if (M == 0 || L == 0 || E == 0 || n_worker > PLACEMENT_MAX_WORKERS)
+		return EPMOE_EINVAL;
+	for (uint32_t i = 0; i < M; i++) {
+		if (members[i] >= n_worker)
+			return EPMOE_EINVAL;
+		for (uint32_t k = 0; k < i; k++)
+			if (members[k] == members[i])
+				return EPMOE_EINVAL;
+	}
+	if (S < M)
+		S = M;
+	if (S % M != 0)
+		S += M - S % M;
+	if (N == 0 || M % N != 0)
+		N = 1;
+	if ((p2l = malloc((size_t)L * S * sizeof(*p2l))) == NULL)
+		return EPMOE_ENOMEM;
+	if ((rc = eplb_rebalance(w, L, E, S, 1, N, M, p2l, NULL)) == 0)
+		rc = to_placement(p2l, L, E, S, N, M, members, n_worker, cur, out, moved);
+	free(p2l);
 	return rc;
 }
 
@@ -278,7 +324,18 @@ eplb_worker_ratio(const struct placement *p, const double *w, double *load)
 				load[k] += lw[k];
 		}
 		sum_max += mx;
-		sum_mean += tot / W;
+		/* the mean over the workers the layer uses (places of an
+		 * elastic cluster that hold nothing are not idle workers) */
+		{
+			uint32_t used = 0;
+			for (uint32_t k = 0; k < W; k++)
+				for (uint32_t s = 0; s < p->n_slot; s++)
+					if (placement_slot_worker(p, l, s) == (int32_t)k) {
+						used++;
+						break;
+					}
+			sum_mean += tot / (used ? used : W);
+		}
 	}
 	free(lw);
 	return sum_mean > 0 ? sum_max / sum_mean : 1.0;

@@ -48,9 +48,21 @@ int eplb_to_placement(const int32_t *phy2log, uint32_t L, uint32_t E,
         uint32_t S, uint32_t N, uint32_t W, const struct placement *cur,
         struct placement **out, uint64_t *moved);
 
+/* The whole policy over a subset of worker places (the live members of
+ * an elastic cluster): members[M] distinct indices < n_worker, in the
+ * order the plan's workers take them.  S = E + R slots per layer, raised
+ * to a multiple of M (at least M); hierarchical over N nodes only when N
+ * divides M.  The result (moving little from cur, which may be NULL)
+ * names the members' own indices in a map of n_worker workers; *moved as
+ * for eplb_to_placement.  EPMOE_EINVAL, EPMOE_ENOMEM. */
+int eplb_plan_members(const double *w, uint32_t L, uint32_t E, uint32_t R,
+        uint32_t N, const uint32_t *members, uint32_t M, uint32_t n_worker,
+        const struct placement *cur, struct placement **out, uint64_t *moved);
+
 /* Worker load of a placement for per-expert loads w[L][E], each expert's
  * load split evenly over its copies: load[W] summed over layers (may be
- * NULL) and returns max/mean over the W workers (1 when all are 0). */
+ * NULL) and returns max/mean over the workers holding a copy in each
+ * layer (1 when all are 0). */
 double eplb_worker_ratio(const struct placement *p, const double *w,
         double *load);
 

@@ -117,6 +117,14 @@ usage(FILE *f)
 	        "                           hierarchical EPLB (default 1; env EPMOE_HOSTS)\n"
 	        "      --record-routing F   write every step's (layer, expert) token counts to F\n"
 	        "                           (for epmoe bench balance; env EPMOE_RECORD_ROUTING)\n"
+	        "      --elastic on|off     a worker registering beyond the starting ones gets\n"
+	        "                           experts (re-planned over the live workers), and a\n"
+	        "                           worker asking to drain (SIGTERM) has its experts\n"
+	        "                           moved away before it goes (default on;\n"
+	        "                           env EPMOE_ELASTIC)\n"
+	        "      --max-workers N      worker places, for workers joining later (default\n"
+	        "                           twice the expected workers with --elastic on, else\n"
+	        "                           the expected; env EPMOE_MAX_WORKERS)\n"
 	        "      --llep-lambda N      LLEP runs when a layer's worker max/mean > N\n"
 	        "                           (default 1.3; env EPMOE_LLEP_LAMBDA)\n"
 	        "      --llep-alpha N       LLEP caps a worker at N x mean (default 1.0;\n"
@@ -214,6 +222,8 @@ static const struct envarg env_table[] = {
 	{ "record-routing", "EPMOE_RECORD_ROUTING", false, false },
 	{ "llep-alpha", "EPMOE_LLEP_ALPHA", false, false },
 	{ "llep-min-chunk", "EPMOE_LLEP_MIN_CHUNK", false, false },
+	{ "elastic", "EPMOE_ELASTIC", false, false },
+	{ "max-workers", "EPMOE_MAX_WORKERS", false, false },
 	{ "drain-timeout-s", "EPMOE_DRAIN_TIMEOUT_S", false, false },
 	{ "tls-cert", "EPMOE_TLS_CERT", false, false },
 	{ "tls-key", "EPMOE_TLS_KEY", false, false },
@@ -339,6 +349,8 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print,
 		{ "llep-alpha", required_argument, NULL, 1208 },
 		{ "llep-min-chunk", required_argument, NULL, 1209 },
 		{ "record-routing", required_argument, NULL, 1210 },
+		{ "elastic", required_argument, NULL, 1220 },
+		{ "max-workers", required_argument, NULL, 1221 },
 		{ "print-config", no_argument, NULL, 'p' },
 		{ "spec", required_argument, NULL, 1007 },
 		{ "affinity", required_argument, NULL, 1008 },
@@ -372,6 +384,7 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print,
 	c->max_tokens_default = 256;
 	c->expert_timeout_ms = 10000;
 	c->balance = BAL_ALL;
+	c->elastic = true;
 	c->redundant_slots = -1;
 	c->drain_timeout_s = 30;
 	sched_cfg_default(&c->sched);
@@ -604,6 +617,19 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print,
 			c->llep_min_chunk = (uint32_t)v;
 			break;
 		case 1210: c->record_routing = optarg; break;
+		case 1220:
+			if (strcmp(optarg, "on") != 0 && strcmp(optarg, "off") != 0) {
+				fprintf(stderr, "epmoe-router: --elastic expects on or off, got '%s'\n",
+				        optarg);
+				return -1;
+			}
+			c->elastic = strcmp(optarg, "on") == 0;
+			break;
+		case 1221:
+			if (num("--max-workers", optarg, 1, 1024, &v))
+				return -1;
+			c->max_workers = (uint32_t)v;
+			break;
 		case 1007:
 			if (router_spec_parse(optarg, &c->spec) != 0) {
 				fprintf(stderr, "epmoe-router: --spec expects off, predict, group, cobatch, "

@@ -308,6 +308,19 @@ mig_worker_pending(const struct mig *g, uint32_t w)
 	return false;
 }
 
+bool
+mig_worker_unused(const struct mig *g, uint32_t w)
+{
+	if (w >= g->W)
+		return true;
+	refresh_want((struct mig *)g);
+	for (uint32_t l = 0; l < g->L; l++)
+		for (uint32_t e = 0; e < g->E; e++)
+			if (g->want[idx(g, w, l, e)])
+				return false;
+	return true;
+}
+
 /* Whether target layer l can be committed: its copies new to the
  * committed map are READY wherever their worker is up. */
 static bool

@@ -127,6 +127,10 @@ bool mig_worker_ready(const struct mig *g, uint32_t w);
 /* w has ops to receive or loads running (ask it for quick reports). */
 bool mig_worker_pending(const struct mig *g, uint32_t w);
 
+/* No map (committed, retiring or target) has a copy on w: no batch can
+ * reach it any more (a draining worker may go). */
+bool mig_worker_unused(const struct mig *g, uint32_t w);
+
 /* Commits what can be committed and retires what drained.  up[w]: worker
  * w is routable (copies on other workers do not hold a commit back: they
  * load when their worker registers).  EPMOE_ENOMEM leaves the state as it

@@ -159,6 +159,10 @@ start_workers(struct router *r)
 	cc.n_workers = (uint32_t)r->cfg.expect_workers;
 	cc.heartbeat_ms = r->cfg.heartbeat_ms;
 	cc.no_degraded = r->cfg.no_degraded;
+	cc.elastic = r->cfg.elastic;
+	cc.max_workers = r->cfg.max_workers;
+	if (cc.max_workers == 0 && r->cfg.elastic)
+		cc.max_workers = 2 * (uint32_t)r->cfg.expect_workers;
 	if ((rc = group_experts(r, &cc)) != 0)
 		return rc;
 	if ((rc = cluster_new(&r->cluster, &cc, err, sizeof(err))) != 0) {

@@ -60,6 +60,8 @@ struct router_cfg {
 	uint32_t heartbeat_ms;       /* worker report period (0 = 500) */
 	bool no_degraded;            /* never re-place a lost worker's experts */
 	enum bal_mode balance;       /* --balance (main: default all) */
+	bool elastic;                /* --elastic (main: default on) */
+	uint32_t max_workers;        /* --max-workers; 0 = from elastic */
 	uint32_t eplb_interval, eplb_window, hosts, llep_min_chunk; /* 0 = defaults */
 	double eplb_threshold, llep_lambda, llep_alpha;             /* 0 = defaults */
 	int32_t redundant_slots;     /* -1: from replica_ram_mb */

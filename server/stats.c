@@ -52,7 +52,7 @@ struct stats {
 	        *fo_batch_fail, *fo_hedges, *fo_hedges_won, *fo_abandoned, *fo_stale,
 	        *fo_unserved_tok, *fo_degraded, *fo_unserved_pairs, *fo_epoch,
 	        *fo_transition, *fo_commits, *fo_recoveries, *fo_recovery_sum,
-	        *fo_last_recovery, *fo_refused;
+	        *fo_last_recovery, *fo_refused, *fo_joins, *fo_drains, *fo_drains_done;
 	struct metrics_series *worker_up[256]; /* the id holding each index */
 
 	/* speculative pre-scheduler: per layer, pairs and hits per predictor */
@@ -318,6 +318,12 @@ register_failover(struct stats *st)
 	    "Time to recover of the last recovery");
 	REG(counter, st->fo_refused, "epmoe_refused_duplicate_ids_total",
 	    "Registrations refused because a live worker has the same id");
+	REG(counter, st->fo_joins, "epmoe_worker_joins_total",
+	    "Workers that became live beyond the placement and got experts (elastic)");
+	REG(counter, st->fo_drains, "epmoe_worker_drains_total",
+	    "Workers that asked to drain (SIGTERM) before leaving");
+	REG(counter, st->fo_drains_done, "epmoe_worker_drains_done_total",
+	    "Drains completed: no placement used the worker any more");
 	return 0;
 }
 
@@ -560,7 +566,7 @@ export_balance(struct stats *st)
 	}
 	cJSON_Delete(j);
 	if (r->cluster) {
-		uint32_t W = cluster_n_workers(r->cluster);
+		uint32_t W = cluster_n_used(r->cluster);
 		struct cluster_peer *cp = calloc(W ? W : 1, sizeof(*cp));
 		if (cp == NULL)
 			return;
@@ -589,7 +595,7 @@ static void
 export_worker_latency(struct stats *st)
 {
 	struct cluster *c = st->r->cluster;
-	uint32_t n = cluster_n_workers(c);
+	uint32_t n = cluster_n_used(c);
 	struct cluster_hist h;
 
 	for (uint32_t w = 0; w < n; w++) {
@@ -633,6 +639,9 @@ export_failover(struct stats *st)
 	counter_to(st->fo_recovery_sum, fo.recovery_s_total);
 	metrics_set(st->fo_last_recovery, fo.last_recovery_s);
 	counter_to(st->fo_refused, (double)fo.refused_duplicate_ids);
+	counter_to(st->fo_joins, (double)fo.joins);
+	counter_to(st->fo_drains, (double)fo.drains);
+	counter_to(st->fo_drains_done, (double)fo.drains_done);
 	if (st->r->dispatch == NULL)
 		return;
 	dispatch_stats(st->r->dispatch, &ds);
@@ -910,7 +919,7 @@ stats_json(struct stats *st)
 	if (r->bal) {
 		cJSON *b = bal_json(r->bal), *out;
 		if (b && r->cluster && (out = cJSON_AddArrayToObject(b, "worker_outstanding_tokens"))) {
-			uint32_t W = cluster_n_workers(r->cluster);
+			uint32_t W = cluster_n_used(r->cluster);
 			struct cluster_peer *cp = calloc(W ? W : 1, sizeof(*cp));
 			if (cp) {
 				cluster_peers(r->cluster, cp, W);
@@ -955,7 +964,7 @@ stats_health(struct router *r, struct stats_health *h)
 	h->running = ss.running;
 	h->waiting = ss.waiting;
 	if (r->cluster) {
-		h->workers_total = cluster_n_workers(r->cluster);
+		h->workers_total = cluster_n_used(r->cluster);
 		h->workers_live = cluster_n_live(r->cluster);
 	}
 }

@@ -57,6 +57,11 @@ usage(FILE *f)
 	        "      --health-file F  rewrite F every second while serving (state, worker\n"
 	        "                       index, placement epoch) and remove it on exit, for\n"
 	        "                       `epmoe health --file F` (env EPMOE_HEALTH_FILE)\n"
+	        "      --drain-timeout-ms N  on SIGTERM, ask the router to move this worker's\n"
+	        "                       experts to the others and keep serving until it is\n"
+	        "                       drained, at most N ms, then leave and exit 0; 0 =\n"
+	        "                       leave at once (env EPMOE_DRAIN_TIMEOUT_MS;\n"
+	        "                       default 30000)\n"
 	        "      --log-json       JSON log lines (env EPMOE_LOG_JSON=1)\n"
 	        "      --log-level L    debug, info, warn or error (env EPMOE_LOG_LEVEL;\n"
 	        "                       default info)\n"
@@ -79,6 +84,7 @@ static const struct envarg env_table[] = {
 	{ "tls-cert", "EPMOE_TLS_CERT", false, false },
 	{ "tls-key", "EPMOE_TLS_KEY", false, false },
 	{ "tls-ca", "EPMOE_TLS_CA", false, false },
+	{ "drain-timeout-ms", "EPMOE_DRAIN_TIMEOUT_MS", false, false },
 	{ "log-json", "EPMOE_LOG_JSON", true, false },
 	{ "log-level", "EPMOE_LOG_LEVEL", false, false },
 	{ "print-config", "EPMOE_PRINT_CONFIG", true, false },
@@ -179,6 +185,7 @@ parse(const struct envargs *e, struct worker_cfg *cfg, struct health *health,
 		{ "tls-cert", required_argument, NULL, 1001 },
 		{ "tls-key", required_argument, NULL, 1002 },
 		{ "tls-ca", required_argument, NULL, 1003 },
+		{ "drain-timeout-ms", required_argument, NULL, 1004 },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 }
 	};
@@ -203,6 +210,17 @@ parse(const struct envargs *e, struct worker_cfg *cfg, struct health *health,
 		case 1001: cfg->tls_cert = optarg; break;
 		case 1002: cfg->tls_key = optarg; break;
 		case 1003: cfg->tls_ca = optarg; break;
+		case 1004: {
+			char *end;
+			unsigned long v;
+			errno = 0;
+			v = strtoul(optarg, &end, 10);
+			if (errno || end == optarg || *end != '\0' || optarg[0] == '-' ||
+			        v > 86400000ul)
+				return bad("--drain-timeout-ms", "expected an integer in [0, 86400000]");
+			cfg->drain_timeout_ms = (uint32_t)v;
+			break;
+		}
 		case 'h':
 			usage(stdout);
 			return -1;
@@ -242,7 +260,7 @@ parse(const struct envargs *e, struct worker_cfg *cfg, struct health *health,
 int
 main(int argc, char **argv)
 {
-	struct worker_cfg cfg = { 0 };
+	struct worker_cfg cfg = { .drain_timeout_ms = 30000 };
 	struct health health = { 0 };
 	struct envargs ea;
 	struct worker *w = NULL;

@@ -43,6 +43,7 @@ struct worker {
 	char node[128];
 	char data_url[512];
 	uint32_t rpc_timeout_ms;
+	uint32_t drain_timeout_ms;
 	size_t recv_max;
 	struct model *own;        /* loaded here, or NULL when borrowed */
 	const struct model *m;
@@ -80,12 +81,13 @@ struct worker {
 
 static void on_slots_ready(void *arg);
 
+/* A stop was asked (signal) or the worker must quit.  The data loop
+ * keeps serving after a stop while the control thread drains: it ends
+ * on quit, which the control thread sets once it has left. */
 static bool
 stopping(struct worker *w)
 {
-	if (w->stop != NULL && *w->stop)
-		atomic_store(&w->quit, 1);
-	return atomic_load(&w->quit) != 0;
+	return (w->stop != NULL && *w->stop) || atomic_load(&w->quit) != 0;
 }
 
 static uint64_t
@@ -168,6 +170,7 @@ worker_new(struct worker **out, const struct worker_cfg *cfg, char *err,
 		snprintf(w->id, sizeof(w->id), "%s-%ld", hn, (long)getpid());
 	copy_str(w->node, sizeof(w->node), cfg->node && *cfg->node ? cfg->node : hn);
 	w->rpc_timeout_ms = cfg->rpc_timeout_ms ? cfg->rpc_timeout_ms : 2000;
+	w->drain_timeout_ms = cfg->drain_timeout_ms;
 	w->recv_max = cfg->data_recv_max ? cfg->data_recv_max : NETSOCK_DATA_RECV_MAX;
 	w->heartbeat_ms = DEFAULT_HEARTBEAT_MS;
 	w->boot_id = random_u64();
@@ -505,7 +508,16 @@ reply:
 static void
 data_loop(struct worker *w)
 {
-	while (!stopping(w)) {
+	while (!atomic_load(&w->quit)) {
+		if (stopping(w)) {
+			bool reg;
+			pthread_mutex_lock(&w->mu);
+			reg = w->registered;
+			pthread_mutex_unlock(&w->mu);
+			if (!reg) /* nothing to drain: the control thread may be
+			             waiting for an unreachable router */
+				break;
+		}
 		nng_msg *msg, *rep;
 		uint64_t t_recv;
 		int rv = nng_recvmsg(w->data, &msg, 0);
@@ -693,7 +705,7 @@ out:
 /* Heartbeat.  Returns 0, EPMOE_ENOENT when the router wants a new
  * registration, or a transport error. */
 static int
-do_report(struct worker *w)
+do_report(struct worker *w, bool *drained)
 {
 	Epmoe__ControlMsg req = EPMOE__CONTROL_MSG__INIT, *rep = NULL;
 	Epmoe__LoadReport lr = EPMOE__LOAD_REPORT__INIT;
@@ -735,6 +747,8 @@ do_report(struct worker *w)
 		pthread_mutex_lock(&w->mu);
 		w->heartbeat_ms = r->heartbeat_ms ? r->heartbeat_ms : DEFAULT_HEARTBEAT_MS;
 		pthread_mutex_unlock(&w->mu);
+		if (drained)
+			*drained = r->drained;
 		/* frees and repeated loads are done at once: tell the router
 		 * without waiting a period (new loads report when they end) */
 		if (r->order != NULL && (rc = apply_order(w, r->order)) == 0 &&
@@ -746,26 +760,72 @@ out:
 	return rc;
 }
 
-static void
-do_leave(struct worker *w)
+/* Leave: drain (the router moves this worker's experts away; *drained
+ * when it already has) or gone now.  0 or a transport error. */
+static int
+do_leave(struct worker *w, bool drain, bool *drained)
 {
 	Epmoe__ControlMsg req = EPMOE__CONTROL_MSG__INIT, *rep = NULL;
 	Epmoe__Leave lv = EPMOE__LEAVE__INIT;
+	int rc;
 
 	pthread_mutex_lock(&w->mu);
 	lv.worker_index = w->index;
-	w->registered = false;
+	if (!drain)
+		w->registered = false;
 	pthread_mutex_unlock(&w->mu);
 	lv.boot_id = w->boot_id;
 	lv.reason = (char *)"shutdown";
+	lv.drain = drain;
 	req.msg_case = EPMOE__CONTROL_MSG__MSG_LEAVE;
 	req.leave = &lv;
-	if (ctl_call(w, &req, &rep, 1000) == 0) {
-		log_info("left router %s", w->router_url);
+	if ((rc = ctl_call(w, &req, &rep, 1000)) == 0) {
+		const Epmoe__HelloReply *r = rep->msg_case == EPMOE__CONTROL_MSG__MSG_HELLO_REPLY ?
+		        rep->hello_reply : NULL;
+		if (drained)
+			/* refused: the router does not know us, nothing to move */
+			*drained = r == NULL || !r->accepted || r->drained;
+		if (!drain)
+			log_info("left router %s", w->router_url);
 		protobuf_c_message_free_unpacked(&rep->base, NULL);
 	} else {
 		log_warn("could not tell router %s that this worker leaves", w->router_url);
 	}
+	return rc;
+}
+
+/* After a stop: asks the router to move this worker's experts away and
+ * keeps serving and reporting until it says no placement uses this
+ * worker, or drain_timeout_ms pass (logged); the caller then leaves. */
+static void
+do_drain(struct worker *w)
+{
+	uint64_t t0 = clock_now_ns(), lim = (uint64_t)w->drain_timeout_ms * 1000000u;
+	bool drained = false;
+
+	if (do_leave(w, true, &drained) != 0)
+		return;
+	if (!drained)
+		log_info("draining: the router moves this worker's experts to the others (at most %u ms)",
+		        w->drain_timeout_ms);
+	while (!drained) {
+		uint32_t hb;
+		int rc;
+
+		if (clock_now_ns() - t0 > lim) {
+			log_warn("drain timed out after %u ms: leaving anyway", w->drain_timeout_ms);
+			return;
+		}
+		pthread_mutex_lock(&w->mu);
+		hb = w->heartbeat_ms;
+		pthread_mutex_unlock(&w->mu);
+		nng_msleep(hb < 200 ? hb : 200);
+		rc = do_report(w, &drained);
+		if (rc == EPMOE_ENOENT)
+			drained = true; /* the router forgot us: nothing to move */
+	}
+	log_info("drained in %.2f s: no placement uses this worker",
+	        (double)(clock_now_ns() - t0) * 1e-9);
 }
 
 /* Sleeps up to ms, waking early on stop or when a report is due. */
@@ -817,7 +877,7 @@ ctl_main(void *arg)
 				break;
 		}
 		report_now = false;
-		rc = do_report(w);
+		rc = do_report(w, NULL);
 		if (rc == EPMOE_ENOENT) {
 			pthread_mutex_lock(&w->mu);
 			w->registered = false;
@@ -835,8 +895,14 @@ ctl_main(void *arg)
 			logged_lost = false;
 		}
 	}
-	if (registered && w->fatal == 0)
-		do_leave(w);
+	if (registered && w->fatal == 0) {
+		/* a drain needs the data loop serving (it stops early only
+		 * when the stop came before the registration) */
+		if (w->drain_timeout_ms > 0 && !atomic_load(&w->quit))
+			do_drain(w);
+		do_leave(w, false, NULL);
+	}
+	atomic_store(&w->quit, 1); /* the data loop may stop now */
 	return NULL;
 }
 

@@ -78,6 +78,10 @@ struct worker_cfg {
 	const char *node;          /* machine name; NULL = host name */
 	int n_threads;             /* compute threads; 0 = online CPUs */
 	uint32_t rpc_timeout_ms;   /* control call deadline; 0 = 2000 */
+	uint32_t drain_timeout_ms; /* on stop: ask the router to drain this
+	                              worker (Leave with drain), keep serving
+	                              until it says drained or this passes,
+	                              then leave; 0 = leave at once */
 	size_t data_recv_max;      /* 0 = NETSOCK_DATA_RECV_MAX (256 MiB) */
 	/* Mutual TLS with the router (PEM files, all three or none): the
 	 * control dial and the data listener then use tls+tcp:// (the default

@@ -1,0 +1,436 @@
+/* Elastic workers, end to end: the real epmoe-router with real
+ * epmoe-worker processes on 127.0.0.1 and 16 concurrent greedy streams
+ * over HTTP:
+ *   - join: a router started for 2 workers, serving them under load; a
+ *     third worker registers: it gets experts (the placement re-planned
+ *     over the live workers, loaded through the epoch protocol) and
+ *     serves tokens within a bounded time, no request fails and every
+ *     stream's text equals a run of the same requests on 2 workers with
+ *     the balancer and elasticity off;
+ *   - rolling restart: every worker in turn gets SIGTERM under load: it
+ *     drains (its experts move to the other worker before it stops),
+ *     exits 0, and is started again with the same id; it takes tokens
+ *     again; no request fails and no token changes.
+ * Every wait is bounded. */
+#include <cJSON.h>
+#include <curl/curl.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "serve_util.h"
+#include "testutil.h"
+
+#define N_STREAMS 16
+#define N_TOKENS 32
+#define MODEL "mixtral-tiny-f32.gguf"
+
+static struct tu_router R;
+
+static double
+now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* ---- streams ---- */
+
+struct stream {
+	int i;
+	long status;
+	int done;
+	char *text;
+};
+
+static void *
+stream_main(void *arg)
+{
+	struct stream *s = arg;
+	char body[256];
+
+	snprintf(body, sizeof(body),
+	        "{\"prompt\":\"And God said %d\",\"max_tokens\":%d,\"temperature\":0,"
+	        "\"stream\":true,\"ignore_eos\":true}", s->i * 7, N_TOKENS);
+	tu_sse(&R, "/v1/completions", body, &s->status, &s->text, &s->done);
+	return NULL;
+}
+
+/* One round of N_STREAMS streams at once; their texts into out[]
+ * (malloc'd, NULL for a failed stream).  The failures. */
+static int
+round_run(char **out)
+{
+	pthread_t th[N_STREAMS];
+	struct stream s[N_STREAMS];
+	int failed = 0;
+
+	for (int i = 0; i < N_STREAMS; i++) {
+		s[i] = (struct stream){ .i = i };
+		if (pthread_create(&th[i], NULL, stream_main, &s[i]) != 0)
+			abort();
+	}
+	for (int i = 0; i < N_STREAMS; i++)
+		pthread_join(th[i], NULL);
+	for (int i = 0; i < N_STREAMS; i++) {
+		if (s[i].status == 200 && s[i].done && s[i].text && !strstr(s[i].text, "\"error\"")) {
+			out[i] = s[i].text;
+		} else {
+			failed++;
+			free(s[i].text);
+			out[i] = NULL;
+		}
+	}
+	return failed;
+}
+
+/* Load in the background: rounds until stopped, every text compared
+ * with want[]. */
+struct load {
+	pthread_t th;
+	char **want;
+	atomic_int stop;
+	atomic_int rounds, failed, differ;
+	char first_diff[512];
+};
+
+static void *
+load_main(void *arg)
+{
+	struct load *ld = arg;
+
+	while (!atomic_load(&ld->stop)) {
+		char *got[N_STREAMS];
+		atomic_fetch_add(&ld->failed, round_run(got));
+		for (int i = 0; i < N_STREAMS; i++) {
+			if (got[i] && strcmp(got[i], ld->want[i]) != 0 &&
+			        atomic_fetch_add(&ld->differ, 1) == 0)
+				snprintf(ld->first_diff, sizeof(ld->first_diff),
+				        "stream %d: '%.200s' vs '%.200s'", i, got[i], ld->want[i]);
+			free(got[i]);
+		}
+		atomic_fetch_add(&ld->rounds, 1);
+	}
+	return NULL;
+}
+
+static void
+load_start(struct load *ld, char **want)
+{
+	memset(ld, 0, sizeof(*ld));
+	ld->want = want;
+	ck_assert_int_eq(pthread_create(&ld->th, NULL, load_main, ld), 0);
+}
+
+/* Stops after the round in progress (and at least one more round). */
+static void
+load_stop(struct load *ld)
+{
+	int r0 = atomic_load(&ld->rounds);
+
+	for (int i = 0; i < 1200 && atomic_load(&ld->rounds) < r0 + 1; i++)
+		usleep(50000);
+	atomic_store(&ld->stop, 1);
+	pthread_join(ld->th, NULL);
+	ck_assert_msg(atomic_load(&ld->failed) == 0, "%d streams failed",
+	        atomic_load(&ld->failed));
+	ck_assert_msg(atomic_load(&ld->differ) == 0, "%d streams differ; first: %s",
+	        atomic_load(&ld->differ), ld->first_diff);
+}
+
+/* ---- router and workers ---- */
+
+static long
+get_json(const char *path, cJSON **out)
+{
+	char *resp = NULL;
+	long st = 0;
+
+	*out = NULL;
+	if (tu_http(&R, "GET", path, NULL, &st, &resp) != 0)
+		return -1;
+	*out = cJSON_Parse(resp);
+	free(resp);
+	return st;
+}
+
+static cJSON *
+stats_workers(cJSON *stats)
+{
+	return cJSON_GetObjectItem(cJSON_GetObjectItem(stats, "workers"), "workers");
+}
+
+/* Field key of the worker whose id is id (-1: not listed). */
+static double
+worker_num(const char *id, const char *key)
+{
+	cJSON *j, *w;
+	double n = -1;
+
+	ck_assert_int_eq(get_json("/v1/stats", &j), 200);
+	cJSON_ArrayForEach(w, stats_workers(j))
+		if (strcmp(cJSON_GetObjectItem(w, "id")->valuestring, id) == 0)
+			n = cJSON_GetObjectItem(w, key)->valuedouble;
+	cJSON_Delete(j);
+	return n;
+}
+
+static double
+failover_num(const char *key)
+{
+	cJSON *j;
+	double v;
+
+	ck_assert_int_eq(get_json("/v1/stats", &j), 200);
+	v = cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "workers"),
+	        "failover"), key)->valuedouble;
+	cJSON_Delete(j);
+	return v;
+}
+
+static double
+sched_failed(void)
+{
+	cJSON *j;
+	double v;
+
+	ck_assert_int_eq(get_json("/v1/stats", &j), 200);
+	v = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "scheduler"),
+	        "requests_failed")->valuedouble;
+	cJSON_Delete(j);
+	return v;
+}
+
+/* An epmoe-worker started by the test, its log appended to log. */
+static pid_t
+start_worker(const char *id, const char *log)
+{
+	pid_t pid = fork();
+
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+		if (fd >= 0) {
+			dup2(fd, 1);
+			dup2(fd, 2);
+		}
+		execl(tu_bin("epmoe-worker"), "epmoe-worker", "--router", R.control_url,
+		        "--model", tu_data(MODEL), "--id", id, "--threads", "1",
+		        "--drain-timeout-ms", "30000", (char *)NULL);
+		_exit(127);
+	}
+	return pid;
+}
+
+static void
+reap(pid_t pid)
+{
+	int st;
+
+	if (pid <= 0)
+		return;
+	kill(pid, SIGKILL);
+	waitpid(pid, &st, 0);
+}
+
+/* Waits (bounded) for worker id to be up and hold slots. */
+static void
+wait_slots(const char *id, double limit_s)
+{
+	double t0 = now_s();
+
+	while (now_s() - t0 < limit_s) {
+		cJSON *j, *w;
+		bool ok = false;
+		if (get_json("/v1/stats", &j) == 200) {
+			cJSON_ArrayForEach(w, stats_workers(j))
+				if (strcmp(cJSON_GetObjectItem(w, "id")->valuestring, id) == 0)
+					ok = strcmp(cJSON_GetObjectItem(w, "state")->valuestring, "up") == 0 &&
+					        cJSON_GetObjectItem(w, "slots")->valuedouble > 0;
+		}
+		cJSON_Delete(j);
+		if (ok)
+			return;
+		usleep(50000);
+	}
+	tu_router_log(&R);
+	ck_abort_msg("worker %s holds no slots after %.0f s; router log: %s", id, limit_s, R.log);
+}
+
+static void
+stop_router(void)
+{
+	tu_router_log(&R);
+	int st = tu_router_stop(&R);
+	ck_assert_msg(st == 0, "router exit status %d; log: %s", st, R.log);
+}
+
+/* The texts of one round on 2 spawned workers, balancer and elasticity
+ * off: what every later run must reproduce. */
+static void
+reference(char **want)
+{
+	const char *args[] = { "--workers", "2", "--threads", "1", "--balance", "off",
+		"--elastic", "off", NULL };
+
+	ck_assert_msg(tu_router_start_wait(&R, tu_data(MODEL), args, 60, 1) == 0, "%s", R.log);
+	ck_assert_int_eq(round_run(want), 0);
+	stop_router();
+}
+
+START_TEST(a_third_worker_joining_under_load_takes_tokens)
+{
+	const char *args[] = { "--workers", "0", "--expect-workers", "2", "--eplb-interval", "8",
+		NULL };
+	char *want[N_STREAMS], log[128];
+	struct load ld;
+	pid_t a, b, c;
+	double t0, tok = 0, t_join;
+
+	reference(want);
+	snprintf(log, sizeof(log), "/tmp/epmoe-elastic-join-%d.log", (int)getpid());
+	ck_assert_msg(tu_router_start_wait(&R, tu_data(MODEL), args, 30, 0) == 0, "%s", R.log);
+	a = start_worker("alpha", log);
+	b = start_worker("beta", log);
+	wait_slots("alpha", 30);
+	wait_slots("beta", 30);
+	load_start(&ld, want);
+	for (int i = 0; i < 600 && atomic_load(&ld.rounds) < 1; i++)
+		usleep(50000);
+	c = start_worker("gamma", log);
+	t0 = now_s();
+	/* bounded: registration, a re-plan, the loads and a commit */
+	while (now_s() - t0 < 60 && (tok = worker_num("gamma", "tokens")) <= 0)
+		usleep(50000);
+	t_join = now_s() - t0;
+	load_stop(&ld);
+	ck_assert_msg(tok > 0, "the joining worker took no tokens in 60 s");
+	printf("elastic: the third worker served tokens %.2f s after it started (%d rounds of %d streams, 0 failed)\n",
+	        t_join, atomic_load(&ld.rounds), N_STREAMS);
+	ck_assert_double_ge(failover_num("joins"), 1);
+	ck_assert_double_eq(sched_failed(), 0);
+	ck_assert_double_gt(worker_num("gamma", "slots"), 0);
+	{
+		char *resp = NULL;
+		long st = 0;
+		ck_assert_int_eq(tu_http(&R, "GET", "/metrics", NULL, &st, &resp), 0);
+		ck_assert_int_eq(st, 200);
+		ck_assert_ptr_nonnull(strstr(resp, "epmoe_worker_joins_total 1"));
+		free(resp);
+	}
+	stop_router();
+	ck_assert_ptr_nonnull(strstr(R.log, "joins: planning the experts over the live workers"));
+	reap(a);
+	reap(b);
+	reap(c);
+	unlink(log);
+	for (int i = 0; i < N_STREAMS; i++)
+		free(want[i]);
+}
+END_TEST
+
+START_TEST(rolling_restart_of_every_worker_under_load_fails_nothing)
+{
+	const char *args[] = { "--workers", "0", "--expect-workers", "2", NULL };
+	const char *ids[2] = { "alpha", "beta" };
+	char *want[N_STREAMS], log[128];
+	struct load ld;
+	pid_t pid[2];
+
+	reference(want);
+	snprintf(log, sizeof(log), "/tmp/epmoe-elastic-roll-%d.log", (int)getpid());
+	ck_assert_msg(tu_router_start_wait(&R, tu_data(MODEL), args, 30, 0) == 0, "%s", R.log);
+	for (int k = 0; k < 2; k++)
+		pid[k] = start_worker(ids[k], log);
+	for (int k = 0; k < 2; k++)
+		wait_slots(ids[k], 30);
+	load_start(&ld, want);
+	for (int i = 0; i < 600 && atomic_load(&ld.rounds) < 1; i++)
+		usleep(50000);
+	for (int k = 0; k < 2; k++) {
+		double t0 = now_s(), tok;
+		int st = -1;
+		pid_t r = 0;
+
+		ck_assert_int_eq(kill(pid[k], SIGTERM), 0);
+		/* drains (at most its 30 s timeout), then exits 0 */
+		while (now_s() - t0 < 45 && (r = waitpid(pid[k], &st, WNOHANG)) == 0)
+			usleep(20000);
+		ck_assert_msg(r == pid[k], "worker %s did not exit within 45 s of SIGTERM", ids[k]);
+		ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "worker %s exit status %d",
+		        ids[k], st);
+		printf("elastic: worker %s drained and exited %.2f s after SIGTERM\n", ids[k],
+		        now_s() - t0);
+		pid[k] = start_worker(ids[k], log);
+		wait_slots(ids[k], 60);
+		/* and takes tokens again */
+		tok = worker_num(ids[k], "tokens");
+		t0 = now_s();
+		while (now_s() - t0 < 60 && worker_num(ids[k], "tokens") <= tok)
+			usleep(50000);
+		ck_assert_double_gt(worker_num(ids[k], "tokens"), tok);
+	}
+	load_stop(&ld);
+	ck_assert_double_eq(sched_failed(), 0);
+	ck_assert_double_ge(failover_num("drains"), 2);
+	ck_assert_double_ge(failover_num("drains_done"), 2);
+	stop_router();
+	{
+		char *wl = tu_read(log, NULL);
+		ck_assert_ptr_nonnull(wl);
+		ck_assert_msg(strstr(wl, "drained in") != NULL, "no drain in the worker log");
+		ck_assert_msg(strstr(wl, "drain timed out") == NULL, "a drain timed out");
+		free(wl);
+	}
+	for (int k = 0; k < 2; k++)
+		reap(pid[k]);
+	unlink(log);
+	for (int i = 0; i < N_STREAMS; i++)
+		free(want[i]);
+}
+END_TEST
+
+START_TEST(bad_elastic_flags_are_refused)
+{
+	const char *bad[][2] = { { "--elastic", "maybe" }, { "--max-workers", "0" },
+		{ "--max-workers", "x" } };
+	char cmd[512];
+
+	for (int i = 0; i < 3; i++) {
+		snprintf(cmd, sizeof(cmd), "%s --model %s %s %s 2>/dev/null",
+		        tu_bin("epmoe-router"), tu_data(MODEL), bad[i][0], bad[i][1]);
+		ck_assert_int_eq(WEXITSTATUS(system(cmd)), 2);
+	}
+	snprintf(cmd, sizeof(cmd), "%s --router tcp://127.0.0.1:1 --model %s --drain-timeout-ms -5 2>/dev/null",
+	        tu_bin("epmoe-worker"), tu_data(MODEL));
+	ck_assert_int_eq(WEXITSTATUS(system(cmd)), 2);
+}
+END_TEST
+
+int
+main(void)
+{
+	Suite *s = suite_create("elastic");
+	TCase *t = tcase_create("live");
+	int rc;
+
+	tcase_set_timeout(t, 300);
+	tcase_add_test(t, a_third_worker_joining_under_load_takes_tokens);
+	tcase_add_test(t, rolling_restart_of_every_worker_under_load_fails_nothing);
+	tcase_add_test(t, bad_elastic_flags_are_refused);
+	suite_add_tcase(s, t);
+	curl_global_init(CURL_GLOBAL_DEFAULT);
+	rc = tu_run(s);
+	curl_global_cleanup();
+	return rc;
+}
