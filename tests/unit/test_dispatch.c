@@ -738,6 +738,7 @@ START_TEST(worker_combines_and_rejects_bad_batches)
 	size_t nf, len;
 	Epmoe__ExpertResult *r;
 	struct worker_stats ws;
+	struct worker *w0 = NULL;
 	struct pool *pool;
 	int fd;
 	struct sockaddr_in sa = { .sin_family = AF_INET };
@@ -747,18 +748,21 @@ START_TEST(worker_combines_and_rejects_bad_batches)
 	d = f.m->hp.n_embd;
 	ck_assert_uint_le(d, 64);
 	x = random_rows(3, d, 3);
-	/* every slot of worker 0 loaded (7 experts x 2 layers) before the
-	 * checks that depend on them (15 s at most) */
+	/* every slot of worker index 0 loaded (7 experts x 2 layers) before
+	 * the checks that depend on them (15 s at most); the two threads
+	 * register in either order, so index 0 is either of them */
 	for (int i = 0; i < 1500; i++) {
 		worker_get_stats(f.w[0].w, &ws);
-		if (ws.registered && ws.n_slots == 14)
+		w0 = ws.registered && ws.index != 0 ? f.w[1].w : f.w[0].w;
+		worker_get_stats(w0, &ws);
+		if (ws.registered && ws.index == 0 && ws.n_slots == 14)
 			break;
 		nng_msleep(10);
 	}
 	ck_assert_uint_eq(ws.n_slots, 14);
 	ck_assert_int_eq(nng_req0_open(&s), 0);
 	ck_assert_int_eq(nng_socket_set_ms(s, NNG_OPT_RECVTIMEO, 5000), 0);
-	ck_assert_int_eq(nng_dial(s, worker_data_url(f.w[0].w), NULL, 0), 0);
+	ck_assert_int_eq(nng_dial(s, worker_data_url(w0), NULL, 0), 0);
 
 	/* garbage, empty, truncated */
 	srand(9);
@@ -808,7 +812,7 @@ START_TEST(worker_combines_and_rejects_bad_batches)
 	ck_assert_int_eq(send_status(s, m, "expert 7 (slot 5) is not held"),
 	        EPMOE__STATUS__STATUS_STALE_PLACEMENT);
 	/* raw TCP garbage on the data port: connection dropped, still serving */
-	sa.sin_port = htons((uint16_t)atoi(strrchr(worker_data_url(f.w[0].w), ':') + 1));
+	sa.sin_port = htons((uint16_t)atoi(strrchr(worker_data_url(w0), ':') + 1));
 	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	fd = socket(AF_INET, SOCK_STREAM, 0);
 	ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
@@ -849,7 +853,7 @@ START_TEST(worker_combines_and_rejects_bad_batches)
 	ck_assert_float_le(max_diff(rows, want, 2 * d), 1e-6f);
 	protobuf_c_message_free_unpacked(&r->base, NULL);
 	nng_msg_free(keep);
-	worker_get_stats(f.w[0].w, &ws);
+	worker_get_stats(w0, &ws);
 	ck_assert(ws.registered);
 	ck_assert_uint_eq(ws.batches, 1);
 	ck_assert_uint_eq(ws.tokens, 4);
