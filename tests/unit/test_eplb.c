@@ -116,6 +116,52 @@ zipf(double *w, uint32_t L, uint32_t E)
 			w[l * E + (e * 5 + l * 3) % E] = 1000.0 / pow(e + 1, 1.2);
 }
 
+/* An elastic cluster: 8 experts contiguous on places 0 and 1 of 4; place
+ * 3 joins: the plan over members {0, 1, 3} uses only them, serves every
+ * expert, gives each member whole slots (8 -> 9 slots, one replica) and
+ * loads fewer copies than a reload of everything.  Place 0 drains: over
+ * {1, 3} nothing lands on 0 or 2. */
+START_TEST(a_plan_over_members_uses_only_them_and_moves_little)
+{
+	double w[2 * 8];
+	struct placement *cur, *np, *np2;
+	uint32_t m3[3] = { 0, 1, 3 }, m2[2] = { 1, 3 }, bad[2] = { 1, 1 };
+	uint64_t moved = 0;
+
+	for (int i = 0; i < 16; i++)
+		w[i] = 1.0;
+	ck_assert_int_eq(placement_contiguous(&cur, 2, 8, 2), 0);
+	ck_assert_int_eq(eplb_plan_members(w, 2, 8, 0, 1, m3, 3, 4, cur, &np, &moved), 0);
+	ck_assert_uint_eq(np->n_worker, 4);
+	ck_assert_uint_eq(placement_worker_slots(np, 2), 0);
+	for (uint32_t k = 0; k < 3; k++)
+		ck_assert_uint_eq(placement_worker_slots(np, m3[k]), 2 * 3);
+	for (uint32_t l = 0; l < 2; l++)
+		for (uint32_t e = 0; e < 8; e++)
+			ck_assert_uint_ge(placement_expert_copies(np, l, e), 1);
+	/* at least the new member's 3 per layer, less than everything */
+	ck_assert_uint_ge(moved, 6);
+	ck_assert_uint_lt(moved, 2 * 9);
+	ck_assert_int_eq(eplb_plan_members(w, 2, 8, 0, 1, m2, 2, 4, np, &np2, &moved), 0);
+	ck_assert_uint_eq(placement_worker_slots(np2, 0), 0);
+	ck_assert_uint_eq(placement_worker_slots(np2, 2), 0);
+	ck_assert_uint_eq(placement_worker_slots(np2, 1) + placement_worker_slots(np2, 3), 16);
+	for (uint32_t l = 0; l < 2; l++)
+		for (uint32_t e = 0; e < 8; e++)
+			ck_assert_uint_eq(placement_expert_copies(np2, l, e), 1);
+	ck_assert_uint_lt(moved, 16);
+	ck_assert_int_eq(eplb_plan_members(w, 2, 8, 0, 1, bad, 2, 4, np, &np2, &moved),
+	        EPMOE_EINVAL);
+	ck_assert_int_eq(eplb_plan_members(w, 2, 8, 0, 1, m3, 0, 4, np, &np2, &moved),
+	        EPMOE_EINVAL);
+	ck_assert_int_eq(eplb_plan_members(w, 2, 8, 0, 1, m3, 3, 3, np, &np2, &moved),
+	        EPMOE_EINVAL);
+	placement_free(cur);
+	placement_free(np);
+	placement_free(np2);
+}
+END_TEST
+
 START_TEST(zipf_load_is_balanced_with_redundant_slots)
 {
 	enum { L = 4, E = 16, W = 4, S = 20 };
@@ -158,6 +204,7 @@ main(void)
 	tcase_add_test(t, replication_goes_to_the_hottest_per_copy);
 	tcase_add_test(t, a_plan_equal_to_the_map_moves_nothing_and_duplicates_merge);
 	tcase_add_test(t, zipf_load_is_balanced_with_redundant_slots);
+	tcase_add_test(t, a_plan_over_members_uses_only_them_and_moves_little);
 	suite_add_tcase(s, t);
 	return tu_run(s);
 }
