@@ -179,6 +179,7 @@ check(struct bal *b)
 	size_t le = (size_t)L * E;
 	double *w = malloc(le * sizeof(*w)), *wl = calloc(W ? W : 1, sizeof(double));
 	uint32_t *members = malloc((W ? W : 1) * sizeof(*members));
+	bool *in = calloc(W ? W : 1, sizeof(*in));
 	const struct placement *cur = NULL;
 	struct placement *np = NULL;
 	struct cluster_failover fo;
@@ -186,15 +187,20 @@ check(struct bal *b)
 	uint64_t moved = 0;
 	int rc;
 
-	if (w == NULL || members == NULL || wl == NULL)
+	if (w == NULL || members == NULL || wl == NULL || in == NULL)
 		goto out;
 	pthread_mutex_lock(&b->mu);
 	for (size_t i = 0; i < le; i++)
 		w[i] = (double)b->sum[i];
 	b->st.checks++;
 	pthread_mutex_unlock(&b->mu);
+	/* max/mean over the live members: an elastic cluster's places may
+	 * be empty or draining */
+	M = cluster_members(b->c, members);
+	for (uint32_t k = 0; k < M; k++)
+		in[members[k]] = true;
 	cur = cluster_placement_acquire(b->c);
-	before = eplb_worker_ratio(cur, w, wl);
+	before = eplb_worker_ratio_in(cur, w, wl, M ? in : NULL);
 	pthread_mutex_lock(&b->mu);
 	b->st.ratio = before;
 	memcpy(b->wl, wl, (W < b->n_wl ? W : b->n_wl) * sizeof(double));
@@ -204,16 +210,14 @@ check(struct bal *b)
 	cluster_failover(b->c, &fo);
 	if (fo.transition || fo.unserved_pairs > 0 || fo.degraded_pairs > 0)
 		goto out; /* a placement change is under way: next interval */
-	/* over the live members: an elastic cluster's places may be empty
-	 * or draining */
-	if ((M = cluster_members(b->c, members)) == 0)
+	if (M == 0)
 		goto out;
 	if ((rc = eplb_plan_members(w, L, E, b->R, b->cfg.hosts, members, M, W, cur, &np,
 	             &moved)) != 0) {
 		log_warn("balance: no EPLB plan: %s", epmoe_strerror(rc));
 		goto out;
 	}
-	after = eplb_worker_ratio(np, w, NULL);
+	after = eplb_worker_ratio_in(np, w, NULL, in);
 	if (moved == 0 || after > before * 0.97) {
 		placement_free(np); /* not worth moving weights for */
 		goto out;
@@ -252,6 +256,7 @@ out:
 	free(w);
 	free(wl);
 	free(members);
+	free(in);
 }
 
 void

@@ -295,12 +295,23 @@ eplb_plan_members(const double *w, uint32_t L, uint32_t E, uint32_t R,
 double
 eplb_worker_ratio(const struct placement *p, const double *w, double *load)
 {
-	uint32_t W = p->n_worker, E = p->n_expert;
+	return eplb_worker_ratio_in(p, w, load, NULL);
+}
+
+double
+eplb_worker_ratio_in(const struct placement *p, const double *w, double *load,
+        const bool *in)
+{
+	uint32_t W = p->n_worker, E = p->n_expert, n_in = 0;
 	double sum_max = 0, sum_mean = 0;
 	double *lw = calloc(W ? W : 1, sizeof(*lw));
 
 	if (lw == NULL)
 		return 1.0;
+	for (uint32_t k = 0; k < W; k++)
+		n_in += !in || in[k];
+	if (n_in == 0)
+		n_in = W ? W : 1;
 	if (load)
 		memset(load, 0, W * sizeof(*load));
 	for (uint32_t l = 0; l < p->n_layer; l++) {
@@ -318,24 +329,13 @@ eplb_worker_ratio(const struct placement *p, const double *w, double *load)
 			tot += x;
 		}
 		for (uint32_t k = 0; k < W; k++) {
-			if (lw[k] > mx)
-				mx = lw[k];
 			if (load)
 				load[k] += lw[k];
+			if (!in || in[k])
+				mx = lw[k] > mx ? lw[k] : mx;
 		}
 		sum_max += mx;
-		/* the mean over the workers the layer uses (places of an
-		 * elastic cluster that hold nothing are not idle workers) */
-		{
-			uint32_t used = 0;
-			for (uint32_t k = 0; k < W; k++)
-				for (uint32_t s = 0; s < p->n_slot; s++)
-					if (placement_slot_worker(p, l, s) == (int32_t)k) {
-						used++;
-						break;
-					}
-			sum_mean += tot / (used ? used : W);
-		}
+		sum_mean += tot / n_in;
 	}
 	free(lw);
 	return sum_mean > 0 ? sum_max / sum_mean : 1.0;

@@ -10,6 +10,7 @@
 #ifndef EPMOE_EPLB_H
 #define EPMOE_EPLB_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "placement.h"
@@ -61,9 +62,13 @@ int eplb_plan_members(const double *w, uint32_t L, uint32_t E, uint32_t R,
 
 /* Worker load of a placement for per-expert loads w[L][E], each expert's
  * load split evenly over its copies: load[W] summed over layers (may be
- * NULL) and returns max/mean over the workers holding a copy in each
- * layer (1 when all are 0). */
+ * NULL) and returns max/mean over the W workers (1 when all are 0). */
 double eplb_worker_ratio(const struct placement *p, const double *w,
         double *load);
+/* The same with max and mean over the workers k with in[k] only (the
+ * live members of an elastic cluster; in NULL: all); load[] still gets
+ * every worker. */
+double eplb_worker_ratio_in(const struct placement *p, const double *w,
+        double *load, const bool *in);
 
 #endif
