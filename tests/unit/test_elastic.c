@@ -10,7 +10,9 @@
  *   - rolling restart: every worker in turn gets SIGTERM under load: it
  *     drains (its experts move to the other worker before it stops),
  *     exits 0, and is started again with the same id; it takes tokens
- *     again; no request fails and no token changes.
+ *     again; no request fails and no token changes;
+ *   - a lone worker's drain has nowhere to go: it times out, is logged,
+ *     and the worker exits 0 anyway.
  * Every wait is bounded. */
 #include <cJSON.h>
 #include <curl/curl.h>
@@ -211,9 +213,10 @@ sched_failed(void)
 	return v;
 }
 
-/* An epmoe-worker started by the test, its log appended to log. */
+/* An epmoe-worker started by the test, its log appended to log, with a
+ * drain timeout of drain_ms. */
 static pid_t
-start_worker(const char *id, const char *log)
+start_worker_drain(const char *id, const char *log, const char *drain_ms)
 {
 	pid_t pid = fork();
 
@@ -226,10 +229,16 @@ start_worker(const char *id, const char *log)
 		}
 		execl(tu_bin("epmoe-worker"), "epmoe-worker", "--router", R.control_url,
 		        "--model", tu_data(MODEL), "--id", id, "--threads", "1",
-		        "--drain-timeout-ms", "30000", (char *)NULL);
+		        "--drain-timeout-ms", drain_ms, (char *)NULL);
 		_exit(127);
 	}
 	return pid;
+}
+
+static pid_t
+start_worker(const char *id, const char *log)
+{
+	return start_worker_drain(id, log, "30000");
 }
 
 static void
@@ -400,6 +409,42 @@ START_TEST(rolling_restart_of_every_worker_under_load_fails_nothing)
 }
 END_TEST
 
+/* The only worker cannot hand its experts to anyone: its drain times out
+ * (logged), it leaves and exits 0 anyway. */
+START_TEST(a_drain_with_nowhere_to_go_times_out_and_exits_0)
+{
+	const char *args[] = { "--workers", "0", "--expect-workers", "1", NULL };
+	char log[128];
+	double t0;
+	int st = -1;
+	pid_t a, r = 0;
+
+	snprintf(log, sizeof(log), "/tmp/epmoe-elastic-alone-%d.log", (int)getpid());
+	ck_assert_msg(tu_router_start_wait(&R, tu_data(MODEL), args, 30, 0) == 0, "%s", R.log);
+	a = start_worker_drain("solo", log, "1000");
+	wait_slots("solo", 30);
+	t0 = now_s();
+	ck_assert_int_eq(kill(a, SIGTERM), 0);
+	while (now_s() - t0 < 20 && (r = waitpid(a, &st, WNOHANG)) == 0)
+		usleep(20000);
+	ck_assert_msg(r == a, "the worker did not exit within 20 s");
+	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	ck_assert_double_ge(now_s() - t0, 0.9);
+	ck_assert_double_eq(failover_num("drains"), 1);
+	ck_assert_double_eq(failover_num("drains_done"), 0);
+	stop_router();
+	ck_assert_ptr_nonnull(strstr(R.log, "no live worker to move the experts to"));
+	{
+		char *wl = tu_read(log, NULL);
+		ck_assert_ptr_nonnull(wl);
+		ck_assert_msg(strstr(wl, "drain timed out after 1000 ms: leaving anyway") != NULL,
+		        "%s", wl);
+		free(wl);
+	}
+	unlink(log);
+}
+END_TEST
+
 START_TEST(bad_elastic_flags_are_refused)
 {
 	const char *bad[][2] = { { "--elastic", "maybe" }, { "--max-workers", "0" },
@@ -427,6 +472,7 @@ main(void)
 	tcase_set_timeout(t, 300);
 	tcase_add_test(t, a_third_worker_joining_under_load_takes_tokens);
 	tcase_add_test(t, rolling_restart_of_every_worker_under_load_fails_nothing);
+	tcase_add_test(t, a_drain_with_nowhere_to_go_times_out_and_exits_0);
 	tcase_add_test(t, bad_elastic_flags_are_refused);
 	suite_add_tcase(s, t);
 	curl_global_init(CURL_GLOBAL_DEFAULT);
