@@ -36,6 +36,12 @@
  *        FREE), repeated until a report shows them done, and sets the
  *        next report's delay (heartbeat_ms: short while an order runs).
  *   -> ControlMsg{leave}           <- ack, on shutdown.
+ *        With drain_timeout_ms, first Leave{drain: true}: the worker keeps
+ *        serving and reporting while the router moves its experts to the
+ *        other workers; the ack of a report (or of the Leave) says
+ *        `drained` once no placement map uses it (a router that does not
+ *        drain says so at once); then the plain Leave.  After
+ *        drain_timeout_ms it leaves anyway (logged).
  *
  * Batches (proto/epmoe.proto ExpertBatch): validated with
  * wire_check_batch; a batch naming a (layer, expert) the worker does not
@@ -103,8 +109,9 @@ const char *worker_data_url(const struct worker *w);
 
 /* Registers with the router and serves until *stop becomes non-zero
  * (async-signal-safe to set: a SIGTERM handler may do it; a test thread
- * may too) or a fatal refusal.  On stop: finishes the batch in hand,
- * sends Leave, returns 0.  Returns EPMOE_EINVAL when the router refused
+ * may too) or a fatal refusal.  On stop: drains first when configured
+ * (serving meanwhile), finishes the batch in hand, sends Leave, returns
+ * 0.  Returns EPMOE_EINVAL when the router refused
  * the worker for good (wrong model / protocol; the reason is logged).
  * Call once per worker. */
 int worker_serve(struct worker *w, const volatile sig_atomic_t *stop);
