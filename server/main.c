@@ -617,14 +617,25 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print,
 			c->llep_min_chunk = (uint32_t)v;
 			break;
 		case 1210: c->record_routing = optarg; break;
-		case 1220:
-			if (strcmp(optarg, "on") != 0 && strcmp(optarg, "off") != 0) {
+		case 1220: {
+			/* on|off, and what a boolean variable usually holds */
+			static const char *const yes[] = { "on", "1", "true", "yes" };
+			static const char *const no[] = { "off", "0", "false", "no" };
+			int set = -1;
+			for (int k = 0; k < 4; k++) {
+				if (strcmp(optarg, yes[k]) == 0)
+					set = 1;
+				if (strcmp(optarg, no[k]) == 0)
+					set = 0;
+			}
+			if (set < 0) {
 				fprintf(stderr, "epmoe-router: --elastic expects on or off, got '%s'\n",
 				        optarg);
 				return -1;
 			}
-			c->elastic = strcmp(optarg, "on") == 0;
+			c->elastic = set == 1;
 			break;
+		}
 		case 1221:
 			if (num("--max-workers", optarg, 1, 1024, &v))
 				return -1;
