@@ -38,50 +38,13 @@ if [ -n "$LLAMA" ] && [ ! -x "$LLAMA" ]; then
 	LLAMA=
 fi
 
-# words N SEED: N pseudo-random words (deterministic)
-words() {
-	awk -v n="$1" -v seed="$2" 'BEGIN {
-		split("river stone light garden window forest market engine answer moment " \
-		      "music table north summer letter mirror planet bridge castle signal " \
-		      "winter ocean paper silver travel little yellow orange purple animal", w, " ")
-		s = seed * 7919 + 17
-		for (i = 0; i < n; i++) { s = (s * 1103515245 + 12345) % 2147483648; printf "%s%s", (i ? " " : ""), w[1 + int(s / 65536) % 30] }
-	}'
-}
-# ntok TEXT: tokens of TEXT under the served model
-ntok() { "$BIN" tokenize --model "$SRV_MODEL" "$1" | tr ',' '\n' | grep -c .; }
+EPMOE=$BIN; PX_MODEL=$SRV_MODEL
+. client/bench/prefix-data.sh
+px_data "$PX_DIR" "$PX_N" "$PX_TURNS"
+tpw=$PX_TPW
 # pget JSON KEY: KEY of the first point of a bench server JSON ("" if null)
 pget() { _pv=$(jget "$1" "$2"); [ "$_pv" = null ] && _pv=""; printf '%s' "$_pv"; }
 minf() { awk -v a="$1" -v b="$2" 'BEGIN { print (a == "" || (b != "" && b + 0 < a + 0)) ? b : a }'; }
-
-# about 256 tokens of system prompt
-tpw=$(awk -v t="$(ntok "$(words 200 1)")" 'BEGIN { printf "%.3f", t / 200 }')
-sys_words=$(awk -v r="$tpw" 'BEGIN { printf "%d", 256 / r }')
-SYS="You are a careful assistant. $(words "$sys_words" 1)"
-: >"$PX_DIR/shared.txt"
-i=0
-while [ $i -lt "$PX_N" ]; do
-	printf '%s Question %d: %s?\n' "$SYS" "$i" "$(words 18 $((100 + i)))" >>"$PX_DIR/shared.txt"
-	i=$((i + 1))
-done
-# chat turn t (1..PX_TURNS): line c = conversation c with its history (each
-# earlier turn's question and a 40-word answer)
-t=1
-while [ $t -le $PX_TURNS ]; do
-	: >"$PX_DIR/chat-$t.txt"
-	c=0
-	while [ $c -lt 16 ]; do
-		h="System: you answer briefly. Conversation $c."
-		k=1
-		while [ $k -lt $t ]; do
-			h="$h User: $(words 30 $((1000 + c * 10 + k))) Assistant: $(words 40 $((5000 + c * 10 + k)))"
-			k=$((k + 1))
-		done
-		printf '%s User: %s Assistant:\n' "$h" "$(words 30 $((1000 + c * 10 + t)))" >>"$PX_DIR/chat-$t.txt"
-		c=$((c + 1))
-	done
-	t=$((t + 1))
-done
 
 # ---- the servers ----
 LPID=
