@@ -6,6 +6,9 @@
 #   EPMOE_BENCH_FO_MODEL  model of the failover section (client/bench/failover.sh)
 #   EPMOE_BENCH_ONLY=prefix  only the prefix-cache / chunked-prefill part
 #                       (client/bench/prefix.sh)
+#   EPMOE_LLAMA_SERVER=PATH  the prefix part also runs its loads against
+#                       this llama-server binary (built by the user from a
+#                       llama.cpp checkout) and prints epmoe / llama-server
 #   EPMOE_BENCH_BEFORE=REV  also serve with the code of git revision REV
 #                       (built in $EPMOE_BUILD/bench-before) and print it
 #                       next to this code's figures, runs alternating
