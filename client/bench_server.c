@@ -59,6 +59,7 @@ enum {
 	OPT_STREAM,
 	OPT_NO_STREAM,
 	OPT_NO_IGNORE_EOS,
+	OPT_EXTRA_BODY,
 	OPT_SLO,
 	OPT_REPEAT,
 	OPT_WARMUP,
@@ -89,6 +90,7 @@ struct opts {
 	double range_ratio;
 	unsigned long long data_seed;
 	int chat;
+	const char *extra_body;    /* --extra-body JSON object, checked */
 	struct lg_slo slo;
 	int slo_default;           /* no --slo: DEFAULT_SLO */
 	long repeat, warmup;
@@ -161,6 +163,8 @@ usage(FILE *f)
 "      --stream / --no-stream  streamed output (default; without it only E2E)\n"
 "      --no-ignore-eos   let requests stop at end-of-sequence (default: ask\n"
 "                        for ignore_eos, so output lengths are as asked)\n"
+"      --extra-body JSON  members added to every request's JSON body (HTTP),\n"
+"                        e.g. '{\"cache_prompt\":false}' for llama-server\n"
 "output:\n"
 "      --slo LIST        goodput objectives, e.g. ttft=500ms,tpot=50ms,e2e=5s\n"
 "                        (--goodput is the same; bare numbers are ms;\n"
@@ -208,6 +212,7 @@ parse(struct opts *o, int argc, char **argv)
 		{ "stream", no_argument, NULL, OPT_STREAM },
 		{ "no-stream", no_argument, NULL, OPT_NO_STREAM },
 		{ "no-ignore-eos", no_argument, NULL, OPT_NO_IGNORE_EOS },
+		{ "extra-body", required_argument, NULL, OPT_EXTRA_BODY },
 		{ "slo", required_argument, NULL, OPT_SLO },
 		{ "goodput", required_argument, NULL, OPT_SLO },
 		{ "repeat", required_argument, NULL, OPT_REPEAT },
@@ -315,6 +320,16 @@ parse(struct opts *o, int argc, char **argv)
 		case OPT_STREAM: o->g.p.stream = 1; break;
 		case OPT_NO_STREAM: o->g.p.stream = 0; break;
 		case OPT_NO_IGNORE_EOS: o->g.p.ignore_eos = 0; break;
+		case OPT_EXTRA_BODY: {
+			cJSON *x = cJSON_Parse(optarg);
+			int ok = cJSON_IsObject(x);
+			cJSON_Delete(x);
+			if (!ok)
+				return cli_bad(CMD, "--extra-body", "expects a JSON object, "
+				        "e.g. '{\"cache_prompt\":false}'");
+			o->extra_body = optarg;
+			break;
+		}
 		case OPT_SLO:
 			o->slo_default = 0;
 			if (strcmp(optarg, "none") == 0)
@@ -635,6 +650,7 @@ drive_cfg(const struct env *e, struct lg_drive_cfg *dc, const double *sched,
 	dc->server = e->o->g.server;
 	dc->tr = e->tr;
 	dc->chat = e->o->chat;
+	dc->extra_body = e->o->extra_body;
 	dc->p = e->o->g.p;
 	dc->p.model = e->model;
 	dc->data = e->ds;
@@ -803,6 +819,8 @@ bench_server(int argc, char **argv)
 	e.o = &o;
 	if (epmoe_url_transport(o.g.server, &e.tr) != 0)
 		return cli_bad(CMD, "--server", "expects http://HOST:PORT or an NNG URL");
+	if (o.extra_body != NULL && e.tr != EPMOE_TRANSPORT_HTTP)
+		return cli_bad(CMD, "--extra-body", "is for HTTP servers");
 	n_points = make_points(&o, pts);
 	for (size_t i = 0; i < n_points; i++)
 		if (e.tr != EPMOE_TRANSPORT_HTTP && pts[i].max_inflight >

@@ -187,6 +187,40 @@ parse_choice(const cJSON *c, struct cl_oai_delta *d)
 	return 0;
 }
 
+/* The cached prompt tokens of a usage object u of root, if it says. */
+static int
+parse_cached(const cJSON *root, const cJSON *u, struct cl_oai_delta *d)
+{
+	const cJSON *x = cJSON_GetObjectItemCaseSensitive(u,
+	        "prompt_tokens_details"), *y;
+	uint32_t v;
+	int rc;
+
+	if (x != NULL && !cJSON_IsNull(x)) {
+		if (!cJSON_IsObject(x))
+			return EPMOE_EPROTO;
+		y = cJSON_GetObjectItemCaseSensitive(x, "cached_tokens");
+		if (y == NULL || cJSON_IsNull(y))
+			return 0;
+		if ((rc = get_u32(x, "cached_tokens", &v)) != 0)
+			return rc;
+		d->cached_tokens = v;
+		d->has_cached = 1;
+		return 0;
+	}
+	x = cJSON_GetObjectItemCaseSensitive(root, "timings");
+	if (x == NULL || !cJSON_IsObject(x))
+		return 0;
+	y = cJSON_GetObjectItemCaseSensitive(x, "prompt_n");
+	if (y == NULL || cJSON_IsNull(y))
+		return 0;
+	if ((rc = get_u32(x, "prompt_n", &v)) != 0)
+		return rc;
+	d->cached_tokens = v < d->prompt_tokens ? d->prompt_tokens - v : 0;
+	d->has_cached = 1;
+	return 0;
+}
+
 int
 cl_oai_parse(const char *json, size_t len, struct cl_oai_delta *out)
 {
@@ -229,6 +263,8 @@ cl_oai_parse(const char *json, size_t len, struct cl_oai_delta *out)
 		                &d.completion_tokens)) != 0)
 			goto out;
 		d.has_usage = 1;
+		if ((rc = parse_cached(root, x, &d)) != 0)
+			goto out;
 	}
 	rc = 0;
 out:

@@ -31,6 +31,12 @@ struct cl_oai_delta {
 	char finish_reason[16];  /* "" when null or absent */
 	int has_usage;
 	uint32_t prompt_tokens, completion_tokens;
+	/* prompt tokens the server took from its cache rather than prefilled:
+	 * usage.prompt_tokens_details.cached_tokens (OpenAI, epmoe), else
+	 * usage.prompt_tokens - timings.prompt_n (llama-server, whose timings
+	 * count the tokens it evaluated) */
+	int has_cached;
+	uint32_t cached_tokens;
 	char *id;                /* owned, NULL when absent */
 	char *model;             /* owned, NULL when absent */
 	int is_error;            /* an {"error": {...}} object */

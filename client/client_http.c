@@ -197,6 +197,8 @@ on_sse_event(void *ud, const char *type, const char *data, size_t len)
 		a->r.has_usage = 1;
 		a->r.prompt_tokens = d.prompt_tokens;
 		a->r.completion_tokens = d.completion_tokens;
+		a->r.has_cached = d.has_cached;
+		a->r.cached_tokens = d.cached_tokens;
 	}
 	rc = cl_acc_add(a, d.text, d.text_len, NULL, 0, d.finish_reason);
 	cl_oai_delta_fini(&d);
@@ -391,6 +393,8 @@ cl_http_completion(struct epmoe_client *c, const char *prompt,
 			a->r.has_usage = 1;
 			a->r.prompt_tokens = d.prompt_tokens;
 			a->r.completion_tokens = d.completion_tokens;
+			a->r.has_cached = d.has_cached;
+			a->r.cached_tokens = d.cached_tokens;
 		}
 		rc = cl_acc_add(a, d.text, d.text_len, NULL, 0,
 		        d.finish_reason[0] ? d.finish_reason : "stop");

@@ -188,6 +188,9 @@ nng_apply(struct epmoe_client *c, struct cl_acc *a,
 		a->r.has_usage = 1;
 		a->r.prompt_tokens = cr->usage->prompt_tokens;
 		a->r.completion_tokens = cr->usage->completion_tokens;
+		a->r.has_cached = cr->usage->cached_tokens_opt_case ==
+		        EPMOE__USAGE__CACHED_TOKENS_OPT_CACHED_TOKENS;
+		a->r.cached_tokens = cr->usage->cached_tokens;
 	}
 	finish = finish_name(cr->finish_reason);
 	if (finish == NULL && cr->done)

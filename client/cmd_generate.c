@@ -63,7 +63,7 @@ on_chunk(void *ud, const struct epmoe_chunk *ch)
 static int
 print_json(const struct epmoe_completion *r, enum epmoe_transport tr)
 {
-	cJSON *o = cJSON_CreateObject(), *u, *t;
+	cJSON *o = cJSON_CreateObject(), *u, *t, *d;
 	char *s;
 
 	if (o == NULL)
@@ -77,6 +77,10 @@ print_json(const struct epmoe_completion *r, enum epmoe_transport tr)
 		cJSON_AddNumberToObject(u, "completion_tokens", r->completion_tokens);
 		cJSON_AddNumberToObject(u, "total_tokens",
 		        (double)r->prompt_tokens + r->completion_tokens);
+		if (r->has_cached && (d = cJSON_AddObjectToObject(u,
+		        "prompt_tokens_details")) != NULL)
+			cJSON_AddNumberToObject(d, "cached_tokens",
+			        r->cached_tokens);
 	} else {
 		cJSON_AddNullToObject(o, "usage");
 	}
@@ -204,6 +208,9 @@ cmd_generate(int argc, char **argv)
 		if (r.has_usage)
 			fprintf(stderr, "; %u prompt + %u completion tokens",
 			        r.prompt_tokens, r.completion_tokens);
+		if (r.has_usage && r.has_cached)
+			fprintf(stderr, " (%u prompt tokens cached)",
+			        r.cached_tokens);
 		fprintf(stderr, "; first text %.0f ms, total %.0f ms", r.ttft_s * 1e3,
 		        r.total_s * 1e3);
 		/* streamed: the decode rate after the first text; else the

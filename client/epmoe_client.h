@@ -131,6 +131,8 @@ struct epmoe_completion {
 	int has_usage;              /* the server reported usage */
 	uint32_t prompt_tokens;
 	uint32_t completion_tokens;
+	int has_cached;             /* the server said how many prompt tokens */
+	uint32_t cached_tokens;     /* it took from its prefix cache */
 	uint32_t n_chunks;          /* pieces with text received */
 	double ttft_s;              /* seconds from the call to the first text
 	                             * (to the reply when not streaming) */

@@ -140,6 +140,8 @@ h_event(void *ud, const char *type, const char *data, size_t len)
 		h->rec->has_usage = 1;
 		h->rec->out_tokens = dl.completion_tokens;
 		h->rec->in_tokens = dl.prompt_tokens;
+		h->rec->has_cached = dl.has_cached;
+		h->rec->cached_tokens = dl.cached_tokens;
 	}
 	cl_oai_delta_fini(&dl);
 	return 0;
@@ -184,6 +186,40 @@ hreq_free(struct hreq *h)
 	free(h);
 }
 
+/* Adds the members of the JSON object extra to the JSON body *body
+ * (replacing members of the same name).  Returns 0 or EPMOE_ENOMEM
+ * (EPMOE_EINVAL: either is not a JSON object). */
+static int
+body_merge(char **body, const char *extra)
+{
+	cJSON *b = cJSON_Parse(*body), *x = cJSON_Parse(extra), *it;
+	char *s;
+	int rc = EPMOE_EINVAL;
+
+	if (!cJSON_IsObject(b) || !cJSON_IsObject(x))
+		goto out;
+	rc = EPMOE_ENOMEM;
+	cJSON_ArrayForEach(it, x) {
+		cJSON *c = cJSON_Duplicate(it, 1);
+		if (c == NULL)
+			goto out;
+		cJSON_DeleteItemFromObjectCaseSensitive(b, it->string);
+		if (!cJSON_AddItemToObject(b, it->string, c)) {
+			cJSON_Delete(c);
+			goto out;
+		}
+	}
+	if ((s = cJSON_PrintUnformatted(b)) == NULL)
+		goto out;
+	free(*body);
+	*body = s;
+	rc = 0;
+out:
+	cJSON_Delete(b);
+	cJSON_Delete(x);
+	return rc;
+}
+
 static struct hreq *
 hreq_new(struct drv *d, long i, const char *url)
 {
@@ -202,6 +238,8 @@ hreq_new(struct drv *d, long i, const char *url)
 	p.max_tokens = (int32_t)it->output_len;
 	if (cl_oai_request(p.model, cfg->chat ? NULL : it->prompt,
 	        cfg->chat ? &msg : NULL, cfg->chat ? 1 : 0, &p, &h->body) != 0 ||
+	        (cfg->extra_body != NULL &&
+	        body_merge(&h->body, cfg->extra_body) != 0) ||
 	        (h->e = curl_easy_init()) == NULL)
 		goto fail;
 	if ((l = curl_slist_append(NULL, "Content-Type: application/json")) == NULL)
@@ -282,6 +320,8 @@ hreq_finish(struct hreq *h, CURLcode res)
 				r->has_usage = 1;
 				r->out_tokens = dl.completion_tokens;
 				r->in_tokens = dl.prompt_tokens;
+				r->has_cached = dl.has_cached;
+				r->cached_tokens = dl.cached_tokens;
 			}
 			cl_oai_delta_fini(&dl);
 		}
@@ -452,8 +492,11 @@ nng_one(struct drv *d, struct epmoe_client *c, long i)
 		r->has_usage = res.has_usage;
 		r->out_tokens = res.has_usage ? res.completion_tokens :
 		        (uint32_t)(res.n_tokens ? res.n_tokens : res.n_chunks);
-		if (res.has_usage)
+		if (res.has_usage) {
 			r->in_tokens = res.prompt_tokens;
+			r->has_cached = res.has_cached;
+			r->cached_tokens = res.cached_tokens;
+		}
 		if (r->n_chunks == 0)
 			lg_rec_chunk(r, r->t_end);
 		epmoe_completion_fini(&res);

@@ -43,6 +43,8 @@ struct lg_drive_cfg {
 	const char *server;            /* http(s):// base or NNG URL */
 	enum epmoe_transport tr;
 	int chat;                      /* chat completions, one user turn */
+	const char *extra_body;        /* JSON object whose members each HTTP
+	                                * request's body gets; NULL: none */
 	struct epmoe_gen_params p;     /* max_tokens set per request */
 	const struct lg_dataset *data; /* items used round-robin */
 	size_t first_item;             /* request i uses item first_item + i */

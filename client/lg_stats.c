@@ -358,6 +358,10 @@ lg_summarize(const struct lg_rec *recs, size_t n, int streamed,
 		o.completed++;
 		o.total_input_tokens += r->in_tokens;
 		o.total_output_tokens += r->out_tokens;
+		if (r->has_cached) {
+			o.total_cached_tokens += r->cached_tokens;
+			o.cached_reported++;
+		}
 		e2e[n_e2e++] = r->t_end - r->t0;
 		if (streamed) {
 			ttft[n_ttft++] = r->t_first - r->t0;
@@ -525,6 +529,11 @@ lg_result_json(const struct lg_result *r, const struct lg_rec *recs,
 	        (double)r->total_input_tokens));
 	rc |= add(o, "total_output_tokens", cJSON_CreateNumber(
 	        (double)r->total_output_tokens));
+	rc |= add(o, "total_cached_tokens", r->cached_reported ?
+	        cJSON_CreateNumber((double)r->total_cached_tokens) :
+	        cJSON_CreateNull());
+	rc |= add(o, "cached_reported", cJSON_CreateNumber(
+	        r->cached_reported));
 	rc |= add(o, "request_throughput", num(r->request_throughput));
 	rc |= add(o, "request_goodput", num(r->request_goodput));
 	rc |= add(o, "input_throughput", num(r->input_throughput));

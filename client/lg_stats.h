@@ -35,6 +35,8 @@ struct lg_rec {
 	uint32_t in_tokens;     /* usage, else the dataset's count */
 	uint32_t out_tokens;    /* usage, else chunks */
 	int has_usage;
+	int has_cached;         /* the server said cached_tokens */
+	uint32_t cached_tokens; /* prompt tokens taken from its cache */
 	uint32_t n_chunks;
 	double *gaps;           /* [n_gaps] between chunks, owned */
 	size_t n_gaps, cap_gaps;
@@ -75,6 +77,8 @@ struct lg_result {
 	double duration;              /* first send to last end, s */
 	long num_prompts, started, completed, failed, good;
 	uint64_t total_input_tokens, total_output_tokens;
+	uint64_t total_cached_tokens; /* of the input, from the server's cache */
+	long cached_reported;         /* completed requests that said */
 	double request_throughput, request_goodput; /* goodput NAN w/o SLO */
 	double input_throughput, output_throughput, total_token_throughput;
 	double max_output_tokens_per_s;

@@ -64,6 +64,7 @@ struct nreq {
 	char error[256];
 	Epmoe__FinishReason finish;
 	uint32_t prompt_tokens;
+	uint32_t cached_tokens;   /* of them, from the prefix cache */
 	char *text;
 	size_t len, cap;
 	uint32_t *toks;
@@ -279,6 +280,8 @@ answer(struct nctx *c, struct nreq *q)
 	if (q->done) {
 		u.prompt_tokens = q->prompt_tokens;
 		u.completion_tokens = (uint32_t)q->n_toks;
+		u.cached_tokens_opt_case = EPMOE__USAGE__CACHED_TOKENS_OPT_CACHED_TOKENS;
+		u.cached_tokens = q->cached_tokens;
 		u.ttft_us = q->t_first > 0 ? (uint64_t)((q->t_first - q->t_submit) * 1e6) : 0;
 		u.total_us = (uint64_t)((clock_now() - q->t_submit) * 1e6);
 		cr.usage = &u;
@@ -414,6 +417,7 @@ on_event(const struct sched_event *ev, void *ud)
 		q->finish = strcmp(ev->finish_reason, "stop") == 0 ?
 		        EPMOE__FINISH_REASON__FINISH_STOP : EPMOE__FINISH_REASON__FINISH_LENGTH;
 		q->prompt_tokens = ev->prompt_tokens;
+		q->cached_tokens = ev->cached_tokens;
 		sched_req_free(q->sreq);
 		q->sreq = NULL;
 		break;

@@ -79,11 +79,11 @@ for mode in off eplb llep all; do
 	serve $mode $extra
 	# a warm-up round gives EPLB its window, the measured round runs on it
 	"$BIN" bench server -s "$HURL" -c 16 -N 32 --max-tokens 48 --prompt-tokens 16 -q >/dev/null 2>&1 || true
-	"$BIN" bench server -s "$HURL" -c 16 -N $N --max-tokens 48 --prompt-tokens 16 --json -q \
+	"$BIN" bench server -s "$HURL" -c 16 -N $N --max-tokens 48 --prompt-tokens 16 --json - -q \
 		>"$TMP/b.json" 2>/dev/null || true
 	j=$(cat "$TMP/b.json")
 	set -- $(worker_ratio)
-	tps=$(printf '%s\n' "$j" | sed -n 's/.*"output_token_throughput":\([^,}]*\).*/\1/p')
+	tps=$(printf '%s\n' "$j" | sed -n 's/.*"output_throughput":\([^,}]*\).*/\1/p')
 	p99=$(printf '%s\n' "$j" | sed -n 's/.*"itl_ms":{[^}]*"p99":\([^,}]*\).*/\1/p')
 	[ -n "$base" ] || base=$tps
 	printf '%-5s %10s %10.1f %10s %10.1f %8s %10s %7s\n' $mode "$1" "$tps" \

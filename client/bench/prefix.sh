@@ -1,121 +1,220 @@
 #!/bin/sh
 # Serving with the prefix cache and chunked prefill (sourced by run.sh,
-# whose helpers it uses: jget, ratio, serve, stop_router, BIN, B, SRV_MODEL).
+# whose helpers it uses: jget, ratio, maxf, serve, stop_router, free_port,
+# BIN, B, SRV_MODEL).  The load generator is epmoe bench server
+# (client/bench_server.c), which speaks OpenAI's /v1/completions to both
+# servers.
 #   1. shared prefix: every request = one ~256-token system prompt + its own
-#      ~24-token question; 16 streams;
-#   2. multi-turn chat: 16 conversations of 4 turns, each turn resent with
-#      its history (earlier turns' questions and answers); 16 streams;
-#   for each, the router with --prefix-cache on and off, alternating (the
-#   same run), local and with 2 workers: TTFT p50 and output tokens/s;
+#      ~30-token question; 16 streams;
+#   2. multi-turn chat: 16 conversations, each turn resent with its history
+#      (earlier turns' questions and answers); turn t of all 16 is one run
+#      of 16 streams, the turns in order against the same server;
+#   each with the cache on and off, local and with 2 workers, rounds
+#   alternating: TTFT p50/p99 and output tokens/s (best of the rounds);
+#   per chat turn, the prompt tokens actually prefilled (prompt_tokens -
+#   cached_tokens, as usage reports them);
 #   3. a ~2000-token prompt arriving while 15 streams decode: their
 #      inter-token latency p99 against the same 15 streams alone, with the
-#      default --prefill-chunk and with chunking off (--prefill-chunk 0).
-#   EPMOE_BENCH_PREFIX_MODES="local" skips the 2-worker runs.
-# No llama-server on this machine: the figures are epmoe's own ratios.
+#      default --prefill-chunk and with chunking off (--prefill-chunk 0),
+#      local and with 2 workers.
+# Environment:
+#   EPMOE_LLAMA_SERVER=/path/to/llama-server  also runs loads 1 and 2
+#       against llama-server (built by the user from a llama.cpp checkout;
+#       nothing of it is in this repository) on the same F16 file, -np 16
+#       -t 2, prompt cache on = cache_prompt true, off = false; prints the
+#       ratios epmoe / llama-server
+#   EPMOE_BENCH_PREFIX_MODES="local" skips the 2-worker runs
+# Bounded: every run has a request count and --timeout; QUICK mode
+# (EPMOE_BENCH_QUICK=1) shortens it to one round of 16 requests.
 
 PX_DIR=$B/bench-prefix
 mkdir -p "$PX_DIR"
-PX_N=48; PX_G=32; PX_ROUNDS=2
-if [ "${EPMOE_BENCH_QUICK:-0}" = 1 ]; then PX_N=16; PX_G=8; PX_ROUNDS=1; fi
+PX_N=48; PX_G=32; PX_ROUNDS=2; PX_TURNS=4
+if [ "${EPMOE_BENCH_QUICK:-0}" = 1 ]; then PX_N=16; PX_G=8; PX_ROUNDS=1; PX_TURNS=3; fi
+PX_MODES=${EPMOE_BENCH_PREFIX_MODES:-local workers}
+LLAMA=${EPMOE_LLAMA_SERVER:-}
+if [ -n "$LLAMA" ] && [ ! -x "$LLAMA" ]; then
+	echo "bench: EPMOE_LLAMA_SERVER=$LLAMA is not an executable; comparing without it"
+	LLAMA=
+fi
 
-# words N SEED: N pseudo-random words (deterministic)
-words() {
-	awk -v n="$1" -v seed="$2" 'BEGIN {
-		split("river stone light garden window forest market engine answer moment " \
-		      "music table north summer letter mirror planet bridge castle signal " \
-		      "winter ocean paper silver travel little yellow orange purple animal", w, " ")
-		s = seed * 7919 + 17
-		for (i = 0; i < n; i++) { s = (s * 1103515245 + 12345) % 2147483648; printf "%s%s", (i ? " " : ""), w[1 + int(s / 65536) % 30] }
-	}'
+EPMOE=$BIN; PX_MODEL=$SRV_MODEL
+. client/bench/prefix-data.sh
+px_data "$PX_DIR" "$PX_N" "$PX_TURNS"
+tpw=$PX_TPW
+# pget JSON KEY: KEY of the first point of a bench server JSON ("" if null)
+pget() { _pv=$(jget "$1" "$2"); [ "$_pv" = null ] && _pv=""; printf '%s' "$_pv"; }
+minf() { awk -v a="$1" -v b="$2" 'BEGIN { print (a == "" || (b != "" && b + 0 < a + 0)) ? b : a }'; }
+
+# ---- the servers ----
+LPID=
+stop_llama() {
+	[ -n "$LPID" ] || return 0
+	kill -TERM "$LPID" 2>/dev/null || true
+	wait "$LPID" 2>/dev/null || true
+	LPID=
 }
-# ntok TEXT: tokens of TEXT under the served model
-ntok() { "$BIN" tokenize --model "$SRV_MODEL" "$1" | tr ',' '\n' | grep -c .; }
-
-# about 256 tokens of system prompt
-tpw=$(awk -v t="$(ntok "$(words 200 1)")" 'BEGIN { printf "%.3f", t / 200 }')
-sys_words=$(awk -v r="$tpw" 'BEGIN { printf "%d", 256 / r }')
-SYS="You are a careful assistant. $(words "$sys_words" 1)"
-: >"$PX_DIR/shared.txt"
-i=0
-while [ $i -lt "$PX_N" ]; do
-	printf '%s Question %d: %s?\n' "$SYS" "$i" "$(words 18 $((100 + i)))" >>"$PX_DIR/shared.txt"
-	i=$((i + 1))
-done
-# chat: line k = conversation k % 16, turn k / 16 + 1, with its history
-# (each earlier turn's question and a 40-word answer)
-: >"$PX_DIR/chat.txt"
-k=0
-while [ $k -lt "$PX_N" ]; do
-	conv=$((k % 16)); turn=$((k / 16))
-	h="System: you answer briefly. Conversation $conv."
-	t=0
-	while [ $t -lt "$turn" ]; do
-		h="$h User: $(words 30 $((1000 + conv * 10 + t))) Assistant: $(words 40 $((5000 + conv * 10 + t)))"
-		t=$((t + 1))
+trap 'stop_router; stop_llama' EXIT
+# serve_llama: llama-server on the same file, 16 slots of 1024 tokens, 2 threads
+serve_llama() {
+	hp=$(free_port)
+	HURL=http://127.0.0.1:$hp
+	"$LLAMA" -m "$SRV_MODEL" -np 16 -t 2 -tb 2 -c 16384 --host 127.0.0.1 --port "$hp" \
+		>"$B/bench-llama.log" 2>&1 &
+	LPID=$!
+	i=0
+	until curl -sf -o /dev/null "$HURL/health"; do
+		i=$((i + 1))
+		if [ $i -ge 600 ] || ! kill -0 "$LPID" 2>/dev/null; then
+			echo "bench: llama-server did not start:"; tail -5 "$B/bench-llama.log"; stop_llama; return 1
+		fi
+		sleep 0.2
 	done
-	printf '%s User: %s Assistant:\n' "$h" "$(words 30 $((1000 + conv * 10 + turn)))" >>"$PX_DIR/chat.txt"
-	k=$((k + 1))
-done
+}
+# start SRV CACHE: SRV is local, workers (epmoe) or llama; sets HURL and XB
+# (the --extra-body of the requests)
+start() {
+	XB=""
+	case $1 in
+	local) serve "--local --prefix-cache $2" "$B" ;;
+	workers) serve "--workers 2 --prefix-cache $2" "$B" ;;
+	llama)
+		serve_llama || return 1
+		if [ "$2" = on ]; then XB='{"cache_prompt":true}'; else XB='{"cache_prompt":false}'; fi ;;
+	esac
+}
+halt() { if [ "$1" = llama ]; then stop_llama; else stop_router; fi; }
+# lg PROMPT-FILE N: one load of N requests, 16 streams; the point's JSON
+lg() {
+	# shellcheck disable=SC2086
+	"$BIN" bench server -s "$HURL" -c 16 -N "$2" --max-tokens $PX_G --prompt-file "$1" \
+		--timeout 900 --slo none --json - -q ${XB:+--extra-body "$XB"} 2>>"$PX_DIR/lg.err" || true
+}
+# keep NAME JSON: the best of the rounds for cell NAME (TTFT lowest, tok/s highest)
+keep() {
+	_a=$(pget "$2" median_ttft_ms); _b=$(pget "$2" p99_ttft_ms); _c=$(pget "$2" output_throughput)
+	eval "_o1=\${$1_t50:-}; _o2=\${$1_t99:-}; _o3=\${$1_tps:-0}"
+	_a=$(minf "$_o1" "$_a"); _b=$(minf "$_o2" "$_b"); _c=$(maxf "$_o3" "${_c:-0}")
+	eval "$1_t50=\$_a; $1_t99=\$_b; $1_tps=\$_c"
+}
 
+SERVERS=$PX_MODES
+[ -n "$LLAMA" ] && SERVERS="$SERVERS llama"
 echo
-echo "== serving: prefix cache, $SRV_MODEL, 16 streams, $PX_N requests of $PX_G tokens"
-echo "   (shared: $(ntok "$SYS") + ~30 tokens per prompt; chat: 4 turns resent with history,"
-echo "    $(ntok "$(tail -1 "$PX_DIR/chat.txt")") tokens at the last turn; $PX_ROUNDS rounds, on/off alternating, best of each)"
-printf '%-9s %-8s | %10s %10s %7s | %10s %10s %7s | %8s\n' "" "" "TTFT p50" "ms" "" "output" "tok/s" "" "hit"
-printf '%-9s %-8s | %10s %10s %7s | %10s %10s %7s | %8s\n' load experts "cache on" off "on/off" "cache on" off "on/off" rate
-for load in shared chat; do
-	for mode in ${EPMOE_BENCH_PREFIX_MODES:-local workers}; do
-		margs="--local"; [ $mode = workers ] && margs="--workers 2"
-		ton=""; toff=""; son=0; soff=0; hit=""
-		r=1
-		while [ $r -le $PX_ROUNDS ]; do
-			for pc in on off; do
-				serve "$margs --prefix-cache $pc" "$B"
-				o=$("$BIN" bench server -s "$HURL" -c 16 -N "$PX_N" --max-tokens $PX_G \
-					--prompt-file "$PX_DIR/$load.txt" --timeout 900 --json -q) || true
-				tt=$(printf '%s\n' "$o" | sed -n 's/.*"ttft_ms":{[^}]*"p50":\([^,}]*\).*/\1/p')
-				th=$(jget "$o" output_token_throughput)
-				if [ $pc = on ]; then
-					hit=$(curl -s "$HURL/v1/stats" | sed -n 's/.*"hit_rate":\([^,}]*\).*/\1/p')
-					ton=$(awk -v a="$ton" -v b="$tt" 'BEGIN { print (a == "" || b + 0 < a + 0) ? b : a }')
-					son=$(maxf "$son" "$th")
-				else
-					toff=$(awk -v a="$toff" -v b="$tt" 'BEGIN { print (a == "" || b + 0 < a + 0) ? b : a }')
-					soff=$(maxf "$soff" "$th")
+echo "== serving: prefix cache, $SRV_MODEL, 16 streams, $PX_G tokens per request"
+echo "   shared: $PX_N requests of $(ntok "$SYS") + ~30 tokens; chat: 16 conversations x $PX_TURNS turns resent"
+echo "   with history ($(ntok "$(tail -1 "$PX_DIR/chat-$PX_TURNS.txt")") tokens at the last); $PX_ROUNDS round(s), servers and cache on/off alternating, best of each"
+if [ -n "$LLAMA" ]; then
+	echo "   llama-server: $LLAMA -np 16 -t 2, cache on/off = cache_prompt true/false per request"
+else
+	echo "   (llama-server not given: set EPMOE_LLAMA_SERVER=/path/to/llama-server for the side-by-side)"
+fi
+px_t0=$(date +%s)
+r=1
+while [ $r -le $PX_ROUNDS ]; do
+	for pc in on off; do
+		for srv in $SERVERS; do
+			# shared prefix
+			start $srv $pc || continue
+			keep "c_shared_${srv}_$pc" "$(lg "$PX_DIR/shared.txt" "$PX_N")"
+			halt $srv
+			# chat: the turns in order on one server; the table's figures
+			# are the later turns' (TTFT: mean of their p50s, max of their
+			# p99s; tok/s: their tokens over their time)
+			start $srv $pc || continue
+			t=1; s50=0; m99=0; tok=0; dur=0
+			while [ $t -le $PX_TURNS ]; do
+				o=$(lg "$PX_DIR/chat-$t.txt" 16)
+				in=$(pget "$o" total_input_tokens); ca=$(pget "$o" total_cached_tokens)
+				n=$(pget "$o" completed)
+				_pf=$(awk -v i="$in" -v c="${ca:-0}" -v n="$n" 'BEGIN { if (n > 0) printf "%.0f", (i - c) / n }')
+				_pt=$(awk -v i="$in" -v n="$n" 'BEGIN { if (n > 0) printf "%.0f", i / n }')
+				eval "pf_${srv}_${pc}_$t=\$_pf; pt_$t=\$_pt"
+				if [ $t -gt 1 ]; then
+					s50=$(awk -v a="$s50" -v b="$(pget "$o" median_ttft_ms)" 'BEGIN { print a + b }')
+					m99=$(maxf "$m99" "$(pget "$o" p99_ttft_ms)")
+					tok=$(awk -v a="$tok" -v b="$(pget "$o" total_output_tokens)" 'BEGIN { print a + b }')
+					dur=$(awk -v a="$dur" -v b="$(pget "$o" duration)" 'BEGIN { print a + b }')
 				fi
-				stop_router
+				t=$((t + 1))
 			done
-			r=$((r + 1))
+			halt $srv
+			keep "c_chat_${srv}_$pc" "$(awk -v s="$s50" -v m="$m99" -v k="$tok" -v d="$dur" -v n=$((PX_TURNS - 1)) \
+				'BEGIN { printf "{\"median_ttft_ms\":%g,\"p99_ttft_ms\":%g,\"output_throughput\":%g}", s / n, m, (d > 0) ? k / d : 0 }')"
 		done
-		printf '%-9s %-8s | %10.0f %10.0f %7s | %10.1f %10.1f %7s | %8.2f\n' "$load" "$mode" \
-			"$ton" "$toff" \
-			"$(ratio "$ton" "$toff")" "$son" "$soff" "$(ratio "$son" "$soff")" "${hit:-0}"
+	done
+	r=$((r + 1))
+done
+srv_name() { case $1 in local) echo "epmoe local" ;; workers) echo "epmoe 2 workers" ;; llama) echo "llama-server" ;; esac; }
+printf '%-7s %-16s %-5s | %9s %9s | %9s\n' load server cache "TTFT p50" "p99 ms" "tok/s"
+for load in shared chat; do
+	for srv in $SERVERS; do
+		for pc in on off; do
+			eval "a=\${c_${load}_${srv}_${pc}_t50:-}; b=\${c_${load}_${srv}_${pc}_t99:-}; c=\${c_${load}_${srv}_${pc}_tps:-0}"
+			printf '%-7s %-16s %-5s | %9.0f %9.0f | %9.1f\n' "$load" "$(srv_name $srv)" $pc "${a:-0}" "${b:-0}" "$c"
+		done
 	done
 done
-echo "(TTFT on/off < 1 and tok/s on/off > 1: the cache helps; no llama-server here to compare with)"
+echo "(chat: turns 2..$PX_TURNS, the turns that have history to reuse)"
+if [ -n "$LLAMA" ]; then
+	echo
+	echo "epmoe / llama-server, same load and cache setting (TTFT < 1 and tok/s > 1: epmoe better;"
+	echo "targets: TTFT p50 <= 1 with the cache on, shared-prefix tok/s >= 1.5):"
+	printf '%-7s %-16s %-5s | %9s %9s | %9s\n' load epmoe cache "TTFT p50" "p99" "tok/s"
+	for load in shared chat; do
+		for srv in $PX_MODES; do
+			for pc in on off; do
+				eval "a=\${c_${load}_${srv}_${pc}_t50:-}; b=\${c_${load}_${srv}_${pc}_t99:-}; c=\${c_${load}_${srv}_${pc}_tps:-0}"
+				eval "la=\${c_${load}_llama_${pc}_t50:-}; lb=\${c_${load}_llama_${pc}_t99:-}; lc=\${c_${load}_llama_${pc}_tps:-0}"
+				printf '%-7s %-16s %-5s | %9s %9s | %9s\n' "$load" "$(srv_name $srv)" $pc \
+					"$(ratio "${a:-0}" "${la:-0}")" "$(ratio "${b:-0}" "${lb:-0}")" "$(ratio "$c" "$lc")"
+			done
+		done
+	done
+fi
+echo
+echo "chat: prompt tokens prefilled per request at each turn (prompt - cached; last round)"
+printf '%-5s %8s' turn prompt
+for srv in $SERVERS; do for pc in on off; do printf ' %16s' "$(srv_name $srv | sed 's/epmoe //') $pc"; done; done
+echo
+t=1
+while [ $t -le $PX_TURNS ]; do
+	eval "p=\${pt_$t:-}"
+	printf '%-5s %8s' $t "$p"
+	for srv in $SERVERS; do for pc in on off; do eval "v=\${pf_${srv}_${pc}_$t:-}"; printf ' %16s' "${v:--}"; done; done
+	echo
+	t=$((t + 1))
+done
+echo "(with the cache on a later turn prefills its new tokens: the previous turn's answer and"
+echo " the new question, plus the part of a block epmoe cannot share; llama-server re-evaluates"
+echo " at least the last token)"
+echo "(prefix loads: $(($(date +%s) - px_t0)) s)"
 
 # ---- a long prompt while 15 streams decode ----
 LG=64; [ "${EPMOE_BENCH_QUICK:-0}" = 1 ] && LG=24
 LONG="$(words "$(awk -v r="$tpw" 'BEGIN { printf "%d", 1990 / r }')" 77)"
 printf '%s\n' "$LONG" >"$PX_DIR/long.txt"
 echo
-echo "== a $(ntok "$LONG")-token prompt arriving while 15 streams decode ($LG tokens each, local):"
+echo "== a $(ntok "$LONG")-token prompt arriving while 15 streams decode ($LG tokens each):"
 echo "   their inter-token latency p99 with it / without it"
-printf '%-34s %12s %12s %8s\n' "" "alone ms" "with it ms" ratio
-for chunk in 128 0; do
-	serve "--local --prefill-chunk $chunk" "$B"
-	a=$("$BIN" bench server -s "$HURL" -c 15 -N 15 --max-tokens $LG --timeout 900 --json -q) || true
-	"$BIN" bench server -s "$HURL" -c 15 -N 15 --max-tokens $LG --timeout 900 --json -q >"$PX_DIR/with.json" || true &
-	bpid=$!
-	sleep 1
-	"$BIN" bench server -s "$HURL" -c 1 -N 1 --max-tokens 1 --prompt-file "$PX_DIR/long.txt" \
-		--timeout 900 --json -q >/dev/null || true
-	wait $bpid || true
-	w=$(cat "$PX_DIR/with.json")
-	pa=$(printf '%s\n' "$a" | sed -n 's/.*"itl_ms":{[^}]*"p99":\([^,}]*\).*/\1/p')
-	pw=$(printf '%s\n' "$w" | sed -n 's/.*"itl_ms":{[^}]*"p99":\([^,}]*\).*/\1/p')
-	label="--prefill-chunk $chunk"; [ "$chunk" = 0 ] && label="--prefill-chunk 0 (chunking off)"
-	printf '%-34s %12.1f %12.1f %8s\n' "$label" "$pa" "$pw" "$(ratio "$pw" "$pa")"
-	stop_router
+printf '%-10s %-32s %12s %12s %8s\n' experts "" "alone ms" "with it ms" ratio
+for mode in $PX_MODES; do
+	margs="--local"; [ $mode = workers ] && margs="--workers 2"
+	for chunk in 128 0; do
+		serve "$margs --prefill-chunk $chunk" "$B"
+		a=$("$BIN" bench server -s "$HURL" -c 15 -N 15 --max-tokens $LG --timeout 900 --slo none --json - -q) || true
+		"$BIN" bench server -s "$HURL" -c 15 -N 15 --max-tokens $LG --timeout 900 --slo none --json - -q \
+			>"$PX_DIR/with.json" || true &
+		bpid=$!
+		sleep 1
+		"$BIN" bench server -s "$HURL" -c 1 -N 1 --max-tokens 1 --prompt-file "$PX_DIR/long.txt" \
+			--timeout 900 --slo none --json - -q >/dev/null || true
+		wait $bpid || true
+		w=$(cat "$PX_DIR/with.json")
+		pa=$(pget "$a" p99_itl_ms); pw=$(pget "$w" p99_itl_ms)
+		label="--prefill-chunk $chunk"; [ "$chunk" = 0 ] && label="--prefill-chunk 0 (chunking off)"
+		printf '%-10s %-32s %12.1f %12.1f %8s\n' "$mode" "$label" "${pa:-0}" "${pw:-0}" "$(ratio "${pw:-0}" "${pa:-0}")"
+		stop_router
+	done
 done
 echo "(target: ratio <= 2)"

@@ -6,6 +6,9 @@
 #   EPMOE_BENCH_FO_MODEL  model of the failover section (client/bench/failover.sh)
 #   EPMOE_BENCH_ONLY=prefix  only the prefix-cache / chunked-prefill part
 #                       (client/bench/prefix.sh)
+#   EPMOE_LLAMA_SERVER=PATH  the prefix part also runs its loads against
+#                       this llama-server binary (built by the user from a
+#                       llama.cpp checkout) and prints epmoe / llama-server
 #   EPMOE_BENCH_BEFORE=REV  also serve with the code of git revision REV
 #                       (built in $EPMOE_BUILD/bench-before) and print it
 #                       next to this code's figures, runs alternating
@@ -245,10 +248,10 @@ echo "(messages per token per layer at one token per step equal the rows ratio)"
 p1=0; p16=0; o1=0; o16=0
 for round in 1 2; do
 	for sp in off predict; do
-		serve "--workers 2 --spec $sp"
-		r1=$("$BIN" bench server -s "$HURL" -c 1 -N $SN1 --max-tokens $SG --timeout 600 --json -q)
-		r16=$("$BIN" bench server -s "$HURL" -c 16 -N $SN16 --max-tokens $SG --timeout 600 --json -q)
-		t1=$(jget "$r1" output_token_throughput); t16=$(jget "$r16" output_token_throughput)
+		serve "--workers 2 --spec $sp" "$B"
+		r1=$("$BIN" bench server -s "$HURL" -c 1 -N $SN1 --max-tokens $SG --timeout 600 --json - -q)
+		r16=$("$BIN" bench server -s "$HURL" -c 16 -N $SN16 --max-tokens $SG --timeout 600 --json - -q)
+		t1=$(jget "$r1" output_throughput); t16=$(jget "$r16" output_throughput)
 		if [ $sp = off ]; then o1=$(maxf "$o1" "$t1"); o16=$(maxf "$o16" "$t16"); else
 			p1=$(maxf "$p1" "$t1"); p16=$(maxf "$p16" "$t16"); fi
 		stop_router

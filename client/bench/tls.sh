@@ -56,16 +56,16 @@ all1=""; all16=""
 for r in $(seq 1 "$ROUNDS"); do
 	for mode in plain tls; do
 		serve $mode
-		o1=$("$BIN" bench server -s "$HURL" -c 1 -N $SN1 --max-tokens $SG --json -q) ||
+		o1=$("$BIN" bench server -s "$HURL" -c 1 -N $SN1 --max-tokens $SG --json - -q) ||
 			{ echo "bench tls: epmoe bench server failed ($mode, c=1)"; exit 1; }
-		o16=$("$BIN" bench server -s "$HURL" -c 16 -N $SN16 --max-tokens $SG --json -q) ||
+		o16=$("$BIN" bench server -s "$HURL" -c 16 -N $SN16 --max-tokens $SG --json - -q) ||
 			{ echo "bench tls: epmoe bench server failed ($mode, c=16)"; exit 1; }
 		if [ $mode = tls ] && ! grep -q "mutual TLS" "$B/bench-tls-router.log"; then
 			echo "bench tls: the router does not use TLS"
 			exit 1
 		fi
-		eval "${mode}1=$(jget "$o1" output_token_throughput)"
-		eval "${mode}16=$(jget "$o16" output_token_throughput)"
+		eval "${mode}1=$(jget "$o1" output_throughput)"
+		eval "${mode}16=$(jget "$o16" output_throughput)"
 		stop_router
 	done
 	# shellcheck disable=SC2154

@@ -362,6 +362,26 @@ START_TEST(server_responses_decode_to_text_finish_and_usage)
 	ck_assert_uint_eq(d.completion_tokens, 3);
 	cl_oai_delta_fini(&d);
 
+	/* cached prompt tokens: OpenAI's prompt_tokens_details, else
+	 * llama-server's timings (prompt_n: the tokens it evaluated) */
+	u.cached_tokens = 8;
+	d = parse_tree(oai_usage_chunk("c", "tiny", 1, 0, &u));
+	ck_assert_int_eq(d.has_cached, 1);
+	ck_assert_uint_eq(d.cached_tokens, 8);
+	cl_oai_delta_fini(&d);
+	static const char *const ll[] = {
+		"{\"usage\":{\"prompt_tokens\":300,\"completion_tokens\":4},"
+		"\"timings\":{\"prompt_n\":44,\"predicted_n\":4}}",
+		"{\"usage\":{\"prompt_tokens\":30,\"completion_tokens\":4}}",
+	};
+	ck_assert_int_eq(cl_oai_parse(ll[0], strlen(ll[0]), &d), 0);
+	ck_assert_int_eq(d.has_cached, 1);
+	ck_assert_uint_eq(d.cached_tokens, 256);
+	cl_oai_delta_fini(&d);
+	ck_assert_int_eq(cl_oai_parse(ll[1], strlen(ll[1]), &d), 0);
+	ck_assert_int_eq(d.has_cached, 0);
+	cl_oai_delta_fini(&d);
+
 	/* the error envelope */
 	oai_error_set(&e, 429, NULL, "queue full (%d waiting)", 64);
 	d = parse_tree(oai_error_body(&e));

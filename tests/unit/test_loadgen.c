@@ -1079,6 +1079,10 @@ START_TEST(bad_load_options_are_usage_errors)
 	ck_assert_int_eq(run_bench("server", "--dataset", "csv", NULL), 2);
 	ck_assert_int_eq(run_bench("server", "--range-ratio", "1", NULL), 2);
 	ck_assert_int_eq(run_bench("server", "--json", NULL), 2);
+	ck_assert_int_eq(run_bench("server", "--extra-body", "[1]", NULL), 2);
+	ck_assert_int_eq(run_bench("server", "--extra-body", "{\"a\":", NULL), 2);
+	ck_assert_int_eq(run_bench("server", "--server", "tcp://127.0.0.1:9",
+	        "--extra-body", "{}", NULL), 2);
 }
 END_TEST
 

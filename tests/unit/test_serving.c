@@ -28,6 +28,7 @@
 
 #include "engine.h"
 #include "epmoe.pb-c.h"
+#include "epmoe_client.h"
 #include "model.h"
 #include "serve_util.h"
 #include "testutil.h"
@@ -725,6 +726,27 @@ START_TEST(a_prefix_cache_hit_gives_the_cold_logprobs)
 	ck_assert_int_eq(tu_http(&R, "GET", "/metrics", NULL, &status, &m), 0);
 	ck_assert_msg(strstr(m, "epmoe_prefix_cache_hit_tokens_total") != NULL, "%s", m);
 	free(m);
+	/* the NNG API's usage says it too: a cold prompt 0, its repeat the
+	 * whole blocks before its last token */
+	struct epmoe_client *c;
+	struct epmoe_gen_params gp;
+	char err[256];
+	ck_assert_msg(epmoe_client_new(&c, R.nng_url, NULL, err, sizeof(err)) == 0, "%s", err);
+	epmoe_gen_params_init(&gp);
+	gp.max_tokens = 2;
+	gp.temperature = 0;
+	for (int k = 0; k < 2; k++) {
+		struct epmoe_completion r;
+		ck_assert_int_eq(epmoe_complete(c, "And God said, Let there be light: and "
+		        "there was light. And God saw the light, that it was good: and God "
+		        "divided the light from the darkness.", &gp, NULL, NULL, &r), 0);
+		ck_assert_int_eq(r.has_usage, 1);
+		ck_assert_int_eq(r.has_cached, 1);
+		ck_assert_uint_gt(r.prompt_tokens, 16);
+		ck_assert_uint_eq(r.cached_tokens, k == 0 ? 0 : (r.prompt_tokens - 1) / 16 * 16);
+		epmoe_completion_fini(&r);
+	}
+	epmoe_client_free(c);
 	stop_router();
 }
 END_TEST
