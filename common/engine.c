@@ -101,6 +101,7 @@ struct engine {
 	int32_t *aff_exp;
 	float *aff_w;
 	size_t cap_aff;
+	uint32_t cap_aff_off;
 	uint8_t *wseen;                  /* [2 * n_workers] */
 	/* attention scratch per thread: [OP_ATT_QCHUNK, positions], grown
 	 * to the longest sequence seen (at most n_ctx) */
@@ -916,7 +917,7 @@ merge_assign(struct engine *e, const struct eng_mb *mbs, struct moe_assign *out)
 	uint32_t T = a0->n_tok + a1->n_tok;
 	size_t n0 = a0->off[a0->n_tok], n1 = a1->off[a1->n_tok];
 
-	if (n0 + n1 > e->cap_aff || e->aff_off == NULL) {
+	if (n0 + n1 > e->cap_aff || e->aff_exp == NULL) {
 		size_t c = n0 + n1 > e->cap_t * 2u ? n0 + n1 : e->cap_t * 2u;
 		int32_t *ex = realloc(e->aff_exp, c * sizeof(*ex));
 		if (ex == NULL)
@@ -928,10 +929,14 @@ merge_assign(struct engine *e, const struct eng_mb *mbs, struct moe_assign *out)
 		e->aff_w = w;
 		e->cap_aff = c;
 	}
-	uint32_t *off = realloc(e->aff_off, ((size_t)e->cap_t + 1) * sizeof(*off));
-	if (off == NULL)
-		return EPMOE_ENOMEM;
-	e->aff_off = off;
+	if (T + 1 > e->cap_aff_off) {
+		uint32_t *o = realloc(e->aff_off, ((size_t)e->cap_t + 1) * sizeof(*o));
+		if (o == NULL)
+			return EPMOE_ENOMEM;
+		e->aff_off = o;
+		e->cap_aff_off = e->cap_t + 1;
+	}
+	uint32_t *off = e->aff_off;
 	for (uint32_t t = 0; t <= a0->n_tok; t++)
 		off[t] = a0->off[t];
 	for (uint32_t t = 1; t <= a1->n_tok; t++)
