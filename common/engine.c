@@ -12,6 +12,12 @@
  *   routing policy(S, groups) -> (token, expert, weight)
  *   x += experts(xn) (+ sigmoid(xn·g_sh) · shared(xn) for qwen2moe)
  * then RMSNorm · output_norm and the LM head for the rows that want logits.
+ *
+ * Two micro-batches (engine_set_microbatch): the items are reordered so
+ * that each half's rows are contiguous; every row buffer is shared (each
+ * half touches only its rows) and each half has its own routing scratch
+ * (struct eng_rs), so both stay valid while one half's experts are out
+ * and the other runs attention, gate and routing (step_split).
  */
 #include <cblas.h>
 #include <math.h>
