@@ -31,6 +31,7 @@
 #include "clock.h"
 #include "affinity.h"
 #include "engine.h"
+#include "engine_plan.h"
 #include "err.h"
 #include "fmath.h"
 #include "log.h"
@@ -1222,6 +1223,39 @@ cobatch_sides(struct engine *e, const struct eng_item *items, uint32_t n_items,
 	}
 }
 
+/* Co-batching scores: (n_items + 2) x n_workers doubles. */
+static int
+grow_score(struct engine *e, uint32_t n_items)
+{
+	size_t n = ((size_t)n_items + 2) * (size_t)e->n_workers;
+
+	if (n <= e->cap_score)
+		return 0;
+	double *sc = realloc(e->mb_score, n * sizeof(*sc));
+	if (sc == NULL)
+		return EPMOE_ENOMEM;
+	e->mb_score = sc;
+	e->cap_score = n;
+	return 0;
+}
+
+int
+engine_cobatch_plan(struct engine *e, const struct eng_item *items,
+        uint32_t n_items, uint8_t *side)
+{
+	uint32_t T = 0;
+	int rc;
+
+	if (e->aff == NULL || e->worker_of == NULL || e->n_workers <= 0)
+		return EPMOE_EINVAL;
+	if ((rc = grow_score(e, n_items)) != 0)
+		return rc;
+	for (uint32_t i = 0; i < n_items; i++)
+		T += items[i].n_tokens;
+	cobatch_sides(e, items, n_items, T, side);
+	return 0;
+}
+
 /* Decides whether the step runs as two micro-batches and how the items
  * are split: fills mb_items/mb_orig with the first half's items, then
  * the second's (each in the caller's order) and returns the first
@@ -1254,14 +1288,8 @@ plan_split(struct engine *e, struct eng_item *items, uint32_t n_items,
 		e->mb_row0 = r;
 		e->cap_mb = n_items;
 	}
-	if (e->n_workers > 0 && ((size_t)n_items + 2) * (size_t)e->n_workers > e->cap_score) {
-		size_t n = ((size_t)n_items + 2) * (size_t)e->n_workers;
-		double *sc = realloc(e->mb_score, n * sizeof(*sc));
-		if (sc == NULL)
-			return 0;
-		e->mb_score = sc;
-		e->cap_score = n;
-	}
+	if (e->n_workers > 0 && grow_score(e, n_items) != 0)
+		return 0;
 	/* the side of each item, kept in mb_row0 until the copy below */
 	side = (uint8_t *)e->mb_row0;
 	if (e->cobatch && e->aff && e->worker_of && e->n_workers > 0) {

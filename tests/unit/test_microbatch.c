@@ -7,13 +7,16 @@
  * Tolerance: max |logit difference| <= 1e-5 (only the products' row
  * blocking can differ; the reference models give bit-identical rows).
  * Policies that look at the whole batch (expert_choice) and steps of one
- * sequence are not split. */
+ * sequence are not split.  Co-batching puts sequences predicted on the
+ * same worker into the same half (synthetic affinity, known answer). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "affinity.h"
 #include "engine.h"
+#include "engine_plan.h"
 #include "err.h"
 #include "model.h"
 #include "testutil.h"
@@ -273,6 +276,84 @@ START_TEST(batch_wide_policies_are_not_split)
 }
 END_TEST
 
+/* Co-batching with known answers: tokens 10 and 11 always choose experts
+ * on worker 0, 20 and 21 experts on worker 1 (a synthetic affinity model,
+ * 2 workers of half the experts each).  Sequences predicted on the same
+ * worker share a half; the balance bound (T/2 + T/8 rows) still splits
+ * sequences that all want one worker. */
+START_TEST(cobatching_groups_sequences_by_predicted_worker)
+{
+	struct model *m;
+	struct engine *e;
+	struct affinity *a;
+	uint32_t L, E;
+	uint16_t *map;
+	uint8_t side[6];
+	int32_t learn[4] = { 10, 11, 20, 21 };
+	uint32_t off[5] = { 0, 2, 4, 6, 8 };
+	int32_t ex[8];
+	float w[8] = { .5f, .5f, .5f, .5f, .5f, .5f, .5f, .5f };
+
+	load(models[0], &m, &e);
+	L = m->hp.n_layer;
+	E = m->hp.n_expert;
+	ck_assert_uint_ge(E, 4);
+	ck_assert_int_eq(affinity_new(&a, L, E, m->hp.n_vocab, 0), 0);
+	for (int i = 0; i < 4; i++) {
+		ex[2 * i] = i < 2 ? 0 : (int32_t)E - 2;
+		ex[2 * i + 1] = i < 2 ? 1 : (int32_t)E - 1;
+	}
+	for (int round = 0; round < 3; round++) {
+		struct moe_assign asg = { 4, off, ex, w };
+		ck_assert_int_eq(affinity_step(a, learn, 4), 0);
+		for (uint32_t l = 0; l < L; l++) {
+			affinity_predict(a, l, 2);
+			affinity_observe(a, l, &asg);
+		}
+	}
+	map = malloc((size_t)L * E * sizeof(*map));
+	for (uint32_t i = 0; i < L * E; i++)
+		map[i] = (uint16_t)(i % E < E / 2 ? 0 : 1);
+	engine_set_affinity(e, a);
+	{
+		int32_t t[4] = { 10, 11, 20, 21 };
+		struct eng_item it[4];
+		for (int i = 0; i < 4; i++)
+			it[i] = (struct eng_item){ .tokens = &t[i], .n_tokens = 1, .decode = true };
+		/* no worker map yet: nothing to plan with */
+		ck_assert_int_eq(engine_cobatch_plan(e, it, 4, side), EPMOE_EINVAL);
+		ck_assert_int_eq(engine_set_worker_map(e, map, 2), 0);
+		ck_assert_int_eq(engine_cobatch_plan(e, it, 4, side), 0);
+		ck_assert_msg(side[0] == side[1] && side[2] == side[3] && side[0] != side[2],
+		        "sides %d %d %d %d", side[0], side[1], side[2], side[3]);
+		/* interleaved: the same grouping */
+		int32_t u[4] = { 10, 20, 11, 21 };
+		for (int i = 0; i < 4; i++)
+			it[i].tokens = &u[i];
+		ck_assert_int_eq(engine_cobatch_plan(e, it, 4, side), 0);
+		ck_assert_msg(side[0] == side[2] && side[1] == side[3] && side[0] != side[1],
+		        "sides %d %d %d %d", side[0], side[1], side[2], side[3]);
+	}
+	{
+		/* six sequences all predicted on worker 0: at most 3 rows a half */
+		int32_t t[6] = { 10, 11, 10, 11, 10, 11 };
+		struct eng_item it[6];
+		int n0 = 0;
+		for (int i = 0; i < 6; i++)
+			it[i] = (struct eng_item){ .tokens = &t[i], .n_tokens = 1, .decode = true };
+		ck_assert_int_eq(engine_cobatch_plan(e, it, 6, side), 0);
+		for (int i = 0; i < 6; i++)
+			n0 += side[i] == 0;
+		ck_assert_int_eq(n0, 3);
+	}
+	engine_set_affinity(e, NULL);
+	affinity_free(a);
+	free(map);
+	engine_free(e);
+	model_free(m);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -282,6 +363,7 @@ main(void)
 	tcase_set_timeout(tc, 120);
 	tcase_add_loop_test(tc, microbatched_steps_equal_single_batch_steps, 0, 3);
 	tcase_add_test(tc, batch_wide_policies_are_not_split);
+	tcase_add_test(tc, cobatching_groups_sequences_by_predicted_worker);
 	suite_add_tcase(s, tc);
 	return tu_run(s);
 }
