@@ -155,7 +155,13 @@ if kill -0 "$CURL" 2>/dev/null; then
 	[ "$code" = 503 ] && grep -q '"stopping"' "$TMPD/h" || fail "/health while draining: $code $(cat "$TMPD/h")"
 	code=$(curl -s -o "$TMPD/r" -w '%{http_code}' -m 5 "$HTTP_URL/v1/completions" \
 		-H 'Content-Type: application/json' -d '{"prompt": "a", "max_tokens": 2}')
-	[ "$code" = 503 ] && grep -q "shutting down" "$TMPD/r" || fail "a request while draining: $code $(cat "$TMPD/r")"
+	if [ "$code" = 000 ] && ! kill -0 "$CURL" 2>/dev/null; then
+		# the stream ended meanwhile, so the router stopped listening
+		note "the router finished draining before the second drain check (machine too fast?)"
+	else
+		[ "$code" = 503 ] && grep -q "shutting down" "$TMPD/r" ||
+			fail "a request while draining: $code $(cat "$TMPD/r" 2>/dev/null)"
+	fi
 	n=$((n + 2))
 else
 	note "the stream ended before the drain checks (machine too fast?): only its end is checked"
