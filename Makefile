@@ -242,12 +242,10 @@ bench: deps
 	@$(MAKE) --no-print-directory bench-only
 
 # (root) the testbed's delay relay against plain links, alternating; the
-# balancer off / eplb / llep / all on CPU-capped worker hosts; --spec off
-# against --spec all with 1 ms round trips
+# balancer off / eplb / llep / all on CPU-capped worker hosts
 bench-testbed: all
 	@EPMOE_BIN=$(CURDIR)/$(B)/bin sh tests/testbed/bench/relay_cost.sh
 	@EPMOE_BIN=$(CURDIR)/$(B)/bin sh tests/testbed/bench/balance.sh
-	@EPMOE_BIN=$(CURDIR)/$(B)/bin sh tests/testbed/bench/spec.sh
 
 bench-only: $(BINS)
 	@EPMOE_BUILD=$(B) sh client/bench/run.sh

@@ -41,9 +41,21 @@ for round in 1 2; do
 		tb_get /v1/stats >"$TMPD/stats.json" || fail "$sp: /v1/stats"
 		set -- $(python3 - "$TMPD/b.json" "$TMPD/stats.json" <<'PY'
 import json, sys
+def find(o, k):
+    # the first value of key k anywhere in the report
+    if isinstance(o, dict):
+        if k in o:
+            return o[k]
+        o = list(o.values())
+    if isinstance(o, list):
+        for v in o:
+            r = find(v, k)
+            if r is not None:
+                return r
+    return None
 b = json.load(open(sys.argv[1])); j = json.load(open(sys.argv[2]))
 mb = j.get("spec", {}).get("microbatch", {})
-print("%.1f %.1f %d" % (b["output_throughput"], b.get("p99_itl_ms") or 0,
+print("%.1f %.1f %d" % (find(b, "output_throughput") or 0, find(b, "p99_itl_ms") or 0,
       mb.get("split_steps", 0)))
 PY
 )
