@@ -112,6 +112,31 @@ int engine_set_worker_map(struct engine *e, const uint16_t *worker_of,
 struct affinity;
 void engine_set_affinity(struct engine *e, struct affinity *a);
 
+/* Two micro-batches in flight (speculative.md, ARCHITECTURE §2).  When
+ * on, a step of at least two items whose policies all route each token
+ * by itself (native, topk) and whose expert backend has submit/wait is
+ * run as two halves of its items, ping-pong: one half's attention, gate
+ * and routing while the other's experts are out.  Outputs equal the
+ * one-batch step up to float summation order in the products.  cobatch:
+ * items are split by their predicted workers (the affinity model's usual
+ * experts of their tokens, through the worker map) so that each half
+ * touches few workers and the two different ones, under a balance bound
+ * (neither half above T/2 + T/8 tokens); else by token count alone. */
+void engine_set_microbatch(struct engine *e, bool on, bool cobatch);
+
+/* Counters of the split steps (engine thread; read them there or under
+ * the caller's own lock). */
+struct engine_mb_stats {
+	uint64_t steps;         /* steps run as two micro-batches */
+	uint64_t single;        /* steps run as one while splitting was on */
+	uint64_t cobatched;     /* split steps planned by predicted workers */
+	uint64_t tokens_mb[2];  /* token rows of each half, summed */
+	uint64_t layers;        /* (step, layer)s counted below (worker map set) */
+	uint64_t workers_mb[2]; /* distinct workers each half's routing touched */
+	uint64_t workers_both;  /* ... that both halves touched */
+};
+const struct engine_mb_stats *engine_mb_stats(const struct engine *e);
+
 /* Called after every routing call (engine thread): the policy, layer,
  * tokens routed, the call's statistics and its duration in seconds. */
 typedef void (*engine_route_fn)(void *ud, struct route_policy *p,

@@ -36,6 +36,17 @@ struct moe_backend {
 	 * worker serves, and returns how many; 0 when the failure was not
 	 * about particular tokens. */
 	uint32_t (*unserved)(struct moe_backend *be, uint8_t *mask, uint32_t n_tok);
+	/* Optional asynchronous pair (both NULL: the engine runs one batch
+	 * per layer through run()).  submit() starts the call of micro-batch
+	 * mb (0 or 1) as run() would and returns at once; wait(mb) finishes
+	 * it and returns what run() would have.  x, a and out stay borrowed
+	 * until wait(mb) returns.  The two micro-batches may be in flight at
+	 * once; each has at most one call outstanding, and every successful
+	 * submit() is followed by its wait().  unserved() after a failed
+	 * wait(mb) describes that micro-batch's tokens. */
+	int (*submit)(struct moe_backend *be, unsigned mb, uint32_t layer,
+	        const float *x, const struct moe_assign *a, float *out);
+	int (*wait)(struct moe_backend *be, unsigned mb);
 };
 
 /* In-process experts computed with the engine's thread pool.  Borrows m and

@@ -137,6 +137,19 @@ struct dispatch {
 	struct llep_chunk *l_chunks; /* [2 * E * W] */
 	struct group *l_old;         /* [E] the groups before the split */
 
+	/* the call in flight between call_submit and call_wait */
+	bool in_call;
+	int call_rc;          /* a failure of the submit half */
+	uint32_t call_T;
+	size_t call_pairs;
+	float *call_out;
+	uint64_t call_t0, call_end, call_pack;
+	unsigned call_version;
+	/* micro-batch 1 of the asynchronous pair (made at its first submit)
+	 * and whichever of the two last failed (for unserved()) */
+	struct dispatch *mb1;
+	struct dispatch *last_failed;
+
 	pthread_mutex_t smu;
 	struct dispatch_stats st;
 };
@@ -1106,59 +1119,88 @@ combine(struct dispatch *ds, float *out)
 	}
 }
 
-static int
-dispatch_run(struct moe_backend *be, uint32_t layer, const float *x,
+/* The first half of a call: plans the layer's routing and sends every
+ * request.  Returns at once; call_wait() gathers. */
+static void
+call_submit(struct dispatch *ds, uint32_t layer, const float *x,
         const struct moe_assign *a, float *out)
 {
-	struct dispatch *ds = (struct dispatch *)be;
 	uint32_t T = a->n_tok, d = ds->d;
-	uint64_t t0 = clock_now_ns(), t_got, t_end, pack_ns = 0, call_end;
-	uint64_t bytes_in = 0, max_compute = 0;
-	size_t n_pairs = a->off[T];
-	unsigned version;
 	int rc = 0;
 
+	ds->in_call = true;
+	ds->call_rc = 0;
+	ds->call_T = T;
+	ds->call_pairs = a->off[T];
+	ds->call_out = out;
+	ds->call_t0 = clock_now_ns();
+	ds->call_pack = 0;
+	ds->n_msg = 0;
+	ds->pl = NULL;
 	memset(out, 0, (size_t)T * d * sizeof(float));
 	ds->n_unserved = 0;
-	if (n_pairs == 0) {
-		pthread_mutex_lock(&ds->smu);
-		ds->st.calls++;
-		ds->st.tokens += T;
-		pthread_mutex_unlock(&ds->smu);
-		return 0;
+	if (ds->call_pairs == 0)
+		return;
+	if (layer >= ds->L) {
+		ds->call_rc = EPMOE_EINVAL;
+		return;
 	}
-	if (layer >= ds->L)
-		return EPMOE_EINVAL;
-	call_end = t0 + 2 * (uint64_t)ds->dl.cap_ms * 1000000u;
+	ds->call_end = ds->call_t0 + 2 * (uint64_t)ds->dl.cap_ms * 1000000u;
 	ds->pl = cluster_placement_acquire(ds->c);
 	ds->layer = layer;
 	ds->a = a;
 	ds->x = x;
-	ds->n_msg = 0;
-	version = cluster_version(ds->c);
+	ds->call_version = cluster_version(ds->c);
 	cluster_peers(ds->c, ds->cp, ds->W);
 	for (uint32_t w = 0; w < ds->W; w++) {
 		ds->load[w] = ds->cp[w].load;
 		ds->bad[w] = false;
 		ds->near[w] = ds->cp[w].near;
 	}
-	if ((rc = plan(ds, a)) != 0)
-		goto out;
-	if (ds->cfg.llep && (rc = llep_split(ds)) != 0)
-		goto out;
+	if ((rc = plan(ds, a)) != 0 ||
+	        (ds->cfg.llep && (rc = llep_split(ds)) != 0)) {
+		ds->call_rc = rc;
+		return;
+	}
 	{
 		/* every group, in expert order: one request per worker */
 		uint32_t gl[256], n = 0;
 		for (uint32_t g = 0; g < ds->n_grp; g++) {
 			gl[n++] = g;
 			if (n == 256) {
-				send_groups(ds, gl, n, 0, &pack_ns);
+				send_groups(ds, gl, n, 0, &ds->call_pack);
 				n = 0;
 			}
 		}
 		if (n > 0)
-			send_groups(ds, gl, n, 0, &pack_ns);
+			send_groups(ds, gl, n, 0, &ds->call_pack);
 	}
+}
+
+/* The second half: replies, failures, re-sends, hedges, then the
+ * combine.  Returns what run() returns. */
+static int
+call_wait(struct dispatch *ds)
+{
+	uint32_t T = ds->call_T, d = ds->d, layer = ds->layer;
+	uint64_t t0 = ds->call_t0, call_end = ds->call_end, t_got, t_end;
+	uint64_t bytes_in = 0, max_compute = 0;
+	size_t n_pairs = ds->call_pairs;
+	float *out = ds->call_out;
+	int rc = ds->call_rc;
+
+	ds->in_call = false;
+	if (n_pairs == 0 && rc == 0) {
+		pthread_mutex_lock(&ds->smu);
+		ds->st.calls++;
+		ds->st.tokens += T;
+		pthread_mutex_unlock(&ds->smu);
+		return 0;
+	}
+	if (rc == EPMOE_EINVAL && ds->pl == NULL)
+		return rc;
+	if (rc != 0)
+		goto out;
 	/* gather: replies, failures, re-sends, hedges */
 	while (!groups_settled(ds)) {
 		uint64_t now = clock_now_ns(), until = now + POLL_MS * 1000000u;
@@ -1173,7 +1215,7 @@ dispatch_run(struct moe_backend *be, uint32_t layer, const float *x,
 			any = true;
 			if (m->hedge_ns != 0 && m->twin < 0) {
 				if (m->hedge_ns <= now)
-					hedge(ds, m, &pack_ns);
+					hedge(ds, m, &ds->call_pack);
 				else if (m->hedge_ns < until)
 					until = m->hedge_ns;
 			}
@@ -1183,7 +1225,7 @@ dispatch_run(struct moe_backend *be, uint32_t layer, const float *x,
 		if (until > call_end)
 			until = call_end;
 		wait_round(ds, until, &bytes_in, &max_compute);
-		watch_fences(ds, &version);
+		watch_fences(ds, &ds->call_version);
 	}
 	t_got = clock_now_ns();
 	drain(ds);
@@ -1210,7 +1252,10 @@ dispatch_run(struct moe_backend *be, uint32_t layer, const float *x,
 	pthread_mutex_lock(&ds->smu);
 	{
 		/* everything between packing and combining is waiting on
-		 * the workers: transport and their compute */
+		 * the workers: transport and their compute (with two
+		 * micro-batches in flight, also the router's work on the
+		 * other one) */
+		uint64_t pack_ns = ds->call_pack;
 		double wait = (double)(t_got - t0 - pack_ns) * 1e-9;
 		double comp = (double)max_compute * 1e-6;
 		ds->st.t_pack += (double)pack_ns * 1e-9;
@@ -1229,7 +1274,8 @@ out:
 	}
 	for (uint32_t i = 0; i < ds->n_msg; i++)
 		msg_release(ds->msg[i]);
-	cluster_placement_release(ds->c, ds->pl);
+	if (ds->pl)
+		cluster_placement_release(ds->c, ds->pl);
 	ds->pl = NULL;
 	pthread_mutex_lock(&ds->smu);
 	ds->st.calls++;
@@ -1242,12 +1288,76 @@ out:
 	return rc;
 }
 
+static int
+dispatch_run(struct moe_backend *be, uint32_t layer, const float *x,
+        const struct moe_assign *a, float *out)
+{
+	struct dispatch *ds = (struct dispatch *)be;
+	int rc;
+
+	call_submit(ds, layer, x, a, out);
+	rc = call_wait(ds);
+	ds->last_failed = rc != 0 ? ds : NULL;
+	return rc;
+}
+
+static int dispatch_make(struct dispatch **out, struct cluster *c,
+        const struct model *m, const struct dispatch_cfg *cfg);
+
+/* The dispatcher of micro-batch mb: the backend itself for 0, its second
+ * dispatcher (own requests, contexts, batch ids and scratch; same
+ * cluster) for 1. */
+static struct dispatch *
+mb_of(struct dispatch *ds, unsigned mb, bool make)
+{
+	if (mb == 0)
+		return ds;
+	if (ds->mb1 == NULL && make) {
+		if (dispatch_make(&ds->mb1, ds->c, ds->m, &ds->cfg) != 0)
+			return NULL;
+		/* batch ids of the two never meet */
+		ds->mb1->next_batch_id = (uint64_t)1 << 62;
+	}
+	return ds->mb1;
+}
+
+static int
+dispatch_submit(struct moe_backend *be, unsigned mb, uint32_t layer,
+        const float *x, const struct moe_assign *a, float *out)
+{
+	struct dispatch *ds = mb_of((struct dispatch *)be, mb, true);
+
+	if (mb > 1)
+		return EPMOE_EINVAL;
+	if (ds == NULL)
+		return EPMOE_ENOMEM;
+	if (ds->in_call)
+		return EPMOE_EINVAL;
+	call_submit(ds, layer, x, a, out);
+	return 0;
+}
+
+static int
+dispatch_wait(struct moe_backend *be, unsigned mb)
+{
+	struct dispatch *top = (struct dispatch *)be;
+	struct dispatch *ds = mb > 1 ? NULL : mb_of(top, mb, false);
+	int rc;
+
+	if (ds == NULL || !ds->in_call)
+		return EPMOE_EINVAL;
+	rc = call_wait(ds);
+	if (rc != 0)
+		top->last_failed = ds;
+	return rc;
+}
+
 static uint32_t
 dispatch_unserved(struct moe_backend *be, uint8_t *mask, uint32_t n_tok)
 {
-	struct dispatch *ds = (struct dispatch *)be;
+	struct dispatch *ds = ((struct dispatch *)be)->last_failed;
 
-	if (ds->n_unserved == 0)
+	if (ds == NULL || ds->n_unserved == 0)
 		return 0;
 	for (uint32_t t = 0; t < n_tok && t < ds->cap_tok; t++)
 		mask[t] |= ds->unserved[t];
@@ -1261,6 +1371,8 @@ dispatch_free(struct moe_backend *be)
 
 	if (ds == NULL)
 		return;
+	if (ds->mb1)
+		dispatch_free(&ds->mb1->be);
 	for (uint32_t i = 0; ds->msg && i < ds->cap_msg; i++) {
 		struct dmsg *m = ds->msg[i];
 		if (m == NULL)
@@ -1309,8 +1421,8 @@ dispatch_free(struct moe_backend *be)
 	free(ds);
 }
 
-int
-dispatch_new(struct moe_backend **out, struct cluster *c,
+static int
+dispatch_make(struct dispatch **out, struct cluster *c,
         const struct model *m, const struct dispatch_cfg *cfg)
 {
 	struct dispatch *ds;
@@ -1329,6 +1441,8 @@ dispatch_new(struct moe_backend **out, struct cluster *c,
 	ds->be.run = dispatch_run;
 	ds->be.free = dispatch_free;
 	ds->be.unserved = dispatch_unserved;
+	ds->be.submit = dispatch_submit;
+	ds->be.wait = dispatch_wait;
 	ds->c = c;
 	ds->m = m;
 	ds->W = cluster_n_workers(c);
@@ -1365,8 +1479,49 @@ dispatch_new(struct moe_backend **out, struct cluster *c,
 		dispatch_free(&ds->be);
 		return EPMOE_ENOMEM;
 	}
-	*out = &ds->be;
+	*out = ds;
 	return 0;
+}
+
+int
+dispatch_new(struct moe_backend **out, struct cluster *c,
+        const struct model *m, const struct dispatch_cfg *cfg)
+{
+	struct dispatch *ds;
+	int rc = dispatch_make(&ds, c, m, cfg);
+
+	if (rc == 0)
+		*out = &ds->be;
+	return rc;
+}
+
+/* a += b, field by field (every field is a counter or a sum) */
+static void
+stats_add(struct dispatch_stats *a, const struct dispatch_stats *b)
+{
+	a->calls += b->calls;
+	a->failures += b->failures;
+	a->tokens += b->tokens;
+	a->pairs += b->pairs;
+	a->msgs += b->msgs;
+	a->rows_sent += b->rows_sent;
+	a->bytes_sent += b->bytes_sent;
+	a->bytes_recv += b->bytes_recv;
+	a->batch_failures += b->batch_failures;
+	a->redispatches += b->redispatches;
+	a->redispatched_pairs += b->redispatched_pairs;
+	a->hedges += b->hedges;
+	a->hedges_won += b->hedges_won;
+	a->abandoned += b->abandoned;
+	a->stale += b->stale;
+	a->unserved_tokens += b->unserved_tokens;
+	a->llep_calls += b->llep_calls;
+	a->llep_split_groups += b->llep_split_groups;
+	a->t_pack += b->t_pack;
+	a->t_wire += b->t_wire;
+	a->t_compute += b->t_compute;
+	a->t_combine += b->t_combine;
+	a->t_total += b->t_total;
 }
 
 void
@@ -1377,6 +1532,11 @@ dispatch_stats(struct moe_backend *be, struct dispatch_stats *out)
 	pthread_mutex_lock(&ds->smu);
 	*out = ds->st;
 	pthread_mutex_unlock(&ds->smu);
+	if (ds->mb1) {
+		struct dispatch_stats b;
+		dispatch_stats(&ds->mb1->be, &b);
+		stats_add(out, &b);
+	}
 }
 
 void
@@ -1387,4 +1547,6 @@ dispatch_stats_reset(struct moe_backend *be)
 	pthread_mutex_lock(&ds->smu);
 	memset(&ds->st, 0, sizeof(ds->st));
 	pthread_mutex_unlock(&ds->smu);
+	if (ds->mb1)
+		dispatch_stats_reset(&ds->mb1->be);
 }

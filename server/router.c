@@ -288,7 +288,7 @@ load_affinity(struct router *r)
 	char err[512] = "";
 	int rc;
 
-	if (!(r->cfg.spec & (ROUTER_SPEC_PREDICT | ROUTER_SPEC_GROUP)))
+	if (!(r->cfg.spec & ROUTER_SPEC_ALL))
 		return 0;
 	if (r->cfg.affinity && *r->cfg.affinity) {
 		if ((rc = affinity_load_file(&r->affinity, r->cfg.affinity, hp->n_layer,
@@ -301,10 +301,11 @@ load_affinity(struct router *r)
 		log_error("cannot create the affinity model: %s", epmoe_strerror(rc));
 		return rc;
 	}
-	if (r->cfg.spec & ROUTER_SPEC_PREDICT)
+	/* co-batching plans with the predictions, so it feeds the model */
+	if (r->cfg.spec & (ROUTER_SPEC_PREDICT | ROUTER_SPEC_COBATCH))
 		engine_set_affinity(r->engine, r->affinity);
 	if (r->cfg.spec & ROUTER_SPEC_COBATCH)
-		log_warn("spec: cobatch (two micro-batches in flight) is not built yet; ignored");
+		engine_set_microbatch(r->engine, true, true);
 	return 0;
 }
 

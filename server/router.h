@@ -82,7 +82,7 @@ struct router_cfg {
 /* Parts of the speculative pre-scheduler (--spec, speculative.md). */
 #define ROUTER_SPEC_PREDICT 1u   /* predict experts before each gate, score */
 #define ROUTER_SPEC_GROUP 2u     /* grouped placement from the affinity file */
-#define ROUTER_SPEC_COBATCH 4u   /* reserved: two micro-batches in flight */
+#define ROUTER_SPEC_COBATCH 4u   /* two micro-batches in flight, co-batched */
 #define ROUTER_SPEC_ALL 7u
 /* Parses "off|predict|group|cobatch|all" or a '+'-joined list of parts:
  * 0 or EPMOE_EINVAL. */

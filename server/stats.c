@@ -57,6 +57,8 @@ struct stats {
 
 	/* speculative pre-scheduler: per layer, pairs and hits per predictor */
 	struct metrics_series **sp_pairs;    /* [L] */
+	struct metrics_series *mb_steps, *mb_single, *mb_layers, *mb_workers[2],
+	        *mb_both;
 	struct metrics_series **sp_hits;     /* [L][AFF_N_PRED] */
 	struct metrics_series **sp_rate;     /* [L][AFF_N_PRED] */
 
@@ -267,6 +269,37 @@ register_spec(struct stats *st)
 	return 0;
 }
 
+/* --spec cobatch: steps split into two micro-batches and the workers
+ * each half's routing touched. */
+static int
+register_microbatch(struct stats *st)
+{
+	static const char *const l_mb[] = { "microbatch" };
+	struct metrics_family *f;
+	const char *lv[1];
+	int rc;
+
+	REG(counter, st->mb_steps, "epmoe_spec_split_steps_total",
+	    "Steps run as two micro-batches in flight (--spec cobatch)");
+	REG(counter, st->mb_single, "epmoe_spec_unsplit_steps_total",
+	    "Steps run as one batch while --spec cobatch was on (one sequence, or a "
+	    "policy routing the whole batch)");
+	REG(counter, st->mb_layers, "epmoe_spec_split_layers_total",
+	    "(split step, layer)s whose workers are counted below");
+	if ((rc = metrics_counter(st->metrics, "epmoe_spec_microbatch_workers_total",
+	             "Distinct workers each micro-batch's routing touched, summed over split "
+	             "layers (divide by epmoe_spec_split_layers_total)", l_mb, 1, &f)) != 0)
+		return rc;
+	for (int i = 0; i < 2; i++) {
+		lv[0] = i ? "1" : "0";
+		if ((rc = metrics_series(f, lv, &st->mb_workers[i])) != 0)
+			return rc;
+	}
+	REG(counter, st->mb_both, "epmoe_spec_microbatch_shared_workers_total",
+	    "Workers both micro-batches touched, summed over split layers");
+	return 0;
+}
+
 static int
 register_failover(struct stats *st)
 {
@@ -418,6 +451,8 @@ stats_register(struct stats *st)
 		return rc;
 	if (st->r->affinity && (st->r->cfg.spec & ROUTER_SPEC_PREDICT) &&
 	        (rc = register_spec(st)) != 0)
+		return rc;
+	if ((rc = register_microbatch(st)) != 0)
 		return rc;
 	st->s_expert_tokens = calloc((size_t)hp->n_layer * hp->n_expert, sizeof(*st->s_expert_tokens));
 	if (st->s_expert_tokens == NULL)
@@ -717,6 +752,15 @@ stats_render_metrics(struct stats *st, char **out, size_t *len)
 		counter_to(st->m_http_refused, (double)hc.refused);
 		counter_to(st->m_http_timeouts, (double)hc.timeouts);
 	}
+	if (st->r->engine) {
+		const struct engine_mb_stats *mb = engine_mb_stats(st->r->engine);
+		counter_to(st->mb_steps, (double)mb->steps);
+		counter_to(st->mb_single, (double)mb->single);
+		counter_to(st->mb_layers, (double)mb->layers);
+		counter_to(st->mb_workers[0], (double)mb->workers_mb[0]);
+		counter_to(st->mb_workers[1], (double)mb->workers_mb[1]);
+		counter_to(st->mb_both, (double)mb->workers_both);
+	}
 	if (st->sp_pairs) {
 		for (uint32_t l = 0; l < st->r->model->hp.n_layer; l++) {
 			struct aff_layer_stats a;
@@ -798,6 +842,21 @@ spec_json(struct router *r)
 	cJSON_AddBoolToObject(j, "grouped_placement", r->grouped != NULL);
 	if (r->cfg.affinity)
 		cJSON_AddStringToObject(j, "affinity_file", r->cfg.affinity);
+	if (r->engine) {
+		const struct engine_mb_stats *mb = engine_mb_stats(r->engine);
+		cJSON *o = cJSON_AddObjectToObject(j, "microbatch");
+		double L = mb->layers ? (double)mb->layers : 1.0;
+		double T = mb->steps ? (double)mb->steps : 1.0;
+		cJSON_AddBoolToObject(o, "on", (r->cfg.spec & ROUTER_SPEC_COBATCH) != 0);
+		cJSON_AddNumberToObject(o, "split_steps", (double)mb->steps);
+		cJSON_AddNumberToObject(o, "unsplit_steps", (double)mb->single);
+		cJSON_AddNumberToObject(o, "cobatched_steps", (double)mb->cobatched);
+		cJSON_AddNumberToObject(o, "tokens_per_step_0", (double)mb->tokens_mb[0] / T);
+		cJSON_AddNumberToObject(o, "tokens_per_step_1", (double)mb->tokens_mb[1] / T);
+		cJSON_AddNumberToObject(o, "workers_per_layer_0", (double)mb->workers_mb[0] / L);
+		cJSON_AddNumberToObject(o, "workers_per_layer_1", (double)mb->workers_mb[1] / L);
+		cJSON_AddNumberToObject(o, "shared_workers_per_layer", (double)mb->workers_both / L);
+	}
 	if (r->affinity == NULL || !(r->cfg.spec & ROUTER_SPEC_PREDICT))
 		return j;
 	cJSON_AddNumberToObject(j, "affinity_bytes", (double)affinity_bytes(r->affinity));

@@ -9,6 +9,7 @@
 #   EPMOE_LLAMA_SERVER=PATH  the prefix part also runs its loads against
 #                       this llama-server binary (built by the user from a
 #                       llama.cpp checkout) and prints epmoe / llama-server
+#   EPMOE_BENCH_ONLY=spec    only the --spec serving part (client/bench/spec.sh)
 #   EPMOE_BENCH_BEFORE=REV  also serve with the code of git revision REV
 #                       (built in $EPMOE_BUILD/bench-before) and print it
 #                       next to this code's figures, runs alternating
@@ -26,14 +27,14 @@ batch() { printf '%s\n' "$1" | sed 's/{"batch":/\n{"batch":/g' | grep "^{\"batch
 
 ONLY=${EPMOE_BENCH_ONLY:-}
 for dt in f32 f16; do
-	[ "$ONLY" = prefix ] && [ $dt = f32 ] && continue
+	[ -n "$ONLY" ] && [ $dt = f32 ] && continue
 	if [ ! -f "$MD/small-$dt.gguf" ]; then
 		echo "bench: writing $MD/small-$dt.gguf (epmoe mkmodel --preset small --dtype $dt)"
 		"$BIN" mkmodel --arch llama --preset small --dtype "$dt" --out "$MD/small-$dt.gguf"
 	fi
 done
 
-if [ "$ONLY" != prefix ]; then
+if [ -z "$ONLY" ]; then
 # the Q4_K_M copy llama-quantize's preset rules give (epmoe quantize)
 if [ ! -f "$MD/small-q4_k_m.gguf" ]; then
 	echo "bench: writing $MD/small-q4_k_m.gguf (epmoe quantize small-f16.gguf q4_k_m)"
@@ -100,6 +101,11 @@ maxf() { awk -v a="$1" -v b="$2" 'BEGIN { print (a + 0 > b + 0) ? a : b }'; }
 # EPMOE_BENCH_ONLY=prefix: only the prefix cache and chunked prefill part
 if [ "$ONLY" = prefix ]; then
 	. client/bench/prefix.sh
+	exit 0
+fi
+# EPMOE_BENCH_ONLY=spec: only the --spec serving part
+if [ "$ONLY" = spec ]; then
+	. client/bench/spec.sh
 	exit 0
 fi
 # the code of EPMOE_BENCH_BEFORE, built once in a scratch directory
@@ -244,23 +250,8 @@ for sm in "$RT_MODEL" "$MD/small-f16.gguf"; do
 		"$(jget "$t" hit_tok_prev)" "$(jget "$t" bytes_ratio_contiguous)" "$(jget "$t" bytes_ratio_grouped)"
 done
 echo "(messages per token per layer at one token per step equal the rows ratio)"
-# the cost of predicting: decode tok/s with --spec predict / --spec off, 2 workers
-p1=0; p16=0; o1=0; o16=0
-for round in 1 2; do
-	for sp in off predict; do
-		serve "--workers 2 --spec $sp" "$B"
-		r1=$("$BIN" bench server -s "$HURL" -c 1 -N $SN1 --max-tokens $SG --timeout 600 --json - -q)
-		r16=$("$BIN" bench server -s "$HURL" -c 16 -N $SN16 --max-tokens $SG --timeout 600 --json - -q)
-		t1=$(jget "$r1" output_throughput); t16=$(jget "$r16" output_throughput)
-		if [ $sp = off ]; then o1=$(maxf "$o1" "$t1"); o16=$(maxf "$o16" "$t16"); else
-			p1=$(maxf "$p1" "$t1"); p16=$(maxf "$p16" "$t16"); fi
-		stop_router
-	done
-done
-printf '%-26s %12s %12s\n' "decode tok/s, 2 workers" "c = 1" "c = 16"
-printf '%-26s %12.1f %12.1f\n' "--spec off" "$o1" "$o16"
-printf '%-26s %12.1f %12.1f\n' "--spec predict" "$p1" "$p16"
-printf '%-26s %12s %12s   (the predictions'"'"' cost; 1.0 = free)\n' "predict / off" "$(ratio "$p1" "$o1")" "$(ratio "$p16" "$o16")"
+# decode tok/s with each --spec setting, local and 2 workers (client/bench/spec.sh)
+. client/bench/spec.sh
 
 # ---- failover: kill / hang a worker under 16 streams (client/bench/failover.sh) ----
 EPMOE_BUILD=$B sh "$(dirname "$0")/failover.sh"

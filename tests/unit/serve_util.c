@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -100,6 +101,47 @@ tu_http(struct tu_router *R, const char *method, const char *path,
 	}
 	*resp = b.p;
 	return 0;
+}
+
+struct par_call {
+	struct tu_router *R;
+	const char *path, *body;
+	long *status;
+	char **resp;
+	int rc;
+};
+
+static void *
+par_main(void *arg)
+{
+	struct par_call *p = arg;
+	p->rc = tu_http(p->R, "POST", p->path, p->body, p->status, p->resp);
+	return NULL;
+}
+
+int
+tu_http_parallel(struct tu_router *R, const char *path,
+        const char *const *bodies, int n, long *status, char **resp)
+{
+	pthread_t th[64];
+	struct par_call pc[64];
+	int rc = 0, started = 0;
+
+	if (n > 64)
+		return -1;
+	for (int i = 0; i < n; i++) {
+		pc[i] = (struct par_call){ R, path, bodies[i], &status[i], &resp[i], -1 };
+		resp[i] = NULL;
+		status[i] = 0;
+		if (pthread_create(&th[i], NULL, par_main, &pc[i]) != 0)
+			break;
+		started++;
+	}
+	for (int i = 0; i < started; i++) {
+		pthread_join(th[i], NULL);
+		rc |= pc[i].rc;
+	}
+	return started == n ? rc : -1;
 }
 
 int

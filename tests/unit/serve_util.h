@@ -34,6 +34,11 @@ void tu_router_log(struct tu_router *R);
  * failure. */
 int tu_http(struct tu_router *R, const char *method, const char *path,
         const char *body, long *status, char **resp);
+/* n POSTs of bodies[i] to path at once (one thread each); status[i] and
+ * resp[i] (malloc'd, NULL on transport failure).  0, or -1 if any
+ * transport failed. */
+int tu_http_parallel(struct tu_router *R, const char *path,
+        const char *const *bodies, int n, long *status, char **resp);
 /* A streamed completion: concatenated choices[0].text (or delta.content)
  * into *text (malloc'd), whether [DONE] came. */
 int tu_sse(struct tu_router *R, const char *path, const char *body,

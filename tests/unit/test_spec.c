@@ -4,6 +4,8 @@
  *     through a real router and 2 workers are the same with --spec off
  *     and --spec all (grouped placement from an affinity file made here),
  *     and /v1/stats and /metrics report per-layer hit rates;
+ *   - --spec cobatch (two micro-batches in flight) gives the same greedy
+ *     tokens for several concurrent requests as --spec off;
  *   - an affinity file made for another model stops the router with a
  *     message naming it. */
 #include <check.h>
@@ -180,6 +182,94 @@ START_TEST(spec_on_and_off_give_identical_tokens_through_workers)
 }
 END_TEST
 
+/* Several greedy completions at once (so steps hold several sequences
+ * and split into two micro-batches); their texts and logprobs. */
+#define N_PAR 4
+
+struct par {
+	char *text[N_PAR];
+	double lp[N_PAR][16];
+	int n_lp[N_PAR];
+	cJSON *stats;
+};
+
+static void
+serve_parallel(const char *const *args, struct par *out)
+{
+	static const char *prompts[N_PAR] = { "And God said, Let there be",
+		"In the beginning", "The earth was without form", "Let the waters" };
+	struct tu_router R;
+	char body[N_PAR][256];
+	const char *bodies[N_PAR];
+	char *resp[N_PAR] = { NULL };
+	long status[N_PAR];
+	char *st = NULL;
+	long s1;
+
+	ck_assert_msg(tu_router_start(&R, tu_data(MODEL), args) == 0,
+	        "router did not become healthy; log: %s", R.log);
+	for (int i = 0; i < N_PAR; i++) {
+		snprintf(body[i], sizeof(body[i]), "{\"prompt\":\"%s\",\"max_tokens\":10,"
+		        "\"temperature\":0,\"logprobs\":1}", prompts[i]);
+		bodies[i] = body[i];
+	}
+	ck_assert_int_eq(tu_http_parallel(&R, "/v1/completions", bodies, N_PAR, status, resp), 0);
+	for (int i = 0; i < N_PAR; i++) {
+		cJSON *j, *c, *lp;
+		ck_assert_msg(status[i] == 200, "status %ld: %s", status[i], resp[i]);
+		j = cJSON_Parse(resp[i]);
+		c = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0);
+		out->text[i] = strdup(cJSON_GetObjectItem(c, "text")->valuestring);
+		lp = cJSON_GetObjectItem(cJSON_GetObjectItem(c, "logprobs"), "token_logprobs");
+		ck_assert_ptr_nonnull(lp);
+		out->n_lp[i] = cJSON_GetArraySize(lp);
+		ck_assert_int_le(out->n_lp[i], 16);
+		for (int k = 0; k < out->n_lp[i]; k++)
+			out->lp[i][k] = cJSON_GetArrayItem(lp, k)->valuedouble;
+		cJSON_Delete(j);
+		free(resp[i]);
+	}
+	ck_assert_int_eq(tu_http(&R, "GET", "/v1/stats", NULL, &s1, &st), 0);
+	ck_assert_int_eq(s1, 200);
+	out->stats = cJSON_Parse(st);
+	free(st);
+	tu_router_log(&R);
+	ck_assert_int_eq(tu_router_stop(&R), 0);
+}
+
+/* --spec cobatch splits steps of several sequences into two micro-batches
+ * in flight at once on the workers: the same greedy tokens as --spec off,
+ * logprobs within 1e-4 (the halves' products may block rows differently). */
+START_TEST(cobatch_gives_identical_tokens_through_workers)
+{
+	struct par off, on;
+	const char *args_off[] = { "--workers", "2", "--spec", "off", NULL };
+	const char *args_on[] = { "--workers", "2", "--spec", "cobatch", NULL };
+	cJSON *mb;
+
+	serve_parallel(args_off, &off);
+	serve_parallel(args_on, &on);
+	for (int i = 0; i < N_PAR; i++) {
+		ck_assert_str_eq(on.text[i], off.text[i]);
+		ck_assert_int_eq(on.n_lp[i], off.n_lp[i]);
+		ck_assert_int_gt(on.n_lp[i], 0);
+		for (int k = 0; k < on.n_lp[i]; k++)
+			ck_assert_msg(fabs(on.lp[i][k] - off.lp[i][k]) <= 1e-4,
+			        "request %d logprob %d: %g vs %g", i, k, on.lp[i][k], off.lp[i][k]);
+		free(on.text[i]);
+		free(off.text[i]);
+	}
+	mb = cJSON_GetObjectItem(cJSON_GetObjectItem(on.stats, "spec"), "microbatch");
+	ck_assert_ptr_nonnull(mb);
+	ck_assert_double_gt(cJSON_GetObjectItem(mb, "split_steps")->valuedouble, 0);
+	mb = cJSON_GetObjectItem(cJSON_GetObjectItem(off.stats, "spec"), "microbatch");
+	ck_assert_ptr_nonnull(mb);
+	ck_assert_double_eq(cJSON_GetObjectItem(mb, "split_steps")->valuedouble, 0);
+	cJSON_Delete(on.stats);
+	cJSON_Delete(off.stats);
+}
+END_TEST
+
 START_TEST(affinity_file_of_another_model_is_refused)
 {
 	struct tu_router R;
@@ -206,6 +296,7 @@ main(void)
 	tcase_set_timeout(t, 120);
 	tcase_add_test(t, spec_values_parse);
 	tcase_add_test(t, spec_on_and_off_give_identical_tokens_through_workers);
+	tcase_add_test(t, cobatch_gives_identical_tokens_through_workers);
 	tcase_add_test(t, affinity_file_of_another_model_is_refused);
 	suite_add_tcase(s, t);
 	return tu_run(s);

@@ -38,10 +38,11 @@ for mode in off eplb llep all; do
 	set -- $(python3 - "$TMPD/b.json" "$TMPD/stats.json" <<'PY'
 import json, sys
 b = json.load(open(sys.argv[1])); j = json.load(open(sys.argv[2]))
+b = b["points"][-1] if "points" in b else b  # the load generator's last point
 t = [w["tokens"] for w in j["workers"]["workers"]]
 bal = j["balance"]
-print("%.3f %.1f %.1f %d %.1f %d" % (max(t) * len(t) / max(1, sum(t)), b["output_token_throughput"],
-      b["itl_ms"]["p99"] or 0, bal["replacements"], bal["moved_bytes"] / 1048576, b["errors"]))
+print("%.3f %.1f %.1f %d %.1f %d" % (max(t) * len(t) / max(1, sum(t)), b["output_throughput"],
+      b["p99_itl_ms"] or 0, bal["replacements"], bal["moved_bytes"] / 1048576, b["failed"]))
 PY
 )
 	[ -n "$base" ] || base=$2
