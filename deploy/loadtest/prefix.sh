@@ -78,40 +78,8 @@ for s in "$@"; do
 	[ "${s#*=}" != "$s" ] || { echo "prefix.sh: '$s' is not NAME=ROUTER_ARGS" >&2; exit 2; }
 done
 
-free_port() {
-	python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()' 2>/dev/null ||
-		node -e 'const s = require("net").createServer().listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); })'
-}
-RPID=
-stop_router() {
-	[ -n "$RPID" ] || return 0
-	kill -TERM "$RPID" 2>/dev/null || true
-	i=0
-	while kill -0 "$RPID" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-	kill -KILL "$RPID" 2>/dev/null || true
-	wait "$RPID" 2>/dev/null || true
-	RPID=
-}
-trap stop_router EXIT
-trap 'exit 130' INT TERM
-start_router() { # NAME ARGS -> URL
-	hp=$(free_port); cp=$(free_port)
-	URL=http://127.0.0.1:$hp
-	# shellcheck disable=SC2086  # the setting's arguments are several words
-	"$BIN/epmoe-router" --model "$model" $2 --http "127.0.0.1:$hp" --nng "" \
-		--control "tcp://127.0.0.1:$cp" >"$out/$1.router.log" 2>&1 &
-	RPID=$!
-	i=0
-	until curl -sf -o /dev/null -m 2 "$URL/health"; do
-		i=$((i + 1))
-		if [ $i -ge 600 ] || ! kill -0 "$RPID" 2>/dev/null; then
-			echo "prefix.sh: the router for '$1' did not become healthy (log: $out/$1.router.log)" >&2
-			tail -5 "$out/$1.router.log" >&2
-			exit 1
-		fi
-		sleep 0.2
-	done
-}
+PROG=prefix.sh
+. "$(dirname "$0")/router.inc"
 # jget JSON KEY: the first numeric KEY ("" when null or absent)
 jget() { printf '%s\n' "$1" | sed -n "s/.*\"$2\":\([^,}]*\).*/\1/p" | sed 's/^null$//'; }
 # run URL PROMPTS N JSON: one load of N requests, 16 streams; prints the JSON

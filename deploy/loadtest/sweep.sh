@@ -83,41 +83,8 @@ mkdir -p "$out"
 load_args="--rates $rates"
 [ -z "$conc" ] || load_args="--concurrency $conc"
 
-free_port() {
-	python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()' 2>/dev/null ||
-		node -e 'const s = require("net").createServer().listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); })'
-}
-RPID=
-stop_router() {
-	[ -n "$RPID" ] || return 0
-	kill -TERM "$RPID" 2>/dev/null || true
-	i=0
-	while kill -0 "$RPID" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-	kill -KILL "$RPID" 2>/dev/null || true
-	wait "$RPID" 2>/dev/null || true
-	RPID=
-}
-trap stop_router EXIT
-trap 'exit 130' INT TERM
-
-start_router() { # NAME ARGS -> URL
-	hp=$(free_port); cp=$(free_port)
-	URL=http://127.0.0.1:$hp
-	# shellcheck disable=SC2086  # the setting's arguments are several words
-	"$BIN/epmoe-router" --model "$model" $2 --http "127.0.0.1:$hp" --nng "" \
-		--control "tcp://127.0.0.1:$cp" >"$out/$1.router.log" 2>&1 &
-	RPID=$!
-	i=0
-	until curl -sf -o /dev/null -m 2 "$URL/health"; do
-		i=$((i + 1))
-		if [ $i -ge 600 ] || ! kill -0 "$RPID" 2>/dev/null; then
-			echo "sweep.sh: the router for '$1' did not become healthy (log: $out/$1.router.log)" >&2
-			tail -5 "$out/$1.router.log" >&2
-			exit 1
-		fi
-		sleep 0.2
-	done
-}
+PROG=sweep.sh
+. "$(dirname "$0")/router.inc"
 
 run_bench() { # NAME URL LOAD_ARGS JSON
 	echo "sweep.sh: == $1: $3, $requests requests per point"

@@ -185,6 +185,78 @@ tu_sse(struct tu_router *R, const char *path, const char *body, long *status,
 	return 0;
 }
 
+long
+tu_get_json(struct tu_router *R, const char *path, cJSON **out)
+{
+	char *resp = NULL;
+	long st = 0;
+
+	*out = NULL;
+	if (tu_http(R, "GET", path, NULL, &st, &resp) != 0)
+		return -1;
+	*out = cJSON_Parse(resp);
+	free(resp);
+	return st;
+}
+
+cJSON *
+tu_stats_workers(cJSON *stats)
+{
+	return cJSON_GetObjectItem(cJSON_GetObjectItem(stats, "workers"), "workers");
+}
+
+struct greedy {
+	struct tu_router *R;
+	int i, n_tokens;
+	long status;
+	int done;
+	char *text;
+};
+
+static void *
+greedy_main(void *arg)
+{
+	struct greedy *g = arg;
+	char body[256];
+
+	snprintf(body, sizeof(body),
+	        "{\"prompt\":\"And God said %d\",\"max_tokens\":%d,\"temperature\":0,"
+	        "\"stream\":true,\"ignore_eos\":true}", g->i * 7, g->n_tokens);
+	tu_sse(g->R, "/v1/completions", body, &g->status, &g->text, &g->done);
+	return NULL;
+}
+
+int
+tu_greedy_streams(struct tu_router *R, int n, int n_tokens, char **text)
+{
+	pthread_t *th = calloc((size_t)n, sizeof(*th));
+	struct greedy *g = calloc((size_t)n, sizeof(*g));
+	int failed = 0, started = 0;
+
+	if (th == NULL || g == NULL)
+		abort();
+	for (; started < n; started++) {
+		g[started] = (struct greedy){ .R = R, .i = started, .n_tokens = n_tokens };
+		if (pthread_create(&th[started], NULL, greedy_main, &g[started]) != 0)
+			break;
+	}
+	for (int i = 0; i < started; i++)
+		pthread_join(th[i], NULL);
+	for (int i = 0; i < n; i++) {
+		if (i < started && g[i].status == 200 && g[i].done && g[i].text &&
+		        strstr(g[i].text, "\"error\"") == NULL) {
+			text[i] = g[i].text;
+		} else {
+			failed++;
+			free(g[i].text);
+			text[i] = NULL;
+		}
+	}
+	free(th);
+	free(g);
+	return failed;
+}
+
 static int
 healthy(struct tu_router *R)
 {

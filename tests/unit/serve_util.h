@@ -6,6 +6,8 @@
 
 #include <sys/types.h>
 
+struct cJSON;
+
 struct tu_router {
 	pid_t pid;
 	int http_port;
@@ -43,5 +45,16 @@ int tu_http_parallel(struct tu_router *R, const char *path,
  * into *text (malloc'd), whether [DONE] came. */
 int tu_sse(struct tu_router *R, const char *path, const char *body,
         long *status, char **text, int *done_seen);
+
+/* GET path; *out the parsed body (NULL when it is not JSON; cJSON_Delete
+ * it).  The HTTP status, or -1 on transport failure. */
+long tu_get_json(struct tu_router *R, const char *path, struct cJSON **out);
+/* The worker list of a /v1/stats document (stats.workers.workers). */
+struct cJSON *tu_stats_workers(struct cJSON *stats);
+/* n greedy streams at once, the load the balancing suites serve: stream i
+ * asks "And God said <7 i>" for n_tokens tokens (ignore_eos).  text[i]
+ * gets its text (malloc'd), or NULL when it failed (not 200, no [DONE],
+ * or an error event).  Returns how many failed. */
+int tu_greedy_streams(struct tu_router *R, int n, int n_tokens, char **text);
 
 #endif

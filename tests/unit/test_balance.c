@@ -24,44 +24,11 @@
 
 static struct tu_router R;
 
-struct stream {
-	int i;
-	long status;
-	int done;
-	char *text;
-};
-
-static void *
-stream_main(void *arg)
-{
-	struct stream *s = arg;
-	char body[256];
-
-	snprintf(body, sizeof(body),
-	        "{\"prompt\":\"And God said %d\",\"max_tokens\":%d,\"temperature\":0,"
-	        "\"stream\":true,\"ignore_eos\":true}", s->i * 7, N_TOKENS);
-	tu_sse(&R, "/v1/completions", body, &s->status, &s->text, &s->done);
-	return NULL;
-}
-
-/* 16 streams at once; their texts into out[] (malloc'd). */
+/* 16 streams at once; their texts into out[] (malloc'd); none may fail. */
 static void
 run_streams(char **out)
 {
-	pthread_t th[N_STREAMS];
-	struct stream s[N_STREAMS];
-
-	for (int i = 0; i < N_STREAMS; i++) {
-		s[i] = (struct stream){ .i = i };
-		ck_assert_int_eq(pthread_create(&th[i], NULL, stream_main, &s[i]), 0);
-	}
-	for (int i = 0; i < N_STREAMS; i++)
-		pthread_join(th[i], NULL);
-	for (int i = 0; i < N_STREAMS; i++) {
-		ck_assert_msg(s[i].status == 200 && s[i].done && s[i].text,
-		        "stream %d: status %ld", i, s[i].status);
-		out[i] = s[i].text;
-	}
+	ck_assert_int_eq(tu_greedy_streams(&R, N_STREAMS, N_TOKENS, out), 0);
 }
 
 static cJSON *

@@ -48,52 +48,12 @@ now_s(void)
 
 /* ---- streams ---- */
 
-struct stream {
-	int i;
-	long status;
-	int done;
-	char *text;
-};
-
-static void *
-stream_main(void *arg)
-{
-	struct stream *s = arg;
-	char body[256];
-
-	snprintf(body, sizeof(body),
-	        "{\"prompt\":\"And God said %d\",\"max_tokens\":%d,\"temperature\":0,"
-	        "\"stream\":true,\"ignore_eos\":true}", s->i * 7, N_TOKENS);
-	tu_sse(&R, "/v1/completions", body, &s->status, &s->text, &s->done);
-	return NULL;
-}
-
 /* One round of N_STREAMS streams at once; their texts into out[]
  * (malloc'd, NULL for a failed stream).  The failures. */
 static int
 round_run(char **out)
 {
-	pthread_t th[N_STREAMS];
-	struct stream s[N_STREAMS];
-	int failed = 0;
-
-	for (int i = 0; i < N_STREAMS; i++) {
-		s[i] = (struct stream){ .i = i };
-		if (pthread_create(&th[i], NULL, stream_main, &s[i]) != 0)
-			abort();
-	}
-	for (int i = 0; i < N_STREAMS; i++)
-		pthread_join(th[i], NULL);
-	for (int i = 0; i < N_STREAMS; i++) {
-		if (s[i].status == 200 && s[i].done && s[i].text && !strstr(s[i].text, "\"error\"")) {
-			out[i] = s[i].text;
-		} else {
-			failed++;
-			free(s[i].text);
-			out[i] = NULL;
-		}
-	}
-	return failed;
+	return tu_greedy_streams(&R, N_STREAMS, N_TOKENS, out);
 }
 
 /* Load in the background: rounds until stopped, every text compared
@@ -152,26 +112,6 @@ load_stop(struct load *ld)
 
 /* ---- router and workers ---- */
 
-static long
-get_json(const char *path, cJSON **out)
-{
-	char *resp = NULL;
-	long st = 0;
-
-	*out = NULL;
-	if (tu_http(&R, "GET", path, NULL, &st, &resp) != 0)
-		return -1;
-	*out = cJSON_Parse(resp);
-	free(resp);
-	return st;
-}
-
-static cJSON *
-stats_workers(cJSON *stats)
-{
-	return cJSON_GetObjectItem(cJSON_GetObjectItem(stats, "workers"), "workers");
-}
-
 /* Field key of the worker whose id is id (-1: not listed). */
 static double
 worker_num(const char *id, const char *key)
@@ -179,8 +119,8 @@ worker_num(const char *id, const char *key)
 	cJSON *j, *w;
 	double n = -1;
 
-	ck_assert_int_eq(get_json("/v1/stats", &j), 200);
-	cJSON_ArrayForEach(w, stats_workers(j))
+	ck_assert_int_eq(tu_get_json(&R, "/v1/stats", &j), 200);
+	cJSON_ArrayForEach(w, tu_stats_workers(j))
 		if (strcmp(cJSON_GetObjectItem(w, "id")->valuestring, id) == 0)
 			n = cJSON_GetObjectItem(w, key)->valuedouble;
 	cJSON_Delete(j);
@@ -193,7 +133,7 @@ failover_num(const char *key)
 	cJSON *j;
 	double v;
 
-	ck_assert_int_eq(get_json("/v1/stats", &j), 200);
+	ck_assert_int_eq(tu_get_json(&R, "/v1/stats", &j), 200);
 	v = cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "workers"),
 	        "failover"), key)->valuedouble;
 	cJSON_Delete(j);
@@ -206,7 +146,7 @@ sched_failed(void)
 	cJSON *j;
 	double v;
 
-	ck_assert_int_eq(get_json("/v1/stats", &j), 200);
+	ck_assert_int_eq(tu_get_json(&R, "/v1/stats", &j), 200);
 	v = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "scheduler"),
 	        "requests_failed")->valuedouble;
 	cJSON_Delete(j);
@@ -261,8 +201,8 @@ wait_slots(const char *id, double limit_s)
 	while (now_s() - t0 < limit_s) {
 		cJSON *j, *w;
 		bool ok = false;
-		if (get_json("/v1/stats", &j) == 200) {
-			cJSON_ArrayForEach(w, stats_workers(j))
+		if (tu_get_json(&R, "/v1/stats", &j) == 200) {
+			cJSON_ArrayForEach(w, tu_stats_workers(j))
 				if (strcmp(cJSON_GetObjectItem(w, "id")->valuestring, id) == 0)
 					ok = strcmp(cJSON_GetObjectItem(w, "state")->valuestring, "up") == 0 &&
 					        cJSON_GetObjectItem(w, "slots")->valuedouble > 0;

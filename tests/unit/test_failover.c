@@ -209,26 +209,6 @@ run_free(struct run *r)
 
 /* ---- router and workers ---- */
 
-static long
-get_json(const char *path, cJSON **out)
-{
-	char *resp = NULL;
-	long st = 0;
-
-	*out = NULL;
-	if (tu_http(&R, "GET", path, NULL, &st, &resp) != 0)
-		return -1;
-	*out = cJSON_Parse(resp);
-	free(resp);
-	return st;
-}
-
-static cJSON *
-stats_workers(cJSON *stats)
-{
-	return cJSON_GetObjectItem(cJSON_GetObjectItem(stats, "workers"), "workers");
-}
-
 /* Tokens computed by the worker whose id is id (router's count). */
 static double
 worker_tokens(const char *id)
@@ -236,8 +216,8 @@ worker_tokens(const char *id)
 	cJSON *j, *w;
 	double n = -1;
 
-	ck_assert_int_eq(get_json("/v1/stats", &j), 200);
-	cJSON_ArrayForEach(w, stats_workers(j))
+	ck_assert_int_eq(tu_get_json(&R, "/v1/stats", &j), 200);
+	cJSON_ArrayForEach(w, tu_stats_workers(j))
 		if (strcmp(cJSON_GetObjectItem(w, "id")->valuestring, id) == 0)
 			n = cJSON_GetObjectItem(w, "tokens")->valuedouble;
 	cJSON_Delete(j);
@@ -250,7 +230,7 @@ failover_num(const char *key)
 	cJSON *j;
 	double v;
 
-	ck_assert_int_eq(get_json("/v1/stats", &j), 200);
+	ck_assert_int_eq(tu_get_json(&R, "/v1/stats", &j), 200);
 	v = cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "workers"),
 	        "failover"), key)->valuedouble;
 	cJSON_Delete(j);
@@ -388,7 +368,7 @@ wait_live(int n, double limit_s)
 
 	while (now_s() - t0 < limit_s) {
 		int live = -1;
-		if (get_json("/v1/stats", &j) == 200)
+		if (tu_get_json(&R, "/v1/stats", &j) == 200)
 			live = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "workers"),
 			        "workers_live")->valueint;
 		cJSON_Delete(j);
@@ -449,7 +429,7 @@ START_TEST(replicas_sigkill_mid_stream_fails_nothing_and_changes_no_token)
 	        now_s() - t0);
 	{
 		cJSON *j;
-		ck_assert_int_eq(get_json("/v1/stats", &j), 200);
+		ck_assert_int_eq(tu_get_json(&R, "/v1/stats", &j), 200);
 		ck_assert_double_ge(cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetObjectItem(
 		        cJSON_GetObjectItem(j, "workers"), "failover"), "fenced"),
 		        "connection")->valuedouble, 1);
@@ -499,8 +479,8 @@ START_TEST(replicas_sigstop_fails_nothing_and_the_worker_rejoins)
 	/* it was fenced and registers again, same process */
 	wait_live(2, 10);
 	ck_assert_int_eq(worker_pid("local-0"), w);
-	ck_assert_int_eq(get_json("/v1/stats", &j), 200);
-	cJSON_ArrayForEach(x, stats_workers(j))
+	ck_assert_int_eq(tu_get_json(&R, "/v1/stats", &j), 200);
+	cJSON_ArrayForEach(x, tu_stats_workers(j))
 		if (strcmp(cJSON_GetObjectItem(x, "id")->valuestring, "local-0") == 0)
 			regs = cJSON_GetObjectItem(x, "registrations")->valueint;
 	ck_assert_double_ge(cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetObjectItem(
@@ -545,7 +525,7 @@ pairs(const char *key)
 	cJSON *j;
 	int v;
 
-	ck_assert_int_eq(get_json("/v1/placement", &j), 200);
+	ck_assert_int_eq(tu_get_json(&R, "/v1/placement", &j), 200);
 	v = cJSON_GetObjectItem(j, key)->valueint;
 	cJSON_Delete(j);
 	return v;
@@ -560,7 +540,7 @@ wait_restored(double limit_s)
 	while (now_s() - t0 < limit_s) {
 		cJSON *j;
 		bool done = false;
-		if (get_json("/v1/placement", &j) == 200) {
+		if (tu_get_json(&R, "/v1/placement", &j) == 200) {
 			char *lay = cJSON_PrintUnformatted(cJSON_GetObjectItem(j, "layers"));
 			done = cJSON_GetObjectItem(j, "degraded_pairs")->valueint == 0 &&
 			        cJSON_IsNull(cJSON_GetObjectItem(j, "target")) && lay &&
@@ -686,8 +666,8 @@ START_TEST(a_second_worker_with_a_live_workers_id_is_refused)
 	ck_assert_double_ge(failover_num("refused_duplicate_ids"), 1);
 	/* the first keeps its place and serves; one registration only */
 	ck_assert_int_eq(complete("Hello", 8, NULL), 200);
-	ck_assert_int_eq(get_json("/v1/stats", &j), 200);
-	ck_assert_int_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(stats_workers(j), 0),
+	ck_assert_int_eq(tu_get_json(&R, "/v1/stats", &j), 200);
+	ck_assert_int_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(tu_stats_workers(j), 0),
 	        "registrations")->valueint, 1);
 	cJSON_Delete(j);
 	tu_router_log(&R);
