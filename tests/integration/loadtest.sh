@@ -89,4 +89,16 @@ for p in throughput_latency ttft_cdf itl_cdf goodput_rate worker_load; do
 done
 ls "$out"/data/two_workers.worker.*.dat >/dev/null 2>&1 || fail "no per-worker load series"
 note "sweep.sh: 2 settings x 2 points, summary.md and 5 plots"
+
+# ---- prefix.sh: the shared-prefix and chat scenarios, cache on and off ----
+EPMOE_BUILD=$EPMOE_BUILD timeout 600 sh "$LT/prefix.sh" --model "$MODEL" --requests 4 \
+	--turns 2 --max-tokens 4 --out "$TMPD/prefix" >"$TMPD/prefix.out" 2>&1 ||
+	{ tail -30 "$TMPD/prefix.out" >&2; fail "prefix.sh failed"; }
+# the table's rows: "on | p50 p99 tok/s cached% | ..." - cache on reuses the
+# shared prefix, cache off reuses nothing
+on=$(sed -n 's/^on  *| *[0-9.]*  *[0-9.]*  *[0-9.]*  *\([0-9]*\)%.*/\1/p' "$TMPD/prefix.out" | tail -1)
+off=$(sed -n 's/^off  *| *[0-9.]*  *[0-9.]*  *[0-9.]*  *\([0-9]*\)%.*/\1/p' "$TMPD/prefix.out" | tail -1)
+[ -n "$on" ] && [ "$on" -gt 0 ] && [ "$off" = 0 ] ||
+	fail "prefix.sh: cached share on '$on' off '$off': $(tail -8 "$TMPD/prefix.out")"
+note "prefix.sh: shared prefix $on% cached with the cache on, 0% off"
 echo "$TEST_NAME: ok"
