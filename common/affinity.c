@@ -307,10 +307,55 @@ top_by_score(struct affinity *a, uint32_t k, int16_t *out)
 	return n;
 }
 
+/* a->score = the token's usual experts at layer (shares of its row's
+ * counters; all zero for an unseen token). */
+static void
+score_token(struct affinity *a, uint32_t layer, int32_t tok)
+{
+	const struct aff_row *r = NULL;
+	float tot = 0.0f;
+
+	memset(a->score, 0, a->E * sizeof(float));
+	if (tok >= 0 && (uint32_t)tok < a->V) {
+		r = row_of(a, layer, tok);
+		if (r->owner != tok)
+			r = NULL;
+	}
+	if (r == NULL)
+		return;
+	for (int i = 0; i < AFF_SLOTS; i++)
+		tot += r->c[i];
+	for (int i = 0; i < AFF_SLOTS; i++)
+		if (r->c[i])
+			a->score[r->e[i]] = (float)r->c[i] / tot;
+}
+
+/* a->score += the transitions from experts pe[0..n) at layer - 1 to
+ * layer, each normalised and weighted 1/n. */
+static void
+score_trans(struct affinity *a, uint32_t layer, const int32_t *pe, uint32_t n)
+{
+	uint32_t E = a->E;
+
+	for (uint32_t i = 0; i < n; i++) {
+		const uint32_t *tr;
+		double sum = 0.0;
+		if (pe[i] < 0 || (uint32_t)pe[i] >= E)
+			continue;
+		tr = &a->trans[((size_t)(layer - 1) * E + (uint32_t)pe[i]) * E];
+		for (uint32_t f = 0; f < E; f++)
+			sum += tr[f];
+		if (sum <= 0.0)
+			continue;
+		for (uint32_t f = 0; f < E; f++)
+			a->score[f] += (float)(tr[f] / sum / n);
+	}
+}
+
 void
 affinity_predict(struct affinity *a, uint32_t layer, uint32_t k)
 {
-	uint32_t T = a->T, E = a->E;
+	uint32_t T = a->T;
 
 	if (!a->predicting || layer >= a->L || a->tok == NULL)
 		return;
@@ -320,40 +365,45 @@ affinity_predict(struct affinity *a, uint32_t layer, uint32_t k)
 		uint8_t *n0 = &a->pred_n[t], *n1 = &a->pred_n[T + t];
 		int16_t *p0 = &a->pred_e[(size_t)t * AFF_MAX_K];
 		int16_t *p1 = &a->pred_e[((size_t)T + t) * AFF_MAX_K];
-		const struct aff_row *r = NULL;
-		float tot = 0.0f;
 
-		memset(a->score, 0, E * sizeof(float));
-		if (a->tok[t] >= 0 && (uint32_t)a->tok[t] < a->V) {
-			r = row_of(a, layer, a->tok[t]);
-			if (r->owner != a->tok[t])
-				r = NULL;
-		}
-		if (r) {
-			for (int i = 0; i < AFF_SLOTS; i++)
-				tot += r->c[i];
-			for (int i = 0; i < AFF_SLOTS; i++)
-				if (r->c[i])
-					a->score[r->e[i]] = (float)r->c[i] / tot;
-		}
+		score_token(a, layer, a->tok[t]);
 		*n0 = (uint8_t)top_by_score(a, k, p0);
 		/* + the transitions from the row's experts at layer - 1 */
 		if (layer > 0 && a->prev_layer == (int)layer - 1 && a->prev_n[t]) {
-			const int16_t *pe = &a->prev_e[(size_t)t * AFF_MAX_K];
-			for (uint32_t i = 0; i < a->prev_n[t]; i++) {
-				const uint32_t *tr = &a->trans[((size_t)(layer - 1) * E + (uint32_t)pe[i]) * E];
-				double sum = 0.0;
-				for (uint32_t f = 0; f < E; f++)
-					sum += tr[f];
-				if (sum <= 0.0)
-					continue;
-				for (uint32_t f = 0; f < E; f++)
-					a->score[f] += (float)(tr[f] / sum / a->prev_n[t]);
-			}
+			int32_t pe[AFF_MAX_K];
+			for (uint32_t i = 0; i < a->prev_n[t]; i++)
+				pe[i] = a->prev_e[(size_t)t * AFF_MAX_K + i];
+			score_trans(a, layer, pe, a->prev_n[t]);
 		}
 		*n1 = (uint8_t)top_by_score(a, k, p1);
 	}
 	a->pred_layer = (int)layer;
+}
+
+uint32_t
+affinity_next(struct affinity *a, uint32_t layer, const struct moe_assign *asg,
+        uint32_t row0, uint32_t k, uint8_t *mask)
+{
+	uint32_t n = 0;
+	int16_t top[AFF_MAX_K];
+
+	memset(mask, 0, a->E);
+	if (layer + 1 >= a->L || a->tok == NULL || row0 > a->T ||
+	        asg->n_tok > a->T - row0)
+		return 0;
+	if (k > AFF_MAX_K)
+		k = AFF_MAX_K;
+	for (uint32_t t = 0; t < asg->n_tok; t++) {
+		uint32_t lo = asg->off[t], m = asg->off[t + 1] - lo;
+		score_token(a, layer + 1, a->tok[row0 + t]);
+		score_trans(a, layer + 1, asg->expert + lo, m);
+		m = top_by_score(a, k, top);
+		for (uint32_t i = 0; i < m; i++) {
+			n += !mask[top[i]];
+			mask[top[i]] = 1;
+		}
+	}
+	return n;
 }
 
 uint32_t

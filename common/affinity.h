@@ -80,6 +80,15 @@ int affinity_step(struct affinity *a, const int32_t *tok, uint32_t n_rows);
  * from the token id alone and from the token id plus the row's experts
  * at layer l - 1. */
 void affinity_predict(struct affinity *a, uint32_t layer, uint32_t k);
+/* The next layer's likely experts, for prefetch hints: for each row
+ * row0 + t of the step whose experts at `layer` are asg's token t, its k
+ * best experts at layer + 1 (the token's usual ones plus the
+ * transitions from those experts, as the token_prev predictor scores
+ * them), as a union: mask[f] = 1 (mask: n_expert bytes, overwritten).
+ * Returns how many; 0 at the last layer or when asg does not fit the
+ * step.  Read-only on the tables; same thread as affinity_predict. */
+uint32_t affinity_next(struct affinity *a, uint32_t layer,
+        const struct moe_assign *asg, uint32_t row0, uint32_t k, uint8_t *mask);
 /* Scores the predictions of layer l against asg (asg->n_tok = the step's
  * rows), learns from asg, and remembers it as the rows' previous layer. */
 void affinity_observe(struct affinity *a, uint32_t layer,

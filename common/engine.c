@@ -91,6 +91,9 @@ struct engine {
 	engine_route_fn route_obs;
 	void *route_obs_ud;
 	struct affinity *aff;  /* speculative predictions (borrowed), or NULL */
+	bool prefetch;         /* pass the next layer's likely experts (hint) */
+	uint8_t *pf_mask;      /* [E] */
+	uint32_t *pf_list;     /* [E] */
 	int32_t *row_tok;      /* [cap_row_tok] token id of each row of the step */
 	uint32_t cap_row_tok;
 	uint16_t *worker_of;             /* [L * E] expert -> worker, or NULL */
@@ -236,6 +239,8 @@ engine_free(struct engine *e)
 	free(e->mb_row0);
 	free(e->mb_score);
 	free(e->aff_off);
+	free(e->pf_mask);
+	free(e->pf_list);
 	free(e->aff_exp);
 	free(e->aff_w);
 	free(e->wseen);
@@ -374,6 +379,44 @@ void
 engine_set_affinity(struct engine *e, struct affinity *a)
 {
 	e->aff = a;
+}
+
+int
+engine_set_prefetch(struct engine *e, bool on)
+{
+	uint32_t E = e->m->hp.n_expert;
+
+	if (on && e->pf_mask == NULL) {
+		e->pf_mask = malloc(E);
+		e->pf_list = malloc(E * sizeof(*e->pf_list));
+		if (e->pf_mask == NULL || e->pf_list == NULL) {
+			free(e->pf_mask);
+			free(e->pf_list);
+			e->pf_mask = NULL;
+			e->pf_list = NULL;
+			return EPMOE_ENOMEM;
+		}
+	}
+	e->prefetch = on;
+	return 0;
+}
+
+/* The experts of layer il + 1 that micro-batch mb's tokens will likely
+ * use, now that the gate of il has decided, to the backend's hint. */
+static void
+prefetch_hint(struct engine *e, struct eng_mb *mb, uint32_t il)
+{
+	const struct model_hparams *hp = &e->m->hp;
+	uint32_t n = 0;
+
+	if (!e->prefetch || e->aff == NULL || e->experts->hint == NULL ||
+	        il + 1 >= hp->n_layer)
+		return;
+	if (affinity_next(e->aff, il, &mb->a, mb->r0, hp->n_expert_used, e->pf_mask) > 0)
+		for (uint32_t f = 0; f < hp->n_expert; f++)
+			if (e->pf_mask[f])
+				e->pf_list[n++] = f;
+	e->experts->hint(e->experts, mb->idx, il + 1, e->pf_list, n);
 }
 
 void
@@ -985,6 +1028,7 @@ moe_front(struct engine *e, struct eng_mb *mb, uint32_t il, bool async)
 	t2 = clock_now();
 	e->timing.gate += t1 - t0;
 	e->timing.route += t2 - t1;
+	prefetch_hint(e, mb, il);
 	if (async)
 		return e->experts->submit(e->experts, mb->idx, il, xn, &mb->a,
 		        e->moe + (size_t)R * d);

@@ -111,6 +111,12 @@ int engine_set_worker_map(struct engine *e, const uint16_t *worker_of,
  * decision is scored and learnt.  Predictions never change the step. */
 struct affinity;
 void engine_set_affinity(struct engine *e, struct affinity *a);
+/* Prefetch hints (speculative.md §4): with an affinity model set, after
+ * each layer's gate the engine predicts the next layer's experts of the
+ * batch's tokens (affinity_next) and hands them to the expert backend's
+ * hint(), which a distributed backend sends to the workers so they page
+ * those weights in.  Never changes the step.  EPMOE_ENOMEM. */
+int engine_set_prefetch(struct engine *e, bool on);
 
 /* Two micro-batches in flight (speculative.md, ARCHITECTURE §2).  When
  * on, a step of at least two items whose policies all route each token

@@ -47,6 +47,15 @@ struct moe_backend {
 	int (*submit)(struct moe_backend *be, unsigned mb, uint32_t layer,
 	        const float *x, const struct moe_assign *a, float *out);
 	int (*wait)(struct moe_backend *be, unsigned mb);
+	/* Optional prefetch hint (NULL: ignored).  Called just before the
+	 * run() or submit() of micro-batch mb at layer - 1: the experts
+	 * expert[0..n) of `layer` that its tokens will likely use (a
+	 * speculative prediction, never a promise; n may be 0).  A
+	 * distributed backend sends them with that call's requests so the
+	 * workers page those weights in while layer - 1 computes.  expert is
+	 * copied. */
+	void (*hint)(struct moe_backend *be, unsigned mb, uint32_t layer,
+	        const uint32_t *expert, uint32_t n);
 };
 
 /* In-process experts computed with the engine's thread pool.  Borrows m and

@@ -417,6 +417,9 @@ wire_check_batch(const Epmoe__ExpertBatch *b, size_t n_floats,
 		if (!isfinite(b->weights[j]))
 			return seterr(EPMOE_EPROTO, "gate weight %zu is not "
 			        "finite", j);
+	if (lim != NULL && lim->n_experts != 0 && b->n_prefetch > lim->n_experts)
+		return seterr(EPMOE_EPROTO, "prefetch hint names %zu experts of %u",
+		        b->n_prefetch, lim->n_experts);
 	if (b->n_combine != n_entries)
 		return seterr(EPMOE_EPROTO, "combine map has %zu entries for "
 		        "%llu", b->n_combine, (unsigned long long)n_entries);

@@ -250,6 +250,18 @@ cluster_n_workers(const struct cluster *c)
 	return c->W;
 }
 
+void
+cluster_prefetch_totals(struct cluster *c, uint64_t *experts, uint64_t *bytes)
+{
+	*experts = *bytes = 0;
+	pthread_mutex_lock(&c->mu);
+	for (uint32_t i = 0; i < c->W; i++) {
+		*experts += c->w[i].rep_prefetch_experts;
+		*bytes += c->w[i].rep_prefetch_bytes;
+	}
+	pthread_mutex_unlock(&c->mu);
+}
+
 uint32_t
 cluster_n_used_locked(struct cluster *c)
 {
@@ -707,6 +719,8 @@ on_report(struct cluster *c, const Epmoe__LoadReport *lr, struct reply *r)
 		w->rep_batches = lr->batches_served;
 		w->rep_compute_us = lr->compute_us;
 		w->rep_ram_free = lr->ram_free_bytes;
+		w->rep_prefetch_experts = lr->prefetch_experts;
+		w->rep_prefetch_bytes = lr->prefetch_bytes;
 		r->hr.accepted = true;
 		r->hr.status = EPMOE__STATUS__STATUS_OK;
 		r->hr.worker_index = wi;

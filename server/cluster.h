@@ -137,8 +137,12 @@ int cluster_placement_json(struct cluster *c, cJSON **out);
  * down_reason, boot_id,
  * registrations, threads, slots, last_heartbeat_age_ms (-1: never),
  * batches, tokens, errors, latency_mean_us, latency_p99_us (recent 512
- * requests), reported {tokens, batches, compute_us, ram_free_bytes}}]}. */
+ * requests), reported {tokens, batches, compute_us, ram_free_bytes,
+ * prefetch_experts, prefetch_bytes}}]}. */
 int cluster_stats_json(struct cluster *c, cJSON **out);
+/* Sums of what the workers last reported of their prefetch hints:
+ * experts paged in and their bytes (the index's latest holder each). */
+void cluster_prefetch_totals(struct cluster *c, uint64_t *experts, uint64_t *bytes);
 
 /* Elastic membership (cfg.elastic): a worker that becomes live while
  * home gives it no slot (a place beyond the starting placement, or one

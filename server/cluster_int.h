@@ -73,6 +73,7 @@ struct cl_worker {
 	uint64_t registrations;
 	/* as reported by the worker */
 	uint64_t rep_tokens, rep_batches, rep_compute_us, rep_ram_free;
+	uint64_t rep_prefetch_experts, rep_prefetch_bytes;
 	/* as observed by the dispatcher */
 	uint64_t batches, tokens, errors;
 	struct cluster_hist hist;

@@ -130,7 +130,10 @@ worker_json(struct cluster *c, uint32_t i, uint64_t now)
 	        !cJSON_AddNumberToObject(rep, "tokens", (double)w->rep_tokens) ||
 	        !cJSON_AddNumberToObject(rep, "batches", (double)w->rep_batches) ||
 	        !cJSON_AddNumberToObject(rep, "compute_us", (double)w->rep_compute_us) ||
-	        !cJSON_AddNumberToObject(rep, "ram_free_bytes", (double)w->rep_ram_free)) {
+	        !cJSON_AddNumberToObject(rep, "ram_free_bytes", (double)w->rep_ram_free) ||
+	        !cJSON_AddNumberToObject(rep, "prefetch_experts",
+	             (double)w->rep_prefetch_experts) ||
+	        !cJSON_AddNumberToObject(rep, "prefetch_bytes", (double)w->rep_prefetch_bytes)) {
 		cJSON_Delete(o);
 		return NULL;
 	}

@@ -137,6 +137,11 @@ struct dispatch {
 	struct llep_chunk *l_chunks; /* [2 * E * W] */
 	struct group *l_old;         /* [E] the groups before the split */
 
+	/* the prefetch hint for the next call (moe_backend.hint): experts of
+	 * layer hint_layer, sent with requests of layer hint_layer - 1 */
+	uint32_t *hint;              /* [E] */
+	uint32_t n_hint, hint_layer;
+
 	/* the call in flight between call_submit and call_wait */
 	bool in_call;
 	int call_rc;          /* a failure of the submit half */
@@ -464,6 +469,10 @@ msg_send(struct dispatch *ds, struct dmsg *m, uint64_t *pack_ns)
 	b.n_rows_out = m->pairs ? m->n_entries : m->n_rows;
 	b.dim = d;
 	b.deadline_ms = dl_ms;
+	if (ds->n_hint > 0 && ds->hint_layer == ds->layer + 1) {
+		b.n_prefetch = ds->n_hint;
+		b.prefetch = ds->hint;
+	}
 	if ((rc = netsock_msg_pack(&nm, WIRE_BATCH, &b.base, (size_t)m->n_rows * d,
 	             &dst)) != 0) {
 		if (nm != NULL)
@@ -479,6 +488,8 @@ msg_send(struct dispatch *ds, struct dmsg *m, uint64_t *pack_ns)
 		        d * sizeof(float));
 	pthread_mutex_lock(&ds->smu);
 	ds->st.msgs++;
+	ds->st.hinted_msgs += b.n_prefetch > 0;
+	ds->st.hinted_experts += b.n_prefetch;
 	ds->st.rows_sent += m->n_rows;
 	ds->st.bytes_sent += nng_msg_len(nm);
 	pthread_mutex_unlock(&ds->smu);
@@ -1352,6 +1363,21 @@ dispatch_wait(struct moe_backend *be, unsigned mb)
 	return rc;
 }
 
+static void
+dispatch_hint(struct moe_backend *be, unsigned mb, uint32_t layer,
+        const uint32_t *expert, uint32_t n)
+{
+	struct dispatch *ds = mb > 1 ? NULL : mb_of((struct dispatch *)be, mb, true);
+
+	if (ds == NULL || ds->in_call)
+		return;
+	ds->n_hint = 0;
+	ds->hint_layer = layer;
+	for (uint32_t i = 0; i < n && ds->n_hint < ds->m->hp.n_expert; i++)
+		if (expert[i] < ds->m->hp.n_expert)
+			ds->hint[ds->n_hint++] = expert[i];
+}
+
 static uint32_t
 dispatch_unserved(struct moe_backend *be, uint8_t *mask, uint32_t n_tok)
 {
@@ -1415,6 +1441,7 @@ dispatch_free(struct moe_backend *be)
 	free(ds->l_holds);
 	free(ds->l_chunks);
 	free(ds->l_old);
+	free(ds->hint);
 	pthread_cond_destroy(&ds->cv);
 	pthread_mutex_destroy(&ds->mu);
 	pthread_mutex_destroy(&ds->smu);
@@ -1443,6 +1470,7 @@ dispatch_make(struct dispatch **out, struct cluster *c,
 	ds->be.unserved = dispatch_unserved;
 	ds->be.submit = dispatch_submit;
 	ds->be.wait = dispatch_wait;
+	ds->be.hint = dispatch_hint;
 	ds->c = c;
 	ds->m = m;
 	ds->W = cluster_n_workers(c);
@@ -1473,7 +1501,8 @@ dispatch_make(struct dispatch **out, struct cluster *c,
 	ds->l_holds = calloc((size_t)m->hp.n_expert * ds->W, sizeof(*ds->l_holds));
 	ds->l_chunks = calloc(2 * (size_t)m->hp.n_expert * ds->W, sizeof(*ds->l_chunks));
 	ds->l_old = calloc(m->hp.n_expert, sizeof(*ds->l_old));
-	if (!ds->cp || !ds->load || !ds->bad || !ds->cand_w || !ds->cand_s ||
+	ds->hint = calloc(m->hp.n_expert, sizeof(*ds->hint));
+	if (!ds->hint || !ds->cp || !ds->load || !ds->bad || !ds->cand_w || !ds->cand_s ||
 	        !ds->ecount || !ds->near || !ds->l_load || !ds->l_native || !ds->l_grp ||
 	        !ds->l_holds || !ds->l_chunks || !ds->l_old) {
 		dispatch_free(&ds->be);
@@ -1517,6 +1546,8 @@ stats_add(struct dispatch_stats *a, const struct dispatch_stats *b)
 	a->unserved_tokens += b->unserved_tokens;
 	a->llep_calls += b->llep_calls;
 	a->llep_split_groups += b->llep_split_groups;
+	a->hinted_msgs += b->hinted_msgs;
+	a->hinted_experts += b->hinted_experts;
 	a->t_pack += b->t_pack;
 	a->t_wire += b->t_wire;
 	a->t_compute += b->t_compute;

@@ -98,6 +98,8 @@ struct dispatch_stats {
 	uint64_t unserved_tokens;/* token rows whose expert had no live copy */
 	uint64_t llep_calls;     /* layer calls LLEP split */
 	uint64_t llep_split_groups; /* extra token groups it made */
+	uint64_t hinted_msgs;    /* requests carrying a prefetch hint */
+	uint64_t hinted_experts; /* experts named in those hints, summed */
 	/* wall time of successful calls, seconds: total = pack + wire +
 	 * compute + combine.  pack: routing maps, protobuf headers, row
 	 * copies into the messages; compute: the slowest worker's reported

@@ -168,8 +168,10 @@ usage(FILE *f)
 	        "                           and /metrics), group (experts often chosen together\n"
 	        "                           share a worker; needs --affinity), cobatch (two\n"
 	        "                           micro-batches in flight, split by predicted\n"
-	        "                           workers), all, or parts joined by '+' (default\n"
-	        "                           off; env EPMOE_SPEC)\n"
+	        "                           workers), prefetch (workers page in the next\n"
+	        "                           layer's predicted experts: madvise WILLNEED), all,\n"
+	        "                           or parts joined by '+' (default off; env\n"
+	        "                           EPMOE_SPEC)\n"
 	        "      --affinity FILE      affinity model from epmoe calibrate (default: learnt\n"
 	        "                           online from scratch; env EPMOE_AFFINITY)\n"
 	        "      --log-json           log one JSON object per line (env EPMOE_LOG_JSON=1)\n"
@@ -646,7 +648,7 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print,
 		case 1007:
 			if (router_spec_parse(optarg, &c->spec) != 0) {
 				fprintf(stderr, "epmoe-router: --spec expects off, predict, group, cobatch, "
-				        "all or parts joined by '+', got '%s'\n", optarg);
+				        "prefetch, all or parts joined by '+', got '%s'\n", optarg);
 				return -1;
 			}
 			break;

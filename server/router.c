@@ -237,7 +237,8 @@ router_spec_parse(const char *s, unsigned *out)
 {
 	static const struct { const char *name; unsigned bits; } parts[] = {
 		{ "off", 0 }, { "predict", ROUTER_SPEC_PREDICT }, { "group", ROUTER_SPEC_GROUP },
-		{ "cobatch", ROUTER_SPEC_COBATCH }, { "all", ROUTER_SPEC_ALL },
+		{ "cobatch", ROUTER_SPEC_COBATCH }, { "prefetch", ROUTER_SPEC_PREFETCH },
+		{ "all", ROUTER_SPEC_ALL },
 	};
 	unsigned bits = 0;
 	const char *p = s;
@@ -264,7 +265,7 @@ router_spec_parse(const char *s, unsigned *out)
 const char *
 router_spec_name(unsigned spec, char *buf, size_t len)
 {
-	static const char *names[] = { "predict", "group", "cobatch" };
+	static const char *names[] = { "predict", "group", "cobatch", "prefetch" };
 	size_t at = 0;
 
 	if (spec == 0)
@@ -272,7 +273,7 @@ router_spec_name(unsigned spec, char *buf, size_t len)
 	if ((spec & ROUTER_SPEC_ALL) == ROUTER_SPEC_ALL)
 		return "all";
 	buf[0] = '\0';
-	for (int i = 0; i < 3; i++)
+	for (int i = 0; i < 4; i++)
 		if (spec & (1u << i))
 			at += (size_t)snprintf(buf + at, at < len ? len - at : 0, "%s%s",
 			        at ? "+" : "", names[i]);
@@ -280,7 +281,8 @@ router_spec_name(unsigned spec, char *buf, size_t len)
 }
 
 /* The speculative pre-scheduler's affinity model: loaded from --affinity
- * (or empty, learnt online), attached to the engine with --spec predict. */
+ * (or empty, learnt online), attached to the engine with --spec predict,
+ * cobatch or prefetch. */
 static int
 load_affinity(struct router *r)
 {
@@ -301,9 +303,15 @@ load_affinity(struct router *r)
 		log_error("cannot create the affinity model: %s", epmoe_strerror(rc));
 		return rc;
 	}
-	/* co-batching plans with the predictions, so it feeds the model */
-	if (r->cfg.spec & (ROUTER_SPEC_PREDICT | ROUTER_SPEC_COBATCH))
+	/* co-batching and prefetch hints plan with the predictions, so they
+	 * feed the model */
+	if (r->cfg.spec & (ROUTER_SPEC_PREDICT | ROUTER_SPEC_COBATCH | ROUTER_SPEC_PREFETCH))
 		engine_set_affinity(r->engine, r->affinity);
+	if ((r->cfg.spec & ROUTER_SPEC_PREFETCH) &&
+	        (rc = engine_set_prefetch(r->engine, true)) != 0) {
+		log_error("cannot set up prefetch hints: %s", epmoe_strerror(rc));
+		return rc;
+	}
 	if (r->cfg.spec & ROUTER_SPEC_COBATCH)
 		engine_set_microbatch(r->engine, true, true);
 	return 0;

@@ -83,8 +83,9 @@ struct router_cfg {
 #define ROUTER_SPEC_PREDICT 1u   /* predict experts before each gate, score */
 #define ROUTER_SPEC_GROUP 2u     /* grouped placement from the affinity file */
 #define ROUTER_SPEC_COBATCH 4u   /* two micro-batches in flight, co-batched */
-#define ROUTER_SPEC_ALL 7u
-/* Parses "off|predict|group|cobatch|all" or a '+'-joined list of parts:
+#define ROUTER_SPEC_PREFETCH 8u  /* workers page in the next layer's likely experts */
+#define ROUTER_SPEC_ALL 15u
+/* Parses "off|predict|group|cobatch|prefetch|all" or a '+'-joined list of parts:
  * 0 or EPMOE_EINVAL. */
 int router_spec_parse(const char *s, unsigned *out);
 /* "off", "all" or the parts joined by '+'; buf of >= 32 bytes. */

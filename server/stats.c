@@ -59,6 +59,7 @@ struct stats {
 	struct metrics_series **sp_pairs;    /* [L] */
 	struct metrics_series *mb_steps, *mb_single, *mb_layers, *mb_workers[2],
 	        *mb_both;
+	struct metrics_series *pf_msgs, *pf_hinted, *pf_paged, *pf_bytes;
 	struct metrics_series **sp_hits;     /* [L][AFF_N_PRED] */
 	struct metrics_series **sp_rate;     /* [L][AFF_N_PRED] */
 
@@ -300,6 +301,25 @@ register_microbatch(struct stats *st)
 	return 0;
 }
 
+/* --spec prefetch: hints sent with expert batches, and what the workers
+ * report they paged in. */
+static int
+register_prefetch(struct stats *st)
+{
+	int rc;
+
+	REG(counter, st->pf_msgs, "epmoe_spec_prefetch_requests_total",
+	    "Expert batches that carried a prefetch hint (the next layer's predicted experts)");
+	REG(counter, st->pf_hinted, "epmoe_spec_prefetch_hinted_experts_total",
+	    "Experts named in those hints, summed");
+	REG(counter, st->pf_paged, "epmoe_spec_prefetch_paged_experts_total",
+	    "Experts the workers paged in on a hint (madvise WILLNEED; held ones only), "
+	    "as last reported");
+	REG(counter, st->pf_bytes, "epmoe_spec_prefetch_paged_bytes_total",
+	    "Weight bytes of those experts, as last reported");
+	return 0;
+}
+
 static int
 register_failover(struct stats *st)
 {
@@ -453,6 +473,9 @@ stats_register(struct stats *st)
 	        (rc = register_spec(st)) != 0)
 		return rc;
 	if ((rc = register_microbatch(st)) != 0)
+		return rc;
+	if (st->r->dispatch && (st->r->cfg.spec & ROUTER_SPEC_PREFETCH) &&
+	        (rc = register_prefetch(st)) != 0)
 		return rc;
 	st->s_expert_tokens = calloc((size_t)hp->n_layer * hp->n_expert, sizeof(*st->s_expert_tokens));
 	if (st->s_expert_tokens == NULL)
@@ -688,6 +711,14 @@ export_failover(struct stats *st)
 	counter_to(st->fo_abandoned, (double)ds.abandoned);
 	counter_to(st->fo_stale, (double)ds.stale);
 	counter_to(st->fo_unserved_tok, (double)ds.unserved_tokens);
+	if (st->pf_msgs) {
+		uint64_t paged, bytes;
+		cluster_prefetch_totals(st->r->cluster, &paged, &bytes);
+		counter_to(st->pf_msgs, (double)ds.hinted_msgs);
+		counter_to(st->pf_hinted, (double)ds.hinted_experts);
+		counter_to(st->pf_paged, (double)paged);
+		counter_to(st->pf_bytes, (double)bytes);
+	}
 }
 
 /* epmoe_worker_up{worker, id, node}: which worker (container, host)
@@ -856,6 +887,18 @@ spec_json(struct router *r)
 		cJSON_AddNumberToObject(o, "workers_per_layer_0", (double)mb->workers_mb[0] / L);
 		cJSON_AddNumberToObject(o, "workers_per_layer_1", (double)mb->workers_mb[1] / L);
 		cJSON_AddNumberToObject(o, "shared_workers_per_layer", (double)mb->workers_both / L);
+	}
+	if (r->dispatch) {
+		struct dispatch_stats ds;
+		uint64_t paged, bytes;
+		cJSON *o = cJSON_AddObjectToObject(j, "prefetch");
+		dispatch_stats(r->dispatch, &ds);
+		cluster_prefetch_totals(r->cluster, &paged, &bytes);
+		cJSON_AddBoolToObject(o, "on", (r->cfg.spec & ROUTER_SPEC_PREFETCH) != 0);
+		cJSON_AddNumberToObject(o, "hinted_requests", (double)ds.hinted_msgs);
+		cJSON_AddNumberToObject(o, "hinted_experts", (double)ds.hinted_experts);
+		cJSON_AddNumberToObject(o, "paged_experts", (double)paged);
+		cJSON_AddNumberToObject(o, "paged_bytes", (double)bytes);
 	}
 	if (r->affinity == NULL || !(r->cfg.spec & ROUTER_SPEC_PREDICT))
 		return j;

@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "err.h"
 #include "hash.h"
@@ -382,6 +384,52 @@ slots_check(struct slots *s, const Epmoe__ExpertBatch *b, char *why, size_t why_
 	}
 	pthread_mutex_unlock(&s->mu);
 	return rc;
+}
+
+/* Starts reading in one matrix's pages (the range rounded out to
+ * pages); returns its bytes. */
+static size_t
+advise(const struct tmat *t)
+{
+	uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+	uintptr_t lo = (uintptr_t)t->data, hi = lo + (size_t)t->n_out * t->row_size;
+
+	if (t->data == NULL || hi == lo)
+		return 0;
+	lo &= ~(pg - 1);
+	/* only a hint: a failure (memory not from a mapping) changes nothing */
+	(void)madvise((void *)lo, hi - lo, MADV_WILLNEED);
+	return (size_t)(hi - (uintptr_t)t->data);
+}
+
+uint32_t
+slots_prefetch(struct slots *s, uint32_t layer, const uint32_t *expert,
+        size_t n, uint64_t *bytes)
+{
+	uint32_t held[64], n_held = 0, done = 0;
+
+	*bytes = 0;
+	if (layer >= s->L)
+		return 0;
+	for (size_t i0 = 0; i0 < n; i0 += 64) {
+		size_t i1 = n - i0 < 64 ? n : i0 + 64;
+		n_held = 0;
+		pthread_mutex_lock(&s->mu);
+		for (size_t i = i0; i < i1; i++)
+			if (expert[i] < s->E && at(s, layer, expert[i])->state == S_READY)
+				held[n_held++] = expert[i];
+		pthread_mutex_unlock(&s->mu);
+		for (uint32_t i = 0; i < n_held; i++) {
+			const struct model_layer *ly = &s->m->layers[layer];
+			for (int k = MODEL_EXP_GATE; k <= MODEL_EXP_DOWN; k++) {
+				struct tmat t = model_expert(ly, &s->m->hp,
+				        (enum model_expert_mat)k, held[i]);
+				*bytes += advise(&t);
+			}
+		}
+		done += n_held;
+	}
+	return done;
 }
 
 uint64_t

@@ -67,6 +67,12 @@ int slots_report(struct slots *s, Epmoe__SlotOrderReply *out);
 int slots_check(struct slots *s, const Epmoe__ExpertBatch *b, char *why,
         size_t why_len);
 
+/* Prefetch hint: starts paging in (madvise MADV_WILLNEED) the weights of
+ * those of expert[0..n) of `layer` held READY here; the others are
+ * ignored.  Returns how many were advised, and their bytes in *bytes. */
+uint32_t slots_prefetch(struct slots *s, uint32_t layer, const uint32_t *expert,
+        size_t n, uint64_t *bytes);
+
 /* Newest epoch of an order applied; slots held (any state); slots
  * loading. */
 uint64_t slots_epoch(struct slots *s);

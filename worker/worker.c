@@ -472,6 +472,17 @@ serve_one(struct worker *w, nng_msg *msg, uint64_t t_recv)
 		        why, NULL, 0, 0, 0);
 		goto reply;
 	}
+	if (b->n_prefetch > 0 && b->layer + 1 < hp->n_layer) {
+		/* the next layer's likely experts start paging in while this
+		 * layer computes */
+		uint64_t bytes;
+		uint32_t n = slots_prefetch(w->slots, b->layer + 1, b->prefetch,
+		        b->n_prefetch, &bytes);
+		pthread_mutex_lock(&w->mu);
+		w->st.prefetch_experts += n;
+		w->st.prefetch_bytes += bytes;
+		pthread_mutex_unlock(&w->mu);
+	}
 	t0 = (clock_now_ns() / 1000);
 	rc = compute_batch(w, b, rows);
 	t1 = (clock_now_ns() / 1000);
@@ -723,6 +734,8 @@ do_report(struct worker *w, bool *drained)
 	lr.tokens_served = w->st.tokens;
 	lr.batches_served = w->st.batches;
 	lr.compute_us = w->st.compute_us;
+	lr.prefetch_experts = w->st.prefetch_experts;
+	lr.prefetch_bytes = w->st.prefetch_bytes;
 	router_boot = w->router_boot;
 	pthread_mutex_unlock(&w->mu);
 	lr.boot_id = w->boot_id;

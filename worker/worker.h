@@ -134,6 +134,8 @@ struct worker_stats {
 	uint64_t rejected;   /* batches answered with an error status */
 	uint64_t stale;      /* of which STALE_PLACEMENT */
 	uint64_t compute_us; /* cumulative */
+	uint64_t prefetch_experts; /* experts paged in on a prefetch hint */
+	uint64_t prefetch_bytes;   /* their weight bytes */
 };
 
 /* Thread-safe snapshot of w's counters. */

@@ -123,6 +123,52 @@ START_TEST(predictions_hit_learnt_tokens_and_transitions_cover_new_ones)
 }
 END_TEST
 
+/* The prefetch hint for layer l + 1 is the union of every row's best
+ * two experts there, from its token and its experts at layer l; rows are
+ * the step's rows from row0 on; nothing past the last layer. */
+START_TEST(next_layer_hint_is_the_union_of_the_rows_predictions)
+{
+	struct affinity *a;
+	int32_t tok[3] = { 1, 7, 12 }, ex[4], want[2];
+	uint32_t off[3] = { 0, 2, 4 };
+	float w[4] = { 0.5f, 0.5f, 0.5f, 0.5f };
+	struct moe_assign asg = { 2, off, ex, w };
+	uint8_t mask[E], expect[E];
+	uint32_t n_expect = 0;
+
+	ck_assert_int_eq(affinity_new(&a, 3, E, 200, 0), 0);
+	for (int pass = 0; pass < 2; pass++)
+		run_step(a, 3, 0, 100, 0);
+	/* rows 1 and 2 of a three-row step: tokens 7 and 12 at layer 0 */
+	ck_assert_int_eq(affinity_step(a, tok, 3), 0);
+	experts_of(7, 0, &ex[0]);
+	experts_of(12, 0, &ex[2]);
+	memset(expect, 0, sizeof(expect));
+	for (int r = 1; r < 3; r++) {
+		experts_of(tok[r], 1, want);
+		for (int i = 0; i < 2; i++) {
+			n_expect += !expect[want[i]];
+			expect[want[i]] = 1;
+		}
+	}
+	ck_assert_uint_eq(affinity_next(a, 0, &asg, 1, 2, mask), n_expect);
+	ck_assert_uint_eq(n_expect, 3);
+	ck_assert_mem_eq(mask, expect, E);
+	/* an unseen token still gets the transitions' experts */
+	tok[1] = 150;
+	tok[2] = 151;
+	ck_assert_int_eq(affinity_step(a, tok, 3), 0);
+	ck_assert_uint_eq(affinity_next(a, 0, &asg, 1, 2, mask), n_expect);
+	ck_assert_mem_eq(mask, expect, E);
+	/* the last layer has no next; rows past the step are refused */
+	ck_assert_uint_eq(affinity_next(a, 2, &asg, 1, 2, mask), 0);
+	ck_assert_uint_eq(affinity_next(a, 0, &asg, 2, 2, mask), 0);
+	for (int i = 0; i < E; i++)
+		ck_assert_uint_eq(mask[i], 0);
+	affinity_free(a);
+}
+END_TEST
+
 START_TEST(bounded_rows_never_report_a_foreign_expert)
 {
 	struct affinity *a, *big;
@@ -273,6 +319,7 @@ main(void)
 	tcase_add_test(t, learns_usual_experts_coactivation_and_transitions);
 	tcase_add_test(t, predictions_hit_learnt_tokens_and_transitions_cover_new_ones);
 	tcase_add_test(t, bounded_rows_never_report_a_foreign_expert);
+	tcase_add_test(t, next_layer_hint_is_the_union_of_the_rows_predictions);
 	tcase_add_test(t, grouping_colocates_coactivated_experts_within_bounds);
 	tcase_add_test(t, files_round_trip_and_bad_files_are_refused);
 	suite_add_tcase(s, t);

@@ -3,7 +3,8 @@
  *   - predictions never change outputs: greedy tokens and their logprobs
  *     through a real router and 2 workers are the same with --spec off
  *     and --spec all (grouped placement from an affinity file made here),
- *     and /v1/stats and /metrics report per-layer hit rates;
+ *     and /v1/stats and /metrics report per-layer hit rates, the
+ *     prefetch hints sent and the experts the workers paged in on them;
  *   - --spec cobatch (two micro-batches in flight) gives the same greedy
  *     tokens for several concurrent requests as --spec off;
  *   - an affinity file made for another model stops the router with a
@@ -11,6 +12,7 @@
 #include <check.h>
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +38,9 @@ START_TEST(spec_values_parse)
 	ck_assert_uint_eq(s, 0);
 	ck_assert_int_eq(router_spec_parse("all", &s), 0);
 	ck_assert_uint_eq(s, ROUTER_SPEC_ALL);
+	ck_assert_int_eq(router_spec_parse("cobatch+prefetch", &s), 0);
+	ck_assert_uint_eq(s, ROUTER_SPEC_COBATCH | ROUTER_SPEC_PREFETCH);
+	ck_assert_str_eq(router_spec_name(s, buf, sizeof(buf)), "cobatch+prefetch");
 	ck_assert_int_eq(router_spec_parse("predict+group", &s), 0);
 	ck_assert_uint_eq(s, ROUTER_SPEC_PREDICT | ROUTER_SPEC_GROUP);
 	ck_assert_str_eq(router_spec_name(s, buf, sizeof(buf)), "predict+group");
@@ -96,8 +101,25 @@ struct run {
 	char *metrics;
 };
 
+/* The spec.prefetch object of /v1/stats (owned by *root). */
+static cJSON *
+prefetch_stats(struct tu_router *R, cJSON **root)
+{
+	char *resp = NULL;
+	long status;
+
+	ck_assert_int_eq(tu_http(R, "GET", "/v1/stats", NULL, &status, &resp), 0);
+	ck_assert_int_eq(status, 200);
+	*root = cJSON_Parse(resp);
+	free(resp);
+	ck_assert_ptr_nonnull(*root);
+	return cJSON_GetObjectItem(cJSON_GetObjectItem(*root, "spec"), "prefetch");
+}
+
+/* wait_paged: waits (10 s at most) for the workers' load reports to say
+ * they paged in experts on the router's prefetch hints. */
 static void
-serve_once(const char *const *args, struct run *out)
+serve_once(const char *const *args, struct run *out, bool wait_paged)
 {
 	struct tu_router R;
 	const char *body = "{\"prompt\":\"And God said, Let there be\",\"max_tokens\":12,"
@@ -121,6 +143,15 @@ serve_once(const char *const *args, struct run *out)
 		out->lp[i] = cJSON_GetArrayItem(lp, i)->valuedouble;
 	cJSON_Delete(j);
 	free(resp);
+	for (int i = 0; wait_paged && i < 100; i++) {
+		cJSON *root, *pf = prefetch_stats(&R, &root);
+		cJSON *paged = cJSON_GetObjectItem(pf, "paged_experts");
+		bool done = paged && paged->valuedouble > 0;
+		cJSON_Delete(root);
+		if (done)
+			break;
+		usleep(100 * 1000);
+	}
 	ck_assert_int_eq(tu_http(&R, "GET", "/v1/stats", NULL, &status, &resp), 0);
 	ck_assert_int_eq(status, 200);
 	out->stats = cJSON_Parse(resp);
@@ -142,8 +173,8 @@ START_TEST(spec_on_and_off_give_identical_tokens_through_workers)
 
 	snprintf(path, sizeof(path), "/tmp/test_spec_%ld.aff", (long)getpid());
 	make_affinity(path, 0);
-	serve_once(args_off, &off);
-	serve_once(args_on, &on);
+	serve_once(args_off, &off, false);
+	serve_once(args_on, &on, true);
 	unlink(path);
 	ck_assert_str_eq(on.text, off.text);
 	ck_assert_int_eq(on.n_lp, off.n_lp);
@@ -173,6 +204,20 @@ START_TEST(spec_on_and_off_give_identical_tokens_through_workers)
 	ck_assert_double_gt(cJSON_GetObjectItem(sp, "hit_rate_token")->valuedouble, 0);
 	ck_assert_ptr_nonnull(strstr(on.metrics, "epmoe_spec_hit_rate{layer=\"0\",predictor=\"token\"}"));
 	ck_assert_ptr_nonnull(strstr(on.metrics, "epmoe_spec_pairs_total{layer=\"0\"}"));
+	/* prefetch hints: sent with the batches, paged in by the workers */
+	sp = cJSON_GetObjectItem(cJSON_GetObjectItem(off.stats, "spec"), "prefetch");
+	ck_assert(cJSON_IsFalse(cJSON_GetObjectItem(sp, "on")));
+	ck_assert_double_eq(cJSON_GetObjectItem(sp, "hinted_requests")->valuedouble, 0);
+	ck_assert_double_eq(cJSON_GetObjectItem(sp, "paged_experts")->valuedouble, 0);
+	sp = cJSON_GetObjectItem(cJSON_GetObjectItem(on.stats, "spec"), "prefetch");
+	ck_assert(cJSON_IsTrue(cJSON_GetObjectItem(sp, "on")));
+	ck_assert_double_gt(cJSON_GetObjectItem(sp, "hinted_requests")->valuedouble, 0);
+	ck_assert_double_ge(cJSON_GetObjectItem(sp, "hinted_experts")->valuedouble,
+	        cJSON_GetObjectItem(sp, "hinted_requests")->valuedouble);
+	ck_assert_double_gt(cJSON_GetObjectItem(sp, "paged_experts")->valuedouble, 0);
+	ck_assert_double_gt(cJSON_GetObjectItem(sp, "paged_bytes")->valuedouble, 0);
+	ck_assert_ptr_nonnull(strstr(on.metrics, "epmoe_spec_prefetch_requests_total"));
+	ck_assert_ptr_null(strstr(off.metrics, "epmoe_spec_prefetch_requests_total"));
 	free(on.text);
 	free(off.text);
 	free(on.metrics);

@@ -721,6 +721,18 @@ START_TEST(inconsistent_batches_are_rejected)
 	lim.max_dim = 4;
 	lim.max_rows = 2;
 	ck_assert_int_eq(check_copy(&t, 12, &lim), EPMOE_EPROTO);
+	/* a prefetch hint names at most every expert of the model */
+	{
+		uint32_t pf[7] = { 0, 1, 2, 3, 4, 5, 5 };
+		test_batch_init(&t);
+		lim.max_rows = 10;
+		t.b.n_prefetch = 6;
+		t.b.prefetch = pf;
+		ck_assert_int_eq(check_copy(&t, 12, &lim), 0);
+		t.b.n_prefetch = 7;
+		ck_assert_int_eq(check_copy(&t, 12, &lim), EPMOE_EPROTO);
+		ck_assert_ptr_nonnull(strstr(wire_errmsg(), "prefetch"));
+	}
 	/* gather: 2 unique input rows feeding 3 entries */
 	test_batch_init(&t);
 	t.b.n_gather = 3;
