@@ -190,7 +190,7 @@ teardown() {
 	if [ -f "$STATE/hosts" ]; then
 		for h in $(cat "$STATE/hosts"); do
 			signal_host "$h" KILL
-			[ -f "$STATE/relay.$h.pid" ] && kill -KILL "$(cat "$STATE/relay.$h.pid")" 2>/dev/null
+			[ -f "$STATE/relay.$h.pid" ] && kill -KILL "$(cat "$STATE/relay.$h.pid")" 2>/dev/null || true
 		done
 	fi
 	k=0
