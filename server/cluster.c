@@ -262,6 +262,14 @@ cluster_prefetch_totals(struct cluster *c, uint64_t *experts, uint64_t *bytes)
 	pthread_mutex_unlock(&c->mu);
 }
 
+void
+cluster_closing(struct cluster *c)
+{
+	pthread_mutex_lock(&c->mu);
+	c->closing = true;
+	pthread_mutex_unlock(&c->mu);
+}
+
 uint32_t
 cluster_n_used_locked(struct cluster *c)
 {
@@ -773,7 +781,7 @@ on_leave(struct cluster *c, const Epmoe__Leave *lv, struct reply *r)
 	w = wi < c->W ? &c->w[wi] : NULL;
 	if (w == NULL || w->state == W_NEVER || w->boot_id != lv->boot_id) {
 		refuse(r, EPMOE__STATUS__STATUS_NOT_FOUND, "unknown worker");
-	} else if (lv->drain && c->elastic && w->state == W_UP) {
+	} else if (lv->drain && c->elastic && w->state == W_UP && !c->closing) {
 		r->hr.accepted = true;
 		r->hr.status = EPMOE__STATUS__STATUS_OK;
 		r->hr.worker_index = wi;

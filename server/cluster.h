@@ -140,6 +140,10 @@ int cluster_placement_json(struct cluster *c, cJSON **out);
  * requests), reported {tokens, batches, compute_us, ram_free_bytes,
  * prefetch_experts, prefetch_bytes}}]}. */
 int cluster_stats_json(struct cluster *c, cJSON **out);
+/* The router is stopping: workers leaving from now on are let go at once
+ * (a drain is not waited for, their experts are not covered elsewhere,
+ * nothing is logged as degraded). */
+void cluster_closing(struct cluster *c);
 /* Sums of what the workers last reported of their prefetch hints:
  * experts paged in and their bytes (the index's latest holder each). */
 void cluster_prefetch_totals(struct cluster *c, uint64_t *experts, uint64_t *bytes);

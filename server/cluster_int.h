@@ -104,6 +104,7 @@ struct cluster {
 	uint64_t boot_id;
 	uint32_t hb_ms, hb_timeout_ms;
 	bool degraded_off;
+	bool closing;          /* the router stops: leaving workers are let go */
 	bool elastic;
 	bool members_dirty;       /* a join or drain: re-plan home */
 	uint32_t plan_R, plan_hosts;

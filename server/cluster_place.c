@@ -123,6 +123,8 @@ retarget(struct cluster *c)
 	int rc;
 
 	c->target_dirty = false;
+	if (c->closing) /* workers leave because the router stops */
+		return;
 	/* a worker that was never up is not lost: the service is not up yet
 	 * (health says so), nothing to cover; one registering again is, until
 	 * it is up */

@@ -428,6 +428,8 @@ router_stop(struct router *r)
 		uv_close((uv_handle_t *)&r->reap_timer, NULL);
 		r->reap_timer_on = false;
 	}
+	if (r->cluster)
+		cluster_closing(r->cluster);
 	if (r->spawned) {
 		spawn_stop(r->spawned, 5000);
 		spawn_free(r->spawned);
