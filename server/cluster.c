@@ -71,6 +71,7 @@ cluster_new(struct cluster **out, const struct cluster_cfg *cfg, char *err,
 		return EPMOE_ENOMEM;
 	pthread_mutex_init(&c->mu, NULL);
 	atomic_init(&c->stop, 0);
+	atomic_init(&c->replacing, false);
 	c->m = cfg->model;
 	snprintf(c->url_in, sizeof(c->url_in), "%s", cfg->control_url);
 	c->tls = cfg->tls;

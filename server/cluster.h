@@ -140,6 +140,10 @@ int cluster_placement_json(struct cluster *c, cJSON **out);
  * requests), reported {tokens, batches, compute_us, ram_free_bytes,
  * prefetch_experts, prefetch_bytes}}]}. */
 int cluster_stats_json(struct cluster *c, cJSON **out);
+/* Whether a re-placement is in flight now (a target map is being loaded
+ * and committed: PREPARE to the last COMMIT); lock-free, for per-token
+ * statistics. */
+bool cluster_replacing(struct cluster *c);
 /* The router is stopping: workers leaving from now on are let go at once
  * (a drain is not waited for, their experts are not covered elsewhere,
  * nothing is logged as degraded). */

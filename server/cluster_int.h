@@ -138,6 +138,7 @@ struct cluster {
 	pthread_t th;
 	bool started;
 	atomic_int stop;
+	atomic_bool replacing;    /* a placement target is being loaded */
 };
 
 /* Whether every (layer, expert) has a slot on a live worker; c->mu held. */

@@ -265,6 +265,13 @@ cluster_advance_locked(struct cluster *c)
 			log_debug("cluster: %u older placement maps retired", st.maps_retired);
 	}
 	track_ready(c);
+	atomic_store(&c->replacing, mig_target(c->mig) != NULL);
+}
+
+bool
+cluster_replacing(struct cluster *c)
+{
+	return atomic_load(&c->replacing);
 }
 
 int

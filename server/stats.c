@@ -18,6 +18,10 @@
 static const double lat_buckets[] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
 	0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60 };
 #define N_LAT (sizeof(lat_buckets) / sizeof(lat_buckets[0]))
+/* finer buckets for the inter-token latency split by placement phase
+ * (1 ms x 1.25^i up to about 20 s): a p99 ratio near 1 must show */
+#define N_PHASE_LAT 45
+static const char *const itl_phase_name[2] = { "steady", "replacing" };
 
 /* Per routing policy statistics, aggregated on the engine thread from the
  * engine's route observer (under mu). */
@@ -40,6 +44,9 @@ struct stats {
 	struct metrics_series *m_pc_lookup, *m_pc_hit, *m_pc_rate, *m_pc_cached,
 	        *m_pc_evict, *m_pc_bypass;
 	struct metrics_series *h_ttft, *h_itl, *h_e2e, *h_queue, *h_step;
+	/* distributed: ITL while a re-placement is in flight, and otherwise */
+	struct metrics_series *h_itl_phase[2];
+	double itl_phase_bounds[N_PHASE_LAT];
 	struct metrics_family *f_expert_tokens, *f_route_tokens, *f_route_secs,
 	        *f_route_ot, *f_route_maxvio, *f_worker_lat, *f_phase, *f_rejected,
 	        *f_worker_up;
@@ -78,7 +85,11 @@ obs_ttft(void *ud, double s)
 static void
 obs_itl(void *ud, double s)
 {
-	metrics_observe(((struct stats *)ud)->h_itl, s);
+	struct stats *st = ud;
+
+	metrics_observe(st->h_itl, s);
+	if (st->h_itl_phase[0])
+		metrics_observe(st->h_itl_phase[cluster_replacing(st->r->cluster) ? 1 : 0], s);
 }
 
 static void
@@ -438,6 +449,23 @@ stats_register(struct stats *st)
 	HIST(st->h_e2e, "epmoe_e2e_request_latency_seconds", "Time from arrival to the last token");
 	HIST(st->h_queue, "epmoe_request_queue_time_seconds", "Time from arrival to admission");
 	HIST(st->h_step, "epmoe_step_seconds", "Duration of one engine step");
+	if (st->r->cluster) {
+		static const char *const l_pl[] = { "phase" };
+		double b = 0.001;
+		for (int i = 0; i < N_PHASE_LAT; i++, b *= 1.25)
+			st->itl_phase_bounds[i] = b;
+		if ((rc = metrics_histogram(st->metrics,
+		             "epmoe_inter_token_latency_by_placement_seconds",
+		             "Time between two tokens of a request, by whether a re-placement "
+		             "(PREPARE to the last COMMIT) was in flight when the token came",
+		             l_pl, 1, st->itl_phase_bounds, N_PHASE_LAT, &f)) != 0)
+			return rc;
+		for (int i = 0; i < 2; i++) {
+			const char *lv[1] = { itl_phase_name[i] };
+			if ((rc = metrics_series(f, lv, &st->h_itl_phase[i])) != 0)
+				return rc;
+		}
+	}
 #undef HIST
 	if ((rc = metrics_counter(st->metrics, "epmoe_step_phase_seconds_total",
 	             "Engine time per phase of the forward pass", l_phase, 1, &st->f_phase)) ||
@@ -928,6 +956,42 @@ spec_json(struct router *r)
 	return j;
 }
 
+/* balance.itl_by_placement: inter-token latency while a re-placement
+ * was in flight and otherwise, and the ratio of their p99s (the stall
+ * a re-placement costs; target <= 1.25). */
+static void
+itl_phase_json(struct stats *st, cJSON *bal)
+{
+	cJSON *o = cJSON_AddObjectToObject(bal, "itl_by_placement");
+	double p99[2] = { NAN, NAN };
+
+	if (o == NULL)
+		return;
+	for (int i = 0; i < 2; i++) {
+		uint64_t counts[N_PHASE_LAT + 1], n = 0;
+		const double *bounds = NULL;
+		double sum = 0;
+		size_t nb = metrics_hist_read(st->h_itl_phase[i], counts, N_PHASE_LAT + 1,
+		        &bounds, &sum);
+		cJSON *p = cJSON_AddObjectToObject(o, itl_phase_name[i]);
+		for (size_t b = 0; b < nb; b++)
+			n += counts[b];
+		p99[i] = dash_hist_quantile(bounds, counts, nb, 0.99);
+		if (p == NULL)
+			continue;
+		cJSON_AddNumberToObject(p, "tokens", (double)n);
+		cJSON_AddNumberToObject(p, "mean_s", n ? sum / (double)n : 0.0);
+		if (isfinite(p99[i]))
+			cJSON_AddNumberToObject(p, "p99_s", p99[i]);
+		else
+			cJSON_AddNullToObject(p, "p99_s");
+	}
+	if (isfinite(p99[0]) && isfinite(p99[1]) && p99[0] > 0)
+		cJSON_AddNumberToObject(o, "p99_ratio", p99[1] / p99[0]);
+	else
+		cJSON_AddNullToObject(o, "p99_ratio");
+}
+
 cJSON *
 stats_json(struct stats *st)
 {
@@ -1030,6 +1094,8 @@ stats_json(struct stats *st)
 				free(cp);
 			}
 		}
+		if (b && st->h_itl_phase[0])
+			itl_phase_json(st, b);
 		if (b) {
 			cJSON_AddBoolToObject(b, "llep", (r->cfg.balance & BAL_LLEP) != 0);
 			cJSON_AddItemToObject(j, "balance", b);

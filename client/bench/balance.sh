@@ -5,7 +5,9 @@
 # all with 4 redundant slots a layer.  Per mode: the workers' real token
 # load max/mean (the router's per-worker token counts over the run), decode
 # throughput relative to off (same run), inter-token latency p99,
-# re-placements and weight bytes they loaded, failed requests.  Then the
+# re-placements and weight bytes they loaded, failed requests, and the
+# inter-token p99 while a re-placement was in flight over its p99 otherwise
+# (the router's balance.itl_by_placement).  Then the
 # routing trace recorded in the off run replayed by `epmoe bench balance`
 # for 4 (the check: it must agree with the measured off), 16, 64 and 256
 # simulated workers.
@@ -64,13 +66,16 @@ import json, sys
 j = json.load(sys.stdin)
 t = [w["tokens"] for w in j["workers"]["workers"]]
 b = j["balance"]
-print("%.3f %d %.1f" % (max(t) * len(t) / max(1, sum(t)), b["replacements"], b["moved_bytes"] / 1048576))'
+ip = b.get("itl_by_placement", {})
+r = ip.get("p99_ratio")
+print("%.3f %d %.1f %s" % (max(t) * len(t) / max(1, sum(t)), b["replacements"], b["moved_bytes"] / 1048576,
+      "%.2f(%d)" % (r, ip["replacing"]["tokens"]) if r is not None else "-"))'
 }
 
 echo
 echo "== balancer: $M, 4 local workers, 16 concurrent streams x 48 tokens, 4 redundant slots a layer"
-printf '%-5s %10s %10s %10s %10s %8s %10s %7s\n' mode "max/mean" "decode" "vs off" "itl p99" replace "moved" failed
-printf '%-5s %10s %10s %10s %10s %8s %10s %7s\n' "" "tokens" "tok/s" "" "ms" "" "MiB" ""
+printf '%-5s %10s %10s %10s %10s %8s %10s %7s %12s\n' mode "max/mean" "decode" "vs off" "itl p99" replace "moved" failed "p99 repl /"
+printf '%-5s %10s %10s %10s %10s %8s %10s %7s %12s\n' "" "tokens" "tok/s" "" "ms" "" "MiB" "" "steady (n)"
 base=
 for mode in off eplb llep all; do
 	extra=""
@@ -86,12 +91,14 @@ for mode in off eplb llep all; do
 	tps=$(printf '%s\n' "$j" | sed -n 's/.*"output_throughput":\([^,}]*\).*/\1/p')
 	p99=$(printf '%s\n' "$j" | sed -n 's/.*"itl_ms":{[^}]*"p99":\([^,}]*\).*/\1/p')
 	[ -n "$base" ] || base=$tps
-	printf '%-5s %10s %10.1f %10s %10.1f %8s %10s %7s\n' $mode "$1" "$tps" \
+	printf '%-5s %10s %10.1f %10s %10.1f %8s %10s %7s %12s\n' $mode "$1" "$tps" \
 		"$(awk -v a="$tps" -v b="$base" 'BEGIN { printf "x%.2f", a / b }')" "$p99" "$2" "$3" \
-		"$(jnum "$j" errors)"
+		"$(jnum "$j" errors)" "$4"
 	stop
 done
-echo "(max/mean: the workers' token counts over both rounds; llep alone has no copies to spill to)"
+echo "(max/mean: the workers' token counts over both rounds; llep alone has no copies to spill to;"
+echo " p99 repl / steady: the router's inter-token p99 while a re-placement was in flight over its p99"
+echo " otherwise, over both rounds, with the number of token gaps in re-placements; target <= 1.25)"
 echo
 echo "== balancer simulation on the trace of the off run (epmoe bench balance, same placement code)"
 for W in 4 16 64 256; do

@@ -160,6 +160,18 @@ START_TEST(replacement_under_load_fails_nothing_and_changes_no_token)
 	        "llep_split_groups"), 0);
 	ck_assert_double_ge(num(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "workers"), "failover"),
 	        "commits"), 1);
+	/* every inter-token gap is counted once, as steady or as during a
+	 * re-placement */
+	{
+		cJSON *ip = cJSON_GetObjectItem(b, "itl_by_placement");
+		double steady = num(cJSON_GetObjectItem(ip, "steady"), "tokens");
+		double during = num(cJSON_GetObjectItem(ip, "replacing"), "tokens");
+		double all_itl = num(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "latency"), "itl"),
+		        "count");
+		ck_assert_double_gt(steady, 0);
+		ck_assert_double_eq(steady + during, all_itl);
+		ck_assert_ptr_nonnull(cJSON_GetObjectItem(ip, "p99_ratio"));
+	}
 	cJSON_Delete(j);
 	{
 		char *resp = NULL;

@@ -6,7 +6,10 @@
 # a layer.  Per mode, over a warm-up round and a measured round: the
 # workers' token load max/mean (the router's per-worker counts), decode
 # throughput as a ratio to off (same run), inter-token latency p99,
-# re-placements and the weight bytes they loaded, failed requests.
+# re-placements and the weight bytes they loaded, failed requests, and the
+# router's inter-token p99 while a re-placement was in flight over its p99
+# otherwise (balance.itl_by_placement; target <= 1.25), with how many
+# token gaps fell in a re-placement.
 TEST_NAME=tb_balance
 top=$(cd "$(dirname "$0")/../../.." && pwd)
 . "$(dirname "$0")/../testbed.inc"
@@ -21,8 +24,8 @@ fi
 
 tb_up 4 --cpu 0.4 --router-cpu 0.4
 echo "== balancer on the testbed: 4 workers at 0.4 CPU, router at 0.4 CPU, $(basename "$MODEL"), 16 streams x 32 tokens"
-printf '%-5s %10s %10s %8s %10s %8s %10s %7s\n' mode "max/mean" "decode" "vs off" "itl p99" replace "moved" failed
-printf '%-5s %10s %10s %8s %10s %8s %10s %7s\n' "" "tokens" "tok/s" "" "ms" "" "MiB" ""
+printf '%-5s %10s %10s %8s %10s %8s %10s %7s %12s\n' mode "max/mean" "decode" "vs off" "itl p99" replace "moved" failed "p99 repl /"
+printf '%-5s %10s %10s %8s %10s %8s %10s %7s %12s\n' "" "tokens" "tok/s" "" "ms" "" "MiB" "" "steady (n)"
 base=
 for mode in off eplb llep all; do
 	: >"$TMPD/router.log"
@@ -41,13 +44,16 @@ b = json.load(open(sys.argv[1])); j = json.load(open(sys.argv[2]))
 b = b["points"][-1] if "points" in b else b  # the load generator's last point
 t = [w["tokens"] for w in j["workers"]["workers"]]
 bal = j["balance"]
-print("%.3f %.1f %.1f %d %.1f %d" % (max(t) * len(t) / max(1, sum(t)), b["output_throughput"],
-      b["p99_itl_ms"] or 0, bal["replacements"], bal["moved_bytes"] / 1048576, b["failed"]))
+ip = bal.get("itl_by_placement", {})
+r = ip.get("p99_ratio")
+print("%.3f %.1f %.1f %d %.1f %d %s" % (max(t) * len(t) / max(1, sum(t)), b["output_throughput"],
+      b["p99_itl_ms"] or 0, bal["replacements"], bal["moved_bytes"] / 1048576, b["failed"],
+      "%.2f(%d)" % (r, ip["replacing"]["tokens"]) if r is not None else "-"))
 PY
 )
 	[ -n "$base" ] || base=$2
-	printf '%-5s %10s %10s %8s %10s %8s %10s %7s\n' $mode "$1" "$2" \
-		"$(awk -v a="$2" -v b="$base" 'BEGIN { printf "x%.2f", a / b }')" "$3" "$4" "$5" "$6"
+	printf '%-5s %10s %10s %8s %10s %8s %10s %7s %12s\n' $mode "$1" "$2" \
+		"$(awk -v a="$2" -v b="$base" 'BEGIN { printf "x%.2f", a / b }')" "$3" "$4" "$5" "$6" "$7"
 	kill -TERM "$RPID" 2>/dev/null
 	for i in 1 2 3 4; do eval "kill -TERM \$WPID_$i" 2>/dev/null; done
 	eval "tb_wait_gone $RPID \$WPID_1 \$WPID_2 \$WPID_3 \$WPID_4"
