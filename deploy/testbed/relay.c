@@ -118,11 +118,10 @@ read_params(void)
 	return 0;
 }
 
+/* One of c's handles has closed; the last frees it. */
 static void
-on_closed(uv_handle_t *h)
+conn_release(struct conn *c)
 {
-	struct conn *c = h->data;
-
 	if (--c->open_handles > 0)
 		return;
 	for (struct dir *d = &c->d2u; d; d = d == &c->d2u ? &c->u2d : NULL) {
@@ -136,6 +135,19 @@ on_closed(uv_handle_t *h)
 	free(c);
 }
 
+/* The sockets' data is their conn, the timers' their dir. */
+static void
+on_closed(uv_handle_t *h)
+{
+	conn_release(h->data);
+}
+
+static void
+on_timer_closed(uv_handle_t *h)
+{
+	conn_release(((struct dir *)h->data)->c);
+}
+
 static void
 conn_close(struct conn *c)
 {
@@ -144,8 +156,8 @@ conn_close(struct conn *c)
 	c->closing = true;
 	uv_close((uv_handle_t *)&c->down, on_closed);
 	uv_close((uv_handle_t *)&c->up, on_closed);
-	uv_close((uv_handle_t *)&c->d2u.timer, on_closed);
-	uv_close((uv_handle_t *)&c->u2d.timer, on_closed);
+	uv_close((uv_handle_t *)&c->d2u.timer, on_timer_closed);
+	uv_close((uv_handle_t *)&c->u2d.timer, on_timer_closed);
 }
 
 static void dir_flush(struct dir *d);
