@@ -10,7 +10,7 @@
 #                   the Docker image, compose and a one-node swarm
 #   make bench      print the benchmark tables (make bench-testbed, root:
 #                   the cost of the testbed's delay relay, the balancer on
-#                   CPU-capped hosts)
+#                   CPU-capped hosts, --spec all / off over 1 ms links)
 #   make fuzz       build the libFuzzer targets (clang) and run each for
 #                   FUZZ_SECONDS (default 30) on its seed corpus
 #   make train      the routing study of train/ (hours; python3-torch)
@@ -242,10 +242,12 @@ bench: deps
 	@$(MAKE) --no-print-directory bench-only
 
 # (root) the testbed's delay relay against plain links, alternating; the
-# balancer off / eplb / llep / all on CPU-capped worker hosts
+# balancer off / eplb / llep / all on CPU-capped worker hosts; the
+# speculative pre-scheduler (--spec all / off) over 1 ms round trips
 bench-testbed: all
 	@EPMOE_BIN=$(CURDIR)/$(B)/bin sh tests/testbed/bench/relay_cost.sh
 	@EPMOE_BIN=$(CURDIR)/$(B)/bin sh tests/testbed/bench/balance.sh
+	@EPMOE_BIN=$(CURDIR)/$(B)/bin sh tests/testbed/bench/spec.sh
 
 bench-only: $(BINS)
 	@EPMOE_BUILD=$(B) sh client/bench/run.sh
