@@ -36,7 +36,6 @@ trap cleanup EXIT
 free_port() {
 	python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
-jnum() { printf '%s\n' "$1" | sed -n "s/.*\"$2\":\([^,}]*\).*/\1/p" | head -1; }
 N=64
 [ "${EPMOE_BENCH_QUICK:-0}" = 1 ] && N=32
 
@@ -86,14 +85,22 @@ for mode in off eplb llep all; do
 	"$BIN" bench server -s "$HURL" -c 16 -N 32 --max-tokens 48 --prompt-tokens 16 -q >/dev/null 2>&1 || true
 	"$BIN" bench server -s "$HURL" -c 16 -N $N --max-tokens 48 --prompt-tokens 16 --json - -q \
 		>"$TMP/b.json" 2>/dev/null || true
-	j=$(cat "$TMP/b.json")
+	# the load generator's report: its last point's throughput, ITL p99
+	# and failed requests
+	set -- $(python3 -c '
+import json, sys
+try:
+    b = json.load(open(sys.argv[1]))
+except ValueError:
+    b = {}
+b = b["points"][-1] if "points" in b else b
+print("%s %s %s" % (b.get("output_throughput", 0), b.get("p99_itl_ms") or 0, b.get("failed", "-")))' "$TMP/b.json")
+	tps=$1 p99=$2 failed=$3
 	set -- $(worker_ratio)
-	tps=$(printf '%s\n' "$j" | sed -n 's/.*"output_throughput":\([^,}]*\).*/\1/p')
-	p99=$(printf '%s\n' "$j" | sed -n 's/.*"itl_ms":{[^}]*"p99":\([^,}]*\).*/\1/p')
 	[ -n "$base" ] || base=$tps
 	printf '%-5s %10s %10.1f %10s %10.1f %8s %10s %7s %12s\n' $mode "$1" "$tps" \
 		"$(awk -v a="$tps" -v b="$base" 'BEGIN { printf "x%.2f", a / b }')" "$p99" "$2" "$3" \
-		"$(jnum "$j" errors)" "$4"
+		"$failed" "$4"
 	stop
 done
 echo "(max/mean: the workers' token counts over both rounds; llep alone has no copies to spill to;"
