@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -274,6 +275,7 @@ tu_router_start_wait(struct tu_router *R, const char *model,
 	const char *argv[64];
 	char bin[4096], ctl[80];
 	int n = 0, fd;
+	pid_t parent;
 
 	memset(R, 0, sizeof(*R));
 	R->http_port = tu_free_port();
@@ -296,10 +298,16 @@ tu_router_start_wait(struct tu_router *R, const char *model,
 	for (int i = 0; args && args[i] && n < 62; i++)
 		argv[n++] = args[i];
 	argv[n] = NULL;
+	parent = getpid();
 	R->pid = fork();
 	if (R->pid < 0)
 		return -1;
 	if (R->pid == 0) {
+		/* the router goes when the test does, also one that an
+		 * assertion ended before tu_router_stop */
+		prctl(PR_SET_PDEATHSIG, SIGTERM);
+		if (getppid() != parent)
+			_exit(127);
 		setpgid(0, 0);
 		fd = open(R->logpath, O_WRONLY | O_CREAT | O_TRUNC, 0644);
 		if (fd >= 0) {
