@@ -1,6 +1,7 @@
 /* Router process helpers for the serving suites.  See serve_util.h. */
 #include <arpa/inet.h>
 #include <cJSON.h>
+#include <check.h>
 #include <curl/curl.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -204,6 +205,33 @@ cJSON *
 tu_stats_workers(cJSON *stats)
 {
 	return cJSON_GetObjectItem(cJSON_GetObjectItem(stats, "workers"), "workers");
+}
+
+double
+tu_stats_worker_num(struct tu_router *R, const char *id, const char *key)
+{
+	cJSON *j, *w;
+	double n = -1;
+
+	ck_assert_int_eq(tu_get_json(R, "/v1/stats", &j), 200);
+	cJSON_ArrayForEach(w, tu_stats_workers(j))
+		if (strcmp(cJSON_GetObjectItem(w, "id")->valuestring, id) == 0)
+			n = cJSON_GetObjectItem(w, key)->valuedouble;
+	cJSON_Delete(j);
+	return n;
+}
+
+double
+tu_stats_failover_num(struct tu_router *R, const char *key)
+{
+	cJSON *j;
+	double v;
+
+	ck_assert_int_eq(tu_get_json(R, "/v1/stats", &j), 200);
+	v = cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "workers"),
+	        "failover"), key)->valuedouble;
+	cJSON_Delete(j);
+	return v;
 }
 
 struct greedy {

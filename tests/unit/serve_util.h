@@ -51,6 +51,11 @@ int tu_sse(struct tu_router *R, const char *path, const char *body,
 long tu_get_json(struct tu_router *R, const char *path, struct cJSON **out);
 /* The worker list of a /v1/stats document (stats.workers.workers). */
 struct cJSON *tu_stats_workers(struct cJSON *stats);
+/* From R's /v1/stats now: field key of the worker whose id is id (-1:
+ * not listed), and field key of workers.failover.  Fail the test when
+ * /v1/stats does not answer 200. */
+double tu_stats_worker_num(struct tu_router *R, const char *id, const char *key);
+double tu_stats_failover_num(struct tu_router *R, const char *key);
 /* n greedy streams at once, the load the balancing suites serve: stream i
  * asks "And God said <7 i>" for n_tokens tokens (ignore_eos).  text[i]
  * gets its text (malloc'd), or NULL when it failed (not 200, no [DONE],

@@ -112,34 +112,6 @@ load_stop(struct load *ld)
 
 /* ---- router and workers ---- */
 
-/* Field key of the worker whose id is id (-1: not listed). */
-static double
-worker_num(const char *id, const char *key)
-{
-	cJSON *j, *w;
-	double n = -1;
-
-	ck_assert_int_eq(tu_get_json(&R, "/v1/stats", &j), 200);
-	cJSON_ArrayForEach(w, tu_stats_workers(j))
-		if (strcmp(cJSON_GetObjectItem(w, "id")->valuestring, id) == 0)
-			n = cJSON_GetObjectItem(w, key)->valuedouble;
-	cJSON_Delete(j);
-	return n;
-}
-
-static double
-failover_num(const char *key)
-{
-	cJSON *j;
-	double v;
-
-	ck_assert_int_eq(tu_get_json(&R, "/v1/stats", &j), 200);
-	v = cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "workers"),
-	        "failover"), key)->valuedouble;
-	cJSON_Delete(j);
-	return v;
-}
-
 static double
 sched_failed(void)
 {
@@ -259,16 +231,16 @@ START_TEST(a_third_worker_joining_under_load_takes_tokens)
 	c = start_worker("gamma", log);
 	t0 = now_s();
 	/* bounded: registration, a re-plan, the loads and a commit */
-	while (now_s() - t0 < 60 && (tok = worker_num("gamma", "tokens")) <= 0)
+	while (now_s() - t0 < 60 && (tok = tu_stats_worker_num(&R, "gamma", "tokens")) <= 0)
 		usleep(50000);
 	t_join = now_s() - t0;
 	load_stop(&ld);
 	ck_assert_msg(tok > 0, "the joining worker took no tokens in 60 s");
 	printf("elastic: the third worker served tokens %.2f s after it started (%d rounds of %d streams, 0 failed)\n",
 	        t_join, atomic_load(&ld.rounds), N_STREAMS);
-	ck_assert_double_ge(failover_num("joins"), 1);
+	ck_assert_double_ge(tu_stats_failover_num(&R, "joins"), 1);
 	ck_assert_double_eq(sched_failed(), 0);
-	ck_assert_double_gt(worker_num("gamma", "slots"), 0);
+	ck_assert_double_gt(tu_stats_worker_num(&R, "gamma", "slots"), 0);
 	{
 		char *resp = NULL;
 		long st = 0;
@@ -323,16 +295,16 @@ START_TEST(rolling_restart_of_every_worker_under_load_fails_nothing)
 		pid[k] = start_worker(ids[k], log);
 		wait_slots(ids[k], 60);
 		/* and takes tokens again */
-		tok = worker_num(ids[k], "tokens");
+		tok = tu_stats_worker_num(&R, ids[k], "tokens");
 		t0 = now_s();
-		while (now_s() - t0 < 60 && worker_num(ids[k], "tokens") <= tok)
+		while (now_s() - t0 < 60 && tu_stats_worker_num(&R, ids[k], "tokens") <= tok)
 			usleep(50000);
-		ck_assert_double_gt(worker_num(ids[k], "tokens"), tok);
+		ck_assert_double_gt(tu_stats_worker_num(&R, ids[k], "tokens"), tok);
 	}
 	load_stop(&ld);
 	ck_assert_double_eq(sched_failed(), 0);
-	ck_assert_double_ge(failover_num("drains"), 2);
-	ck_assert_double_ge(failover_num("drains_done"), 2);
+	ck_assert_double_ge(tu_stats_failover_num(&R, "drains"), 2);
+	ck_assert_double_ge(tu_stats_failover_num(&R, "drains_done"), 2);
 	stop_router();
 	{
 		char *wl = tu_read(log, NULL);
@@ -370,8 +342,8 @@ START_TEST(a_drain_with_nowhere_to_go_times_out_and_exits_0)
 	ck_assert_msg(r == a, "the worker did not exit within 20 s");
 	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 	ck_assert_double_ge(now_s() - t0, 0.9);
-	ck_assert_double_eq(failover_num("drains"), 1);
-	ck_assert_double_eq(failover_num("drains_done"), 0);
+	ck_assert_double_eq(tu_stats_failover_num(&R, "drains"), 1);
+	ck_assert_double_eq(tu_stats_failover_num(&R, "drains_done"), 0);
 	stop_router();
 	ck_assert_ptr_nonnull(strstr(R.log, "no live worker to move the experts to"));
 	{

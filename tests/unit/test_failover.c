@@ -209,34 +209,6 @@ run_free(struct run *r)
 
 /* ---- router and workers ---- */
 
-/* Tokens computed by the worker whose id is id (router's count). */
-static double
-worker_tokens(const char *id)
-{
-	cJSON *j, *w;
-	double n = -1;
-
-	ck_assert_int_eq(tu_get_json(&R, "/v1/stats", &j), 200);
-	cJSON_ArrayForEach(w, tu_stats_workers(j))
-		if (strcmp(cJSON_GetObjectItem(w, "id")->valuestring, id) == 0)
-			n = cJSON_GetObjectItem(w, "tokens")->valuedouble;
-	cJSON_Delete(j);
-	return n;
-}
-
-static double
-failover_num(const char *key)
-{
-	cJSON *j;
-	double v;
-
-	ck_assert_int_eq(tu_get_json(&R, "/v1/stats", &j), 200);
-	v = cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "workers"),
-	        "failover"), key)->valuedouble;
-	cJSON_Delete(j);
-	return v;
-}
-
 /* A greedy completion; its HTTP status (and text into *text when 200). */
 static long
 complete(const char *prompt, int n, char **text)
@@ -400,12 +372,12 @@ START_TEST(replicas_sigkill_mid_stream_fails_nothing_and_changes_no_token)
 
 	start_replicated();
 	/* undisturbed; under load both copies do work */
-	t_0 = worker_tokens("local-0");
-	t_1 = worker_tokens("local-1");
+	t_0 = tu_stats_worker_num(&R, "local-0", "tokens");
+	t_1 = tu_stats_worker_num(&R, "local-1", "tokens");
 	run_start(&a, 96);
 	run_join(&a);
-	ck_assert_double_gt(worker_tokens("local-0"), t_0);
-	ck_assert_double_gt(worker_tokens("local-1"), t_1);
+	ck_assert_double_gt(tu_stats_worker_num(&R, "local-0", "tokens"), t_0);
+	ck_assert_double_gt(tu_stats_worker_num(&R, "local-1", "tokens"), t_1);
 	/* the same requests, one worker killed once they are well under way */
 	run_start(&b, 96);
 	run_wait_progress(&b, N_STREAMS * 8);
@@ -490,13 +462,13 @@ START_TEST(replicas_sigstop_fails_nothing_and_the_worker_rejoins)
 	cJSON_Delete(j);
 	ck_assert_int_ge(regs, 2);
 	/* and takes traffic again */
-	t1 = worker_tokens("local-0");
+	t1 = tu_stats_worker_num(&R, "local-0", "tokens");
 	run_free(&a);
 	run_start(&a, 32);
 	run_join(&a);
 	for (int i = 0; i < N_STREAMS; i++)
 		ck_assert(stream_ok(&a.s[i]));
-	ck_assert_double_gt(worker_tokens("local-0"), t1);
+	ck_assert_double_gt(tu_stats_worker_num(&R, "local-0", "tokens"), t1);
 	run_free(&a);
 	run_free(&b);
 	stop_router();
@@ -566,7 +538,7 @@ START_TEST(no_replicas_sigkill_is_served_by_the_survivor_within_5s_then_restored
 	start_split(&w0, &w1, log, sizeof(log));
 	run_start(&a, 200);
 	run_wait_progress(&a, N_STREAMS * 4);
-	before = worker_tokens("w0");
+	before = tu_stats_worker_num(&R, "w0", "tokens");
 	t0 = now_s();
 	ck_assert_int_eq(kill(w1, SIGKILL), 0);
 	waitpid(w1, NULL, 0);
@@ -581,9 +553,9 @@ START_TEST(no_replicas_sigkill_is_served_by_the_survivor_within_5s_then_restored
 	ck_assert_int_gt(pairs("degraded_pairs"), 0);
 	ck_assert_int_eq(pairs("unserved_pairs"), 0);
 	ck_assert_int_eq(complete("And God said", 16, NULL), 200);
-	ck_assert_double_gt(worker_tokens("w0"), before);
-	ck_assert_double_ge(failover_num("recoveries"), 1);
-	ck_assert_double_gt(failover_num("last_recovery_s"), 0);
+	ck_assert_double_gt(tu_stats_worker_num(&R, "w0", "tokens"), before);
+	ck_assert_double_ge(tu_stats_failover_num(&R, "recoveries"), 1);
+	ck_assert_double_gt(tu_stats_failover_num(&R, "last_recovery_s"), 0);
 	/* and /metrics says so */
 	{
 		char *resp = NULL;
@@ -601,9 +573,9 @@ START_TEST(no_replicas_sigkill_is_served_by_the_survivor_within_5s_then_restored
 	w1 = start_worker("w1", log);
 	wait_live(2, 30);
 	wait_restored(10);
-	t1 = worker_tokens("w1");
+	t1 = tu_stats_worker_num(&R, "w1", "tokens");
 	ck_assert_int_eq(complete("Let there be light", 24, NULL), 200);
-	ck_assert_double_gt(worker_tokens("w1"), t1);
+	ck_assert_double_gt(tu_stats_worker_num(&R, "w1", "tokens"), t1);
 	run_free(&a);
 	stop_router();
 	reap(w0);
@@ -661,9 +633,9 @@ START_TEST(a_second_worker_with_a_live_workers_id_is_refused)
 	a = start_worker("twin", log);
 	wait_live(1, 30);
 	b = start_worker("twin", log);
-	for (int i = 0; i < 500 && failover_num("refused_duplicate_ids") < 1; i++)
+	for (int i = 0; i < 500 && tu_stats_failover_num(&R, "refused_duplicate_ids") < 1; i++)
 		usleep(20000);
-	ck_assert_double_ge(failover_num("refused_duplicate_ids"), 1);
+	ck_assert_double_ge(tu_stats_failover_num(&R, "refused_duplicate_ids"), 1);
 	/* the first keeps its place and serves; one registration only */
 	ck_assert_int_eq(complete("Hello", 8, NULL), 200);
 	ck_assert_int_eq(tu_get_json(&R, "/v1/stats", &j), 200);
@@ -695,11 +667,11 @@ START_TEST(static_replica_choice_spreads_experts_over_both_copies)
 	ck_assert_msg(tu_router_start(&R, tu_data(MODEL), args) == 0, "%s", R.log);
 	unlink(file);
 	wait_live(2, 30);
-	t0 = worker_tokens("local-0");
-	t1 = worker_tokens("local-1");
+	t0 = tu_stats_worker_num(&R, "local-0", "tokens");
+	t1 = tu_stats_worker_num(&R, "local-1", "tokens");
 	ck_assert_int_eq(complete("In the beginning God created", 48, NULL), 200);
-	ck_assert_double_gt(worker_tokens("local-0"), t0);
-	ck_assert_double_gt(worker_tokens("local-1"), t1);
+	ck_assert_double_gt(tu_stats_worker_num(&R, "local-0", "tokens"), t0);
+	ck_assert_double_gt(tu_stats_worker_num(&R, "local-1", "tokens"), t1);
 	stop_router();
 }
 END_TEST
