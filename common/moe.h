@@ -11,6 +11,7 @@
 
 struct model;
 struct pool;
+struct tmat;
 
 /* The routing decision for T tokens, CSR by token: token t uses experts
  * expert[off[t] .. off[t+1]) with gate weights weight[...] (a token may
@@ -78,6 +79,10 @@ struct moe_work {
 	const float *weight;     /* [n_entries] */
 	uint32_t n_in;           /* rows of x */
 	uint32_t n_out;          /* rows of out */
+	/* NULL, or [n_groups][3]: group g computes with mats[3g..3g+2] (gate,
+	 * up, down; a worker's Q8_0 copy of the expert) instead of the
+	 * model's matrices when mats[3g].data is not NULL */
+	const struct tmat *mats;
 };
 
 /* The grouped expert FFN and the weighted combine (moe_ffn.c): the one

@@ -146,9 +146,13 @@ run_slice(struct moe_ffn *f, uint32_t layer, const float *x,
 		if (a >= b)
 			continue;
 		struct tmat *mt = &f->mats[3 * (size_t)n_up / 2];
-		mt[0] = model_expert(l, hp, MODEL_EXP_GATE, w->expert[gi]);
-		mt[1] = model_expert(l, hp, MODEL_EXP_UP, w->expert[gi]);
-		mt[2] = model_expert(l, hp, MODEL_EXP_DOWN, w->expert[gi]);
+		if (w->mats && w->mats[3 * (size_t)gi].data) {
+			memcpy(mt, &w->mats[3 * (size_t)gi], 3 * sizeof(*mt));
+		} else {
+			mt[0] = model_expert(l, hp, MODEL_EXP_GATE, w->expert[gi]);
+			mt[1] = model_expert(l, hp, MODEL_EXP_UP, w->expert[gi]);
+			mt[2] = model_expert(l, hp, MODEL_EXP_DOWN, w->expert[gi]);
+		}
 		size_t r = a - e0, rows = b - a;
 		f->mm[n_up++] = (struct op_mm){ &mt[0], f->xe + r * d, (int)rows, (int)d,
 			g + r * ff, (int)ff };

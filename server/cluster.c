@@ -79,6 +79,7 @@ cluster_new(struct cluster **out, const struct cluster_cfg *cfg, char *err,
 	c->hb_ms = cfg->heartbeat_ms ? cfg->heartbeat_ms : 500;
 	c->degraded_off = cfg->no_degraded;
 	c->elastic = cfg->elastic;
+	c->replica_q8 = cfg->replica_q8;
 	atomic_init(&c->version, 1);
 	if (gethostname(c->node, sizeof(c->node)) != 0)
 		snprintf(c->node, sizeof(c->node), "localhost");
@@ -155,6 +156,7 @@ cluster_new(struct cluster **out, const struct cluster_cfg *cfg, char *err,
 			cluster_free(c);
 			return rc;
 		}
+		mig_set_quantized(c->mig, cfg->replica_q8);
 	}
 	if ((c->w = calloc(c->W, sizeof(*c->w))) == NULL) {
 		cluster_free(c);
@@ -469,6 +471,7 @@ reply_order(struct reply *r, struct cluster *c, uint32_t wi)
 		a.slot = o.ops[k].slot < 0 ? 0 : (uint32_t)o.ops[k].slot;
 		a.source = EPMOE__WEIGHT_SOURCE__WEIGHT_SOURCE_LOCAL;
 		a.source_url = (char *)"";
+		a.quantized = o.ops[k].quant;
 		r->assign[k] = a;
 		r->assign_p[k] = &r->assign[k];
 	}
@@ -702,7 +705,7 @@ take_slot_states(struct cluster *c, uint32_t wi, const Epmoe__SlotOrderReply *o)
 				        o->message ? o->message : "");
 			break;
 		}
-		mig_ack(c->mig, wi, st->layer, st->expert, ms);
+		mig_ack(c->mig, wi, st->layer, st->expert, ms, st->quantized);
 	}
 }
 

@@ -92,6 +92,9 @@ struct cluster_cfg {
 	const struct netsock_tls *tls;  /* borrowed, outlives the cluster:
 	                                   mutual TLS on the control listener
 	                                   and every data dialer; NULL = none */
+	bool replica_q8;                /* --replica-dtype q8_0: copies after
+	                                   an expert's first held as Q8_0
+	                                   (migrate.h, mig_set_quantized) */
 };
 
 /* Validates cfg and builds the placement; err gets a one-line reason on
@@ -132,7 +135,8 @@ int cluster_placement_json(struct cluster *c, cJSON **out);
  * "control_url", "control_bad_messages", "failover": {"fenced": {cause:
  * n}, "refused_duplicate_ids", "commits", "transition", "retiring_maps",
  * "degraded_pairs", "unserved_pairs", "recoveries", "last_recovery_s",
- * "max_recovery_s"}, "workers": [{index, id, node,
+ * "max_recovery_s"}, "replica_dtype" ("model" | "q8_0"),
+ * "quantized_copies", "workers": [{index, id, node,
  * data_url, alive, state ("up" | "joining" | "down" | "never"),
  * down_reason, boot_id,
  * registrations, threads, slots, last_heartbeat_age_ms (-1: never),
@@ -182,6 +186,7 @@ struct cluster_failover {
 	uint32_t degraded_pairs;    /* served only by copies outside home */
 	uint32_t unserved_pairs;    /* no live copy now */
 	uint64_t recoveries;        /* times every expert was served again */
+	uint64_t quantized_copies;  /* READY copies held as Q8_0 */
 	double recovery_s_total, last_recovery_s, max_recovery_s;
 };
 void cluster_failover(struct cluster *c, struct cluster_failover *out);

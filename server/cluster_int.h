@@ -106,6 +106,7 @@ struct cluster {
 	bool degraded_off;
 	bool closing;          /* the router stops: leaving workers are let go */
 	bool elastic;
+	bool replica_q8;          /* copies after the first held as Q8_0 */
 	bool members_dirty;       /* a join or drain: re-plan home */
 	uint32_t plan_R, plan_hosts;
 	cluster_weights_fn plan_fn;

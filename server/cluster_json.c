@@ -181,6 +181,8 @@ cluster_stats_json(struct cluster *c, cJSON **out)
 	        !cJSON_AddNumberToObject(fo, "recoveries", (double)c->recoveries) ||
 	        !cJSON_AddNumberToObject(fo, "last_recovery_s", c->last_recovery_s) ||
 	        !cJSON_AddNumberToObject(fo, "max_recovery_s", c->max_recovery_s) ||
+	        !cJSON_AddStringToObject(root, "replica_dtype", c->replica_q8 ? "q8_0" : "model") ||
+	        !cJSON_AddNumberToObject(root, "quantized_copies", (double)mig_quantized(c->mig)) ||
 	        (ws = cJSON_AddArrayToObject(root, "workers")) == NULL)
 		goto nomem;
 	for (uint32_t i = 0, n = cluster_n_used_locked(c); i < n; i++) {

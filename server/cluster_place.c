@@ -334,6 +334,7 @@ cluster_failover(struct cluster *c, struct cluster_failover *out)
 	out->transition = mig_target(c->mig) != NULL;
 	cluster_pairs_locked(c, &out->degraded_pairs, &out->unserved_pairs);
 	out->recoveries = c->recoveries;
+	out->quantized_copies = mig_quantized(c->mig);
 	out->recovery_s_total = c->sum_recovery_s;
 	out->last_recovery_s = c->last_recovery_s;
 	out->max_recovery_s = c->max_recovery_s;

@@ -241,6 +241,22 @@ to_placement(const int32_t *phy2log, uint32_t L, uint32_t E, uint32_t S,
 				mv++;
 		}
 	}
+	/* an expert's first copy stays first where it is kept: the copy order
+	 * decides which copy is exact under --replica-dtype q8_0 */
+	for (uint32_t l = 0; cur && l < L; l++) {
+		for (uint32_t e = 0; e < E; e++) {
+			size_t le = (size_t)l * E + e;
+			int32_t fw = placement_slot_worker(cur, l,
+			        (uint32_t)placement_expert_slot(cur, l, e, 0));
+			for (uint32_t r = 1; r < cnt[le]; r++) {
+				if (own[le * r_cap + r] != fw)
+					continue;
+				own[le * r_cap + r] = own[le * r_cap];
+				own[le * r_cap] = fw;
+				break;
+			}
+		}
+	}
 	if ((rc = placement_build(out, L, E, n_out, cnt, own, r_cap)) == 0 && moved)
 		*moved = mv;
 out:

@@ -113,6 +113,11 @@ usage(FILE *f)
 	        "      --replica-ram-mb N   RAM for replicas over all layers, used when no\n"
 	        "                           redundant slot count is given (default 0;\n"
 	        "                           env EPMOE_REPLICA_RAM_MB)\n"
+	        "      --replica-dtype T    model (default: replicas are exact copies) or\n"
+	        "                           q8_0 (Replicate-and-Quantize: every copy of an\n"
+	        "                           expert after its first is held as Q8_0, about\n"
+	        "                           half the RAM of F16; tokens served by a replica\n"
+	        "                           then differ slightly; env EPMOE_REPLICA_DTYPE)\n"
 	        "      --hosts N            hosts the workers are spread over, for\n"
 	        "                           hierarchical EPLB (default 1; env EPMOE_HOSTS)\n"
 	        "      --record-routing F   write every step's (layer, expert) token counts to F\n"
@@ -221,6 +226,7 @@ static const struct envarg env_table[] = {
 	{ "eplb-window", "EPMOE_EPLB_WINDOW", false, false },
 	{ "redundant-slots", "EPMOE_REDUNDANT_SLOTS", false, false },
 	{ "replica-ram-mb", "EPMOE_REPLICA_RAM_MB", false, false },
+	{ "replica-dtype", "EPMOE_REPLICA_DTYPE", false, false },
 	{ "hosts", "EPMOE_HOSTS", false, false },
 	{ "llep-lambda", "EPMOE_LLEP_LAMBDA", false, false },
 	{ "record-routing", "EPMOE_RECORD_ROUTING", false, false },
@@ -353,6 +359,7 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print,
 		{ "llep-alpha", required_argument, NULL, 1208 },
 		{ "llep-min-chunk", required_argument, NULL, 1209 },
 		{ "record-routing", required_argument, NULL, 1210 },
+		{ "replica-dtype", required_argument, NULL, 1211 },
 		{ "elastic", required_argument, NULL, 1220 },
 		{ "max-workers", required_argument, NULL, 1221 },
 		{ "print-config", no_argument, NULL, 'p' },
@@ -621,6 +628,17 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print,
 			c->llep_min_chunk = (uint32_t)v;
 			break;
 		case 1210: c->record_routing = optarg; break;
+		case 1211:
+			if (strcmp(optarg, "q8_0") == 0 || strcmp(optarg, "Q8_0") == 0) {
+				c->replica_q8 = true;
+			} else if (strcmp(optarg, "model") == 0) {
+				c->replica_q8 = false;
+			} else {
+				fprintf(stderr, "epmoe-router: --replica-dtype expects model or q8_0, got '%s'\n",
+				        optarg);
+				return -1;
+			}
+			break;
 		case 1220: {
 			/* on|off, and what a boolean variable usually holds */
 			static const char *const yes[] = { "on", "1", "true", "yes" };

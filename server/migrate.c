@@ -20,11 +20,15 @@ struct mig {
 	uint32_t n_old, cap_old;
 	struct placement *target;
 	uint8_t *have;           /* [W][L*E] enum mig_slot */
-	uint8_t *want;           /* [W][L*E] 0/1, valid when !want_dirty */
+	uint8_t *hq;             /* [W][L*E] the READY copy is Q8_0 */
+	uint8_t *want;           /* [W][L*E] WANT_*, valid when !want_dirty */
+	bool q8;                 /* copies after an expert's first are Q8_0 */
 	bool want_dirty;
 	bool *complete;          /* [W] next order is complete */
 	struct mig_op *ops;      /* scratch of mig_order, [L*E] */
 };
+
+enum { WANT_NONE = 0, WANT_FULL, WANT_Q8 };
 
 static size_t
 idx(const struct mig *g, uint32_t w, uint32_t l, uint32_t e)
@@ -56,10 +60,11 @@ mig_new(struct mig **out, struct placement *initial, uint32_t n_worker)
 		initial->epoch = 1;
 	n = (size_t)g->W * g->L * g->E;
 	g->have = calloc(n, 1);
+	g->hq = calloc(n, 1);
 	g->want = calloc(n, 1);
 	g->complete = calloc(g->W, sizeof(*g->complete));
 	g->ops = calloc((size_t)g->L * g->E, sizeof(*g->ops));
-	if (!g->have || !g->want || !g->complete || !g->ops) {
+	if (!g->have || !g->hq || !g->want || !g->complete || !g->ops) {
 		mig_free(g);
 		return EPMOE_ENOMEM;
 	}
@@ -79,6 +84,7 @@ mig_free(struct mig *g)
 	free(g->old);
 	placement_free(g->target);
 	free(g->have);
+	free(g->hq);
 	free(g->want);
 	free(g->complete);
 	free(g->ops);
@@ -135,33 +141,59 @@ mig_release(struct mig *g, const struct placement *p)
 	}
 }
 
-/* Marks the copies of map p as wanted. */
+/* Marks the copies of map p as wanted, at the precision p gives them
+ * (with q8, every copy of an expert after its first is Q8_0). */
 static void
 want_map(struct mig *g, const struct placement *p)
 {
 	if (p == NULL)
 		return;
 	for (uint32_t l = 0; l < p->n_layer; l++) {
-		for (uint32_t s = 0; s < p->n_slot; s++) {
-			int32_t w = placement_slot_worker(p, l, s);
-			int32_t e = placement_slot_expert(p, l, s);
-			if (w >= 0 && e >= 0 && (uint32_t)w < g->W)
-				g->want[idx(g, (uint32_t)w, l, (uint32_t)e)] = 1;
+		for (uint32_t e = 0; e < p->n_expert; e++) {
+			for (uint32_t r = 0; r < placement_expert_copies(p, l, e); r++) {
+				int32_t w = placement_slot_worker(p, l,
+				        (uint32_t)placement_expert_slot(p, l, e, r));
+				if (w >= 0 && (uint32_t)w < g->W)
+					g->want[idx(g, (uint32_t)w, l, e)] =
+					        g->q8 && r > 0 ? WANT_Q8 : WANT_FULL;
+			}
 		}
 	}
 }
 
+/* The newest map that has a copy decides its precision. */
 static void
 refresh_want(struct mig *g)
 {
 	if (!g->want_dirty)
 		return;
 	memset(g->want, 0, (size_t)g->W * g->L * g->E);
-	want_map(g, g->cur.p);
-	want_map(g, g->target);
 	for (uint32_t i = 0; i < g->n_old; i++)
 		want_map(g, g->old[i].p);
+	want_map(g, g->cur.p);
+	want_map(g, g->target);
 	g->want_dirty = false;
+}
+
+void
+mig_set_quantized(struct mig *g, bool q8)
+{
+	g->q8 = q8;
+	g->want_dirty = true;
+}
+
+/* Whether w's copy at i must be (re)loaded: wanted and not READY (nor
+ * failed), or READY at the other precision. */
+static bool
+needs_load(const struct mig *g, size_t i)
+{
+	uint8_t h = g->have[i];
+
+	if (g->want[i] == WANT_NONE)
+		return false;
+	if (h == MIG_READY)
+		return (g->hq[i] != 0) != (g->want[i] == WANT_Q8);
+	return h != MIG_FAILED;
 }
 
 /* Whether the target's layer l differs from the committed map. */
@@ -205,6 +237,7 @@ mig_worker_reset(struct mig *g, uint32_t w)
 	if (w >= g->W)
 		return;
 	memset(g->have + idx(g, w, 0, 0), MIG_NONE, (size_t)g->L * g->E);
+	memset(g->hq + idx(g, w, 0, 0), 0, (size_t)g->L * g->E);
 	g->complete[w] = true;
 }
 
@@ -241,13 +274,14 @@ mig_order(struct mig *g, uint32_t w, struct mig_order *out)
 			size_t i = idx(g, w, l, e);
 			uint8_t h = g->have[i];
 			bool load;
-			if (g->want[i] && (out->complete || (h != MIG_READY && h != MIG_FAILED)))
+			if (g->want[i] && (out->complete || needs_load(g, i)))
 				load = true;
 			else if (!g->want[i] && !out->complete && h != MIG_NONE)
 				load = false;
 			else
 				continue;
-			g->ops[n++] = (struct mig_op){ l, e, slot_of(g, w, l, e), load };
+			g->ops[n++] = (struct mig_op){ l, e, slot_of(g, w, l, e), load,
+				g->want[i] == WANT_Q8 };
 		}
 	}
 	g->complete[w] = false;
@@ -258,11 +292,22 @@ mig_order(struct mig *g, uint32_t w, struct mig_order *out)
 
 void
 mig_ack(struct mig *g, uint32_t w, uint32_t layer, uint32_t expert,
-        enum mig_slot st)
+        enum mig_slot st, bool quantized)
 {
 	if (w >= g->W || layer >= g->L || expert >= g->E || st > MIG_FAILED)
 		return;
 	g->have[idx(g, w, layer, expert)] = (uint8_t)st;
+	g->hq[idx(g, w, layer, expert)] = st == MIG_READY && quantized;
+}
+
+uint64_t
+mig_quantized(const struct mig *g)
+{
+	uint64_t n = 0;
+
+	for (size_t i = 0; i < (size_t)g->W * g->L * g->E; i++)
+		n += g->have[i] == MIG_READY && g->hq[i];
+	return n;
 }
 
 enum mig_slot
@@ -300,8 +345,7 @@ mig_worker_pending(const struct mig *g, uint32_t w)
 	for (uint32_t l = 0; l < g->L; l++) {
 		for (uint32_t e = 0; e < g->E; e++) {
 			size_t i = idx(g, w, l, e);
-			uint8_t h = g->have[i];
-			if (g->want[i] ? (h != MIG_READY && h != MIG_FAILED) : h != MIG_NONE)
+			if (g->want[i] ? needs_load(g, i) : g->have[i] != MIG_NONE)
 				return true;
 		}
 	}

@@ -68,6 +68,7 @@ struct mig_op {
 	uint32_t layer, expert;
 	int32_t slot;      /* its slot number in the map that wants it (logs) */
 	bool load;         /* LOAD, else FREE */
+	bool quant;        /* LOAD as a Q8_0 copy (mig_set_quantized) */
 };
 
 /* Ops for one worker.  ops is owned by the mig and valid until the next
@@ -116,10 +117,17 @@ int mig_set_target(struct mig *g, struct placement *t);
 void mig_worker_reset(struct mig *g, uint32_t w);
 /* The ops w should get now (see the protocol above).  EPMOE_ENOMEM. */
 int mig_order(struct mig *g, uint32_t w, struct mig_order *out);
-/* Worker w reported copy (layer, expert) in state st.  Out of range is
- * ignored. */
+/* Worker w reported copy (layer, expert) in state st (READY: held as Q8_0
+ * when quantized).  Out of range is ignored. */
 void mig_ack(struct mig *g, uint32_t w, uint32_t layer, uint32_t expert,
-        enum mig_slot st);
+        enum mig_slot st, bool quantized);
+/* Replicate-and-Quantize: with q8, the copies of an expert after the first
+ * its map lists are wanted as Q8_0 and the first at the model's own
+ * precision; a READY copy at the other precision is ordered LOADed again
+ * (the worker re-loads it while the old copy serves).  Off by default. */
+void mig_set_quantized(struct mig *g, bool q8);
+/* READY copies held as Q8_0 over all workers. */
+uint64_t mig_quantized(const struct mig *g);
 enum mig_slot mig_state(const struct mig *g, uint32_t w, uint32_t layer,
         uint32_t expert);
 /* Every copy the committed map has on w is READY. */

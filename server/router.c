@@ -130,6 +130,42 @@ spawn_workers(struct router *r)
 	return 0;
 }
 
+/* Bytes of one expert's three matrices, as the model holds them or as a
+ * Q8_0 copy. */
+static uint64_t
+expert_bytes(const struct model *m, bool q8)
+{
+	uint64_t n = 0;
+
+	for (int k = MODEL_EXP_GATE; k <= MODEL_EXP_DOWN; k++) {
+		struct tmat t = model_expert(&m->layers[0], &m->hp, (enum model_expert_mat)k, 0);
+		n += (uint64_t)t.n_out * (q8 ? dtype_row_size(DTYPE_Q8_0, t.n_in) : t.row_size);
+	}
+	return n;
+}
+
+/* --replica-dtype q8_0 applies when a Q8_0 copy is smaller than the
+ * model's experts and their rows split into Q8_0 blocks; otherwise it is
+ * turned off with a warning (replicas stay exact). */
+static bool
+replica_q8_useful(struct router *r)
+{
+	const struct model_hparams *hp = &r->model->hp;
+
+	if (!r->cfg.replica_q8)
+		return false;
+	if (hp->n_embd % QK8_0 != 0 || hp->n_ff_exp % QK8_0 != 0) {
+		log_warn("--replica-dtype q8_0: expert rows (%u, %u values) are not whole Q8_0 blocks of %d; replicas stay exact",
+		        hp->n_embd, hp->n_ff_exp, QK8_0);
+		r->cfg.replica_q8 = false;
+	} else if (expert_bytes(r->model, true) >= expert_bytes(r->model, false)) {
+		log_warn("--replica-dtype q8_0: the experts are already %s, no larger than Q8_0; replicas stay as they are",
+		        dtype_name(model_expert(&r->model->layers[0], hp, MODEL_EXP_GATE, 0).type));
+		r->cfg.replica_q8 = false;
+	}
+	return r->cfg.replica_q8;
+}
+
 /* The experts on workers: the cluster (control plane, placement, health),
  * the dispatch backend that replaces the in-process experts, and the
  * local workers. */
@@ -160,6 +196,7 @@ start_workers(struct router *r)
 	cc.heartbeat_ms = r->cfg.heartbeat_ms;
 	cc.no_degraded = r->cfg.no_degraded;
 	cc.elastic = r->cfg.elastic;
+	cc.replica_q8 = replica_q8_useful(r);
 	cc.max_workers = r->cfg.max_workers;
 	if (cc.max_workers == 0 && r->cfg.elastic)
 		cc.max_workers = 2 * (uint32_t)r->cfg.expect_workers;
@@ -211,13 +248,13 @@ static int
 start_balancer(struct router *r)
 {
 	const struct model_hparams *hp = &r->model->hp;
-	struct tmat g = model_expert(&r->model->layers[0], hp, MODEL_EXP_GATE, 0);
 	struct bal_cfg bc = { .mode = r->cfg.balance, .window = r->cfg.eplb_window,
 		.interval = r->cfg.eplb_interval, .threshold = r->cfg.eplb_threshold,
 		.redundant = r->cfg.redundant_slots, .replica_ram_mb = r->cfg.replica_ram_mb,
 		.hosts = r->cfg.hosts, .record_path = r->cfg.record_routing,
 		.dash = r->dash };
-	uint64_t eb = 3ull * g.row_size * g.n_out;
+	/* the replica budget buys copies at the size replicas are held */
+	uint64_t eb = expert_bytes(r->model, r->cfg.replica_q8 && r->cluster);
 	int rc;
 
 	if ((rc = bal_new(&r->bal, &bc, hp->n_layer, hp->n_expert, r->cluster, eb)) != 0) {
@@ -225,10 +262,11 @@ start_balancer(struct router *r)
 		return rc;
 	}
 	if (r->cluster)
-		log_info("balance %s: EPLB every %u steps above worker max/mean %.2f with %u redundant slots a layer (%.1f MiB an expert), LLEP above %.2f",
+		log_info("balance %s: EPLB every %u steps above worker max/mean %.2f with %u redundant slots a layer (%.1f MiB a replica, %s), LLEP above %.2f",
 		        bal_mode_name(r->cfg.balance), bc.interval ? bc.interval : 64,
 		        bc.threshold > 0 ? bc.threshold : 1.10, bal_redundant(r->bal),
-		        (double)eb / 1048576.0, r->cfg.llep_lambda > 0 ? r->cfg.llep_lambda : 1.3);
+		        (double)eb / 1048576.0, r->cfg.replica_q8 ? "Q8_0" : "exact",
+		        r->cfg.llep_lambda > 0 ? r->cfg.llep_lambda : 1.3);
 	return 0;
 }
 

@@ -66,6 +66,7 @@ struct router_cfg {
 	double eplb_threshold, llep_lambda, llep_alpha;             /* 0 = defaults */
 	int32_t redundant_slots;     /* -1: from replica_ram_mb */
 	uint64_t replica_ram_mb;
+	bool replica_q8;             /* --replica-dtype q8_0 */
 	const char *record_routing;  /* per-step routing trace file */
 	uint32_t drain_timeout_s; /* SIGTERM: finish requests for up to this */
 	struct sched_cfg sched;

@@ -58,6 +58,7 @@ struct stats {
 	struct metrics_series *fo_fenced[6], *fo_redisp, *fo_redisp_pairs,
 	        *fo_batch_fail, *fo_hedges, *fo_hedges_won, *fo_abandoned, *fo_stale,
 	        *fo_unserved_tok, *fo_degraded, *fo_unserved_pairs, *fo_epoch,
+	        *fo_quantized,
 	        *fo_transition, *fo_commits, *fo_recoveries, *fo_recovery_sum,
 	        *fo_last_recovery, *fo_refused, *fo_joins, *fo_drains, *fo_drains_done;
 	struct metrics_series *worker_up[256]; /* the id holding each index */
@@ -370,6 +371,8 @@ register_failover(struct stats *st)
 	REG(gauge, st->fo_unserved_pairs, "epmoe_unserved_pairs",
 	    "(layer, expert) pairs with no live copy now");
 	REG(gauge, st->fo_epoch, "epmoe_placement_epoch", "Committed placement epoch");
+	REG(gauge, st->fo_quantized, "epmoe_quantized_copies",
+	    "Expert copies workers hold as Q8_0 (--replica-dtype q8_0)");
 	REG(gauge, st->fo_transition, "epmoe_placement_transition",
 	    "1 while a new placement is being loaded");
 	REG(counter, st->fo_commits, "epmoe_placement_commits_total",
@@ -719,6 +722,7 @@ export_failover(struct stats *st)
 	metrics_set(st->fo_degraded, fo.degraded_pairs);
 	metrics_set(st->fo_unserved_pairs, fo.unserved_pairs);
 	metrics_set(st->fo_epoch, (double)fo.epoch);
+	metrics_set(st->fo_quantized, (double)fo.quantized_copies);
 	metrics_set(st->fo_transition, fo.transition);
 	counter_to(st->fo_commits, (double)fo.commits);
 	counter_to(st->fo_recoveries, (double)fo.recoveries);

@@ -12,13 +12,27 @@
 #include "hash.h"
 #include "log.h"
 #include "model.h"
+#include "quant.h"
 #include "slots.h"
 
 enum { S_NONE = 0, S_LOADING, S_READY, S_FAILED };
 
+/* An expert quantized to Q8_0: its gate, up and down matrices, owned.
+ * Dropped copies wait on the junk list until slots_reap (the data loop
+ * may still be computing with them). */
+struct qcopy {
+	struct qcopy *next;
+	struct tmat m[3];
+	size_t bytes;
+	_Alignas(64) unsigned char data[];
+};
+
 struct entry {
 	uint8_t state;
 	bool busy;          /* the loader is on it */
+	bool want_q8;       /* precision the last LOAD asked for */
+	bool reload;        /* READY at the other precision: re-load, keep serving */
+	struct qcopy *q;    /* the Q8_0 copy served (READY), or NULL: the model's */
 	int32_t slot;
 	uint32_t gen;       /* bumped on every (re)queue: stale loads are dropped */
 	uint64_t from;      /* first epoch it serves */
@@ -34,6 +48,9 @@ struct slots {
 	struct entry *t;     /* [L][E] */
 	uint64_t epoch;
 	uint32_t n_held, n_loading;
+	uint32_t n_q8;       /* READY copies held as Q8_0 */
+	uint64_t q8_bytes;
+	struct qcopy *junk;  /* dropped copies, freed by slots_reap */
 	bool stop, started;
 	pthread_t th;
 	slots_ready_fn fn;
@@ -65,6 +82,29 @@ set_state(struct slots *s, struct entry *x, uint8_t st)
 	s->n_loading += st == S_LOADING;
 }
 
+/* Drops x's Q8_0 copy (lock held): onto the junk list. */
+static void
+drop_q(struct slots *s, struct entry *x)
+{
+	if (x->q == NULL)
+		return;
+	s->n_q8--;
+	s->q8_bytes -= x->q->bytes;
+	x->q->next = s->junk;
+	s->junk = x->q;
+	x->q = NULL;
+}
+
+static void
+free_list(struct qcopy *q)
+{
+	while (q) {
+		struct qcopy *n = q->next;
+		free(q);
+		q = n;
+	}
+}
+
 static uint64_t
 mix(uint64_t h, uint64_t v)
 {
@@ -86,22 +126,93 @@ touch(const struct tmat *t, uint64_t h)
 	return h;
 }
 
-static uint64_t
-load_expert(const struct model *m, uint32_t l, uint32_t e)
+/* Drops the pages of a matrix the worker no longer reads (its Q8_0 copy
+ * serves instead); only whole pages inside it. */
+static void
+unmap_pages(const struct tmat *t)
+{
+	uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+	uintptr_t lo = (uintptr_t)t->data, hi = lo + (size_t)t->n_out * t->row_size;
+
+	lo = (lo + pg - 1) & ~(pg - 1);
+	hi &= ~(pg - 1);
+	if (t->data != NULL && hi > lo)
+		(void)madvise((void *)lo, hi - lo, MADV_DONTNEED); /* only a hint */
+}
+
+/* The three matrices of (l, e) quantized to Q8_0 into one owned block:
+ * 0, EPMOE_ENOMEM, or EPMOE_ENOTSUP (a row length not a multiple of 32,
+ * or a type that cannot be read as f32). */
+static int
+quantize_expert(const struct model *m, uint32_t l, uint32_t e, struct qcopy **out)
+{
+	const struct model_layer *ly = &m->layers[l];
+	struct tmat src[3];
+	size_t off[3], total = 0, n_max = 0;
+	struct qcopy *q;
+	float *row;
+	int rc = 0;
+
+	for (int k = 0; k < 3; k++) {
+		src[k] = model_expert(ly, &m->hp, (enum model_expert_mat)k, e);
+		if (src[k].n_in % QK8_0 != 0)
+			return EPMOE_ENOTSUP;
+		off[k] = total;
+		total += (dtype_row_size(DTYPE_Q8_0, src[k].n_in) * src[k].n_out + 63) & ~(size_t)63;
+		if (src[k].n_in > n_max)
+			n_max = src[k].n_in;
+	}
+	q = aligned_alloc(64, (sizeof(*q) + total + 63) & ~(size_t)63);
+	row = malloc(n_max * sizeof(*row));
+	if (q == NULL || row == NULL) {
+		free(q);
+		free(row);
+		return EPMOE_ENOMEM;
+	}
+	q->next = NULL;
+	q->bytes = total;
+	for (int k = 0; rc == 0 && k < 3; k++) {
+		struct tmat *t = &q->m[k];
+		t->type = DTYPE_Q8_0;
+		t->n_in = src[k].n_in;
+		t->n_out = src[k].n_out;
+		t->row_size = dtype_row_size(DTYPE_Q8_0, t->n_in);
+		t->data = q->data + off[k];
+		for (uint32_t r = 0; rc == 0 && r < t->n_out; r++) {
+			rc = tmat_row_f32(&src[k], r, row);
+			if (rc == 0)
+				rc = quant_row_from_f32(DTYPE_Q8_0, row,
+				        (unsigned char *)t->data + (size_t)r * t->row_size, t->n_in);
+		}
+	}
+	free(row);
+	if (rc != 0) {
+		free(q);
+		return rc;
+	}
+	for (int k = 0; k < 3; k++)
+		unmap_pages(&src[k]);
+	*out = q;
+	return 0;
+}
+
+/* Loads (l, e): faults in its pages (the checksum) and, when q8, makes
+ * its Q8_0 copy into *q.  Returns 0 or an EPMOE_E* code. */
+static int
+load_expert(const struct model *m, uint32_t l, uint32_t e, bool q8,
+        uint64_t *sum, struct qcopy **q)
 {
 	const struct model_layer *ly = &m->layers[l];
 	uint64_t h = mix(HASH_FNV1A_INIT, m->identity);
 
 	h = mix(h, ((uint64_t)l << 32) | e);
-	{
-		struct tmat g = model_expert(ly, &m->hp, MODEL_EXP_GATE, e);
-		struct tmat u = model_expert(ly, &m->hp, MODEL_EXP_UP, e);
-		struct tmat d = model_expert(ly, &m->hp, MODEL_EXP_DOWN, e);
-		h = touch(&g, h);
-		h = touch(&u, h);
-		h = touch(&d, h);
+	for (int k = 0; k < 3; k++) {
+		struct tmat t = model_expert(ly, &m->hp, (enum model_expert_mat)k, e);
+		h = touch(&t, h);
 	}
-	return h;
+	*sum = h;
+	*q = NULL;
+	return q8 ? quantize_expert(m, l, e, q) : 0;
 }
 
 static void *
@@ -112,15 +223,17 @@ loader_main(void *arg)
 	pthread_mutex_lock(&s->mu);
 	while (!s->stop) {
 		uint32_t l = 0, e = 0, gen = 0;
-		bool found = false;
+		bool found = false, q8 = false;
 
 		for (size_t i = 0; !found && i < (size_t)s->L * s->E; i++) {
 			struct entry *x = &s->t[i];
-			if (x->state == S_LOADING && !x->busy) {
+			if ((x->state == S_LOADING || (x->state == S_READY && x->reload)) &&
+			        !x->busy) {
 				x->busy = true;
 				l = (uint32_t)(i / s->E);
 				e = (uint32_t)(i % s->E);
 				gen = x->gen;
+				q8 = x->want_q8;
 				found = true;
 			}
 		}
@@ -129,16 +242,40 @@ loader_main(void *arg)
 			continue;
 		}
 		pthread_mutex_unlock(&s->mu);
-		uint64_t sum = load_expert(s->m, l, e);
+		uint64_t sum;
+		struct qcopy *q;
+		int rc = load_expert(s->m, l, e, q8, &sum, &q);
 		pthread_mutex_lock(&s->mu);
 		struct entry *x = at(s, l, e);
 		x->busy = false;
-		if (x->state == S_LOADING && x->gen == gen) {
+		bool current = x->gen == gen && x->want_q8 == q8 &&
+		        (x->state == S_LOADING || (x->state == S_READY && x->reload));
+		if (current && rc != 0) {
+			log_error("slots: layer %u expert %u: no Q8_0 copy: %s", l, e,
+			        epmoe_strerror(rc));
+			if (x->state == S_LOADING) {
+				x->fail = rc == EPMOE_ENOMEM ? EPMOE__STATUS__STATUS_NO_MEMORY :
+				        EPMOE__STATUS__STATUS_UNSUPPORTED;
+				set_state(s, x, S_FAILED);
+			} else {
+				x->reload = false; /* keeps serving; the router asks again */
+			}
+		} else if (current) {
+			/* the swap: batches checked from now on use the new copy */
+			drop_q(s, x);
+			x->q = q;
+			q = NULL;
+			if (x->q) {
+				s->n_q8++;
+				s->q8_bytes += x->q->bytes;
+			}
+			x->reload = false;
 			x->checksum = sum;
 			set_state(s, x, S_READY);
-			log_debug("slots: layer %u expert %u ready (checksum %016" PRIx64 ")",
-			        l, e, sum);
+			log_debug("slots: layer %u expert %u ready%s (checksum %016" PRIx64 ")",
+			        l, e, x->q ? " as Q8_0" : "", sum);
 		}
+		free(q); /* a load overtaken by a newer order */
 		if (s->n_loading == 0 && s->fn) {
 			slots_ready_fn fn = s->fn;
 			void *a = s->arg;
@@ -192,6 +329,9 @@ slots_free(struct slots *s)
 	}
 	pthread_cond_destroy(&s->cv);
 	pthread_mutex_destroy(&s->mu);
+	for (size_t i = 0; s->t && i < (size_t)s->L * s->E; i++)
+		free(s->t[i].q);
+	free_list(s->junk);
 	free(s->t);
 	free(s->last);
 	free(s->st);
@@ -212,8 +352,23 @@ apply_one(struct slots *s, const Epmoe__SlotAssign *a, uint64_t epoch)
 	switch (a->op) {
 	case EPMOE__SLOT_OP__SLOT_OP_LOAD:
 		x->slot = (int32_t)a->slot;
-		if (x->state == S_LOADING || x->state == S_READY)
-			return false;
+		if (x->state == S_READY) {
+			/* held: a no-op, unless at the other precision */
+			bool held_q8 = x->q != NULL;
+			if (x->want_q8 == a->quantized && (x->reload || held_q8 == a->quantized))
+				return false;
+			x->want_q8 = a->quantized;
+			x->reload = held_q8 != a->quantized;
+			x->gen++;
+			return x->reload;
+		}
+		if (x->state == S_LOADING) {
+			if (x->want_q8 == a->quantized)
+				return false;
+			x->want_q8 = a->quantized; /* a load under way is dropped */
+			x->gen++;
+			return true;
+		}
 		if (a->source != EPMOE__WEIGHT_SOURCE__WEIGHT_SOURCE_LOCAL) {
 			log_error("slots: layer %u expert %u: weights over the network are not supported yet",
 			        a->layer, a->expert);
@@ -223,10 +378,14 @@ apply_one(struct slots *s, const Epmoe__SlotAssign *a, uint64_t epoch)
 		}
 		x->gen++;
 		x->from = epoch;
+		x->want_q8 = a->quantized;
+		x->reload = false;
 		set_state(s, x, S_LOADING);
 		return true;
 	case EPMOE__SLOT_OP__SLOT_OP_FREE:
 		x->gen++;
+		x->reload = false;
+		drop_q(s, x);
 		set_state(s, x, S_NONE);
 		return false;
 	default: /* COMMIT: the router switched; nothing to do here */
@@ -266,6 +425,8 @@ slots_apply(struct slots *s, const Epmoe__SlotOrder *o)
 		for (size_t i = 0; i < (size_t)s->L * s->E; i++) {
 			if (!listed[i] && s->t[i].state != S_NONE) {
 				s->t[i].gen++;
+				s->t[i].reload = false;
+				drop_q(s, &s->t[i]);
 				set_state(s, &s->t[i], S_NONE);
 			}
 		}
@@ -326,6 +487,7 @@ slots_report(struct slots *s, Epmoe__SlotOrderReply *out)
 		case S_READY:
 			st.status = EPMOE__STATUS__STATUS_OK;
 			st.checksum = x->checksum;
+			st.quantized = x->q != NULL;
 			break;
 		case S_LOADING:
 			st.status = EPMOE__STATUS__STATUS_BUSY;
@@ -352,8 +514,21 @@ slots_report(struct slots *s, Epmoe__SlotOrderReply *out)
 	return 0;
 }
 
+void
+slots_reap(struct slots *s)
+{
+	struct qcopy *j;
+
+	pthread_mutex_lock(&s->mu);
+	j = s->junk;
+	s->junk = NULL;
+	pthread_mutex_unlock(&s->mu);
+	free_list(j);
+}
+
 int
-slots_check(struct slots *s, const Epmoe__ExpertBatch *b, char *why, size_t why_len)
+slots_check(struct slots *s, const Epmoe__ExpertBatch *b, struct tmat *mats,
+        char *why, size_t why_len)
 {
 	int rc = 0;
 
@@ -380,6 +555,10 @@ slots_check(struct slots *s, const Epmoe__ExpertBatch *b, char *why, size_t why_
 			snprintf(why, why_len, "batch epoch %" PRIu64 " is older than layer %u expert %u's slot (epoch %" PRIu64 ")",
 			        b->epoch, b->layer, gr->expert, x->from);
 			rc = EPMOE_ESTATE;
+		} else if (mats && x->q) {
+			memcpy(&mats[3 * g], x->q->m, 3 * sizeof(*mats));
+		} else if (mats) {
+			memset(&mats[3 * g], 0, 3 * sizeof(*mats));
 		}
 	}
 	pthread_mutex_unlock(&s->mu);
@@ -416,7 +595,8 @@ slots_prefetch(struct slots *s, uint32_t layer, const uint32_t *expert,
 		n_held = 0;
 		pthread_mutex_lock(&s->mu);
 		for (size_t i = i0; i < i1; i++)
-			if (expert[i] < s->E && at(s, layer, expert[i])->state == S_READY)
+			if (expert[i] < s->E && at(s, layer, expert[i])->state == S_READY &&
+			        at(s, layer, expert[i])->q == NULL) /* a Q8_0 copy is in RAM */
 				held[n_held++] = expert[i];
 		pthread_mutex_unlock(&s->mu);
 		for (uint32_t i = 0; i < n_held; i++) {
@@ -450,6 +630,19 @@ slots_held(struct slots *s)
 
 	pthread_mutex_lock(&s->mu);
 	n = s->n_held;
+	pthread_mutex_unlock(&s->mu);
+	return n;
+}
+
+uint32_t
+slots_quantized(struct slots *s, uint64_t *bytes)
+{
+	uint32_t n;
+
+	pthread_mutex_lock(&s->mu);
+	n = s->n_q8;
+	if (bytes)
+		*bytes = s->q8_bytes;
 	pthread_mutex_unlock(&s->mu);
 	return n;
 }

@@ -13,6 +13,15 @@
  * loaded from a different file, not bit rot).  Freeing drops the slot from
  * the table; its pages are page cache the kernel reclaims.
  *
+ * Quantized copies (Replicate-and-Quantize, --replica-dtype q8_0 on the
+ * router): a LOAD with `quantized` set makes the slot an owned Q8_0 copy
+ * of the three matrices (about 53% of F16, 27% of F32) and drops the
+ * source pages from the worker's mapping; batches then compute with it.
+ * A LOAD of a slot held READY at the other precision re-loads it in the
+ * background while the old copy keeps serving, then swaps.  A dropped
+ * copy is freed by the data loop (slots_reap) between batches, never
+ * under a batch computing with it.
+ *
  * Orders (SlotOrder): LOAD of a slot held READY or LOADING is a no-op,
  * FREE of a slot not held is a no-op, COMMIT is informational, so the
  * router may repeat an order until it sees it done.  A complete order
@@ -63,9 +72,18 @@ void slots_new_router(struct slots *s);
 int slots_report(struct slots *s, Epmoe__SlotOrderReply *out);
 
 /* Whether every group of batch b names a slot held READY for b's epoch:
- * 0, or EPMOE_ESTATE with the reason in why. */
-int slots_check(struct slots *s, const Epmoe__ExpertBatch *b, char *why,
-        size_t why_len);
+ * 0, or EPMOE_ESTATE with the reason in why.  On 0 and with mats (room
+ * for 3 per group) non-NULL, group g's Q8_0 matrices (gate, up, down) are
+ * in mats[3g..3g+2], or all-zero when it serves the model's own weights;
+ * they stay valid until the caller's next slots_reap. */
+struct tmat;
+int slots_check(struct slots *s, const Epmoe__ExpertBatch *b, struct tmat *mats,
+        char *why, size_t why_len);
+
+/* Frees the copies dropped since the last call.  Only the one thread
+ * that computes with slots_check's matrices may call it, between
+ * batches. */
+void slots_reap(struct slots *s);
 
 /* Prefetch hint: starts paging in (madvise MADV_WILLNEED) the weights of
  * those of expert[0..n) of `layer` held READY here; the others are
@@ -78,5 +96,7 @@ uint32_t slots_prefetch(struct slots *s, uint32_t layer, const uint32_t *expert,
 uint64_t slots_epoch(struct slots *s);
 uint32_t slots_held(struct slots *s);
 uint32_t slots_loading(struct slots *s);
+/* READY copies held as Q8_0, and their bytes in *bytes (may be NULL). */
+uint32_t slots_quantized(struct slots *s, uint64_t *bytes);
 
 #endif

@@ -74,6 +74,7 @@ struct worker {
 	/* data loop: the shared expert path and its inputs, grown as needed */
 	struct moe_ffn *ffn;
 	uint32_t *g_expert, *g_count; /* [cap_groups] */
+	struct tmat *g_mats;          /* [cap_groups][3] Q8_0 copies (slots) */
 	size_t cap_groups;
 	float *out;                   /* [cap_out, d] */
 	size_t cap_out;
@@ -267,6 +268,7 @@ worker_free(struct worker *w)
 	moe_ffn_free(w->ffn);
 	free(w->g_expert);
 	free(w->g_count);
+	free(w->g_mats);
 	free(w->out);
 	pthread_mutex_destroy(&w->mu);
 	free(w);
@@ -300,6 +302,10 @@ grow_scratch(struct worker *w, size_t n_groups, size_t out_rows)
 		if (c == NULL)
 			return EPMOE_ENOMEM;
 		w->g_count = c;
+		struct tmat *m = realloc(w->g_mats, 3 * n_groups * sizeof(*m));
+		if (m == NULL)
+			return EPMOE_ENOMEM;
+		w->g_mats = m;
 		w->cap_groups = n_groups;
 	}
 	if (out_rows > w->cap_out) {
@@ -365,7 +371,13 @@ check_slots(struct worker *w, const Epmoe__ExpertBatch *b, char *why,
 		snprintf(why, why_len, "worker holds no slots (not registered)");
 		return EPMOE_ESTATE;
 	}
-	return slots_check(w->slots, b, why, why_len);
+	/* no batch computes now: copies dropped by orders can go */
+	slots_reap(w->slots);
+	if (grow_scratch(w, b->n_groups, b->n_rows_out) != 0) {
+		snprintf(why, why_len, "out of memory for %zu groups", b->n_groups);
+		return EPMOE_ENOMEM;
+	}
+	return slots_check(w->slots, b, w->g_mats, why, why_len);
 }
 
 /* Expert FFNs of every group, combined per output row into w->out: the
@@ -386,6 +398,7 @@ compute_batch(struct worker *w, const Epmoe__ExpertBatch *b, const float *rows)
 	struct moe_work wk = { .n_groups = (uint32_t)b->n_groups,
 		.expert = w->g_expert, .count = w->g_count,
 		.in_row = b->n_gather ? b->gather : NULL, .out_row = b->combine,
+		.mats = w->g_mats,
 		.weight = b->weights, .n_in = b->n_rows_in, .n_out = b->n_rows_out };
 	return moe_ffn_run(w->ffn, b->layer, rows, &wk, w->out);
 }

@@ -841,8 +841,8 @@ START_TEST(worker_combines_and_rejects_bad_batches)
 		uint32_t e2 = 2, e5 = 5, cnt = 2, in2[2] = { 0, 2 }, in5[2] = { 2, 1 };
 		uint32_t outr[2] = { 0, 1 };
 		float ones[2] = { 1.0f, 1.0f };
-		struct moe_work w2 = { 1, &e2, &cnt, in2, outr, ones, 3, 2 };
-		struct moe_work w5 = { 1, &e5, &cnt, in5, outr, ones, 3, 2 };
+		struct moe_work w2 = { 1, &e2, &cnt, in2, outr, ones, 3, 2, NULL };
+		struct moe_work w5 = { 1, &e5, &cnt, in5, outr, ones, 3, 2, NULL };
 		ck_assert_int_eq(moe_ffn_run(ffn, 1, x, &w2, y2), 0);
 		ck_assert_int_eq(moe_ffn_run(ffn, 1, x, &w5, y5), 0);
 	}

@@ -179,6 +179,23 @@ START_TEST(zipf_load_is_balanced_with_redundant_slots)
 	ck_assert_msg(before > 1.5 && after < 1.15, "max/mean %.3f -> %.3f", before, after);
 	ck_assert_uint_gt(moved, 0);
 	ck_assert_uint_lt(moved, (uint64_t)L * S);
+	/* an expert's first copy stays first wherever it is kept (it is the
+	 * exact one under --replica-dtype q8_0) */
+	{
+		uint32_t kept = 0;
+		for (uint32_t l = 0; l < L; l++) {
+			for (uint32_t e = 0; e < E; e++) {
+				int32_t fw = placement_slot_worker(cur, l,
+				        (uint32_t)placement_expert_slot(cur, l, e, 0));
+				if (!placement_has(p, l, e, (uint32_t)fw))
+					continue;
+				kept++;
+				ck_assert_int_eq(placement_slot_worker(p, l,
+				        (uint32_t)placement_expert_slot(p, l, e, 0)), fw);
+			}
+		}
+		ck_assert_uint_gt(kept, 0);
+	}
 	/* balancing again from the balanced map moves nothing */
 	{
 		struct placement *q;

@@ -13,6 +13,8 @@
  *     worker hung by SIGSTOP is fenced, served around within 5 s, then
  *     killed and restarted by the router;
  *   - a second worker with the id of a live one is refused (and logged).
+ *   - --replica-dtype q8_0: the second copy of every expert is held as
+ *     Q8_0 (counted in /v1/stats and /metrics) and serves.
  * Every wait is bounded. */
 #include <cJSON.h>
 #include <curl/curl.h>
@@ -676,6 +678,63 @@ START_TEST(static_replica_choice_spreads_experts_over_both_copies)
 }
 END_TEST
 
+/* --replica-dtype q8_0: every expert's second copy is held as Q8_0 by its
+ * worker (16 of the 32 copies), reported in /v1/stats and /metrics; both
+ * copies serve and every stream completes.  A router without the option
+ * holds none. */
+static double
+quantized_copies(void)
+{
+	cJSON *j;
+	double n = -1;
+
+	if (tu_get_json(&R, "/v1/stats", &j) == 200) {
+		cJSON *q = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "workers"),
+		        "quantized_copies");
+		n = cJSON_IsNumber(q) ? q->valuedouble : -1;
+	}
+	cJSON_Delete(j);
+	return n;
+}
+
+START_TEST(q8_replicas_are_held_quantized_and_serve)
+{
+	const char *file = replica_file();
+	const char *args[] = { "--workers", "2", "--placement", file,
+		"--balance", "off", "--replica-dtype", "q8_0", NULL };
+	struct run a;
+	double t0, t1, n = -1;
+	char *resp = NULL;
+	long st = 0;
+
+	ck_assert_msg(tu_router_start(&R, tu_data(MODEL), args) == 0, "%s", R.log);
+	wait_live(2, 30);
+	for (int i = 0; i < 500 && (n = quantized_copies()) < 16; i++)
+		usleep(20000);
+	ck_assert_msg(n == 16, "%g quantized copies", n);
+	ck_assert_int_eq(tu_http(&R, "GET", "/metrics", NULL, &st, &resp), 0);
+	ck_assert_ptr_nonnull(strstr(resp, "epmoe_quantized_copies 16"));
+	free(resp);
+	t0 = tu_stats_worker_num(&R, "local-0", "tokens");
+	t1 = tu_stats_worker_num(&R, "local-1", "tokens");
+	run_start(&a, 48);
+	run_join(&a);
+	for (int i = 0; i < N_STREAMS; i++)
+		ck_assert_msg(stream_ok(&a.s[i]), "stream %d failed: %.300s", i, a.s[i].raw);
+	ck_assert_double_gt(tu_stats_worker_num(&R, "local-0", "tokens"), t0);
+	ck_assert_double_gt(tu_stats_worker_num(&R, "local-1", "tokens"), t1);
+	run_free(&a);
+	stop_router();
+	/* the default keeps replicas exact */
+	args[6] = NULL;
+	ck_assert_msg(tu_router_start(&R, tu_data(MODEL), args) == 0, "%s", R.log);
+	unlink(file);
+	wait_live(2, 30);
+	ck_assert_double_eq(quantized_copies(), 0);
+	stop_router();
+}
+END_TEST
+
 int
 main(void)
 {
@@ -689,6 +748,7 @@ main(void)
 	tcase_add_test(tr, replicas_sigkill_mid_stream_fails_nothing_and_changes_no_token);
 	tcase_add_test(tr, replicas_sigstop_fails_nothing_and_the_worker_rejoins);
 	tcase_add_test(tr, static_replica_choice_spreads_experts_over_both_copies);
+	tcase_add_test(tr, q8_replicas_are_held_quantized_and_serve);
 	tcase_add_test(tn, no_replicas_sigkill_is_served_by_the_survivor_within_5s_then_restored);
 	tcase_add_test(tn, no_replicas_a_hung_worker_is_served_around_killed_and_restarted);
 	tcase_add_test(tn, a_second_worker_with_a_live_workers_id_is_refused);

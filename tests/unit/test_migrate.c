@@ -14,9 +14,15 @@
  *   - the degraded cover gives every expert of a lost worker one copy on
  *     a live worker, spreads them, keeps the previous choice, waits for
  *     workers that never registered, and restores home when all are up;
- *   - replica order is kept as given (a file's [1, 0] reads back as such).
+ *   - replica order is kept as given (a file's [1, 0] reads back as such);
+ *   - Replicate-and-Quantize: with q8 on, an expert's copies after its
+ *     first are ordered as Q8_0, and a copy whose place in the order
+ *     changes is re-loaded at its new precision; a worker's Q8_0 slot
+ *     computes within Q8_0's error of the model's weights, reports itself
+ *     quantized, and goes back to the exact copy while serving throughout.
  */
 #include <check.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -26,6 +32,8 @@
 #include "err.h"
 #include "migrate.h"
 #include "model.h"
+#include "moe.h"
+#include "pool.h"
 #include "slots.h"
 #include "placement.h"
 #include "testutil.h"
@@ -73,7 +81,7 @@ ack_all(struct mig *g, uint32_t w)
 	ck_assert_int_eq(mig_order(g, w, &o), 0);
 	for (uint32_t i = 0; i < o.n_ops; i++)
 		mig_ack(g, w, o.ops[i].layer, o.ops[i].expert,
-		        o.ops[i].load ? MIG_READY : MIG_NONE);
+		        o.ops[i].load ? MIG_READY : MIG_NONE, o.ops[i].quant);
 	return o.n_ops;
 }
 
@@ -112,7 +120,7 @@ START_TEST(a_registered_worker_gets_its_complete_set_and_is_ready_once_loaded)
 	ck_assert(!mig_worker_ready(g, 0));
 	/* loading: the loads are repeated, not complete any more */
 	for (uint32_t i = 0; i < o.n_ops; i++)
-		mig_ack(g, 0, o.ops[i].layer, o.ops[i].expert, MIG_LOADING);
+		mig_ack(g, 0, o.ops[i].layer, o.ops[i].expert, MIG_LOADING, false);
 	ck_assert_int_eq(mig_order(g, 0, &o), 0);
 	ck_assert(!o.complete);
 	ck_assert_uint_eq(o.n_ops, loads);
@@ -159,8 +167,8 @@ START_TEST(a_layer_commits_only_when_its_new_copies_are_ready)
 	ck_assert_uint_eq(st.layers_committed, 0);
 	ck_assert_uint_eq(mig_epoch(g), 1);
 	/* layer 1's copy loaded first: layer 1 commits alone, epoch 2 */
-	mig_ack(g, 0, 0, 2, MIG_LOADING);
-	mig_ack(g, 0, 1, 3, MIG_READY);
+	mig_ack(g, 0, 0, 2, MIG_LOADING, false);
+	mig_ack(g, 0, 1, 3, MIG_READY, false);
 	ck_assert_int_eq(mig_step(g, up, &st), 0);
 	ck_assert_uint_eq(st.layers_committed, 1);
 	ck_assert_uint_eq(st.epoch, 2);
@@ -175,7 +183,7 @@ START_TEST(a_layer_commits_only_when_its_new_copies_are_ready)
 	ck_assert_int_eq(mig_order(g, 1, &o), 0);
 	ck_assert_uint_eq(o.n_ops, 0);
 	/* layer 0 next: epoch 3, the target is done */
-	mig_ack(g, 0, 0, 2, MIG_READY);
+	mig_ack(g, 0, 0, 2, MIG_READY, false);
 	ck_assert_int_eq(mig_step(g, up, &st), 0);
 	ck_assert_uint_eq(st.layers_committed, 1);
 	ck_assert_uint_eq(st.epoch, 3);
@@ -282,7 +290,7 @@ START_TEST(a_failed_load_is_not_repeated_and_holds_its_layer)
 	ck_assert_int_eq(mig_new(&g, map("0,0,1,1", "0,0,1,1", 2), 2), 0);
 	register_all(g, 2);
 	ck_assert_int_eq(mig_set_target(g, map("0,0,1,10", "0,0,1,1", 2)), 0);
-	mig_ack(g, 0, 0, 3, MIG_FAILED);
+	mig_ack(g, 0, 0, 3, MIG_FAILED, false);
 	ck_assert_int_eq(mig_order(g, 0, &o), 0);
 	ck_assert_uint_eq(o.n_ops, 0);
 	ck_assert(!mig_worker_pending(g, 0));
@@ -423,13 +431,190 @@ START_TEST(a_new_router_starts_the_slots_epochs_again)
 	b.epoch = 1;
 	b.n_groups = 1;
 	b.groups = &gp;
-	ck_assert_int_eq(slots_check(sl, &b, why, sizeof(why)), EPMOE_ESTATE);
+	ck_assert_int_eq(slots_check(sl, &b, NULL, why, sizeof(why)), EPMOE_ESTATE);
 	ck_assert_msg(strstr(why, "older") != NULL, "%s", why);
 	slots_new_router(sl);
 	ck_assert_uint_eq(slots_epoch(sl), 0);
-	ck_assert_int_eq(slots_check(sl, &b, why, sizeof(why)), 0);
+	ck_assert_int_eq(slots_check(sl, &b, NULL, why, sizeof(why)), 0);
 	ck_assert_uint_eq(slots_held(sl), 1);
 	slots_free(sl);
+	model_free(m);
+}
+END_TEST
+
+/* Whether w's current order loads (l, e), and at which precision. */
+static bool
+order_loads(struct mig *g, uint32_t w, uint32_t l, uint32_t e, bool *quant)
+{
+	struct mig_order o;
+
+	ck_assert_int_eq(mig_order(g, w, &o), 0);
+	for (uint32_t i = 0; i < o.n_ops; i++) {
+		if (o.ops[i].load && o.ops[i].layer == l && o.ops[i].expert == e) {
+			*quant = o.ops[i].quant;
+			return true;
+		}
+	}
+	return false;
+}
+
+START_TEST(replicas_after_the_first_copy_are_ordered_as_q8_and_follow_the_order)
+{
+	struct mig *g;
+	struct mig_step st;
+	bool up[2] = { true, true }, q = false;
+
+	/* expert 0 of layer 0 on workers 0 then 1 */
+	ck_assert_int_eq(mig_new(&g, map("01,0,1,1", "0,0,1,1", 2), 2), 0);
+	mig_set_quantized(g, true);
+	mig_worker_reset(g, 0);
+	mig_worker_reset(g, 1);
+	ck_assert(order_loads(g, 0, 0, 0, &q));
+	ck_assert(!q);
+	ck_assert(order_loads(g, 1, 0, 0, &q));
+	ck_assert(q);
+	ck_assert(order_loads(g, 1, 0, 2, &q));
+	ck_assert(!q); /* a single copy is exact */
+	register_all(g, 2);
+	ck_assert_uint_eq(mig_quantized(g), 1);
+	/* the order flips: worker 1's copy becomes the exact one */
+	ck_assert_int_eq(mig_set_target(g, map("10,0,1,1", "0,0,1,1", 2)), 0);
+	ck_assert_int_eq(mig_step(g, up, &st), 0);
+	ck_assert_uint_eq(st.layers_committed, 1); /* no new copy to wait for */
+	ck_assert(order_loads(g, 0, 0, 0, &q));
+	ck_assert(q);
+	ck_assert(order_loads(g, 1, 0, 0, &q));
+	ck_assert(!q);
+	ck_assert(mig_worker_pending(g, 0));
+	/* a READY report at the old precision does not end it */
+	mig_ack(g, 0, 0, 0, MIG_READY, false);
+	ck_assert(mig_worker_pending(g, 0));
+	ack_all(g, 0);
+	ack_all(g, 1);
+	ck_assert(!mig_worker_pending(g, 0));
+	ck_assert(!mig_worker_pending(g, 1));
+	ck_assert_uint_eq(mig_quantized(g), 1);
+	/* off: every copy exact again */
+	mig_set_quantized(g, false);
+	ck_assert(order_loads(g, 0, 0, 0, &q));
+	ck_assert(!q);
+	ack_all(g, 0);
+	ck_assert_uint_eq(mig_quantized(g), 0);
+	mig_free(g);
+}
+END_TEST
+
+/* Applies one LOAD of layer 0 expert 3 at the given precision. */
+static void
+load_03(struct slots *sl, bool quantized, uint64_t id)
+{
+	Epmoe__SlotAssign a = EPMOE__SLOT_ASSIGN__INIT, *ap = &a;
+	Epmoe__SlotOrder o = EPMOE__SLOT_ORDER__INIT;
+
+	a.layer = 0;
+	a.expert = 3;
+	a.slot = 3;
+	a.op = EPMOE__SLOT_OP__SLOT_OP_LOAD;
+	a.source = EPMOE__WEIGHT_SOURCE__WEIGHT_SOURCE_LOCAL;
+	a.quantized = quantized;
+	o.order_id = id;
+	o.epoch = 1;
+	o.n_slots = 1;
+	o.slots = &ap;
+	ck_assert_int_eq(slots_apply(sl, &o), 0);
+}
+
+START_TEST(a_q8_slot_computes_close_to_the_model_and_swaps_back_while_serving)
+{
+	enum { T = 5, D = 64 };
+	struct model *m;
+	struct slots *sl;
+	struct pool *pool;
+	struct moe_ffn *ffn;
+	char err[256], why[256];
+	Epmoe__ExpertGroup g = EPMOE__EXPERT_GROUP__INIT, *gp = &g;
+	Epmoe__ExpertBatch b = EPMOE__EXPERT_BATCH__INIT;
+	Epmoe__SlotOrderReply rep;
+	struct tmat mats[3];
+	uint64_t bytes = 0, r = 12345;
+	uint32_t expert = 3, count = T, rows[T];
+	float weight[T], x[T * D], ref[T * D], got[T * D];
+	double num = 0, den = 0;
+	bool differs = false;
+	int i;
+
+	ck_assert_msg(model_load(&m, tu_data("mixtral-tiny-f32.gguf"), err, sizeof(err)) == 0,
+	        "%s", err);
+	ck_assert_uint_eq(m->hp.n_embd, D);
+	ck_assert_int_eq(pool_new(&pool, 1), 0);
+	ck_assert_int_eq(moe_ffn_new(&ffn, m, pool), 0);
+	ck_assert_int_eq(slots_new(&sl, m, NULL, NULL), 0);
+	load_03(sl, true, 1);
+	for (i = 0; i < 1500 && slots_quantized(sl, &bytes) == 0; i++)
+		usleep(10000);
+	ck_assert_uint_eq(slots_quantized(sl, &bytes), 1);
+	/* gate and up [128 x 64], down [64 x 128]: 68 or 136 bytes a row in
+	 * Q8_0 (256 or 512 in F32) */
+	ck_assert_uint_eq(bytes, 3 * 128 * 68);
+	ck_assert_int_eq(slots_report(sl, &rep), 0);
+	ck_assert_uint_eq(rep.n_slots, 1);
+	ck_assert_int_eq(rep.slots[0]->status, EPMOE__STATUS__STATUS_OK);
+	ck_assert(rep.slots[0]->quantized);
+
+	g.expert = 3;
+	g.slot = 3;
+	g.n_tokens = T;
+	b.layer = 0;
+	b.epoch = 1;
+	b.n_groups = 1;
+	b.groups = &gp;
+	ck_assert_int_eq(slots_check(sl, &b, mats, why, sizeof(why)), 0);
+	ck_assert_int_eq(mats[0].type, DTYPE_Q8_0);
+	ck_assert_int_eq(mats[2].type, DTYPE_Q8_0);
+	ck_assert_uint_eq(mats[2].n_in, 128);
+	for (i = 0; i < T * D; i++) {
+		r = r * 6364136223846793005ull + 1442695040888963407ull;
+		x[i] = (float)((double)(r >> 40) / (double)(1ull << 24) * 2.0 - 1.0);
+	}
+	for (i = 0; i < T; i++) {
+		rows[i] = (uint32_t)i;
+		weight[i] = 1.0f;
+	}
+	{
+		struct moe_work w = { 1, &expert, &count, NULL, rows, weight, T, T, NULL };
+		ck_assert_int_eq(moe_ffn_run(ffn, 0, x, &w, ref), 0);
+		w.mats = mats;
+		ck_assert_int_eq(moe_ffn_run(ffn, 0, x, &w, got), 0);
+	}
+	for (i = 0; i < T * D; i++) {
+		num += (double)(got[i] - ref[i]) * (got[i] - ref[i]);
+		den += (double)ref[i] * ref[i];
+		differs |= got[i] != ref[i];
+	}
+	/* Q8_0 keeps about 8 bits a weight: well under 2% relative error */
+	ck_assert_msg(differs && den > 0 && sqrt(num / den) < 0.02,
+	        "relative error %g", sqrt(num / den));
+
+	/* back to the exact copy: the slot serves all along */
+	load_03(sl, false, 2);
+	for (i = 0; i < 1500 && slots_quantized(sl, NULL) > 0; i++) {
+		ck_assert_int_eq(slots_check(sl, &b, mats, why, sizeof(why)), 0);
+		usleep(10000);
+	}
+	ck_assert_uint_eq(slots_quantized(sl, NULL), 0);
+	ck_assert_int_eq(slots_check(sl, &b, mats, why, sizeof(why)), 0);
+	ck_assert_ptr_null(mats[0].data);
+	slots_reap(sl);
+	ck_assert_int_eq(slots_report(sl, &rep), 0);
+	ck_assert(!rep.slots[0]->quantized);
+	/* quantized again; freed with the table (a copy on the junk list too) */
+	load_03(sl, true, 3);
+	for (i = 0; i < 1500 && slots_quantized(sl, NULL) == 0; i++)
+		usleep(10000);
+	ck_assert_uint_eq(slots_quantized(sl, NULL), 1);
+	slots_free(sl);
+	moe_ffn_free(ffn);
+	pool_free(pool);
 	model_free(m);
 }
 END_TEST
@@ -447,6 +632,8 @@ suite(void)
 	tcase_add_test(tm, a_replaced_target_frees_what_it_staged_and_keeps_what_is_wanted);
 	tcase_add_test(tm, a_failed_load_is_not_repeated_and_holds_its_layer);
 	tcase_add_test(tm, a_new_router_starts_the_slots_epochs_again);
+	tcase_add_test(tm, replicas_after_the_first_copy_are_ordered_as_q8_and_follow_the_order);
+	tcase_add_test(tm, a_q8_slot_computes_close_to_the_model_and_swaps_back_while_serving);
 	tcase_add_test(tp, mix_takes_the_layers_asked);
 	tcase_add_test(tp, cover_gives_lost_experts_a_live_copy_and_restores_home);
 	tcase_add_test(tp, replica_order_is_kept_as_given);

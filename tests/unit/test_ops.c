@@ -501,12 +501,12 @@ START_TEST(grouped_ffn_entries_are_independent)
 		out_row[j] = j; /* one entry per output row: the rows are the results */
 		weight[j] = 0.5f + (float)(j % 3);
 	}
-	struct moe_work w = { NG, expert, count, in_row, out_row, weight, NIN, N };
+	struct moe_work w = { NG, expert, count, in_row, out_row, weight, NIN, N, NULL };
 	ck_assert_int_eq(moe_ffn_run(f, 0, x, &w, out), 0);
 	for (uint32_t g = 0, j0 = 0; g < NG; j0 += count[g], g++) {
 		for (uint32_t j = j0; j < j0 + count[g]; j += 97) {
 			uint32_t c1 = 1, o1 = 0;
-			struct moe_work w1 = { 1, &expert[g], &c1, &in_row[j], &o1, &weight[j], NIN, 1 };
+			struct moe_work w1 = { 1, &expert[g], &c1, &in_row[j], &o1, &weight[j], NIN, 1, NULL };
 			ck_assert_int_eq(moe_ffn_run(f, 0, x, &w1, one), 0);
 			ck_assert_msg(memcmp(one, out + (size_t)j * d, d * 4) == 0,
 			        "entry %u (group %u) differs from the entry alone", j, g);
