@@ -10,7 +10,10 @@
  * tokens (the rest is dropped), the first token of every chunk is
  * replaced by BOS, and only the second half of each chunk is scored
  * (positions ctx/2 .. ctx-2 predicting the next token).  Either way
- * PPL = exp(mean negative log-likelihood) over the scored tokens. */
+ * PPL = exp(mean negative log-likelihood) over the scored tokens.  With
+ * --url the windows are scored by a running server instead (its
+ * placement, replicas and quantized replicas; ppl_remote.c); the model
+ * file then only gives the tokenizer. */
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -24,6 +27,7 @@
 #include "engine.h"
 #include "err.h"
 #include "model.h"
+#include "ppl_remote.h"
 #include "route.h"
 #include "tok.h"
 
@@ -78,7 +82,67 @@ usage(FILE *f)
 	        "      --workers W    report worker balance as if W workers held\n"
 	        "                     contiguous blocks of experts (default 4)\n"
 	        "      --kv-type T    KV cache f32 (default) or f16\n"
+	        "      --url U        score on the server at U (http://host:port)\n"
+	        "                     instead of in process (windows protocol only)\n"
+	        "      --api-key K    the server's API key (env EPMOE_API_KEY)\n"
 	        "      --json         print the result as one JSON object\n");
+}
+
+/* The windows protocol on a server: the model file gives the tokenizer. */
+static int
+remote(const char *url, const char *key, const char *model, const char *file,
+        const char *text, size_t text_len, long ctx, long max_windows, int json)
+{
+	struct model *m = NULL;
+	struct tok *tk = NULL;
+	int32_t *ids = NULL, *win = NULL;
+	size_t n_ids = 0, scored = 0, windows = 0;
+	double sum = 0, t0 = clock_now();
+	char err[512];
+	int rc = 1;
+
+	if (model_load(&m, model, err, sizeof(err)) != 0 ||
+	        tok_load(&tk, m->gguf, err, sizeof(err)) != 0) {
+		fprintf(stderr, "epmoe perplexity: %s\n", err);
+		goto done;
+	}
+	if (tok_bos(tk) == TOK_ID_NONE ||
+	        tok_encode(tk, text, text_len, 0, &ids, &n_ids) != 0 || n_ids == 0 ||
+	        (win = malloc((size_t)ctx * sizeof(*win))) == NULL) {
+		fprintf(stderr, "epmoe perplexity: cannot tokenize %s (empty, or no BOS token)\n",
+		        file);
+		goto done;
+	}
+	for (size_t at = 0; at < n_ids; at += (size_t)ctx - 1) {
+		size_t n = n_ids - at < (size_t)ctx - 1 ? n_ids - at : (size_t)ctx - 1;
+		if (max_windows > 0 && windows == (size_t)max_windows)
+			break;
+		win[0] = tok_bos(tk);
+		memcpy(win + 1, ids + at, n * sizeof(*win));
+		if (ppl_remote_window(url, key, win, n + 1, &sum, &scored, err, sizeof(err)) != 0) {
+			fprintf(stderr, "epmoe perplexity: %s\n", err);
+			goto done;
+		}
+		windows++;
+		if (!json && windows % 10 == 0)
+			fprintf(stderr, "[%zu windows] ppl %.4f\n", windows, exp(sum / scored));
+	}
+	double dt = clock_now() - t0;
+	if (json)
+		printf("{\"url\":\"%s\",\"file\":\"%s\",\"protocol\":\"windows\",\"ctx\":%ld,"
+		       "\"windows\":%zu,\"tokens\":%zu,\"nll\":%.6f,\"perplexity\":%.6f,"
+		       "\"seconds\":%.3f}\n", url, file, ctx, windows, scored, sum / scored,
+		        exp(sum / scored), dt);
+	else
+		printf("perplexity %.4f over %zu tokens (%zu windows of %ld, scored by %s) in %.1f s\n",
+		        exp(sum / scored), scored, windows, ctx, url, dt);
+	rc = 0;
+done:
+	free(ids);
+	free(win);
+	tok_free(tk);
+	model_free(m);
+	return rc;
 }
 
 /* -log softmax(row)[id] in double */
@@ -109,11 +173,13 @@ cmd_perplexity(int argc, char **argv)
 		{ "workers", required_argument, NULL, 'w' },
 		{ "kv-type", required_argument, NULL, 'V' },
 		{ "protocol", required_argument, NULL, 'P' },
+		{ "url", required_argument, NULL, 'U' },
+		{ "api-key", required_argument, NULL, 'K' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 }
 	};
 	const char *model = cli_env("EPMOE_MODEL", NULL), *file = NULL;
-	const char *routing = NULL;
+	const char *routing = NULL, *url = NULL, *key = cli_env("EPMOE_API_KEY", NULL);
 	long ctx = 512, threads = 0, max_windows = -1, workers = 4;
 	int json = 0, c, rc = 1, llama = 0;
 	enum dtype kv_type = DTYPE_F32;
@@ -134,6 +200,8 @@ cmd_perplexity(int argc, char **argv)
 		case 'm': model = optarg; break;
 		case 'f': file = optarg; break;
 		case 'r': routing = optarg; break;
+		case 'U': url = optarg; break;
+		case 'K': key = optarg; break;
 		case 'J': json = 1; break;
 		case 'V':
 			if (engine_kv_type_parse(optarg, &kv_type))
@@ -169,9 +237,18 @@ cmd_perplexity(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
+	if (url && (llama || routing)) {
+		fprintf(stderr, "epmoe perplexity: --url scores with the windows protocol and the server's routing\n");
+		return 2;
+	}
 	if (cli_read_file(file, &text, &text_len)) {
 		fprintf(stderr, "epmoe perplexity: cannot read %s\n", file);
 		return 1;
+	}
+	if (url) {
+		rc = remote(url, key, model, file, text, text_len, ctx, max_windows, json);
+		free(text);
+		return rc;
 	}
 	if (cli_load("perplexity", model, (int)threads, routing, kv_type, &m, &e))
 		goto done;

@@ -733,6 +733,8 @@ on_report(struct cluster *c, const Epmoe__LoadReport *lr, struct reply *r)
 		w->rep_ram_free = lr->ram_free_bytes;
 		w->rep_prefetch_experts = lr->prefetch_experts;
 		w->rep_prefetch_bytes = lr->prefetch_bytes;
+		w->rep_q8_tokens = lr->quantized_tokens;
+		w->rep_q8_bytes = lr->quantized_bytes;
 		r->hr.accepted = true;
 		r->hr.status = EPMOE__STATUS__STATUS_OK;
 		r->hr.worker_index = wi;

@@ -142,7 +142,7 @@ int cluster_placement_json(struct cluster *c, cJSON **out);
  * registrations, threads, slots, last_heartbeat_age_ms (-1: never),
  * batches, tokens, errors, latency_mean_us, latency_p99_us (recent 512
  * requests), reported {tokens, batches, compute_us, ram_free_bytes,
- * prefetch_experts, prefetch_bytes}}]}. */
+ * prefetch_experts, prefetch_bytes, quantized_tokens, quantized_bytes}}]}. */
 int cluster_stats_json(struct cluster *c, cJSON **out);
 /* Whether a re-placement is in flight now (a target map is being loaded
  * and committed: PREPARE to the last COMMIT); lock-free, for per-token

@@ -74,6 +74,7 @@ struct cl_worker {
 	/* as reported by the worker */
 	uint64_t rep_tokens, rep_batches, rep_compute_us, rep_ram_free;
 	uint64_t rep_prefetch_experts, rep_prefetch_bytes;
+	uint64_t rep_q8_tokens, rep_q8_bytes;
 	/* as observed by the dispatcher */
 	uint64_t batches, tokens, errors;
 	struct cluster_hist hist;

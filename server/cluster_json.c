@@ -133,7 +133,9 @@ worker_json(struct cluster *c, uint32_t i, uint64_t now)
 	        !cJSON_AddNumberToObject(rep, "ram_free_bytes", (double)w->rep_ram_free) ||
 	        !cJSON_AddNumberToObject(rep, "prefetch_experts",
 	             (double)w->rep_prefetch_experts) ||
-	        !cJSON_AddNumberToObject(rep, "prefetch_bytes", (double)w->rep_prefetch_bytes)) {
+	        !cJSON_AddNumberToObject(rep, "prefetch_bytes", (double)w->rep_prefetch_bytes) ||
+	        !cJSON_AddNumberToObject(rep, "quantized_tokens", (double)w->rep_q8_tokens) ||
+	        !cJSON_AddNumberToObject(rep, "quantized_bytes", (double)w->rep_q8_bytes)) {
 		cJSON_Delete(o);
 		return NULL;
 	}

@@ -469,8 +469,11 @@ admit(struct sched *s, struct sched_req *r)
 	char err[256] = "";
 	int rc;
 
+	/* room for the prompt and the first generated token; a scoring
+	 * request (max_tokens 0) may fill the whole context */
 	if (eng_seq_new(s->e, &r->seq) != 0 ||
-	        eng_seq_reserve(s->e, r->seq, (uint32_t)r->p.n_prompt + 1) != 0) {
+	        eng_seq_reserve(s->e, r->seq, (uint32_t)r->p.n_prompt +
+	             (r->p.max_tokens > 0)) != 0) {
 		finish(s, r, EPMOE_ENOMEM, NULL, "out of memory for the KV cache");
 		return -1;
 	}

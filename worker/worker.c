@@ -512,6 +512,9 @@ serve_one(struct worker *w, nng_msg *msg, uint64_t t_recv)
 	pthread_mutex_lock(&w->mu);
 	w->st.batches++;
 	w->st.tokens += n_entries;
+	for (size_t g = 0; g < b->n_groups; g++)
+		if (w->g_mats[3 * g].data)
+			w->st.tokens_q8 += b->groups[g]->n_tokens;
 	w->st.rows_in += b->n_rows_in;
 	w->st.compute_us += t1 - t0;
 	pthread_mutex_unlock(&w->mu);
@@ -749,6 +752,8 @@ do_report(struct worker *w, bool *drained)
 	lr.compute_us = w->st.compute_us;
 	lr.prefetch_experts = w->st.prefetch_experts;
 	lr.prefetch_bytes = w->st.prefetch_bytes;
+	lr.quantized_tokens = w->st.tokens_q8;
+	slots_quantized(w->slots, &lr.quantized_bytes);
 	router_boot = w->router_boot;
 	pthread_mutex_unlock(&w->mu);
 	lr.boot_id = w->boot_id;

@@ -136,6 +136,7 @@ struct worker_stats {
 	uint64_t compute_us; /* cumulative */
 	uint64_t prefetch_experts; /* experts paged in on a prefetch hint */
 	uint64_t prefetch_bytes;   /* their weight bytes */
+	uint64_t tokens_q8;        /* of tokens, computed with a Q8_0 copy */
 };
 
 /* Thread-safe snapshot of w's counters. */

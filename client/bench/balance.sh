@@ -2,7 +2,8 @@
 # `make bench`, balancer section (also runs alone): a Zipf-skewed model
 # (epmoe mkmodel --gate-skew zipf:1.2: 4 layers, 16 experts top-2), 4 local
 # workers, 16 concurrent greedy streams, for --balance off / eplb / llep /
-# all with 4 redundant slots a layer.  Per mode: the workers' real token
+# all with 4 redundant slots a layer, and all with the replicas held as
+# Q8_0 (--replica-dtype q8_0: "all+q8").  Per mode: the workers' real token
 # load max/mean (the router's per-worker token counts over the run), decode
 # throughput relative to off (same run), inter-token latency p99,
 # re-placements and weight bytes they loaded, failed requests, and the
@@ -73,14 +74,16 @@ print("%.3f %d %.1f %s" % (max(t) * len(t) / max(1, sum(t)), b["replacements"], 
 
 echo
 echo "== balancer: $M, 4 local workers, 16 concurrent streams x 48 tokens, 4 redundant slots a layer"
-printf '%-5s %10s %10s %10s %10s %8s %10s %7s %12s\n' mode "max/mean" "decode" "vs off" "itl p99" replace "moved" failed "p99 repl /"
-printf '%-5s %10s %10s %10s %10s %8s %10s %7s %12s\n' "" "tokens" "tok/s" "" "ms" "" "MiB" "" "steady (n)"
+printf '%-6s %9s %10s %10s %10s %8s %10s %7s %12s\n' mode "max/mean" "decode" "vs off" "itl p99" replace "moved" failed "p99 repl /"
+printf '%-6s %9s %10s %10s %10s %8s %10s %7s %12s\n' "" "tokens" "tok/s" "" "ms" "" "MiB" "" "steady (n)"
 base=
-for mode in off eplb llep all; do
+q8note=
+for mode in off eplb llep all all+q8; do
 	extra=""
 	[ $mode = off ] && extra="--record-routing $TMP/trace.txt"
+	[ $mode = all+q8 ] && extra="--replica-dtype q8_0"
 	# shellcheck disable=SC2086
-	serve $mode $extra
+	serve ${mode%+q8} $extra
 	# a warm-up round gives EPLB its window, the measured round runs on it
 	"$BIN" bench server -s "$HURL" -c 16 -N 32 --max-tokens 48 --prompt-tokens 16 -q >/dev/null 2>&1 || true
 	"$BIN" bench server -s "$HURL" -c 16 -N $N --max-tokens 48 --prompt-tokens 16 --json - -q \
@@ -98,12 +101,20 @@ print("%s %s %s" % (b.get("output_throughput", 0), b.get("p99_itl_ms") or 0, b.g
 	tps=$1 p99=$2 failed=$3
 	set -- $(worker_ratio)
 	[ -n "$base" ] || base=$tps
-	printf '%-5s %10s %10.1f %10s %10.1f %8s %10s %7s %12s\n' $mode "$1" "$tps" \
+	printf '%-6s %9s %10.1f %10s %10.1f %8s %10s %7s %12s\n' $mode "$1" "$tps" \
 		"$(awk -v a="$tps" -v b="$base" 'BEGIN { printf "x%.2f", a / b }')" "$p99" "$2" "$3" \
 		"$failed" "$4"
+	[ $mode = all+q8 ] && q8note=$(curl -s "$HURL/v1/stats" | python3 -c '
+import json, sys
+w = json.load(sys.stdin)["workers"]
+r = [x["reported"] for x in w["workers"]]
+t = sum(x["tokens"] for x in r)
+print("%d Q8_0 copies (%.1f MiB) served %.1f%% of the expert rows" % (w["quantized_copies"],
+      sum(x["quantized_bytes"] for x in r) / 1048576, 100.0 * sum(x["quantized_tokens"] for x in r) / max(1, t)))')
 	stop
 done
-echo "(max/mean: the workers' token counts over both rounds; llep alone has no copies to spill to;"
+echo "(all+q8: $q8note;"
+echo " max/mean: the workers' token counts over both rounds; llep alone has no copies to spill to;"
 echo " p99 repl / steady: the router's inter-token p99 while a re-placement was in flight over its p99"
 echo " otherwise, over both rounds, with the number of token gaps in re-placements; target <= 1.25)"
 echo

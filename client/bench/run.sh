@@ -258,3 +258,6 @@ EPMOE_BUILD=$B sh "$(dirname "$0")/failover.sh"
 
 # ---- balancer: off / eplb / llep / all under a Zipf-skewed model, and the simulator (client/bench/balance.sh) ----
 EPMOE_BUILD=$B sh "$(dirname "$0")/balance.sh"
+
+# ---- Replicate-and-Quantize: perplexity of Q8_0 replicas (client/bench/replica_q8.sh) ----
+EPMOE_BUILD=$B sh "$(dirname "$0")/replica_q8.sh"
