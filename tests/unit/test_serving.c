@@ -236,6 +236,42 @@ stream_one(void *arg)
 	return NULL;
 }
 
+/* A scoring request (max_tokens 0) may fill the whole context; one token
+ * more, or room for a generated token, is refused with 400. */
+START_TEST(a_scoring_request_may_fill_the_context)
+{
+	const char *args[] = { "--local", "--ctx", "16", NULL };
+	char body[512], *resp = NULL;
+	long status = 0;
+	int n;
+
+	ck_assert_msg(tu_router_start(&R, tu_data(models[0]), args) == 0, "%s", R.log);
+	for (int k = 0; k < 3; k++) {
+		int ids = k == 1 ? 17 : 16, max_tokens = k == 2 ? 1 : 0;
+		n = snprintf(body, sizeof(body), "{\"prompt\":[1");
+		for (int i = 1; i < ids; i++)
+			n += snprintf(body + n, sizeof(body) - (size_t)n, ",%d", 10 + i);
+		snprintf(body + n, sizeof(body) - (size_t)n,
+		        "],\"max_tokens\":%d,\"echo\":true,\"logprobs\":0}", max_tokens);
+		ck_assert_int_eq(tu_http(&R, "POST", "/v1/completions", body, &status, &resp), 0);
+		if (k == 0) {
+			cJSON *j = cJSON_Parse(resp);
+			cJSON *lp = cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetArrayItem(
+			        cJSON_GetObjectItem(j, "choices"), 0), "logprobs"), "token_logprobs");
+			ck_assert_msg(status == 200, "status %ld: %s", status, resp);
+			ck_assert_int_eq(cJSON_GetArraySize(lp), 16);
+			cJSON_Delete(j);
+		} else {
+			ck_assert_msg(status == 400 && strstr(resp, "context"), "status %ld: %s",
+			        status, resp);
+		}
+		free(resp);
+		resp = NULL;
+	}
+	stop_router();
+}
+END_TEST
+
 START_TEST(sixteen_concurrent_streams_complete)
 {
 	pthread_t th[16];
@@ -887,6 +923,7 @@ main(void)
 	tcase_set_timeout(tc, 120);
 	tcase_add_loop_test(tc, greedy_completion_equals_local_generation, 0, 3);
 	tcase_add_loop_test(tc, echo_logprobs_equal_local_logits, 0, 3);
+	tcase_add_test(tc, a_scoring_request_may_fill_the_context);
 	tcase_add_test(tc, sixteen_concurrent_streams_complete);
 	tcase_add_test(tc, bad_requests_get_errors_and_the_server_keeps_serving);
 	tcase_add_test(tc, nng_api_completes_and_rejects_garbage);
