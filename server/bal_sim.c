@@ -10,7 +10,9 @@
  * each expert's token group goes whole to its least-loaded copy (the
  * dispatcher's dynamic replica choice; plans assume copies share evenly).
  * LLEP splits each layer's hot experts over the copies that exist, as the
- * dispatcher does; without replicas it has nowhere to spill.
+ * dispatcher does; alone (no EPLB replicas) it borrows copies to spill to
+ * at the same interval checks, as the router does (borrow.h,
+ * --llep-cache; applied at once here, after a load in the router).
  * Lives with the server code (the code it replays); the epmoe CLI calls
  * bal_sim_main.  No sockets, no threads. */
 #include <getopt.h>
@@ -20,6 +22,7 @@
 #include <string.h>
 
 #include "balance.h"
+#include "borrow.h"
 #include "eplb.h"
 #include "err.h"
 #include "llep.h"
@@ -90,6 +93,7 @@ struct sim_cfg {
 	uint32_t W, H, R, interval, window;
 	double threshold, expert_mb;
 	struct llep_cfg llep;
+	uint32_t llep_cache;  /* borrowed copies per worker (llep alone) */
 };
 
 struct sim_out {
@@ -159,6 +163,7 @@ simulate(const struct trace *t, const struct sim_cfg *c, bool eplb, bool llep,
 	bool *holds = calloc((size_t)E * W, sizeof(*holds));
 	struct llep_chunk *ch = calloc(2 * (size_t)E * W, sizeof(*ch));
 	struct placement *p = NULL;
+	struct borrow *bw = NULL;
 	char err[128];
 	int rc = EPMOE_ENOMEM;
 
@@ -168,6 +173,8 @@ simulate(const struct trace *t, const struct sim_cfg *c, bool eplb, bool llep,
 	memset(o, 0, sizeof(*o));
 	o->ratio = calloc(t->T, sizeof(*o->ratio));
 	if (!counts || !win || !wl || !p2l || !native || !holds || !ch || !o->ratio)
+		goto out;
+	if (llep && !eplb && c->llep_cache > 0 && (rc = borrow_new(&bw, W, c->llep_cache)) != 0)
 		goto out;
 	for (uint32_t w = 0; w < W; w++)
 		counts[w] = E / W + (w < E % W);
@@ -195,6 +202,19 @@ simulate(const struct trace *t, const struct sim_cfg *c, bool eplb, bool llep,
 		}
 		o->ratio[s] = stot > 0 ? smax / stot : 1.0;
 		o->time += smax;
+		if (bw && (s + 1) % c->interval == 0 &&
+		        eplb_worker_ratio(p, win, NULL) > c->llep.lambda) {
+			struct placement *np;
+			struct borrow_step bs;
+			if ((rc = borrow_plan(bw, p, win, NULL, c->llep.lambda, s, &np, &bs)) != 0)
+				goto out;
+			if (np) {
+				placement_free(p);
+				p = np;
+				o->replacements++;
+				o->moved++;
+			}
+		}
 		if (eplb && (s + 1) % c->interval == 0 &&
 		        eplb_worker_ratio(p, win, NULL) > c->threshold) {
 			struct placement *np;
@@ -215,6 +235,7 @@ simulate(const struct trace *t, const struct sim_cfg *c, bool eplb, bool llep,
 	rc = 0;
 out:
 	placement_free(p);
+	borrow_free(bw);
 	free(counts);
 	free(win);
 	free(wl);
@@ -241,7 +262,8 @@ usage(FILE *f)
 	           "  --window N         steps of load kept (default 256)\n"
 	           "  --threshold X      EPLB above this max/mean (default 1.10)\n"
 	           "  --llep-lambda X    (default 1.3)   --llep-alpha X (default 1.0)\n"
-	           "  --llep-min-chunk N (default 4)\n"
+	           "  --llep-min-chunk N (default 4)   --llep-cache N (default 2: experts a\n"
+	           "                     worker may borrow for llep alone; 0 = none)\n"
 	           "  --expert-mb X      MiB of one expert, for bytes moved (default 1)\n");
 }
 
@@ -259,12 +281,14 @@ bal_sim_main(int argc, char **argv)
 		{ "llep-lambda", required_argument, NULL, 'l' },
 		{ "llep-alpha", required_argument, NULL, 'a' },
 		{ "llep-min-chunk", required_argument, NULL, 'm' },
+		{ "llep-cache", required_argument, NULL, 'c' },
 		{ "expert-mb", required_argument, NULL, 'b' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct sim_cfg c = { .W = 4, .H = 1, .interval = 64, .window = 256, .threshold = 1.10,
-		.expert_mb = 1.0, .llep = { .alpha = 1.0, .lambda = 1.3, .m_min = 4 } };
+		.expert_mb = 1.0, .llep = { .alpha = 1.0, .lambda = 1.3, .m_min = 4 },
+		.llep_cache = 2 };
 	const char *path = NULL, *names[4] = { "off", "eplb", "llep", "all" };
 	long redundant = -1;
 	struct trace t;
@@ -290,6 +314,7 @@ bal_sim_main(int argc, char **argv)
 		case 'l': c.llep.lambda = v; break;
 		case 'a': c.llep.alpha = v; break;
 		case 'm': c.llep.m_min = (uint32_t)v; break;
+		case 'c': c.llep_cache = (uint32_t)v; break;
 		case 'b': c.expert_mb = v; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;

@@ -14,6 +14,7 @@
 #include "err.h"
 #include "log.h"
 #include "placement.h"
+#include "borrow.h"
 
 struct bal {
 	struct bal_cfg cfg;
@@ -32,6 +33,7 @@ struct bal {
 	double *wl;            /* [W] window load per worker (last check) */
 	uint32_t n_wl;
 	FILE *trace;           /* --record-routing */
+	struct borrow *bw;     /* LLEP's borrowed copies (llep alone), or NULL */
 };
 
 static const char *const mode_names[] = { "off", "eplb", "llep", "all" };
@@ -83,6 +85,8 @@ bal_new(struct bal **out, const struct bal_cfg *cfg, uint32_t n_layer,
 		b->cfg.threshold = 1.10;
 	if (b->cfg.hosts == 0)
 		b->cfg.hosts = 1;
+	if (b->cfg.llep_lambda <= 0)
+		b->cfg.llep_lambda = 1.3;
 	b->L = n_layer;
 	b->E = n_expert;
 	b->c = c;
@@ -101,8 +105,15 @@ bal_new(struct bal **out, const struct bal_cfg *cfg, uint32_t n_layer,
 		}
 		b->n_wl = W;
 	}
+	if (c && cfg->mode == BAL_LLEP && cfg->llep_cache > 0 &&
+	        borrow_new(&b->bw, b->n_wl ? b->n_wl : 1, cfg->llep_cache) != 0) {
+		free(b->wl);
+		free(b);
+		return EPMOE_ENOMEM;
+	}
 	if (cfg->record_path) {
 		if ((b->trace = fopen(cfg->record_path, "w")) == NULL) {
+			borrow_free(b->bw);
 			log_error("balance: cannot create %s: %s", cfg->record_path, strerror(errno));
 			free(b->wl);
 			free(b);
@@ -119,6 +130,7 @@ bal_new(struct bal **out, const struct bal_cfg *cfg, uint32_t n_layer,
 		free(b->sum);
 		free(b->ewma);
 		free(b->wl);
+		borrow_free(b->bw);
 		if (b->trace)
 			fclose(b->trace);
 		free(b);
@@ -144,6 +156,7 @@ bal_free(struct bal *b)
 	free(b->sum);
 	free(b->ewma);
 	free(b->wl);
+	borrow_free(b->bw);
 	free(b);
 }
 
@@ -169,6 +182,46 @@ step_begin(struct bal *b)
 		b->filled++;
 	memset(slot, 0, le * sizeof(*slot));
 	b->step_open = true;
+}
+
+/* LLEP alone (interval check): a persisting skew borrows one copy for
+ * LLEP to spill to (borrow.h), unless a placement change is under way. */
+static void
+lend(struct bal *b, const struct placement *cur, const double *w, const bool *in)
+{
+	struct cluster_failover fo;
+	struct borrow_step st;
+	struct placement *np = NULL;
+	int rc;
+
+	cluster_failover(b->c, &fo);
+	if (fo.transition || fo.unserved_pairs > 0 || fo.degraded_pairs > 0)
+		return;
+	rc = borrow_plan(b->bw, cur, w, in, b->cfg.llep_lambda, b->st.checks, &np, &st);
+	pthread_mutex_lock(&b->mu);
+	b->st.borrowed = borrow_count(b->bw);
+	pthread_mutex_unlock(&b->mu);
+	if (rc != 0 || np == NULL) {
+		if (rc != 0)
+			log_warn("balance: no borrow plan: %s", epmoe_strerror(rc));
+		return;
+	}
+	if ((rc = cluster_set_placement(b->c, np)) != 0) {
+		log_warn("balance: borrowed copy refused: %s", epmoe_strerror(rc));
+		return;
+	}
+	pthread_mutex_lock(&b->mu);
+	b->st.borrows++;
+	b->st.borrow_evictions += st.evicted_layer >= 0;
+	b->st.moved_copies++;
+	b->st.moved_bytes += b->expert_bytes;
+	pthread_mutex_unlock(&b->mu);
+	if (st.evicted_layer >= 0)
+		log_info("balance: LLEP borrows layer %d expert %d from worker %d onto worker %d (dropping its least recently used borrowed expert, layer %d expert %d)",
+		        st.layer, st.expert, st.from, st.to, st.evicted_layer, st.evicted_expert);
+	else
+		log_info("balance: LLEP borrows layer %d expert %d from worker %d onto worker %d",
+		        st.layer, st.expert, st.from, st.to);
 }
 
 /* Interval check (engine thread, lock not held): EPLB on the window. */
@@ -205,6 +258,10 @@ check(struct bal *b)
 	b->st.ratio = before;
 	memcpy(b->wl, wl, (W < b->n_wl ? W : b->n_wl) * sizeof(double));
 	pthread_mutex_unlock(&b->mu);
+	if (b->bw && before > b->cfg.llep_lambda && M > 1) {
+		lend(b, cur, w, in);
+		goto out;
+	}
 	if (!(b->cfg.mode & BAL_EPLB) || before <= b->cfg.threshold || W == 0)
 		goto out;
 	cluster_failover(b->c, &fo);
@@ -340,6 +397,8 @@ bal_json(struct bal *b)
 		cJSON_AddNumberToObject(s, "eplb_threshold", b->cfg.threshold);
 		cJSON_AddNumberToObject(s, "redundant_slots", b->R);
 		cJSON_AddNumberToObject(s, "hosts", b->cfg.hosts);
+		cJSON_AddNumberToObject(s, "llep_lambda", b->cfg.llep_lambda);
+		cJSON_AddNumberToObject(s, "llep_cache", b->bw ? b->cfg.llep_cache : 0);
 	}
 	cJSON_AddNumberToObject(j, "steps", (double)b->st.steps);
 	cJSON_AddNumberToObject(j, "window_filled", b->filled);
@@ -347,6 +406,9 @@ bal_json(struct bal *b)
 	cJSON_AddNumberToObject(j, "replacements", (double)b->st.replacements);
 	cJSON_AddNumberToObject(j, "moved_copies", (double)b->st.moved_copies);
 	cJSON_AddNumberToObject(j, "moved_bytes", (double)b->st.moved_bytes);
+	cJSON_AddNumberToObject(j, "borrows", (double)b->st.borrows);
+	cJSON_AddNumberToObject(j, "borrow_evictions", (double)b->st.borrow_evictions);
+	cJSON_AddNumberToObject(j, "borrowed", b->st.borrowed);
 	cJSON_AddNumberToObject(j, "worker_max_mean", b->st.ratio);
 	cJSON_AddNumberToObject(j, "last_plan_before", b->st.last_before);
 	cJSON_AddNumberToObject(j, "last_plan_after", b->st.last_after);

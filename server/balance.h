@@ -8,7 +8,9 @@
  * epoch protocol (migrate.h): workers stage the new copies while serving,
  * layers commit at a step boundary, old copies retire after their last
  * batch.  It never waits on a worker.  LLEP (per-step spill) is the
- * dispatcher's (dispatch.h, llep.h); this module only carries its mode.
+ * dispatcher's (dispatch.h, llep.h); with `llep` alone this module also
+ * borrows copies for it to spill to when a skew persists (borrow.h),
+ * handed to the cluster the same way.
  *
  * Thread safety: bal_observe on the engine thread; bal_json, bal_export
  * from any thread (one internal lock).
@@ -41,6 +43,8 @@ struct bal_cfg {
 	uint64_t replica_ram_mb; /* budget for redundant slots (all layers) */
 	uint32_t hosts;        /* nodes (hierarchical EPLB); 0 = 1 */
 	const char *record_path; /* --record-routing: per-step counts, or NULL */
+	double llep_lambda;    /* LLEP's trigger; 0 = 1.3 */
+	uint32_t llep_cache;   /* borrowed copies per worker (llep alone); 0 = none */
 	struct dash *dash;     /* the live view's decisions log, or NULL */
 };
 
@@ -70,6 +74,9 @@ struct bal_stats {
 	uint64_t replacements;    /* plans handed to the cluster */
 	uint64_t moved_copies;    /* (layer, expert, worker) copies loaded */
 	uint64_t moved_bytes;
+	uint64_t borrows;         /* experts borrowed for LLEP (loads) */
+	uint64_t borrow_evictions; /* borrowed copies dropped to make room */
+	uint32_t borrowed;        /* borrowed copies held now */
 	double ratio;             /* window worker max/mean, committed map */
 	double last_before, last_after; /* of the last plan (predicted) */
 };

@@ -134,6 +134,10 @@ usage(FILE *f)
 	        "                           (default 1.3; env EPMOE_LLEP_LAMBDA)\n"
 	        "      --llep-alpha N       LLEP caps a worker at N x mean (default 1.0;\n"
 	        "                           env EPMOE_LLEP_ALPHA)\n"
+	        "      --llep-cache N       with --balance llep: experts each worker may\n"
+	        "                           borrow for LLEP to spill to when a skew\n"
+	        "                           persists, least recently used dropped first\n"
+	        "                           (default 2, 0 = none; env EPMOE_LLEP_CACHE)\n"
 	        "      --llep-min-chunk N   smallest spilled token chunk (default 4;\n"
 	        "                           env EPMOE_LLEP_MIN_CHUNK)\n"
 	        "      --drain-timeout-s N  on SIGTERM, refuse new requests and finish the\n"
@@ -227,6 +231,7 @@ static const struct envarg env_table[] = {
 	{ "redundant-slots", "EPMOE_REDUNDANT_SLOTS", false, false },
 	{ "replica-ram-mb", "EPMOE_REPLICA_RAM_MB", false, false },
 	{ "replica-dtype", "EPMOE_REPLICA_DTYPE", false, false },
+	{ "llep-cache", "EPMOE_LLEP_CACHE", false, false },
 	{ "hosts", "EPMOE_HOSTS", false, false },
 	{ "llep-lambda", "EPMOE_LLEP_LAMBDA", false, false },
 	{ "record-routing", "EPMOE_RECORD_ROUTING", false, false },
@@ -360,6 +365,7 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print,
 		{ "llep-min-chunk", required_argument, NULL, 1209 },
 		{ "record-routing", required_argument, NULL, 1210 },
 		{ "replica-dtype", required_argument, NULL, 1211 },
+		{ "llep-cache", required_argument, NULL, 1212 },
 		{ "elastic", required_argument, NULL, 1220 },
 		{ "max-workers", required_argument, NULL, 1221 },
 		{ "print-config", no_argument, NULL, 'p' },
@@ -397,6 +403,7 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print,
 	c->balance = BAL_ALL;
 	c->elastic = true;
 	c->redundant_slots = -1;
+	c->llep_cache = 2;
 	c->drain_timeout_s = 30;
 	sched_cfg_default(&c->sched);
 	while ((o = getopt_long(argc, argv, "m:w:t:c:h", opts, NULL)) != -1) {
@@ -628,6 +635,11 @@ parse_args(int argc, char **argv, struct router_cfg *c, bool *print,
 			c->llep_min_chunk = (uint32_t)v;
 			break;
 		case 1210: c->record_routing = optarg; break;
+		case 1212:
+			if (num("--llep-cache", optarg, 0, 1024, &v))
+				return -1;
+			c->llep_cache = (uint32_t)v;
+			break;
 		case 1211:
 			if (strcmp(optarg, "q8_0") == 0 || strcmp(optarg, "Q8_0") == 0) {
 				c->replica_q8 = true;

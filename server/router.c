@@ -252,6 +252,7 @@ start_balancer(struct router *r)
 		.interval = r->cfg.eplb_interval, .threshold = r->cfg.eplb_threshold,
 		.redundant = r->cfg.redundant_slots, .replica_ram_mb = r->cfg.replica_ram_mb,
 		.hosts = r->cfg.hosts, .record_path = r->cfg.record_routing,
+		.llep_lambda = r->cfg.llep_lambda, .llep_cache = r->cfg.llep_cache,
 		.dash = r->dash };
 	/* the replica budget buys copies at the size replicas are held */
 	uint64_t eb = expert_bytes(r->model, r->cfg.replica_q8 && r->cluster);

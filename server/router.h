@@ -67,6 +67,7 @@ struct router_cfg {
 	int32_t redundant_slots;     /* -1: from replica_ram_mb */
 	uint64_t replica_ram_mb;
 	bool replica_q8;             /* --replica-dtype q8_0 */
+	uint32_t llep_cache;         /* --llep-cache (main: default 2) */
 	const char *record_routing;  /* per-step routing trace file */
 	uint32_t drain_timeout_s; /* SIGTERM: finish requests for up to this */
 	struct sched_cfg sched;

@@ -53,7 +53,8 @@ struct stats {
 	struct metrics_series **s_expert_tokens; /* [L * E] */
 	/* balancer */
 	struct metrics_family *f_ewma, *f_wwin, *f_wout;
-	struct metrics_series *b_ratio, *b_repl, *b_moved, *b_checks;
+	struct metrics_series *b_ratio, *b_repl, *b_moved, *b_checks, *b_borrows,
+	        *b_borrowed;
 	/* failover (distributed mode only) */
 	struct metrics_series *fo_fenced[6], *fo_redisp, *fo_redisp_pairs,
 	        *fo_batch_fail, *fo_hedges, *fo_hedges_won, *fo_abandoned, *fo_stale,
@@ -610,6 +611,10 @@ register_balance(struct stats *st)
 	    "Re-placements handed to the epoch protocol");
 	REG(counter, st->b_moved, "epmoe_balance_moved_bytes_total",
 	    "Expert weight bytes loaded by re-placements");
+	REG(counter, st->b_borrows, "epmoe_balance_borrows_total",
+	    "Experts borrowed for LLEP to spill to (--balance llep, --llep-cache)");
+	REG(gauge, st->b_borrowed, "epmoe_balance_borrowed_copies",
+	    "Borrowed expert copies held now");
 	return 0;
 }
 
@@ -634,6 +639,8 @@ export_balance(struct stats *st)
 	counter_to(st->b_checks, (double)bs.checks);
 	counter_to(st->b_repl, (double)bs.replacements);
 	counter_to(st->b_moved, (double)bs.moved_bytes);
+	counter_to(st->b_borrows, (double)bs.borrows);
+	metrics_set(st->b_borrowed, bs.borrowed);
 	if ((ew = malloc(le * sizeof(*ew))) != NULL) {
 		bal_loads(r->bal, NULL, ew);
 		for (uint32_t l = 0; l < hp->n_layer; l++)

@@ -78,12 +78,12 @@ printf '%-6s %9s %10s %10s %10s %8s %10s %7s %12s\n' mode "max/mean" "decode" "v
 printf '%-6s %9s %10s %10s %10s %8s %10s %7s %12s\n' "" "tokens" "tok/s" "" "ms" "" "MiB" "" "steady (n)"
 base=
 q8note=
-for mode in off eplb llep all all+q8; do
+for row in off eplb llep all all+q8; do
 	extra=""
-	[ $mode = off ] && extra="--record-routing $TMP/trace.txt"
-	[ $mode = all+q8 ] && extra="--replica-dtype q8_0"
+	[ $row = off ] && extra="--record-routing $TMP/trace.txt"
+	[ $row = all+q8 ] && extra="--replica-dtype q8_0"
 	# shellcheck disable=SC2086
-	serve ${mode%+q8} $extra
+	serve ${row%+q8} $extra
 	# a warm-up round gives EPLB its window, the measured round runs on it
 	"$BIN" bench server -s "$HURL" -c 16 -N 32 --max-tokens 48 --prompt-tokens 16 -q >/dev/null 2>&1 || true
 	"$BIN" bench server -s "$HURL" -c 16 -N $N --max-tokens 48 --prompt-tokens 16 --json - -q \
@@ -101,10 +101,10 @@ print("%s %s %s" % (b.get("output_throughput", 0), b.get("p99_itl_ms") or 0, b.g
 	tps=$1 p99=$2 failed=$3
 	set -- $(worker_ratio)
 	[ -n "$base" ] || base=$tps
-	printf '%-6s %9s %10.1f %10s %10.1f %8s %10s %7s %12s\n' $mode "$1" "$tps" \
+	printf '%-6s %9s %10.1f %10s %10.1f %8s %10s %7s %12s\n' $row "$1" "$tps" \
 		"$(awk -v a="$tps" -v b="$base" 'BEGIN { printf "x%.2f", a / b }')" "$p99" "$2" "$3" \
 		"$failed" "$4"
-	[ $mode = all+q8 ] && q8note=$(curl -s "$HURL/v1/stats" | python3 -c '
+	[ $row = all+q8 ] && q8note=$(curl -s "$HURL/v1/stats" | python3 -c '
 import json, sys
 w = json.load(sys.stdin)["workers"]
 r = [x["reported"] for x in w["workers"]]

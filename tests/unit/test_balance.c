@@ -5,7 +5,9 @@
  * copies, commits, retires) and LLEP splits hot groups over the copies:
  * no request fails and every stream's text equals a --balance off run of
  * the same requests.  /v1/stats and /metrics show the load statistics
- * and the re-placements.  Every wait is bounded. */
+ * and the re-placements.  With --balance llep alone, LLEP borrows copies
+ * of hot experts to spill to (--llep-cache) and the outputs stay the
+ * same.  Every wait is bounded. */
 #include <cJSON.h>
 #include <math.h>
 #include <pthread.h>
@@ -115,6 +117,9 @@ START_TEST(replacement_under_load_fails_nothing_and_changes_no_token)
 	const char *all[] = { "--workers", "4", "--threads", "1", "--balance", "all",
 		"--redundant-slots", "4", "--eplb-interval", "4", "--eplb-window", "8",
 		"--eplb-threshold", "1.0", "--llep-lambda", "1.0", "--llep-min-chunk", "1", NULL };
+	const char *llep[] = { "--workers", "4", "--threads", "1", "--balance", "llep",
+		"--llep-cache", "2", "--eplb-interval", "4", "--eplb-window", "8",
+		"--llep-lambda", "1.0", "--llep-min-chunk", "1", NULL };
 	char *want[N_STREAMS], *got[N_STREAMS];
 	cJSON *j, *b;
 	double repl = 0;
@@ -185,6 +190,26 @@ START_TEST(replacement_under_load_fails_nothing_and_changes_no_token)
 		free(resp);
 	}
 	stop();
+
+	/* LLEP alone borrows copies to spill to; outputs stay the same */
+	start(llep);
+	for (int round = 0; round < 2; round++) {
+		run_streams(got);
+		for (int i = 0; i < N_STREAMS; i++) {
+			ck_assert_msg(strcmp(got[i], want[i]) == 0,
+			        "llep round %d stream %d differs:\n%s\nvs off:\n%s", round, i,
+			        got[i], want[i]);
+			free(got[i]);
+		}
+	}
+	j = get_stats();
+	b = cJSON_GetObjectItem(j, "balance");
+	ck_assert_msg(num(b, "borrows") >= 1, "nothing borrowed: %s", cJSON_PrintUnformatted(b));
+	ck_assert_double_le(num(b, "borrowed"), 4 * 2);
+	ck_assert_double_eq(num(cJSON_GetObjectItem(b, "settings"), "llep_cache"), 2);
+	ck_assert_double_eq(num(cJSON_GetObjectItem(j, "scheduler"), "requests_failed"), 0);
+	cJSON_Delete(j);
+	stop();
 	for (int i = 0; i < N_STREAMS; i++)
 		free(want[i]);
 }
@@ -193,9 +218,10 @@ END_TEST
 START_TEST(bad_balance_flags_are_refused)
 {
 	const char *bad[][3] = { { "--balance", "sometimes", NULL },
-		{ "--eplb-threshold", "0.5", NULL }, { "--redundant-slots", "-1", NULL } };
+		{ "--eplb-threshold", "0.5", NULL }, { "--redundant-slots", "-1", NULL },
+		{ "--llep-cache", "-1", NULL }, { "--replica-dtype", "q4_0", NULL } };
 
-	for (int i = 0; i < 3; i++) {
+	for (int i = 0; i < 5; i++) {
 		char cmd[512];
 		snprintf(cmd, sizeof(cmd), "%s --model %s %s %s 2>/dev/null",
 		        tu_bin("epmoe-router"), tu_data(MODEL), bad[i][0], bad[i][1]);

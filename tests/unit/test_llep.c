@@ -4,13 +4,16 @@
  * helpers by a linear scan); every token of every expert assigned exactly
  * once, in order; spills only to holders; no chunk below m_min unless it
  * is an expert's last; no worker above alpha x mean unless all holders
- * are full; skipped (everything native) when max/mean < lambda. */
+ * are full; skipped (everything native) when max/mean < lambda.  And the
+ * cache of borrowed experts LLEP spills to without replicas (borrow.h). */
 #include <check.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "borrow.h"
 #include "err.h"
 #include "llep.h"
+#include "placement.h"
 #include "rng.h"
 #include "testutil.h"
 
@@ -199,6 +202,68 @@ START_TEST(a_hot_expert_spills_to_its_copies_down_to_the_cap)
 }
 END_TEST
 
+/* LLEP's cache of borrowed experts (server/borrow.h): a persisting skew
+ * borrows the busiest worker's hottest expert onto the least-loaded live
+ * worker, as an extra copy; a balanced load borrows nothing; a worker at
+ * its cap drops its least recently used loan; non-members never get one. */
+START_TEST(a_persisting_skew_borrows_the_hot_expert_and_a_full_worker_drops_its_lru)
+{
+	enum { E = 8, W = 4 };
+	struct placement *cur, *np, *np2;
+	struct borrow *bw;
+	struct borrow_step st;
+	double w[E] = { 100, 10, 10, 10, 10, 10, 10, 10 }, flat[E];
+	bool in[W] = { true, true, true, true };
+
+	for (int e = 0; e < E; e++)
+		flat[e] = 10;
+	ck_assert_int_eq(placement_contiguous(&cur, 1, E, W), 0);
+	ck_assert_int_eq(borrow_new(&bw, W, 1), 0);
+	/* balanced: nothing */
+	ck_assert_int_eq(borrow_plan(bw, cur, flat, NULL, 1.3, 1, &np, &st), 0);
+	ck_assert_ptr_null(np);
+	ck_assert_int_eq(st.layer, -1);
+	/* expert 0 (worker 0) hot: a copy on worker 1, the first least loaded */
+	ck_assert_int_eq(borrow_plan(bw, cur, w, in, 1.3, 2, &np, &st), 0);
+	ck_assert_ptr_nonnull(np);
+	ck_assert_int_eq(st.expert, 0);
+	ck_assert_int_eq(st.from, 0);
+	ck_assert_int_eq(st.to, 1);
+	ck_assert_int_eq(st.evicted_layer, -1);
+	ck_assert_uint_eq(placement_expert_copies(np, 0, 0), 2);
+	ck_assert(placement_has(np, 0, 0, 0) && placement_has(np, 0, 0, 1));
+	ck_assert_uint_eq(borrow_count(bw), 1);
+	/* now expert 4 (worker 2) is hot and worker 1 the least loaded: at
+	 * its cap of 1 it drops expert 0's copy (no longer hot) for it */
+	double w2[E] = { 10, 30, 10, 10, 100, 10, 20, 20 };
+	ck_assert_int_eq(borrow_plan(bw, np, w2, in, 1.3, 3, &np2, &st), 0);
+	ck_assert_ptr_nonnull(np2);
+	ck_assert_int_eq(st.expert, 4);
+	ck_assert_int_eq(st.from, 2);
+	ck_assert_int_eq(st.to, 1);
+	ck_assert_int_eq(st.evicted_expert, 0);
+	ck_assert_uint_eq(placement_expert_copies(np2, 0, 0), 1);
+	ck_assert(placement_has(np2, 0, 0, 0));
+	ck_assert(placement_has(np2, 0, 4, 2) && placement_has(np2, 0, 4, 1));
+	/* the expert's own copy stays first */
+	ck_assert_int_eq(placement_slot_worker(np2, 0,
+	        (uint32_t)placement_expert_slot(np2, 0, 4, 0)), 2);
+	ck_assert_uint_eq(borrow_count(bw), 1);
+	placement_free(np2);
+	/* worker 1 not a member: the copy goes to the least loaded member,
+	 * worker 0 (35 against 40 on worker 3) */
+	in[1] = false;
+	ck_assert_int_eq(borrow_plan(bw, np, w2, in, 1.3, 4, &np2, &st), 0);
+	ck_assert_ptr_nonnull(np2);
+	ck_assert_int_eq(st.to, 0);
+	ck_assert(!placement_has(np2, 0, 4, 1));
+	placement_free(np2);
+	placement_free(np);
+	placement_free(cur);
+	borrow_free(bw);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -207,6 +272,7 @@ main(void)
 
 	tcase_add_test(t, plans_equal_the_naive_reference_on_random_loads);
 	tcase_add_test(t, a_hot_expert_spills_to_its_copies_down_to_the_cap);
+	tcase_add_test(t, a_persisting_skew_borrows_the_hot_expert_and_a_full_worker_drops_its_lru);
 	suite_add_tcase(s, t);
 	return tu_run(s);
 }
