@@ -68,7 +68,8 @@ t = [w["tokens"] for w in j["workers"]["workers"]]
 b = j["balance"]
 ip = b.get("itl_by_placement", {})
 r = ip.get("p99_ratio")
-print("%.3f %d %.1f %s" % (max(t) * len(t) / max(1, sum(t)), b["replacements"], b["moved_bytes"] / 1048576,
+repl = "%d" % b["replacements"] + ("+%db" % b["borrows"] if b.get("borrows") else "")
+print("%.3f %s %.1f %s" % (max(t) * len(t) / max(1, sum(t)), repl, b["moved_bytes"] / 1048576,
       "%.2f(%d)" % (r, ip["replacing"]["tokens"]) if r is not None else "-"))'
 }
 
@@ -114,7 +115,8 @@ print("%d Q8_0 copies (%.1f MiB) served %.1f%% of the expert rows" % (w["quantiz
 	stop
 done
 echo "(all+q8: $q8note;"
-echo " max/mean: the workers' token counts over both rounds; llep alone has no copies to spill to;"
+echo " max/mean: the workers' token counts over both rounds; replace: re-placements, +Nb experts"
+echo " llep alone borrowed to spill to (--llep-cache 2);"
 echo " p99 repl / steady: the router's inter-token p99 while a re-placement was in flight over its p99"
 echo " otherwise, over both rounds, with the number of token gaps in re-placements; target <= 1.25)"
 echo

@@ -3,7 +3,8 @@
 # router's host at 0.4 CPU, a Zipf-skewed model (epmoe mkmodel --gate-skew
 # zipf:1.2, 16 experts top-2 carrying most of the work), 16 concurrent
 # greedy streams; --balance off / eplb / llep / all with 4 redundant slots
-# a layer.  Per mode, over a warm-up round and a measured round: the
+# a layer, and all with the replicas held as Q8_0 (all+q8,
+# --replica-dtype q8_0).  Per mode, over a warm-up round and a measured round: the
 # workers' token load max/mean (the router's per-worker counts), decode
 # throughput as a ratio to off (same run), inter-token latency p99,
 # re-placements and the weight bytes they loaded, failed requests, and the
@@ -24,12 +25,15 @@ fi
 
 tb_up 4 --cpu 0.4 --router-cpu 0.4
 echo "== balancer on the testbed: 4 workers at 0.4 CPU, router at 0.4 CPU, $(basename "$MODEL"), 16 streams x 32 tokens"
-printf '%-5s %10s %10s %8s %10s %8s %10s %7s %12s\n' mode "max/mean" "decode" "vs off" "itl p99" replace "moved" failed "p99 repl /"
-printf '%-5s %10s %10s %8s %10s %8s %10s %7s %12s\n' "" "tokens" "tok/s" "" "ms" "" "MiB" "" "steady (n)"
+printf '%-6s %9s %10s %8s %10s %8s %10s %7s %12s\n' mode "max/mean" "decode" "vs off" "itl p99" replace "moved" failed "p99 repl /"
+printf '%-6s %9s %10s %8s %10s %8s %10s %7s %12s\n' "" "tokens" "tok/s" "" "ms" "" "MiB" "" "steady (n)"
 base=
-for mode in off eplb llep all; do
+for mode in off eplb llep all all+q8; do
 	: >"$TMPD/router.log"
-	tb_router 4 --balance $mode --redundant-slots 4 --eplb-interval 16 --eplb-window 64
+	q8=
+	[ $mode = all+q8 ] && q8="--replica-dtype q8_0"
+	# shellcheck disable=SC2086
+	tb_router 4 --balance ${mode%+q8} --redundant-slots 4 --eplb-interval 16 --eplb-window 64 $q8
 	for i in 1 2 3 4; do tb_worker $i; done
 	tb_ready 90 >/dev/null || fail "$mode: not ready"
 	$TB client "$B/epmoe" bench server --server "$URL" --concurrency 16 --requests 16 \
@@ -46,13 +50,14 @@ t = [w["tokens"] for w in j["workers"]["workers"]]
 bal = j["balance"]
 ip = bal.get("itl_by_placement", {})
 r = ip.get("p99_ratio")
-print("%.3f %.1f %.1f %d %.1f %d %s" % (max(t) * len(t) / max(1, sum(t)), b["output_throughput"],
-      b["p99_itl_ms"] or 0, bal["replacements"], bal["moved_bytes"] / 1048576, b["failed"],
+repl = "%d" % bal["replacements"] + ("+%db" % bal["borrows"] if bal.get("borrows") else "")
+print("%.3f %.1f %.1f %s %.1f %d %s" % (max(t) * len(t) / max(1, sum(t)), b["output_throughput"],
+      b["p99_itl_ms"] or 0, repl, bal["moved_bytes"] / 1048576, b["failed"],
       "%.2f(%d)" % (r, ip["replacing"]["tokens"]) if r is not None else "-"))
 PY
 )
 	[ -n "$base" ] || base=$2
-	printf '%-5s %10s %10s %8s %10s %8s %10s %7s %12s\n' $mode "$1" "$2" \
+	printf '%-6s %9s %10s %8s %10s %8s %10s %7s %12s\n' $mode "$1" "$2" \
 		"$(awk -v a="$2" -v b="$base" 'BEGIN { printf "x%.2f", a / b }')" "$3" "$4" "$5" "$6" "$7"
 	kill -TERM "$RPID" 2>/dev/null
 	for i in 1 2 3 4; do eval "kill -TERM \$WPID_$i" 2>/dev/null; done
