@@ -113,7 +113,7 @@ usage(FILE *f)
 	        "      --replica-ram-mb N   RAM for replicas over all layers, used when no\n"
 	        "                           redundant slot count is given (default 0;\n"
 	        "                           env EPMOE_REPLICA_RAM_MB)\n"
-	        "      --replica-dtype T    model (default: replicas are exact copies) or\n"
+	        "      --replica-dtype DT   model (default: replicas are exact copies) or\n"
 	        "                           q8_0 (Replicate-and-Quantize: every copy of an\n"
 	        "                           expert after its first is held as Q8_0, about\n"
 	        "                           half the RAM of F16; tokens served by a replica\n"

@@ -61,6 +61,7 @@ check_env_table() {
 		L) val=warn ;;
 		MODE) if [ "$flag" = balance ]; then val=all; else val=dynamic; fi ;;
 		T) val=f16 ;;   # --kv-type
+		DT) val=q8_0 ;; # --replica-dtype
 		SPEC) val=all ;;
 		-) val=1 ;;
 		*) val=x ;;

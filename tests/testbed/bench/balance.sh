@@ -10,11 +10,15 @@
 # re-placements and the weight bytes they loaded, failed requests, and the
 # router's inter-token p99 while a re-placement was in flight over its p99
 # otherwise (balance.itl_by_placement; target <= 1.25), with how many
-# token gaps fell in a re-placement.
+# token gaps fell in a re-placement.  TB_BALANCE_CPU and
+# TB_BALANCE_ROUTER_CPU change the quotas (default 0.4 and 0.4),
+# TB_BALANCE_REQUESTS the measured requests, EPMOE_TESTBED_MODEL the model.
 TEST_NAME=tb_balance
 top=$(cd "$(dirname "$0")/../../.." && pwd)
 . "$(dirname "$0")/../testbed.inc"
 REQ=${TB_BALANCE_REQUESTS:-32}
+CPU=${TB_BALANCE_CPU:-0.4}
+RCPU=${TB_BALANCE_ROUTER_CPU:-0.4}
 if [ -z "${EPMOE_TESTBED_MODEL:-}" ]; then
 	MODEL=$top/${EPMOE_BUILD:-build}/models/balance-zipf-1.2-ff4096.gguf
 	mkdir -p "$(dirname "$MODEL")" || fail "mkdir $(dirname "$MODEL")"
@@ -23,8 +27,8 @@ if [ -z "${EPMOE_TESTBED_MODEL:-}" ]; then
 		-q || fail "mkmodel"
 fi
 
-tb_up 4 --cpu 0.4 --router-cpu 0.4
-echo "== balancer on the testbed: 4 workers at 0.4 CPU, router at 0.4 CPU, $(basename "$MODEL"), 16 streams x 32 tokens"
+tb_up 4 --cpu "$CPU" --router-cpu "$RCPU"
+echo "== balancer on the testbed: 4 workers at $CPU CPU, router at $RCPU CPU, $(basename "$MODEL"), 16 streams x 32 tokens"
 printf '%-6s %9s %10s %8s %10s %8s %10s %7s %12s\n' mode "max/mean" "decode" "vs off" "itl p99" replace "moved" failed "p99 repl /"
 printf '%-6s %9s %10s %8s %10s %8s %10s %7s %12s\n' "" "tokens" "tok/s" "" "ms" "" "MiB" "" "steady (n)"
 base=
