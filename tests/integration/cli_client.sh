@@ -7,7 +7,9 @@
 #   - `epmoe chat` scripted through stdin: two turns, history kept (the
 #     second turn's prompt is longer), /reset and /quit;
 #   - `epmoe bench server`, 8 concurrent streaming requests x 16, with
-#     zero errors and its statistics printed (table and JSON).
+#     zero errors and its statistics printed (table and JSON);
+#   - `epmoe perplexity --url` gives the in-process perplexity (1e-4), and
+#     exits 1 naming the server it cannot reach.
 TEST_NAME=cli_client
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/router.inc"
@@ -123,6 +125,18 @@ for url in "$HTTP_URL" "$NNG_URL"; do
 		fail "bench over $url: $(cat "$TMPD/bench.json")"
 done
 note "bench server: 16 requests at concurrency 8, zero errors, over both transports"
+
+# ---- perplexity --url: the server scores what the process scores ----
+printf 'In the beginning God created the heaven and the earth. And the earth was without form, and void; and darkness was upon the face of the deep.\n' >"$TMPD/ppl.txt"
+run 120 "$EPMOE" perplexity --model "$MODEL" --file "$TMPD/ppl.txt" --ctx 16 --threads 1 \
+	--json >"$TMPD/ppl-local.json" 2>"$TMPD/ppl.err" || { cat "$TMPD/ppl.err" >&2; fail "perplexity in process"; }
+run 120 "$EPMOE" perplexity --model "$MODEL" --file "$TMPD/ppl.txt" --ctx 16 --url "$HTTP_URL" \
+	--json >"$TMPD/ppl-url.json" 2>"$TMPD/ppl.err" || { cat "$TMPD/ppl.err" >&2; fail "perplexity --url"; }
+json_check "$TMPD/ppl-url.json" "(() => { const l = JSON.parse(fs.readFileSync('$TMPD/ppl-local.json', 'utf8')); return j.tokens === l.tokens && j.windows === l.windows && j.windows > 1 && Math.abs(j.perplexity / l.perplexity - 1) < 1e-4; })()" ||
+	fail "perplexity --url $(cat "$TMPD/ppl-url.json") differs from in process $(cat "$TMPD/ppl-local.json")"
+"$EPMOE" perplexity --model "$MODEL" --file "$TMPD/ppl.txt" --url http://127.0.0.1:1 >/dev/null 2>"$TMPD/ppl.err"
+[ $? -eq 1 ] && grep -q "127.0.0.1:1" "$TMPD/ppl.err" || fail "perplexity --url to a closed port: $(cat "$TMPD/ppl.err")"
+note "perplexity --url: $(sed -n 's/.*"perplexity":\([0-9.]*\).*/\1/p' "$TMPD/ppl-url.json") over $(sed -n 's/.*"tokens":\([0-9]*\).*/\1/p' "$TMPD/ppl-url.json") tokens, as in process"
 
 router_stop
 echo "$TEST_NAME: ok"
