@@ -105,6 +105,7 @@ struct dispatch {
 	uint32_t n_msg, cap_msg;
 	struct cluster_peer *cp;
 	uint64_t *load;       /* [W] outstanding tokens, plus this call's */
+	uint32_t *served;     /* [W] pairs each worker computed in this call */
 	bool *bad;            /* [W] failed in this call */
 	bool *near;           /* [W] on the router's node */
 	uint32_t *cand_w;     /* [W] candidates of a pick */
@@ -1260,7 +1261,22 @@ call_wait(struct dispatch *ds)
 	}
 	combine(ds, out);
 	t_end = clock_now_ns();
+	/* the layer waits for its busiest worker: pairs each one computed */
+	memset(ds->served, 0, ds->W * sizeof(*ds->served));
+	for (uint32_t g = 0; g < ds->n_grp; g++) {
+		const struct group *gr = &ds->grp[g];
+		if (gr->done_msg >= 0 && (uint32_t)gr->done_msg < ds->n_msg &&
+		        ds->msg[gr->done_msg]->worker < ds->W)
+			ds->served[ds->msg[gr->done_msg]->worker] += gr->n;
+	}
+	uint32_t busiest = 0, live = cluster_n_live(ds->c);
+	for (uint32_t w = 0; w < ds->W; w++)
+		busiest = ds->served[w] > busiest ? ds->served[w] : busiest;
 	pthread_mutex_lock(&ds->smu);
+	if (live > 0 && n_pairs > 0) {
+		ds->st.busiest_pairs += busiest;
+		ds->st.mean_pairs += (double)n_pairs / live;
+	}
 	{
 		/* everything between packing and combining is waiting on
 		 * the workers: transport and their compute (with two
@@ -1422,6 +1438,7 @@ dispatch_free(struct moe_backend *be)
 	free(ds->msg);
 	free(ds->cp);
 	free(ds->load);
+	free(ds->served);
 	free(ds->bad);
 	free(ds->near);
 	free(ds->cand_w);
@@ -1490,6 +1507,7 @@ dispatch_make(struct dispatch **out, struct cluster *c,
 	replica_init(&ds->rc, ds->cfg.replica, ds->cfg.replica_seed);
 	ds->cp = calloc(ds->W, sizeof(*ds->cp));
 	ds->load = calloc(ds->W, sizeof(*ds->load));
+	ds->served = calloc(ds->W, sizeof(*ds->served));
 	ds->bad = calloc(ds->W, sizeof(*ds->bad));
 	ds->near = calloc(ds->W, sizeof(*ds->near));
 	ds->cand_w = calloc(ds->W, sizeof(*ds->cand_w));
@@ -1502,7 +1520,7 @@ dispatch_make(struct dispatch **out, struct cluster *c,
 	ds->l_chunks = calloc(2 * (size_t)m->hp.n_expert * ds->W, sizeof(*ds->l_chunks));
 	ds->l_old = calloc(m->hp.n_expert, sizeof(*ds->l_old));
 	ds->hint = calloc(m->hp.n_expert, sizeof(*ds->hint));
-	if (!ds->hint || !ds->cp || !ds->load || !ds->bad || !ds->cand_w || !ds->cand_s ||
+	if (!ds->hint || !ds->cp || !ds->load || !ds->served || !ds->bad || !ds->cand_w || !ds->cand_s ||
 	        !ds->ecount || !ds->near || !ds->l_load || !ds->l_native || !ds->l_grp ||
 	        !ds->l_holds || !ds->l_chunks || !ds->l_old) {
 		dispatch_free(&ds->be);
@@ -1548,6 +1566,8 @@ stats_add(struct dispatch_stats *a, const struct dispatch_stats *b)
 	a->llep_split_groups += b->llep_split_groups;
 	a->hinted_msgs += b->hinted_msgs;
 	a->hinted_experts += b->hinted_experts;
+	a->busiest_pairs += b->busiest_pairs;
+	a->mean_pairs += b->mean_pairs;
 	a->t_pack += b->t_pack;
 	a->t_wire += b->t_wire;
 	a->t_compute += b->t_compute;

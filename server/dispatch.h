@@ -100,6 +100,11 @@ struct dispatch_stats {
 	uint64_t llep_split_groups; /* extra token groups it made */
 	uint64_t hinted_msgs;    /* requests carrying a prefetch hint */
 	uint64_t hinted_experts; /* experts named in those hints, summed */
+	/* per successful layer call: pairs computed by its busiest worker,
+	 * and pairs over live workers; their ratio of sums is the measured
+	 * worker max/mean of the layer calls (what a layer waits for) */
+	uint64_t busiest_pairs;
+	double mean_pairs;
 	/* wall time of successful calls, seconds: total = pack + wire +
 	 * compute + combine.  pack: routing maps, protobuf headers, row
 	 * copies into the messages; compute: the slowest worker's reported

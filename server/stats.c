@@ -893,6 +893,8 @@ workers_json(struct router *r)
 	cJSON_AddNumberToObject(d, "unserved_tokens", (double)ds.unserved_tokens);
 	cJSON_AddNumberToObject(d, "llep_calls", (double)ds.llep_calls);
 	cJSON_AddNumberToObject(d, "llep_split_groups", (double)ds.llep_split_groups);
+	cJSON_AddNumberToObject(d, "layer_worker_max_mean",
+	        ds.mean_pairs > 0 ? (double)ds.busiest_pairs / ds.mean_pairs : 0.0);
 	return j;
 }
 

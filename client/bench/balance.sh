@@ -65,18 +65,19 @@ worker_ratio() {
 import json, sys
 j = json.load(sys.stdin)
 t = [w["tokens"] for w in j["workers"]["workers"]]
+lm = j["workers"]["dispatch"]["layer_worker_max_mean"]
 b = j["balance"]
 ip = b.get("itl_by_placement", {})
 r = ip.get("p99_ratio")
 repl = "%d" % b["replacements"] + ("+%db" % b["borrows"] if b.get("borrows") else "")
-print("%.3f %s %.1f %s" % (max(t) * len(t) / max(1, sum(t)), repl, b["moved_bytes"] / 1048576,
+print("%.2f/%.2f %s %.1f %s" % (lm, max(t) * len(t) / max(1, sum(t)), repl, b["moved_bytes"] / 1048576,
       "%.2f(%d)" % (r, ip["replacing"]["tokens"]) if r is not None else "-"))'
 }
 
 echo
 echo "== balancer: $M, 4 local workers, 16 concurrent streams x 48 tokens, 4 redundant slots a layer"
-printf '%-6s %9s %10s %10s %10s %8s %10s %7s %12s\n' mode "max/mean" "decode" "vs off" "itl p99" replace "moved" failed "p99 repl /"
-printf '%-6s %9s %10s %10s %10s %8s %10s %7s %12s\n' "" "tokens" "tok/s" "" "ms" "" "MiB" "" "steady (n)"
+printf '%-6s %11s %10s %10s %10s %8s %10s %7s %12s\n' mode "max/mean" "decode" "vs off" "itl p99" replace "moved" failed "p99 repl /"
+printf '%-6s %11s %10s %10s %10s %8s %10s %7s %12s\n' "" "layer/total" "tok/s" "" "ms" "" "MiB" "" "steady (n)"
 base=
 q8note=
 for row in off eplb llep all all+q8; do
@@ -102,7 +103,7 @@ print("%s %s %s" % (b.get("output_throughput", 0), b.get("p99_itl_ms") or 0, b.g
 	tps=$1 p99=$2 failed=$3
 	set -- $(worker_ratio)
 	[ -n "$base" ] || base=$tps
-	printf '%-6s %9s %10.1f %10s %10.1f %8s %10s %7s %12s\n' $row "$1" "$tps" \
+	printf '%-6s %11s %10.1f %10s %10.1f %8s %10s %7s %12s\n' $row "$1" "$tps" \
 		"$(awk -v a="$tps" -v b="$base" 'BEGIN { printf "x%.2f", a / b }')" "$p99" "$2" "$3" \
 		"$failed" "$4"
 	[ $row = all+q8 ] && q8note=$(curl -s "$HURL/v1/stats" | python3 -c '
@@ -115,7 +116,9 @@ print("%d Q8_0 copies (%.1f MiB) served %.1f%% of the expert rows" % (w["quantiz
 	stop
 done
 echo "(all+q8: $q8note;"
-echo " max/mean: the workers' token counts over both rounds; replace: re-placements, +Nb experts"
+echo " max/mean: layer = the busiest worker's (token, expert) pairs over the mean per layer call,"
+echo " summed (what a layer waits for); total = the workers' token counts over both rounds;"
+echo " replace: re-placements, +Nb experts"
 echo " llep alone borrowed to spill to (--llep-cache 2);"
 echo " p99 repl / steady: the router's inter-token p99 while a re-placement was in flight over its p99"
 echo " otherwise, over both rounds, with the number of token gaps in re-placements; target <= 1.25)"

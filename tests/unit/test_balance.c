@@ -160,6 +160,11 @@ START_TEST(replacement_under_load_fails_nothing_and_changes_no_token)
 	ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(b, "worker_window_load")), 4);
 	ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(b, "layers")), 2);
 	ck_assert_double_eq(num(cJSON_GetObjectItem(j, "scheduler"), "requests_failed"), 0);
+	/* the measured per-layer-call worker max/mean */
+	ck_assert_double_ge(num(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "workers"), "dispatch"),
+	        "layer_worker_max_mean"), 1.0);
+	ck_assert_double_le(num(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "workers"), "dispatch"),
+	        "layer_worker_max_mean"), 4.0);
 	/* LLEP split hot groups over the new copies */
 	ck_assert_double_gt(num(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "workers"), "dispatch"),
 	        "llep_split_groups"), 0);

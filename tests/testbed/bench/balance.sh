@@ -29,8 +29,8 @@ fi
 
 tb_up 4 --cpu "$CPU" --router-cpu "$RCPU"
 echo "== balancer on the testbed: 4 workers at $CPU CPU, router at $RCPU CPU, $(basename "$MODEL"), 16 streams x 32 tokens"
-printf '%-6s %9s %10s %8s %10s %8s %10s %7s %12s\n' mode "max/mean" "decode" "vs off" "itl p99" replace "moved" failed "p99 repl /"
-printf '%-6s %9s %10s %8s %10s %8s %10s %7s %12s\n' "" "tokens" "tok/s" "" "ms" "" "MiB" "" "steady (n)"
+printf '%-6s %11s %10s %8s %10s %8s %10s %7s %12s\n' mode "max/mean" "decode" "vs off" "itl p99" replace "moved" failed "p99 repl /"
+printf '%-6s %11s %10s %8s %10s %8s %10s %7s %12s\n' "" "layer/total" "tok/s" "" "ms" "" "MiB" "" "steady (n)"
 base=
 for mode in off eplb llep all all+q8; do
 	: >"$TMPD/router.log"
@@ -51,17 +51,18 @@ import json, sys
 b = json.load(open(sys.argv[1])); j = json.load(open(sys.argv[2]))
 b = b["points"][-1] if "points" in b else b  # the load generator's last point
 t = [w["tokens"] for w in j["workers"]["workers"]]
+lm = j["workers"]["dispatch"]["layer_worker_max_mean"]
 bal = j["balance"]
 ip = bal.get("itl_by_placement", {})
 r = ip.get("p99_ratio")
 repl = "%d" % bal["replacements"] + ("+%db" % bal["borrows"] if bal.get("borrows") else "")
-print("%.3f %.1f %.1f %s %.1f %d %s" % (max(t) * len(t) / max(1, sum(t)), b["output_throughput"],
+print("%.2f/%.2f %.1f %.1f %s %.1f %d %s" % (lm, max(t) * len(t) / max(1, sum(t)), b["output_throughput"],
       b["p99_itl_ms"] or 0, repl, bal["moved_bytes"] / 1048576, b["failed"],
       "%.2f(%d)" % (r, ip["replacing"]["tokens"]) if r is not None else "-"))
 PY
 )
 	[ -n "$base" ] || base=$2
-	printf '%-6s %9s %10s %8s %10s %8s %10s %7s %12s\n' $mode "$1" "$2" \
+	printf '%-6s %11s %10s %8s %10s %8s %10s %7s %12s\n' $mode "$1" "$2" \
 		"$(awk -v a="$2" -v b="$base" 'BEGIN { printf "x%.2f", a / b }')" "$3" "$4" "$5" "$6" "$7"
 	kill -TERM "$RPID" 2>/dev/null
 	for i in 1 2 3 4; do eval "kill -TERM \$WPID_$i" 2>/dev/null; done
