@@ -895,6 +895,8 @@ workers_json(struct router *r)
 	cJSON_AddNumberToObject(d, "llep_split_groups", (double)ds.llep_split_groups);
 	cJSON_AddNumberToObject(d, "layer_worker_max_mean",
 	        ds.mean_pairs > 0 ? (double)ds.busiest_pairs / ds.mean_pairs : 0.0);
+	cJSON_AddNumberToObject(d, "layer_busiest_pairs", (double)ds.busiest_pairs);
+	cJSON_AddNumberToObject(d, "layer_mean_pairs", ds.mean_pairs);
 	return j;
 }
 

@@ -64,14 +64,17 @@ worker_ratio() {
 	curl -s "$HURL/v1/stats" | python3 -c '
 import json, sys
 j = json.load(sys.stdin)
+w0 = json.load(open(sys.argv[1]))["workers"]["dispatch"]
+d = j["workers"]["dispatch"]
 t = [w["tokens"] for w in j["workers"]["workers"]]
-lm = j["workers"]["dispatch"]["layer_worker_max_mean"]
+# the measured round only: the warm-up ran before any re-placement
+lm = (d["layer_busiest_pairs"] - w0["layer_busiest_pairs"]) / max(1e-9, d["layer_mean_pairs"] - w0["layer_mean_pairs"])
 b = j["balance"]
 ip = b.get("itl_by_placement", {})
 r = ip.get("p99_ratio")
 repl = "%d" % b["replacements"] + ("+%db" % b["borrows"] if b.get("borrows") else "")
 print("%.2f/%.2f %s %.1f %s" % (lm, max(t) * len(t) / max(1, sum(t)), repl, b["moved_bytes"] / 1048576,
-      "%.2f(%d)" % (r, ip["replacing"]["tokens"]) if r is not None else "-"))'
+      "%.2f(%d)" % (r, ip["replacing"]["tokens"]) if r is not None else "-"))' "$TMP/warm.json"
 }
 
 echo
@@ -88,6 +91,7 @@ for row in off eplb llep all all+q8; do
 	serve ${row%+q8} $extra
 	# a warm-up round gives EPLB its window, the measured round runs on it
 	"$BIN" bench server -s "$HURL" -c 16 -N 32 --max-tokens 48 --prompt-tokens 16 -q >/dev/null 2>&1 || true
+	curl -s "$HURL/v1/stats" >"$TMP/warm.json"
 	"$BIN" bench server -s "$HURL" -c 16 -N $N --max-tokens 48 --prompt-tokens 16 --json - -q \
 		>"$TMP/b.json" 2>/dev/null || true
 	# the load generator's report: its last point's throughput, ITL p99
@@ -117,7 +121,7 @@ print("%d Q8_0 copies (%.1f MiB) served %.1f%% of the expert rows" % (w["quantiz
 done
 echo "(all+q8: $q8note;"
 echo " max/mean: layer = the busiest worker's (token, expert) pairs over the mean per layer call,"
-echo " summed (what a layer waits for); total = the workers' token counts over both rounds;"
+echo " summed (what a layer waits for), measured round; total = the workers' token counts over both rounds;"
 echo " replace: re-placements, +Nb experts"
 echo " llep alone borrowed to spill to (--llep-cache 2);"
 echo " p99 repl / steady: the router's inter-token p99 while a re-placement was in flight over its p99"

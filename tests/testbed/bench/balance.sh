@@ -5,7 +5,9 @@
 # greedy streams; --balance off / eplb / llep / all with 4 redundant slots
 # a layer, and all with the replicas held as Q8_0 (all+q8,
 # --replica-dtype q8_0).  Per mode, over a warm-up round and a measured round: the
-# workers' token load max/mean (the router's per-worker counts), decode
+# workers' token load max/mean (layer: the busiest worker's pairs over the
+# mean per layer call in the measured round; total: the per-worker counts
+# over both rounds), decode
 # throughput as a ratio to off (same run), inter-token latency p99,
 # re-placements and the weight bytes they loaded, failed requests, and the
 # router's inter-token p99 while a re-placement was in flight over its p99
@@ -42,16 +44,19 @@ for mode in off eplb llep all all+q8; do
 	tb_ready 90 >/dev/null || fail "$mode: not ready"
 	$TB client "$B/epmoe" bench server --server "$URL" --concurrency 16 --requests 16 \
 		--max-tokens 32 --prompt-tokens 16 --quiet >/dev/null 2>&1
+	tb_get /v1/stats >"$TMPD/warm.json" || fail "$mode: /v1/stats"
 	$TB client "$B/epmoe" bench server --server "$URL" --concurrency 16 --requests "$REQ" \
 		--max-tokens 32 --prompt-tokens 16 --quiet --json="$TMPD/b.json" >/dev/null 2>&1 ||
 		fail "$mode: epmoe bench server"
 	tb_get /v1/stats >"$TMPD/stats.json" || fail "$mode: /v1/stats"
-	set -- $(python3 - "$TMPD/b.json" "$TMPD/stats.json" <<'PY'
+	set -- $(python3 - "$TMPD/b.json" "$TMPD/stats.json" "$TMPD/warm.json" <<'PY'
 import json, sys
 b = json.load(open(sys.argv[1])); j = json.load(open(sys.argv[2]))
+w0 = json.load(open(sys.argv[3]))["workers"]["dispatch"]
 b = b["points"][-1] if "points" in b else b  # the load generator's last point
 t = [w["tokens"] for w in j["workers"]["workers"]]
-lm = j["workers"]["dispatch"]["layer_worker_max_mean"]
+d = j["workers"]["dispatch"]  # the measured round's layer calls only
+lm = (d["layer_busiest_pairs"] - w0["layer_busiest_pairs"]) / max(1e-9, d["layer_mean_pairs"] - w0["layer_mean_pairs"])
 bal = j["balance"]
 ip = bal.get("itl_by_placement", {})
 r = ip.get("p99_ratio")
