@@ -1269,9 +1269,12 @@ call_wait(struct dispatch *ds)
 		        ds->msg[gr->done_msg]->worker < ds->W)
 			ds->served[ds->msg[gr->done_msg]->worker] += gr->n;
 	}
-	uint32_t busiest = 0, live = cluster_n_live(ds->c);
-	for (uint32_t w = 0; w < ds->W; w++)
+	/* live: from the peers this call read (no second cluster lock) */
+	uint32_t busiest = 0, live = 0;
+	for (uint32_t w = 0; w < ds->W; w++) {
 		busiest = ds->served[w] > busiest ? ds->served[w] : busiest;
+		live += ds->cp[w].alive;
+	}
 	pthread_mutex_lock(&ds->smu);
 	if (live > 0 && n_pairs > 0) {
 		ds->st.busiest_pairs += busiest;
