@@ -50,54 +50,14 @@ borrow_count(const struct borrow *bw)
 	return bw->n;
 }
 
-/* The owner lists of p with room for one more copy per expert. */
-static int
-lists(const struct placement *p, uint32_t **cnt, int32_t **own, uint32_t *r_cap)
-{
-	size_t le = (size_t)p->n_layer * p->n_expert;
-
-	*r_cap = p->max_copies + 1;
-	*cnt = malloc(le * sizeof(**cnt));
-	*own = malloc(le * *r_cap * sizeof(**own));
-	if (*cnt == NULL || *own == NULL) {
-		free(*cnt);
-		free(*own);
-		return EPMOE_ENOMEM;
-	}
-	for (uint32_t l = 0; l < p->n_layer; l++) {
-		for (uint32_t e = 0; e < p->n_expert; e++) {
-			size_t i = (size_t)l * p->n_expert + e;
-			(*cnt)[i] = placement_expert_copies(p, l, e);
-			for (uint32_t r = 0; r < (*cnt)[i]; r++)
-				(*own)[i * *r_cap + r] = placement_slot_worker(p, l,
-				        (uint32_t)placement_expert_slot(p, l, e, r));
-		}
-	}
-	return 0;
-}
-
-/* Removes worker wk from expert i's owner list (if listed). */
-static void
-drop_owner(uint32_t *cnt, int32_t *own, uint32_t r_cap, size_t i, uint32_t wk)
-{
-	for (uint32_t r = 0; r < cnt[i]; r++) {
-		if (own[i * r_cap + r] != (int32_t)wk)
-			continue;
-		memmove(&own[i * r_cap + r], &own[i * r_cap + r + 1],
-		        (cnt[i] - r - 1) * sizeof(*own));
-		cnt[i]--;
-		return;
-	}
-}
-
 int
 borrow_plan(struct borrow *bw, const struct placement *cur, const double *w,
         const bool *in, double lambda, uint64_t now, struct placement **out,
         struct borrow_step *step)
 {
 	uint32_t L = cur->n_layer, E = cur->n_expert, W = cur->n_worker;
-	uint32_t *cnt = NULL, r_cap, best_l = 0, n_in = 0;
-	int32_t *own = NULL;
+	uint32_t best_l = 0, n_in = 0;
+	struct placement *mid = NULL;
 	double *lw = NULL, best_ratio = lambda;
 	int rc;
 
@@ -176,10 +136,6 @@ borrow_plan(struct borrow *bw, const struct placement *cur, const double *w,
 		/* worth it only if the copy's share does not just move the peak */
 		if (e_best < 0 || hi == lo || x[lo] + e_load / 2 >= x[hi])
 			goto done;
-		if ((rc = lists(cur, &cnt, &own, &r_cap)) != 0) {
-			free(lw);
-			return rc;
-		}
 		/* room on lo: its least recently used loan goes */
 		uint32_t held = 0;
 		int32_t lru = -1;
@@ -192,18 +148,20 @@ borrow_plan(struct borrow *bw, const struct placement *cur, const double *w,
 		}
 		if (held >= bw->cap && lru >= 0) {
 			struct loan *v = &bw->loans[lru];
-			size_t i = (size_t)v->layer * E + v->expert;
-			if (cnt[i] > 1) /* never the last copy */
-				drop_owner(cnt, own, r_cap, i, v->worker);
+			/* (EINVAL: its last copy, which is never dropped) */
+			rc = placement_copy_edit(&mid, cur, v->layer, v->expert, v->worker, false);
+			if (rc != 0 && rc != EPMOE_EINVAL) {
+				free(lw);
+				return rc;
+			}
 			step->evicted_layer = (int32_t)v->layer;
 			step->evicted_expert = (int32_t)v->expert;
 			*v = bw->loans[--bw->n];
 		}
-		size_t i = (size_t)best_l * E + (uint32_t)e_best;
-		own[i * r_cap + cnt[i]++] = lo;
-		if ((rc = placement_build(out, L, E, W, cnt, own, r_cap)) != 0) {
-			free(cnt);
-			free(own);
+		rc = placement_copy_edit(out, mid ? mid : cur, best_l, (uint32_t)e_best,
+		        (uint32_t)lo, true);
+		placement_free(mid);
+		if (rc != 0) {
 			free(lw);
 			return rc;
 		}
@@ -214,8 +172,6 @@ borrow_plan(struct borrow *bw, const struct placement *cur, const double *w,
 		step->to = lo;
 	}
 done:
-	free(cnt);
-	free(own);
 	free(lw);
 	return 0;
 }

@@ -615,6 +615,41 @@ placement_dup(struct placement **out, const struct placement *p)
 }
 
 int
+placement_copy_edit(struct placement **out, const struct placement *p, uint32_t l,
+        uint32_t e, uint32_t w, bool add)
+{
+	struct plan pl;
+	size_t i;
+	int32_t *own;
+	uint32_t r;
+	int rc;
+
+	if (l >= p->n_layer || e >= p->n_expert || w >= p->n_worker)
+		return EPMOE_EINVAL;
+	if ((rc = plan_init(&pl, p->n_layer, p->n_expert, p->n_worker,
+	             p->max_copies + 1)) != 0)
+		return rc;
+	for (uint32_t k = 0; k < p->n_layer; k++)
+		plan_take_layer(&pl, p, k);
+	i = (size_t)l * p->n_expert + e;
+	own = pl.wk + i * pl.r_cap;
+	for (r = 0; r < pl.cnt[i] && own[r] != (int32_t)w; r++)
+		;
+	if (add && r == pl.cnt[i]) {
+		own[pl.cnt[i]++] = (int32_t)w;
+	} else if (!add && r < pl.cnt[i] && pl.cnt[i] > 1) {
+		memmove(own + r, own + r + 1, (pl.cnt[i] - r - 1) * sizeof(*own));
+		pl.cnt[i]--;
+	} else {
+		plan_fini(&pl);
+		return EPMOE_EINVAL;
+	}
+	rc = plan_build(&pl, out);
+	plan_fini(&pl);
+	return rc;
+}
+
+int
 placement_cover(struct placement **out, const struct placement *home,
         const bool *up, const bool *lost, const struct placement *prev,
         uint32_t *n_extra)

@@ -143,6 +143,12 @@ bool placement_layer_equal(const struct placement *a,
 int placement_mix(struct placement **out, const struct placement *base,
         const struct placement *other, const bool *take);
 
+/* p with one copy of (l, e) added on worker w (last in its order: add)
+ * or w's copy removed (!add).  EPMOE_EINVAL when w already holds it, does
+ * not, or it is the expert's last copy.  Epoch 1. */
+int placement_copy_edit(struct placement **out, const struct placement *p,
+        uint32_t l, uint32_t e, uint32_t w, bool add);
+
 /* Degraded service (reliability.md §11.2): home with every (layer, expert)
  * that has no copy on a worker marked in up[n_worker] but one on a worker
  * marked in lost[n_worker] (NULL: every worker not up counts as lost)

@@ -219,6 +219,11 @@ START_TEST(a_persisting_skew_borrows_the_hot_expert_and_a_full_worker_drops_its_
 		flat[e] = 10;
 	ck_assert_int_eq(placement_contiguous(&cur, 1, E, W), 0);
 	ck_assert_int_eq(borrow_new(&bw, W, 1), 0);
+	/* the map edit borrowing uses: no second copy on a holder, never an
+	 * expert's last copy */
+	ck_assert_int_eq(placement_copy_edit(&np, cur, 0, 0, 0, true), EPMOE_EINVAL);
+	ck_assert_int_eq(placement_copy_edit(&np, cur, 0, 0, 0, false), EPMOE_EINVAL);
+	ck_assert_int_eq(placement_copy_edit(&np, cur, 0, 0, 1, false), EPMOE_EINVAL);
 	/* balanced: nothing */
 	ck_assert_int_eq(borrow_plan(bw, cur, flat, NULL, 1.3, 1, &np, &st), 0);
 	ck_assert_ptr_null(np);
