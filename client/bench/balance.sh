@@ -24,40 +24,15 @@ M=$MD/zipf-1.2.gguf
 mkdir -p "$MD"
 [ -f "$M" ] || "$BIN" mkmodel --arch llama --preset tiny --layers 4 --dim 256 --ff 512 \
 	--experts 16 --heads 4 --kv-heads 2 --gate-skew zipf:1.2 --out "$M" -q
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/epmoe-bal.XXXXXX")
-RPID=
-cleanup() {
-	if [ -n "$RPID" ]; then
-		kill -TERM "$RPID" 2>/dev/null || true
-		wait "$RPID" 2>/dev/null || true
-	fi
-	rm -rf "$TMP"
-}
-trap cleanup EXIT
-free_port() {
-	python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
+BENCH_NAME=balance
+. "$(dirname "$0")/serve.inc"
 N=64
 [ "${EPMOE_BENCH_QUICK:-0}" = 1 ] && N=32
 
 serve() { # MODE [extra args]
 	mode=$1; shift
-	hp=$(free_port); cp=$(free_port)
-	HURL=http://127.0.0.1:$hp
-	"$B/bin/epmoe-router" --model "$M" --workers 4 --threads 1 --balance "$mode" \
-		--redundant-slots 4 --eplb-interval 16 --eplb-window 64 "$@" \
-		--http "127.0.0.1:$hp" --nng "" --control "tcp://127.0.0.1:$cp" >"$TMP/router.log" 2>&1 &
-	RPID=$!
-	i=0
-	until [ "$(curl -s -o /dev/null -w '%{http_code}' "$HURL/health")" = 200 ]; do
-		i=$((i + 1)); [ $i -lt 600 ] || { echo "balance bench: router did not start"; tail "$TMP/router.log"; exit 1; }
-		sleep 0.1
-	done
-}
-stop() {
-	kill -TERM "$RPID" 2>/dev/null || true
-	wait "$RPID" 2>/dev/null || true
-	RPID=
+	router_up --workers 4 --threads 1 --balance "$mode" \
+		--redundant-slots 4 --eplb-interval 16 --eplb-window 64 "$@"
 }
 # max/mean of the workers' token counts in /v1/stats
 worker_ratio() {
@@ -117,7 +92,7 @@ r = [x["reported"] for x in w["workers"]]
 t = sum(x["tokens"] for x in r)
 print("%d Q8_0 copies (%.1f MiB) served %.1f%% of the expert rows" % (w["quantized_copies"],
       sum(x["quantized_bytes"] for x in r) / 1048576, 100.0 * sum(x["quantized_tokens"] for x in r) / max(1, t)))')
-	stop
+	router_down
 done
 echo "(all+q8: $q8note;"
 echo " max/mean: layer = the busiest worker's (token, expert) pairs over the mean per layer call,"

@@ -16,19 +16,8 @@ B=${EPMOE_BUILD:-build}
 BIN=$B/bin/epmoe
 M=${EPMOE_BENCH_RQ_MODEL:-models/kjv-moe-lossfree.gguf}
 TXT=${EPMOE_BENCH_RQ_TEXT:-models/kjv-test.txt}
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/epmoe-rq.XXXXXX")
-RPID=
-cleanup() {
-	if [ -n "$RPID" ]; then
-		kill -TERM "$RPID" 2>/dev/null || true
-		wait "$RPID" 2>/dev/null || true
-	fi
-	rm -rf "$TMP"
-}
-trap cleanup EXIT
-free_port() {
-	python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
+BENCH_NAME=replica
+. "$(dirname "$0")/serve.inc"
 jget() { printf '%s\n' "$1" | sed -n "s/.*\"$2\":\([^,}]*\).*/\1/p"; }
 E=$("$BIN" inspect "$M" | sed -n 's/.*expert_count *u32 *\([0-9]*\).*/\1/p')
 python3 -c '
@@ -42,17 +31,8 @@ printf '%-6s %-8s %11s %9s %13s %14s\n' copies choice perplexity "vs exact" "row
 exact=
 for dt in model q8_0; do
 	for choice in dynamic static; do
-		hp=$(free_port); cp=$(free_port)
-		HURL=http://127.0.0.1:$hp
-		"$B/bin/epmoe-router" --model "$M" --workers 2 --threads 1 --balance off \
-			--placement "$TMP/place.json" --replica "$choice" --replica-dtype "$dt" \
-			--http "127.0.0.1:$hp" --nng "" --control "tcp://127.0.0.1:$cp" >"$TMP/router.log" 2>&1 &
-		RPID=$!
-		i=0
-		until [ "$(curl -s -o /dev/null -w '%{http_code}' "$HURL/health")" = 200 ]; do
-			i=$((i + 1)); [ $i -lt 600 ] || { echo "replica bench: router did not start"; tail "$TMP/router.log"; exit 1; }
-			sleep 0.1
-		done
+		router_up --workers 2 --threads 1 --balance off --placement "$TMP/place.json" \
+			--replica "$choice" --replica-dtype "$dt"
 		# every copy loaded at its precision before scoring
 		i=0
 		while [ "$dt" = q8_0 ] && [ "$(curl -s "$HURL/v1/stats" | python3 -c 'import json, sys; print(json.load(sys.stdin)["workers"]["quantized_copies"])')" = 0 ]; do
@@ -73,9 +53,7 @@ print("%.1f%% %.2f" % (100.0 * sum(x["quantized_tokens"] for x in r) / max(1, su
 		printf '%-6s %-8s %11.4f %9s %13s %14s\n' "$dt" "$choice" "$ppl" \
 			"$(awk -v a="$ppl" -v b="$exact" 'BEGIN { printf "%+.3f%%", (a / b - 1) * 100 }')" "$1" \
 			"$([ "$dt" = q8_0 ] && echo "$2 MiB" || echo -)"
-		kill -TERM "$RPID" 2>/dev/null || true
-		wait "$RPID" 2>/dev/null || true
-		RPID=
+		router_down
 	done
 done
 r=$("$BIN" perplexity --model "$M" --file "$TXT" --ctx 256 --threads 1 --json)
